@@ -1,0 +1,58 @@
+"""Cgroup drivers behind one interface: where a workload's cgroup lives, and who manages it."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from cgagent.cgroups.manager import CgroupManager
+from cgagent.errors import CgagentError
+from cgagent.host import Host
+
+DEFAULT_PARENT = "/cgagent"
+_PARENT = re.compile(r"^(/|nested(:[A-Za-z0-9_.\-/]*)?|(/[A-Za-z0-9_.\-]+)+/?)$")
+
+__all__ = ["DEFAULT_PARENT", "CgroupManager", "manager_for", "resolve_dirs", "validate_parent"]
+
+
+def validate_parent(parent: str) -> str:
+    """`/abs/path`, or `nested[:sub/path]` = under the agent's own cgroup (per hierarchy on v1)."""
+    if not _PARENT.match(parent) or any(p in ("..", ".") for p in parent.replace(":", "/").split("/")):
+        raise CgagentError(f"--cgroup-parent {parent!r} is not a cgroup path",
+                           "use an absolute path such as /cgagent, or nested[:sub] to nest under the agent's cgroup")
+    return parent
+
+
+def _rel(host: Host, controller: str, parent: str) -> str:
+    if parent.startswith("nested"):
+        sub = parent.partition(":")[2].strip("/")
+        own = host.own_cgroup.get(controller, "/")
+        return os.path.join(own, sub) if sub else own
+    return parent
+
+
+def resolve_dirs(host: Host, parent: str, name: str) -> dict[str, str]:
+    """Absolute directories of the workload `name` under `parent`, one per controller."""
+    validate_parent(parent)
+    if host.is_v2:
+        assert host.v2_mount
+        rel = _rel(host, "", parent)
+        return {"": os.path.normpath(f"{host.v2_mount}/{rel}/{name}")}
+    if host.mode == "none":
+        raise CgagentError("no cgroup filesystem is mounted", "mount cgroup2 on /sys/fs/cgroup (see `cgagent doctor`)")
+    return {c: os.path.normpath(f"{m}/{_rel(host, c, parent)}/{name}") for c, m in host.v1_mounts.items()}
+
+
+def manager_for(host: Host, dirs: dict[str, str]) -> CgroupManager:
+    if "" in dirs:
+        from cgagent.cgroups.v2 import V2Manager
+
+        mount = host.v2_mount or "/sys/fs/cgroup"
+        own = host.own_cgroup.get("", "/")
+        # Nested mode: subtree_control is ours to write only below our own cgroup.
+        base = os.path.normpath(f"{mount}/{own}") if dirs[""].startswith(os.path.normpath(f"{mount}/{own}") + "/") \
+            and own != "/" else mount
+        return V2Manager(dirs, mount=mount, base=base)
+    from cgagent.cgroups.v1 import V1Manager
+
+    return V1Manager(dirs)

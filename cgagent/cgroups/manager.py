@@ -1,0 +1,69 @@
+"""The one interface every cgroup driver implements (cgroupfs v1, cgroupfs v2, systemd)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from cgagent.cgroups.stats import Stats
+from cgagent.limits import Resources
+
+
+class CgroupManager(ABC):
+    """One workload's cgroup. `dirs` maps controller name ("" on v2) to its absolute directory."""
+
+    driver = "cgroupfs"
+    mode = "v1"
+
+    def __init__(self, dirs: dict[str, str]) -> None:
+        self.dirs = dirs
+
+    @abstractmethod
+    def create(self) -> None:
+        """mkdir the cgroup (and missing parents); make it ready to take processes."""
+
+    @abstractmethod
+    def apply(self, pid: int) -> None:
+        """Move `pid` (0 = the calling process) into the cgroup."""
+
+    @abstractmethod
+    def set(self, r: Resources) -> None:
+        """Write the limits; used at creation and for live updates."""
+
+    @abstractmethod
+    def stats(self) -> Stats: ...
+
+    @abstractmethod
+    def procs(self) -> list[int]:
+        """Every process in the cgroup and below it."""
+
+    @abstractmethod
+    def freeze(self) -> None: ...
+
+    @abstractmethod
+    def thaw(self) -> None: ...
+
+    @abstractmethod
+    def kill(self) -> None:
+        """SIGKILL everything inside, without racing forks."""
+
+    @abstractmethod
+    def remove(self) -> None:
+        """rmdir bottom-up; processes must be gone."""
+
+    @abstractmethod
+    def exists(self) -> bool: ...
+
+    @abstractmethod
+    def oom_kill_count(self) -> int:
+        """The kernel's count of OOM kills in this cgroup (0 when unknown)."""
+
+    def destroy(self, timeout: float = 10.0) -> None:
+        """Kill what is left, wait for the kernel to empty the cgroup, rmdir bottom-up."""
+        from cgagent.cgroups.wait import wait_empty
+
+        if not self.exists():
+            return
+        if self.procs():
+            self.kill()
+            wait_empty(self, timeout)
+        self.remove()

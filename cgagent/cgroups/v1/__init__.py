@@ -1,0 +1,113 @@
+"""cgroup v1 (and hybrid) cgroupfs driver: one directory per controller hierarchy."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from cgagent.cgroups import fs
+from cgagent.cgroups.manager import CgroupManager
+from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.v1 import cpu, cpuacct, cpuset, freezer, memory, pids
+from cgagent.limits import Resources
+
+CONTROLLERS = {m.NAME: m for m in (cpuset, cpu, cpuacct, memory, pids, freezer)}
+
+
+class V1Manager(CgroupManager):
+    mode = "v1"
+
+    def _unique(self) -> list[str]:
+        seen: list[str] = []
+        for d in self.dirs.values():
+            if d not in seen:
+                seen.append(d)
+        return seen
+
+    def _main_dir(self) -> str:
+        for c in ("pids", "memory", "cpu", "freezer"):
+            if c in self.dirs:
+                return self.dirs[c]
+        return next(iter(self.dirs.values()))
+
+    def create(self) -> None:
+        for ctrl, d in self.dirs.items():
+            if ctrl == "cpuset":
+                _make_cpuset(d)
+            else:
+                os.makedirs(d, exist_ok=True)
+
+    def apply(self, pid: int) -> None:
+        for d in self._unique():
+            fs.write(f"{d}/cgroup.procs", pid)
+
+    def set(self, r: Resources) -> None:
+        for ctrl, d in self.dirs.items():
+            CONTROLLERS[ctrl].apply(d, r)
+
+    def stats(self) -> Stats:
+        s = Stats()
+        for ctrl, d in self.dirs.items():
+            CONTROLLERS[ctrl].stats(d, s)
+        return s
+
+    def procs(self) -> list[int]:
+        out: list[int] = []
+        root = self._main_dir()
+        if not os.path.isdir(root):
+            return out
+        for d in fs.subdirs_bottom_up(root):
+            out.extend(fs.procs(d))
+        return out
+
+    def freeze(self) -> None:
+        if "freezer" in self.dirs:
+            freezer.set_state(self.dirs["freezer"], True)
+
+    def thaw(self) -> None:
+        if "freezer" in self.dirs:
+            freezer.set_state(self.dirs["freezer"], False)
+
+    def kill(self) -> None:
+        frozen = "freezer" in self.dirs and os.path.isdir(self.dirs["freezer"])
+        if frozen:
+            self.freeze()
+        try:
+            for p in self.procs():
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        finally:
+            if frozen:
+                self.thaw()
+
+    def remove(self) -> None:
+        for d in self._unique():
+            fs.rmdir_tree(d)
+
+    def exists(self) -> bool:
+        return any(os.path.isdir(d) for d in self.dirs.values())
+
+    def oom_kill_count(self) -> int:
+        d = self.dirs.get("memory")
+        if not d or not os.path.isdir(d):
+            return 0
+        return memory.oom_kills(d)
+
+
+def _make_cpuset(d: str) -> None:
+    """mkdir -p, filling cpus/mems of each new level from its parent (v1 starts them empty)."""
+    missing: list[str] = []
+    cur = d
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        cur = os.path.dirname(cur)
+    for level in reversed(missing):
+        try:
+            os.mkdir(level)
+        except FileExistsError:
+            pass
+        cpuset.prepare(level)
+    if not missing:
+        cpuset.prepare(d)

@@ -1,0 +1,29 @@
+"""v1 freezer: freezer.state FROZEN/THAWED; lets kill() stop forks racing the SIGKILLs."""
+
+from __future__ import annotations
+
+import time
+
+from cgagent.cgroups import fs
+from cgagent.cgroups.stats import Stats
+from cgagent.limits import Resources
+
+NAME = "freezer"
+
+
+def apply(d: str, r: Resources) -> None:
+    """No limits here."""
+
+
+def stats(d: str, s: Stats) -> None:
+    """No statistics here."""
+
+
+def set_state(d: str, frozen: bool, timeout: float = 5.0) -> None:
+    want = "FROZEN" if frozen else "THAWED"
+    fs.write(f"{d}/freezer.state", want)
+    deadline = time.monotonic() + timeout
+    # FREEZING is transient: the kernel offers no event for the end of it on v1.
+    while fs.read(f"{d}/freezer.state").strip() != want and time.monotonic() < deadline:
+        fs.write(f"{d}/freezer.state", want)
+        time.sleep(0.001)

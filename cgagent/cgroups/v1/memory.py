@@ -1,0 +1,57 @@
+"""v1 memory: limit_in_bytes, memsw.limit_in_bytes, usage, failcnt, memory.stat, oom_control."""
+
+from __future__ import annotations
+
+from cgagent.cgroups import fs
+from cgagent.cgroups.stats import Stats
+from cgagent.errors import CgagentError
+from cgagent.limits import Resources
+
+NAME = "memory"
+
+
+def apply(d: str, r: Resources) -> None:
+    mem, swap = r.memory, r.memory_swap
+    if swap is not None and fs.read_int(f"{d}/memory.memsw.limit_in_bytes") is None:
+        raise CgagentError("--memory-swap is not supported: the kernel has no swap accounting",
+                           "boot with swapaccount=1, or drop --memory-swap")
+    if mem is None:
+        if swap is not None:
+            fs.write(f"{d}/memory.memsw.limit_in_bytes", swap)
+        return
+    # The kernel insists memsw >= memory at every moment: raise the larger one first.
+    cur_swap = fs.read_int(f"{d}/memory.memsw.limit_in_bytes")
+    growing = swap is not None and cur_swap is not None and (swap < 0 or (mem >= 0 and mem > cur_swap))
+    if growing:
+        fs.write(f"{d}/memory.memsw.limit_in_bytes", swap)  # type: ignore[arg-type]
+        fs.write(f"{d}/memory.limit_in_bytes", mem)
+    else:
+        fs.write(f"{d}/memory.limit_in_bytes", mem)
+        if swap is not None:
+            fs.write(f"{d}/memory.memsw.limit_in_bytes", swap)
+
+
+def oom_kills(d: str) -> int:
+    return fs.read_kv(f"{d}/memory.oom_control").get("oom_kill", 0)
+
+
+def stats(d: str, s: Stats) -> None:
+    m = s.memory
+    m.usage = fs.read_int(f"{d}/memory.usage_in_bytes")
+    m.max_usage = fs.read_int(f"{d}/memory.max_usage_in_bytes")
+    m.limit = _unlimited(fs.read_int(f"{d}/memory.limit_in_bytes"))
+    m.swap_limit = _unlimited(fs.read_int(f"{d}/memory.memsw.limit_in_bytes"))
+    m.limit_hits = fs.read_int(f"{d}/memory.failcnt")
+    st = fs.read_kv(f"{d}/memory.stat")
+    # total_* include descendants, which is what a workload (with its own sub-cgroups) is.
+    m.rss = st.get("total_rss", st.get("rss"))
+    m.cache = st.get("total_cache", st.get("cache"))
+    m.inactive_file = st.get("total_inactive_file", st.get("inactive_file"))
+    m.oom_kills = fs.read_kv(f"{d}/memory.oom_control").get("oom_kill")
+
+
+def _unlimited(n: int | None) -> int | None:
+    # v1 reports "unlimited" as PAGE_COUNTER_MAX pages: a huge number, not -1.
+    if n is not None and n >= 1 << 62:
+        return -1
+    return n

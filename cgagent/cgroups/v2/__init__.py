@@ -1,0 +1,119 @@
+"""cgroup v2 cgroupfs driver: one unified directory; controllers enabled down our own path."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from cgagent.cgroups import fs
+from cgagent.cgroups.manager import CgroupManager
+from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.v2 import cpu, cpuset, memory, pids, psi
+from cgagent.errors import CgagentError
+from cgagent.limits import Resources
+
+CONTROLLERS = (cpu, cpuset, memory, pids)
+
+
+class V2Manager(CgroupManager):
+    mode = "v2"
+
+    def __init__(self, dirs: dict[str, str], mount: str = "/sys/fs/cgroup", base: str | None = None) -> None:
+        super().__init__(dirs)
+        self.dir = dirs[""]
+        self.mount = mount
+        # Where our own path starts: subtree_control is only written from here down.
+        self.base = base or mount
+
+    def create(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        self._enable_controllers()
+
+    def _enable_controllers(self) -> None:
+        """Write +ctrl into cgroup.subtree_control of each level from base to our parent."""
+        rel = os.path.relpath(os.path.dirname(self.dir), self.base)
+        levels = [self.base]
+        if rel != ".":
+            for part in rel.split("/"):
+                levels.append(os.path.join(levels[-1], part))
+        for level in levels:
+            available = fs.read(f"{level}/cgroup.controllers").split()
+            enabled = fs.read(f"{level}/cgroup.subtree_control").split()
+            want = [c.NAME for c in CONTROLLERS if c.NAME in available and c.NAME not in enabled]
+            if want:
+                try:
+                    fs.write(f"{level}/cgroup.subtree_control", " ".join(f"+{c}" for c in want))
+                except CgagentError as e:
+                    raise CgagentError(
+                        f"cannot enable {' '.join(want)} in {level}: {e.problem}",
+                        "a cgroup with processes cannot delegate (v2 'no internal processes'); "
+                        "use an absolute --cgroup-parent") from None
+
+    def apply(self, pid: int) -> None:
+        fs.write(f"{self.dir}/cgroup.procs", pid)
+
+    def set(self, r: Resources) -> None:
+        enabled = self._enabled()
+        missing = [c for c in r.controllers() if c not in enabled]
+        if missing:
+            raise CgagentError(f"controller {', '.join(missing)} is not enabled for {self.dir}",
+                               "see `cgagent doctor` for how to enable it")
+        for c in CONTROLLERS:
+            if c.NAME in enabled:
+                c.apply(self.dir, r)
+
+    def _enabled(self) -> list[str]:
+        try:
+            return fs.read(f"{self.dir}/cgroup.controllers").split()
+        except FileNotFoundError:
+            return []
+
+    def stats(self) -> Stats:
+        s = Stats()
+        enabled = self._enabled()
+        for c in CONTROLLERS:
+            if c.NAME in enabled:
+                c.stats(self.dir, s)
+        if "cpu" not in enabled:
+            cpu.read_usage(self.dir, s)
+        psi.stats(self.dir, s)
+        return s
+
+    def procs(self) -> list[int]:
+        out: list[int] = []
+        if not os.path.isdir(self.dir):
+            return out
+        for d in fs.subdirs_bottom_up(self.dir):
+            out.extend(fs.procs(d))
+        return out
+
+    def freeze(self) -> None:
+        fs.write(f"{self.dir}/cgroup.freeze", 1)
+
+    def thaw(self) -> None:
+        fs.write(f"{self.dir}/cgroup.freeze", 0)
+
+    def kill(self) -> None:
+        if os.path.exists(f"{self.dir}/cgroup.kill"):
+            fs.write(f"{self.dir}/cgroup.kill", 1)
+            return
+        self.freeze()
+        try:
+            for p in self.procs():
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        finally:
+            self.thaw()
+
+    def remove(self) -> None:
+        fs.rmdir_tree(self.dir)
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.dir)
+
+    def oom_kill_count(self) -> int:
+        if not os.path.isdir(self.dir):
+            return 0
+        return memory.oom_kills(self.dir)

@@ -1,0 +1,22 @@
+"""Waiting for a cgroup to empty after SIGKILL. v1 has no event for it, so this polls, bounded."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from cgagent.errors import CgagentError
+
+if TYPE_CHECKING:
+    from cgagent.cgroups.manager import CgroupManager
+
+
+def wait_empty(mgr: CgroupManager, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while mgr.procs():
+        if time.monotonic() > deadline:
+            raise CgagentError(f"processes {mgr.procs()[:5]} did not die within {timeout:g}s",
+                               "they may be in uninterruptible sleep (D state); retry `cgagent rm -f`")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

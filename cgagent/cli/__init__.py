@@ -1,0 +1,1 @@
+"""Command-line interface. `cgagent.__main__` routes plain `run` invocations to `fastrun`."""

@@ -1,0 +1,77 @@
+"""`cgagent run` without typer, rich or pydantic on the path: a launcher must start fast.
+
+Handles the plain forms (limit options, --name, --detach, --rm, --cgroup-*, then the command).
+Anything else (--help, unknown options) returns None and the full typer CLI takes over.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cgagent.cli import options
+
+
+def parse(argv: list[str]) -> dict[str, Any] | None:
+    out: dict[str, Any] = {"limits": {}, "cmd": []}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out["cmd"] = argv[i + 1:]
+            return out
+        if not a.startswith("-") or a == "-":
+            out["cmd"] = argv[i:]
+            return out
+        key, eq, val = a.partition("=")
+        if key in options.FLAGS and not eq:
+            out[options.FLAGS[key]] = True
+            i += 1
+            continue
+        if key in options.LIMITS or key in options.VALUES:
+            if not eq:
+                if i + 1 >= len(argv):
+                    return None
+                val = argv[i + 1]
+                i += 1
+            if key in options.LIMITS:
+                out["limits"][options.LIMITS[key]] = val
+            else:
+                out[options.VALUES[key]] = val
+            i += 1
+            continue
+        return None
+    return out if out["cmd"] else None
+
+
+def main(argv: list[str]) -> int | None:
+    parsed = parse(argv)
+    if parsed is None:
+        return None
+    from cgagent.errors import CgagentError
+
+    try:
+        return execute(parsed)
+    except CgagentError as e:
+        from cgagent.cli.errors import report
+
+        return report(e)
+
+
+def execute(p: dict[str, Any]) -> int:
+    from cgagent import host as hostmod
+    from cgagent.limits import parse_fields, plan
+    from cgagent.runtime import RunRequest, run_detached, run_foreground
+    from cgagent.state import Store
+
+    h = hostmod.detect()
+    resources = plan(parse_fields(p["limits"]), h)
+    req = RunRequest(cmd=p["cmd"], resources=resources, name=p.get("name"),
+                     parent=p.get("parent") or os.environ.get("CGAGENT_CGROUP_PARENT") or "/cgagent",
+                     driver=p.get("driver") or os.environ.get("CGAGENT_CGROUP_DRIVER"),
+                     detach=bool(p.get("detach")), auto_remove=bool(p.get("auto_remove")))
+    store = Store(p.get("state_dir"))
+    if req.detach:
+        print(run_detached(req, h, store))
+        return 0
+    return run_foreground(req, h, store)

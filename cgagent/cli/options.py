@@ -1,0 +1,33 @@
+"""The limit options of `run`/`update`, shared by the typer commands and the fast `run` path."""
+
+from __future__ import annotations
+
+# option -> field of cgagent.limits.FIELD_PARSERS
+LIMITS = {
+    "--cpus": "cpus",
+    "--cpu-shares": "cpu_shares",
+    "-c": "cpu_shares",
+    "--cpu-weight": "cpu_weight",
+    "--cpu-period": "cpu_period",
+    "--memory": "memory",
+    "-m": "memory",
+    "--memory-swap": "memory_swap",
+    "--pids-limit": "pids_limit",
+    "--cpuset-cpus": "cpuset_cpus",
+    "--cpuset-mems": "cpuset_mems",
+}
+# other options of `run` that take a value -> RunRequest field / setting
+VALUES = {"--name": "name", "--cgroup-parent": "parent", "--cgroup-driver": "driver", "--state-dir": "state_dir"}
+FLAGS = {"--detach": "detach", "-d": "detach", "--rm": "auto_remove"}
+
+HELP = {
+    "cpus": "CPUs the workload may use, e.g. 0.5 (CFS quota over the period).",
+    "cpu_shares": "Relative CPU weight, v1 scale (default 1024); converted to cpu.weight on v2.",
+    "cpu_weight": "Relative CPU weight, v2 scale 1..10000 (default 100).",
+    "cpu_period": "CFS period in µs (default 100000).",
+    "memory": "Memory limit, e.g. 256M or 1.5G (minimum 6M).",
+    "memory_swap": "Memory plus swap limit, as Docker: must be >= --memory; -1 = unlimited swap.",
+    "pids_limit": "Most processes/threads at once (-1 = unlimited).",
+    "cpuset_cpus": "CPUs allowed, e.g. 0-1 or 0,2.",
+    "cpuset_mems": "Memory nodes allowed, e.g. 0.",
+}

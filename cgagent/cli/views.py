@@ -1,0 +1,151 @@
+"""Tables and JSON for ps, stats and doctor."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from cgagent.host import Host
+from cgagent.limits import Resources
+from cgagent.runtime import live_status, manager, oom_kills
+from cgagent.state import Record, Store
+from cgagent.units import format_bytes
+
+
+def print_table(rows: list[dict[str, Any]], cols: list[str], title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, box=None, header_style="bold")
+    for c in cols:
+        t.add_column(c.upper().replace("_", " "), overflow="fold")
+    for r in rows:
+        t.add_row(*("-" if r.get(c) is None else str(r[c]) for c in cols))
+    Console().print(t)
+
+
+def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
+    rows = []
+    for rec in store.all():
+        status = live_status(host, rec)
+        if status == "exited" and not all_:
+            continue
+        r = Resources.from_dict(rec.resources)
+        rows.append({
+            "name": rec.name, "status": status, "pid": rec.pid if status == "running" else None,
+            "cpus": f"{r.cpus:g}" if r.cpus else None,
+            "memory": format_bytes(r.memory) if r.memory is not None else None,
+            "pids_limit": r.pids_limit, "oom_kills": oom_kills(host, rec),
+            "exit_code": rec.exit_code if status == "exited" else None,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created)),
+            "command": " ".join(rec.cmd), "cgroup": rec.cgroup, "driver": rec.driver,
+        })
+    return rows
+
+
+def _sample(host: Host, recs: list[Record]) -> dict[str, Any]:
+    out = {}
+    for rec in recs:
+        try:
+            out[rec.name] = (time.monotonic(), manager(host, rec).stats())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def stats_rows(host: Host, recs: list[Record], before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for rec in recs:
+        if rec.name not in after:
+            continue
+        t1, s1 = after[rec.name]
+        row: dict[str, Any] = {"name": rec.name, "cpu_percent": None, "throttled_percent": None}
+        if rec.name in before:
+            t0, s0 = before[rec.name]
+            if s1.cpu.usage_ns is not None and s0.cpu.usage_ns is not None and t1 > t0:
+                row["cpu_percent"] = round(100 * (s1.cpu.usage_ns - s0.cpu.usage_ns) / 1e9 / (t1 - t0), 1)
+            if s1.cpu.periods is not None and s0.cpu.periods is not None and s1.cpu.periods > s0.cpu.periods:
+                row["throttled_percent"] = round(
+                    100 * (s1.cpu.throttled_periods - s0.cpu.throttled_periods) / (s1.cpu.periods - s0.cpu.periods), 1)
+        q, p = s1.spec.quota_us, s1.spec.period_us
+        row.update({
+            "cpu_limit": f"{q / p:g}" if q and q > 0 and p else "unlimited",
+            "memory_usage": s1.memory.usage, "memory_limit": s1.memory.limit,
+            "memory_percent": round(100 * s1.memory.usage / s1.memory.limit, 1)
+            if s1.memory.usage is not None and s1.memory.limit and s1.memory.limit > 0 else None,
+            "pids": s1.pids.current, "pids_limit": s1.pids.limit,
+            "nr_periods": s1.cpu.periods, "nr_throttled": s1.cpu.throttled_periods,
+            "throttled_seconds": s1.cpu.throttled_ns / 1e9 if s1.cpu.throttled_ns is not None else None,
+            "oom_kills": max(rec.oom_kills, s1.memory.oom_kills or 0),
+        })
+        rows.append(row)
+    return rows
+
+
+def _display(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        d = dict(r)
+        d["cpu_percent"] = "-" if r["cpu_percent"] is None else f"{r['cpu_percent']}%"
+        d["throttled_percent"] = "-" if r["throttled_percent"] is None else f"{r['throttled_percent']}%"
+        d["memory"] = f"{format_bytes(r['memory_usage'])} / {format_bytes(r['memory_limit'])}"
+        d["pids"] = f"{r['pids']} / {'max' if r['pids_limit'] in (None, -1) else r['pids_limit']}"
+        out.append(d)
+    return out
+
+
+COLS = ["name", "cpu_percent", "cpu_limit", "throttled_percent", "memory", "memory_percent", "pids", "oom_kills"]
+
+
+def stats(host: Host, store: Store, names: list[str], watch: bool, interval: float, as_json: bool) -> None:
+    recs = [store.load(n) for n in names] if names else [r for r in store.all() if live_status(host, r) == "running"]
+    before = _sample(host, recs)
+    while True:
+        time.sleep(interval)
+        after = _sample(host, recs)
+        rows = stats_rows(host, recs, before, after)
+        if as_json:
+            print(json.dumps(rows), flush=True)
+        else:
+            if watch:
+                print("\033[H\033[2J", end="")
+            print_table(_display(rows), COLS)
+        if not watch:
+            return
+        before = after
+        interval = max(interval, 1.0)
+
+
+def doctor(host: Host, as_json: bool) -> None:
+    import os
+
+    fixes = []
+    if host.mode == "none":
+        fixes.append("no cgroup filesystem: mount -t cgroup2 none /sys/fs/cgroup")
+    for c in host.missing():
+        if host.is_v2:
+            fixes.append(f"controller {c} is not available at the v2 root: enable it in the parent's "
+                         "cgroup.subtree_control (systemd: Delegate=yes)")
+        else:
+            fixes.append(f"controller {c} is not mounted: mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}")
+    if host.init_is_systemd:
+        fixes.append("systemd is init: prefer --cgroup-driver systemd so limits survive daemon-reload")
+    if os.geteuid() != 0:
+        fixes.append("not root: run, update, stop and rm need root")
+    info = {
+        "cgroup_mode": host.mode, "v2_mount": host.v2_mount, "v1_mounts": host.v1_mounts,
+        "usable_controllers": host.usable(), "missing_controllers": host.missing(),
+        "init_is_systemd": host.init_is_systemd, "online_cpus": len(host.online_cpus),
+        "own_cgroup": host.own_cgroup, "default_driver": "systemd" if host.init_is_systemd else "cgroupfs",
+        "problems": fixes,
+    }
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    for k, v in info.items():
+        if k != "problems":
+            print(f"{k:20} {v}")
+    print("problems:" if fixes else "problems:           none")
+    for f in fixes:
+        print(f"  - {f}")

@@ -1,0 +1,112 @@
+"""Fork and exec a command inside a cgroup, reporting exec failures back to the parent."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Callable
+
+from cgagent.errors import CgagentError
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+WAITED = (*FORWARDED, signal.SIGCHLD)
+
+
+def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, int] | None = None,
+          env: dict[str, str] | None = None, child_setup: Callable[[], None] | None = None) -> int:
+    """Fork; let `place(pid)` put the child in its cgroup (cgroupfs write, or a systemd scope) while
+    it waits; then the child runs `child_setup` and execs `cmd`.
+
+    The signals the caller waits for (WAITED) must already be blocked; the child unblocks them.
+    Raises CgagentError (exit 127/126) when the command cannot be executed.
+    """
+    r, w = os.pipe2(os.O_CLOEXEC)        # child -> parent: exec failure reason; EOF = exec happened
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)  # parent -> child: "you are in your cgroup now"
+    pid = os.fork()
+    if pid == 0:  # child: no Python-level cleanup may run here, so every path ends in exec or _exit
+        stage = "setup"
+        try:
+            os.close(r)
+            os.close(go_w)
+            if os.read(go_r, 1) != b"1":
+                os._exit(125)
+            if child_setup is not None:
+                child_setup()
+            stage = "exec"
+            if stdio is not None:
+                for target, fd in enumerate(stdio):
+                    os.dup2(fd, target)
+            for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *FORWARDED):
+                signal.signal(s, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            if env is None:
+                os.execvp(cmd[0], cmd)
+            else:
+                os.execvpe(cmd[0], cmd, env)
+        except OSError as e:
+            os.write(w, f"{stage}:{e.errno}:{e}".encode())
+        except BaseException as e:
+            os.write(w, f"{stage}:0:{e}".encode())
+        os._exit(127)
+    os.close(w)
+    os.close(go_r)
+    try:
+        place(pid)
+    except BaseException:
+        os.close(go_w)  # EOF: the child exits 125 without running anything
+        os.close(r)
+        os.waitpid(pid, 0)
+        raise
+    os.write(go_w, b"1")
+    os.close(go_w)
+    try:
+        msg = os.read(r, 4096).decode(errors="replace")
+    finally:
+        os.close(r)
+    if msg:
+        os.waitpid(pid, 0)
+        _exec_failure(cmd, msg)
+    return pid
+
+
+def _exec_failure(cmd: list[str], msg: str) -> None:
+    stage, _, rest = msg.partition(":")
+    num, _, text = rest.partition(":")
+    code = int(num or 0)
+    if stage == "setup":
+        raise CgagentError(f"could not set up the workload: {text}", "see `cgagent doctor`")
+    if code == errno.ENOENT:
+        raise CgagentError(f"command not found: {cmd[0]}", "check the name and PATH", exit_code=127)
+    if code in (errno.EACCES, errno.ENOEXEC, errno.EPERM):
+        raise CgagentError(f"cannot execute {cmd[0]}: {os.strerror(code)}",
+                           "check its permissions and format", exit_code=126)
+    raise CgagentError(f"cannot execute {cmd[0]}: {text or 'unknown error'}", "", exit_code=126)
+
+
+def exit_code(status: int) -> int:
+    """waitpid status -> shell convention: the exit code, or 128 + signal number."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def wait_forwarding(pid: int) -> int:
+    """Wait for our child `pid`, forwarding signals sent to us. Returns its exit code.
+
+    Signals the terminal sent (si_code > 0, SI_KERNEL) already reached the child through the shared
+    process group, so only those sent by a process (kill(2): si_code <= 0) are forwarded.
+    """
+    while True:
+        info = signal.sigwaitinfo(WAITED)
+        if info.si_signo == signal.SIGCHLD:
+            wpid, status = os.waitpid(pid, os.WNOHANG)
+            if wpid == pid:
+                return exit_code(status)
+            continue
+        if info.si_code <= 0:
+            try:
+                os.kill(pid, info.si_signo)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,185 @@
+"""The validated resource plan the drivers apply, and the checks that make it safe for this host.
+
+Kept free of pydantic and typer so `cgagent run` starts fast; `cgagent.spec.ResourceSpec` (pydantic)
+parses the same fields with the same functions for files and the full CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from cgagent import convert
+from cgagent.errors import CgagentError
+from cgagent.host import Host
+from cgagent.units import format_cpu_list, parse_bytes, parse_cpu_list, parse_int, parse_number
+
+MIN_MEMORY = 6 * 1024 * 1024   # Docker's floor: below this the workload cannot even start
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Limits in kernel units. None = leave as is / unset; -1 = unlimited."""
+
+    cpu_shares: int | None = None      # v1 cpu.shares (v2 derives cpu.weight)
+    cpu_weight: int | None = None      # v2 cpu.weight (v1 derives cpu.shares)
+    cpu_quota: int | None = None       # µs per period; -1 unlimited
+    cpu_period: int | None = None      # µs
+    memory: int | None = None          # bytes; -1 unlimited
+    memory_swap: int | None = None     # memory + swap, bytes (Docker semantics); -1 unlimited
+    pids_limit: int | None = None      # -1 unlimited
+    cpuset_cpus: str | None = None
+    cpuset_mems: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Resources:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def merged(self, change: Resources) -> Resources:
+        """`update`: fields given in `change` replace ours."""
+        return dataclasses.replace(self, **change.to_dict())
+
+    def controllers(self) -> list[str]:
+        """The controllers these limits need."""
+        need = {"cpu": (self.cpu_shares, self.cpu_weight, self.cpu_quota, self.cpu_period),
+                "memory": (self.memory, self.memory_swap), "pids": (self.pids_limit,),
+                "cpuset": (self.cpuset_cpus, self.cpuset_mems)}
+        return [c for c, vals in need.items() if any(v is not None for v in vals)]
+
+    @property
+    def cpus(self) -> float | None:
+        if self.cpu_quota is None:
+            return None
+        return convert.quota_to_cpus(self.cpu_quota, self.cpu_period or convert.DEFAULT_PERIOD_US)
+
+    def effective_weight(self) -> int | None:
+        if self.cpu_weight is not None:
+            return self.cpu_weight
+        return convert.shares_to_weight(self.cpu_shares) if self.cpu_shares else None
+
+    def effective_shares(self) -> int | None:
+        if self.cpu_shares is not None:
+            return self.cpu_shares
+        return convert.weight_to_shares(self.cpu_weight) if self.cpu_weight else None
+
+
+# Field parsers: one per user-facing option, shared by the fast CLI path and the pydantic spec.
+def field_cpus(v: Any) -> float:
+    n = parse_number(v, "--cpus")
+    if n <= 0:
+        raise CgagentError(f"--cpus {v} must be greater than 0", "give a fraction of CPUs such as 0.5 or 2")
+    return n
+
+
+def field_shares(v: Any) -> int:
+    n = parse_int(v, "--cpu-shares")
+    if not convert.SHARES_MIN <= n <= convert.SHARES_MAX:
+        raise CgagentError(f"--cpu-shares {v} is out of range", "use 2..262144 (default 1024)")
+    return n
+
+
+def field_weight(v: Any) -> int:
+    n = parse_int(v, "--cpu-weight")
+    if not convert.WEIGHT_MIN <= n <= convert.WEIGHT_MAX:
+        raise CgagentError(f"--cpu-weight {v} is out of range", "use 1..10000 (default 100)")
+    return n
+
+
+def field_period(v: Any) -> int:
+    n = parse_int(v, "--cpu-period")
+    if not 1000 <= n <= 1_000_000:
+        raise CgagentError(f"--cpu-period {v} is out of range", "use 1000..1000000 µs (default 100000)")
+    return n
+
+
+def field_memory(v: Any) -> int:
+    n = parse_bytes(v, "--memory")
+    if 0 <= n < MIN_MEMORY:
+        raise CgagentError(f"--memory {v} is below the minimum of 6M", "give at least 6M")
+    return n
+
+
+def field_memory_swap(v: Any) -> int:
+    return parse_bytes(v, "--memory-swap")
+
+
+def field_pids(v: Any) -> int:
+    n = parse_int(v, "--pids-limit")
+    if n == 0 or n < -1:
+        raise CgagentError(f"--pids-limit {v} is invalid", "give a positive count, or -1 for unlimited")
+    return n
+
+
+def field_cpuset(option: str) -> Any:
+    def parse(v: Any) -> str:
+        return format_cpu_list(parse_cpu_list(str(v), option))
+    return parse
+
+
+FIELD_PARSERS = {
+    "cpus": field_cpus,
+    "cpu_shares": field_shares,
+    "cpu_weight": field_weight,
+    "cpu_period": field_period,
+    "memory": field_memory,
+    "memory_swap": field_memory_swap,
+    "pids_limit": field_pids,
+    "cpuset_cpus": field_cpuset("--cpuset-cpus"),
+    "cpuset_mems": field_cpuset("--cpuset-mems"),
+}
+
+
+def parse_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """User strings -> typed values, field by field (no host checks yet)."""
+    return {k: FIELD_PARSERS[k](v) for k, v in raw.items() if v is not None}
+
+
+def plan(values: dict[str, Any], host: Host, base: Resources | None = None) -> Resources:
+    """Typed option values -> Resources, checked against this host and against each other."""
+    base = base or Resources()
+    cpus = values.get("cpus")
+    period = values.get("cpu_period", base.cpu_period)
+    quota = base.cpu_quota
+    if cpus is not None:
+        online = len(host.online_cpus) or 1
+        if cpus > online:
+            raise CgagentError(f"--cpus {cpus:g} is more than the {online} online CPUs", f"give at most {online}")
+        quota = convert.cpus_to_quota(cpus, period or convert.DEFAULT_PERIOD_US)
+    elif "cpu_period" in values and base.cpu_quota not in (None, -1) and base.cpu_period:
+        # keep the same CPU fraction when only the period changes
+        quota = round(base.cpu_quota * values["cpu_period"] / base.cpu_period)
+    if "cpu_shares" in values and "cpu_weight" in values:
+        raise CgagentError("--cpu-shares and --cpu-weight both given", "give one: shares (v1 scale) or weight (v2 scale)")
+    shares = values.get("cpu_shares", None if "cpu_weight" in values else base.cpu_shares)
+    weight = values.get("cpu_weight", None if "cpu_shares" in values else base.cpu_weight)
+    memory = values.get("memory", base.memory)
+    swap = values.get("memory_swap", base.memory_swap)
+    if swap is not None and swap >= 0:
+        if memory is None or memory < 0:
+            raise CgagentError("--memory-swap needs --memory", "set --memory too (swap is memory plus swap)")
+        if swap < memory:
+            raise CgagentError(f"--memory-swap {swap} is smaller than --memory {memory}",
+                               "--memory-swap is memory plus swap: make it at least --memory")
+    for key, option, online in (("cpuset_cpus", "--cpuset-cpus", host.online_cpus),
+                                ("cpuset_mems", "--cpuset-mems", host.online_mems)):
+        if key in values:
+            bad = [c for c in parse_cpu_list(values[key], option) if c not in online]
+            if bad:
+                raise CgagentError(f"{option} {values[key]} names {format_cpu_list(bad)}, not online",
+                                   f"choose from {format_cpu_list(online)}")
+    return Resources(
+        cpu_shares=shares,
+        cpu_weight=weight,
+        cpu_quota=quota,
+        cpu_period=period,
+        memory=memory,
+        memory_swap=swap,
+        pids_limit=values.get("pids_limit", base.pids_limit),
+        cpuset_cpus=values.get("cpuset_cpus", base.cpuset_cpus),
+        cpuset_mems=values.get("cpuset_mems", base.cpuset_mems),
+    )

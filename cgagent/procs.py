@@ -1,0 +1,41 @@
+"""Process identity and waiting on processes that are not our children (pidfd)."""
+
+from __future__ import annotations
+
+import os
+import select
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: with the pid, a process identity that survives pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data.rsplit(")", 1)[1].split()[19])
+
+
+def alive(pid: int | None, start: int | None) -> bool:
+    if not pid:
+        return False
+    st = start_time(pid)
+    if st is None or (start is not None and st != start):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Block until `pid` exits (any process, via pidfd) or the timeout passes. True = it exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], max(0.0, timeout))[0])
+    finally:
+        os.close(fd)

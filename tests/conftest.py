@@ -1,0 +1,99 @@
+"""Shared fixtures: every test that touches the kernel gets its own state dir and its own cgroup
+parent (nested under this process's cgroups), and both are removed even when the test fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from cgagent import host as hostmod
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _kill_and_rmdir(top: str) -> list[str]:
+    """Kill every process under `top`, then rmdir bottom-up. Returns what could not be removed."""
+    if not os.path.isdir(top):
+        return []
+    for _ in range(200):
+        pids = []
+        for d, _dirs, _files in os.walk(top):
+            try:
+                pids += [int(p) for p in open(os.path.join(d, "cgroup.procs")).read().split()]
+            except OSError:
+                pass
+        if not pids:
+            break
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # reap our own children if any; others are reaped by their parents
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        import time
+
+        time.sleep(0.01)
+    left = []
+    for d, _dirs, _files in os.walk(top, topdown=False):
+        try:
+            os.rmdir(d)
+        except OSError:
+            left.append(d)
+    return left
+
+
+@dataclass
+class Env:
+    """Where one test's workloads live, and how to call the CLI against them."""
+
+    state_dir: str
+    parent: str                  # value for --cgroup-parent / CGAGENT_CGROUP_PARENT
+    roots: list[str] = field(default_factory=list)   # absolute parent dirs, one per hierarchy
+
+    def env(self, **extra: str) -> dict[str, str]:
+        e = dict(os.environ, CGAGENT_STATE_DIR=self.state_dir, CGAGENT_CGROUP_PARENT=self.parent)
+        e.update(extra)
+        return e
+
+    def cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "cgagent", *args]
+
+    def run(self, *args: str, timeout: float = 60, check: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cmd(*args), env=self.env(), capture_output=True, text=True,
+                              timeout=timeout, check=check, **kw)  # type: ignore[call-overload]
+
+    def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.cmd(*args), env=self.env(), text=True, **kw)  # type: ignore[call-overload]
+
+
+def parent_roots(sub: str) -> list[str]:
+    h = hostmod.detect()
+    if h.is_v2:
+        assert h.v2_mount
+        return [os.path.normpath(f"{h.v2_mount}/{h.own_cgroup.get('', '/')}/{sub}")]
+    return sorted({os.path.normpath(f"{m}/{h.own_cgroup.get(c, '/')}/{sub}") for c, m in h.v1_mounts.items()})
+
+
+@pytest.fixture
+def cg(tmp_path: object) -> Iterator[Env]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create cgroups (CI runs as root)")
+    sub = f"cgagent-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    e = Env(state_dir=str(tmp_path) + "/state", parent=f"nested:{sub}", roots=parent_roots(sub))
+    try:
+        yield e
+    finally:
+        left = [d for r in e.roots for d in _kill_and_rmdir(r)]
+        assert not left, f"cgroups left behind: {left}"
