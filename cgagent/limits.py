@@ -150,9 +150,9 @@ def plan(values: dict[str, Any], host: Host, base: Resources | None = None) -> R
         if cpus > online:
             raise CgagentError(f"--cpus {cpus:g} is more than the {online} online CPUs", f"give at most {online}")
         quota = convert.cpus_to_quota(cpus, period or convert.DEFAULT_PERIOD_US)
-    elif "cpu_period" in values and base.cpu_quota not in (None, -1) and base.cpu_period:
+    elif "cpu_period" in values and base.cpu_quota is not None and base.cpu_quota > 0:
         # keep the same CPU fraction when only the period changes
-        quota = round(base.cpu_quota * values["cpu_period"] / base.cpu_period)
+        quota = round(base.cpu_quota * values["cpu_period"] / (base.cpu_period or convert.DEFAULT_PERIOD_US))
     if "cpu_shares" in values and "cpu_weight" in values:
         raise CgagentError("--cpu-shares and --cpu-weight both given", "give one: shares (v1 scale) or weight (v2 scale)")
     shares = values.get("cpu_shares", None if "cpu_weight" in values else base.cpu_shares)

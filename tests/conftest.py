@@ -17,6 +17,9 @@ from cgagent import host as hostmod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# the `prometheus` fixture (a real Prometheus server) lives in tests/prom.py
+pytest_plugins = ["tests.prom"]
+
 
 def _kill_and_rmdir(top: str) -> list[str]:
     """Kill every process under `top`, then rmdir bottom-up. Returns what could not be removed."""

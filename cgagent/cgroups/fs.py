@@ -41,7 +41,7 @@ def read_kv(path: str) -> dict[str, int]:
 def write(path: str, value: str | int) -> None:
     """Write one value; kernel refusals become one-line errors naming the file and value."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)  # O_TRUNC as runc: lets fixture trees be plain files
     except FileNotFoundError:
         raise CgagentError(f"{path} does not exist", "the controller is not available here (see `cgagent doctor`)") from None
     try:

@@ -43,9 +43,11 @@ CpusetMems = Annotated[str | None, _opt("cpuset_mems", "--cpuset-mems")]
 
 
 def _limits(**kw: str | None) -> dict[str, Any]:
-    from cgagent.limits import parse_fields
+    """Options -> validated ResourceSpec values (the pydantic spec; host checks come in plan())."""
+    from cgagent.spec import from_options
 
-    return parse_fields({k: v for k, v in kw.items() if v is not None})
+    values: dict[str, Any] = from_options(kw).values()
+    return values
 
 
 def _store(state_dir: str | None) -> Any:

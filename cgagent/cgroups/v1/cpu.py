@@ -22,10 +22,19 @@ def apply(d: str, r: Resources) -> None:
 
 
 def stats(d: str, s: Stats) -> None:
+    throttling(d, s)
+    spec(d, s)
+
+
+def throttling(d: str, s: Stats) -> None:
+    """cpu.stat only (the exporter's throttling collector reads nothing else)."""
     st = fs.read_kv(os.path.join(d, "cpu.stat"))
     s.cpu.periods = st.get("nr_periods")
     s.cpu.throttled_periods = st.get("nr_throttled")
     s.cpu.throttled_ns = st.get("throttled_time")
+
+
+def spec(d: str, s: Stats) -> None:
     s.spec.shares = fs.read_int(f"{d}/cpu.shares")
     s.spec.quota_us = fs.read_int(f"{d}/cpu.cfs_quota_us")
     s.spec.period_us = fs.read_int(f"{d}/cpu.cfs_period_us")

@@ -36,18 +36,27 @@ def oom_kills(d: str) -> int:
 
 
 def stats(d: str, s: Stats) -> None:
+    usage(d, s)
+    limits(d, s)
+    s.memory.oom_kills = fs.read_kv(f"{d}/memory.oom_control").get("oom_kill")
+
+
+def usage(d: str, s: Stats) -> None:
+    """Usage, peak, limit hits and the memory.stat breakdown (no limits, no OOM state)."""
     m = s.memory
     m.usage = fs.read_int(f"{d}/memory.usage_in_bytes")
     m.max_usage = fs.read_int(f"{d}/memory.max_usage_in_bytes")
-    m.limit = _unlimited(fs.read_int(f"{d}/memory.limit_in_bytes"))
-    m.swap_limit = _unlimited(fs.read_int(f"{d}/memory.memsw.limit_in_bytes"))
     m.limit_hits = fs.read_int(f"{d}/memory.failcnt")
     st = fs.read_kv(f"{d}/memory.stat")
     # total_* include descendants, which is what a workload (with its own sub-cgroups) is.
     m.rss = st.get("total_rss", st.get("rss"))
     m.cache = st.get("total_cache", st.get("cache"))
     m.inactive_file = st.get("total_inactive_file", st.get("inactive_file"))
-    m.oom_kills = fs.read_kv(f"{d}/memory.oom_control").get("oom_kill")
+
+
+def limits(d: str, s: Stats) -> None:
+    s.memory.limit = _unlimited(fs.read_int(f"{d}/memory.limit_in_bytes"))
+    s.memory.swap_limit = _unlimited(fs.read_int(f"{d}/memory.memsw.limit_in_bytes"))
 
 
 def _unlimited(n: int | None) -> int | None:

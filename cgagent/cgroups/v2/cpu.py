@@ -35,6 +35,11 @@ def read_usage(d: str, s: Stats) -> None:
 
 def stats(d: str, s: Stats) -> None:
     read_usage(d, s)
+    spec(d, s)
+
+
+def spec(d: str, s: Stats) -> None:
+    """cpu.weight and cpu.max (absent without the cpu controller: left None)."""
     s.spec.weight = fs.read_int(f"{d}/cpu.weight")
     try:
         quota, period = fs.read(f"{d}/cpu.max").split()

@@ -30,11 +30,15 @@ def oom_kills(d: str) -> int:
 
 
 def stats(d: str, s: Stats) -> None:
+    usage(d, s)
+    limits(d, s)
+
+
+def usage(d: str, s: Stats) -> None:
+    """current, peak, the memory.stat breakdown and the memory.events counters (no limits)."""
     m = s.memory
     m.usage = fs.read_int(f"{d}/memory.current")
     m.max_usage = fs.read_int(f"{d}/memory.peak")
-    m.limit = fs.read_int(f"{d}/memory.max")
-    m.swap_limit = fs.read_int(f"{d}/memory.swap.max")
     st = fs.read_kv(f"{d}/memory.stat")
     m.rss = st.get("anon")
     m.cache = st.get("file")
@@ -43,3 +47,8 @@ def stats(d: str, s: Stats) -> None:
     m.limit_hits = ev.get("max")
     m.oom_events = ev.get("oom")
     m.oom_kills = ev.get("oom_kill")
+
+
+def limits(d: str, s: Stats) -> None:
+    s.memory.limit = fs.read_int(f"{d}/memory.max")
+    s.memory.swap_limit = fs.read_int(f"{d}/memory.swap.max")
