@@ -22,7 +22,7 @@ $(STAMP_APT):
 
 $(STAMP_PIP): $(STAMP_APT) pyproject.toml
 	$(BIN)/pip install -q --upgrade pip >/dev/null
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --config-settings editable_mode=compat -e '.[dev]'  # a .pth path entry: no import-hook finder at every start-up
 	@touch $@
 
 deps: $(STAMP_PIP)

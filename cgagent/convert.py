@@ -34,7 +34,7 @@ def weight_to_shares(weight: int) -> int:
 
 def cpus_to_quota(cpus: float, period_us: int = DEFAULT_PERIOD_US) -> int:
     """`--cpus 0.5` at a 100 ms period -> 50000 µs quota (Docker's NanoCPUs arithmetic)."""
-    return int(round(cpus * period_us))
+    return round(cpus * period_us)
 
 
 def quota_to_cpus(quota_us: int, period_us: int) -> float | None:

@@ -57,7 +57,7 @@ def parse_mountinfo(text: str) -> tuple[dict[str, str], str | None]:
         left, sep, right = line.partition(" - ")
         if not sep:
             continue
-        fstype, _source, superopts = (right.split() + ["", "", ""])[:3]
+        fstype, _source, superopts = [*right.split(), "", "", ""][:3]
         mountpoint = left.split()[4].replace("\\040", " ")
         if fstype == "cgroup2":
             # prefer the canonical mount; a second cgroup2 mount elsewhere (e.g. a test's) is ignored

@@ -14,6 +14,17 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 WAITED = (*FORWARDED, signal.SIGCHLD)
 
 
+def which(cmd: str, path: str | None = None) -> str | None:
+    """shutil.which without importing shutil (start-up time matters here)."""
+    if "/" in cmd:
+        return cmd if os.access(cmd, os.X_OK) and not os.path.isdir(cmd) else None
+    for d in (path if path is not None else os.environ.get("PATH", os.defpath)).split(os.pathsep):
+        full = os.path.join(d or ".", cmd)
+        if os.access(full, os.X_OK) and not os.path.isdir(full):
+            return full
+    return None
+
+
 def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, int] | None = None,
           env: dict[str, str] | None = None, child_setup: Callable[[], None] | None = None) -> int:
     """Fork; let `place(pid)` put the child in its cgroup (cgroupfs write, or a systemd scope) while

@@ -154,7 +154,8 @@ def plan(values: dict[str, Any], host: Host, base: Resources | None = None) -> R
         # keep the same CPU fraction when only the period changes
         quota = round(base.cpu_quota * values["cpu_period"] / (base.cpu_period or convert.DEFAULT_PERIOD_US))
     if "cpu_shares" in values and "cpu_weight" in values:
-        raise CgagentError("--cpu-shares and --cpu-weight both given", "give one: shares (v1 scale) or weight (v2 scale)")
+        raise CgagentError("--cpu-shares and --cpu-weight both given",
+                           "give one: shares (v1 scale) or weight (v2 scale)")
     shares = values.get("cpu_shares", None if "cpu_weight" in values else base.cpu_shares)
     weight = values.get("cpu_weight", None if "cpu_shares" in values else base.cpu_weight)
     memory = values.get("memory", base.memory)
@@ -165,13 +166,13 @@ def plan(values: dict[str, Any], host: Host, base: Resources | None = None) -> R
         if swap < memory:
             raise CgagentError(f"--memory-swap {swap} is smaller than --memory {memory}",
                                "--memory-swap is memory plus swap: make it at least --memory")
-    for key, option, online in (("cpuset_cpus", "--cpuset-cpus", host.online_cpus),
-                                ("cpuset_mems", "--cpuset-mems", host.online_mems)):
+    for key, option, allowed in (("cpuset_cpus", "--cpuset-cpus", host.online_cpus),
+                                 ("cpuset_mems", "--cpuset-mems", host.online_mems)):
         if key in values:
-            bad = [c for c in parse_cpu_list(values[key], option) if c not in online]
+            bad = [c for c in parse_cpu_list(values[key], option) if c not in allowed]
             if bad:
                 raise CgagentError(f"{option} {values[key]} names {format_cpu_list(bad)}, not online",
-                                   f"choose from {format_cpu_list(online)}")
+                                   f"choose from {format_cpu_list(allowed)}")
     return Resources(
         cpu_shares=shares,
         cpu_weight=weight,

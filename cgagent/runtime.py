@@ -9,14 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import signal
 import time
 from dataclasses import dataclass
 
-from cgagent import events, launch, procs
-from cgagent.cgroups import CgroupManager, manager_for, resolve_dirs
+from cgagent import events, launch, oom, procs
+from cgagent.cgroups import CgroupManager, existing_manager, new_manager
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
@@ -46,9 +44,6 @@ def select_driver(host: Host, requested: str | None) -> str:
     if requested is not None and requested not in DRIVERS:
         raise CgagentError(f"unknown cgroup driver {requested!r}", "use --cgroup-driver cgroupfs or systemd")
     driver = requested or ("systemd" if host.init_is_systemd else "cgroupfs")
-    if driver == "systemd":
-        raise CgagentError("the systemd cgroup driver is not available in this build",
-                           "use --cgroup-driver cgroupfs")
     if driver == "cgroupfs" and host.init_is_systemd and requested == "cgroupfs":
         import sys
 
@@ -58,7 +53,7 @@ def select_driver(host: Host, requested: str | None) -> str:
 
 
 def manager(host: Host, rec: Record) -> CgroupManager:
-    return manager_for(host, rec.dirs)
+    return existing_manager(host, rec.driver, rec.dirs, rec.unit)
 
 
 def _cgroup_id(host: Host, dirs: dict[str, str]) -> str:
@@ -121,14 +116,15 @@ def prune_parents(store: Store) -> None:
 
 def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupManager]:
     require_root("cgagent run")
-    name = validate_name(req.name) if req.name else f"w-{secrets.token_hex(4)}"
+    name = validate_name(req.name) if req.name else f"w-{os.urandom(4).hex()}"
     driver = select_driver(host, req.driver)
     if not req.cmd:
         raise CgagentError("no command given", "put the command after --, e.g. cgagent run -- sleep 10")
-    if shutil.which(req.cmd[0]) is None:
+    if launch.which(req.cmd[0]) is None:
         raise CgagentError(f"command not found: {req.cmd[0]}", "check the name and PATH", exit_code=127)
-    dirs = resolve_dirs(host, req.parent, name)
-    mgr = manager_for(host, dirs)
+    mgr = new_manager(host, driver, req.parent, name)
+    dirs = mgr.dirs
+    resources = mgr.effective(req.resources)   # systemd rounds the CPU quota: record what the kernel holds
     with store.lock():
         if store.exists(name):
             raise CgagentError(f"the name {name!r} is already in use", f"choose another --name, or `cgagent rm {name}`")
@@ -136,10 +132,12 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
             raise CgagentError(f"cgroup {next(iter(dirs.values()))} already exists",
                                "another tool owns it; choose another --name or --cgroup-parent")
         rec = Record(name=name, cmd=req.cmd, driver=driver, mode=mgr.mode, dirs=dirs,
-                     cgroup=_cgroup_id(host, dirs), resources=req.resources.to_dict(), created=time.time(),
-                     detached=req.detach, auto_remove=req.auto_remove, policy=req.policy)
+                     cgroup=_cgroup_id(host, dirs), resources=resources.to_dict(), created=time.time(),
+                     detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
+                     unit=getattr(mgr, "unit", None))
         store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
-        _remember_parents(store, _own_parents(store, dirs))
+        if driver == "cgroupfs":   # systemd owns its slices: never rmdir them
+            _remember_parents(store, _own_parents(store, dirs))
     try:
         mgr.create()
         mgr.set(req.resources)
@@ -161,6 +159,8 @@ def discard(store: Store, rec: Record, mgr: CgroupManager) -> None:
 
 def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, int] | None = None) -> int:
     pid = launch.spawn(rec.cmd, mgr.apply, stdio)
+    if mgr.dirs != rec.dirs:   # systemd driver: the scope's cgroup as systemd reports it
+        rec.dirs, rec.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", rec.cgroup)
     rec.pid, rec.pid_start, rec.status, rec.started = pid, procs.start_time(pid), "running", time.time()
     store.save(rec)
     events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources)
@@ -177,7 +177,7 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
         if rec is not None:
             mgr = manager(host, rec)
             with contextlib.suppress(OSError, ValueError):
-                rec.oom_kills = max(rec.oom_kills, mgr.oom_kill_count())
+                oom.note(store, rec, mgr.oom_kill_count(), "exit")  # once: `serve` may have logged them
             mgr.destroy()
             first = rec.status != "exited"
             rec.status, rec.exit_code, rec.finished = "exited", exit_code, time.time()
@@ -229,9 +229,9 @@ def run_detached(req: RunRequest, host: Host, store: Store) -> str:
     msg = os.read(r, 4096).decode()
     os.close(r)
     if msg.startswith("err:"):
-        _, code, text = msg.split(":", 2)
+        _, ecode, text = msg.split(":", 2)
         problem, _, fix = text.partition(": ")
-        raise CgagentError(problem, fix, exit_code=int(code))
+        raise CgagentError(problem, fix, exit_code=int(ecode))
     if not msg.startswith("ok"):
         discard(store, rec, mgr)
         raise CgagentError("the supervisor died before starting the workload", "see the record with cgagent ps -a")
@@ -333,8 +333,9 @@ def update(store: Store, host: Host, name: str, values: dict[str, object]) -> Re
             raise CgagentError(f"workload {name!r} is not running", "only running workloads can be updated")
         base = Resources.from_dict(rec.resources)
         new = plan(values, host, base)
-        manager(host, rec).set(new)
-        rec.resources = new.to_dict()
+        mgr = manager(host, rec)
+        mgr.set(new)
+        rec.resources = mgr.effective(new).to_dict()
         store.save(rec)
         events.append(store.root, "update", name, resources=rec.resources)
     return rec

@@ -20,7 +20,8 @@ def parse_bytes(value: str | int, option: str) -> int:
             return -1
         m = _BYTES.match(value)
         if not m:
-            raise CgagentError(f"{option} {value!r} is not a size", "use a number with an optional unit, e.g. 512M or 1.5G")
+            raise CgagentError(f"{option} {value!r} is not a size",
+                               "use a number with an optional unit, e.g. 512M or 1.5G")
         n = int(float(m.group(1)) * _MULT[m.group(2).lower()])
     if n < 0:
         raise CgagentError(f"{option} {value} is negative", "give a positive size such as 256M, or 'unlimited'")

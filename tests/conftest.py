@@ -73,7 +73,8 @@ class Env:
     def cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "cgagent", *args]
 
-    def run(self, *args: str, timeout: float = 60, check: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 60, check: bool = False,
+            **kw: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.cmd(*args), env=self.env(), capture_output=True, text=True,
                               timeout=timeout, check=check, **kw)  # type: ignore[call-overload]
 

@@ -52,7 +52,8 @@ def test_cpus_half_a_cpu_is_throttled(cg: Env) -> None:
     probe = BUSY.format(secs=5) + (
         "import os, json, resource\n"
         "ru = resource.getrusage(resource.RUSAGE_SELF)\n"
-        "cg = [l.split(':')[2].strip() for l in open('/proc/self/cgroup') if l.split(':')[1] in ('cpu', 'cpu,cpuacct', '')][0]\n"
+        "cg = [l.split(':')[2].strip() for l in open('/proc/self/cgroup')\n"
+        "      if l.split(':')[1] in ('cpu', 'cpu,cpuacct', '')][0]\n"
         "base = '/sys/fs/cgroup/cpu' if os.path.isdir('/sys/fs/cgroup/cpu') else '/sys/fs/cgroup'\n"
         "stat = dict(l.split() for l in open(base + cg + '/cpu.stat'))\n"
         "print(json.dumps({'cpu': ru.ru_utime + ru.ru_stime, 'throttled': int(stat['nr_throttled'])}))\n")
@@ -135,8 +136,8 @@ def test_exit_code_passes_through_and_cgroup_is_removed(cg: Env) -> None:
 
 
 def test_sigterm_is_forwarded(cg: Env) -> None:
-    p = cg.popen("run", "--name", "term", "--", "sh", "-c", "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done",
-                 stdout=subprocess.PIPE)
+    p = cg.popen("run", "--name", "term", "--", "sh", "-c",
+                 "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done", stdout=subprocess.PIPE)
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGTERM)
     assert p.wait(10) == 42
@@ -213,7 +214,8 @@ def test_sigkill_of_foreground_cli_leaves_a_managed_workload(cg: Env) -> None:
 
 
 def test_stop_terminates_then_kills(cg: Env) -> None:
-    assert cg.run("run", "-d", "--name", "stubborn", "--", "sh", "-c", "trap '' TERM; while :; do sleep 1; done").returncode == 0
+    r = cg.run("run", "-d", "--name", "stubborn", "--", "sh", "-c", "trap '' TERM; while :; do sleep 1; done")
+    assert r.returncode == 0
     t0 = time.monotonic()
     r = cg.run("stop", "--time", "1", "stubborn")
     assert r.returncode == 0, r.stderr

@@ -41,9 +41,11 @@ def read_kv(path: str) -> dict[str, int]:
 def write(path: str, value: str | int) -> None:
     """Write one value; kernel refusals become one-line errors naming the file and value."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)  # O_TRUNC as runc: lets fixture trees be plain files
+        # O_TRUNC as runc does: harmless on cgroupfs, and fixture trees can be plain files
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise CgagentError(f"{path} does not exist", "the controller is not available here (see `cgagent doctor`)") from None
+        raise CgagentError(f"{path} does not exist",
+                           "the controller is not available here (see `cgagent doctor`)") from None
     try:
         os.write(fd, str(value).encode())
     except OSError as e:

@@ -14,15 +14,19 @@ from cgagent.units import format_bytes
 
 
 def print_table(rows: list[dict[str, Any]], cols: list[str], title: str | None = None) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=title, box=None, header_style="bold")
     for c in cols:
-        t.add_column(c.upper().replace("_", " "), overflow="fold")
+        # only the command may be cut; numbers and names must stay whole and on one line
+        t.add_column(c.upper().replace("_", " "), no_wrap=True,
+                     overflow="ellipsis" if c == "command" else "fold", max_width=48 if c == "command" else None)
     for r in rows:
         t.add_row(*("-" if r.get(c) is None else str(r[c]) for c in cols))
-    Console().print(t)
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
 
 
 def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:

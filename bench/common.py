@@ -1,0 +1,84 @@
+"""Helpers shared by the benchmarks: timing whole commands, a private cgroup parent, a busybox bundle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+from cgagent import host as hostmod
+
+
+def time_cmd(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def interleaved(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run each case once per round, in turn, so machine noise hits all of them alike."""
+    out: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, f in cases.items():
+            out[k].append(f())
+    return out
+
+
+def summary(samples: list[float]) -> str:
+    return (f"median {1e3 * statistics.median(samples):7.1f} ms   "
+            f"p10 {1e3 * sorted(samples)[len(samples) // 10]:7.1f}   max {1e3 * max(samples):7.1f}")
+
+
+def cgroup_parent_dirs(sub: str) -> list[str]:
+    """`sub` nested under our own cgroup, and at the root, in EVERY mounted hierarchy: runc creates its
+    cgroupsPath at the hierarchy roots, in named and unified hierarchies too."""
+    h = hostmod.detect()
+    out = set()
+    for line in open("/proc/self/mountinfo"):
+        left, _, right = line.partition(" - ")
+        if right.split()[0] in ("cgroup", "cgroup2"):
+            mount = left.split()[4]
+            out.add(os.path.normpath(f"{mount}/{sub}"))
+            for own in h.own_cgroup.values():
+                out.add(os.path.normpath(f"{mount}/{own}/{sub}"))
+    return sorted(out)
+
+
+def remove_cgroup_tree(top: str) -> None:
+    """Kill what is left under `top` (ours), then rmdir bottom-up."""
+    if not os.path.isdir(top):
+        return
+    for d, _dirs, _files in os.walk(top):
+        try:
+            for p in open(os.path.join(d, "cgroup.procs")).read().split():
+                os.kill(int(p), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + 5
+    for d, _dirs, _files in os.walk(top, topdown=False):
+        while True:
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+
+def busybox_rootfs(root: str) -> None:
+    """A minimal rootfs from Debian's busybox-static: /bin/busybox plus applet links."""
+    bb = shutil.which("busybox") or "/bin/busybox"
+    os.makedirs(f"{root}/bin", exist_ok=True)
+    shutil.copy(bb, f"{root}/bin/busybox")
+    for applet in ("sh", "true", "ps", "hostname", "ip", "cat", "ls", "sleep"):
+        if not os.path.exists(f"{root}/bin/{applet}"):
+            os.symlink("busybox", f"{root}/bin/{applet}")
+    for d in ("proc", "dev", "sys", "tmp", "etc"):
+        os.makedirs(f"{root}/{d}", exist_ok=True)

@@ -1,0 +1,87 @@
+"""Launch latency (issue 2): `cgagent run -- /bin/true` beside `python3 -c pass` and `runc run` of a
+busybox bundle with the same limits, in one run. The agent's own cost is its time minus Python's
+start-up; the target is that it does not exceed runc's whole time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+
+from bench.common import busybox_rootfs, cgroup_parent_dirs, interleaved, remove_cgroup_tree, summary, time_cmd
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
+LIMITS = {"cpus": 0.5, "memory": 256 << 20, "pids": 64}
+
+
+def runc_bundle(d: str, parent: str) -> None:
+    busybox_rootfs(f"{d}/rootfs")
+    subprocess.run(["runc", "spec"], cwd=d, check=True)
+    with open(f"{d}/config.json") as f:
+        cfg = json.load(f)
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = ["/bin/true"]
+    cfg["linux"]["cgroupsPath"] = f"{parent}/runc-bench"
+    cfg["linux"]["resources"].update({
+        "cpu": {"quota": int(LIMITS["cpus"] * 100000), "period": 100000},
+        "memory": {"limit": LIMITS["memory"]},
+        "pids": {"limit": LIMITS["pids"]},
+    })
+    with open(f"{d}/config.json", "w") as f:
+        json.dump(cfg, f)
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        print("launch bench skipped: needs root")
+        return
+    sub = f"cgagent-bench-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    # state on tmpfs, as the default /run/cgagent is
+    tmp = tempfile.mkdtemp(prefix="cgagent-bench-", dir="/run" if os.path.isdir("/run") else None)
+    env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/state", CGAGENT_CGROUP_PARENT=f"nested:{sub}")
+    cgagent = [os.path.join(os.path.dirname(sys.executable), "cgagent"), "run", "--rm",
+               "--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"]),
+               "--", "/bin/true"]
+    cases = {
+        "python3 -c pass": lambda: time_cmd([sys.executable, "-c", "pass"]),
+        "cgagent run -- /bin/true": lambda: time_cmd(cgagent, env=env),
+    }
+    have_runc = shutil.which("runc") is not None
+    runc_root = f"{tmp}/runc-state"
+    if have_runc:
+        runc_bundle(f"{tmp}/bundle", f"/{sub}")
+        n = iter(range(10**6))
+        cases["runc run (busybox, same limits)"] = lambda: time_cmd(
+            ["runc", "--root", runc_root, "run", "--bundle", f"{tmp}/bundle", f"bench-{next(n)}"])
+    try:
+        for f in cases.values():  # warm caches (pyc, page cache) once
+            f()
+        res = interleaved(cases, ROUNDS)
+    finally:
+        for d in cgroup_parent_dirs(sub):
+            remove_cgroup_tree(d)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{ROUNDS} rounds, interleaved; host mode {json.dumps(os.uname().release)}")
+    for k, v in res.items():
+        print(f"  {k:34} {summary(v)}")
+    med = {k: statistics.median(v) for k, v in res.items()}
+    py, ours = med["python3 -c pass"], med["cgagent run -- /bin/true"]
+    own = ours - py
+    print(f"  cgagent / python3 -c pass        {ours / py:6.2f}x")
+    print(f"  agent's own cost (cgagent - python) {1e3 * own:6.1f} ms")
+    if have_runc:
+        runc = med["runc run (busybox, same limits)"]
+        print(f"  cgagent / runc                   {ours / runc:6.2f}x")
+        verdict = "meets" if own <= runc else "misses"
+        print(f"  target: own cost <= runc's time ({1e3 * runc:.1f} ms): {verdict}")
+    else:
+        print("  runc not installed: no runc comparison (apt-get install runc)")
+
+
+if __name__ == "__main__":
+    main()
