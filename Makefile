@@ -3,11 +3,13 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := python3-venv prometheus runc busybox-static bubblewrap iproute2 procps
+APT_PKGS := python3-venv prometheus runc busybox-static bubblewrap iproute2 procps nftables
 STAMP_APT := $(VENV)/.apt-stamp
+# Only for the cgroup v2 + systemd VM test tier (`make test-vm-image`): `make test` does not need them.
+VM_APT_PKGS := qemu-system-x86 debootstrap busybox-static e2fsprogs kmod
 STAMP_PIP := $(VENV)/.pip-stamp
 
-.PHONY: all deps demo test bench lint typecheck clean
+.PHONY: all deps demo test test-vm-image bench lint typecheck clean
 all: test
 
 # apt packages: only asks apt when one is missing, so repeated runs stay fast and offline.
@@ -32,6 +34,16 @@ demo: deps
 
 test: deps
 	$(BIN)/python -m pytest -q tests
+
+# Builds the cgroup v2 + systemd VM image once (~1-2 min; cached in /var/tmp/cgagent-vm, rebuilt when
+# tests/vm/cgagent-vm.sh or the Python dependencies change). `make test` then runs tests/test_vm.py too.
+test-vm-image: deps
+	@missing=$$(for p in $(VM_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	PIP=$(BIN)/pip tests/vm/cgagent-vm.sh build
 
 bench: deps
 	$(BIN)/python -m bench

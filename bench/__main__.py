@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-ORDER = ["launch", "exporter", "systemd_driver", "isolation", "network"]
+ORDER = ["launch", "web", "exporter", "systemd_driver", "isolation", "network", "policy"]
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from cgagent import events, launch, oom, procs
 from cgagent.cgroups import CgroupManager, existing_manager, new_manager
@@ -33,6 +34,18 @@ class RunRequest:
     detach: bool = False
     auto_remove: bool = False
     policy: str | None = None
+    isolation: dict[str, Any] | None = None   # image/--rootfs runs: cgagent.isolation.spec.build
+    restart: str = "no"                        # no | on-failure[:N] | always
+
+
+def parse_restart(text: str) -> tuple[str, int | None]:
+    """Docker's --restart: no | on-failure[:N] | always -> (mode, most restarts or None)."""
+    mode, _, num = text.partition(":")
+    if mode in ("no", "always") and not num:
+        return mode, None
+    if mode == "on-failure" and (not num or (num.isdigit() and int(num) > 0)):
+        return mode, int(num) if num else None
+    raise CgagentError(f"--restart {text!r} is not a restart policy", "use no, on-failure, on-failure:N or always")
 
 
 def require_root(action: str) -> None:
@@ -120,7 +133,9 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
     driver = select_driver(host, req.driver)
     if not req.cmd:
         raise CgagentError("no command given", "put the command after --, e.g. cgagent run -- sleep 10")
-    if launch.which(req.cmd[0]) is None:
+    if parse_restart(req.restart)[0] != "no" and req.auto_remove:
+        raise CgagentError("--rm and --restart exclude each other", "drop one of them")
+    if not req.isolation and launch.which(req.cmd[0]) is None:
         raise CgagentError(f"command not found: {req.cmd[0]}", "check the name and PATH", exit_code=127)
     mgr = new_manager(host, driver, req.parent, name)
     dirs = mgr.dirs
@@ -134,11 +149,15 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
         rec = Record(name=name, cmd=req.cmd, driver=driver, mode=mgr.mode, dirs=dirs,
                      cgroup=_cgroup_id(host, dirs), resources=resources.to_dict(), created=time.time(),
                      detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
-                     unit=getattr(mgr, "unit", None))
+                     unit=getattr(mgr, "unit", None), isolation=req.isolation or {}, restart=req.restart)
         store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
         if driver == "cgroupfs":   # systemd owns its slices: never rmdir them
             _remember_parents(store, _own_parents(store, dirs))
     try:
+        if rec.isolation:
+            from cgagent.isolation import rootfs
+
+            rootfs.prepare(rec.isolation)
         mgr.create()
         mgr.set(req.resources)
     except BaseException:
@@ -151,18 +170,51 @@ def discard(store: Store, rec: Record, mgr: CgroupManager) -> None:
     """Undo a create: cgroup, owned parents, record. Never raises over the original error."""
     with contextlib.suppress(Exception):
         mgr.destroy()
+    with contextlib.suppress(Exception):
+        _teardown_isolation(rec)
     with store.lock():
         with contextlib.suppress(Exception):
             prune_parents(store)
         store.delete(rec.name)
 
 
+def _teardown_isolation(rec: Record) -> None:
+    """Remove an isolated workload's upper/work dirs (its mounts died with its mount namespace)."""
+    if rec.isolation:
+        from cgagent.isolation import rootfs
+        from cgagent.network import workload as network
+
+        try:
+            network.release(rec.isolation, rec.name)   # veth, address, ports, hosts files
+        finally:
+            rootfs.teardown(rec.isolation)   # the overlay dirs go even if the network part fails
+
+
 def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, int] | None = None) -> int:
-    pid = launch.spawn(rec.cmd, mgr.apply, stdio)
-    if mgr.dirs != rec.dirs:   # systemd driver: the scope's cgroup as systemd reports it
-        rec.dirs, rec.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", rec.cgroup)
-    rec.pid, rec.pid_start, rec.status, rec.started = pid, procs.start_time(pid), "running", time.time()
-    store.save(rec)
+    env, setup, netfd = None, None, None
+    if rec.isolation:
+        from cgagent.isolation.child import make_setup
+        from cgagent.network import workload as network
+
+        netfd = network.prepare(rec.isolation, rec.name, store.root)   # connected before the fork
+        env, setup = make_setup(rec.isolation, netfd)
+    def place(pid: int) -> None:
+        # Runs while the child waits: the record names the pid before the workload runs a single
+        # instruction of its own, so nothing it does can be observed ahead of its record.
+        mgr.apply(pid)
+        if mgr.dirs != rec.dirs:   # systemd driver: the scope's cgroup as systemd reports it
+            rec.dirs, rec.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", rec.cgroup)
+        rec.pid, rec.pid_start, rec.status, rec.started = pid, procs.start_time(pid), "running", time.time()
+        store.save(rec)
+
+    try:
+        pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup)
+    except BaseException:
+        if netfd is not None:
+            os.close(netfd)
+        raise
+    if rec.isolation:
+        network.started(rec.isolation, rec.name, pid, netfd)
     events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources)
     return pid
 
@@ -179,10 +231,12 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
             with contextlib.suppress(OSError, ValueError):
                 oom.note(store, rec, mgr.oom_kill_count(), "exit")  # once: `serve` may have logged them
             mgr.destroy()
+            _teardown_isolation(rec)
             first = rec.status != "exited"
             rec.status, rec.exit_code, rec.finished = "exited", exit_code, time.time()
             if first:
                 events.append(store.root, "exit", name, exit_code=exit_code, oom_kills=rec.oom_kills)
+            _clear_stop(store, name)
             if rec.auto_remove:
                 store.delete(name)
             else:
@@ -201,9 +255,62 @@ def run_foreground(req: RunRequest, host: Host, store: Store) -> int:
     except BaseException:
         discard(store, rec, mgr)
         raise
-    code = launch.wait_forwarding(pid)
+    code = _supervise_loop(store, rec, mgr, pid, None)
     finish(store, host, rec.name, code)
     return code
+
+
+# --- restarts: the supervisor (foreground CLI or detached supervisor) applies --restart
+
+RESTART_FIRST_DELAY = 0.1   # Docker's: doubling from 100 ms up to a minute,
+RESTART_MAX_DELAY = 60.0
+RESTART_RESET_AFTER = 10.0  # and back to the start after a run of 10 s or more
+
+
+def _stop_flag(store: Store, name: str) -> str:
+    return os.path.join(store.workloads, f"{name}.stopping")
+
+
+def request_stop(store: Store, name: str) -> None:
+    """Tell the supervisor not to restart `name` again (stop, rm -f)."""
+    store.ensure()
+    with open(_stop_flag(store, name), "w"):
+        pass
+
+
+def _clear_stop(store: Store, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_stop_flag(store, name))
+
+
+def _should_restart(store: Store, rec: Record, code: int) -> bool:
+    mode, most = parse_restart(rec.restart)
+    if mode == "no" or os.path.exists(_stop_flag(store, rec.name)):
+        return False
+    # on-failure: only a non-zero exit, and at most N restarts
+    return mode == "always" or (code != 0 and (most is None or rec.restarts < most))
+
+
+def _supervise_loop(store: Store, rec: Record, mgr: CgroupManager, pid: int,
+                    stdio: tuple[int, int, int] | None) -> int:
+    """Wait for the workload; restart it per its policy with backoff. Returns the last exit code."""
+    streak = 0
+    while True:
+        began = time.monotonic()
+        code = launch.wait_forwarding(pid)
+        if not _should_restart(store, rec, code):
+            return code
+        streak = 0 if time.monotonic() - began >= RESTART_RESET_AFTER else streak
+        delay = min(RESTART_FIRST_DELAY * 2 ** streak, RESTART_MAX_DELAY)
+        streak += 1
+        events.append(store.root, "restart", rec.name, exit_code=code, restarts=rec.restarts + 1,
+                      delay_s=round(delay, 3))
+        # the backoff ends early on a signal for us (stop, Ctrl-C): then the workload stays down
+        sig = signal.sigtimedwait([s for s in launch.WAITED if s != signal.SIGCHLD], delay)
+        if sig is not None or not _should_restart(store, rec, code):
+            return code
+        rec.restarts += 1
+        pid = start(store, rec, mgr, stdio)
 
 
 def run_detached(req: RunRequest, host: Host, store: Store) -> str:
@@ -251,7 +358,7 @@ def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report
     os.close(report)
     for fd in (0, 1, 2):
         os.dup2(devnull if fd == 0 else log, fd)
-    code = launch.wait_forwarding(pid)
+    code = _supervise_loop(store, rec, mgr, pid, (devnull, log, log))
     finish(store, host, rec.name, code)
     return 0
 
@@ -268,7 +375,9 @@ def live_status(host: Host, rec: Record) -> str:
             return "running"
     except OSError:
         pass
-    return "created" if rec.status == "created" and rec.pid is None else "exited"
+    if rec.status == "created" and rec.pid is None:
+        return "created"
+    return "restarting" if rec.restart != "no" and _supervisor_alive(rec) else "exited"
 
 
 def oom_kills(host: Host, rec: Record) -> int:
@@ -285,7 +394,9 @@ def _supervisor_alive(rec: Record) -> bool:
 def stop(store: Store, host: Host, name: str, timeout: float) -> None:
     require_root("cgagent stop")
     rec = store.load(name)
+    request_stop(store, name)   # no restart after this
     if live_status(host, rec) != "running":
+        _end_supervisor(rec)    # it may be waiting out a restart backoff
         return
     mgr = manager(host, rec)
     main = rec.pid if procs.alive(rec.pid, rec.pid_start) else None
@@ -297,6 +408,15 @@ def stop(store: Store, host: Host, name: str, timeout: float) -> None:
         procs.wait_exit(main, timeout)
     mgr.kill()
     _settle(store, host, rec)
+
+
+def _end_supervisor(rec: Record, timeout: float = 10.0) -> None:
+    """Wake a supervisor in its restart backoff (it then records the end) and wait for it to exit."""
+    if rec.restart != "no" and _supervisor_alive(rec) and rec.supervisor_pid != os.getpid():
+        assert rec.supervisor_pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.supervisor_pid, signal.SIGTERM)
+        procs.wait_exit(rec.supervisor_pid, timeout)
 
 
 def _settle(store: Store, host: Host, rec: Record) -> None:
@@ -316,10 +436,18 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
     if live_status(host, rec) == "running":
         if not force:
             raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
+        request_stop(store, name)   # before the kill: the supervisor must not restart it
         manager(host, rec).kill()
+    if force:
+        request_stop(store, name)
+        _end_supervisor(rec)   # or it could restart the workload into the cgroup being removed
     with store.lock():
+        with contextlib.suppress(OSError, ValueError, CgagentError):  # kills nobody has logged yet
+            oom.note(store, store.load(name), manager(host, rec).oom_kill_count(), "rm")
         manager(host, rec).destroy()
+        _teardown_isolation(rec)
         store.delete(name)
+        _clear_stop(store, name)
         prune_parents(store)
 
 

@@ -75,6 +75,9 @@ class Record:
     auto_remove: bool = False
     policy: str | None = None
     unit: str | None = None              # systemd driver: the scope's name
+    isolation: dict[str, Any] = field(default_factory=dict)  # image runs: see cgagent.isolation.spec
+    restart: str = "no"                  # no | on-failure[:N] | always (the supervisor applies it)
+    restarts: int = 0                    # how many times the supervisor restarted it
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from cgagent import host as hostmod
+from tests.tiers import pytest_terminal_summary  # noqa: F401  (prints which test tiers ran)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -122,7 +122,7 @@ def test_update_changes_quota_live(cg: Env) -> None:
     assert r.returncode == 0, r.stderr
     assert cgfile(cg, "tune", "cpu", "cpu.cfs_quota_us").strip() == "20000"
     (after,) = measure_cpu(cg, ["tune"], 2.0)
-    assert 0.7 <= before / 2.0 <= 0.85 and 0.15 <= after / 2.0 <= 0.25, (before, after)
+    assert 0.65 <= before / 2.0 <= 0.85 and 0.15 <= after / 2.0 <= 0.25, (before, after)
     assert json.loads(cg.run("ps", "--json").stdout)[0]["cpus"] == "0.2"
     assert cg.run("rm", "-f", "tune").returncode == 0
 

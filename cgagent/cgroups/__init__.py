@@ -12,7 +12,8 @@ from cgagent.host import Host
 DEFAULT_PARENT = "/cgagent"
 _PARENT = re.compile(r"^(/|nested(:[A-Za-z0-9_.\-/]*)?|(/[A-Za-z0-9_.\-]+)+/?)$")
 
-__all__ = ["DEFAULT_PARENT", "CgroupManager", "manager_for", "resolve_dirs", "validate_parent"]
+__all__ = ["DEFAULT_PARENT", "CgroupManager", "existing_manager", "manager_for", "new_manager", "resolve_dirs",
+           "validate_parent"]
 
 
 def validate_parent(parent: str) -> str:
@@ -56,3 +57,23 @@ def manager_for(host: Host, dirs: dict[str, str]) -> CgroupManager:
     from cgagent.cgroups.v1 import V1Manager
 
     return V1Manager(dirs)
+
+
+def new_manager(host: Host, driver: str, parent: str, name: str) -> CgroupManager:
+    """The manager for a workload about to be created (its `dirs` say where its cgroup will be)."""
+    if driver == "systemd":
+        from cgagent.cgroups.systemd import SystemdManager
+
+        return SystemdManager.for_workload(host, parent, name)
+    return manager_for(host, resolve_dirs(host, parent, name))
+
+
+def existing_manager(host: Host, driver: str, dirs: dict[str, str], unit: str | None = None) -> CgroupManager:
+    """The manager for a workload a record describes."""
+    if driver == "systemd":
+        from cgagent.cgroups.systemd import SystemdManager, slice_for
+
+        assert unit, "a systemd-driver record names its unit"
+        # the slice only matters when creating the scope; an existing one is found by its unit name
+        return SystemdManager(host, unit, slice_for(None), dirs=dirs, owned=True)
+    return manager_for(host, dirs)

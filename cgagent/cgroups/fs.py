@@ -2,15 +2,87 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import threading
+from collections.abc import Iterator
 
 from cgagent.errors import CgagentError
 
 
+class DirFds:
+    """O_PATH descriptors of cgroup directories, so that read() can openat() a file relative to its
+    directory: on cgroupfs that skips ~40% of the cost of an open. The exporter reads ~14 files in
+    each of ~1000 directories per scrape; it activates this with `dir_fds()` and calls `keep()`
+    after each discovery so removed cgroups are not held. At most `limit` descriptors."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.fds: dict[str, int] = {}
+
+    def get(self, d: str) -> int | None:
+        fd = self.fds.get(d)
+        if fd is None and len(self.fds) < self.limit:
+            try:
+                fd = self.fds[d] = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        return fd
+
+    def drop(self, d: str) -> None:
+        fd = self.fds.pop(d, None)
+        if fd is not None:
+            os.close(fd)
+
+    def keep(self, dirs: set[str]) -> None:
+        for d in [d for d in self.fds if d not in dirs]:
+            self.drop(d)
+
+    def close(self) -> None:
+        self.keep(set())
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def dir_fds(cache: DirFds) -> Iterator[None]:
+    """read() in this thread opens files through `cache`'s directory descriptors."""
+    _local.dirfds = cache
+    try:
+        yield
+    finally:
+        _local.dirfds = None
+
+
+def _open(path: str) -> int:
+    cache: DirFds | None = getattr(_local, "dirfds", None)
+    if cache is not None:
+        d, _, name = path.rpartition("/")
+        dfd = cache.get(d)
+        if dfd is not None:
+            try:
+                return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+            except FileNotFoundError:
+                cache.drop(d)   # removed (maybe re-created since): the path decides below
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
 def read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
+    # os.open/os.read, not open(): half the cost per file (no io stack), which the exporter pays
+    # ~15 times per cgroup per scrape
+    fd = _open(path)
+    try:
+        data = os.read(fd, 65536)
+        if len(data) == 65536:  # cgroup.procs of a big cgroup: read to the end
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    return data.decode()
 
 
 def read_int(path: str) -> int | None:
@@ -34,7 +106,27 @@ def read_kv(path: str) -> dict[str, int]:
     for line in text.splitlines():
         k, _, v = line.partition(" ")
         if v:
-            out[k] = int(v.split()[0])
+            try:
+                out[k] = int(v)
+            except ValueError:  # "key value more" lines: the first value counts
+                out[k] = int(v.split()[0])
+    return out
+
+
+def read_fields(path: str, keys: tuple[str, ...]) -> dict[str, int]:
+    """Only `keys` of a `key value` file. memory.stat has ~40 lines: finding the few wanted ones
+    costs a fraction of splitting them all (the exporter reads it for every cgroup). Missing file -> {}."""
+    try:
+        text = "\n" + read(path)
+    except FileNotFoundError:
+        return {}
+    out: dict[str, int] = {}
+    for k in keys:
+        i = text.find(f"\n{k} ")
+        if i >= 0:
+            start = i + len(k) + 2
+            end = text.find("\n", start)
+            out[k] = int(text[start:end] if end >= 0 else text[start:])
     return out
 
 

@@ -17,6 +17,11 @@ class CgroupManager(ABC):
     def __init__(self, dirs: dict[str, str]) -> None:
         self.dirs = dirs
 
+    def effective(self, r: Resources) -> Resources:
+        """The limits as the kernel will hold them once applied (the systemd driver rounds the
+        CPU quota); records store this so they agree with the cgroup files."""
+        return r
+
     @abstractmethod
     def create(self) -> None:
         """mkdir the cgroup (and missing parents); make it ready to take processes."""

@@ -23,8 +23,14 @@ app = typer.Typer(
 StateDir = Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STATE_DIR",
                                               help="Where records live (default /run/cgagent).")]
 Driver = Annotated[str | None, typer.Option("--cgroup-driver", envvar="CGAGENT_CGROUP_DRIVER",
-                                            help="cgroupfs or systemd (default: systemd when it is init).")]
+                                            help="cgroupfs or systemd (default: systemd when it is init). "
+                                            "systemd: a transient scope cgagent-NAME.scope; limits are unit "
+                                            "properties, so they survive daemon-reload.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# Later commands always use the driver a workload was created with (its record says which);
+# given here, it selects/asserts that driver. No envvar: a run default must not break `stop`.
+DriverOf = Annotated[str | None, typer.Option("--cgroup-driver", help="cgroupfs or systemd: only workloads "
+                                              "created with this driver (each keeps the driver it was run with).")]
 
 
 def _opt(field: str, *names: str) -> Any:
@@ -62,6 +68,21 @@ def _host() -> Any:
     return host.detect()
 
 
+def _check_driver(store: Any, names: list[str], driver: str | None) -> None:
+    """--cgroup-driver on a command for existing workloads: each must have been created with it."""
+    if driver is None:
+        return
+    from cgagent.runtime import DRIVERS
+
+    if driver not in DRIVERS:
+        raise CgagentError(f"unknown cgroup driver {driver!r}", "use --cgroup-driver cgroupfs or systemd")
+    for n in names:
+        rec = store.load(n)
+        if rec.driver != driver:
+            raise CgagentError(f"workload {n!r} runs under the {rec.driver} driver, not {driver}",
+                               "drop --cgroup-driver: each workload keeps the driver it was run with")
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 def run(
     cmd: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
@@ -73,23 +94,72 @@ def run(
     rm: Annotated[bool, typer.Option("--rm", help="Remove the record when the workload exits.")] = False,
     cgroup_parent: Annotated[str | None, typer.Option(
         "--cgroup-parent", envvar="CGAGENT_CGROUP_PARENT",
-        help="Parent cgroup: an absolute path (default /cgagent), or nested[:sub] under cgagent's own cgroup.")] = None,
+        help="Parent cgroup: an absolute path (default /cgagent), or nested[:sub] under cgagent's own cgroup; "
+             "with --cgroup-driver systemd a slice (default cgagent.slice; a-b.slice = a.slice/a-b.slice).")] = None,
     cgroup_driver: Driver = None,
     state_dir: StateDir = None,
+    rootfs: Annotated[str | None, typer.Option("--rootfs", help="Run in this root directory (isolated).")] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Mount the root filesystem read-only.")] = False,
+    volume: Annotated[list[str] | None, typer.Option("--volume", "-v", help="Bind mount HOST:CTR[:ro].")] = None,
+    hostname: Annotated[str | None, typer.Option("--hostname", help="Hostname inside (default: the name).")] = None,
+    net: Annotated[str | None, typer.Option("--net", "--network", help="none (default: lo only), host, bridge, "
+                                            "container:NAME, or a network's name (`cgagent network ls`).")] = None,
+    publish: Annotated[list[str] | None, typer.Option(
+        "--publish", "-p", help="HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable).")] = None,
+    init: Annotated[bool, typer.Option("--init", help="Run a reaper as PID 1 that forwards signals.")] = False,
+    userns: Annotated[bool, typer.Option("--userns", help="Map root inside to host uid/gid 100000+ (a user "
+                                         "namespace; image layers are mounted idmapped).")] = False,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Set KEY=VALUE inside (repeatable).")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="USER[:GROUP] or UID[:GID] inside.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="Working directory inside.")] = None,
+    cap_add: Annotated[list[str] | None, typer.Option("--cap-add", help="Add a capability (or ALL).")] = None,
+    cap_drop: Annotated[list[str] | None, typer.Option("--cap-drop", help="Drop a capability (or ALL).")] = None,
+    security_opt: Annotated[list[str] | None, typer.Option(
+        "--security-opt", help="seccomp=unconfined turns the default seccomp filter off.")] = None,
+    root: Annotated[str | None, typer.Option(
+        "--root", help="Image store root (default $CGAGENT_ROOT or /var/lib/cgagent).")] = None,
+    restart: Annotated[str | None, typer.Option(
+        "--restart", help="no (default), on-failure[:N] or always: the supervisor restarts it, with backoff.",
+        show_default=False)] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Start from this policy's limits (options given "
+                                               "here override them); `cgagent serve` applies its behaviour.")] = None,
+    policy_dir: Annotated[list[str] | None, typer.Option(
+        "--policy-dir", help="Also look for policies in this directory (repeatable).")] = None,
 ) -> None:
-    """Run CMD in its own cgroup with limits. Foreground runs pass its exit code through.
+    """Run CMD in its own cgroup with limits; with IMAGE before --, isolated in its own namespaces on an
+    overlay of the image. Foreground runs pass its exit code through.
 
     Example: cgagent run --cpus 0.5 --memory 256M --name web -- python3 -m http.server
+
+    Example: cgagent run --rm --hostname box busybox:latest -- sh -c 'hostname; ps'
     """
     from cgagent.limits import plan
     from cgagent.runtime import RunRequest, run_detached, run_foreground
 
     h = _host()
-    resources = plan(_limits(cpus=cpus, cpu_shares=cpu_shares, cpu_weight=cpu_weight, cpu_period=cpu_period,
-                             memory=memory, memory_swap=memory_swap, pids_limit=pids_limit,
-                             cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems), h)
+    values = _limits(cpus=cpus, cpu_shares=cpu_shares, cpu_weight=cpu_weight, cpu_period=cpu_period,
+                     memory=memory, memory_swap=memory_swap, pids_limit=pids_limit,
+                     cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems)
+    if policy is not None:
+        from policies.runopts import resolve
+
+        values, policy_restart = resolve(policy, policy_dir, values, state_dir, name)
+        if restart is None and not rm:
+            restart = policy_restart   # the policy's, unless --restart (or --rm, which excludes it) is given
+    resources = plan(values, h)
+    from cgagent.cli.options import split_image
+    from cgagent.isolation.spec import for_run
+
+    image, cmd = split_image(cmd)
+    iso = {"rootfs": rootfs, "read_only": read_only, "volumes": volume, "hostname": hostname, "net": net,
+           "publish": publish,
+           "init": init, "userns": userns, "env": env, "user": user, "workdir": workdir, "cap_add": cap_add,
+           "cap_drop": cap_drop,
+           "security_opt": security_opt, "root": root}
+    cmd, name, isolation = for_run(image, cmd, {k: v for k, v in iso.items() if v}, name)
     req = RunRequest(cmd=cmd, resources=resources, name=name, parent=cgroup_parent or "/cgagent",
-                     driver=cgroup_driver, detach=detach, auto_remove=rm)
+                     driver=cgroup_driver, detach=detach, auto_remove=rm, isolation=isolation, policy=policy,
+                     restart=restart or "no")
     store = _store(state_dir)
     if detach:
         print(run_detached(req, h, store))
@@ -101,12 +171,15 @@ def run(
 def ps(
     all_: Annotated[bool, typer.Option("--all", "-a", help="Show exited workloads too.")] = False,
     as_json: Json = False,
+    cgroup_driver: DriverOf = None,
     state_dir: StateDir = None,
 ) -> None:
     """List workloads: status from the kernel, limits, OOM kills (the kernel's counter)."""
     from cgagent.cli import views
 
-    rows = views.ps_rows(_host(), _store(state_dir), all_)
+    _check_driver(None, [], cgroup_driver)
+    rows = [r for r in views.ps_rows(_host(), _store(state_dir), all_)
+            if cgroup_driver is None or r.get("driver") == cgroup_driver]
     if as_json:
         print(json.dumps(rows, indent=1))
     else:
@@ -120,12 +193,22 @@ def stats(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Sampling interval for rates, seconds.")] = 0.5,
     as_json: Json = False,
+    cgroup_driver: DriverOf = None,
     state_dir: StateDir = None,
 ) -> None:
     """Usage against limits: CPU %, throttled %, memory, PIDs, OOM kills."""
     from cgagent.cli import views
 
-    views.stats(_host(), _store(state_dir), name or [], watch, interval, as_json)
+    store, h = _store(state_dir), _host()
+    names = name or []
+    _check_driver(store, names, cgroup_driver)
+    if cgroup_driver and not names:
+        from cgagent.runtime import live_status
+
+        names = [r.name for r in store.all() if r.driver == cgroup_driver and live_status(h, r) == "running"]
+        if not names:
+            return
+    views.stats(h, store, names, watch, interval, as_json)
 
 
 @app.command()
@@ -134,10 +217,13 @@ def update(
     cpus: Cpus = None, cpu_shares: Shares = None, cpu_weight: Weight = None, cpu_period: Period = None,
     memory: Memory = None, memory_swap: Swap = None, pids_limit: Pids = None,
     cpuset_cpus: CpusetCpus = None, cpuset_mems: CpusetMems = None,
+    cgroup_driver: DriverOf = None,
     state_dir: StateDir = None,
 ) -> None:
     """Change a running workload's limits live. Example: cgagent update web --cpus 0.2"""
     from cgagent.runtime import update as do_update
+
+    _check_driver(_store(state_dir), [name], cgroup_driver)
 
     values = _limits(cpus=cpus, cpu_shares=cpu_shares, cpu_weight=cpu_weight, cpu_period=cpu_period,
                      memory=memory, memory_swap=memory_swap, pids_limit=pids_limit,
@@ -152,12 +238,14 @@ def update(
 def stop(
     names: Annotated[list[str], typer.Argument(help="Workloads to stop.")],
     time_: Annotated[float, typer.Option("--time", "-t", help="Seconds to wait after SIGTERM before SIGKILL.")] = 10,
+    cgroup_driver: DriverOf = None,
     state_dir: StateDir = None,
 ) -> None:
     """SIGTERM the workload, SIGKILL what is left after --time seconds."""
     from cgagent.runtime import stop as do_stop
 
     store, h = _store(state_dir), _host()
+    _check_driver(store, names, cgroup_driver)
     for n in names:
         do_stop(store, h, n, time_)
         print(n)
@@ -167,12 +255,14 @@ def stop(
 def rm(
     names: Annotated[list[str], typer.Argument(help="Workloads to remove.")],
     force: Annotated[bool, typer.Option("--force", "-f", help="Kill it first if it is running.")] = False,
+    cgroup_driver: DriverOf = None,
     state_dir: StateDir = None,
 ) -> None:
     """Remove workloads: their cgroup and their record."""
     from cgagent.runtime import remove
 
     store, h = _store(state_dir), _host()
+    _check_driver(store, names, cgroup_driver)
     for n in names:
         remove(store, h, n, force)
         print(n)
@@ -184,6 +274,70 @@ def doctor(as_json: Json = False) -> None:
     from cgagent.cli import views
 
     views.doctor(_host(), as_json)
+
+
+from cgagent.cli.image_cmds import image_app, images  # noqa: E402
+
+app.add_typer(image_app, name="image")
+
+from cgagent.cli.exec_cmd import exec_  # noqa: E402
+
+app.command("exec", context_settings={"allow_interspersed_args": False})(exec_)
+
+from cgagent.cli.logs_cmd import logs  # noqa: E402
+
+app.command("logs")(logs)
+
+from cgagent.cli.network_cmds import network_app  # noqa: E402
+
+app.add_typer(network_app, name="network")
+app.command("images")(images)
+
+from cgagent.cli.policy_cmds import policy_app  # noqa: E402
+
+app.add_typer(policy_app, name="policy")
+
+
+@app.command()
+def serve(
+    listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT to serve /metrics and /healthz on "
+                                               "(default 127.0.0.1:9730).")] = None,
+    web_config_file: Annotated[str | None, typer.Option(
+        "--web.config.file", help="TLS / client-certificate / basic-auth config (Prometheus exporter-toolkit format).")
+    ] = None,
+    watch_cgroup: Annotated[list[str] | None, typer.Option(
+        "--watch-cgroup", help="Also export this cgroup and all below it (e.g. /system.slice); repeatable.")] = None,
+    per_cpu: Annotated[bool, typer.Option("--per-cpu", help="Export per-CPU usage series too (cgroup v1).")] = False,
+    state_dir: StateDir = None,
+    policy_dir: Annotated[list[str] | None, typer.Option(
+        "--policy-dir", help="Also read policies from this directory (repeatable; after the built-ins and "
+        "/etc/cgagent/policies.d).")] = None,
+) -> None:
+    """Serve Prometheus metrics of every workload (and --watch-cgroup trees); log OOM kills as they happen;
+    apply the workloads' policies (throttling and OOM responses) live.
+
+    Example: cgagent serve --watch-cgroup /system.slice   # then scrape http://127.0.0.1:9730/metrics
+    """
+    from cgagent.network.workload import startup_prune
+    from exporters.serve import serve as do_serve
+    from exporters.web import DEFAULT_LISTEN
+
+    startup_prune()   # connections of workloads that died while no agent ran
+    raise typer.Exit(do_serve(listen or DEFAULT_LISTEN, web_config_file, watch_cgroup or [], per_cpu,
+                              state_dir, policy_dir))
+
+
+@app.command()
+def events(
+    name: Annotated[str | None, typer.Argument(help="Only this workload's events.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events as they happen.")] = False,
+    as_json: Json = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Show the durable events log: workload start/exit, OOM kills, limit changes."""
+    from cgagent.cli import eventlog
+
+    eventlog.show(_store(state_dir).root, name, follow, as_json)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from cgagent.cli import options
 
 
 def parse(argv: list[str]) -> dict[str, Any] | None:
-    out: dict[str, Any] = {"limits": {}, "cmd": []}
+    out: dict[str, Any] = {"limits": {}, "cmd": [], "iso": {}}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -21,14 +21,30 @@ def parse(argv: list[str]) -> dict[str, Any] | None:
             out["cmd"] = argv[i + 1:]
             return out
         if not a.startswith("-") or a == "-":
-            out["cmd"] = argv[i:]
+            out["image"], out["cmd"] = options.split_image(argv[i:])
             return out
         key, eq, val = a.partition("=")
         if key in options.FLAGS and not eq:
             out[options.FLAGS[key]] = True
             i += 1
             continue
-        if key in options.LIMITS or key in options.VALUES:
+        if key in options.ISO_FLAGS and not eq:
+            out["iso"][options.ISO_FLAGS[key]] = True
+            i += 1
+            continue
+        if key in options.ISO_VALUES or key in options.ISO_MULTI:
+            if not eq:
+                if i + 1 >= len(argv):
+                    return None
+                val = argv[i + 1]
+                i += 1
+            if key in options.ISO_VALUES:
+                out["iso"][options.ISO_VALUES[key]] = val
+            else:
+                out["iso"].setdefault(options.ISO_MULTI[key], []).append(val)
+            i += 1
+            continue
+        if key in options.LIMITS or key in options.VALUES or key in options.LISTS:
             if not eq:
                 if i + 1 >= len(argv):
                     return None
@@ -36,12 +52,14 @@ def parse(argv: list[str]) -> dict[str, Any] | None:
                 i += 1
             if key in options.LIMITS:
                 out["limits"][options.LIMITS[key]] = val
+            elif key in options.LISTS:
+                out.setdefault(options.LISTS[key], []).append(val)
             else:
                 out[options.VALUES[key]] = val
             i += 1
             continue
         return None
-    return out if out["cmd"] else None
+    return out if out["cmd"] or out.get("image") else None
 
 
 def main(argv: list[str]) -> int | None:
@@ -65,11 +83,23 @@ def execute(p: dict[str, Any]) -> int:
     from cgagent.state import Store
 
     h = hostmod.detect()
-    resources = plan(parse_fields(p["limits"]), h)
-    req = RunRequest(cmd=p["cmd"], resources=resources, name=p.get("name"),
+    values = parse_fields(p["limits"])
+    if p.get("policy") is not None:
+        from policies.runopts import resolve  # pydantic: only when a policy is asked for
+
+        values, policy_restart = resolve(p["policy"], p.get("policy_dirs"), values, p.get("state_dir"), p.get("name"))
+        if not p.get("restart") and not p.get("auto_remove"):
+            p["restart"] = policy_restart   # the policy's, unless --restart (or --rm, which excludes it) is given
+    resources = plan(values, h)
+    cmd, name, isolation = p["cmd"], p.get("name"), None
+    from cgagent.isolation.spec import for_run
+
+    cmd, name, isolation = for_run(p.get("image"), cmd, p["iso"], name)
+    req = RunRequest(cmd=cmd, resources=resources, name=name, isolation=isolation, policy=p.get("policy"),
                      parent=p.get("parent") or os.environ.get("CGAGENT_CGROUP_PARENT") or "/cgagent",
                      driver=p.get("driver") or os.environ.get("CGAGENT_CGROUP_DRIVER"),
-                     detach=bool(p.get("detach")), auto_remove=bool(p.get("auto_remove")))
+                     detach=bool(p.get("detach")), auto_remove=bool(p.get("auto_remove")),
+                     restart=p.get("restart") or "no")
     store = Store(p.get("state_dir"))
     if req.detach:
         print(run_detached(req, h, store))

@@ -17,8 +17,25 @@ LIMITS = {
     "--cpuset-mems": "cpuset_mems",
 }
 # other options of `run` that take a value -> RunRequest field / setting
-VALUES = {"--name": "name", "--cgroup-parent": "parent", "--cgroup-driver": "driver", "--state-dir": "state_dir"}
+VALUES = {"--name": "name", "--cgroup-parent": "parent", "--cgroup-driver": "driver", "--state-dir": "state_dir",
+          "--policy": "policy", "--restart": "restart"}
+# repeatable options of `run` -> list setting
+LISTS = {"--policy-dir": "policy_dirs"}
 FLAGS = {"--detach": "detach", "-d": "detach", "--rm": "auto_remove"}
+# isolation options (an IMAGE or --rootfs run) -> key of cgagent.isolation.spec.build's opts
+ISO_VALUES = {"--rootfs": "rootfs", "--hostname": "hostname", "--net": "net", "--network": "net", "--user": "user",
+              "-u": "user", "--workdir": "workdir", "-w": "workdir", "--root": "root"}
+ISO_MULTI = {"-p": "publish", "--publish": "publish",
+             "-v": "volumes", "--volume": "volumes", "-e": "env", "--env": "env", "--cap-add": "cap_add",
+             "--cap-drop": "cap_drop", "--security-opt": "security_opt"}
+ISO_FLAGS = {"--read-only": "read_only", "--init": "init", "--userns": "userns"}
+
+
+def split_image(cmd: list[str]) -> tuple[str | None, list[str]]:
+    """`IMAGE -- CMD...` -> (IMAGE, CMD); anything else is a host command (no image)."""
+    if len(cmd) >= 2 and cmd[1] == "--":
+        return cmd[0], cmd[2:]
+    return None, cmd
 
 HELP = {
     "cpus": "CPUs the workload may use, e.g. 0.5 (CFS quota over the period).",

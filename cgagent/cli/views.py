@@ -44,6 +44,8 @@ def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
             "exit_code": rec.exit_code if status == "exited" else None,
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created)),
             "command": " ".join(rec.cmd), "cgroup": rec.cgroup, "driver": rec.driver,
+            "image": (rec.isolation or {}).get("image_ref") or (rec.isolation or {}).get("rootfs"),
+            "restarts": rec.restarts,
         })
     return rows
 

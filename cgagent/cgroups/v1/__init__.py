@@ -9,6 +9,7 @@ from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
 from cgagent.cgroups.stats import Stats
 from cgagent.cgroups.v1 import cpu, cpuacct, cpuset, freezer, memory, pids
+from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
 CONTROLLERS = {m.NAME: m for m in (cpuset, cpu, cpuacct, memory, pids, freezer)}
@@ -70,17 +71,22 @@ class V1Manager(CgroupManager):
 
     def kill(self) -> None:
         frozen = "freezer" in self.dirs and os.path.isdir(self.dirs["freezer"])
-        if frozen:
-            self.freeze()
         try:
-            for p in self.procs():
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        finally:
             if frozen:
-                self.thaw()
+                self.freeze()
+            try:
+                for p in self.procs():
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            finally:
+                if frozen:
+                    self.thaw()
+        except (OSError, CgagentError):
+            # the workload's own supervisor may finish it (and rmdir the cgroup) while we kill
+            if os.path.isdir(self.dirs.get("freezer") or next(iter(self.dirs.values()))):
+                raise
 
     def remove(self) -> None:
         for d in self._unique():

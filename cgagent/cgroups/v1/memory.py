@@ -8,6 +8,7 @@ from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
 NAME = "memory"
+_STAT_KEYS = ("total_rss", "rss", "total_cache", "cache", "total_inactive_file", "inactive_file")
 
 
 def apply(d: str, r: Resources) -> None:
@@ -38,6 +39,7 @@ def oom_kills(d: str) -> int:
 def stats(d: str, s: Stats) -> None:
     usage(d, s)
     limits(d, s)
+    s.memory.swap_limit = _unlimited(fs.read_int(f"{d}/memory.memsw.limit_in_bytes"))
     s.memory.oom_kills = fs.read_kv(f"{d}/memory.oom_control").get("oom_kill")
 
 
@@ -47,7 +49,7 @@ def usage(d: str, s: Stats) -> None:
     m.usage = fs.read_int(f"{d}/memory.usage_in_bytes")
     m.max_usage = fs.read_int(f"{d}/memory.max_usage_in_bytes")
     m.limit_hits = fs.read_int(f"{d}/memory.failcnt")
-    st = fs.read_kv(f"{d}/memory.stat")
+    st = fs.read_fields(f"{d}/memory.stat", _STAT_KEYS)
     # total_* include descendants, which is what a workload (with its own sub-cgroups) is.
     m.rss = st.get("total_rss", st.get("rss"))
     m.cache = st.get("total_cache", st.get("cache"))
@@ -56,7 +58,6 @@ def usage(d: str, s: Stats) -> None:
 
 def limits(d: str, s: Stats) -> None:
     s.memory.limit = _unlimited(fs.read_int(f"{d}/memory.limit_in_bytes"))
-    s.memory.swap_limit = _unlimited(fs.read_int(f"{d}/memory.memsw.limit_in_bytes"))
 
 
 def _unlimited(n: int | None) -> int | None:

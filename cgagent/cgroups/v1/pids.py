@@ -16,5 +16,13 @@ def apply(d: str, r: Resources) -> None:
 
 
 def stats(d: str, s: Stats) -> None:
+    current(d, s)
+    limit(d, s)
+
+
+def current(d: str, s: Stats) -> None:
     s.pids.current = fs.read_int(f"{d}/pids.current")
+
+
+def limit(d: str, s: Stats) -> None:
     s.pids.limit = fs.read_int(f"{d}/pids.max")

@@ -32,6 +32,7 @@ def oom_kills(d: str) -> int:
 def stats(d: str, s: Stats) -> None:
     usage(d, s)
     limits(d, s)
+    s.memory.swap_limit = fs.read_int(f"{d}/memory.swap.max")
 
 
 def usage(d: str, s: Stats) -> None:
@@ -39,7 +40,7 @@ def usage(d: str, s: Stats) -> None:
     m = s.memory
     m.usage = fs.read_int(f"{d}/memory.current")
     m.max_usage = fs.read_int(f"{d}/memory.peak")
-    st = fs.read_kv(f"{d}/memory.stat")
+    st = fs.read_fields(f"{d}/memory.stat", ("anon", "file", "inactive_file"))
     m.rss = st.get("anon")
     m.cache = st.get("file")
     m.inactive_file = st.get("inactive_file")
@@ -51,4 +52,3 @@ def usage(d: str, s: Stats) -> None:
 
 def limits(d: str, s: Stats) -> None:
     s.memory.limit = fs.read_int(f"{d}/memory.max")
-    s.memory.swap_limit = fs.read_int(f"{d}/memory.swap.max")

@@ -1,0 +1,282 @@
+"""systemd cgroup driver: each workload is a transient scope `cgagent-<name>.scope` in a slice.
+
+systemd owns the cgroup tree when it is init; limits written to cgroupfs behind its back are
+reverted on the next daemon-reload. So every limit is a unit property (StartTransientUnit at
+creation, SetUnitProperties for live updates), and only reads (stats, procs, OOM counter) go to the
+scope's cgroup files, through the cgroupfs managers on the directories systemd reports.
+
+A scope needs its PIDs when it is created, so `set()` before `apply()` only stores the limits, and
+`apply(pid)` creates the scope with the pid and the limits at once (the child waits meanwhile).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from typing import TYPE_CHECKING
+
+from cgagent.cgroups.manager import CgroupManager
+from cgagent.cgroups.stats import Stats
+from cgagent.errors import CgagentError
+from cgagent.host import Host
+from cgagent.limits import Resources
+
+if TYPE_CHECKING:
+    from cgagent.cgroups.systemd.dbus import Systemd
+
+DEFAULT_SLICE = "cgagent.slice"
+UNIT_PREFIX = "cgagent-"
+_SLICE = re.compile(r"^[A-Za-z0-9:_.\-]+\.slice$")
+_LEGACY_DEFAULT_PARENT = "/cgagent"   # the cgroupfs default; means "the default slice" here
+# v1 hierarchies systemd 252 does not manage (cpuacct only when not co-mounted as cpu,cpuacct)
+_UNMANAGED_V1 = ("cpuacct", "cpuset", "freezer")
+
+__all__ = ["DEFAULT_SLICE", "SystemdManager", "slice_for", "slice_path", "unit_name"]
+
+
+def unit_name(name: str) -> str:
+    return f"{UNIT_PREFIX}{name}.scope"
+
+
+def slice_for(parent: str | None) -> str:
+    """--cgroup-parent -> the slice. The cgroupfs default (/cgagent) means cgagent.slice."""
+    if parent in (None, "", _LEGACY_DEFAULT_PARENT):
+        return DEFAULT_SLICE
+    assert parent is not None
+    if not _SLICE.match(parent):
+        raise CgagentError(f"--cgroup-parent {parent!r} is not a slice name",
+                           "the systemd driver puts workloads in a slice: use e.g. --cgroup-parent cgagent.slice "
+                           "or a-b.slice (= a.slice/a-b.slice)")
+    return parent
+
+
+def slice_path(slice_: str) -> str:
+    """systemd's cgroup path of a slice: `a-b.slice` lives in /a.slice/a-b.slice; -.slice is /."""
+    stem = slice_[: -len(".slice")]
+    if stem in ("-", ""):
+        return "/"
+    parts = stem.split("-")
+    return "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+
+
+def _dirs_for(host: Host, cgroup_path: str, existing_only: bool) -> dict[str, str]:
+    if host.is_v2:
+        return {"": os.path.normpath(f"{host.v2_mount or '/sys/fs/cgroup'}/{cgroup_path}")}
+    dirs = {c: os.path.normpath(f"{m}/{cgroup_path}") for c, m in host.v1_mounts.items()}
+    if existing_only:
+        # systemd realises a scope only in the v1 hierarchies it manages (not cpuset/freezer)
+        dirs = {c: d for c, d in dirs.items() if os.path.isdir(d)}
+    return dirs
+
+
+class SystemdManager(CgroupManager):
+    driver = "systemd"
+
+    def __init__(self, host: Host, unit: str, slice_: str, dirs: dict[str, str] | None = None,
+                 owned: bool = False) -> None:
+        """`owned`: the scope is ours (we started it, or a record names it). Only an owned scope is
+        ever stopped, so a failed create never touches a unit another program made."""
+        self.host = host
+        self.mode = "v2" if host.is_v2 else "v1"
+        self.unit = unit
+        self.slice = slice_
+        self.owned = owned
+        self._pending = Resources()
+        self._conn: Systemd | None = None
+        self.cgroup_path = os.path.normpath(f"{slice_path(slice_)}/{unit}")   # systemd's ControlGroup
+        super().__init__(dirs if dirs is not None else _dirs_for(host, self.cgroup_path, existing_only=False))
+
+    @classmethod
+    def for_workload(cls, host: Host, parent: str | None, name: str) -> SystemdManager:
+        return cls(host, unit_name(name), slice_for(parent))
+
+    # --- connection
+
+    def _bus(self) -> Systemd:
+        # jeepney is imported only here: the cgroupfs driver and `cgagent run` stay light
+        from cgagent.cgroups.systemd.dbus import Systemd
+
+        if self._conn is None:
+            self._conn = Systemd()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _fs(self) -> CgroupManager:
+        from cgagent.cgroups import manager_for
+
+        return manager_for(self.host, self.dirs)
+
+    def _active_state(self) -> str | None:
+        bus = self._bus()
+        path = bus.unit_path(self.unit)
+        return None if path is None else str(bus.get(path, "Unit", "ActiveState"))
+
+    # --- lifecycle
+
+    def effective(self, r: Resources) -> Resources:
+        from cgagent.cgroups.systemd import properties
+
+        return properties.effective(r)
+
+    def create(self) -> None:
+        """Check that systemd answers and that the unit name is free (a failed leftover is reset)."""
+        state = self._active_state()
+        if state == "failed":
+            self._bus().call("ResetFailedUnit", "s", (self.unit,))
+            state = self._active_state()
+        if state not in (None, "inactive"):
+            raise CgagentError(f"the systemd unit {self.unit} already exists ({state})",
+                               "another program owns that name: choose another --name")
+
+    def set(self, r: Resources) -> None:
+        from cgagent.cgroups.systemd import properties
+
+        props = properties.limits(self.effective(r), self.mode)   # raises for what the mode cannot do
+        v1_cpuset = self.mode == "v1" and (r.cpuset_cpus is not None or r.cpuset_mems is not None)
+        if v1_cpuset and "cpuset" not in self.host.v1_mounts:
+            raise CgagentError("--cpuset-cpus/--cpuset-mems need the cpuset controller, which is not mounted",
+                               "mount the v1 cpuset hierarchy, or drop them")
+        if not self.owned:
+            self._pending = r
+            return
+        if props:
+            self._bus().call("SetUnitProperties", "sba(sv)", (self.unit, True, props))
+        if v1_cpuset and "cpuset" in self.dirs:   # systemd has no v1 cpuset: ours to write
+            from cgagent.cgroups.v1 import cpuset
+
+            cpuset.apply(self.dirs["cpuset"], r)
+
+    def apply(self, pid: int) -> None:
+        from cgagent.cgroups.systemd import properties
+        from cgagent.cgroups.systemd.dbus import SystemdError
+
+        pid = pid or os.getpid()
+        props = properties.scope(f"cgagent workload {self.unit[len(UNIT_PREFIX):-len('.scope')]}",
+                                 self.slice, pid) + properties.limits(self.effective(self._pending), self.mode)
+        bus = self._bus()
+        self.owned = True   # from here a scope may exist: cleanup must stop it
+        try:
+            result = bus.job("StartTransientUnit", "ssa(sv)a(sa(sv))", (self.unit, "fail", props, []))
+        except SystemdError:
+            self.owned = False   # refused outright: systemd created nothing
+            raise
+        if result != "done":
+            raise CgagentError(f"systemd could not start {self.unit}: its job ended {result!r}",
+                               f"see `journalctl -u {self.unit}` and `systemctl status {self.slice}`")
+        path = bus.unit_path(self.unit)
+        if path is None:
+            raise CgagentError(f"{self.unit} ended as soon as it started", "the process exited at once")
+        self.cgroup_path = str(bus.get(path, "Scope", "ControlGroup"))
+        self.dirs = _dirs_for(self.host, self.cgroup_path, existing_only=True)
+        self.close()   # the supervisor may hold this manager for days: don't keep a socket open
+        if self.mode == "v1":
+            self._join_unmanaged(pid)
+
+    def _join_unmanaged(self, pid: int) -> None:
+        """v1: systemd realises the scope only in the hierarchies it manages. In cpuset, freezer and a
+        cpuacct mounted on its own (not as cpu,cpuacct), put the workload at the same path ourselves,
+        as runc's systemd driver does, so --cpuset-*, CPU usage and freezing work. systemd never
+        writes these hierarchies, so nothing of ours can be reverted; remove() takes them away."""
+        from cgagent.cgroups import fs
+        from cgagent.cgroups.v1 import _make_cpuset, cpuset
+
+        for ctrl in _UNMANAGED_V1:
+            mount = self.host.v1_mounts.get(ctrl)
+            if mount is None or ctrl in self.dirs:
+                continue
+            d = os.path.normpath(f"{mount}/{self.cgroup_path}")
+            self.dirs[ctrl] = d
+            if ctrl == "cpuset":
+                _make_cpuset(d)   # a new v1 cpuset is empty: filled from its parent, then limited
+                cpuset.apply(d, self._pending)
+            else:
+                os.makedirs(d, exist_ok=True)
+            fs.write(f"{d}/cgroup.procs", pid)
+
+    def stats(self) -> Stats:
+        return self._fs().stats()
+
+    def procs(self) -> list[int]:
+        return self._fs().procs()
+
+    def oom_kill_count(self) -> int:
+        return self._fs().oom_kill_count()
+
+    def exists(self) -> bool:
+        return any(os.path.isdir(d) for d in self.dirs.values())
+
+    def freeze(self) -> None:
+        self._freezer("FreezeUnit")
+
+    def thaw(self) -> None:
+        self._freezer("ThawUnit")
+
+    def _freezer(self, method: str) -> None:
+        if self.mode == "v2":
+            self._bus().call(method, "s", (self.unit,))
+        elif "freezer" in self.dirs:   # v1: the freezer hierarchy we joined (systemd has no v1 freezer)
+            fs_mgr = self._fs()
+            fs_mgr.freeze() if method == "FreezeUnit" else fs_mgr.thaw()
+        else:
+            raise CgagentError("freezing needs the freezer controller (v1) or cgroup v2",
+                               "mount the freezer hierarchy, or use --cgroup-driver cgroupfs")
+
+    def kill(self) -> None:
+        from cgagent.cgroups.systemd.dbus import NO_SUCH_UNIT, SystemdError
+
+        try:
+            self._bus().call("KillUnit", "ssi", (self.unit, "all", int(signal.SIGKILL)))
+        except SystemdError as e:
+            if e.dbus_name != NO_SUCH_UNIT:
+                raise
+
+    def remove(self) -> None:
+        """StopUnit (systemd removes the cgroup), then forget a failed result so the name is free."""
+        from cgagent.cgroups.systemd.dbus import NO_SUCH_UNIT, SystemdError
+
+        bus = self._bus()
+        try:
+            if bus.unit_path(self.unit) is not None:
+                bus.job("StopUnit", "ss", (self.unit, "fail"))
+            bus.call("ResetFailedUnit", "s", (self.unit,))
+        except SystemdError as e:
+            if e.dbus_name != NO_SUCH_UNIT:
+                raise
+        self._remove_unmanaged()
+
+    def _remove_unmanaged(self, timeout: float = 5.0) -> None:
+        """rmdir what systemd did not (the hierarchies _join_unmanaged filled), and the slice levels
+        above it there when empty. The kernel has no event for "v1 cgroup empty": retry EBUSY."""
+        import errno
+        import time
+
+        deadline = time.monotonic() + timeout
+        for ctrl, d in self.dirs.items():
+            mount = self.host.v1_mounts.get(ctrl)
+            if ctrl not in _UNMANAGED_V1 or mount is None:
+                continue
+            cur = d
+            while cur.startswith(mount + "/") and os.path.isdir(cur):
+                try:
+                    os.rmdir(cur)
+                except OSError as e:
+                    if e.errno == errno.EBUSY and cur == d and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                        continue
+                    break   # a slice level still used by another workload: leave it
+                cur = os.path.dirname(cur)
+
+    def destroy(self, timeout: float = 10.0) -> None:
+        if not self.owned:
+            return
+        try:
+            if self.exists() and self.procs():
+                self.kill()   # StopUnit alone would SIGTERM and wait TimeoutStopSec (90 s)
+            self.remove()
+        finally:
+            self.close()

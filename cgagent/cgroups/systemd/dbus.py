@@ -1,0 +1,199 @@
+"""A small blocking D-Bus client for systemd's Manager (jeepney), as root.
+
+Two ways in, tried in this order unless CGAGENT_SYSTEMD_BUS says otherwise:
+- "private": systemd's own peer-to-peer socket /run/systemd/private (what systemctl uses as root;
+  works without dbus-daemon). No bus daemon: no Hello(), and every signal is delivered.
+- "system": the system bus (DBUS_SYSTEM_BUS_ADDRESS or /run/dbus/system_bus_socket). Signals only
+  arrive after Manager.Subscribe() and an AddMatch rule.
+
+Every failure to reach or hear systemd becomes one CgagentError line; D-Bus error replies become
+SystemdError (a CgagentError that keeps the D-Bus error name for callers that branch on it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+import termios
+import time
+from typing import Any
+
+from jeepney import DBusAddress, MatchRule, new_method_call
+from jeepney.auth import AuthenticationError
+from jeepney.bus_messages import message_bus
+from jeepney.io.blocking import DBusConnection, DBusConnectionBase, prep_socket
+from jeepney.io.common import MessageFilters
+from jeepney.wrappers import DBusErrorResponse, unwrap_msg
+
+from cgagent.errors import CgagentError
+
+SD = "org.freedesktop.systemd1"
+MANAGER = DBusAddress("/org/freedesktop/systemd1", SD, f"{SD}.Manager")
+PRIVATE_SOCKET = "/run/systemd/private"
+SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
+DEFAULT_TIMEOUT = 25.0
+
+UNIT_EXISTS = f"{SD}.UnitExists"
+NO_SUCH_UNIT = f"{SD}.NoSuchUnit"
+INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+
+
+class SystemdError(CgagentError):
+    """systemd answered with a D-Bus error."""
+
+    def __init__(self, problem: str, fix: str, dbus_name: str) -> None:
+        super().__init__(problem, fix)
+        self.dbus_name = dbus_name
+
+
+class _Peer(DBusConnection):  # type: ignore[misc]  # jeepney ships no type hints
+    """jeepney's DBusConnection without Hello(): there is no bus daemon behind the private socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        DBusConnectionBase.__init__(self, sock)
+        self._filters = MessageFilters()
+
+
+def timeout() -> float:
+    try:
+        return float(os.environ.get("CGAGENT_SYSTEMD_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+def _system_bus_path() -> str:
+    addr = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "")
+    for part in addr.split(";"):
+        if part.startswith("unix:path="):
+            return part[len("unix:path="):].split(",")[0]
+    return SYSTEM_BUS_SOCKET
+
+
+def _wait_begin_consumed(sock: socket.socket, deadline: float) -> None:
+    # systemd 252's sd-bus does not dispatch a message that arrives in the same read as the auth
+    # BEGIN until more bytes come: the first call would hang. Wait until systemd has read BEGIN.
+    while struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]:
+        if time.monotonic() > deadline:
+            raise TimeoutError("BEGIN not read")
+        time.sleep(0.0002)
+
+
+class Systemd:
+    """One connection to systemd's Manager. Use as a context manager, or call close()."""
+
+    def __init__(self, kind: str | None = None, socket_path: str | None = None) -> None:
+        self.timeout = timeout()
+        want = kind or os.environ.get("CGAGENT_SYSTEMD_BUS", "auto")
+        private = socket_path or os.environ.get("CGAGENT_SYSTEMD_SOCKET") or PRIVATE_SOCKET
+        if want == "auto":
+            want = "private" if os.path.exists(private) or not os.path.exists(_system_bus_path()) else "system"
+        if want not in ("private", "system"):
+            raise CgagentError(f"CGAGENT_SYSTEMD_BUS={want!r} is not a bus kind", "use private, system or auto")
+        self.kind = want
+        self.where = private if want == "private" else _system_bus_path()
+        self.conn = self._open()
+        self._subscribed = False
+
+    def _unreachable(self, why: str) -> CgagentError:
+        return CgagentError(f"systemd is not answering on {self.where} ({why})",
+                            "check that systemd is PID 1 and running (systemctl is-system-running), "
+                            "or use --cgroup-driver cgroupfs")
+
+    def _open(self) -> DBusConnection:
+        deadline = time.monotonic() + self.timeout
+        try:
+            sock = prep_socket(self.where, timeout=self.timeout)
+        except (TimeoutError, OSError, AuthenticationError) as e:
+            raise self._unreachable(getattr(e, "strerror", None) or str(e) or type(e).__name__) from None
+        try:
+            _wait_begin_consumed(sock, deadline)
+            if self.kind == "private":
+                return _Peer(sock)
+            sock.settimeout(self.timeout)  # Hello() below has no timeout of its own
+            conn = DBusConnection(sock)
+            sock.settimeout(None)
+            return conn
+        except (TimeoutError, OSError) as e:
+            sock.close()
+            raise self._unreachable(str(e) or type(e).__name__) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Systemd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- calls
+
+    def call(self, method: str, signature: str | None = None, body: tuple[Any, ...] = (),
+             address: DBusAddress = MANAGER) -> tuple[Any, ...]:
+        msg = new_method_call(address, method, signature, body)
+        try:
+            reply = self.conn.send_and_get_reply(msg, timeout=self.timeout)
+        except TimeoutError:
+            raise self._unreachable(f"no reply to {method} within {self.timeout:g}s") from None
+        except OSError as e:
+            raise self._unreachable(e.strerror or str(e)) from None
+        try:
+            return tuple(unwrap_msg(reply))
+        except DBusErrorResponse as e:
+            text = e.data[0] if e.data and isinstance(e.data[0], str) else str(e.name)
+            raise SystemdError(f"systemd refused {method}: {text}", _fix_for(e.name), str(e.name)) from None
+
+    def get(self, path: str, interface: str, name: str) -> Any:
+        addr = DBusAddress(path, SD, "org.freedesktop.DBus.Properties")
+        return self.call("Get", "ss", (f"{SD}.{interface}", name), addr)[0][1]
+
+    def unit_path(self, unit: str) -> str | None:
+        """The unit's object path when systemd has it loaded, else None."""
+        try:
+            return str(self.call("GetUnit", "s", (unit,))[0])
+        except SystemdError as e:
+            if e.dbus_name == NO_SUCH_UNIT:
+                return None
+            raise
+
+    def _subscribe(self) -> None:
+        # On the system bus JobRemoved is only delivered to subscribers with a matching rule.
+        if self.kind == "system" and not self._subscribed:
+            rule = MatchRule(type="signal", interface=MANAGER.interface, member="JobRemoved",
+                             path=MANAGER.object_path)
+            self.call("AddMatch", "s", (rule.serialise(),),
+                      DBusAddress(message_bus.object_path, message_bus.bus_name, message_bus.interface))
+            self.call("Subscribe")
+            self._subscribed = True
+
+    def job(self, method: str, signature: str, body: tuple[Any, ...]) -> str:
+        """Call a job-returning Manager method and wait for its JobRemoved: -> the job's result
+        ("done", "failed", "canceled", "timeout", "dependency", "skipped")."""
+        self._subscribe()
+        rule = MatchRule(type="signal", interface=MANAGER.interface, member="JobRemoved")
+        with self.conn.filter(rule, bufsize=1024) as queue:
+            (job_path,) = self.call(method, signature, body)
+            deadline = time.monotonic() + self.timeout
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    msg = self.conn.recv_until_filtered(queue, timeout=max(0.0, left))
+                except TimeoutError:
+                    raise self._unreachable(f"no JobRemoved for {method} within {self.timeout:g}s") from None
+                except OSError as e:
+                    raise self._unreachable(e.strerror or str(e)) from None
+                _id, path, _unit, result = msg.body
+                if path == job_path:
+                    return str(result)
+
+
+def _fix_for(name: str | None) -> str:
+    if name == UNIT_EXISTS:
+        return "another unit has this name: choose another --name, or stop that unit"
+    if name == NO_SUCH_UNIT:
+        return "the unit is gone (its processes exited)"
+    if name == INVALID_ARGS:
+        return "change the limit or the --cgroup-parent slice that systemd refused"
+    return "see journalctl and `systemctl status` for the unit"

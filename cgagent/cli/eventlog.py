@@ -1,0 +1,62 @@
+"""`cgagent events`: the durable events log as lines or JSON, optionally followed (inotify, no sleep)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+from cgagent import events, inotify
+
+_SKIP = {"time", "kind", "name"}
+
+
+def format_event(ev: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ev.get("time", 0))))
+    kind, name = str(ev.get("kind", "?")), str(ev.get("name", "?"))
+    if kind == "start":
+        detail = f"pid={ev.get('pid')} cgroup={ev.get('cgroup')} cmd={' '.join(map(str, ev.get('cmd') or []))}"
+    elif kind == "exit":
+        detail = f"exit_code={ev.get('exit_code')} oom_kills={ev.get('oom_kills', 0)}"
+    elif kind == "oom_kill":
+        detail = f"kills={ev.get('kills', 1)} total={ev.get('total')} cgroup={ev.get('cgroup')} by={ev.get('source')}"
+    elif kind == "update":
+        res = {k: v for k, v in (ev.get("resources") or {}).items() if v is not None}
+        detail = " ".join(f"{k}={v}" for k, v in sorted(res.items()))
+    else:
+        detail = " ".join(f"{k}={v}" for k, v in sorted(ev.items()) if k not in _SKIP)
+    return f"{when}  {kind:<8}  {name:<20}  {detail}"
+
+
+def show(state_root: str, name: str | None, follow: bool, as_json: bool) -> None:
+    def emit(ev: dict[str, Any]) -> None:
+        if name is not None and ev.get("name") != name:
+            return
+        print(json.dumps(ev, sort_keys=True) if as_json else format_event(ev), flush=True)
+
+    if not follow:
+        for _off, ev in events.read(state_root):
+            emit(ev)
+        return
+    offset = 0
+    os.makedirs(state_root, exist_ok=True)
+    ino = inotify.Inotify()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        # watch before the first read: a line appended in between is then not missed
+        ino.add(state_root, inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO)
+        while True:
+            for off, ev in events.read(state_root, offset):
+                offset = off
+                emit(ev)
+            select.select([ino.fd], [], [])
+            for _ in ino.read():
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ino.close()

@@ -1,0 +1,37 @@
+"""`cgagent exec NAME -- CMD`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cgagent.errors import CgagentError
+
+
+def exec_(
+    name: Annotated[str, typer.Argument(help="The running workload.")],
+    cmd: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Set KEY=VALUE (repeatable).")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="USER[:GROUP] or UID[:GID] inside.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="Working directory inside.")] = None,
+    state_dir: Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STATE_DIR",
+                                                  help="Where records live (default /run/cgagent).")] = None,
+) -> None:
+    """Run CMD inside a running workload: its cgroup, its namespaces, its root, its privileges.
+
+    Example: cgagent exec web -- ps
+    """
+    from cgagent import host
+    from cgagent.isolation import enter
+    from cgagent.runtime import live_status, manager, require_root
+    from cgagent.state import Store
+
+    require_root("cgagent exec")
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    h = host.detect()
+    rec = Store(state_dir).load(name)
+    if live_status(h, rec) != "running":
+        raise CgagentError(f"workload {name!r} is not running", "see `cgagent ps -a`")
+    raise typer.Exit(enter.run(manager(h, rec), rec.isolation, cmd, env or [], user, workdir))

@@ -1,0 +1,80 @@
+"""`cgagent image import|rm` and `cgagent images`."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+
+from cgagent.errors import CgagentError
+
+image_app = typer.Typer(help="Manage images: import OCI layouts or rootfs tarballs, list, remove.",
+                        no_args_is_help=True)
+
+Root = Annotated[str | None, typer.Option("--root", envvar="CGAGENT_ROOT",
+                                          help="Image store root (default /var/lib/cgagent).")]
+StateDir = Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STATE_DIR",
+                                              help="Where workload records live (default /run/cgagent).")]
+
+
+@image_app.command("import")
+def import_(
+    path: Annotated[str, typer.Argument(help="An OCI image layout directory, or a rootfs .tar/.tar.gz.")],
+    name: Annotated[str | None, typer.Option("--name", help="Reference to give it, e.g. busybox:1.36.")] = None,
+    root: Root = None,
+) -> None:
+    """Import an image; digests are verified and each layer is unpacked once.
+
+    Example: cgagent image import ./busybox-oci --name busybox
+    """
+    from cgagent.images.importer import import_path
+    from cgagent.images.store import ImageStore
+
+    img = import_path(ImageStore(root), path, name)
+    print(f"{img.id} {' '.join(img.names)}".rstrip())
+
+
+@image_app.command("rm")
+def rm(
+    refs: Annotated[list[str], typer.Argument(help="Image names or ids.")],
+    root: Root = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Remove images (refused while a workload record uses one) and the layers nothing else uses."""
+    from cgagent.images.store import ImageStore
+    from cgagent.state import Store
+
+    store = ImageStore(root)
+    for ref in refs:
+        with store.lock():
+            img = store.get(ref)
+            users = [r.name for r in Store(state_dir).all() if (r.isolation or {}).get("image") == img.id]
+            if users:
+                raise CgagentError(f"image {ref!r} is used by workload(s) {', '.join(users)}",
+                                   f"remove them first: cgagent rm -f {' '.join(users)}")
+            store.delete_image(img)
+        print(img.id)
+
+
+def images(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    root: Root = None,
+) -> None:
+    """List imported images."""
+    from dataclasses import asdict
+
+    from cgagent.images.store import ImageStore
+    from cgagent.units import format_bytes
+
+    imgs = ImageStore(root).all()
+    if as_json:
+        print(json.dumps([asdict(i) for i in imgs], indent=1))
+        return
+    from cgagent.cli.views import print_table
+
+    rows = [{"name": n, "id": i.short_id, "layers": len(i.layers), "size": format_bytes(i.size),
+             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created))}
+            for i in imgs for n in (i.names or ["<none>"])]
+    print_table(rows, ["name", "id", "layers", "size", "created"])

@@ -1,0 +1,69 @@
+"""`cgagent logs [-f] NAME`: the output of a detached workload, kept by its supervisor."""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+from typing import Annotated
+
+import typer
+
+from cgagent.errors import CgagentError
+
+
+def logs(
+    name: Annotated[str, typer.Argument(help="The workload.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the workload ends for good "
+                                         "(its supervisor exits).")] = False,
+    state_dir: Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STATE_DIR",
+                                                  help="Where records live (default /run/cgagent).")] = None,
+) -> None:
+    """Print a detached workload's output (stdout and stderr, in order).
+
+    Example: cgagent logs -f web
+    """
+    from cgagent import procs
+    from cgagent.state import Store
+
+    store = Store(state_dir)
+    rec = store.load(name)
+    path = store.log_path(name)
+    if not os.path.exists(path):
+        if not rec.detached:
+            raise CgagentError(f"workload {name!r} ran in the foreground: its output went to the terminal",
+                               "run it with -d to keep its output for `cgagent logs`")
+        return
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        _copy(f, out)
+        if not follow or not procs.alive(rec.supervisor_pid, rec.supervisor_start):
+            return
+        assert rec.supervisor_pid is not None
+        from cgagent.inotify import IN_MODIFY, Inotify
+
+        ino = Inotify()
+        ino.add(path, IN_MODIFY)
+        try:
+            sup = os.pidfd_open(rec.supervisor_pid)
+        except ProcessLookupError:
+            _copy(f, out)
+            return
+        try:
+            while True:
+                ready = select.select([ino.fd, sup], [], [])[0]
+                for _ in ino.read():
+                    pass
+                _copy(f, out)
+                if sup in ready:   # the supervisor is gone: nothing more will be written
+                    _copy(f, out)
+                    return
+        finally:
+            os.close(sup)
+            ino.close()
+
+
+def _copy(f: object, out: object) -> None:
+    while chunk := f.read(65536):  # type: ignore[attr-defined]
+        out.write(chunk)  # type: ignore[attr-defined]
+    out.flush()  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Images: a content-addressed store of OCI image layers unpacked for overlayfs."""

@@ -1,0 +1,193 @@
+"""The content-addressed image store under the state root (default /var/lib/cgagent).
+
+Layout (overlay2-like, so many lowerdirs fit in one page of mount options):
+  blobs/sha256/<hex>        manifests and configs, named by their digest
+  layers/<hex>/diff         one unpacked layer, <hex> = its diff_id (uncompressed digest)
+  layers/<hex>/link         the layer's short id
+  layers/l/<short>          -> ../<hex>/diff
+  images/<hex>.json         an image: names, layer diff_ids, config (hex = config digest)
+  tmp/                      unpacking happens here, then a rename publishes the layer
+  containers/<id>/          per workload: upper/, work/, merged/
+  lock                      flock() for publishing and removing
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cgagent.errors import CgagentError
+from cgagent.state import atomic_write
+
+DEFAULT_ROOT = "/var/lib/cgagent"
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def store_root(root: str | None = None) -> str:
+    return root or os.environ.get("CGAGENT_ROOT") or DEFAULT_ROOT
+
+
+def normalize_ref(ref: str) -> str:
+    """`busybox` -> `busybox:latest`; a tag after the last `/` is kept."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-/:@]{0,254}$", ref) or ".." in ref:
+        raise CgagentError(f"image name {ref!r} is not allowed", "use letters, digits, '_', '.', '-', '/' and ':tag'")
+    last = ref.rsplit("/", 1)[-1]
+    return ref if ":" in last else f"{ref}:latest"
+
+
+def digest_hex(digest: str) -> str:
+    algo, _, hexd = digest.partition(":")
+    if algo != "sha256" or not _HEX.match(hexd):
+        raise CgagentError(f"unsupported digest {digest!r}", "only sha256 digests are supported")
+    return hexd
+
+
+@dataclass
+class Image:
+    id: str                                  # sha256:<config digest>
+    names: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)      # diff_ids, lowest first
+    config: dict[str, Any] = field(default_factory=dict)  # Env, Entrypoint, Cmd, WorkingDir, User
+    manifest: str | None = None
+    size: int = 0
+    created: float = 0.0
+
+    @property
+    def short_id(self) -> str:
+        return self.id.partition(":")[2][:12]
+
+
+class ImageStore:
+    def __init__(self, root: str | None = None) -> None:
+        self.root = store_root(root)
+        self.blobs = os.path.join(self.root, "blobs", "sha256")
+        self.layers = os.path.join(self.root, "layers")
+        self.links = os.path.join(self.layers, "l")
+        self.images = os.path.join(self.root, "images")
+        self.tmp = os.path.join(self.root, "tmp")
+        self.containers = os.path.join(self.root, "containers")
+
+    def ensure(self) -> None:
+        for d in (self.root, self.blobs, self.layers, self.links, self.images, self.tmp, self.containers):
+            os.makedirs(d, mode=0o700 if d == self.root else 0o755, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self.ensure()
+        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- blobs and layers
+
+    def put_blob(self, digest: str, data: bytes) -> None:
+        path = os.path.join(self.blobs, digest_hex(digest))
+        if not os.path.exists(path):
+            atomic_write(path, data)
+
+    def layer_dir(self, diff_id: str) -> str:
+        return os.path.join(self.layers, digest_hex(diff_id))
+
+    def has_layer(self, diff_id: str) -> bool:
+        return os.path.isfile(os.path.join(self.layer_dir(diff_id), "link"))
+
+    def short_link(self, diff_id: str) -> str:
+        """`l/<short>`, relative to self.layers (the overlay mount runs with cwd there)."""
+        with open(os.path.join(self.layer_dir(diff_id), "link")) as f:
+            return "l/" + f.read().strip()
+
+    def publish_layer(self, diff_id: str, staged: str) -> None:
+        """Move a fully unpacked `staged` dir (holding diff/) into place. Caller holds the lock."""
+        hexd = digest_hex(diff_id)
+        short = hexd[:26]
+        final = self.layer_dir(diff_id)
+        import shutil
+
+        if self.has_layer(diff_id):
+            shutil.rmtree(staged, ignore_errors=True)
+            return
+        if os.path.lexists(final):  # a torn earlier publish: no link file means not complete
+            shutil.rmtree(final)
+        with open(os.path.join(staged, "link"), "w") as f:
+            f.write(short)
+        link = os.path.join(self.links, short)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
+        os.symlink(f"../{hexd}/diff", link)
+        os.rename(staged, final)
+
+    def remove_layer(self, diff_id: str) -> None:
+        import shutil
+
+        hexd = digest_hex(diff_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.links, hexd[:26]))
+        shutil.rmtree(self.layer_dir(diff_id), ignore_errors=True)
+
+    # --- images
+
+    def _image_path(self, image_id: str) -> str:
+        return os.path.join(self.images, f"{digest_hex(image_id)}.json")
+
+    def save(self, img: Image) -> None:
+        self.ensure()
+        atomic_write(self._image_path(img.id), json.dumps(asdict(img), indent=1, sort_keys=True).encode())
+
+    def all(self) -> list[Image]:
+        out = []
+        try:
+            names = sorted(os.listdir(self.images))
+        except FileNotFoundError:
+            return []
+        for fn in names:
+            if not fn.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.images, fn)) as f:
+                    out.append(Image(**json.load(f)))
+            except (OSError, ValueError, TypeError):
+                continue
+        return out
+
+    def find(self, ref: str) -> Image | None:
+        imgs = self.all()
+        want = ref.removeprefix("sha256:")
+        if re.match(r"^[0-9a-f]{12,64}$", want):
+            hits = [i for i in imgs if i.id.partition(":")[2].startswith(want)]
+            if len(hits) == 1:
+                return hits[0]
+        with contextlib.suppress(CgagentError):
+            norm = normalize_ref(ref)
+            for i in imgs:
+                if norm in i.names:
+                    return i
+        return None
+
+    def get(self, ref: str) -> Image:
+        img = self.find(ref)
+        if img is None:
+            raise CgagentError(f"no image {ref!r} in {self.root}",
+                               "import it with `cgagent image import PATH --name REF`; see `cgagent images`")
+        return img
+
+    def delete_image(self, img: Image) -> None:
+        """Remove the image and every layer no other image uses. Caller holds the lock."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._image_path(img.id))
+        used = {d for other in self.all() for d in other.layers}
+        for d in img.layers:
+            if d not in used:
+                self.remove_layer(d)
+        for blob in (img.id, img.manifest):
+            if blob:
+                with contextlib.suppress(FileNotFoundError, CgagentError):
+                    os.unlink(os.path.join(self.blobs, digest_hex(blob)))

@@ -1,0 +1,70 @@
+"""A minimal inotify binding (ctypes): the stdlib has none, and the agent needs only watch + read."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import struct
+from collections.abc import Iterator
+
+IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class Inotify:
+    """One inotify instance; `fd` goes into select/epoll, `read()` drains what is queued."""
+
+    def __init__(self) -> None:
+        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        self.fd: int = fd
+
+    def add(self, path: str, mask: int) -> int:
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), ctypes.c_uint32(mask))
+        if wd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+        return int(wd)
+
+    def remove(self, wd: int) -> None:
+        _libc.inotify_rm_watch(self.fd, wd)  # EINVAL when the kernel already dropped it: fine
+
+    def read(self) -> Iterator[tuple[int, int, str]]:
+        """(wd, mask, name) of every queued event; nothing when the queue is empty."""
+        while True:
+            try:
+                buf = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            pos = 0
+            while pos < len(buf):
+                wd, mask, _cookie, n = _HEADER.unpack_from(buf, pos)
+                pos += _HEADER.size
+                name = buf[pos:pos + n].rstrip(b"\0").decode(errors="replace")
+                pos += n
+                yield wd, mask, name
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Inotify:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,73 @@
+"""`cgagent exec NAME -- CMD`: run a command inside a running workload, like `docker exec`.
+
+The new process joins the workload's cgroup (spawn's `place`), then its namespaces through setns on
+/proc/<pid>/ns/* of the workload's PID 1, chroots into that process's root, and gets the same
+privileges as the workload (capabilities, no_new_privs, seccomp). A pid namespace only applies to
+children, so the joined process forks once more and relays the exit status, as `run` does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings  # noqa: F401  os.execvpe imports it lazily; after chroot that would fail
+from typing import Any
+
+from cgagent import launch
+from cgagent.cgroups import CgroupManager
+from cgagent.errors import CgagentError
+from cgagent.isolation import namespaces, security
+from cgagent.isolation.child import _relay
+from cgagent.isolation.spec import env_dict
+from cgagent.isolation.syscalls import CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, prctl
+
+
+def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: list[str], user: str | None,
+        workdir: str | None) -> int:
+    """Foreground exec; returns the command's exit code (shell convention)."""
+    if not cmd:
+        raise CgagentError("no command given", "put the command after --, e.g. cgagent exec web -- sh")
+    signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
+    if not isolation:  # a host workload: only its cgroup to join
+        if launch.which(cmd[0]) is None:
+            raise CgagentError(f"command not found: {cmd[0]}", "check the name and PATH", exit_code=127)
+        return launch.wait_forwarding(launch.spawn(cmd, mgr.apply))
+    target = namespaces.init_pid(mgr.procs())
+    if target is None:
+        raise CgagentError("the workload's PID 1 is gone", "see `cgagent ps -a`")
+    env = env_dict(isolation)
+    for e in env_add:
+        k, eq, v = e.partition("=")
+        if eq:
+            env[k] = v
+        elif k in os.environ:
+            env[k] = os.environ[k]
+    fds = namespaces.open_namespaces(target)
+    root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    user_ns = [(os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC), CLONE_NEWUSER)] \
+        if isolation.get("userns") else []
+    pid_fds = [(fd, t) for fd, t in fds if t == CLONE_NEWPID]
+    other = [(fd, t) for fd, t in fds if t != CLONE_NEWPID]
+
+    def setup() -> None:
+        namespaces.join(pid_fds)   # for our children only
+        child = os.fork()
+        if child != 0:
+            _relay(child)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        namespaces.join(other)     # mnt last: it changes what paths mean
+        os.fchdir(root)
+        os.chroot(".")
+        namespaces.join(user_ns)   # last: it gives up our power over the other namespaces
+        os.chdir(workdir or isolation.get("workdir") or "/")
+        security.apply(list(isolation.get("caps") or []), str(user if user is not None else
+                                                              isolation.get("user") or ""),
+                       bool(isolation.get("seccomp", True)), env)
+
+    try:
+        pid = launch.spawn(cmd, mgr.apply, env=env, child_setup=setup)
+    finally:
+        for fd, _t in fds + user_ns:
+            os.close(fd)
+        os.close(root)
+    return launch.wait_forwarding(pid)

@@ -1,0 +1,191 @@
+"""The workload's root filesystem: overlay of image layers (or a bind of --rootfs), pivot_root, then
+fresh /proc, /dev, read-only /sys and cgroupfs, volumes, Docker's masked and read-only paths.
+
+Host side (`prepare`, `teardown`) makes and removes the per-workload dirs. Child side (`enter`) runs
+in the workload's new mount namespace, so every mount dies with the namespace, even after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from cgagent.isolation import userns
+from cgagent.isolation.devices import setup_dev
+from cgagent.isolation.security import MASKED_PATHS, READONLY_PATHS
+from cgagent.isolation.syscalls import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    mount,
+    move_mount,
+    open_tree_clone,
+    pivot_root,
+    umount2,
+)
+
+PROC_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
+# --- host side
+
+def prepare(spec: dict[str, Any]) -> None:
+    cdir = spec["container_dir"]
+    os.makedirs(os.path.dirname(cdir), exist_ok=True)
+    os.mkdir(cdir, 0o700)
+    for sub in ("upper", "work", "merged"):
+        os.mkdir(os.path.join(cdir, sub), 0o755)
+    m = spec.get("userns")
+    if m:  # the upper dir gives the root directory its owner: root inside, i.e. the range's base
+        os.chown(os.path.join(cdir, "upper"), int(m["base"]), int(m["base"]))
+
+
+def _mounts_under(path: str) -> list[str]:
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == path or mp.startswith(path + "/"):
+                out.append(mp)
+    return out
+
+
+def teardown(spec: dict[str, Any]) -> None:
+    """Remove the workload's upper/work/merged dirs; idempotent, never outside the store."""
+    cdir = spec.get("container_dir")
+    store = spec.get("store")
+    if not cdir or not store:
+        return
+    if os.path.dirname(os.path.normpath(cdir)) != os.path.join(os.path.normpath(store), "containers"):
+        return  # a tampered record: refuse to delete anything else
+    for mp in sorted(_mounts_under(cdir), key=len, reverse=True):  # only if someone mounted in our namespace
+        with contextlib.suppress(OSError):
+            umount2(mp, MNT_DETACH)
+    import shutil  # host side only: kept off the launch path's imports
+
+    shutil.rmtree(cdir, ignore_errors=True)
+
+
+# --- child side (new mount namespace; nothing here may import lazily: after pivot_root the host's
+# Python library is out of reach)
+
+def host_cgroup_mounts() -> list[tuple[str, str, str]]:
+    """(name under /sys/fs/cgroup, fstype, mount data) of the host's cgroup hierarchies."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            mp = left.split()[4]
+            fstype, _src, superopts = [*right.split(), "", "", ""][:3]
+            if fstype in ("cgroup", "cgroup2") and mp.startswith("/sys/fs/cgroup/") and mp.count("/") == 4:
+                data = ",".join(o for o in superopts.split(",") if o not in ("rw", "ro"))
+                out.append((mp.rsplit("/", 1)[1], fstype, data))
+    return out
+
+
+def mount_root(spec: dict[str, Any], userns_fd: int | None = None) -> str:
+    cdir = spec["container_dir"]
+    merged = os.path.join(cdir, "merged")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount may propagate to the host
+    if spec.get("lowers") and userns_fd is None:
+        os.chdir(spec["layers_dir"])  # lowerdirs are short l/<id> links relative to it
+        data = f"lowerdir={':'.join(spec['lowers'])},upperdir={cdir}/upper,workdir={cdir}/work"
+        mount("overlay", merged, "overlay", 0, data)
+    elif spec.get("lowers"):
+        assert userns_fd is not None
+        lowers = []   # idmapped copies of the layers, attached (in our namespace only) under lower/
+        for i, link in enumerate(spec["lowers"]):
+            target = os.path.join(cdir, "lower", str(i))
+            os.makedirs(target, exist_ok=True)
+            userns.attach(userns.idmapped_clone(os.path.join(spec["layers_dir"], link), userns_fd), target)
+            lowers.append(f"lower/{i}")
+        os.chdir(cdir)
+        mount("overlay", merged, "overlay", 0, f"lowerdir={':'.join(lowers)},upperdir=upper,workdir=work")
+    elif userns_fd is not None:
+        for d in ("proc", "dev", "sys"):  # made now, as host root: inside, host root maps to no one
+            os.makedirs(os.path.join(spec["rootfs"], d), exist_ok=True)
+        userns.attach(userns.idmapped_clone(spec["rootfs"], userns_fd), merged)
+    else:
+        mount(spec["rootfs"], merged, None, MS_BIND | MS_REC)
+    return merged
+
+
+def pivot(new_root: str) -> None:
+    fd = os.open(new_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.fchdir(fd)
+    os.close(fd)
+    pivot_root(".", ".")   # the old root is now stacked on top of the new one...
+    umount2(".", MNT_DETACH)  # ...and detaching it leaves only the new root
+    os.chdir("/")
+
+
+def _bind_ro(path: str, extra: int = 0) -> None:
+    mount(path, path, None, MS_BIND | MS_REC)
+    mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | extra)
+
+
+def _mount_sys(cgroups: list[tuple[str, str, str]]) -> None:
+    os.makedirs("/sys", exist_ok=True)
+    mount("sysfs", "/sys", "sysfs", MS_RDONLY | PROC_FLAGS)
+    cg = "/sys/fs/cgroup"
+    if not os.path.isdir(cg):
+        return
+    mount("cgroup", cg, "tmpfs", PROC_FLAGS, "mode=755")
+    for name, fstype, data in cgroups:
+        os.mkdir(f"{cg}/{name}", 0o755)
+        with contextlib.suppress(OSError):  # in our cgroup namespace: the hierarchy is rooted at our cgroup
+            mount("cgroup", f"{cg}/{name}", fstype, MS_RDONLY | PROC_FLAGS, data or None)
+    mount(None, cg, None, MS_REMOUNT | MS_RDONLY | PROC_FLAGS, "mode=755")
+
+
+def _mount_volumes(vols: list[tuple[int, bool, str, bool]]) -> None:
+    """Attach the detached bind trees cloned before pivot_root. Targets resolve inside the new root,
+    so a symlink in the image cannot point a volume at a host path."""
+    for fd, is_dir, ctr, ro in vols:
+        if is_dir:
+            os.makedirs(ctr, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(ctr), exist_ok=True)
+            if not os.path.lexists(ctr):
+                os.close(os.open(ctr, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        move_mount(fd, ctr)
+        if ro:
+            mount(None, ctr, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.close(fd)
+
+
+def _mask() -> None:
+    for p in MASKED_PATHS:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.isdir(p):
+                mount("tmpfs", p, "tmpfs", MS_RDONLY)
+            elif os.path.exists(p):
+                mount("/dev/null", p, None, MS_BIND)
+    for p in READONLY_PATHS:
+        if os.path.exists(p):
+            _bind_ro(p, PROC_FLAGS)
+
+
+def enter(spec: dict[str, Any], userns_fd: int | None = None) -> None:
+    """Build the workload's filesystem view and switch into it."""
+    cgroups = host_cgroup_mounts()
+    vols = [(open_tree_clone(src), os.path.isdir(src), ctr, ro) for src, ctr, ro in spec.get("volumes") or []]
+    pivot(mount_root(spec, userns_fd))
+    os.makedirs("/proc", exist_ok=True)
+    mount("proc", "/proc", "proc", PROC_FLAGS)
+    _mount_volumes(vols)
+    setup_dev("/dev")
+    _mount_sys(cgroups)
+    _mask()
+    workdir = spec.get("workdir") or "/"
+    os.makedirs(workdir, exist_ok=True)
+    if spec.get("read_only"):
+        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    os.chdir(workdir)

@@ -1,0 +1,28 @@
+"""Container networking through netlink (pyroute2) and nftables, done as the CNI reference plugins do it.
+
+The namespace the agent runs in is the "host"; a workload's network namespace is named by a path
+(/proc/<pid>/ns/net or a bind-mounted nsfs file). State lives under `<CGAGENT_ROOT>/networks`:
+  networks/<name>.json        a named network (config.py)
+  ipam/<network>/             one file per allocated address, lock, last_reserved_ip.0 (ipam.py)
+  attachments/<owner>.json    what one workload's connection made: links, address, ports (attach.py)
+  etc/<owner>/hosts, resolv.conf   files for the isolation layer to bind-mount (files.py)
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_ROOT = "/var/lib/cgagent"
+# every host-side link cgagent makes starts with "cg": prune finds leftovers by these prefixes
+VETH_PREFIX = "cgv"       # host end of a workload's veth pair
+BRIDGE_PREFIX = "cgbr"    # bridges of user networks; the default network's bridge is cgagent0
+VXLAN_PREFIX = "cgvx"
+DEFAULT_BRIDGE = "cgagent0"
+
+
+def state_root(root: str | None = None) -> str:
+    return root or os.environ.get("CGAGENT_ROOT") or DEFAULT_ROOT
+
+
+def net_dir(root: str | None = None) -> str:
+    return os.path.join(state_root(root), "networks")

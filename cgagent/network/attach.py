@@ -1,0 +1,394 @@
+"""Connecting a workload's network namespace to a network, and undoing it on every exit path.
+
+The attachment record (<root>/networks/attachments/<owner>.json) is written before any link is made
+and names everything connect makes, so disconnect and prune can always finish the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cgagent import procs
+from cgagent.errors import CgagentError
+from cgagent.network import (
+    BRIDGE_PREFIX,
+    DEFAULT_BRIDGE,
+    VETH_PREFIX,
+    VXLAN_PREFIX,
+    bridge,
+    config,
+    files,
+    macvlan,
+    net_dir,
+    netns,
+    nft,
+    veth,
+    vxlan,
+)
+from cgagent.network.config import Network
+from cgagent.network.ipam import Ipam
+from cgagent.state import atomic_write, validate_name
+
+PROTOS = ("tcp", "udp")
+
+
+@dataclass
+class Attachment:
+    owner: str
+    network: str
+    driver: str
+    netns: str                           # the namespace path given at connect time
+    pid: int | None = None               # a process in that namespace: liveness for prune
+    pid_start: int | None = None
+    host_if: str | None = None           # bridge drivers: the host end of the veth pair
+    address: str | None = None
+    prefixlen: int = 0
+    gateway: str | None = None
+    mac: str | None = None
+    ports: list[list[Any]] = field(default_factory=list)   # [proto, host port, workload port]
+    hostname: str | None = None
+    created: float = 0.0
+
+    def port_tuples(self) -> list[tuple[str, int, int]]:
+        return [(str(p), int(h), int(c)) for p, h, c in self.ports]
+
+
+def _adir(root: str | None) -> str:
+    return os.path.join(net_dir(root), "attachments")
+
+
+def etc_dir(owner: str, root: str | None = None) -> str:
+    """Where the workload's hosts and resolv.conf live (the isolation layer bind-mounts them)."""
+    return os.path.join(net_dir(root), "etc", owner)
+
+
+def ipam_for(net: Network, root: str | None = None) -> Ipam:
+    first = last = None
+    if net.ip_range:
+        rng = ipaddress.IPv4Network(net.ip_range)
+        first, last = str(rng.network_address), str(rng.broadcast_address)
+    return Ipam(os.path.join(net_dir(root), "ipam", net.name), net.pool, net.gateway, first, last)
+
+
+def load(owner: str, root: str | None = None) -> Attachment | None:
+    try:
+        with open(os.path.join(_adir(root), f"{owner}.json")) as f:
+            return Attachment(**json.load(f))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def _save(att: Attachment, root: str | None) -> None:
+    os.makedirs(_adir(root), mode=0o755, exist_ok=True)
+    atomic_write(os.path.join(_adir(root), f"{att.owner}.json"),
+                 json.dumps(asdict(att), indent=1, sort_keys=True).encode() + b"\n")
+
+
+def all_attachments(root: str | None = None) -> list[Attachment]:
+    try:
+        names = sorted(os.listdir(_adir(root)))
+    except FileNotFoundError:
+        return []
+    out = []
+    for fn in names:
+        if fn.endswith(".json"):
+            a = load(fn[:-5], root)
+            if a is not None:
+                out.append(a)
+    return out
+
+
+def parse_ports(specs: list[str]) -> list[tuple[str, int, int]]:
+    """HOSTPORT:CTRPORT[/tcp|udp] -> (proto, host port, workload port)."""
+    out: list[tuple[str, int, int]] = []
+    for s in specs:
+        body, _, proto = s.partition("/")
+        proto = proto or "tcp"
+        hp, sep, cp = body.partition(":")
+        try:
+            if not sep or proto not in PROTOS:
+                raise ValueError
+            h, c = int(hp), int(cp)
+            if not (0 < h < 65536 and 0 < c < 65536):
+                raise ValueError
+        except ValueError:
+            raise CgagentError(f"-p {s!r} is not HOSTPORT:CTRPORT[/tcp|udp]", "e.g. -p 8080:80 or -p 5353:53/udp") \
+                from None
+        if any((p, hp2) == (proto, h) for p, hp2, _ in out):
+            raise CgagentError(f"port {h}/{proto} is given twice", "publish each host port once")
+        out.append((proto, h, c))
+    return out
+
+
+def alive(att: Attachment) -> bool:
+    if att.pid is not None:
+        return procs.alive(att.pid, att.pid_start)
+    return os.path.exists(att.netns)
+
+
+# --- connect / disconnect
+
+def connect(owner: str, network: str, ns_path: str, pid: int | None = None, ports: list[str] | None = None,
+            hostname: str | None = None, root: str | None = None) -> Attachment:
+    validate_name(owner)
+    wanted = parse_ports(list(ports or []))
+    with config.lock(root):
+        if load(owner, root) is not None:
+            raise CgagentError(f"{owner!r} is already connected", f"`cgagent network disconnect {owner}` first")
+        net = config.load(network, root)
+        if wanted and net.driver == "macvlan":
+            raise CgagentError("-p needs a bridge or vxlan network", "macvlan workloads are reachable directly")
+        _check_ports(wanted, root)
+        if net.driver == "macvlan":
+            _check_parent(net)
+        if not os.path.exists(ns_path):
+            raise CgagentError(f"network namespace {ns_path} does not exist", "is the workload running?")
+        first_use = not os.path.exists(os.path.join(config._dir(root), f"{net.name}.json"))
+        if first_use:   # the default network, made on first use
+            config.check_default(net, root, host_facts()[1])
+        ipam = ipam_for(net, root)
+        ip = ipam.allocate(owner, net.name)   # raises "network is full" with nothing made
+        att = Attachment(owner=owner, network=net.name, driver=net.driver, netns=ns_path, pid=pid,
+                         pid_start=procs.start_time(pid) if pid else None, address=str(ip),
+                         prefixlen=ipaddress.IPv4Network(net.pool).prefixlen, gateway=net.gateway,
+                         ports=[list(p) for p in wanted], hostname=hostname, created=time.time())
+        if net.driver != "macvlan":
+            att.host_if = VETH_PREFIX + os.urandom(4).hex()
+        try:
+            _save(att, root)
+            if first_use:
+                config.save(net, root)
+            _plumb(net, att)
+            nft.publish(att.port_tuples(), str(ip))
+            if att.driver == "macvlan":
+                _save(att, root)   # its MAC: how teardown finds the link inside
+            _write_files(att, root)
+            _refresh_hosts(net.name, root)
+        except BaseException:
+            _teardown(att, net, root)
+            raise
+    return att
+
+
+def _check_ports(wanted: list[tuple[str, int, int]], root: str | None) -> None:
+    if not wanted:
+        return
+    taken = {(str(p), int(h)): a.owner for a in all_attachments(root) for p, h, _ in a.ports}
+    live = nft.published() if nft.table_exists() else {}
+    for p, h, _ in wanted:
+        if (p, h) in taken or (p, h) in live:
+            who = taken.get((p, h)) or live[(p, h)][0]
+            raise CgagentError(f"port {h}/{p} is already published (by {who})", "choose another host port")
+
+
+def _check_parent(net: Network) -> None:
+    ipr = netns.iproute()
+    try:
+        if not ipr.link_lookup(ifname=net.parent):
+            raise CgagentError(f"parent interface {net.parent!r} does not exist", "see `ip link` for the names")
+    finally:
+        ipr.close()
+
+
+def _plumb(net: Network, att: Attachment) -> None:
+    assert att.address
+    ipr = netns.iproute()
+    try:
+        if net.driver == "macvlan":
+            assert net.parent
+            tmp = "cgt" + os.urandom(4).hex()
+            macvlan.create(ipr, net.parent, att.netns, tmp)
+            att.mac = veth.configure_inside(att.netns, tmp, att.address, att.prefixlen, att.gateway,
+                                            rename_to="eth0")
+            return
+        if net.driver == "vxlan":
+            vxlan.ensure(ipr, net)
+        br = bridge.ensure(ipr, net)
+        assert att.host_if
+        veth.create(ipr, att.host_if, br, att.netns)
+        att.mac = veth.configure_inside(att.netns, "eth0", att.address, att.prefixlen, att.gateway)
+    finally:
+        ipr.close()
+
+
+def _write_files(att: Attachment, root: str | None) -> None:
+    d = etc_dir(att.owner, root)
+    files.write_in_place(os.path.join(d, "resolv.conf"), files.resolv_conf())
+
+
+def _names(a: Attachment) -> list[str]:
+    return [n for n in dict.fromkeys([a.hostname or a.owner, a.owner]) if n]
+
+
+def _refresh_hosts(network: str, root: str | None) -> None:
+    """Every workload on `network` gets a hosts file naming all of them."""
+    members = [a for a in all_attachments(root) if a.network == network and a.address]
+    for a in members:
+        others = [(str(b.address), _names(b)) for b in members if b.owner != a.owner]
+        files.write_in_place(os.path.join(etc_dir(a.owner, root), "hosts"),
+                             files.hosts((str(a.address), _names(a)), others))
+
+
+def _teardown(att: Attachment, net: Network | None, root: str | None) -> None:
+    """Undo whatever of `att` exists: ports, veth, address, files, record. Never raises."""
+    with contextlib.suppress(Exception):
+        if att.address:
+            nft.unpublish(att.port_tuples(), att.address)
+    if att.host_if:
+        with contextlib.suppress(Exception):
+            ipr = netns.iproute()
+            try:
+                veth.remove(ipr, att.host_if)
+            finally:
+                ipr.close()
+    if att.driver == "macvlan" and att.mac:   # nothing on the host side: remove it inside, if still alive
+        with contextlib.suppress(Exception):
+            inner = netns.iproute(att.netns)
+            try:
+                for idx in inner.link_lookup(address=att.mac):
+                    inner.link("del", index=idx)
+            finally:
+                inner.close()
+    if net is not None:
+        with contextlib.suppress(Exception):
+            ipam_for(net, root).release(att.owner)
+    d = etc_dir(att.owner, root)
+    for fn in ("hosts", "resolv.conf"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(d, fn))
+    with contextlib.suppress(OSError):
+        os.rmdir(d)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(_adir(root), f"{att.owner}.json"))
+    with contextlib.suppress(Exception):
+        _refresh_hosts(att.network, root)
+
+
+def set_pid(owner: str, pid: int, root: str | None = None) -> None:
+    """After the workload started: its pid becomes the liveness handle (the connect-time path may be an fd)."""
+    with config.lock(root):
+        att = load(owner, root)
+        if att is not None:
+            att.pid, att.pid_start = pid, procs.start_time(pid)
+            att.netns = f"/proc/{pid}/ns/net"
+            _save(att, root)
+
+
+def disconnect(owner: str, root: str | None = None) -> bool:
+    """Remove what connecting `owner` made (idempotent). False when it was not connected."""
+    with config.lock(root):
+        att = load(owner, root)
+        if att is None:
+            return False
+        try:
+            net: Network | None = config.load(att.network, root)
+        except CgagentError:
+            net = None
+        _teardown(att, net, root)
+    return True
+
+
+# --- network lifecycle
+
+def host_facts() -> tuple[list[str], list[str]]:
+    """(link names, IPv4 route destinations that are not ours) of the host namespace."""
+    ipr = netns.iproute()
+    try:
+        links = [str(lk.get("ifname")) for lk in ipr.get_links()]
+        routes = []
+        for r in ipr.get_routes(family=2, table=254):
+            dst, plen = r.get("dst"), r.get("dst_len")
+            oif = r.get("oif")
+            name = next((str(lk.get("ifname")) for lk in ipr.get_links(oif)), "") if oif else ""
+            if dst and plen and not name.startswith(("cg", DEFAULT_BRIDGE)):
+                routes.append(f"{dst}/{plen}")
+        return links, routes
+    finally:
+        ipr.close()
+
+
+def create_network(name: str, driver: str, subnet: str, gateway: str | None = None, parent: str | None = None,
+                   vni: int | None = None, peers: list[str] | None = None, local: str | None = None,
+                   root: str | None = None, ip_range: str | None = None) -> Network:
+    with config.lock(root):
+        links, routes = host_facts()
+        net = config.validate_new(name, driver, subnet, gateway, parent, vni, list(peers or []), local, root,
+                                  links, routes, ip_range)
+        config.save(net, root)
+    return net
+
+
+def _devices_remove(net: Network) -> None:
+    ipr = netns.iproute()
+    try:
+        if net.driver in ("bridge", "vxlan"):
+            bridge.remove(ipr, net)
+        if net.driver == "vxlan":
+            vxlan.remove(ipr, net)
+    finally:
+        ipr.close()
+
+
+def remove_network(name: str, root: str | None = None) -> None:
+    with config.lock(root):
+        net = config.load(name, root)
+        users = [a.owner for a in all_attachments(root) if a.network == name]
+        if users:
+            raise CgagentError(f"network {name!r} has workloads connected: {', '.join(users)}",
+                               "stop them first (or `cgagent network prune` if they are gone)")
+        _devices_remove(net)
+        ipam_for(net, root).destroy()
+        config.delete(name, root)
+
+
+def prune(root: str | None = None) -> list[str]:
+    """Remove leftovers: attachments of dead workloads, addresses whose owner is gone, our links that
+    no attachment names, and the host devices of networks nobody uses. -> what was removed."""
+    done: list[str] = []
+    for a in all_attachments(root):
+        if not alive(a):
+            disconnect(a.owner, root)
+            done.append(f"attachment {a.owner}")
+    with config.lock(root):
+        atts = all_attachments(root)
+        owners = {a.owner for a in atts}
+        nets = config.all_networks(root)
+        for net in nets:
+            ipam = ipam_for(net, root)
+            for ip, who in ipam.entries().items():
+                if who not in owners:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(ipam.dir, ip))
+                    done.append(f"address {ip} ({who})")
+        used = {a.network for a in atts}
+        for net in nets:
+            if net.name not in used:
+                _devices_remove(net)
+        ours = {a.host_if for a in atts} | {n.bridge for n in nets if n.name in used} | \
+               {n.vxlan_dev for n in nets if n.name in used and n.driver == "vxlan"}
+        ipr = netns.iproute()
+        try:
+            for lk in ipr.get_links():
+                name = str(lk.get("ifname"))
+                if name.startswith((VETH_PREFIX, BRIDGE_PREFIX, VXLAN_PREFIX, DEFAULT_BRIDGE)) and name not in ours:
+                    with contextlib.suppress(Exception):
+                        ipr.link("del", index=lk["index"])
+                    done.append(f"link {name}")
+        finally:
+            ipr.close()
+        if not used and nft.table_exists() and not nft.published():
+            nft.delete_table()
+    return done
+
+
+def usage(root: str | None = None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for a in all_attachments(root):
+        out.setdefault(a.network, []).append(a.owner)
+    return out

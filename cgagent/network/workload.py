@@ -1,0 +1,127 @@
+"""Glue between `cgagent run` and the network code: the one module the runtime calls.
+
+The agent makes the workload's network namespace itself, before the fork (podman does the same):
+a fresh namespace held by an fd, connected to its network from outside, then joined by the child
+with setns(2) where it would otherwise unshare CLONE_NEWNET. `container:NAME` joins NAME's
+namespace through the same fd path. Modes, in Record.isolation["net"]:
+  none            the isolation layer unshares a namespace with lo only
+  host            no namespace
+  bridge | NAME   a namespace connected to the default bridge network / the named network
+  container:NAME  NAME's namespace
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any
+
+from cgagent.errors import CgagentError
+
+OWN_MODES = ("none", "host")
+
+
+def wanted(net: str | None) -> bool:
+    """True when the network layer has work for this --net value."""
+    return bool(net) and net not in OWN_MODES
+
+
+def check(net: str, publish: list[str], root: str | None, state_dir: str | None = None) -> dict[str, Any]:
+    """Validate --net/-p before anything is made. -> fields for Record.isolation."""
+    from cgagent.network import attach, config
+
+    if publish and (net in OWN_MODES or net.startswith("container:")):
+        raise CgagentError(f"-p needs a bridge network, not --net {net}", "use --net bridge (or a network name)")
+    if net.startswith("container:"):
+        netns_of(net.partition(":")[2], state_dir)   # raises when it names no running workload
+        return {"net": net}
+    config.load(net, root)                           # raises "no network named"
+    ports = attach.parse_ports(publish)
+    attach._check_ports(ports, root)                 # a port already published: one line, nothing made
+    return {"net": net, "publish": list(publish)}
+
+
+def netns_of(name: str, state_dir: str | None = None) -> str:
+    """The network namespace path of running workload `name`."""
+    from cgagent import host as hostmod
+    from cgagent import procs, runtime
+    from cgagent.state import Store
+
+    store = Store(state_dir)
+    try:
+        rec = store.load(name)
+    except CgagentError:
+        raise CgagentError(f"--net container:{name}: no workload named {name!r}",
+                           "give a running workload's name (see `cgagent ps`)") from None
+    h = hostmod.detect()
+    if runtime.live_status(h, rec) != "running":
+        raise CgagentError(f"--net container:{name}: workload {name!r} is not running", "start it first")
+    cands = runtime.manager(h, rec).procs()
+    from cgagent.isolation.namespaces import init_pid
+
+    pid = init_pid(cands) or (rec.pid if procs.alive(rec.pid, rec.pid_start) else None) or \
+        (cands[0] if cands else None)
+    if pid is None:
+        raise CgagentError(f"--net container:{name}: workload {name!r} has no process", "start it again")
+    return f"/proc/{pid}/ns/net"
+
+
+def prepare(spec: dict[str, Any], owner: str, state_dir: str | None = None) -> int | None:
+    """Before the fork: the fd of the namespace the child must join (None: the isolation layer's own
+    choice). Connects `owner` to its network; adds its hosts/resolv.conf to the spec's volumes."""
+    net = str(spec.get("net") or "none")
+    if not wanted(net):
+        return None
+    from cgagent.network import attach, netns
+
+    if net.startswith("container:"):
+        return netns.open_ns(netns_of(net.partition(":")[2], state_dir))
+    root = spec.get("store")
+    fd = netns.new_netns()
+    try:
+        attach.connect(owner, net, netns.fd_path(fd), ports=list(spec.get("publish") or []),
+                       hostname=spec.get("hostname"), root=root)
+    except BaseException:
+        os.close(fd)
+        raise
+    etc = attach.etc_dir(owner, root)
+    vols = [v for v in spec.get("volumes") or [] if v[1] not in ("/etc/hosts", "/etc/resolv.conf")]
+    spec["volumes"] = [*vols, [os.path.join(etc, "hosts"), "/etc/hosts", False],
+                       [os.path.join(etc, "resolv.conf"), "/etc/resolv.conf", False]]
+    return fd
+
+
+def started(spec: dict[str, Any], owner: str, pid: int, fd: int | None) -> None:
+    """After the fork: the workload's pid is the connection's liveness handle; our fd can go."""
+    if fd is not None:
+        os.close(fd)
+    if wanted(str(spec.get("net") or "")) and not str(spec.get("net")).startswith("container:"):
+        from cgagent.network import attach
+
+        attach.set_pid(owner, pid, spec.get("store"))
+
+
+def release(spec: dict[str, Any], owner: str) -> None:
+    """The workload is gone (or never started): remove its connection. Idempotent, never raises."""
+    if wanted(str(spec.get("net") or "")) and not str(spec.get("net")).startswith("container:"):
+        from cgagent.network import attach
+
+        with contextlib.suppress(Exception):
+            attach.disconnect(owner, spec.get("store"))
+
+
+def startup_prune(root: str | None = None) -> None:
+    """The agent's start-up: remove what workloads that died meanwhile left (only where cgagent has
+    network state at all, so a host that never used networking is not touched)."""
+    from cgagent.network import net_dir
+
+    if not os.path.isdir(os.path.join(net_dir(root), "attachments")):
+        return
+    from cgagent.network.attach import prune
+
+    try:
+        for what in prune(root):
+            print(f"cgagent: network prune: removed {what}", file=sys.stderr)
+    except (CgagentError, OSError) as e:
+        print(f"cgagent: warning: network prune failed: {e}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Prometheus side of cgagent: HTTP exposition server, web config, collectors."""

@@ -1,0 +1,44 @@
+"""Memory: usage, working set (usage - inactive_file), rss, cache, peak and limit hits.
+v1 memory.usage_in_bytes/max_usage_in_bytes/failcnt/memory.stat; v2 memory.current/memory.peak/
+memory.stat/memory.events "max". cAdvisor reports 0 max usage on v2: memory.peak is the real one."""
+
+from __future__ import annotations
+
+from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.v1 import memory as v1mem
+from cgagent.cgroups.v2 import memory as v2mem
+from exporters.collectors import PerCgroup, Scrape, add
+from exporters.exposition import Family
+from exporters.targets import Target
+
+
+class Memory(PerCgroup):
+    name = "memory"
+    controller = "memory"
+
+    def families(self) -> list[Family]:
+        return [
+            Family("container_memory_usage_bytes", "gauge",
+                   "Current memory usage in bytes, including all memory regardless of when it was accessed."),
+            Family("container_memory_working_set_bytes", "gauge", "Current working set in bytes."),
+            Family("container_memory_rss", "gauge", "Size of RSS in bytes."),
+            Family("container_memory_cache", "gauge", "Number of bytes of page cache memory."),
+            Family("container_memory_max_usage_bytes", "gauge",
+                   "Maximum memory usage recorded in bytes (memory.peak on cgroup v2)."),
+            Family("container_memory_limit_hits_total", "counter",
+                   "Times memory usage hit the limit (v1 memory.failcnt, v2 memory.events max)."),
+        ]
+
+    def read(self, t: Target, d: str, s: Stats, scrape: Scrape) -> bool:
+        (v2mem if t.v2 else v1mem).usage(d, s)
+        return s.memory.usage is not None
+
+    def emit(self, t: Target, s: Stats, fams: list[Family], scrape: Scrape) -> None:
+        usage, ws, rss, cache, peak, hits = fams
+        m = s.memory
+        add(usage, t, m.usage)
+        add(ws, t, m.working_set)
+        add(rss, t, m.rss)
+        add(cache, t, m.cache)
+        add(peak, t, m.max_usage)
+        add(hits, t, m.limit_hits)

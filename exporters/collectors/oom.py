@@ -1,0 +1,50 @@
+"""OOM kills. Workloads: from the durable events log (cgagent.oom.Totals), so the count survives
+agent restarts and `cgagent rm`. Watched cgroups cgagent did not launch: the kernel's counter
+(v1 memory.oom_control oom_kill, v2 memory.events oom_kill)."""
+
+from __future__ import annotations
+
+from cgagent.cgroups import fs
+from exporters.collectors import READ_ERRORS, CgroupGone, Scrape
+from exporters.exposition import Family, LabelSet
+from exporters.targets import labels
+
+
+class Oom:
+    name = "oom"
+
+    def collect(self, scrape: Scrape) -> list[Family]:
+        events = Family("container_oom_events_total", "counter", "Count of out of memory events observed for the "
+                        "container (kept per workload name across agent restarts and removal).")
+        kills = Family("cgagent_oom_kills_total", "counter", "Processes killed by the OOM killer, per workload name.")
+        totals = scrape.oom
+        if totals is not None:
+            totals.update()
+        counts = totals.kills if totals is not None else {}
+        done: set[str] = set()
+        for t in scrape.targets:
+            if t.workload is not None:
+                n = counts.get(t.workload, 0)
+                events.add(t.labels, n)
+                kills.add(LabelSet({"name": t.workload}), n)
+                done.add(t.workload)
+                continue
+            d = t.dir("memory")
+            if d is None:
+                continue
+            try:
+                v = fs.read_kv(f"{d}/{'memory.events' if t.v2 else 'memory.oom_control'}").get("oom_kill")
+                if v is None and t.v2 is False:
+                    raise CgroupGone(d)
+            except READ_ERRORS as e:
+                scrape.error(self.name, t, e)
+                continue
+            if v is not None:
+                events.add(t.labels, v)
+        if totals is not None:
+            for name in sorted(counts.keys() - done):
+                # the workload is gone: its count stays, under the labels it last had
+                ls = labels(totals.cgroup.get(name, ""), name, totals.policy.get(name, ""))
+                events.add(ls, counts[name])
+                kills.add(LabelSet({"name": name}), counts[name])
+        return [events, kills]

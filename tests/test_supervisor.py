@@ -1,0 +1,93 @@
+"""The supervisor's lifecycle parts (issue 4, item 5): --restart with backoff, logs [-f]."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cgagent import events, procs
+from tests.isolated import IMG, Box, ok, ps_json, wait_for
+
+pytest_plugins = ("tests.isolated_fixtures",)
+
+
+def record(b: Box, name: str) -> dict:  # type: ignore[type-arg]
+    with open(f"{b.cg.state_dir}/workloads/{name}.json") as f:
+        return json.load(f)  # type: ignore[no-any-return]
+
+
+def evs(b: Box, name: str, kind: str) -> list[dict]:  # type: ignore[type-arg]
+    return [e for _off, e in events.read(b.cg.state_dir) if e["name"] == name and e["kind"] == kind]
+
+
+def wait_supervisor_gone(b: Box, name: str) -> None:
+    rec = record(b, name)
+    assert procs.wait_exit(rec["supervisor_pid"], 20), "the supervisor did not finish"
+
+
+def test_on_failure_restarts_n_times_with_doubling_backoff(box: Box) -> None:
+    ok(box.run("run", "-d", "--name", "flaky", "--restart", "on-failure:3", IMG, "--", "sh", "-c",
+               "echo run; exit 3"))
+    assert ok(box.run("logs", "-f", "flaky")).split() == ["run"] * 4   # -f returns when it ended for good
+    wait_supervisor_gone(box, "flaky")
+    [row] = ps_json(box)
+    assert row["status"] == "exited" and row["exit_code"] == 3
+    assert record(box, "flaky")["restarts"] == 3
+    assert [e["delay_s"] for e in evs(box, "flaky", "restart")] == [0.1, 0.2, 0.4]
+    assert len(evs(box, "flaky", "start")) == 4
+    assert box.containers() == []   # torn down when it ended for good, not between restarts
+    ok(box.run("rm", "flaky"))
+
+
+def test_restarts_keep_the_workload_upper_layer(box: Box) -> None:
+    ok(box.run("run", "-d", "--name", "counter", "--restart", "on-failure:2", IMG, "--", "sh", "-c",
+               "echo x >> /tmp/count; wc -l < /tmp/count; exit 1"))
+    assert ok(box.run("logs", "-f", "counter")).split() == ["1", "2", "3"]
+    ok(box.run("rm", "counter"))
+
+
+def test_always_restarts_until_stopped(box: Box) -> None:
+    ok(box.run("run", "-d", "--name", "looper", "--restart", "always", IMG, "--", "sh", "-c", "exit 0"))
+    wait_for(lambda: len(evs(box, "looper", "restart")) >= 2)
+    ok(box.run("stop", "-t", "2", "looper"))
+    wait_supervisor_gone(box, "looper")
+    starts = len(evs(box, "looper", "start"))
+    [row] = ps_json(box)
+    assert row["status"] == "exited"
+    assert len(evs(box, "looper", "start")) == starts   # the supervisor is gone: nothing restarts it
+    ok(box.run("rm", "looper"))
+    assert not os.path.exists(f"{box.cg.state_dir}/workloads/looper.stopping")
+
+
+def test_rm_f_while_restarting_leaves_nothing(box: Box) -> None:
+    ok(box.run("run", "-d", "--name", "crashy", "--restart", "always", IMG, "--", "sh", "-c", "exit 1"))
+    wait_for(lambda: len(evs(box, "crashy", "restart")) >= 3)
+    sup = record(box, "crashy")["supervisor_pid"]
+    ok(box.run("rm", "-f", "crashy"))
+    assert procs.wait_exit(sup, 10)
+    assert ps_json(box) == [] and box.containers() == []
+    assert os.listdir(f"{box.cg.state_dir}/workloads") == []
+
+
+def test_host_workload_restarts_too(box: Box) -> None:
+    ok(box.run("run", "-d", "--name", "hosty", "--restart", "on-failure:1", "--", "sh", "-c", "echo h; exit 9"))
+    assert ok(box.run("logs", "-f", "hosty")).split() == ["h", "h"]
+    ok(box.run("rm", "hosty"))
+
+
+def test_logs_follow_streams_until_the_end(box: Box) -> None:
+    ok(box.run("run", "-d", "--name", "talker", IMG, "--", "sh", "-c", "echo one; sleep 0.3; echo two >&2"))
+    assert ok(box.run("logs", "--follow", "talker")).split() == ["one", "two"]
+    assert ok(box.run("logs", "talker")).split() == ["one", "two"]
+    ok(box.run("rm", "talker"))
+
+
+def test_logs_and_restart_errors_are_one_line(box: Box) -> None:
+    ok(box.run("run", "--name", "fg", IMG, "--", "true"))
+    r = box.run("logs", "fg")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "foreground" in r.stderr
+    ok(box.run("rm", "fg"))
+    for bad in (["--rm", "--restart", "always"], ["--restart", "sometimes"], ["--restart", "on-failure:0"]):
+        r = box.run("run", *bad, IMG, "--", "true")
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert ps_json(box) == [] and box.containers() == []

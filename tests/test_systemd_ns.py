@@ -1,0 +1,384 @@
+"""The systemd driver against a real systemd 252 (PID 1 of its own namespaces, cgroup v1 here).
+
+The CLI runs inside systemd's pid/mount/cgroup namespaces, exactly as on a systemd host; the
+assertions read the unit (systemctl) and the cgroup files systemd wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.systemd_ns import CLI, SYSTEMD, SystemdNamespace
+
+M = 1024 * 1024
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.access(SYSTEMD, os.X_OK),
+                                reason="needs root and systemd installed (/lib/systemd/systemd)")
+
+
+@pytest.fixture(scope="module")
+def sdns() -> Iterator[SystemdNamespace]:
+    top = "/var/tmp/cgagent-test-systemd"   # not /tmp: the instance mounts its own /tmp over it
+    ns = SystemdNamespace(top)
+    try:
+        ns.start()
+        yield ns
+    finally:
+        leaks = ns.stop()
+        with contextlib.suppress(OSError):
+            os.rmdir(top)
+        assert not leaks, leaks
+
+
+def _units(ns: SystemdNamespace) -> list[str]:
+    out = ns.systemctl("list-units", "--all", "--plain", "--no-legend", "cgagent-*.scope")
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cli(sdns: SystemdNamespace) -> Iterator[CLI]:
+    c = CLI(sdns)
+    yield c
+    # clean up whatever the test left, then insist that nothing is left
+    wl = sdns.path(f"{c.state_dir}/workloads")
+    for fn in os.listdir(wl) if os.path.isdir(wl) else []:
+        if fn.endswith(".json"):
+            c("rm", "-f", fn[:-5])
+    assert _units(sdns) == [], "scopes left behind"
+    left = sdns.run(["sh", "-c", "find /sys/fs/cgroup/*/cgagent.slice -mindepth 1 -type d 2>/dev/null"]).stdout
+    assert left.strip() == "", f"cgroups left behind: {left}"
+    sdns.run(["rm", "-rf", c.state_dir])
+
+
+def _cg(ns: SystemdNamespace, rec: dict[str, object], ctrl: str, f: str) -> str:
+    return ns.read(f"{rec['dirs'][ctrl]}/{f}")  # type: ignore[index]
+
+
+def _procs(ns: SystemdNamespace, rec: dict[str, object], ctrl: str) -> list[str]:
+    # read inside: cgroup.procs shows pids as the reader's pid namespace numbers them
+    return ns.run(["cat", f"{rec['dirs'][ctrl]}/cgroup.procs"]).stdout.split()  # type: ignore[index]
+
+
+def _alive(ns: SystemdNamespace, pid: object) -> bool:
+    r = ns.run(["sh", "-c", f"test -e /proc/{pid} && ! grep -q '^State:.*Z' /proc/{pid}/status"])
+    return r.returncode == 0
+
+
+def _ok(r: object) -> None:
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)  # type: ignore[attr-defined]
+
+
+def _one_line_error(r: object, *needles: str) -> str:
+    err: str = r.stderr  # type: ignore[attr-defined]
+    assert r.returncode != 0, r  # type: ignore[attr-defined]
+    assert err.startswith("cgagent: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def _nothing_of(ns: SystemdNamespace, cli: CLI, name: str) -> None:
+    assert not cli.has_record(name), "record left behind"
+    assert f"cgagent-{name}.scope" not in _units(ns), "scope left behind"
+    left = ns.run(["sh", "-c", f"ls -d /sys/fs/cgroup/*/cgagent.slice/cgagent-{name}.scope 2>/dev/null"]).stdout
+    assert left == "", f"cgroup left behind: {left}"
+
+
+def test_v1_limits_are_scope_properties_and_land_in_cgroupfs(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--name", "lim", "--cgroup-driver", "systemd", "--cpus", "0.33", "--cpu-shares", "512",
+            "--memory", "100M", "--pids-limit", "50", "--", "sleep", "1000"))
+    rec = cli.record("lim")
+    assert (rec["driver"], rec["unit"], rec["cgroup"]) == ("systemd", "cgagent-lim.scope",
+                                                          "/cgagent.slice/cgagent-lim.scope")
+    unit = "cgagent-lim.scope"
+    assert sdns.unit_property(unit, "CPUQuotaPerSecUSec") == "330ms"
+    assert sdns.unit_property(unit, "CPUShares") == "512"
+    assert sdns.unit_property(unit, "MemoryLimit") == str(100 * M)
+    assert sdns.unit_property(unit, "TasksMax") == "50"
+    assert sdns.unit_property(unit, "Delegate") == "yes"
+    assert _cg(sdns, rec, "cpu", "cpu.cfs_quota_us") == "33000"
+    assert _cg(sdns, rec, "cpu", "cpu.cfs_period_us") == "100000"
+    assert _cg(sdns, rec, "cpu", "cpu.shares") == "512"
+    assert _cg(sdns, rec, "memory", "memory.limit_in_bytes") == str(100 * M)
+    assert _cg(sdns, rec, "pids", "pids.max") == "50"
+    for ctrl in ("cpu", "memory", "pids", "cpuacct"):   # every hierarchy the record names holds the pid
+        assert str(rec["pid"]) in _procs(sdns, rec, ctrl), ctrl
+
+
+def test_rounded_quota_agrees_in_record_stats_and_cgroupfs(sdns: SystemdNamespace, cli: CLI) -> None:
+    # --cpus 0.333 = 333 ms/s; systemd keeps 10 ms steps (CPUQuota=N% in its unit file), so it is
+    # sent as 340 ms/s and every view shows 0.34, the value a daemon-reload re-reads
+    _ok(cli("run", "-d", "--name", "rq", "--cpus", "0.333", "--", "sleep", "1000"))
+    rec = cli.record("rq")
+    assert sdns.unit_property("cgagent-rq.scope", "CPUQuotaPerSecUSec") == "340ms"
+    assert _cg(sdns, rec, "cpu", "cpu.cfs_quota_us") == "34000"
+    assert rec["resources"]["cpu_quota"] == 34000
+    stats = json.loads(cli("stats", "--json", "rq").stdout)[0]
+    assert stats["cpu_limit"] == "0.34"
+    assert json.loads(cli("ps", "--json").stdout)[0]["cpus"] == "0.34"
+    sdns.systemctl("daemon-reload")
+    assert _cg(sdns, rec, "cpu", "cpu.cfs_quota_us") == "34000"
+
+
+def test_default_driver_is_systemd_and_unit_shows_the_workload(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--name", "vis", "--", "sleep", "1000"))   # no --cgroup-driver: PID 1 is systemd
+    rec = cli.record("vis")
+    assert rec["driver"] == "systemd"
+    status = sdns.systemctl("status", "cgagent-vis.scope", check=False)
+    assert "active (running)" in status and f"{rec['pid']} sleep 1000" in status, status
+    assert sdns.unit_property("cgagent-vis.scope", "ControlGroup") == rec["cgroup"]
+    assert f":{rec['cgroup']}" in sdns.run(["cat", f"/proc/{rec['pid']}/cgroup"]).stdout
+
+
+def test_update_goes_through_systemd_and_survives_daemon_reload(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--name", "upd", "--cpus", "0.2", "--memory", "100M", "--pids-limit", "50",
+            "--", "sleep", "1000"))
+    rec = cli.record("upd")
+    unit = "cgagent-upd.scope"
+    _ok(cli("update", "upd", "--cpus", "0.5", "--memory", "200M", "--pids-limit", "20", "--cpu-shares", "256"))
+    # the unit's own properties changed: SetUnitProperties, not a cgroupfs write behind systemd
+    assert sdns.unit_property(unit, "CPUQuotaPerSecUSec") == "500ms"
+    assert sdns.unit_property(unit, "MemoryLimit") == str(200 * M)
+    assert sdns.unit_property(unit, "TasksMax") == "20"
+    assert sdns.unit_property(unit, "CPUShares") == "256"
+    want = {("cpu", "cpu.cfs_quota_us"): "50000", ("memory", "memory.limit_in_bytes"): str(200 * M),
+            ("pids", "pids.max"): "20", ("cpu", "cpu.shares"): "256"}
+    assert {k: _cg(sdns, rec, *k) for k in want} == want
+    sdns.systemctl("daemon-reload")
+    assert {k: _cg(sdns, rec, *k) for k in want} == want
+    assert cli.record("upd")["resources"]["cpu_quota"] == 50000
+
+
+def test_limit_written_behind_systemds_back_is_reverted_by_daemon_reload(sdns: SystemdNamespace, cli: CLI) -> None:
+    """Why the driver sends properties: systemd re-applies its own values on daemon-reload."""
+    _ok(cli("run", "-d", "--name", "rev", "--cpus", "0.5", "--", "sleep", "1000"))
+    rec = cli.record("rev")
+    with open(sdns.path(f"{rec['dirs']['cpu']}/cpu.cfs_quota_us"), "w") as f:
+        f.write("70000")
+    sdns.systemctl("daemon-reload")
+    assert _cg(sdns, rec, "cpu", "cpu.cfs_quota_us") == "50000"
+
+
+def test_stats_read_the_scope_and_throttling_moves(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--name", "busy", "--cpus", "0.2", "--memory", "64M", "--pids-limit", "10",
+            "--", "sh", "-c", "while :; do :; done"))
+    row = json.loads(cli("stats", "--json", "--interval", "1", "busy").stdout)[0]
+    assert row["memory_limit"] == 64 * M and row["pids_limit"] == 10 and row["pids"] == 1
+    assert row["nr_throttled"] > 0 and row["throttled_seconds"] > 0
+    assert row["cpu_percent"] is not None and 5 < row["cpu_percent"] < 40, row   # cpuacct joined
+    assert json.loads(cli("stats", "--json", "--cgroup-driver", "cgroupfs").stdout or "[]") == []
+
+
+def test_foreground_exit_code_passes_and_scope_goes(sdns: SystemdNamespace, cli: CLI) -> None:
+    r = cli("run", "--name", "fg", "--memory", "64M", "--", "sh", "-c", "cat /proc/self/cgroup; exit 3")
+    assert r.returncode == 3, r
+    assert ":/cgagent.slice/cgagent-fg.scope" in r.stdout
+    assert cli.record("fg")["status"] == "exited" and cli.record("fg")["exit_code"] == 3
+    assert "cgagent-fg.scope" not in _units(sdns)
+    _ok(cli("rm", "fg"))
+    _nothing_of(sdns, cli, "fg")
+
+
+def test_stop_then_rm_remove_scope_and_cgroups(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--name", "st", "--", "sleep", "1000"))
+    rec = cli.record("st")
+    _ok(cli("stop", "-t", "5", "--cgroup-driver", "systemd", "st"))
+    assert cli.record("st")["status"] == "exited"
+    assert "cgagent-st.scope" not in _units(sdns)
+    assert not any(os.path.isdir(sdns.path(d)) for d in rec["dirs"].values()), rec["dirs"]
+    assert not _alive(sdns, rec["pid"])
+    _ok(cli("rm", "st"))
+    _nothing_of(sdns, cli, "st")
+
+
+def test_rm_force_kills_through_the_unit(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--name", "rmf", "--", "sh", "-c", "sleep 1000 & sleep 1000"))
+    assert len(json.loads(cli("stats", "--json", "rmf").stdout)) == 1
+    _ok(cli("rm", "-f", "rmf"))
+    _nothing_of(sdns, cli, "rmf")
+
+
+def test_driver_mismatch_on_later_commands_is_one_line(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--name", "mm", "--", "sleep", "1000"))
+    _one_line_error(cli("stop", "--cgroup-driver", "cgroupfs", "mm"), "runs under the systemd driver")
+    assert cli.record("mm")["status"] == "running"
+
+
+def test_cgroupfs_driver_warns_when_systemd_is_init(sdns: SystemdNamespace, cli: CLI) -> None:
+    r = cli("run", "--rm", "--cgroup-driver", "cgroupfs", "--", "true")
+    assert r.returncode == 0, r
+    assert "warning: systemd is init here" in r.stderr
+
+
+# --- failures: one line, nothing left behind
+
+def test_systemd_not_answering(sdns: SystemdNamespace, cli: CLI, tmp_path: object) -> None:
+    silent = os.path.join(sdns.workdir, "silent.sock")   # accepts connections, never says a word
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(silent)
+    srv.listen(8)
+    try:
+        t = time.monotonic()
+        r = cli("run", "--name", "mute", "--", "sleep", "1000",
+                CGAGENT_SYSTEMD_SOCKET=silent, CGAGENT_SYSTEMD_BUS="private", CGAGENT_SYSTEMD_TIMEOUT="1")
+        assert time.monotonic() - t < 15
+        _one_line_error(r, f"systemd is not answering on {silent}")
+    finally:
+        srv.close()
+        os.unlink(silent)
+    _nothing_of(sdns, cli, "mute")
+    r = cli("run", "--name", "gone", "--", "true", CGAGENT_SYSTEMD_SOCKET="/run/no-such-socket",
+            CGAGENT_SYSTEMD_BUS="private")
+    _one_line_error(r, "systemd is not answering on /run/no-such-socket")
+    _nothing_of(sdns, cli, "gone")
+
+
+def test_unit_name_taken_by_another_program(sdns: SystemdNamespace, cli: CLI) -> None:
+    other = CLI(sdns)   # another state dir: our records don't know its workload
+    _ok(other("run", "-d", "--name", "taken", "--", "sleep", "1000"))
+    try:
+        r = cli("run", "--name", "taken", "--", "sleep", "1000")
+        _one_line_error(r, "cgagent-taken.scope already exists")
+        assert not cli.has_record("taken")
+        # the other program's scope is untouched
+        assert sdns.unit_property("cgagent-taken.scope", "ActiveState") == "active"
+        assert str(other.record("taken")["pid"]) in sdns.systemctl("status", "cgagent-taken.scope", check=False)
+    finally:
+        _ok(other("rm", "-f", "taken"))
+    assert _units(sdns) == []
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--cpus", "0.000001"], "CPUQuotaPerSecUSec= value out of range"),   # a zero quota
+    (["--cgroup-parent", "a--b.slice"], "a--b.slice failed to load"),     # a slice name systemd cannot place
+])
+def test_property_systemd_rejects(sdns: SystemdNamespace, cli: CLI, args: list[str], needle: str) -> None:
+    r = cli("run", "--name", "rej", *args, "--", "sleep", "1000")
+    _one_line_error(r, "systemd refused StartTransientUnit", needle)
+    _nothing_of(sdns, cli, "rej")
+    assert "sleep 1000" not in sdns.run(["ps", "-eo", "args"]).stdout.splitlines()
+
+
+def test_failed_unit_of_the_same_name_is_reset_first(sdns: SystemdNamespace, cli: CLI) -> None:
+    # a scope that hits its RuntimeMaxSec ends "failed" and keeps its name until reset
+    r = sdns.run(["systemd-run", "--scope", "--unit", "cgagent-ff.scope", "-p", "RuntimeMaxSec=0.2",
+                  "sleep", "100"])
+    assert r.returncode != 0
+    deadline = time.monotonic() + 10   # systemd offers no wait-for-failed outside D-Bus signals
+    while sdns.unit_property("cgagent-ff.scope", "ActiveState") != "failed":
+        assert time.monotonic() < deadline, sdns.systemctl("status", "cgagent-ff.scope", check=False)
+        time.sleep(0.05)
+    r = cli("run", "--name", "ff", "--", "sh", "-c", "cat /proc/self/cgroup")
+    assert r.returncode == 0, r
+    assert ":/cgagent.slice/cgagent-ff.scope" in r.stdout
+    _ok(cli("rm", "ff"))
+
+
+# --- the same driver over the system bus (dbus-daemon), not systemd's private socket
+
+@pytest.fixture(scope="module")
+def sdns_bus() -> Iterator[SystemdNamespace]:
+    top = "/var/tmp/cgagent-test-systemd"
+    ns = SystemdNamespace(top, dbus=True)
+    try:
+        ns.start()
+        yield ns
+    finally:
+        leaks = ns.stop()
+        with contextlib.suppress(OSError):
+            os.rmdir(top)
+        assert not leaks, leaks
+
+
+def test_over_the_system_bus_run_update_stop(sdns_bus: SystemdNamespace) -> None:
+    # Hello(), AddMatch + Manager.Subscribe (no JobRemoved without them) on a real dbus-daemon
+    cli = CLI(sdns_bus, CGAGENT_SYSTEMD_BUS="system")
+    try:
+        _ok(cli("run", "-d", "--name", "bus", "--cpus", "0.5", "--memory", "64M", "--", "sleep", "1000"))
+        rec = cli.record("bus")
+        assert _cg(sdns_bus, rec, "cpu", "cpu.cfs_quota_us") == "50000"
+        _ok(cli("update", "bus", "--memory", "128M"))
+        assert sdns_bus.unit_property("cgagent-bus.scope", "MemoryLimit") == str(128 * M)
+        _ok(cli("stop", "bus"))
+        assert _units(sdns_bus) == []
+        r = cli("run", "--name", "fgbus", "--", "true")
+        assert r.returncode == 0, r
+    finally:
+        for n in ("bus", "fgbus"):
+            if cli.has_record(n):
+                cli("rm", "-f", n)
+    assert _units(sdns_bus) == []
+
+
+def _http_get(ns: SystemdNamespace, url: str) -> str | None:
+    """GET from inside the instance's network namespace (None: not answering yet)."""
+    code = (f"import urllib.request\ntry:\n print(urllib.request.urlopen({url!r}, timeout=5).read().decode(), end='')\n"
+            "except OSError:\n raise SystemExit(3)")
+    r = subprocess.run(["nsenter", "-t", str(ns.pid1), "-n", "--", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode in (0, 3), r.stderr
+    return r.stdout if r.returncode == 0 else None
+
+
+def _series(metrics: str, name: str, cid: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and f'id="{cid}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} for {cid}")
+
+
+def test_exporter_finds_the_scope_and_its_oom_kills(sdns: SystemdNamespace, cli: CLI) -> None:
+    # the shell survives its pipeline's OOM kill, so the scope (and its counter) stays
+    _ok(cli("run", "-d", "--name", "exp", "--cpus", "0.34", "--memory", "32M", "--pids-limit", "20", "--",
+            "sh", "-c", "head -c 300M /dev/zero | tail; sleep 1000"))
+    rec = cli.record("exp")
+    deadline = time.monotonic() + 30   # no event for "counter moved" that we can wait on from here
+    while "oom_kill 0" in _cg(sdns, rec, "memory", "memory.oom_control"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    kills = int(_cg(sdns, rec, "memory", "memory.oom_control").split("oom_kill ")[1].split()[0])
+    # DefaultDependencies=no: a plain service would pull in sysinit.target (tmpfiles, journald, ...)
+    r = sdns.run(["systemd-run", "--unit", "cgagent-test-serve", "-p", "DefaultDependencies=no",
+                  "-E", f"CGAGENT_STATE_DIR={cli.state_dir}",
+                  "-E", "PYTHONDONTWRITEBYTECODE=1", sys.executable, "-m", "cgagent", "serve",
+                  "--listen", "127.0.0.1:9731"])
+    assert r.returncode == 0, r.stderr
+    try:
+        deadline = time.monotonic() + 30   # Type=simple: started != listening
+        while _http_get(sdns, "http://127.0.0.1:9731/healthz") is None:
+            assert time.monotonic() < deadline, sdns.systemctl("status", "cgagent-test-serve", check=False)
+            time.sleep(0.1)
+        metrics = _http_get(sdns, "http://127.0.0.1:9731/metrics") or ""
+    finally:
+        sdns.systemctl("stop", "cgagent-test-serve.service", check=False)
+    cid = "/cgagent.slice/cgagent-exp.scope"
+    assert rec["cgroup"] == cid
+    assert _series(metrics, "container_spec_memory_limit_bytes", cid) == 32 * M
+    assert _series(metrics, "container_spec_cpu_quota", cid) == 34000
+    assert _series(metrics, "container_threads_max", cid) == 20
+    assert _series(metrics, "container_cpu_usage_seconds_total", cid) > 0      # cpuacct joined
+    assert _series(metrics, "container_oom_events_total", cid) == kills >= 1
+
+
+def test_v1_cpuset_and_freezer_are_joined_by_the_driver(sdns: SystemdNamespace, cli: CLI) -> None:
+    # systemd has no v1 cpuset/freezer: the driver puts the scope's path there itself (as runc does)
+    _ok(cli("run", "-d", "--name", "cs", "--cpuset-cpus", "0", "--", "sleep", "1000"))
+    rec = cli.record("cs")
+    assert rec["dirs"]["cpuset"] == "/sys/fs/cgroup/cpuset/cgagent.slice/cgagent-cs.scope"
+    assert _cg(sdns, rec, "cpuset", "cpuset.cpus") == "0"
+    assert str(rec["pid"]) in _procs(sdns, rec, "cpuset") and str(rec["pid"]) in _procs(sdns, rec, "freezer")
+    assert "Cpus_allowed_list:\t0\n" in sdns.run(["cat", f"/proc/{rec['pid']}/status"]).stdout
+    _ok(cli("update", "cs", "--cpuset-cpus", "0-1"))
+    assert _cg(sdns, rec, "cpuset", "cpuset.cpus") == "0-1"
+    _ok(cli("rm", "-f", "cs"))
+    left = sdns.run(["sh", "-c", "ls -d /sys/fs/cgroup/cpuset/cgagent.slice /sys/fs/cgroup/freezer/cgagent.slice "
+                     "2>/dev/null"]).stdout
+    assert left == "", left   # our slice levels in those hierarchies go with the last workload

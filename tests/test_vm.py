@@ -1,0 +1,70 @@
+"""Tier (b): a cgroup v2 host with systemd as PID 1, under qemu. Boots the cached image once
+(`make test-vm-image` builds it), runs tests/vm_guest/guest_v2.py inside with this project shared
+read-only over 9p, and reports each guest test here, by name, from the guest's JUnit XML."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VM = os.path.join(HERE, "vm", "cgagent-vm.sh")
+GUEST = "tests/vm_guest/guest_v2.py"
+
+RUN_SH = """set -u
+# the project share is read-only: bytecode goes to the VM's tmpfs, compiled once per boot
+export PYTHONPATH=/opt/cgagent-pylib:/mnt/project PYTHONPYCACHEPREFIX=/tmp/pycache CGAGENT_VM_GUEST=1
+cd /mnt/project
+echo "guest: $(uname -r), $(systemctl --version | head -1), boot $(cut -d' ' -f1 /proc/uptime)s"
+python3 -m pytest -p no:cacheprovider -q -rA --durations=5 {guest} --junitxml=/mnt/job/out/junit.xml
+"""
+
+
+def _skip_reason() -> str | None:
+    if os.environ.get("CGAGENT_TEST_VM") == "0":
+        return "CGAGENT_TEST_VM=0"
+    if os.geteuid() != 0 or subprocess.run([VM, "ready"], capture_output=True).returncode != 0:
+        return "no cgroup v2 VM image (or it is stale, or no qemu): run `make test-vm-image`"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+def _guest_tests() -> list[str]:
+    with open(os.path.join(ROOT, GUEST)) as f:
+        tree = ast.parse(f.read())
+    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+
+
+@pytest.fixture(scope="module")
+def guest_results(tmp_path_factory: Any) -> dict[str, tuple[str, str]]:
+    job = tmp_path_factory.mktemp("vmjob")
+    (job / "run.sh").write_text(RUN_SH.format(guest=GUEST))
+    r = subprocess.run([VM, "run", ROOT, str(job)], capture_output=True, text=True, timeout=1200)
+    junit = job / "out" / "junit.xml"
+    if not junit.exists():
+        console = (job / "out" / "console.log").read_text(errors="replace")[-4000:] \
+            if (job / "out" / "console.log").exists() else ""
+        pytest.fail(f"the VM produced no results (rc {r.returncode}): {r.stderr}\n{console}")
+    out: dict[str, tuple[str, str]] = {}
+    for case in ET.parse(junit).iter("testcase"):
+        outcome, text = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome, text = child.tag, (child.get("message") or "") + "\n" + (child.text or "")
+        out[case.get("name", "")] = (outcome, text)
+    return out
+
+
+@pytest.mark.parametrize("name", _guest_tests())
+def test_in_v2_vm(guest_results: dict[str, tuple[str, str]], name: str) -> None:
+    assert name in guest_results, f"{name} did not run in the VM"
+    outcome, text = guest_results[name]
+    assert outcome == "passed", f"{name}: {outcome}\n{text}"
