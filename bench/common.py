@@ -82,3 +82,39 @@ def busybox_rootfs(root: str) -> None:
             os.symlink("busybox", f"{root}/bin/{applet}")
     for d in ("proc", "dev", "sys", "tmp", "etc"):
         os.makedirs(f"{root}/{d}", exist_ok=True)
+
+
+PYTHON = "python3 -c pass"
+RUNC = "runc run (busybox, same limits)"
+
+
+def measure(cases: dict[str, Callable[[], float]], rounds: int, sub: str, tmp: str) -> dict[str, list[float]]:
+    """Warm every case once, run them interleaved, then remove the benchmark's cgroups and files."""
+    try:
+        for f in cases.values():
+            f()
+        return interleaved(cases, rounds)
+    finally:
+        for d in cgroup_parent_dirs(sub):
+            remove_cgroup_tree(d)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report_launch(res: dict[str, list[float]], ours_key: str, rounds: int) -> None:
+    """Medians, the agent's own cost (its time minus Python's start-up) and the ratios to the others;
+    the target every launch benchmark shares: own cost no more than runc's whole time."""
+    print(f"{rounds} rounds, interleaved; kernel {os.uname().release}; load {os.getloadavg()[0]:.1f}")
+    for k, v in res.items():
+        print(f"  {k:34} {summary(v)}")
+    med = {k: statistics.median(v) for k, v in res.items()}
+    ours = med[ours_key]
+    own = ours - med[PYTHON]
+    print(f"  agent's own cost (cgagent - python) {1e3 * own:6.1f} ms")
+    for other, t in med.items():
+        if other != ours_key:
+            print(f"  cgagent / {other:32} {ours / t:6.2f}x")
+    if RUNC in med:
+        verdict = "meets" if own <= med[RUNC] else "misses"
+        print(f"  target: own cost <= runc's time ({1e3 * med[RUNC]:.1f} ms): {verdict}")
+    else:
+        print("  runc not installed: no runc comparison (apt-get install runc)")

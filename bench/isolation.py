@@ -5,17 +5,15 @@ time minus Python's start-up) no more than runc's whole time."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import uuid
 
-from bench.common import busybox_rootfs, cgroup_parent_dirs, interleaved, remove_cgroup_tree, summary, time_cmd
+from bench.common import PYTHON, RUNC, busybox_rootfs, measure, report_launch, time_cmd
 from bench.launch import LIMITS, runc_bundle
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
@@ -39,7 +37,7 @@ def main() -> None:
                    stdout=subprocess.DEVNULL)
     limits = ["--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"])]
     cases = {
-        "python3 -c pass": lambda: time_cmd([sys.executable, "-c", "pass"]),
+        PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"]),
         "cgagent run --rm IMG /bin/true": lambda: time_cmd([cli, "run", "--rm", *limits, "bench:1", "--",
                                                             "/bin/true"], env=env),
     }
@@ -50,30 +48,9 @@ def main() -> None:
     if have_runc:
         runc_bundle(f"{tmp}/bundle", f"/{sub}")
         n = iter(range(10**6))
-        cases["runc run (busybox, same limits)"] = lambda: time_cmd(
+        cases[RUNC] = lambda: time_cmd(
             ["runc", "--root", f"{tmp}/runc-state", "run", "--bundle", f"{tmp}/bundle", f"bench-iso-{next(n)}"])
-    try:
-        for f in cases.values():  # warm caches once
-            f()
-        res = interleaved(cases, ROUNDS)
-    finally:
-        for d in cgroup_parent_dirs(sub):
-            remove_cgroup_tree(d)
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{ROUNDS} rounds, interleaved; kernel {json.dumps(os.uname().release)}; load {os.getloadavg()[0]:.1f}")
-    for k, v in res.items():
-        print(f"  {k:34} {summary(v)}")
-    med = {k: statistics.median(v) for k, v in res.items()}
-    py, ours = med["python3 -c pass"], med["cgagent run --rm IMG /bin/true"]
-    own = ours - py
-    print(f"  agent's own cost (cgagent - python) {1e3 * own:6.1f} ms")
-    for other in ("runc run (busybox, same limits)", "bwrap --unshare-all"):
-        if other in med:
-            print(f"  cgagent / {other:32} {ours / med[other]:6.2f}x")
-    if have_runc:
-        runc = med["runc run (busybox, same limits)"]
-        print(f"  target: own cost <= runc's time ({1e3 * runc:.1f} ms): {'meets' if own <= runc else 'misses'}")
-
+    report_launch(measure(cases, ROUNDS, sub, tmp), "cgagent run --rm IMG /bin/true", ROUNDS)
 
 if __name__ == "__main__":
     main()

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import uuid
 
-from bench.common import busybox_rootfs, cgroup_parent_dirs, interleaved, remove_cgroup_tree, summary, time_cmd
+from bench.common import PYTHON, RUNC, busybox_rootfs, measure, report_launch, time_cmd
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
 LIMITS = {"cpus": 0.5, "memory": 256 << 20, "pids": 64}
@@ -48,7 +47,7 @@ def main() -> None:
                "--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"]),
                "--", "/bin/true"]
     cases = {
-        "python3 -c pass": lambda: time_cmd([sys.executable, "-c", "pass"]),
+        PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"]),
         "cgagent run -- /bin/true": lambda: time_cmd(cgagent, env=env),
     }
     have_runc = shutil.which("runc") is not None
@@ -56,32 +55,9 @@ def main() -> None:
     if have_runc:
         runc_bundle(f"{tmp}/bundle", f"/{sub}")
         n = iter(range(10**6))
-        cases["runc run (busybox, same limits)"] = lambda: time_cmd(
+        cases[RUNC] = lambda: time_cmd(
             ["runc", "--root", runc_root, "run", "--bundle", f"{tmp}/bundle", f"bench-{next(n)}"])
-    try:
-        for f in cases.values():  # warm caches (pyc, page cache) once
-            f()
-        res = interleaved(cases, ROUNDS)
-    finally:
-        for d in cgroup_parent_dirs(sub):
-            remove_cgroup_tree(d)
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{ROUNDS} rounds, interleaved; host mode {json.dumps(os.uname().release)}")
-    for k, v in res.items():
-        print(f"  {k:34} {summary(v)}")
-    med = {k: statistics.median(v) for k, v in res.items()}
-    py, ours = med["python3 -c pass"], med["cgagent run -- /bin/true"]
-    own = ours - py
-    print(f"  cgagent / python3 -c pass        {ours / py:6.2f}x")
-    print(f"  agent's own cost (cgagent - python) {1e3 * own:6.1f} ms")
-    if have_runc:
-        runc = med["runc run (busybox, same limits)"]
-        print(f"  cgagent / runc                   {ours / runc:6.2f}x")
-        verdict = "meets" if own <= runc else "misses"
-        print(f"  target: own cost <= runc's time ({1e3 * runc:.1f} ms): {verdict}")
-    else:
-        print("  runc not installed: no runc comparison (apt-get install runc)")
-
+    report_launch(measure(cases, ROUNDS, sub, tmp), "cgagent run -- /bin/true", ROUNDS)
 
 if __name__ == "__main__":
     main()

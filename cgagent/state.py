@@ -52,6 +52,17 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: str) -> Iterator[None]:
+    """flock(LOCK_EX) on `path` (created if missing) for the duration of the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Record:
     name: str
@@ -99,15 +110,9 @@ class Store:
     def log_path(self, name: str) -> str:
         return os.path.join(self.logs, f"{validate_name(name)}.log")
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         self.ensure()
-        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(os.path.join(self.root, "lock"))
 
     def save(self, rec: Record) -> None:
         self.ensure()

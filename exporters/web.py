@@ -22,6 +22,7 @@ import socket
 import socketserver
 import ssl
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -214,6 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
         registry: Any = self.server.metrics.registry
         accept = self.headers.get("Accept", "")
         render = getattr(registry, "render", None)
+        encoder: Callable[[Any], bytes]
         if callable(render) and "name[]" not in params and "openmetrics" not in accept:
             # the agent's own text renderer: ~30x cheaper per sample than generate_latest
             encoder, content_type = (lambda _r: render()), "text/plain; version=0.0.4; charset=utf-8"

@@ -157,6 +157,17 @@ def procs(dirpath: str) -> list[int]:
         return []
 
 
+def kill_all(pids: list[int]) -> None:
+    """SIGKILL each pid; ones already gone are fine (they exited on their own)."""
+    import signal
+
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def subdirs_bottom_up(root: str) -> list[str]:
     """root and every cgroup below it, deepest first (rmdir order)."""
     out: list[str] = []

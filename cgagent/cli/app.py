@@ -349,10 +349,7 @@ def version() -> None:
 
 
 def main(argv: list[str]) -> int:
-    try:  # typer >= 0.25 vendors click
-        from typer._click import exceptions as click_exc
-    except ImportError:  # pragma: no cover - older typer
-        from click import exceptions as click_exc  # type: ignore[no-redef]
+    from typer._click import exceptions as click_exc  # typer >= 0.29 vendors click (pyproject pins it)
 
     try:
         rv = app(args=argv, prog_name="cgagent", standalone_mode=False)

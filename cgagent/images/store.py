@@ -14,16 +14,14 @@ Layout (overlay2-like, so many lowerdirs fit in one page of mount options):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cgagent.errors import CgagentError
-from cgagent.state import atomic_write
+from cgagent.state import atomic_write, exclusive_lock
 
 DEFAULT_ROOT = "/var/lib/cgagent"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -77,15 +75,9 @@ class ImageStore:
         for d in (self.root, self.blobs, self.layers, self.links, self.images, self.tmp, self.containers):
             os.makedirs(d, mode=0o700 if d == self.root else 0o755, exist_ok=True)
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         self.ensure()
-        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(os.path.join(self.root, "lock"))
 
     # --- blobs and layers
 

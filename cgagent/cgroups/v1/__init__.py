@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
@@ -75,11 +74,7 @@ class V1Manager(CgroupManager):
             if frozen:
                 self.freeze()
             try:
-                for p in self.procs():
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                fs.kill_all(self.procs())
             finally:
                 if frozen:
                     self.thaw()

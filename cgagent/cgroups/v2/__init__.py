@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
@@ -99,11 +98,7 @@ class V2Manager(CgroupManager):
             return
         self.freeze()
         try:
-            for p in self.procs():
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            fs.kill_all(self.procs())
         finally:
             self.thaw()
 
