@@ -16,6 +16,11 @@ import pytest
 from cgagent import host as hostmod
 from tests.tiers import pytest_terminal_summary  # noqa: F401  (prints which test tiers ran)
 
+# Isolated workloads default to --net bridge, which would build cgagent0 and NAT rules in the
+# machine's own network namespace: the suite defaults to none, and the network tests ask for
+# bridge explicitly, inside namespaces they create.
+os.environ["CGAGENT_DEFAULT_NET"] = "none"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # the `prometheus` fixture (a real Prometheus server) lives in tests/prom.py

@@ -25,6 +25,7 @@ import uuid
 from typing import Any
 
 SYSTEMD = "/lib/systemd/systemd"
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIERARCHIES = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd", "unified")
 
 # PID 1 of the new namespaces until it execs systemd. $1 = instance name, $2 = the kmsg fifo.
@@ -39,8 +40,13 @@ mkdir /dev/pts /dev/shm; ln -s pts/ptmx /dev/ptmx; ln -s /proc/self/fd /dev/fd
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
 for i in 0:stdin 1:stdout 2:stderr; do ln -s /proc/self/fd/${i%%:*} /dev/${i#*:}; done
 : >/dev/kmsg; mount --bind "$FIFO" /dev/kmsg
+# The project (its .venv runs the CLI inside) may live below /tmp or /run, which get private
+# tmpfs mounts next: park a bind mount of it on /dev and move it back over the tmpfs.
+case "${KEEP:-}" in /tmp/*|/run/*) mkdir /dev/sdns-keep; mount --bind "$KEEP" /dev/sdns-keep ;; *) KEEP= ;; esac
 mount -t tmpfs -o mode=755,nosuid,nodev sdns-run /run
 mount -t tmpfs -o mode=1777,nosuid,nodev sdns-tmp /tmp
+[ -z "$KEEP" ] || { mkdir -p "$KEEP"; mount --move /dev/sdns-keep "$KEEP"; rmdir /dev/sdns-keep
+                    mount -o remount,bind,ro "$KEEP"; }
 mount -t tmpfs -o mode=755 sdns-units /etc/systemd/system
 printf '[Unit]\nDescription=cgagent test systemd\nDefaultDependencies=no\nAllowIsolate=yes\n%s\n' \
   "${DBUS:+Wants=dbus.service}" >/etc/systemd/system/cgagent-test.target
@@ -133,7 +139,7 @@ class SystemdNamespace:
                 self._unshare = subprocess.Popen(
                     ["bash", "-c", join + 'exec unshare --pid --fork --kill-child --mount --propagation private '
                      '--uts --ipc --net --cgroup --mount-proc bash -c "$0" inner "$@"', INNER, self.name, fifo],
-                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY": notify_path,
+                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY": notify_path, "KEEP": PROJECT,
                          **({"DBUS": "1"} if self.dbus else {})},
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
             notify.settimeout(timeout)

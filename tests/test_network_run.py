@@ -168,3 +168,15 @@ def test_run_200_bridge_launches_at_concurrency_8_never_share_an_address(node: N
     assert not [ln for ln in node.host.links() if ln.startswith("cgv")]
     assert "elements" not in node.host.sh("nft", "list", "map", "ip", "cgagent", "ports").stdout
     assert json.loads(node.ok("ps", "-a", "--json")) == []
+
+
+def test_isolated_workloads_default_to_the_bridge(node: Node) -> None:
+    # As Docker: no --net means bridge. (The suite sets CGAGENT_DEFAULT_NET=none for everything
+    # that runs in the machine's own netns; this test runs inside its own "host" namespace.)
+    env = node.cg.env(CGAGENT_ROOT=node.host.root, PYTHONPATH=ROOT)
+    env.pop("CGAGENT_DEFAULT_NET", None)
+    res = subprocess.run([*node.host.enter(), sys.executable, "-m", "cgagent", "run",
+                          *node.box("--rm", "--", "ip", "-o", "-4", "addr", "show", "dev", "eth0")],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "inet 10.89." in res.stdout

@@ -86,7 +86,9 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     rootfs = opts.get("rootfs")
     if image and rootfs:
         raise CgagentError("both an IMAGE and --rootfs were given", "use one of them")
-    net = opts.get("net") or "none"
+    # Docker's default: isolated workloads get a bridged network. CGAGENT_DEFAULT_NET changes the
+    # default for a host (the test suite sets none, so only tests inside their own netns bridge).
+    net = opts.get("net") or os.environ.get("CGAGENT_DEFAULT_NET") or "bridge"
     net_fields: dict[str, Any] = {}
     if net not in NETS or opts.get("publish"):   # bridge, a network's name, container:NAME, -p: issue 5
         from cgagent.network.workload import check
