@@ -92,9 +92,14 @@ def _unit_for_here(dest_dir: str) -> str:
     with open(UNIT) as f:
         text = f.read()
     assert "ExecStart=/usr/local/bin/cgagent serve" in text
+    text = text.replace("/usr/local/bin/cgagent", CGAGENT)
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if project.startswith(("/tmp/", "/var/tmp/")):
+        # a checkout below /tmp would vanish behind the unit's PrivateTmp=yes: keep it visible
+        text = text.replace("[Service]\n", f"[Service]\nBindReadOnlyPaths={project}\n", 1)
     path = os.path.join(dest_dir, "cgagent.service")
     with open(path, "w") as f:
-        f.write(text.replace("/usr/local/bin/cgagent", CGAGENT))
+        f.write(text)
     return path
 
 
