@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 
-STATE = "/run/cgagent-demo"
+# A state dir of its own per run: OOM counts are kept per workload name across runs (by design),
+# and a demo should show this run's kill, not the sum of every demo ever run on this machine.
+STATE = f"/run/cgagent-demo-{os.getpid()}"
 PARENT = "/cgagent-demo"
 LISTEN = "127.0.0.1:9730"
 
@@ -76,6 +79,7 @@ def main() -> int:
                 serve.wait(10)
             for name in ("demo-cpu", "demo-oom"):
                 cg("rm", "-f", name, check=False, capture=True)
+            shutil.rmtree(STATE, ignore_errors=True)
 
 
 def _scrape() -> str:

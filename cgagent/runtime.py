@@ -122,7 +122,8 @@ def prune_parents(store: Store) -> None:
             pass
         except OSError:
             left.append(d)
-    atomic_write(_parents_file(store), json.dumps(sorted(left)).encode())
+    if set(left) != set(known):  # each rewrite is an fsync on the launch path: only when it changed
+        atomic_write(_parents_file(store), json.dumps(sorted(left)).encode())
 
 
 # --- create / start / finish

@@ -102,8 +102,9 @@ def run(
     read_only: Annotated[bool, typer.Option("--read-only", help="Mount the root filesystem read-only.")] = False,
     volume: Annotated[list[str] | None, typer.Option("--volume", "-v", help="Bind mount HOST:CTR[:ro].")] = None,
     hostname: Annotated[str | None, typer.Option("--hostname", help="Hostname inside (default: the name).")] = None,
-    net: Annotated[str | None, typer.Option("--net", "--network", help="bridge (default; env CGAGENT_DEFAULT_NET), none (lo only), "
-                                            "host, container:NAME, or a network's name (`cgagent network ls`).")] = None,
+    net: Annotated[str | None, typer.Option(
+        "--net", "--network", help="bridge (default; env CGAGENT_DEFAULT_NET), none (lo only), host, "
+        "container:NAME, or a network's name (`cgagent network ls`).")] = None,
     publish: Annotated[list[str] | None, typer.Option(
         "--publish", "-p", help="HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable).")] = None,
     init: Annotated[bool, typer.Option("--init", help="Run a reaper as PID 1 that forwards signals.")] = False,

@@ -98,17 +98,16 @@ class V1Manager(CgroupManager):
 
 
 def _make_cpuset(d: str) -> None:
-    """mkdir -p, filling cpus/mems of each new level from its parent (v1 starts them empty)."""
-    missing: list[str] = []
+    """mkdir -p, then fill cpus/mems of every empty level from its parent, top down.
+
+    v1 starts a cpuset empty, and an empty cpuset takes no tasks. A parent that a concurrent launch
+    has just made may still be empty when we see it, so emptiness, not "we made it", decides.
+    """
+    os.makedirs(d, exist_ok=True)
+    empty: list[str] = []
     cur = d
-    while not os.path.isdir(cur):
-        missing.append(cur)
+    while not all(fs.read(f"{cur}/cpuset.{f}").strip() for f in ("cpus", "mems")):
+        empty.append(cur)
         cur = os.path.dirname(cur)
-    for level in reversed(missing):
-        try:
-            os.mkdir(level)
-        except FileExistsError:
-            pass
+    for level in reversed(empty):
         cpuset.prepare(level)
-    if not missing:
-        cpuset.prepare(d)
