@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 SYSTEMD = "/lib/systemd/systemd"
@@ -296,3 +297,18 @@ def _rmdir_tree(top: str, deadline: float) -> None:
         if not os.path.isdir(top) or time.monotonic() > deadline:
             return
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def running(top: str, dbus: bool = False) -> Iterator[SystemdNamespace]:
+    """A started instance under `top` (not /tmp: the instance mounts its own /tmp over it); stopped,
+    `top` removed and checked for leaks on the way out, even when the body failed."""
+    ns = SystemdNamespace(top, dbus=dbus)
+    try:
+        ns.start()
+        yield ns
+    finally:
+        leaks = ns.stop()
+        with contextlib.suppress(OSError):
+            os.rmdir(top)
+        assert not leaks, leaks

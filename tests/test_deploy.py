@@ -7,7 +7,6 @@ set is CAP_KILL alone, it is restarted after a crash and its state dir survives 
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -24,7 +23,7 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.exporter_helpers import parse, poll, value
-from tests.systemd_ns import SystemdNamespace
+from tests.systemd_ns import SystemdNamespace, running
 
 DEPLOY = os.path.join(ROOT, "deploy")
 UNIT = os.path.join(DEPLOY, "systemd", "cgagent.service")
@@ -120,16 +119,8 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Any) -> None:
 def systemd() -> Iterator[SystemdNamespace]:
     if os.geteuid() != 0:
         pytest.skip("needs root to start systemd in namespaces (CI runs as root)")
-    top = "/var/tmp/cgagent-test-unit"   # not /tmp: the instance mounts its own /tmp over it
-    ns = SystemdNamespace(top)
-    try:
-        ns.start()
+    with running("/var/tmp/cgagent-test-unit") as ns:
         yield ns
-    finally:
-        leaks = ns.stop()
-        with contextlib.suppress(OSError):
-            os.rmdir(top)
-        assert not leaks, leaks
 
 
 def _get(ns: SystemdNamespace, path: str) -> str | None:

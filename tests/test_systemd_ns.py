@@ -6,7 +6,6 @@ assertions read the unit (systemctl) and the cgroup files systemd wrote.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.systemd_ns import CLI, SYSTEMD, SystemdNamespace
+from tests.systemd_ns import CLI, SYSTEMD, SystemdNamespace, running
 
 M = 1024 * 1024
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.access(SYSTEMD, os.X_OK),
@@ -26,16 +25,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.access(SYSTEMD, os.X
 
 @pytest.fixture(scope="module")
 def sdns() -> Iterator[SystemdNamespace]:
-    top = "/var/tmp/cgagent-test-systemd"   # not /tmp: the instance mounts its own /tmp over it
-    ns = SystemdNamespace(top)
-    try:
-        ns.start()
+    with running("/var/tmp/cgagent-test-systemd") as ns:
         yield ns
-    finally:
-        leaks = ns.stop()
-        with contextlib.suppress(OSError):
-            os.rmdir(top)
-        assert not leaks, leaks
 
 
 def _units(ns: SystemdNamespace) -> list[str]:
@@ -286,16 +277,8 @@ def test_failed_unit_of_the_same_name_is_reset_first(sdns: SystemdNamespace, cli
 
 @pytest.fixture(scope="module")
 def sdns_bus() -> Iterator[SystemdNamespace]:
-    top = "/var/tmp/cgagent-test-systemd"
-    ns = SystemdNamespace(top, dbus=True)
-    try:
-        ns.start()
+    with running("/var/tmp/cgagent-test-systemd", dbus=True) as ns:
         yield ns
-    finally:
-        leaks = ns.stop()
-        with contextlib.suppress(OSError):
-            os.rmdir(top)
-        assert not leaks, leaks
 
 
 def test_over_the_system_bus_run_update_stop(sdns_bus: SystemdNamespace) -> None:
