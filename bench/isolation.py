@@ -35,7 +35,10 @@ def main() -> None:
         tf.add(rootfs, arcname=".")
     subprocess.run([cli, "image", "import", f"{tmp}/busybox.tar", "--name", "bench:1"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    limits = ["--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"])]
+    # --net none, as runc's bundle (a netns with lo only); and bridging here would build cgagent0 and
+    # NAT rules in this machine's own netns (bench/network.py measures bridging inside its own).
+    limits = ["--net", "none", "--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]),
+              "--pids-limit", str(LIMITS["pids"])]
     cases = {
         PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"]),
         "cgagent run --rm IMG /bin/true": lambda: time_cmd([cli, "run", "--rm", *limits, "bench:1", "--",
