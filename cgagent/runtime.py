@@ -295,6 +295,22 @@ def _should_restart(store: Store, rec: Record, code: int) -> bool:
 def _supervise_loop(store: Store, rec: Record, mgr: CgroupManager, pid: int,
                     stdio: tuple[int, int, int] | None) -> int:
     """Wait for the workload; restart it per its policy with backoff. Returns the last exit code."""
+    watcher = None
+    if rec.driver == "systemd":
+        # systemd removes an emptied scope's cgroup at once, racing finish()'s read of the OOM
+        # counter: watch it while the workload lives, as `cgagent serve` does
+        from cgagent.oomwatch import OomWatcher
+
+        watcher = OomWatcher(store, source="supervisor").start()
+    try:
+        return _wait_restarting(store, rec, mgr, pid, stdio)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+
+
+def _wait_restarting(store: Store, rec: Record, mgr: CgroupManager, pid: int,
+                     stdio: tuple[int, int, int] | None) -> int:
     streak = 0
     while True:
         began = time.monotonic()

@@ -12,7 +12,7 @@ from types import FrameType
 
 from cgagent import host as hostmod
 from cgagent.state import Store
-from exporters.oomwatch import OomWatcher
+from cgagent.oomwatch import OomWatcher
 from exporters.registry import Exporter, Options
 
 

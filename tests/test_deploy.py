@@ -198,8 +198,9 @@ def test_unit_runs_hardened_under_real_systemd(systemd: SystemdNamespace) -> Non
 
         # The OOM watcher works inside the sandbox (on cgroup v1 it registers an eventfd by writing
         # cgroup.event_control): a child is OOM-killed while the workload lives on, so only the
-        # agent can log it (its supervisor logs kills at exit).
-        r = ns.run([sys.executable, "-m", "cgagent", "run", "-d", "--name", "hog", "--memory", "64M", "--",
+        # agent can log it. (cgroupfs driver: a systemd-driver supervisor watches its scope too.)
+        r = ns.run([sys.executable, "-m", "cgagent", "run", "-d", "--name", "hog", "--memory", "64M",
+                    "--cgroup-driver", "cgroupfs", "--",
                     "sh", "-c", 'python3 -c "b = b\'x\' * (200 << 20)"; exec sleep 1000'], env=env)
         assert r.returncode == 0, r.stderr
         assert poll(lambda: _oom_events(ns, "hog"), 15), "no oom_kill event for hog"

@@ -178,6 +178,18 @@ def test_foreground_exit_code_passes_and_scope_goes(sdns: SystemdNamespace, cli:
     _nothing_of(sdns, cli, "fg")
 
 
+def test_foreground_oom_kill_is_counted_although_systemd_removes_the_scope(sdns: SystemdNamespace, cli: CLI) -> None:
+    # The whole workload dies of the OOM kill, so systemd stops the scope and removes its cgroup at
+    # once, racing the exit path's read of the counter; the supervisor's watcher counts it while it
+    # lives. Five runs: the race lost about half of them before the watcher.
+    for i in range(5):
+        name = f"fgoom{i}"
+        r = cli("run", "--name", name, "--memory", "32M", "--", "python3", "-c", "b = b'x' * (200 << 20)")
+        assert r.returncode == 137, r
+        assert cli.record(name)["oom_kills"] == 1, (i, cli.record(name))
+        _ok(cli("rm", name))
+
+
 def test_stop_then_rm_remove_scope_and_cgroups(sdns: SystemdNamespace, cli: CLI) -> None:
     _ok(cli("run", "-d", "--name", "st", "--", "sleep", "1000"))
     rec = cli.record("st")

@@ -57,8 +57,9 @@ class _Watch:
 
 
 class OomWatcher:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, source: str = "serve") -> None:
         self.store = store
+        self.source = source  # who logged a kill, in its event: the agent ("serve") or a supervisor
         self._watches: dict[str, _Watch] = {}
         self._by_efd: dict[int, _Watch] = {}
         self._by_wd: dict[int, _Watch] = {}
@@ -98,9 +99,13 @@ class OomWatcher:
             while True:
                 settling = [w for w in self._watches.values() if w.settle_until]
                 timeout = V1_RECHECK if settling else -1
-                for fd, _mask in ep.poll(timeout):
+                ready = ep.poll(timeout)
+                # events that arrived together with the stop request are handled first: a supervisor
+                # stops its watcher right after the workload's exit, maybe before this thread woke
+                stopping = any(fd == self._stop_r for fd, _mask in ready)
+                for fd, _mask in ready:
                     if fd == self._stop_r:
-                        return
+                        continue
                     if fd == dir_ino.fd:
                         for _ in dir_ino.read():
                             pass
@@ -124,6 +129,8 @@ class OomWatcher:
                             else:
                                 w.settle_until = time.monotonic() + V1_SETTLE
                                 self.check(w)
+                if stopping:
+                    return
                 now = time.monotonic()
                 for w in settling:
                     if w.settle_until and (now >= w.settle_until or not os.path.isdir(w.memdir)):
@@ -215,7 +222,7 @@ class OomWatcher:
                 return
             if count is None:
                 return
-            new = oom.note(self.store, rec, count, "serve")
+            new = oom.note(self.store, rec, count, self.source)
             if new:
                 self.store.save(rec)
                 self.logged += new
