@@ -11,8 +11,8 @@ import threading
 from types import FrameType
 
 from cgagent import host as hostmod
-from cgagent.state import Store
 from cgagent.oomwatch import OomWatcher
+from cgagent.state import Store
 from exporters.registry import Exporter, Options
 
 

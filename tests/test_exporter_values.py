@@ -11,8 +11,8 @@ from pathlib import Path
 
 from cgagent import host as hostmod
 from cgagent.host import Host
-from cgagent.state import Record, Store
 from cgagent.oomwatch import OomWatcher
+from cgagent.state import Record, Store
 from exporters.registry import Exporter, Options
 from tests.conftest import Env
 from tests.exporter_helpers import Samples, end, parse, poll, value
