@@ -49,7 +49,7 @@ bench: deps
 	$(BIN)/python -m bench
 
 lint: deps
-	$(BIN)/ruff check cgagent exporters policies tests bench
+	$(BIN)/ruff check cgagent exporters policies grafana tests bench
 	$(BIN)/mypy
 
 clean:
