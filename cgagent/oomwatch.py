@@ -57,9 +57,10 @@ class _Watch:
 
 
 class OomWatcher:
-    def __init__(self, store: Store, source: str = "serve") -> None:
+    def __init__(self, store: Store, source: str = "serve", only: str | None = None) -> None:
         self.store = store
         self.source = source  # who logged a kill, in its event: the agent ("serve") or a supervisor
+        self.only = only      # a supervisor watches its own workload, the agent every workload
         self._watches: dict[str, _Watch] = {}
         self._by_efd: dict[int, _Watch] = {}
         self._by_wd: dict[int, _Watch] = {}
@@ -154,7 +155,8 @@ class OomWatcher:
         happened while nothing watched (the agent was down, or the workload is new)."""
         live: dict[str, Record] = {}
         for rec in self.store.all():
-            if rec.status != "exited" and ("memory" in rec.dirs or "" in rec.dirs):
+            if rec.status != "exited" and ("memory" in rec.dirs or "" in rec.dirs) \
+                    and self.only in (None, rec.name):
                 live[rec.name] = rec
         for name, w in list(self._watches.items()):
             cur = live.get(name)

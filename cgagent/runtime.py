@@ -301,7 +301,7 @@ def _supervise_loop(store: Store, rec: Record, mgr: CgroupManager, pid: int,
         # counter: watch it while the workload lives, as `cgagent serve` does
         from cgagent.oomwatch import OomWatcher
 
-        watcher = OomWatcher(store, source="supervisor").start()
+        watcher = OomWatcher(store, source="supervisor", only=rec.name).start()
     try:
         return _wait_restarting(store, rec, mgr, pid, stdio)
     finally:
