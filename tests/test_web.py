@@ -228,14 +228,24 @@ def test_bad_listen_address(listen: str, registry: CollectorRegistry) -> None:
     assert "\n" not in str(e.value) and listen in str(e.value)
 
 
-def test_port_in_use_is_one_line_error(serve: Callable[..., MetricsServer],
-                                       registry: CollectorRegistry) -> None:
+def test_port_in_use_is_one_line_error(serve: Callable[..., MetricsServer], registry: CollectorRegistry,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     first = serve()
-    fds = len(os.listdir("/proc/self/fd"))
+    # Track the sockets the failing server makes (counting /proc/self/fd would also count what other
+    # threads of this test process open meanwhile): every one must be closed again.
+    created: list[socket.socket] = []
+
+    class Tracking(socket.socket):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(socket, "socket", Tracking)
     with pytest.raises(CgagentError) as e:
         MetricsServer(registry, f"127.0.0.1:{first.port}")
+    monkeypatch.undo()
     assert "already in use" in str(e.value) and "\n" not in str(e.value)
-    assert len(os.listdir("/proc/self/fd")) == fds   # nothing left open by the failed bind
+    assert created and all(s.fileno() == -1 for s in created)   # nothing left open by the failed bind
 
 
 def test_address_not_on_machine(registry: CollectorRegistry) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -245,11 +246,7 @@ def stop(
     """SIGTERM the workload, SIGKILL what is left after --time seconds."""
     from cgagent.runtime import stop as do_stop
 
-    store, h = _store(state_dir), _host()
-    _check_driver(store, names, cgroup_driver)
-    for n in names:
-        do_stop(store, h, n, time_)
-        print(n)
+    _each(names, cgroup_driver, state_dir, lambda store, h, n: do_stop(store, h, n, time_))
 
 
 @app.command()
@@ -262,10 +259,15 @@ def rm(
     """Remove workloads: their cgroup and their record."""
     from cgagent.runtime import remove
 
+    _each(names, cgroup_driver, state_dir, lambda store, h, n: remove(store, h, n, force))
+
+
+def _each(names: list[str], driver: str | None, state_dir: str | None, act: Callable[[Any, Any, str], None]) -> None:
+    """Apply `act` to each named workload in turn, printing each name as it is done (as docker does)."""
     store, h = _store(state_dir), _host()
-    _check_driver(store, names, cgroup_driver)
+    _check_driver(store, names, driver)
     for n in names:
-        remove(store, h, n, force)
+        act(store, h, n)
         print(n)
 
 
