@@ -38,12 +38,17 @@ def _not_bool(v: Any, what: str) -> None:
         raise ValueError(f"{what} expected, got {type(v).__name__}")
 
 
-def _cpus(v: Any) -> float:
-    _not_bool(v, "a number of CPUs")
+def _number(v: Any, what: str) -> float:
+    """A plain number (not a bool), with the project's own parsing; problems as pydantic ValueErrors."""
+    _not_bool(v, what)
     try:
-        n = parse_number(v, "value")
+        return parse_number(v, "value")
     except CgagentError as e:
         raise ValueError(e.problem) from None
+
+
+def _cpus(v: Any) -> float:
+    n = _number(v, "a number of CPUs")
     if n <= 0:
         raise ValueError(f"{v} CPUs must be greater than 0")
     return n
@@ -83,11 +88,7 @@ def parse_duration(v: Any) -> float:
 
 
 def _ratio(v: Any) -> float:
-    _not_bool(v, "a ratio between 0 and 1")
-    try:
-        n = parse_number(v, "value")
-    except CgagentError as e:
-        raise ValueError(e.problem) from None
+    n = _number(v, "a ratio between 0 and 1")
     if not 0 <= n <= 1:
         raise ValueError(f"{v} is outside 0..1 (a fraction: 0.25 = 25%)")
     return n

@@ -32,34 +32,33 @@ def parse(argv: list[str]) -> dict[str, Any] | None:
             out["iso"][options.ISO_FLAGS[key]] = True
             i += 1
             continue
-        if key in options.ISO_VALUES or key in options.ISO_MULTI:
-            if not eq:
-                if i + 1 >= len(argv):
-                    return None
-                val = argv[i + 1]
-                i += 1
-            if key in options.ISO_VALUES:
-                out["iso"][options.ISO_VALUES[key]] = val
-            else:
-                out["iso"].setdefault(options.ISO_MULTI[key], []).append(val)
+        if not any(key in table for table in _VALUED):
+            return None
+        if not eq:  # `--opt value` rather than `--opt=value`
+            if i + 1 >= len(argv):
+                return None
+            val = argv[i + 1]
             i += 1
-            continue
-        if key in options.LIMITS or key in options.VALUES or key in options.LISTS:
-            if not eq:
-                if i + 1 >= len(argv):
-                    return None
-                val = argv[i + 1]
-                i += 1
-            if key in options.LIMITS:
-                out["limits"][options.LIMITS[key]] = val
-            elif key in options.LISTS:
-                out.setdefault(options.LISTS[key], []).append(val)
-            else:
-                out[options.VALUES[key]] = val
-            i += 1
-            continue
-        return None
+        _keep(out, key, val)
+        i += 1
     return out if out["cmd"] or out.get("image") else None
+
+
+_VALUED = (options.LIMITS, options.VALUES, options.LISTS, options.ISO_VALUES, options.ISO_MULTI)
+
+
+def _keep(out: dict[str, Any], key: str, val: str) -> None:
+    """Store the value of a value-taking option where execute() looks for it."""
+    if key in options.LIMITS:
+        out["limits"][options.LIMITS[key]] = val
+    elif key in options.VALUES:
+        out[options.VALUES[key]] = val
+    elif key in options.LISTS:
+        out.setdefault(options.LISTS[key], []).append(val)
+    elif key in options.ISO_VALUES:
+        out["iso"][options.ISO_VALUES[key]] = val
+    else:
+        out["iso"].setdefault(options.ISO_MULTI[key], []).append(val)
 
 
 def main(argv: list[str]) -> int | None:
