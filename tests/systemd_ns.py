@@ -246,6 +246,15 @@ class SystemdNamespace:
         """A path inside the instance's mount namespace, as the host sees it."""
         return f"/proc/{self.pid1}/root{inner}"
 
+    def http_get(self, url: str) -> str | None:
+        """GET `url` from inside the instance's network namespace (None: nothing answers yet)."""
+        code = (f"import urllib.request\ntry:\n print(urllib.request.urlopen({url!r}, timeout=5).read().decode(),"
+                " end='')\nexcept OSError:\n raise SystemExit(3)")
+        r = subprocess.run(["nsenter", "-t", str(self.pid1), "-n", "--", sys.executable, "-c", code],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode in (0, 3), r.stderr
+        return r.stdout if r.returncode == 0 else None
+
     def read(self, inner: str) -> str:
         with open(self.path(inner)) as f:
             return f.read().strip()

@@ -124,13 +124,7 @@ def systemd() -> Iterator[SystemdNamespace]:
 
 
 def _get(ns: SystemdNamespace, path: str) -> str | None:
-    """GET http://127.0.0.1:9730{path} from inside the instance's network namespace (None: refused)."""
-    code = (f"import urllib.request\ntry:\n print(urllib.request.urlopen('http://127.0.0.1:9730{path}', "
-            "timeout=5).read().decode(), end='')\nexcept OSError:\n raise SystemExit(3)")
-    r = subprocess.run(["nsenter", "-t", str(ns.pid1), "-n", "--", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode in (0, 3), r.stderr
-    return r.stdout if r.returncode == 0 else None
+    return ns.http_get(f"http://127.0.0.1:9730{path}")
 
 
 def _wait_serving(ns: SystemdNamespace, old_pid: str = "", timeout: float = 30) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -313,16 +312,6 @@ def test_over_the_system_bus_run_update_stop(sdns_bus: SystemdNamespace) -> None
     assert _units(sdns_bus) == []
 
 
-def _http_get(ns: SystemdNamespace, url: str) -> str | None:
-    """GET from inside the instance's network namespace (None: not answering yet)."""
-    code = (f"import urllib.request\ntry:\n print(urllib.request.urlopen({url!r}, timeout=5).read().decode(), end='')\n"
-            "except OSError:\n raise SystemExit(3)")
-    r = subprocess.run(["nsenter", "-t", str(ns.pid1), "-n", "--", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode in (0, 3), r.stderr
-    return r.stdout if r.returncode == 0 else None
-
-
 def _series(metrics: str, name: str, cid: str) -> float:
     for line in metrics.splitlines():
         if line.startswith(name + "{") and f'id="{cid}"' in line:
@@ -348,10 +337,10 @@ def test_exporter_finds_the_scope_and_its_oom_kills(sdns: SystemdNamespace, cli:
     assert r.returncode == 0, r.stderr
     try:
         deadline = time.monotonic() + 30   # Type=simple: started != listening
-        while _http_get(sdns, "http://127.0.0.1:9731/healthz") is None:
+        while sdns.http_get("http://127.0.0.1:9731/healthz") is None:
             assert time.monotonic() < deadline, sdns.systemctl("status", "cgagent-test-serve", check=False)
             time.sleep(0.1)
-        metrics = _http_get(sdns, "http://127.0.0.1:9731/metrics") or ""
+        metrics = sdns.http_get("http://127.0.0.1:9731/metrics") or ""
     finally:
         sdns.systemctl("stop", "cgagent-test-serve.service", check=False)
     cid = "/cgagent.slice/cgagent-exp.scope"
