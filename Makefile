@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := python3-venv prometheus runc busybox-static bubblewrap iproute2 procps nftables systemd dbus openssl util-linux
+APT_PKGS := python3-venv prometheus runc busybox-static bubblewrap iproute2 procps nftables systemd dbus openssl util-linux tini
 STAMP_APT := $(VENV)/.apt-stamp
 # Only for the cgroup v2 + systemd VM test tier (`make test-vm-image`): `make test` does not need them.
 VM_APT_PKGS := qemu-system-x86 debootstrap busybox-static e2fsprogs kmod
@@ -13,7 +13,7 @@ STAMP_PIP := $(VENV)/.pip-stamp
 all: test
 
 # apt packages: only asks apt when one is missing, so repeated runs stay fast and offline.
-$(STAMP_APT):
+$(STAMP_APT): Makefile
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages: $$missing"; \
