@@ -103,18 +103,33 @@ def exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def wait_forwarding(pid: int) -> int:
+def _reaped(pid: int, reap_all: bool) -> int | None:
+    """pid's exit code if it has ended; with reap_all, also reap every other child that ended (a
+    subreaper inherits the workload's orphans, which would stay zombies otherwise)."""
+    while True:
+        try:
+            wpid, status = os.waitpid(-1 if reap_all else pid, os.WNOHANG)
+        except ChildProcessError:
+            raise CgagentError(f"process {pid} is not a child of this supervisor", "") from None
+        if wpid == 0:
+            return None
+        if wpid == pid:
+            return exit_code(status)
+
+
+def wait_forwarding(pid: int, reap_all: bool = False) -> int:
     """Wait for our child `pid`, forwarding signals sent to us. Returns its exit code.
 
     Signals the terminal sent (si_code > 0, SI_KERNEL) already reached the child through the shared
     process group, so only those sent by a process (kill(2): si_code <= 0) are forwarded.
     """
     while True:
+        # first: it may have ended before we waited (a supervisor that has just been exec'd)
+        code = _reaped(pid, reap_all)
+        if code is not None:
+            return code
         info = signal.sigwaitinfo(WAITED)
         if info.si_signo == signal.SIGCHLD:
-            wpid, status = os.waitpid(pid, os.WNOHANG)
-            if wpid == pid:
-                return exit_code(status)
             continue
         if info.si_code <= 0:
             try:

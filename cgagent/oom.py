@@ -1,30 +1,178 @@
-"""OOM kills, counted exactly once: whoever sees the kernel counter first (the agent's watcher or
-the workload's supervisor at exit) logs the kills the record has not seen yet, under the store lock.
+"""OOM kills, counted exactly once by design: whoever sees the kernel counter (the agent's watcher,
+the workload's supervisor at exit, `rm`) calls note() under the store lock, and note() is a
+journalled, idempotent step, so a SIGKILL at any point can only lead to a re-run that changes nothing.
 
-The record's `oom_kills` is the high-water mark of the kernel counter already logged for this run of
-the workload; the events log holds one `oom_kill` event per increase (`kills` = the increase), so
-totals per workload name are a sum over the log and survive agent restarts and `cgagent rm`.
+Per workload, `oom/<name>.json` holds the high-water mark: for the workload instance (`created` of
+its record) and the cgroup incarnation (`gen`, the inode of its memory cgroup directory: a systemd
+scope re-created for a restart starts counting at 0 again), the kernel counter already logged
+(`logged`) and the kills logged for the instance in all (`kills`). Logging an increase is:
+  1. save the mark with `target` = the new counter value and `offset` = the log's size (intent),
+  2. append the `oom_kill` event (instance, gen, total = target, kills = the increase),
+  3. save the mark with `logged` = target and no target.
+Whoever finds a target left by a crash looks for that event from `offset` on: found, the append
+happened and only step 3 is redone; not found, it appends it. The record is never written here, so
+a stale copy of the record saved by someone else cannot reset the mark.
+
+The events log holds one `oom_kill` event per increase, so totals per workload name are a sum over
+the log and survive agent restarts and `cgagent rm`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cgagent import events
-from cgagent.state import Record, Store
+from cgagent.state import Record, Store, atomic_write, validate_name
 
 
-def note(store: Store, rec: Record, kernel_count: int, source: str) -> int:
-    """Log the kills beyond `rec.oom_kills`. Caller holds store.lock() and saves `rec` afterwards."""
-    new = kernel_count - rec.oom_kills
-    if new <= 0:
-        return 0
-    events.append(store.root, "oom_kill", rec.name, kills=new, total=kernel_count, cgroup=rec.cgroup,
-                  policy=rec.policy, source=source)
-    rec.oom_kills = kernel_count
+@dataclass
+class Mark:
+    instance: float
+    gen: int = 0
+    logged: int = 0
+    kills: int = 0
+    target: int | None = None
+    offset: int = 0
+
+
+def _mark_path(store: Store, name: str) -> str:
+    return os.path.join(store.root, "oom", f"{validate_name(name)}.json")
+
+
+def load_mark(store: Store, rec: Record) -> Mark:
+    """The mark of this instance of the workload (a fresh one for a re-created name)."""
+    try:
+        with open(_mark_path(store, rec.name), "rb") as f:
+            data = json.loads(f.read(4096))
+        m = Mark(**data)
+        if m.instance == rec.created and all(isinstance(v, int) for v in (m.gen, m.logged, m.kills, m.offset)):
+            return m
+    except (OSError, ValueError, TypeError):
+        pass
+    return Mark(rec.created)
+
+
+def _save(store: Store, name: str, m: Mark) -> None:
+    os.makedirs(os.path.join(store.root, "oom"), mode=0o700, exist_ok=True)
+    atomic_write(_mark_path(store, name), json.dumps(asdict(m)).encode(), mode=0o600)
+
+
+def forget(store: Store, name: str) -> None:
+    """The workload's record goes: its mark goes with it (its events stay in the log)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_mark_path(store, name))
+
+
+def read_counter(memdir: str, v2: bool) -> tuple[int, int]:
+    """(gen, oom_kill) of a memory cgroup: the directory's inode and the counter read through the same
+    open directory, so a cgroup re-created under the same path is never mistaken for the old one."""
+    dfd = os.open(memdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        gen = os.fstat(dfd).st_ino
+        fd = os.open("memory.events" if v2 else "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            text = os.read(fd, 4096).decode()
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+    m = re.search(r"^oom_kill (\d+)$", text, re.M)
+    if m is None:
+        raise ValueError(f"{memdir}: no oom_kill counter")
+    return gen, int(m.group(1))
+
+
+def memdir_of(rec: Record) -> tuple[str, bool] | None:
+    if "" in rec.dirs:
+        return rec.dirs[""], True
+    if "memory" in rec.dirs:
+        return rec.dirs["memory"], False
+    return None
+
+
+def read_rec_counter(rec: Record) -> tuple[int, int] | None:
+    """The kernel counter of the workload's memory cgroup now, or None when it has none (gone)."""
+    md = memdir_of(rec)
+    if md is None:
+        return None
+    try:
+        return read_counter(*md)
+    except (OSError, ValueError):
+        return None
+
+
+def _find(store: Store, rec: Record, m: Mark) -> bool:
+    """Is the event of the pending target already in the log (from the offset noted before it)?"""
+    try:
+        size = os.path.getsize(events.path(store.root))
+    except OSError:
+        return False
+    start = m.offset if m.offset <= size else 0   # the log was replaced by a shorter one
+    for _off, ev in events.read(store.root, start):
+        if (isinstance(ev, dict) and ev.get("kind") == "oom_kill" and ev.get("name") == rec.name
+                and ev.get("instance") == m.instance and ev.get("gen") == m.gen and ev.get("total") == m.target):
+            return True
+    return False
+
+
+def _append(store: Store, rec: Record, m: Mark, source: str, victim: dict[str, Any] | None) -> int:
+    """Steps 2 and 3 for the mark's target. Returns the kills logged."""
+    assert m.target is not None
+    new = m.target - m.logged
+    events.append(store.root, "oom_kill", rec.name, kills=new, total=m.target, instance=m.instance, gen=m.gen,
+                  cgroup=rec.cgroup, policy=rec.policy, source=source, **(victim or {}))
     return new
+
+
+def _settle(store: Store, rec: Record, m: Mark) -> int:
+    """Finish an increase a crash interrupted (see the module doc). Returns kills logged now."""
+    if m.target is None:
+        return 0
+    new = 0 if _find(store, rec, m) else _append(store, rec, m, "recovered", None)
+    m.kills += m.target - m.logged
+    m.logged, m.target = m.target, None
+    _save(store, rec.name, m)
+    return new
+
+
+def note(store: Store, rec: Record, counter: tuple[int, int] | None, source: str,
+         victim: dict[str, Any] | None = None) -> int:
+    """Log the kills of counter (gen, value) not logged yet. Caller holds store.lock().
+    Returns how many were logged by this call (0 when someone else already did)."""
+    m = load_mark(store, rec)
+    done = _settle(store, rec, m)
+    if counter is None:
+        return done
+    gen, value = counter
+    logged = m.logged if m.gen == gen else 0   # a new cgroup for this instance counts from 0
+    if value <= logged:
+        return done
+    m.gen, m.logged, m.target = gen, logged, value
+    with contextlib.suppress(OSError):
+        m.offset = os.path.getsize(events.path(store.root))
+    _save(store, rec.name, m)                       # 1. intent
+    new = _append(store, rec, m, source, victim)    # 2. event
+    m.kills += new
+    m.logged, m.target = value, None
+    _save(store, rec.name, m)                       # 3. done
+    return done + new
+
+
+def kills(store: Store, rec: Record, counter: tuple[int, int] | None = None) -> int:
+    """This instance's OOM kills for display: those logged, plus what the kernel counts beyond them."""
+    m = load_mark(store, rec)
+    n = m.kills + (m.target - m.logged if m.target is not None else 0)
+    if counter is not None:
+        gen, value = counter
+        seen = max(m.logged, m.target or 0) if gen == m.gen else 0
+        n += max(0, value - seen)
+    return max(n, rec.oom_kills)
 
 
 @dataclass

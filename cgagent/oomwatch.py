@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 
 from cgagent import inotify, oom
-from cgagent.cgroups import fs
 from cgagent.errors import CgagentError
 from cgagent.state import Record, Store
 
@@ -44,9 +43,8 @@ class _Watch:
     settle_until: float = 0.0
     running: bool = False  # the record says running: start() has saved it, only locked writers follow
 
-    def counter(self) -> int | None:
-        kv = fs.read_kv(f"{self.memdir}/{'memory.events' if self.v2 else 'memory.oom_control'}")
-        return kv.get("oom_kill")
+    def counter(self) -> tuple[int, int]:
+        return oom.read_counter(self.memdir, self.v2)
 
     def close(self) -> None:
         for fd in (self.efd, self.cfd):
@@ -222,10 +220,7 @@ class OomWatcher:
                 count = w.counter()
             except (OSError, ValueError):
                 return
-            if count is None:
-                return
             new = oom.note(self.store, rec, count, self.source)
             if new:
-                self.store.save(rec)
                 self.logged += new
                 w.settle_until = 0.0

@@ -17,6 +17,7 @@ from typing import Any
 from cgagent import events, launch, oom, procs
 from cgagent.cgroups import CgroupManager, existing_manager, new_manager
 from cgagent.errors import CgagentError
+from cgagent.faults import fault
 from cgagent.host import Host
 from cgagent.limits import Resources
 from cgagent.state import Record, Store, atomic_write, validate_name
@@ -66,7 +67,59 @@ def select_driver(host: Host, requested: str | None) -> str:
 
 
 def manager(host: Host, rec: Record) -> CgroupManager:
-    return existing_manager(host, rec.driver, rec.dirs, rec.unit)
+    mgr = existing_manager(host, rec.driver, rec.dirs, rec.unit)
+    if rec.keeper_pid is not None and hasattr(mgr, "keeper"):
+        mgr.keeper = rec.keeper_pid
+    return mgr
+
+
+# --- the keeper (systemd driver): systemd removes a scope's cgroup as soon as its last process has
+# exited, before anyone could read the OOM counter in it, and no kernel counter outlives a v1 memory
+# cgroup (v1 does not count kills in the parent). So each scope holds one process of cgagent's own
+# from its creation until the supervisor (or `rm`) has read the counter and stops the scope: the
+# kills of the workload's last process are then read from a cgroup that still exists, by design.
+# It is excluded from the workload's processes (ps, stats, stop); it costs one task of TasksMax.
+
+def _spawn_keeper() -> int:
+    sleep = launch.which("sleep", "/usr/bin:/bin:/usr/sbin:/sbin")
+    if sleep is None:
+        raise CgagentError("`sleep` is not installed (the systemd driver needs it)", "install coreutils")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()   # not in the supervisor's process group: a Ctrl-C is not for it
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, 1 << 16)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            os.execv(sleep, ["sleep", "2147483647"])
+        finally:
+            os._exit(127)
+    return pid
+
+
+def _keeper_alive(rec: Record) -> bool:
+    return rec.keeper_pid is not None and procs.alive(rec.keeper_pid, rec.keeper_start)
+
+
+def _slice_of(rec: Record) -> str:
+    parent = os.path.basename(os.path.dirname(rec.cgroup))
+    return parent if parent.endswith(".slice") else "-.slice"
+
+
+def _start_manager(host: Host, rec: Record, mgr: CgroupManager) -> CgroupManager:
+    """The manager to start (or restart) the workload with. A systemd scope that is gone (its keeper
+    was killed) is made anew with the limits the record holds NOW (update, policies), not those of
+    its creation."""
+    if rec.driver != "systemd" or not getattr(mgr, "owned", False) or (_keeper_alive(rec) and mgr.exists()):
+        return mgr
+    from cgagent.cgroups.systemd import SystemdManager
+
+    assert rec.unit
+    fresh = SystemdManager(host, rec.unit, _slice_of(rec))
+    fresh.set(Resources.from_dict(rec.resources))   # not owned yet: kept for StartTransientUnit
+    return fresh
 
 
 def _cgroup_id(host: Host, dirs: dict[str, str]) -> str:
@@ -152,6 +205,7 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
                      detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
                      unit=getattr(mgr, "unit", None), isolation=req.isolation or {}, restart=req.restart)
         store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
+        fault("record")
         if driver == "cgroupfs":   # systemd owns its slices: never rmdir them
             _remember_parents(store, _own_parents(store, dirs))
     try:
@@ -161,6 +215,7 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
             rootfs.prepare(rec.isolation)
         mgr.create()
         mgr.set(req.resources)
+        fault("cgroup")
     except BaseException:
         discard(store, rec, mgr)
         raise
@@ -177,6 +232,7 @@ def discard(store: Store, rec: Record, mgr: CgroupManager) -> None:
         with contextlib.suppress(Exception):
             prune_parents(store)
         store.delete(rec.name)
+        oom.forget(store, rec.name)
 
 
 def _teardown_isolation(rec: Record) -> None:
@@ -198,15 +254,13 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         from cgagent.network import workload as network
 
         netfd = network.prepare(rec.isolation, rec.name, store.root)   # connected before the fork
+        fault("network")
         env, setup = make_setup(rec.isolation, netfd)
     def place(pid: int) -> None:
         # Runs while the child waits: the record names the pid before the workload runs a single
         # instruction of its own, so nothing it does can be observed ahead of its record.
-        mgr.apply(pid)
-        if mgr.dirs != rec.dirs:   # systemd driver: the scope's cgroup as systemd reports it
-            rec.dirs, rec.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", rec.cgroup)
-        rec.pid, rec.pid_start, rec.status, rec.started = pid, procs.start_time(pid), "running", time.time()
-        store.save(rec)
+        keeper = _place(rec, mgr, pid)
+        _record_started(store, rec, mgr, pid, keeper)
 
     try:
         pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup)
@@ -217,7 +271,53 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
     if rec.isolation:
         network.started(rec.isolation, rec.name, pid, netfd)
     events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources)
+    fault("started")
     return pid
+
+
+def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] | None:
+    """Put the child in its cgroup. Systemd: into the scope its keeper still holds (a restart), else
+    into a new scope together with a new keeper. Returns a new keeper (pid, start time)."""
+    fault("place")
+    if rec.driver != "systemd":
+        mgr.apply(pid)
+        return None
+    if getattr(mgr, "owned", False) and _keeper_alive(rec) and mgr.exists():
+        mgr.keeper = rec.keeper_pid   # type: ignore[attr-defined]
+        mgr.attach(pid)               # type: ignore[attr-defined]
+        return None
+    keeper = _spawn_keeper()
+    try:
+        mgr.keeper = keeper   # type: ignore[attr-defined]
+        mgr.apply(pid)
+    except BaseException:
+        os.kill(keeper, signal.SIGKILL)
+        os.waitpid(keeper, 0)
+        raise
+    return keeper, procs.start_time(keeper) or 0
+
+
+def _record_started(store: Store, rec: Record, mgr: CgroupManager, pid: int,
+                    keeper: tuple[int, int | None] | None) -> None:
+    """Save what start() made into the record as it is on disk now (under the lock): the limits and
+    counts others wrote meanwhile (update, the policy controller) are kept, never overwritten by
+    the supervisor's older copy. A record removed meanwhile (`rm -f` racing) stops the start."""
+    with store.lock():
+        try:
+            cur = store.load(rec.name)
+        except CgagentError:
+            cur = None
+        if cur is None or cur.created != rec.created:
+            raise CgagentError(f"workload {rec.name!r} was removed while it started", "run it again")
+        if mgr.dirs != cur.dirs:   # systemd driver: the scope's cgroup as systemd reports it
+            cur.dirs, cur.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", cur.cgroup)
+        if keeper is not None:
+            cur.keeper_pid, cur.keeper_start = keeper
+        cur.supervisor_pid, cur.supervisor_start, cur.restarts = rec.supervisor_pid, rec.supervisor_start, rec.restarts
+        cur.pid, cur.pid_start, cur.status, cur.started = pid, procs.start_time(pid), "running", time.time()
+        store.save(cur)
+        fault("placed")
+    vars(rec).update(vars(cur))
 
 
 def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record | None:
@@ -229,8 +329,9 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
             rec = None  # removed meanwhile (`rm -f`)
         if rec is not None:
             mgr = manager(host, rec)
-            with contextlib.suppress(OSError, ValueError):
-                oom.note(store, rec, mgr.oom_kill_count(), "exit")  # once: `serve` may have logged them
+            # before the cgroup goes (a systemd scope is held by its keeper until destroy() below)
+            oom.note(store, rec, oom.read_rec_counter(rec), "exit")   # idempotent: `serve` may have logged them
+            rec.oom_kills = oom.kills(store, rec)
             mgr.destroy()
             _teardown_isolation(rec)
             first = rec.status != "exited"
@@ -240,6 +341,7 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
             _clear_stop(store, name)
             if rec.auto_remove:
                 store.delete(name)
+                oom.forget(store, name)
             else:
                 store.save(rec)
         prune_parents(store)
@@ -256,7 +358,7 @@ def run_foreground(req: RunRequest, host: Host, store: Store) -> int:
     except BaseException:
         discard(store, rec, mgr)
         raise
-    code = _supervise_loop(store, rec, mgr, pid, None)
+    code = _wait_restarting(store, host, rec, mgr, pid, None)
     finish(store, host, rec.name, code)
     return code
 
@@ -292,29 +394,28 @@ def _should_restart(store: Store, rec: Record, code: int) -> bool:
     return mode == "always" or (code != 0 and (most is None or rec.restarts < most))
 
 
-def _supervise_loop(store: Store, rec: Record, mgr: CgroupManager, pid: int,
-                    stdio: tuple[int, int, int] | None) -> int:
-    """Wait for the workload; restart it per its policy with backoff. Returns the last exit code."""
-    watcher = None
-    if rec.driver == "systemd":
-        # systemd removes an emptied scope's cgroup at once, racing finish()'s read of the OOM
-        # counter: watch it while the workload lives, as `cgagent serve` does
-        from cgagent.oomwatch import OomWatcher
-
-        watcher = OomWatcher(store, source="supervisor", only=rec.name).start()
-    try:
-        return _wait_restarting(store, rec, mgr, pid, stdio)
-    finally:
-        if watcher is not None:
-            watcher.stop()
+def _reload(store: Store, rec: Record) -> bool:
+    """Take the record as it is on disk (what `update` and the policy controller wrote since).
+    False when it is gone or belongs to a new workload of the same name."""
+    with store.lock():
+        try:
+            cur = store.load(rec.name)
+        except CgagentError:
+            return False
+    if cur.created != rec.created:
+        return False
+    cur.supervisor_pid, cur.supervisor_start, cur.restarts = rec.supervisor_pid, rec.supervisor_start, rec.restarts
+    vars(rec).update(vars(cur))
+    return True
 
 
-def _wait_restarting(store: Store, rec: Record, mgr: CgroupManager, pid: int,
+def _wait_restarting(store: Store, host: Host, rec: Record, mgr: CgroupManager, pid: int,
                      stdio: tuple[int, int, int] | None) -> int:
+    """Wait for the workload; restart it per its policy with backoff. Returns the last exit code."""
     streak = 0
     while True:
         began = time.monotonic()
-        code = launch.wait_forwarding(pid)
+        code = launch.wait_forwarding(pid, reap_all=rec.detached)
         if not _should_restart(store, rec, code):
             return code
         streak = 0 if time.monotonic() - began >= RESTART_RESET_AFTER else streak
@@ -324,9 +425,10 @@ def _wait_restarting(store: Store, rec: Record, mgr: CgroupManager, pid: int,
                       delay_s=round(delay, 3))
         # the backoff ends early on a signal for us (stop, Ctrl-C): then the workload stays down
         sig = signal.sigtimedwait([s for s in launch.WAITED if s != signal.SIGCHLD], delay)
-        if sig is not None or not _should_restart(store, rec, code):
+        if sig is not None or not _should_restart(store, rec, code) or not _reload(store, rec):
             return code
         rec.restarts += 1
+        mgr = _start_manager(host, rec, mgr)
         pid = start(store, rec, mgr, stdio)
 
 
@@ -345,10 +447,11 @@ def run_detached(req: RunRequest, host: Host, store: Store) -> str:
                 os._exit(0)
             code = _supervise(store, host, rec, mgr, w)
         except BaseException as e:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):   # the CLI may be gone: nobody to tell
                 os.write(w, f"err:{getattr(e, 'exit_code', 1)}:{e}".encode())
         os._exit(code)
     os.close(w)
+    fault("forked")
     os.waitpid(first, 0)
     msg = os.read(r, 4096).decode()
     os.close(r)
@@ -357,7 +460,10 @@ def run_detached(req: RunRequest, host: Host, store: Store) -> str:
         problem, _, fix = text.partition(": ")
         raise CgagentError(problem, fix, exit_code=int(ecode))
     if not msg.startswith("ok"):
-        discard(store, rec, mgr)
+        # the supervisor was killed before the workload ran (or while it started it): undo what is
+        # ours, unless the workload runs (then `ps` shows it and `rm -f` ends it)
+        if live_status(host, store.load(rec.name) if store.exists(rec.name) else rec) != "running":
+            discard(store, rec, manager(host, store.load(rec.name)) if store.exists(rec.name) else mgr)
         raise CgagentError("the supervisor died before starting the workload", "see the record with cgagent ps -a")
     return rec.name
 
@@ -367,16 +473,44 @@ def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report
     log = os.open(store.log_path(rec.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
     rec.supervisor_pid, rec.supervisor_start = os.getpid(), procs.start_time(os.getpid())
     try:
-        pid = start(store, rec, mgr, stdio=(devnull, log, log))
+        start(store, rec, mgr, stdio=(devnull, log, log))
     except BaseException:
         discard(store, rec, mgr)
         raise
-    os.write(report, b"ok")
+    with contextlib.suppress(OSError):   # EPIPE: the CLI was killed; the workload runs all the same
+        os.write(report, b"ok")
     os.close(report)
     for fd in (0, 1, 2):
         os.dup2(devnull if fd == 0 else log, fd)
-    code = _supervise_loop(store, rec, mgr, pid, (devnull, log, log))
-    finish(store, host, rec.name, code)
+    os.close(devnull)
+    os.close(log)
+    # Become a fresh process (containerd-shim, conmon): this one's argv is the CLI's, with its -e
+    # values, for any local user to read in /proc/PID/cmdline. The shim keeps the pid, the children
+    # (workload, keeper) and the blocked signals, and reads everything else from the record.
+    import sys
+
+    os.closerange(3, 1 << 16)
+    with contextlib.suppress(OSError):
+        os.execv(sys.executable, [sys.executable, "-m", "cgagent.shim", "--state-dir", store.root, rec.name])
+    return shim_main(store, host, rec.name)   # no interpreter to exec: supervise from here
+
+
+def shim_main(store: Store, host: Host, name: str) -> int:
+    """The detached supervisor: wait for the workload, restart it per its policy, record its end."""
+    fault("shim")
+    signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
+    with contextlib.suppress(OSError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER: reap orphans
+    rec = store.load(name)
+    if rec.supervisor_pid != os.getpid():
+        raise CgagentError(f"workload {name!r} has another supervisor", "")
+    assert rec.pid is not None
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    log = os.open(store.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    code = _wait_restarting(store, host, rec, manager(host, rec), rec.pid, (devnull, log, log))
+    finish(store, host, name, code)
     return 0
 
 
@@ -397,11 +531,9 @@ def live_status(host: Host, rec: Record) -> str:
     return "restarting" if rec.restart != "no" and _supervisor_alive(rec) else "exited"
 
 
-def oom_kills(host: Host, rec: Record) -> int:
-    if rec.status != "exited":
-        with contextlib.suppress(OSError, ValueError):
-            return max(rec.oom_kills, manager(host, rec).oom_kill_count())
-    return rec.oom_kills
+def oom_kills(store: Store, rec: Record) -> int:
+    """The workload's OOM kills: those logged, and those the kernel counts that nobody logged yet."""
+    return oom.kills(store, rec, oom.read_rec_counter(rec) if rec.status != "exited" else None)
 
 
 def _supervisor_alive(rec: Record) -> bool:
@@ -421,8 +553,11 @@ def stop(store: Store, host: Host, name: str, timeout: float) -> None:
     for p in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)
-    if main:
-        procs.wait_exit(main, timeout)
+    if main and not procs.wait_exit(main, timeout):
+        import sys
+
+        print(f"cgagent: {name} did not exit within {timeout:g}s of SIGTERM; killed it (SIGKILL)",
+              file=sys.stderr, flush=True)
     mgr.kill()
     _settle(store, host, rec)
 
@@ -455,15 +590,19 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
             raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
         request_stop(store, name)   # before the kill: the supervisor must not restart it
         manager(host, rec).kill()
+        _settle(store, host, rec)   # the exit is recorded (one exit event) before the record goes
     if force:
         request_stop(store, name)
         _end_supervisor(rec)   # or it could restart the workload into the cgroup being removed
     with store.lock():
-        with contextlib.suppress(OSError, ValueError, CgagentError):  # kills nobody has logged yet
-            oom.note(store, store.load(name), manager(host, rec).oom_kill_count(), "rm")
+        with contextlib.suppress(CgagentError):  # a restart may have made a new scope meanwhile
+            rec = store.load(name)
+        # kills nobody has logged yet, read before the cgroup goes
+        oom.note(store, rec, oom.read_rec_counter(rec), "rm")
         manager(host, rec).destroy()
         _teardown_isolation(rec)
         store.delete(name)
+        oom.forget(store, name)
         _clear_stop(store, name)
         prune_parents(store)
 
@@ -474,12 +613,18 @@ def update(store: Store, host: Host, name: str, values: dict[str, object]) -> Re
     require_root("cgagent update")
     with store.lock():
         rec = store.load(name)
-        if live_status(host, rec) != "running":
+        status = live_status(host, rec)
+        if status not in ("running", "restarting"):
             raise CgagentError(f"workload {name!r} is not running", "only running workloads can be updated")
         base = Resources.from_dict(rec.resources)
         new = plan(values, host, base)
         mgr = manager(host, rec)
-        mgr.set(new)
+        try:
+            mgr.set(new)
+        except (OSError, CgagentError):
+            if status == "running":
+                raise
+            # between two runs, its systemd scope gone: the record is what the next scope is made from
         rec.resources = mgr.effective(new).to_dict()
         store.save(rec)
         events.append(store.root, "update", name, resources=rec.resources)

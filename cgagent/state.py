@@ -89,6 +89,8 @@ class Record:
     isolation: dict[str, Any] = field(default_factory=dict)  # image runs: see cgagent.isolation.spec
     restart: str = "no"                  # no | on-failure[:N] | always (the supervisor applies it)
     restarts: int = 0                    # how many times the supervisor restarted it
+    keeper_pid: int | None = None        # systemd driver: holds the scope until its OOM counter is read
+    keeper_start: int | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"

@@ -40,7 +40,7 @@ def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
             "name": rec.name, "status": status, "pid": rec.pid if status == "running" else None,
             "cpus": f"{r.cpus:g}" if r.cpus else None,
             "memory": format_bytes(r.memory) if r.memory is not None else None,
-            "pids_limit": r.pids_limit, "oom_kills": oom_kills(host, rec),
+            "pids_limit": r.pids_limit, "oom_kills": oom_kills(store, rec),
             "exit_code": rec.exit_code if status == "exited" else None,
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created)),
             "command": " ".join(rec.cmd), "cgroup": rec.cgroup, "driver": rec.driver,

@@ -84,6 +84,9 @@ class SystemdManager(CgroupManager):
         self.owned = owned
         self._pending = Resources()
         self._conn: Systemd | None = None
+        # a process of cgagent's own in the scope (cgagent.runtime), so that systemd does not remove
+        # the scope's cgroup before its OOM counter is read: not one of the workload's processes
+        self.keeper: int | None = None
         self.cgroup_path = os.path.normpath(f"{slice_path(slice_)}/{unit}")   # systemd's ControlGroup
         super().__init__(dirs if dirs is not None else _dirs_for(host, self.cgroup_path, existing_only=False))
 
@@ -158,6 +161,8 @@ class SystemdManager(CgroupManager):
         pid = pid or os.getpid()
         props = properties.scope(f"cgagent workload {self.unit[len(UNIT_PREFIX):-len('.scope')]}",
                                  self.slice, pid) + properties.limits(self.effective(self._pending), self.mode)
+        if self.keeper is not None:
+            props = [("PIDs", ("au", [pid, self.keeper])) if k == "PIDs" else (k, v) for k, v in props]
         bus = self._bus()
         self.owned = True   # from here a scope may exist: cleanup must stop it
         try:
@@ -198,11 +203,25 @@ class SystemdManager(CgroupManager):
                 os.makedirs(d, exist_ok=True)
             fs.write(f"{d}/cgroup.procs", pid)
 
+    def attach(self, pid: int) -> None:
+        """Put `pid` into the running scope (a restart reusing it): systemd moves it in every
+        hierarchy it manages; the v1 ones it does not manage are ours to write."""
+        from cgagent.cgroups import fs
+
+        self._bus().call("AttachProcessesToUnit", "ssau", (self.unit, "", [pid]))
+        self.close()
+        for ctrl in _UNMANAGED_V1:
+            if ctrl in self.dirs and self.mode == "v1":
+                fs.write(f"{self.dirs[ctrl]}/cgroup.procs", pid)
+
     def stats(self) -> Stats:
-        return self._fs().stats()
+        s = self._fs().stats()
+        if self.keeper is not None and s.pids.current and self.keeper in self._fs().procs():
+            s.pids.current -= 1
+        return s
 
     def procs(self) -> list[int]:
-        return self._fs().procs()
+        return [p for p in self._fs().procs() if p != self.keeper]
 
     def oom_kill_count(self) -> int:
         return self._fs().oom_kill_count()
@@ -229,6 +248,16 @@ class SystemdManager(CgroupManager):
     def kill(self) -> None:
         from cgagent.cgroups.systemd.dbus import NO_SUCH_UNIT, SystemdError
 
+        if self.keeper is not None:
+            # not KillUnit: the keeper must hold the scope until its OOM counter is read (destroy)
+            from cgagent.cgroups import fs
+
+            for _ in range(100):   # a process forking while we kill: the next round gets its child
+                left = self.procs() if self.exists() else []
+                if not left:
+                    return
+                fs.kill_all(left)
+            return
         try:
             self._bus().call("KillUnit", "ssi", (self.unit, "all", int(signal.SIGKILL)))
         except SystemdError as e:
@@ -275,7 +304,8 @@ class SystemdManager(CgroupManager):
         if not self.owned:
             return
         try:
-            if self.exists() and self.procs():
+            if self.exists() and self._fs().procs():
+                self.keeper = None   # all of them now, the keeper too
                 self.kill()   # StopUnit alone would SIGTERM and wait TimeoutStopSec (90 s)
             self.remove()
         finally:
