@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cgagent import events
+from cgagent.faults import fault
 from cgagent.state import Record, Store, atomic_write, validate_name
 
 
@@ -157,7 +158,9 @@ def note(store: Store, rec: Record, counter: tuple[int, int] | None, source: str
     with contextlib.suppress(OSError):
         m.offset = os.path.getsize(events.path(store.root))
     _save(store, rec.name, m)                       # 1. intent
+    fault("oom-intent")
     new = _append(store, rec, m, source, victim)    # 2. event
+    fault("oom-appended")
     m.kills += new
     m.logged, m.target = value, None
     _save(store, rec.name, m)                       # 3. done

@@ -178,9 +178,9 @@ def test_foreground_exit_code_passes_and_scope_goes(sdns: SystemdNamespace, cli:
 
 
 def test_foreground_oom_kill_is_counted_although_systemd_removes_the_scope(sdns: SystemdNamespace, cli: CLI) -> None:
-    # The whole workload dies of the OOM kill, so systemd stops the scope and removes its cgroup at
-    # once, racing the exit path's read of the counter; the supervisor's watcher counts it while it
-    # lives. Five runs: the race lost about half of them before the watcher.
+    # The whole workload dies of the OOM kill, so systemd would stop the scope and remove its cgroup
+    # at once, racing the exit path's read of the counter (lost about half of these before): the
+    # scope's keeper holds it until the supervisor has read the counter.
     for i in range(5):
         name = f"fgoom{i}"
         r = cli("run", "--name", name, "--memory", "32M", "--", "python3", "-c", "b = b'x' * (200 << 20)")
@@ -366,3 +366,16 @@ def test_v1_cpuset_and_freezer_are_joined_by_the_driver(sdns: SystemdNamespace, 
     left = sdns.run(["sh", "-c", "ls -d /sys/fs/cgroup/cpuset/cgagent.slice /sys/fs/cgroup/freezer/cgagent.slice "
                      "2>/dev/null"]).stdout
     assert left == "", left   # our slice levels in those hierarchies go with the last workload
+
+
+# --- oom ---
+
+def test_oom_storm_counts_every_kill_once_across_serve_sigkills(sdns: SystemdNamespace, cli: CLI) -> None:
+    # whole-workload kills empty the scope: its keeper holds it until the counter is read
+    storm = os.path.join(os.path.dirname(__file__), "faults", "oomstorm.py")
+    kills = os.environ.get("CGAGENT_OOM_STORM_KILLS", "50")
+    r = sdns.run([sys.executable, storm, "--kills", kills, "--seed", "5", "--prefix", "sd"],
+                 env={**cli.env, "CGAGENT_DEFAULT_NET": "none"}, timeout=900)
+    assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and summary["kills"] == int(kills), summary
