@@ -199,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     finally:
         serve.stop()
-        names = sorted(want) + [f"{args.prefix}{i - 1}"] if i else []
-        if names:
-            cli("rm", "-f", *[n for n in set(names) if os.path.exists(f"{STATE}/workloads/{n}.json")])
+        left = [f"{args.prefix}{j}" for j in range(i) if os.path.exists(f"{STATE}/workloads/{args.prefix}{j}.json")]
+        if left:
+            cli("rm", "-f", *left)
 
 
 if __name__ == "__main__":

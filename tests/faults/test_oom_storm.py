@@ -20,7 +20,8 @@ STORM = os.path.join(os.path.dirname(__file__), "oomstorm.py")
 
 def test_fifty_oom_kills_counted_once_across_serve_sigkills(cg: Env) -> None:
     kills = os.environ.get("CGAGENT_OOM_STORM_KILLS", "50")
-    r = subprocess.run([sys.executable, STORM, "--kills", kills, "--seed", os.environ.get("CGAGENT_OOM_STORM_SEED", "4")],
+    seed = os.environ.get("CGAGENT_OOM_STORM_SEED", "4")
+    r = subprocess.run([sys.executable, STORM, "--kills", kills, "--seed", seed],
                        env=cg.env(CGAGENT_DEFAULT_NET="none"), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
     summary = json.loads(r.stdout.strip().splitlines()[-1])
