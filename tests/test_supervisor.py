@@ -91,3 +91,20 @@ def test_logs_and_restart_errors_are_one_line(box: Box) -> None:
         r = box.run("run", *bad, IMG, "--", "true")
         assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert ps_json(box) == [] and box.containers() == []
+
+
+def test_restarts_keep_limits_updated_live(box: Box) -> None:
+    # the supervisor used to save its creation-time copy of the record at each restart
+    ok(box.run("run", "-d", "--restart", "always", "--name", "upr", "--cpus", "0.2", "--memory", "64M", "--",
+               "sh", "-c", "sleep 0.3; exit 1"))
+    ok(box.run("update", "upr", "--cpus", "0.5", "--memory", "128M"))
+    for i in range(3):
+        start = record(box, "upr")["restarts"]
+        wait_for(lambda s=start: record(box, "upr")["restarts"] > s, timeout=30)   # type: ignore[misc]
+        rec = record(box, "upr")
+        with open(f"{rec['dirs']['memory']}/memory.limit_in_bytes") as f:
+            assert int(f.read()) == 128 << 20, i
+        [row] = [r for r in ps_json(box) if r["name"] == "upr"]
+        assert row["memory"] == "128.0MiB" and rec["resources"]["cpu_quota"] == 50000, (i, row)
+    ok(box.run("rm", "-f", "upr"))
+    assert ps_json(box) == [] and evs(box, "upr", "exit") and len(evs(box, "upr", "exit")) == 1

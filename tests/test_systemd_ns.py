@@ -379,3 +379,43 @@ def test_oom_storm_counts_every_kill_once_across_serve_sigkills(sdns: SystemdNam
     assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["ok"] and summary["kills"] == int(kills), summary
+
+
+def _wait(what: str, cond: object, timeout: float = 60) -> None:
+    """Poll a record or cgroup file: nothing announces "restarted" to a test outside the supervisor."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cond():  # type: ignore[operator]
+                return
+        except (OSError, KeyError, ValueError):
+            pass   # between two runs: the file or scope is being replaced
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_restarts_keep_limits_updated_live_also_in_a_remade_scope(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--restart", "always", "--name", "upr", "--cpus", "0.2", "--memory", "64M", "--",
+            "sh", "-c", "sleep 0.3; exit 1"))
+    _ok(cli("update", "upr", "--cpus", "0.5", "--memory", "128M"))
+    unit = "cgagent-upr.scope"
+    first_keeper = cli.record("upr")["keeper_pid"]
+    want = (str(128 * M), str(128 * M), "50000", "128.0MiB")
+
+    def views() -> tuple[str, str, str, str]:
+        rec = cli.record("upr")
+        ps = {r["name"]: r for r in json.loads(cli("ps", "-a", "--json").stdout)}["upr"]
+        return (sdns.unit_property(unit, "MemoryLimit"), _cg(sdns, rec, "memory", "memory.limit_in_bytes"),
+                _cg(sdns, rec, "cpu", "cpu.cfs_quota_us"), ps["memory"])
+
+    for i in range(3):
+        start = cli.record("upr")["restarts"]
+        if i == 1:
+            # without its keeper the scope goes with the workload: the next one is made anew, from the record
+            assert sdns.run(["kill", "-KILL", str(first_keeper)]).returncode == 0
+        _wait(f"restart {i + 1}", lambda s=start: cli.record("upr")["restarts"] > s      # type: ignore[misc]
+              and cli.record("upr")["status"] == "running" and _alive(sdns, cli.record("upr")["pid"]))
+        _wait(f"limits after restart {i + 1}", lambda: views() == want)
+    assert cli.record("upr")["keeper_pid"] != first_keeper   # the scope was made anew once
+    _ok(cli("rm", "-f", "upr"))
+    _nothing_of(sdns, cli, "upr")
