@@ -126,8 +126,10 @@ def _append(store: Store, rec: Record, m: Mark, source: str, victim: dict[str, A
     """Steps 2 and 3 for the mark's target. Returns the kills logged."""
     assert m.target is not None
     new = m.target - m.logged
+    # seq: this instance's kills up to and including these, across its cgroups (the policy's answer
+    # to an OOM is keyed by it, so the supervisor and the agent's controller answer each once)
     events.append(store.root, "oom_kill", rec.name, kills=new, total=m.target, instance=m.instance, gen=m.gen,
-                  cgroup=rec.cgroup, policy=rec.policy, source=source, **(victim or {}))
+                  seq=m.kills + new, cgroup=rec.cgroup, policy=rec.policy, source=source, **(victim or {}))
     return new
 
 

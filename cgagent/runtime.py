@@ -409,6 +409,24 @@ def _reload(store: Store, rec: Record) -> bool:
     return True
 
 
+def _oom_before_restart(store: Store, host: Host, rec: Record) -> None:
+    """Log the kills of the run that ended, and let its policy answer them (more memory) before the
+    next run starts, so that the next run is the one that gets it."""
+    with store.lock():
+        try:
+            cur = store.load(rec.name)
+        except CgagentError:
+            return
+        oom.note(store, cur, oom.read_rec_counter(cur), "exit")
+        seq = oom.load_mark(store, cur).kills
+    if cur.policy is None or seq <= cur.policy_oom_seq:
+        return
+    with contextlib.suppress(Exception):   # a policy that cannot be read must not stop the restart
+        from policies.controller import answer_oom_before_restart
+
+        answer_oom_before_restart(store, host, rec.name, cur.policy, seq)
+
+
 def _wait_restarting(store: Store, host: Host, rec: Record, mgr: CgroupManager, pid: int,
                      stdio: tuple[int, int, int] | None) -> int:
     """Wait for the workload; restart it per its policy with backoff. Returns the last exit code."""
@@ -418,6 +436,7 @@ def _wait_restarting(store: Store, host: Host, rec: Record, mgr: CgroupManager, 
         code = launch.wait_forwarding(pid, reap_all=rec.detached)
         if not _should_restart(store, rec, code):
             return code
+        _oom_before_restart(store, host, rec)
         streak = 0 if time.monotonic() - began >= RESTART_RESET_AFTER else streak
         delay = min(RESTART_FIRST_DELAY * 2 ** streak, RESTART_MAX_DELAY)
         streak += 1
@@ -608,11 +627,26 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
 
 
 def update(store: Store, host: Host, name: str, values: dict[str, object]) -> Record:
+    """Change a running (or restarting: applied to its next run) workload's limits."""
+    rec = _update(store, host, name, values, None)
+    assert rec is not None
+    return rec
+
+
+def answer_oom(store: Store, host: Host, name: str, values: dict[str, object], oom_seq: int) -> bool:
+    """update() as a policy's answer to the OOM kills up to `oom_seq`: made only if nobody answered
+    them yet (the supervisor before a restart, or the agent's policy controller). False: answered."""
+    return _update(store, host, name, values, oom_seq) is not None
+
+
+def _update(store: Store, host: Host, name: str, values: dict[str, object], oom_seq: int | None) -> Record | None:
     from cgagent.limits import plan
 
     require_root("cgagent update")
     with store.lock():
         rec = store.load(name)
+        if oom_seq is not None and rec.policy_oom_seq >= oom_seq:
+            return None
         status = live_status(host, rec)
         if status not in ("running", "restarting"):
             raise CgagentError(f"workload {name!r} is not running", "only running workloads can be updated")
@@ -626,6 +660,8 @@ def update(store: Store, host: Host, name: str, values: dict[str, object]) -> Re
                 raise
             # between two runs, its systemd scope gone: the record is what the next scope is made from
         rec.resources = mgr.effective(new).to_dict()
+        if oom_seq is not None:
+            rec.policy_oom_seq = oom_seq
         store.save(rec)
         events.append(store.root, "update", name, resources=rec.resources)
     return rec

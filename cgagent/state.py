@@ -91,6 +91,7 @@ class Record:
     restarts: int = 0                    # how many times the supervisor restarted it
     keeper_pid: int | None = None        # systemd driver: holds the scope until its OOM counter is read
     keeper_start: int | None = None
+    policy_oom_seq: int = 0              # OOM kills of this instance its policy has answered (see oom.py seq)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"

@@ -214,6 +214,8 @@ class Controller:
         from cgagent.runtime import live_status, stop
 
         rec = self.store.load(name) if self.store.exists(name) else None
+        if rec is not None and ev.get("instance") not in (None, rec.created):
+            rec = None   # the kill was of an earlier workload of that name
         running = rec is not None and live_status(self.host, rec) == "running"
         kills = ev.get("kills", 1)
         if policy.oom.action == "stop":
@@ -222,25 +224,14 @@ class Controller:
             self._record(name, policy_name, "oom_stop", applied="live" if running else "already-exited",
                          kills=kills)
             return
-        step, ceiling = policy.oom.step, policy.oom.ceiling
-        assert step is not None and ceiling is not None
-        res = Resources.from_dict(rec.resources if rec is not None else self._starts.get(name) or {})
-        cur = res.memory
-        if cur is None or cur < 0:
-            return   # no memory limit of its own: the OOM came from elsewhere, raising nothing helps
-        new = min(cur + step, ceiling)
-        if new <= cur:
-            self._record(name, policy_name, "memory_at_ceiling", memory=cur, ceiling=ceiling, kills=kills)
-            return
-        change: dict[str, object] = {"memory": new}
-        if res.memory_swap is not None and res.memory_swap >= 0:
-            change["memory_swap"] = res.memory_swap + (new - cur)   # keep the same swap allowance
-        applied = "live" if running and self._update(name, change) else "next-run"
-        carry.remember(self.store, name, policy_name, new)
-        # "live": the cgroup has the new limit, so the supervisor's restart (per the record's restart
-        # policy; it reuses the cgroup) runs with it; "next-run": the next `run --policy --name` does
-        self._record(name, policy_name, "memory_step_up", from_memory=cur, to_memory=new, applied=applied,
-                     restart=getattr(rec, "restart", None) or "no", kills=kills)
+        seq = ev.get("seq")
+        if rec is not None and isinstance(seq, int) and rec.policy_oom_seq >= seq:
+            return   # the supervisor answered it before restarting the workload
+        status = live_status(self.host, rec) if rec is not None else "gone"
+        _step_up(self.store, self.host, policy, name, rec, self._starts.get(name) or {}, kills,
+                 seq if isinstance(seq, int) and status in ("running", "restarting") else None,
+                 "live" if status == "running" else "restart" if status == "restarting" else "next-run")
+        self.actions += 1
 
     # --- applying and recording
 
@@ -264,6 +255,52 @@ class Controller:
         self._warned.add((kind, key))
         if msg and not quiet:
             print(msg, file=sys.stderr, flush=True)
+
+
+def _step_up(store: Store, host: Host, policy: Policy, name: str, rec: Record | None, start_res: dict[str, Any],
+             kills: object, seq: int | None, applied: str) -> None:
+    """restart-with-more-memory: raise the workload's memory by the policy's step, up to its ceiling.
+    With `seq`, the change is made only if nobody answered those kills yet (see runtime.update)."""
+    from cgagent.runtime import answer_oom, update
+
+    assert policy.oom is not None
+    step, ceiling = policy.oom.step, policy.oom.ceiling
+    assert step is not None and ceiling is not None
+    res = Resources.from_dict(rec.resources if rec is not None else start_res)
+    cur = res.memory
+    if cur is None or cur < 0:
+        return   # no memory limit of its own: the OOM came from elsewhere, raising nothing helps
+    new = min(cur + step, ceiling)
+    if new <= cur:
+        events.append(store.root, "policy", name, policy=policy.name, action="memory_at_ceiling", memory=cur,
+                      ceiling=ceiling, kills=kills)
+        return
+    change: dict[str, object] = {"memory": new}
+    if res.memory_swap is not None and res.memory_swap >= 0:
+        change["memory_swap"] = res.memory_swap + (new - cur)   # keep the same swap allowance
+    if applied != "next-run":
+        try:
+            if seq is None:
+                update(store, host, name, change)
+            elif not answer_oom(store, host, name, change, seq):
+                return   # answered already
+        except CgagentError:   # stopped or removed meanwhile
+            applied = "next-run"
+    carry.remember(store, name, policy.name, new)
+    # "live": the running cgroup has the new limit; "restart": the supervisor's next run of it has
+    # (the cgroup or scope it reuses, or the record a new scope is made from); "next-run": the next
+    # `run --policy --name` does
+    events.append(store.root, "policy", name, policy=policy.name, action="memory_step_up", from_memory=cur,
+                  to_memory=new, applied=applied, restart=getattr(rec, "restart", None) or "no", kills=kills)
+
+
+def answer_oom_before_restart(store: Store, host: Host, name: str, policy_name: str, seq: int) -> None:
+    """The supervisor, before a restart: answer the OOM kills up to `seq` as the policy says."""
+    ld = catalog([]).by_name.get(policy_name)
+    if ld is None or ld.policy is None or ld.policy.oom is None or ld.policy.oom.action == "stop":
+        return
+    rec = store.load(name)
+    _step_up(store, host, ld.policy, name, rec, {}, None, seq, "restart")
 
 
 def start(state_dir: str | None = None, host: Host | None = None, policy_dirs: Iterable[str] | None = None,

@@ -272,7 +272,9 @@ def test_oom_kill_restarts_the_workload_with_more_memory(cg: Env, policy_dir: st
     assert ("restart", None) in kinds
     step = follow.policy("grower", "memory_step_up")[0]
     assert (step["from_memory"], step["to_memory"], step["restart"]) == (32 << 20, 64 << 20, "on-failure:3")
-    assert step["applied"] == "live"   # the restarted process was already running in the raised cgroup
+    # "restart": answered between two runs (the next one runs with it); "live": the restarted process
+    # was already running and got it in its cgroup
+    assert step["applied"] in ("live", "restart")
     rec = record(cg, "grower")
     assert rec["exit_code"] == 0 and rec["restarts"] >= 1 and rec["resources"]["memory"] >= 64 << 20
     assert cg.run("rm", "-f", "grower").returncode == 0

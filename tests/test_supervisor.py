@@ -108,3 +108,22 @@ def test_restarts_keep_limits_updated_live(box: Box) -> None:
         assert row["memory"] == "128.0MiB" and rec["resources"]["cpu_quota"] == 50000, (i, row)
     ok(box.run("rm", "-f", "upr"))
     assert ps_json(box) == [] and evs(box, "upr", "exit") and len(evs(box, "upr", "exit")) == 1
+
+
+def test_burstable_restart_runs_with_the_stepped_up_memory_once(box: Box) -> None:
+    # issue 16: the OOM-killed run's restart is the run that gets the policy's step (+256M), answered
+    # once although both the supervisor and the agent's policy controller see the kill
+    from tests.exporter_helpers import agent
+
+    with agent(box.cg):
+        ok(box.run("run", "-d", "--policy", "burstable", "--memory", "40M", "--name", "grow", "--",
+                   "python3", "-c", "import time; x = b'1' * (80 << 20); print('up', flush=True); time.sleep(999)"))
+        wait_for(lambda: record(box, "grow")["restarts"] == 1 and "up" in ok(box.run("logs", "grow")), timeout=30)
+        rec = record(box, "grow")
+        with open(f"{rec['dirs']['memory']}/memory.limit_in_bytes") as f:
+            assert int(f.read()) == 296 << 20
+        assert rec["resources"]["memory"] == 296 << 20 and rec["status"] == "running"
+        steps = [e for e in evs(box, "grow", "policy") if e["action"] == "memory_step_up"]
+        assert [(s["from_memory"], s["to_memory"], s["applied"]) for s in steps] == [(40 << 20, 296 << 20, "restart")]
+        assert [e["kills"] for e in evs(box, "grow", "oom_kill")] == [1]
+        ok(box.run("rm", "-f", "grow"))
