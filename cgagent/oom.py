@@ -29,7 +29,7 @@ from typing import Any
 
 from cgagent import events
 from cgagent.faults import fault
-from cgagent.state import Record, Store, atomic_write, validate_name
+from cgagent.state import Record, Store, validate_name
 
 
 @dataclass
@@ -60,14 +60,25 @@ def load_mark(store: Store, rec: Record) -> Mark:
 
 
 def _save(store: Store, name: str, m: Mark) -> None:
-    os.makedirs(os.path.join(store.root, "oom"), mode=0o700, exist_ok=True)
-    atomic_write(_mark_path(store, name), json.dumps(asdict(m)).encode(), mode=0o600)
+    """Replace the mark whole (rename). Not fsync'd, on purpose: the mark only guards against logging
+    a live kernel counter twice, and no kernel counter survives the power loss that could take an
+    unsynced write with it; against a SIGKILL the page cache is enough. The log itself is fsync'd."""
+    path = _mark_path(store, name)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.tmp"   # one writer at a time (the store lock): one fixed name, never left twice
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, json.dumps(asdict(m)).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
 
 
 def forget(store: Store, name: str) -> None:
     """The workload's record goes: its mark goes with it (its events stay in the log)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(_mark_path(store, name))
+    for p in (_mark_path(store, name), f"{_mark_path(store, name)}.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
 
 
 def read_counter(memdir: str, v2: bool) -> tuple[int, int]:
