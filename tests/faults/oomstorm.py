@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", default="1")
     ap.add_argument("--driver", default=None)
     ap.add_argument("--prefix", default="storm")
+    ap.add_argument("--no-swap", action="store_true", help="--memory-swap 32M too (hosts with swap)")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     opts = ["--cgroup-driver", args.driver] if args.driver else []
+    opts += ["--memory-swap", "32M"] if args.no_swap else []
     serve = Serve()
     serve.start()
     want: dict[str, int] = {}

@@ -249,3 +249,60 @@ def test_exporter_values_match_the_files_under_both_drivers(g: Guest) -> None:
 
 def test_python_deps_present() -> None:
     assert shutil.which("systemctl") and __import__("jeepney") and __import__("typer")
+
+
+# --- oom ---
+
+STORM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "faults", "oomstorm.py")
+
+
+@pytest.mark.parametrize("driver", ["cgroupfs", "systemd"])
+def test_oom_storm_counted_once_across_serve_sigkills(g: Guest, driver: str) -> None:
+    # kernel count = events = container_oom_events_total = ps, serve SIGKILLed at seeded random points
+    env = dict(os.environ, CGAGENT_STATE_DIR=g.state, CGAGENT_DEFAULT_NET="none",
+               **({"CGAGENT_CGROUP_PARENT": g.parent} if driver == "cgroupfs" else {}))
+    r = subprocess.run([sys.executable, STORM, "--kills", "10", "--seed", "11", "--driver", driver, "--no-swap"],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and summary["kills"] == 10, summary
+
+
+@pytest.mark.parametrize("driver", ["cgroupfs", "systemd"])
+def test_restarts_keep_limits_updated_live(g: Guest, driver: str) -> None:
+    drv = ["--cgroup-driver", driver] + (["--cgroup-parent", g.parent] if driver == "cgroupfs" else [])
+    g.ok("run", "-d", *drv, "--restart", "always", "--name", "upr", "--cpus", "0.2", "--memory", "64M", "--",
+         "sh", "-c", "sleep 0.5; exit 1")
+    g.ok("update", "upr", "--cpus", "0.5", "--memory", "128M")
+
+    def agree() -> bool:
+        try:
+            ps = next(r for r in json.loads(g.ok("ps", "-a", "--json").stdout) if r["name"] == "upr")
+            files = (g.file("upr", "memory.max"), g.file("upr", "cpu.max"), ps["memory"])
+        except (OSError, StopIteration):
+            return False   # between two runs
+        unit_ok = driver == "cgroupfs" or prop("cgagent-upr.scope", "MemoryMax") == str(128 * M)
+        return unit_ok and files == (str(128 * M), "50000 100000", "128.0MiB")
+
+    for i in range(3):
+        start = g.record("upr")["restarts"]
+        wait_for(f"restart {i + 1}", lambda s=start: g.record("upr")["restarts"] > s)
+        wait_for(f"limits after restart {i + 1}", agree)
+    g.ok("rm", "-f", "upr")
+
+
+@pytest.mark.parametrize("driver", ["cgroupfs", "systemd"])
+def test_burstable_restart_runs_with_the_stepped_up_memory(g: Guest, driver: str) -> None:
+    # issue 16: each run of `grow` needs ~85M; --memory 40M is OOM-killed, its restart gets +256M
+    drv = ["--cgroup-driver", driver] + (["--cgroup-parent", g.parent] if driver == "cgroupfs" else [])
+    g.ok("run", "-d", *drv, "--policy", "burstable", "--memory", "40M", "--memory-swap", "40M", "--name", "grow",
+         "--", "python3", "-c", "import time; x = b'1' * (80 << 20); print('up', flush=True); time.sleep(999)")
+    wait_for("the restart to run", lambda: g.record("grow")["restarts"] == 1 and "up" in g.ok("logs", "grow").stdout,
+             timeout=120)
+    assert g.file("grow", "memory.max") == str(296 * M)
+    if driver == "systemd":
+        assert prop("cgagent-grow.scope", "MemoryMax") == str(296 * M)
+    steps = [json.loads(line) for line in open(f"{g.state}/events.jsonl")]
+    steps = [e for e in steps if e["kind"] == "policy" and e.get("action") == "memory_step_up"]
+    assert [(e["from_memory"], e["to_memory"], e["applied"]) for e in steps] == [(40 * M, 296 * M, "restart")]
+    g.ok("rm", "-f", "grow")
