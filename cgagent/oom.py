@@ -40,6 +40,7 @@ class Mark:
     kills: int = 0
     target: int | None = None
     offset: int = 0
+    victim: dict[str, Any] | None = None   # the last victim the kernel reported (cgagent.kmsg)
 
 
 def _mark_path(store: Store, name: str) -> str:
@@ -176,6 +177,8 @@ def note(store: Store, rec: Record, counter: tuple[int, int] | None, source: str
     fault("oom-appended")
     m.kills += new
     m.logged, m.target = value, None
+    if victim and victim.get("victims"):
+        m.victim = victim["victims"][-1]
     _save(store, rec.name, m)                       # 3. done
     return done + new
 

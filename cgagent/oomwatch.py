@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from cgagent import inotify, oom
 from cgagent.errors import CgagentError
+from cgagent.kmsg import OomLog
 from cgagent.state import Record, Store
 
 # v1 notifies before the OOM killer has picked and counted its victim: the counter is re-read for
@@ -66,11 +67,13 @@ class OomWatcher:
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._ready = threading.Event()
         self.logged = 0       # kills this watcher wrote to the log (the supervisor may write others)
+        self._kmsg: OomLog | None = None
 
     # --- lifecycle
 
     def start(self) -> OomWatcher:
         self.store.ensure()
+        self._kmsg = OomLog()   # before the first catch-up: victims of the kills it logs from now on
         self._thread = threading.Thread(target=self._run, name="cgagent-oom", daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -145,6 +148,8 @@ class OomWatcher:
             dir_ino.close()
             ev_ino.close()
             ep.close()
+            if self._kmsg is not None:
+                self._kmsg.close()
 
     # --- workloads
 
@@ -220,7 +225,8 @@ class OomWatcher:
                 count = w.counter()
             except (OSError, ValueError):
                 return
-            new = oom.note(self.store, rec, count, self.source)
+            victims = self._kmsg.victims(rec.cgroup) if self._kmsg is not None else []
+            new = oom.note(self.store, rec, count, self.source, {"victims": victims[-10:]} if victims else None)
             if new:
                 self.logged += new
                 w.settle_until = 0.0

@@ -320,6 +320,22 @@ def _record_started(store: Store, rec: Record, mgr: CgroupManager, pid: int,
     vars(rec).update(vars(cur))
 
 
+# the supervisor's view of the kernel log: who the OOM killer killed (cgagent.kmsg), for its events
+_kmsg: Any = None
+
+
+def _watch_kmsg() -> None:
+    global _kmsg
+    from cgagent.kmsg import OomLog
+
+    _kmsg = OomLog()
+
+
+def _victims(rec: Record) -> dict[str, Any] | None:
+    got = _kmsg.victims(rec.cgroup) if _kmsg is not None else []
+    return {"victims": got[-10:]} if got else None
+
+
 def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record | None:
     """The workload has ended: record how (OOM kills from the kernel's counter), remove its cgroup."""
     with store.lock():
@@ -330,7 +346,8 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
         if rec is not None:
             mgr = manager(host, rec)
             # before the cgroup goes (a systemd scope is held by its keeper until destroy() below)
-            oom.note(store, rec, oom.read_rec_counter(rec), "exit")   # idempotent: `serve` may have logged them
+            # idempotent: `serve` may have logged them already
+            oom.note(store, rec, oom.read_rec_counter(rec), "exit", _victims(rec))
             rec.oom_kills = oom.kills(store, rec)
             mgr.destroy()
             _teardown_isolation(rec)
@@ -351,6 +368,7 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
 def run_foreground(req: RunRequest, host: Host, store: Store) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
     rec, mgr = create(req, host, store)
+    _watch_kmsg()
     # this CLI is the workload's supervisor until it exits; `stop` waits for it to record the exit
     rec.supervisor_pid, rec.supervisor_start = os.getpid(), procs.start_time(os.getpid())
     try:
@@ -417,7 +435,7 @@ def _oom_before_restart(store: Store, host: Host, rec: Record) -> None:
             cur = store.load(rec.name)
         except CgagentError:
             return
-        oom.note(store, cur, oom.read_rec_counter(cur), "exit")
+        oom.note(store, cur, oom.read_rec_counter(cur), "exit", _victims(cur))
         seq = oom.load_mark(store, cur).kills
     if cur.policy is None or seq <= cur.policy_oom_seq:
         return
@@ -522,6 +540,7 @@ def shim_main(store: Store, host: Host, name: str) -> int:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER: reap orphans
+    _watch_kmsg()
     rec = store.load(name)
     if rec.supervisor_pid != os.getpid():
         raise CgagentError(f"workload {name!r} has another supervisor", "")
@@ -553,6 +572,14 @@ def live_status(host: Host, rec: Record) -> str:
 def oom_kills(store: Store, rec: Record) -> int:
     """The workload's OOM kills: those logged, and those the kernel counts that nobody logged yet."""
     return oom.kills(store, rec, oom.read_rec_counter(rec) if rec.status != "exited" else None)
+
+
+def oom_victim(store: Store, rec: Record) -> str | None:
+    """The last OOM victim the kernel reported, e.g. "python3 (pid 812, anon-rss 30336 kB)"."""
+    v = oom.load_mark(store, rec).victim
+    if not isinstance(v, dict):
+        return None
+    return f"{v.get('comm')} (pid {v.get('pid')}, anon-rss {v.get('anon_rss_kb')} kB)"
 
 
 def _supervisor_alive(rec: Record) -> bool:

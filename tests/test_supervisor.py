@@ -127,3 +127,26 @@ def test_burstable_restart_runs_with_the_stepped_up_memory_once(box: Box) -> Non
         assert [(s["from_memory"], s["to_memory"], s["applied"]) for s in steps] == [(40 << 20, 296 << 20, "restart")]
         assert [e["kills"] for e in evs(box, "grow", "oom_kill")] == [1]
         ok(box.run("rm", "-f", "grow"))
+
+
+def test_oom_event_names_the_victim_the_kernel_reported(box: Box) -> None:
+    from cgagent.kmsg import OomLog
+
+    log = OomLog()   # the test's own view of the kernel log: did the kernel report this kill?
+    try:
+        r = box.run("run", "--name", "hog", "--memory", "32M", "--", "python3", "-c", "x = bytearray(200 << 20)")
+        assert r.returncode == 137, r.stderr
+        cgroup = record(box, "hog")["cgroup"]
+        reported = log.victims(cgroup, wait=1.0)
+    finally:
+        log.close()
+    [ev] = evs(box, "hog", "oom_kill")
+    assert ev["kills"] == 1 and ev["source"] == "exit"
+    if not reported:
+        return   # the kernel rate-limits its oom-kill records (10 per 5 s, machine-wide): nothing to carry
+    [v] = ev["victims"]
+    assert v["comm"] == "python3" and v["pid"] == reported[0]["pid"] and v["anon_rss_kb"] > 0, v
+    [row] = ps_json(box)
+    assert row["oom_victim"].startswith(f"python3 (pid {v['pid']},"), row
+    assert "victim=python3" in ok(box.run("events", "hog"))
+    ok(box.run("rm", "hog"))

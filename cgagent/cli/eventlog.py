@@ -24,6 +24,9 @@ def format_event(ev: dict[str, Any]) -> str:
         detail = f"exit_code={ev.get('exit_code')} oom_kills={ev.get('oom_kills', 0)}"
     elif kind == "oom_kill":
         detail = f"kills={ev.get('kills', 1)} total={ev.get('total')} cgroup={ev.get('cgroup')} by={ev.get('source')}"
+        for v in ev.get("victims") or []:
+            if isinstance(v, dict):
+                detail += f" victim={v.get('comm')}[{v.get('pid')}] anon-rss={v.get('anon_rss_kb')}kB"
     elif kind == "update":
         res = {k: v for k, v in (ev.get("resources") or {}).items() if v is not None}
         detail = " ".join(f"{k}={v}" for k, v in sorted(res.items()))

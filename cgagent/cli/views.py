@@ -8,7 +8,7 @@ from typing import Any
 
 from cgagent.host import Host
 from cgagent.limits import Resources
-from cgagent.runtime import live_status, manager, oom_kills
+from cgagent.runtime import live_status, manager, oom_kills, oom_victim
 from cgagent.state import Record, Store
 from cgagent.units import format_bytes
 
@@ -45,7 +45,7 @@ def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created)),
             "command": " ".join(rec.cmd), "cgroup": rec.cgroup, "driver": rec.driver,
             "image": (rec.isolation or {}).get("image_ref") or (rec.isolation or {}).get("rootfs"),
-            "restarts": rec.restarts,
+            "restarts": rec.restarts, "oom_victim": oom_victim(store, rec),
         })
     return rows
 

@@ -1,0 +1,82 @@
+"""Who the OOM killer killed, from the kernel log (/dev/kmsg), as cAdvisor learns it: an
+"oom-kill:constraint=...,task_memcg=CGROUP,task=COMM,pid=PID,uid=UID" record names the victim's
+cgroup, then "Memory cgroup out of memory: Killed process PID (COMM) total-vm:NkB, anon-rss:NkB,
+file-rss:NkB, shmem-rss:NkB, ..." its memory at the kill. The first is rate-limited by the kernel (10
+per 5 s), the log is a ring that can wrap and needs root to read: the victims are details added to
+an OOM event when the kernel reported them, never the count (that is the cgroup's counter)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import select
+import time
+from typing import Any
+
+_KILLED = re.compile(r"Killed process (\d+) \(([^)]*)\) total-vm:(\d+)kB, anon-rss:(\d+)kB, file-rss:(\d+)kB, "
+                     r"shmem-rss:(\d+)kB")
+MAX_PENDING = 256
+
+
+class OomLog:
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.lseek(self.fd, 0, os.SEEK_END)   # kills from now on: older ones are not ours to explain
+        except OSError:
+            self.fd = -1   # not readable here (no root, a container's /dev): events carry no victims
+        self._memcg: dict[str, tuple[str, str]] = {}   # pid -> (task_memcg, comm), awaiting its Killed line
+        self._victims: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=MAX_PENDING)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                rec = os.read(self.fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                return
+            except BrokenPipeError:   # the ring wrapped past us: go on with what is there
+                continue
+            except OSError:
+                self.close()
+                return
+            text = rec.partition(";")[2].split("\n", 1)[0]
+            if text.startswith("oom-kill:"):
+                f = dict(kv.split("=", 1) for kv in text[len("oom-kill:"):].split(",") if "=" in kv)
+                if "pid" in f and len(self._memcg) < MAX_PENDING:
+                    self._memcg[f["pid"]] = (f.get("task_memcg", ""), f.get("task", ""))
+            else:
+                m = _KILLED.search(text)
+                if m and m.group(1) in self._memcg:
+                    memcg, _comm = self._memcg.pop(m.group(1))
+                    self._victims.append((memcg, {
+                        "pid": int(m.group(1)), "comm": m.group(2), "total_vm_kb": int(m.group(3)),
+                        "anon_rss_kb": int(m.group(4)), "file_rss_kb": int(m.group(5)),
+                        "shmem_rss_kb": int(m.group(6))}))
+
+    def victims(self, cgroup: str, wait: float = 0.05) -> list[dict[str, Any]]:
+        """The victims reported for `cgroup` (its path as the workload's record has it: a suffix of the
+        kernel's, which is rooted at the init cgroup namespace) since the last call. The kernel counts
+        a kill just before it prints its "Killed process" line: wait up to `wait` s for that line."""
+        if self.fd < 0 or not cgroup:
+            return []
+        deadline = time.monotonic() + wait
+        while True:
+            self._drain()
+            if self.fd < 0:
+                return []
+            waiting = any(memcg.endswith(cgroup) for memcg, _c in self._memcg.values())
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                break
+            select.select([self.fd], [], [], left)
+        mine = [v for memcg, v in self._victims if memcg.endswith(cgroup)]
+        if mine:
+            self._victims = collections.deque(((m, v) for m, v in self._victims if not m.endswith(cgroup)),
+                                              maxlen=MAX_PENDING)
+        return mine
