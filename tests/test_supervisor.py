@@ -150,3 +150,12 @@ def test_oom_event_names_the_victim_the_kernel_reported(box: Box) -> None:
     assert row["oom_victim"].startswith(f"python3 (pid {v['pid']},"), row
     assert "victim=python3" in ok(box.run("events", "hog"))
     ok(box.run("rm", "hog"))
+
+
+def test_stop_says_when_it_had_to_kill(box: Box) -> None:
+    ok(box.run("run", "-d", "--name", "deaf", "--", "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"))
+    r = box.run("stop", "-t", "1", "deaf")
+    assert r.returncode == 0 and r.stderr.strip().splitlines() == [
+        "cgagent: deaf did not exit within 1s of SIGTERM; killed it (SIGKILL)"], r.stderr
+    assert [e["exit_code"] for e in evs(box, "deaf", "exit")] == [137]
+    ok(box.run("rm", "deaf"))
