@@ -100,7 +100,7 @@ def test_restarts_keep_limits_updated_live(box: Box) -> None:
     ok(box.run("update", "upr", "--cpus", "0.5", "--memory", "128M"))
     for i in range(3):
         start = record(box, "upr")["restarts"]
-        wait_for(lambda s=start: record(box, "upr")["restarts"] > s, timeout=30)   # type: ignore[misc]
+        wait_for(lambda s=start: record(box, "upr")["restarts"] > s, timeout=30)
         rec = record(box, "upr")
         with open(f"{rec['dirs']['memory']}/memory.limit_in_bytes") as f:
             assert int(f.read()) == 128 << 20, i
@@ -147,7 +147,7 @@ def test_oom_event_names_the_victim_the_kernel_reported(box: Box) -> None:
     [v] = ev["victims"]
     assert v["comm"] == "python3" and v["pid"] == reported[0]["pid"] and v["anon_rss_kb"] > 0, v
     [row] = ps_json(box)
-    assert row["oom_victim"].startswith(f"python3 (pid {v['pid']},"), row
+    assert str(row["oom_victim"]).startswith(f"python3 (pid {v['pid']},"), row
     assert "victim=python3" in ok(box.run("events", "hog"))
     ok(box.run("rm", "hog"))
 

@@ -413,7 +413,7 @@ def test_restarts_keep_limits_updated_live_also_in_a_remade_scope(sdns: SystemdN
         if i == 1:
             # without its keeper the scope goes with the workload: the next one is made anew, from the record
             assert sdns.run(["kill", "-KILL", str(first_keeper)]).returncode == 0
-        _wait(f"restart {i + 1}", lambda s=start: cli.record("upr")["restarts"] > s      # type: ignore[misc]
+        _wait(f"restart {i + 1}", lambda s=start: cli.record("upr")["restarts"] > s
               and cli.record("upr")["status"] == "running" and _alive(sdns, cli.record("upr")["pid"]))
         _wait(f"limits after restart {i + 1}", lambda: views() == want)
     assert cli.record("upr")["keeper_pid"] != first_keeper   # the scope was made anew once
