@@ -222,15 +222,14 @@ def deep_layer(path: str, depth: int) -> tuple[str, str, int]:
             self.gz.write(b)
             return len(b)
 
-    with open(path, "wb") as out:
-        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0) as gz:
-            with tarfile.open(fileobj=Tee(gz), mode="w|", format=tarfile.PAX_FORMAT) as tf:
-                name = ""
-                for _ in range(depth):
-                    name += "d/"
-                    ti = tarfile.TarInfo(name)
-                    ti.type, ti.mode = tarfile.DIRTYPE, 0o755
-                    tf.addfile(ti)
+    with (open(path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0) as gz,
+          tarfile.open(fileobj=Tee(gz), mode="w|", format=tarfile.PAX_FORMAT) as tf):
+        name = ""
+        for _ in range(depth):
+            name += "d/"
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(ti)
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     return "sha256:" + digest, "sha256:" + raw.hexdigest(), os.path.getsize(path)

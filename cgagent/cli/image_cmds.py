@@ -36,7 +36,8 @@ def import_(
 
     Example: cgagent image import ./busybox-oci --name busybox --max-size 2G
     """
-    from cgagent.images.importer import import_path, max_size as resolve
+    from cgagent.images.importer import import_path
+    from cgagent.images.importer import max_size as resolve
     from cgagent.images.store import ImageStore
 
     img = import_path(ImageStore(root), path, name, resolve(max_size) if max_size is not None else None)

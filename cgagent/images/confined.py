@@ -90,7 +90,8 @@ class Tree:
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
         except OSError as e:
-            raise CgagentError(f"cannot open {label}: {e.strerror}", "give an OCI layout directory or an archive") from None
+            raise CgagentError(f"cannot open {label}: {e.strerror}",
+                               "give an OCI layout directory or an archive") from None
 
     def close(self) -> None:
         os.close(self.fd)

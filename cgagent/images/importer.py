@@ -32,8 +32,7 @@ from cgagent.errors import CgagentError
 from cgagent.images import oci
 from cgagent.images.confined import Tree, disk_usage, remove_tree
 from cgagent.images.store import Image, ImageStore, digest_hex, normalize_ref
-from cgagent.images.unpack import (DEFAULT_MAX_SIZE, MAX_SIZE_ENV, Budget, HashingReader, members, open_layer,
-                                   unpack)
+from cgagent.images.unpack import DEFAULT_MAX_SIZE, MAX_SIZE_ENV, Budget, HashingReader, members, open_layer, unpack
 
 PROGRESS_MIN_BYTES = 16 << 20
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -134,7 +133,7 @@ class _Import:
         """Stream the blob through its hashes, unpacking into dest/diff when dest is given."""
         magic = _magic(f)
         with _progress(label, total) as tick:
-            comp = HashingReader(f, tick)  # type: ignore[arg-type]
+            comp = HashingReader(f, tick)
             unc = HashingReader(open_layer(comp, magic), self.budget.stream)  # type: ignore[arg-type]
             try:
                 if dest is not None:
@@ -217,7 +216,7 @@ class _Import:
         under its own budget; returns the dir."""
         dest = self._dir("archive")
         budget = Budget(self.budget.max_bytes)
-        stream = HashingReader(open_layer(f, _magic(f)), budget.stream)  # type: ignore[arg-type]
+        stream = HashingReader(open_layer(f, _magic(f)), budget.stream)
         try:
             unpack(stream, dest, budget, whiteouts=False)  # type: ignore[arg-type]
         except (OSError, EOFError, zlib.error) as e:

@@ -146,10 +146,10 @@ class _HeaderLimit:
 
 class _BoundedTarInfo(tarfile.TarInfo):
     @classmethod
-    def fromtarfile(cls, tf: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tf: tarfile.TarFile) -> _BoundedTarInfo:
         lim = tf.fileobj
         if not isinstance(lim, _HeaderLimit):
-            lim = tf.fileobj = _HeaderLimit(tf.fileobj)  # type: ignore[assignment]
+            lim = tf.fileobj = _HeaderLimit(tf.fileobj)
             try:
                 return super().fromtarfile(tf)
             finally:
@@ -178,7 +178,7 @@ def members(tf: tarfile.TarFile, budget: Budget) -> Any:
             m = tf.next()
         except tarfile.TarError as e:
             raise CgagentError(f"layer is not a valid tar archive: {e}", "check the image") from None
-        tf.members.clear()
+        tf.members.clear()  # type: ignore[attr-defined]
         if m is None:
             return
         budget.entry()

@@ -304,8 +304,8 @@ CORPUS: dict[str, tuple[Callable[[Path, Canary], list[str]], str]] = {
     "docker-config-dev-zero": (_docker(config=lambda c: "/dev/zero"), "absolute path"),
     "docker-config-dotdot-dev-zero": (_docker(config=lambda c: UP + "dev/zero"), "contains '..'"),
     "docker-layer-dev-zero": (_docker(layers=lambda c: ["/dev/zero"]), "absolute path"),
-    "docker-config-symlink-member": (_docker(config=lambda c: "cfg.json", links=lambda c: [("cfg.json", str(c.config))]),
-                                     "symlink"),
+    "docker-config-symlink-member": (_docker(config=lambda c: "cfg.json",
+                                             links=lambda c: [("cfg.json", str(c.config))]), "symlink"),
     "docker-layer-symlink-member": (_docker(layers=lambda c: ["evil.tar"], links=lambda c: [("evil.tar", str(c.tar))]),
                                     "symlink"),
     "docker-layer-symlink-dev-zero": (_docker(layers=lambda c: ["z.tar"], links=lambda c: [("z.tar", "/dev/zero")]),
@@ -389,3 +389,31 @@ def test_max_size_from_the_environment(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "cgagent", "image", "import", str(tmp_path / "root.tar"),
                         "--max-size", "unlimited"], env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
+
+
+def test_sigterm_during_import_leaves_nothing(tmp_path: Path) -> None:
+    """The test holds the store lock, so the import stages its layers and then waits to publish;
+    SIGTERM there must end it in one line with its staging dir gone."""
+    import signal
+    import time
+
+    from cgagent.images.store import ImageStore
+
+    images.busybox_layout(str(tmp_path / "oci"))
+    store = ImageStore(str(tmp_path / "store"))
+    env = dict(os.environ, CGAGENT_ROOT=store.root, TMPDIR=str(tmp_path))
+    with store.lock():
+        p = subprocess.Popen([sys.executable, "-m", "cgagent", "image", "import", str(tmp_path / "oci")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + TIMEOUT
+        # no event says "blocked in flock": wait for the kernel's list of lock waiters to name it
+        while not any(line.split()[1:2] == ["->"] and f" {p.pid} " in line
+                      for line in Path("/proc/locks").read_text().splitlines()):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.01)
+        assert len(os.listdir(store.tmp)) == 1   # its staging dir, holding both layers
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=TIMEOUT)
+    assert p.returncode == 2 and err.strip().splitlines() == [
+        "cgagent: error: interrupted by signal SIGTERM: nothing was imported"], err
+    assert store_files(tmp_path / "store") == set()
