@@ -301,3 +301,19 @@ def docker_archive_with(root: str, config: str | None = None, layers: list[str] 
         os.symlink(target, p)
     tar_dir(root, root + ".tar")
     return root + ".tar"
+
+
+def dir_then_symlink(target: str) -> bytes:
+    """A directory `x` (mode 0777), then `x` again as a symlink to `target`: metadata applied to the
+    directory after the fact would go through the link (chmod and utime follow symlinks)."""
+    return TarBuilder().dir("x", 0o777).file("x/f", b"in x\n").symlink("x", target).bytes()
+
+
+def many_dirs_layer(path: str, n: int) -> None:
+    """A gzipped layer of `n` sibling directories: what the unpacker remembers per directory."""
+    with (open(path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0) as gz,
+          tarfile.open(fileobj=gz, mode="w|", format=tarfile.GNU_FORMAT) as tf):
+        for i in range(n):
+            ti = tarfile.TarInfo(f"{i:07d}-a-directory-with-a-longish-name/")
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+            tf.addfile(ti)

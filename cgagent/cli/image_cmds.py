@@ -31,8 +31,7 @@ def import_(
 ) -> None:
     """Import an image; digests are always verified and each layer is unpacked once.
 
-    Only regular files inside the layout or archive are read (no symlinks, no paths outside), and a
-    refused import leaves nothing in the store.
+    Only regular files inside the layout or archive are read; a refused import leaves nothing behind.
 
     Example: cgagent image import ./busybox-oci --name busybox --max-size 2G
     """

@@ -15,6 +15,7 @@ exhausts memory, disk or the recursion limit.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import gzip
 import hashlib
@@ -37,6 +38,8 @@ _XATTRS_KEPT = ("user.", "security.capability")
 PATH_MAX = 4096
 MAX_ENTRIES = 1_000_000          # files, dirs and implied parent dirs in one import
 MAX_HEADER = 1 << 20             # pax headers, GNU long names and sparse maps of one member
+MAX_MTIME = 1 << 33                # year 2242
+MAX_KNOWN = 1 << 16              # directories remembered as checked (a cache)
 MAX_HEADER_NESTING = 8           # pax header before pax header before ...
 DEFAULT_MAX_SIZE = 10 << 30
 MAX_SIZE_ENV = "CGAGENT_IMAGE_MAX_SIZE"
@@ -194,12 +197,13 @@ def unpack(stream: IO[bytes], dest: str, budget: Budget | None = None, whiteouts
     with open_tar(stream) as tf:
         for m in members(tf, u.budget):
             u.member(tf, m)
-    for path, m in reversed(u.dirs):  # after the contents, or writing them would reset mtimes
-        _apply_meta(path, m, False)
+    u.set_dir_mtimes()
     return u.size
 
 
-def _apply_meta(path: str, m: tarfile.TarInfo, is_link: bool) -> None:
+def _apply_meta(path: str, m: tarfile.TarInfo, is_link: bool, mtime: bool = True) -> None:
+    """Owner, mode, kept xattrs and mtime of what was just made at `path` (never a symlink unless
+    is_link, where nothing follows it)."""
     os.lchown(path, m.uid, m.gid)
     if not is_link:
         os.chmod(path, stat.S_IMODE(m.mode))
@@ -209,6 +213,8 @@ def _apply_meta(path: str, m: tarfile.TarInfo, is_link: bool) -> None:
             if attr.startswith(_XATTRS_KEPT):
                 with contextlib.suppress(OSError):
                     os.setxattr(path, attr, val.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+    if not mtime:
+        return
     if not is_link:
         os.utime(path, (m.mtime, m.mtime))
     else:
@@ -229,7 +235,10 @@ class _Unpacker:
         self.budget = budget
         self.whiteouts = whiteouts
         self.size = 0
-        self.dirs: list[tuple[str, tarfile.TarInfo]] = []
+        # Directory mtimes are set last (writing their content would change them), kept compactly
+        # (a layer may hold a million directories): relative paths NUL-separated, mtimes in an array.
+        self.dir_names = bytearray()
+        self.dir_mtimes = array.array("q")
         # Real directories (no symlinks on the way) made or checked by this unpack. Nothing else
         # writes the private staging dir, and any removal of a directory empties the set, so a
         # member whose parent is in it needs no walk (a deep tree would cost depth^2 lstats).
@@ -254,14 +263,32 @@ class _Unpacker:
                     raise refuse("hard link to a file not in the layer", member) from None
                 self.budget.entry()
                 os.mkdir(cur, 0o755)
-                self.known.add(cur)
+                self._know(cur)
                 continue
             if stat.S_ISLNK(st.st_mode):
                 raise refuse("write through a symlink", member)
             if not stat.S_ISDIR(st.st_mode):
                 raise refuse("a path component is not a directory", member)
-            self.known.add(cur)
+            self._know(cur)
         return path
+
+    def _know(self, path: str) -> None:
+        if len(self.known) >= MAX_KNOWN:   # a cache: bounded, refilled by walks
+            self._forget()
+        self.known.add(path)
+
+    def _forget(self) -> None:
+        self.known = {self.dest}
+
+    def set_dir_mtimes(self) -> None:
+        """Never through a symlink: a later member may have replaced a directory with one."""
+        dest, end = os.fsencode(self.dest), len(self.dir_names) - 1
+        for i in range(len(self.dir_mtimes) - 1, -1, -1):   # deepest (latest) first, one name at a time
+            start = self.dir_names.rfind(b"\0", 0, end) + 1
+            t = self.dir_mtimes[i]
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(dest + b"/" + bytes(self.dir_names[start:end]), (t, t), follow_symlinks=False)
+            end = start - 1
 
     def _clear(self, path: str, keep_dir: bool) -> None:
         """Remove what is at `path` (a later tar entry replaces an earlier one), never following links."""
@@ -272,12 +299,15 @@ class _Unpacker:
         if stat.S_ISDIR(st.st_mode):
             if not keep_dir:
                 remove_tree(path)
-                self.known = {self.dest}
+                self._forget()
         else:
             os.unlink(path)
 
     def member(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         parts = clean_name(m.name)
+        if not (0 <= m.uid < 1 << 32 and 0 <= m.gid < 1 << 32):
+            raise refuse("owner out of range", m.name)
+        m.mtime = min(max(int(m.mtime), 0), MAX_MTIME)   # what utime() and the kernel can hold
         if not parts:
             return  # "./": the layer root itself
         base = parts[-1]
@@ -289,8 +319,10 @@ class _Unpacker:
             self._clear(path, keep_dir=True)
             if not os.path.isdir(path):
                 os.mkdir(path, 0o755)
-            self.known.add(path)
-            self.dirs.append((path, m))
+            self._know(path)
+            _apply_meta(path, m, False, mtime=False)
+            self.dir_names += os.fsencode("/".join(parts)) + b"\0"
+            self.dir_mtimes.append(int(m.mtime))
         elif m.issym():
             if not _symlink_ok(parts, m.linkname):
                 raise refuse("symlink pointing outside the layer", f"{m.name} -> {m.linkname}")

@@ -413,7 +413,20 @@ def test_sigterm_during_import_leaves_nothing(tmp_path: Path) -> None:
             time.sleep(0.01)
         assert len(os.listdir(store.tmp)) == 1   # its staging dir, holding both layers
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=TIMEOUT)
+        _out, err = p.communicate(timeout=TIMEOUT)
     assert p.returncode == 2 and err.strip().splitlines() == [
         "cgagent: error: interrupted by signal SIGTERM: nothing was imported"], err
     assert store_files(tmp_path / "store") == set()
+
+
+def test_directory_replaced_by_a_symlink_changes_nothing_outside(tmp_path: Path, canary: Canary) -> None:
+    """Directory metadata used to be applied after the whole layer: when a later member had turned
+    the directory into a symlink, chmod(0777) and utime went through it to the host file."""
+    os.chmod(canary.config, 0o600)
+    before = canary.state(), stat.S_IMODE(canary.config.stat().st_mode)
+    images.write_layout(str(tmp_path / "oci"), [images.dir_then_symlink(str(canary.config))], ref="x:1")
+    r = run_cgagent(tmp_path, "image", "import", str(tmp_path / "oci"))
+    assert r.rc == 0, r.stderr
+    assert (canary.state(), stat.S_IMODE(canary.config.stat().st_mode)) == before
+    [img] = [d for d in os.listdir(tmp_path / "store" / "layers") if d != "l"]
+    assert os.readlink(tmp_path / "store" / "layers" / img / "diff" / "x") == str(canary.config)
