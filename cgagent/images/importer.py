@@ -32,7 +32,16 @@ from cgagent.errors import CgagentError
 from cgagent.images import oci
 from cgagent.images.confined import Tree, disk_usage, remove_tree
 from cgagent.images.store import Image, ImageStore, digest_hex, normalize_ref
-from cgagent.images.unpack import DEFAULT_MAX_SIZE, MAX_SIZE_ENV, Budget, HashingReader, members, open_layer, unpack
+from cgagent.images.unpack import (
+    DEFAULT_MAX_SIZE,
+    MAX_SIZE_ENV,
+    Budget,
+    HashingReader,
+    members,
+    open_layer,
+    open_tar,
+    unpack,
+)
 
 PROGRESS_MIN_BYTES = 16 << 20
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -262,11 +271,9 @@ def _archive_kind(f: BinaryIO, max_bytes: int) -> str | None:
     """"oci" for an OCI layout in a tar (what `docker save` writes since Docker 25), "docker" for the
     older `docker save` format (manifest.json + layer tars), None for a plain rootfs tarball (or
     something that is no tar at all: the layer import reports what is wrong with it)."""
-    from cgagent.images.unpack import _BoundedTarInfo
-
     names: set[str] = set()
     try:
-        with tarfile.open(fileobj=f, mode="r|*", tarinfo=_BoundedTarInfo) as tf:
+        with open_tar(f, "r|*") as tf:
             for m in members(tf, Budget(max_bytes)):
                 names.add(m.name.removeprefix("./").split("/")[0])
                 if {"bin", "etc", "usr"} & names:

@@ -25,7 +25,7 @@ import stat
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from cgagent.errors import CgagentError
 from cgagent.images.confined import remove_tree
@@ -167,9 +167,10 @@ class _BoundedTarInfo(tarfile.TarInfo):
             lim.depth -= 1
 
 
-def open_tar(stream: IO[bytes]) -> tarfile.TarFile:
+def open_tar(stream: IO[bytes], mode: Literal["r|", "r|*"] = "r|") -> tarfile.TarFile:
+    """A streaming reader whose headers are bounded (see _HeaderLimit); "r|*" detects compression."""
     try:
-        return tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo)
+        return tarfile.open(fileobj=stream, mode=mode, tarinfo=_BoundedTarInfo)
     except tarfile.TarError as e:
         raise CgagentError(f"layer is not a tar archive: {e}", "check the image") from None
 
