@@ -269,6 +269,16 @@ def _oci_tar_symlink(tmp: Path, c: Canary) -> list[str]:
     return [str(tmp / "oci.tar")]
 
 
+def _giant_pax_header(tmp: Path, c: Canary) -> list[str]:
+    """A pax header declaring 2 GiB: tarfile would read (and hold) all of it before the member."""
+    import tarfile
+
+    ti = tarfile.TarInfo("././@PaxHeader")
+    ti.type, ti.size = tarfile.XHDTYPE, 2 << 30
+    (tmp / "pax.tar").write_bytes(ti.tobuf(tarfile.USTAR_FORMAT) + bytes(4096))
+    return [str(tmp / "pax.tar")]
+
+
 UP = "../" * 40
 
 CORPUS: dict[str, tuple[Callable[[Path, Canary], list[str]], str]] = {
@@ -287,6 +297,7 @@ CORPUS: dict[str, tuple[Callable[[Path, Canary], list[str]], str]] = {
     "index-5MiB": (_big_index, "larger than 4 MiB"),
     "index-nested-1M-deep": (_nested_index, "nests too deeply"),
     "tree-10000-deep": (_deep_tree, "path longer than"),
+    "pax-header-2GiB": (_giant_pax_header, "tar header of the image is larger than 1 MiB"),
     "whiteout-dotdot-at-top": (_whiteout("dotdot-top"), "whiteout of"),
     "whiteout-dotdot-in-dir": (_whiteout("dotdot-sub"), "whiteout of"),
     "whiteout-dot": (_whiteout("dot"), "whiteout of"),
@@ -430,3 +441,26 @@ def test_directory_replaced_by_a_symlink_changes_nothing_outside(tmp_path: Path,
     assert (canary.state(), stat.S_IMODE(canary.config.stat().st_mode)) == before
     [img] = [d for d in os.listdir(tmp_path / "store" / "layers") if d != "l"]
     assert os.readlink(tmp_path / "store" / "layers" / img / "diff" / "x") == str(canary.config)
+
+
+def test_without_openat2_the_walk_refuses_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where openat2 is missing (old kernels, seccomp), a component-by-component O_NOFOLLOW walk."""
+    from cgagent.errors import CgagentError
+    from cgagent.images import confined
+
+    monkeypatch.setattr(confined, "_openat2_ok", False)
+    (tmp_path / "t" / "blobs").mkdir(parents=True)
+    (tmp_path / "t" / "blobs" / "ok").write_bytes(b"{}")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x").write_bytes(MARKER)
+    os.symlink(tmp_path / "outside" / "x", tmp_path / "t" / "blobs" / "file-link")
+    os.symlink(tmp_path / "outside", tmp_path / "t" / "dir-link")
+    os.symlink("/dev/zero", tmp_path / "t" / "zero")
+    with confined.Tree(str(tmp_path / "t"), "the layout") as t:
+        assert t.read("blobs/ok", "blob") == b"{}"
+        for name in ("blobs/file-link", "dir-link/x", "zero"):
+            with pytest.raises(CgagentError, match="symlink"):
+                t.read(name, "blob")
+        with pytest.raises(CgagentError, match="not a regular file"):
+            t.read("blobs", "blob")
+    assert not confined._openat2_ok
