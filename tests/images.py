@@ -191,3 +191,129 @@ def docker_archive(root: str, tag: str = "dock:1", layers: list[bytes] | None = 
     with open(f"{root}/manifest.json", "w") as f:
         json.dump([{"Config": f"{cid}.json", "RepoTags": [tag], "Layers": layer_paths or paths}], f)
     return "sha256:" + cid
+
+
+# --- the hostile-image corpus (tests/security/test_image_import.py): images that try to read host
+# files, exhaust memory, disk or the recursion limit, or turn whiteouts against the store
+
+def blob_file(layout: str, digest: str) -> str:
+    return os.path.join(layout, "blobs", "sha256", digest.partition(":")[2])
+
+
+def replace_with_symlink(path: str, target: str) -> None:
+    os.unlink(path)
+    os.symlink(target, path)
+
+
+def deep_layer(path: str, depth: int) -> tuple[str, str, int]:
+    """A gzipped layer holding a directory tree `depth` levels deep ("d/d/d/..."), streamed to
+    `path` (the uncompressed tar of 10,000 levels is ~200 MB). Returns (digest, diff_id, size)."""
+    raw = hashlib.sha256()
+
+    class Tee(io.RawIOBase):
+        def __init__(self, gz: gzip.GzipFile) -> None:
+            self.gz = gz
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: bytes) -> int:  # type: ignore[override]
+            raw.update(b)
+            self.gz.write(b)
+            return len(b)
+
+    with (open(path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0) as gz,
+          tarfile.open(fileobj=Tee(gz), mode="w|", format=tarfile.PAX_FORMAT) as tf):
+        name = ""
+        for _ in range(depth):
+            name += "d/"
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(ti)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return "sha256:" + digest, "sha256:" + raw.hexdigest(), os.path.getsize(path)
+
+
+def layout_with_blob(layout: str, src: str, digest: str, diff_id: str, size: int) -> None:
+    """An OCI layout of one gzipped layer blob already written at `src` (moved into place)."""
+    write_layout(layout, [TarBuilder().bytes()], ref="deep:1")
+    idx = json.loads(open(os.path.join(layout, "index.json")).read())
+    man_path = blob_file(layout, idx["manifests"][0]["digest"])
+    man = json.loads(open(man_path).read())
+    cfg = json.loads(open(blob_file(layout, man["config"]["digest"])).read())
+    cfg["rootfs"]["diff_ids"] = [diff_id]
+    cdata = json.dumps(cfg).encode()
+    man["config"] = dict(man["config"], digest=_blob(layout, cdata), size=len(cdata))
+    man["layers"] = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}]
+    mdata = json.dumps(man).encode()
+    idx["manifests"][0].update(digest=_blob(layout, mdata), size=len(mdata))
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump(idx, f)
+    os.rename(src, blob_file(layout, digest))
+
+
+def sparse_tarball(path: str, size: int, fmt: str = "gnu") -> None:
+    """A tar (~10 KB) declaring one sparse file of `size` bytes, written by GNU tar."""
+    work = os.path.dirname(path)
+    victim = os.path.join(work, "giant")
+    with open(victim, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["tar", "--sparse", f"--format={fmt}", "-C", work, "-cf", path, "giant"], check=True)
+    os.unlink(victim)
+
+
+def whiteout_layer(kind: str) -> bytes:
+    t = TarBuilder().dir("sub").file("sub/keep", b"keep\n").file("plain", b"a file\n")
+    if kind == "dotdot-top":       # `.wh...` names `..`: the layer's parent in the store
+        t.file(".wh...", b"")
+    elif kind == "dotdot-sub":
+        t.file("sub/.wh...", b"")
+    elif kind == "dot":            # `.wh..` names the directory itself
+        t.file("sub/.wh..", b"")
+    elif kind == "empty":          # `.wh.` names nothing: the directory it is in
+        t.file(".wh.", b"")
+    elif kind == "opaque-through-symlink":
+        t.symlink("escape", "/").file("escape/.wh..wh..opq", b"")
+    elif kind == "opaque-under-file":
+        t.file("plain/.wh..wh..opq", b"")
+    elif kind == "whiteout-through-symlink":
+        t.symlink("escape", "/").file("escape/.wh.etc", b"")
+    return t.bytes()
+
+
+def docker_archive_with(root: str, config: str | None = None, layers: list[str] | None = None,
+                        members: list[tuple[str, str]] | None = None) -> str:
+    """A docker-save archive (tar) whose manifest.json names `config`/`layers` as given, plus
+    symlink `members` (name, target). Returns the tar path."""
+    docker_archive(root, layers=[layer1()])
+    man = json.loads(open(os.path.join(root, "manifest.json")).read())
+    if config is not None:
+        man[0]["Config"] = config
+    if layers is not None:
+        man[0]["Layers"] = layers
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(man, f)
+    for name, target in members or []:
+        p = os.path.join(root, name)
+        if os.path.lexists(p):
+            os.unlink(p)
+        os.symlink(target, p)
+    tar_dir(root, root + ".tar")
+    return root + ".tar"
+
+
+def dir_then_symlink(target: str) -> bytes:
+    """A directory `x` (mode 0777), then `x` again as a symlink to `target`: metadata applied to the
+    directory after the fact would go through the link (chmod and utime follow symlinks)."""
+    return TarBuilder().dir("x", 0o777).file("x/f", b"in x\n").symlink("x", target).bytes()
+
+
+def many_dirs_layer(path: str, n: int) -> None:
+    """A gzipped layer of `n` sibling directories: what the unpacker remembers per directory."""
+    with (open(path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0) as gz,
+          tarfile.open(fileobj=gz, mode="w|", format=tarfile.GNU_FORMAT) as tf):
+        for i in range(n):
+            ti = tarfile.TarInfo(f"{i:07d}-a-directory-with-a-longish-name/")
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+            tf.addfile(ti)

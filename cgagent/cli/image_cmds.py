@@ -23,16 +23,23 @@ StateDir = Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STA
 def import_(
     path: Annotated[str, typer.Argument(help="An OCI image layout directory, or a rootfs .tar/.tar.gz.")],
     name: Annotated[str | None, typer.Option("--name", help="Reference to give it, e.g. busybox:1.36.")] = None,
+    max_size: Annotated[str | None, typer.Option(
+        "--max-size", envvar="CGAGENT_IMAGE_MAX_SIZE",
+        help="Refuse an image whose layers unpack to more than this (file sizes as the tar headers "
+             "declare them, sparse files at full size). Default 10G; 'unlimited' lifts it.")] = None,
     root: Root = None,
 ) -> None:
-    """Import an image; digests are verified and each layer is unpacked once.
+    """Import an image; digests are always verified and each layer is unpacked once.
 
-    Example: cgagent image import ./busybox-oci --name busybox
+    Only regular files inside the layout or archive are read; a refused import leaves nothing behind.
+
+    Example: cgagent image import ./busybox-oci --name busybox --max-size 2G
     """
     from cgagent.images.importer import import_path
+    from cgagent.images.importer import max_size as resolve
     from cgagent.images.store import ImageStore
 
-    img = import_path(ImageStore(root), path, name)
+    img = import_path(ImageStore(root), path, name, resolve(max_size) if max_size is not None else None)
     print(f"{img.id} {' '.join(img.names)}".rstrip())
 
 

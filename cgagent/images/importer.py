@@ -1,7 +1,14 @@
-"""`cgagent image import`: an OCI layout directory or a rootfs tarball -> the image store.
+"""`cgagent image import`: an OCI layout directory, an archive of one, a `docker save` archive or a
+rootfs tarball -> the image store.
 
-Each layer is unpacked once into tmp/ inside the store, its digests checked while it streams, then
-published with a rename: a refused or interrupted import leaves no partial layer behind.
+An import works in one private staging dir under tmp/ of the store: an archive is unpacked there,
+then every layer is unpacked there, each blob hashed while it streams. Only when every digest and
+diff_id matched are the layers, blobs and the image record published, under the store lock: a
+refused, failed or interrupted import leaves nothing behind.
+
+A layer already in the store (same diff_id) is not unpacked again, but its blob is still read and
+hashed against the manifest's digest and the config's diff_id: the cache saves the writing, never
+the verification, so an image is never recorded for a blob that does not match its digests.
 """
 
 from __future__ import annotations
@@ -10,19 +17,45 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
+import signal
+import stat
 import sys
+import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import BinaryIO
 
 from cgagent.errors import CgagentError
 from cgagent.images import oci
-from cgagent.images.store import Image, ImageStore, normalize_ref
-from cgagent.images.unpack import HashingReader, open_layer, unpack
+from cgagent.images.confined import Tree, disk_usage, remove_tree
+from cgagent.images.store import Image, ImageStore, digest_hex, normalize_ref
+from cgagent.images.unpack import (
+    DEFAULT_MAX_SIZE,
+    MAX_SIZE_ENV,
+    Budget,
+    HashingReader,
+    members,
+    open_layer,
+    open_tar,
+    unpack,
+)
 
 PROGRESS_MIN_BYTES = 16 << 20
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STAGING_PREFIX = "import-"
+
+
+def max_size(value: str | None = None) -> int:
+    """--max-size, else $CGAGENT_IMAGE_MAX_SIZE, else 10 GiB; 'unlimited' lifts the cap."""
+    from cgagent.units import parse_bytes
+
+    raw = value if value is not None else os.environ.get(MAX_SIZE_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_SIZE
+    return parse_bytes(raw, "--max-size" if value is not None else MAX_SIZE_ENV)
 
 
 @contextlib.contextmanager
@@ -40,161 +73,255 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
         yield lambda n: bar.advance(task, n)
 
 
-def unpack_layer(store: ImageStore, path: str, digest: str | None, diff_id: str | None, label: str) -> str:
-    """Unpack the layer blob at `path`, verify it, publish it. Returns its diff_id."""
-    staged = tempfile.mkdtemp(prefix="layer-", dir=store.tmp)
+@contextlib.contextmanager
+def _cleanup_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGHUP end the import through the same cleanup as an error (the default action
+    would kill the process and leave the staging dir)."""
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise CgagentError(f"interrupted by signal {signal.Signals(signum).name}", "nothing was imported")
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            raise CgagentError(f"cannot read layer {path}: {e.strerror}", "check the image") from None
-        with f, _progress(label, os.fstat(f.fileno()).st_size) as tick:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _sweep_stale(store: ImageStore) -> None:
+    """Staging dirs of imports that were killed (SIGKILL, power loss): their owner pid is gone."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(store.tmp):
+            pid = name[len(STAGING_PREFIX):].partition("-")[0]
+            if name.startswith(STAGING_PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                with contextlib.suppress(OSError):
+                    remove_tree(os.path.join(store.tmp, name))
+
+
+class _Import:
+    """One import: layers staged in a private dir, published together by finish()."""
+
+    def __init__(self, store: ImageStore, budget: Budget) -> None:
+        self.store = store
+        self.budget = budget
+        self.staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=store.tmp)
+        self.staged: dict[str, str] = {}    # diff_id -> staged layer dir (holding diff/)
+        self.blobs: dict[str, bytes] = {}   # digest -> manifest or config, to publish
+        self.n = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            remove_tree(self.staging)
+
+    def _dir(self, name: str) -> str:
+        self.n += 1
+        path = os.path.join(self.staging, f"{self.n}-{name}")
+        os.mkdir(path, 0o700)
+        return path
+
+    # --- layers
+
+    def layer(self, f: BinaryIO, digest: str | None, size: int | None, diff_id: str | None, label: str) -> str:
+        """Verify one layer blob and unpack it unless its diff_id is already staged or stored.
+        Returns its diff_id."""
+        have = os.fstat(f.fileno()).st_size
+        if size is not None and have != size:
+            raise CgagentError(f"layer {digest} has size {have}, the manifest says {size}", "re-export the image")
+        cached = diff_id is not None and (diff_id in self.staged or self.store.has_layer(diff_id))
+        dest = None if cached else self._dir("layer")
+        got = self._consume(f, have, digest, diff_id, label, dest)
+        if dest is not None:
+            if got in self.staged or self.store.has_layer(got):   # a rootfs tarball equal to a stored layer
+                remove_tree(dest)
+            else:
+                self.staged[got] = dest
+        return got
+
+    def _consume(self, f: BinaryIO, total: int, digest: str | None, diff_id: str | None, label: str,
+                 dest: str | None) -> str:
+        """Stream the blob through its hashes, unpacking into dest/diff when dest is given."""
+        magic = _magic(f)
+        with _progress(label, total) as tick:
             comp = HashingReader(f, tick)
-            unc = HashingReader(open_layer(comp, f.peek(4)[:4]))  # type: ignore[arg-type]
-            diff = os.path.join(staged, "diff")
-            os.mkdir(diff, 0o755)
+            unc = HashingReader(open_layer(comp, magic), self.budget.stream)  # type: ignore[arg-type]
             try:
-                unpack(unc, diff)  # type: ignore[arg-type]
+                if dest is not None:
+                    os.mkdir(os.path.join(dest, "diff"), 0o755)
+                    unpack(unc, os.path.join(dest, "diff"), self.budget)  # type: ignore[arg-type]
                 unc.drain()
                 comp.drain()
-            except (OSError, EOFError) as e:   # a truncated or corrupt stream, or the disk refused
-                raise CgagentError(f"layer {digest or path} could not be unpacked: {e}", "check the image") from None
+            except (OSError, EOFError, zlib.error) as e:   # a truncated or corrupt stream, or the disk refused
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise CgagentError(f"layer {digest or label} could not be unpacked: {why}", "check the image") from None
         if digest is not None and comp.digest() != digest:
             raise CgagentError(f"layer blob {digest} is corrupt (its content hashes to {comp.digest()})",
                                "re-export the image")
         got = unc.digest()
         if diff_id is not None and got != diff_id:
-            raise CgagentError(f"layer {digest} does not match its diff_id {diff_id} (it is {got})",
+            raise CgagentError(f"layer {digest or label} does not match its diff_id {diff_id} (it is {got})",
                                "the image config is inconsistent; re-export the image")
-        with store.lock():
-            store.publish_layer(got, staged)
         return got
-    finally:
-        if os.path.isdir(staged):
-            shutil.rmtree(staged, ignore_errors=True)
 
+    # --- the three kinds of image
 
-def import_path(store: ImageStore, path: str, name: str | None = None) -> Image:
-    store.ensure()
-    ref = normalize_ref(name) if name else None
-    if oci.is_layout(path):
-        p = oci.parse_layout(path)
+    def oci(self, t: Tree, ref: str | None) -> Image:
+        p = oci.parse_layout(t)
         for i, layer in enumerate(p.layers):
-            if not store.has_layer(layer.diff_id):
-                unpack_layer(store, layer.path, layer.digest, layer.diff_id, f"layer {i + 1}/{len(p.layers)}")
+            with t.open(layer.path, "layer") as f:
+                self.layer(f, layer.digest, layer.size, layer.diff_id, f"layer {i + 1}/{len(p.layers)}")
+        self.blobs[p.manifest_digest] = p.manifest
+        self.blobs[p.config_digest] = p.config
         ref = ref or (normalize_ref(p.ref) if p.ref else None)
-        store.put_blob(p.manifest_digest, p.manifest)
-        store.put_blob(p.config_digest, p.config)
         img = Image(id=p.config_digest, layers=[x.diff_id for x in p.layers], config=p.run_config,
                     manifest=p.manifest_digest, created=time.time())
-    elif os.path.isfile(path) and (kind := _archive_kind(path)):
-        return _import_archive(store, path, kind, name)
-    elif os.path.isfile(path):
-        diff = unpack_layer(store, path, None, None, os.path.basename(path))
+        return self.finish(img, ref)
+
+    def docker(self, t: Tree, ref: str | None) -> Image:
+        """The pre-OCI `docker save` format: manifest.json -> Config (a JSON file) and Layers (tar files)."""
+        def bad(why: str) -> CgagentError:
+            return CgagentError(f"not a valid docker-save archive: {why}", "export it again with `docker save`")
+
+        entries = oci.parse_json(t.read("manifest.json", "manifest.json"), "manifest.json")
+        if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
+            raise bad("manifest.json lists no image")
+        entry = entries[0]
+        cdata = t.read(entry.get("Config"), "config")
+        config = oci.parse_json(cdata, "image config")
+        config = config if isinstance(config, dict) else {}
+        diff_ids = oci.dict_or_empty(config.get("rootfs")).get("diff_ids")
+        layers = entry.get("Layers")
+        if not isinstance(diff_ids, list) or not isinstance(layers, list):
+            raise bad("no rootfs.diff_ids in the config or no Layers in manifest.json")
+        if len(diff_ids) != len(layers):
+            raise CgagentError(f"the config lists {len(diff_ids)} diff_ids for {len(layers)} layers",
+                               "the archive is inconsistent; export it again")
+        for i, (lp, diff) in enumerate(zip(layers, diff_ids, strict=True)):
+            digest_hex(str(diff))
+            with t.open(lp, "layer") as f:
+                self.layer(f, None, None, str(diff), f"layer {i + 1}/{len(layers)}")
+        cid = "sha256:" + hashlib.sha256(cdata).hexdigest()
+        self.blobs[cid] = cdata
+        run = config.get("config")
+        tags = [x for x in entry.get("RepoTags") or [] if isinstance(x, str)]
+        ref = ref or (normalize_ref(tags[0]) if tags else None)
+        img = Image(id=cid, layers=[str(d) for d in diff_ids],
+                    config=oci.run_config(run if isinstance(run, dict) else {}), created=time.time())
+        return self.finish(img, ref)
+
+    def rootfs(self, f: BinaryIO, path: str, ref: str | None) -> Image:
+        diff = self.layer(f, None, None, None, os.path.basename(path))
         run = {"Env": [DEFAULT_PATH], "Cmd": ["/bin/sh"]}
         config = {"architecture": "amd64", "os": "linux", "config": run,
                   "rootfs": {"type": "layers", "diff_ids": [diff]}}
         data = json.dumps(config, sort_keys=True).encode()
         cid = "sha256:" + hashlib.sha256(data).hexdigest()
-        store.put_blob(cid, data)
+        self.blobs[cid] = data
         base = os.path.basename(path).split(".")[0]
         ref = ref or (normalize_ref(base) if base else None)
-        img = Image(id=cid, layers=[diff], config=dict(run), created=time.time())
-    else:
-        raise CgagentError(f"{path} is neither an OCI image layout directory nor a tarball",
-                           "give a directory with index.json, or a .tar/.tar.gz of a root filesystem")
-    return _save(store, img, ref)
+        return self.finish(Image(id=cid, layers=[diff], config=dict(run), created=time.time()), ref)
+
+    def archive(self, f: BinaryIO) -> str:
+        """Unpack an archive of an image (its files are plain files: `.wh.` names mean nothing here)
+        under its own budget; returns the dir."""
+        dest = self._dir("archive")
+        budget = Budget(self.budget.max_bytes)
+        stream = HashingReader(open_layer(f, _magic(f)), budget.stream)
+        try:
+            unpack(stream, dest, budget, whiteouts=False)  # type: ignore[arg-type]
+        except (OSError, EOFError, zlib.error) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise CgagentError(f"the archive could not be unpacked: {why}", "check the archive") from None
+        return dest
+
+    # --- publishing
+
+    def finish(self, img: Image, ref: str | None) -> Image:
+        """Publish the staged layers and blobs and record the image, moving `ref` to it."""
+        with self.store.lock():
+            for d in img.layers:
+                if d not in self.staged and not self.store.has_layer(d):
+                    raise CgagentError(f"layer {d} was removed from the store during the import", "import again")
+            for d, staged in self.staged.items():
+                self.store.publish_layer(d, staged)
+            for digest, data in self.blobs.items():
+                self.store.put_blob(digest, data)
+            img.size = sum(disk_usage(self.store.layer_dir(d)) for d in img.layers)
+            old = {i.id: i for i in self.store.all()}
+            if img.id in old:
+                img.names = old[img.id].names
+                img.created = old[img.id].created
+            if ref:
+                for other in old.values():
+                    if other.id != img.id and ref in other.names:
+                        other.names.remove(ref)
+                        self.store.save(other)
+                if ref not in img.names:
+                    img.names.append(ref)
+            self.store.save(img)
+        return img
 
 
-def _save(store: ImageStore, img: Image, ref: str | None) -> Image:
-    """Record the image, moving `ref` to it from any other image that had it."""
-    img.size = sum(_du(store.layer_dir(d)) for d in img.layers)
-    with store.lock():
-        old = {i.id: i for i in store.all()}
-        if img.id in old:
-            img.names = old[img.id].names
-            img.created = old[img.id].created
-        if ref:
-            for other in old.values():
-                if other.id != img.id and ref in other.names:
-                    other.names.remove(ref)
-                    store.save(other)
-            if ref not in img.names:
-                img.names.append(ref)
-        store.save(img)
-    return img
+def _magic(f: BinaryIO) -> bytes:
+    magic = f.read(4)
+    f.seek(0)
+    return magic
 
 
-def _archive_kind(path: str) -> str | None:
+def _archive_kind(f: BinaryIO, max_bytes: int) -> str | None:
     """"oci" for an OCI layout in a tar (what `docker save` writes since Docker 25), "docker" for the
-    older `docker save` format (manifest.json + layer tars), None for a plain rootfs tarball."""
-    import tarfile
-
-    names = set()
+    older `docker save` format (manifest.json + layer tars), None for a plain rootfs tarball (or
+    something that is no tar at all: the layer import reports what is wrong with it)."""
+    names: set[str] = set()
     try:
-        with tarfile.open(path, "r:*") as tf:
-            for m in tf:
-                names.add(m.name.removeprefix("./").rstrip("/"))
-    except (tarfile.TarError, OSError, EOFError):
-        return None   # unpack_layer reports what is wrong with it
+        with open_tar(f, "r|*") as tf:
+            for m in members(tf, Budget(max_bytes)):
+                names.add(m.name.removeprefix("./").split("/")[0])
+                if {"bin", "etc", "usr"} & names:
+                    return None   # a root filesystem: no need to read on
+    except (tarfile.TarError, CgagentError, OSError, EOFError, zlib.error):
+        return None
+    finally:
+        f.seek(0)
     if {"oci-layout", "index.json"} <= names:
         return "oci"
-    if "manifest.json" in names and not {"bin", "etc", "usr"} & names:
+    if "manifest.json" in names:
         return "docker"
     return None
 
 
-def _import_archive(store: ImageStore, path: str, kind: str, name: str | None) -> Image:
-    """Unpack the archive (with the same checks as a layer) into tmp/ of the store, import from there."""
-    import tempfile
+def _neither(path: str) -> CgagentError:
+    return CgagentError(f"{path} is neither an OCI image layout directory nor a tarball",
+                        "give a directory with index.json, or a .tar/.tar.gz of a root filesystem")
 
-    staged = tempfile.mkdtemp(prefix="archive-", dir=store.tmp)
+
+def import_path(store: ImageStore, path: str, name: str | None = None, max_bytes: int | None = None) -> Image:
+    ref = normalize_ref(name) if name else None
+    budget = Budget(max_size() if max_bytes is None else max_bytes)
     try:
-        with open(path, "rb") as f:
-            unpack(open_layer(f, f.peek(4)[:4]), staged)
-        if kind == "oci":
-            return import_path(store, staged, name)
-        return _import_docker(store, staged, name)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-
-
-def _import_docker(store: ImageStore, root: str, name: str | None) -> Image:
-    """The pre-OCI `docker save` format: manifest.json -> Config (a JSON file) and Layers (tar files)."""
-    try:
-        with open(os.path.join(root, "manifest.json")) as f:
-            entries = json.load(f)
-        entry = entries[0]
-        cfg_path = os.path.join(root, entry["Config"])
-        with open(cfg_path, "rb") as f:
-            cdata = f.read()
-        config = json.loads(cdata)
-        diff_ids = list(config["rootfs"]["diff_ids"])
-        layers = [os.path.join(root, p) for p in entry["Layers"]]
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise CgagentError(f"not a valid docker-save archive: {e}", "export it again with `docker save`") from None
-    if len(diff_ids) != len(layers):
-        raise CgagentError(f"the config lists {len(diff_ids)} diff_ids for {len(layers)} layers",
-                           "the archive is inconsistent; export it again")
-    for i, (lp, diff) in enumerate(zip(layers, diff_ids, strict=True)):
-        if not os.path.realpath(lp).startswith(os.path.realpath(root) + "/"):
-            raise CgagentError(f"layer path {entry['Layers'][i]!r} leaves the archive", "the archive was refused")
-        if not store.has_layer(diff):
-            unpack_layer(store, lp, None, diff, f"layer {i + 1}/{len(layers)}")
-    cid = "sha256:" + hashlib.sha256(cdata).hexdigest()
-    store.put_blob(cid, cdata)
-    run = config.get("config") or {}
-    tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
-    ref = normalize_ref(name) if name else (normalize_ref(tags[0]) if tags else None)
-    img = Image(id=cid, layers=diff_ids, config={k: run[k] for k in oci.RUN_KEYS if run.get(k) is not None},
-                created=time.time())
-    return _save(store, img, ref)
-
-
-def _du(path: str) -> int:
-    total = 0
-    for d, _dirs, files in os.walk(path):
-        for fn in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(d, fn)).st_blocks * 512
-    return total
+        st = os.stat(path)
+    except OSError as e:
+        raise CgagentError(f"cannot import {path}: {e.strerror}", "give an image directory or archive") from None
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise _neither(path)   # a device such as /dev/zero, a FIFO, a socket
+    store.ensure()
+    _sweep_stale(store)
+    with _cleanup_on_signals():
+        imp = _Import(store, budget)
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                with Tree(path, f"the layout {path}") as t:
+                    if not t.exists("index.json"):
+                        raise _neither(path)
+                    return imp.oci(t, ref)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise _neither(path)
+                kind = _archive_kind(f, budget.max_bytes)
+                if kind is None:
+                    return imp.rootfs(f, path, ref)
+                unpacked = imp.archive(f)
+            with Tree(unpacked, f"the archive {os.path.basename(path)}") as t:
+                return imp.oci(t, ref) if kind == "oci" else imp.docker(t, ref)
+        finally:
+            imp.close()

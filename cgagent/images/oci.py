@@ -1,14 +1,16 @@
-"""Reading an OCI image layout directory: index.json -> manifest -> config + layers, digests checked."""
+"""Reading an OCI image layout directory: index.json -> manifest -> config + layers, digests checked.
+
+Every file is read through a confined Tree: only regular files inside the layout, documents capped."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from cgagent.errors import CgagentError
+from cgagent.images.confined import MAX_DOC, Tree
 from cgagent.images.store import digest_hex
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
@@ -17,11 +19,12 @@ MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json")
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 RUN_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User")
+MAX_INDEX_DEPTH = 8
 
 
 @dataclass
 class Layer:
-    path: str          # the blob file
+    path: str          # the blob file, relative to the layout
     digest: str        # of the blob as stored (maybe compressed)
     size: int
     diff_id: str       # of the uncompressed tar
@@ -39,92 +42,106 @@ class Parsed:
     ref: str | None
 
 
-def is_layout(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "index.json"))
+def blob_name(digest: str) -> str:
+    """Where a blob lives, relative to the layout root."""
+    return f"blobs/sha256/{digest_hex(digest)}"
 
 
-def blob_path(layout: str, digest: str) -> str:
-    return os.path.join(layout, "blobs", "sha256", digest_hex(digest))
-
-
-def read_blob(layout: str, desc: dict[str, Any]) -> bytes:
-    """A small blob (manifest, config), checked against its descriptor's digest and size."""
+def read_blob(layout: Tree, desc: dict[str, Any], what: str) -> bytes:
+    """A small blob (index, manifest, config), checked against its descriptor's digest and size."""
     digest = str(desc.get("digest", ""))
-    path = blob_path(layout, digest)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise CgagentError(f"blob {digest} is missing from {layout}", "the layout is incomplete") from None
+    name = blob_name(digest)
+    size = desc.get("size")
+    if size is not None and (not isinstance(size, int) or not 0 <= size <= MAX_DOC):
+        raise CgagentError(f"{what} {digest} has size {size!r}, not at most {MAX_DOC >> 20} MiB",
+                           "the image was refused; image documents are small JSON files")
+    data = layout.read(name, what)
     got = "sha256:" + hashlib.sha256(data).hexdigest()
     if got != digest:
-        raise CgagentError(f"blob {digest} is corrupt (its content hashes to {got})", "re-export the image")
-    if "size" in desc and int(desc["size"]) != len(data):
-        raise CgagentError(f"blob {digest} has size {len(data)}, the descriptor says {desc['size']}",
+        raise CgagentError(f"{what} blob {digest} is corrupt (its content hashes to {got})", "re-export the image")
+    if size is not None and size != len(data):
+        raise CgagentError(f"{what} blob {digest} has size {len(data)}, the descriptor says {size}",
                            "re-export the image")
     return data
 
 
-def _json(data: bytes, what: str) -> dict[str, Any]:
+def parse_json(data: bytes, what: str) -> Any:
     try:
-        out = json.loads(data)
+        return json.loads(data)
+    except RecursionError:   # `[[[[...` within the size cap
+        raise CgagentError(f"{what} nests too deeply", "check the image") from None
     except ValueError as e:
         raise CgagentError(f"{what} is not valid JSON: {e}", "check the image") from None
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    out = parse_json(data, what)
     if not isinstance(out, dict):
         raise CgagentError(f"{what} is not a JSON object", "check the image")
     return out
 
 
+def dict_or_empty(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
 def _platform_ok(desc: dict[str, Any]) -> bool:
-    p = desc.get("platform") or {}
+    p = dict_or_empty(desc.get("platform"))
     return bool(p.get("os", "linux") == "linux" and p.get("architecture", "amd64") == "amd64")
 
 
-def _pick(layout: str, index: dict[str, Any], want: str | None) -> tuple[dict[str, Any], str | None]:
+def _pick(layout: Tree, index: dict[str, Any], want: str | None) -> tuple[dict[str, Any], str | None]:
     """The image manifest descriptor to import (descending into nested indexes) and its ref name."""
-    manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]
-    if want:
-        named = [m for m in manifests if (m.get("annotations") or {}).get(REF_ANNOTATION) == want]
-        manifests = named or manifests
-    for m in manifests:
-        ref = (m.get("annotations") or {}).get(REF_ANNOTATION)
-        mt = m.get("mediaType", MANIFEST_TYPES[0])
-        if mt in MANIFEST_TYPES and _platform_ok(m):
-            return m, ref
-        if mt in INDEX_TYPES:
-            inner = _json(read_blob(layout, m), f"index {m.get('digest')}")
-            d, _ = _pick(layout, inner, None)
-            return d, ref
-    raise CgagentError("the layout holds no linux/amd64 image manifest", "export the image for linux/amd64")
+    ref: str | None = None
+    for depth in range(MAX_INDEX_DEPTH):
+        manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+        if want and depth == 0:
+            named = [m for m in manifests if dict_or_empty(m.get("annotations")).get(REF_ANNOTATION) == want]
+            manifests = named or manifests
+        for m in manifests:
+            if depth == 0:
+                r = dict_or_empty(m.get("annotations")).get(REF_ANNOTATION)
+                ref = r if isinstance(r, str) else None
+            mt = m.get("mediaType", MANIFEST_TYPES[0])
+            if mt in MANIFEST_TYPES and _platform_ok(m):
+                return m, ref
+            if mt in INDEX_TYPES:
+                index = _json(read_blob(layout, m, "index"), f"index {m.get('digest')}")
+                break
+        else:
+            raise CgagentError("the layout holds no linux/amd64 image manifest", "export the image for linux/amd64")
+    raise CgagentError(f"the layout nests image indexes more than {MAX_INDEX_DEPTH} deep", "check the image")
 
 
-def parse_layout(layout: str, want_ref: str | None = None) -> Parsed:
-    try:
-        with open(os.path.join(layout, "oci-layout"), "rb") as f:
-            _json(f.read(), "oci-layout")
-        with open(os.path.join(layout, "index.json"), "rb") as f:
-            index = _json(f.read(), "index.json")
-    except FileNotFoundError as e:
-        raise CgagentError(f"{layout} is not an OCI image layout ({e.filename} is missing)",
-                           "give the directory holding oci-layout and index.json") from None
+def parse_layout(layout: Tree, want_ref: str | None = None) -> Parsed:
+    _json(layout.read("oci-layout", "oci-layout file"), "oci-layout")
+    index = _json(layout.read("index.json", "index"), "index.json")
     desc, ref = _pick(layout, index, want_ref)
-    mdata = read_blob(layout, desc)
+    mdata = read_blob(layout, desc, "manifest")
     manifest = _json(mdata, "manifest")
-    cdesc = manifest.get("config") or {}
-    cdata = read_blob(layout, cdesc)
+    cdesc = dict_or_empty(manifest.get("config"))
+    cdata = read_blob(layout, cdesc, "config")
     config = _json(cdata, "image config")
-    diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
-    ldescs = list(manifest.get("layers") or [])
+    diff_ids = dict_or_empty(config.get("rootfs")).get("diff_ids") or []
+    ldescs = manifest.get("layers") or []
+    if not isinstance(diff_ids, list) or not isinstance(ldescs, list):
+        raise CgagentError("the manifest's layers or the config's diff_ids are not lists", "check the image")
     if len(diff_ids) != len(ldescs):
         raise CgagentError(f"the config lists {len(diff_ids)} diff_ids for {len(ldescs)} layers",
                            "the image is inconsistent; re-export it")
     layers = []
     for ld, diff in zip(ldescs, diff_ids, strict=True):
-        digest = str(ld.get("digest", ""))
-        layers.append(Layer(path=blob_path(layout, digest), digest=digest, size=int(ld.get("size", 0)),
-                            diff_id=str(diff), media_type=str(ld.get("mediaType", ""))))
+        ld = dict_or_empty(ld)
+        digest, size = str(ld.get("digest", "")), ld.get("size")
+        if not isinstance(size, int) or size < 0:
+            raise CgagentError(f"layer {digest} has no valid size in the manifest", "check the image")
         digest_hex(str(diff))
-    run = config.get("config") or {}
+        layers.append(Layer(path=blob_name(digest), digest=digest, size=size, diff_id=str(diff),
+                            media_type=str(ld.get("mediaType", ""))))
+    run = dict_or_empty(config.get("config"))
     return Parsed(manifest_digest=str(desc["digest"]), manifest=mdata, config_digest=str(cdesc["digest"]),
-                  config=cdata, run_config={k: run[k] for k in RUN_KEYS if run.get(k) is not None},
-                  layers=layers, ref=ref)
+                  config=cdata, run_config=run_config(run), layers=layers, ref=ref)
+
+
+def run_config(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: run[k] for k in RUN_KEYS if run.get(k) is not None}

@@ -102,13 +102,13 @@ class ImageStore:
         hexd = digest_hex(diff_id)
         short = hexd[:26]
         final = self.layer_dir(diff_id)
-        import shutil
+        from cgagent.images.confined import remove_tree
 
         if self.has_layer(diff_id):
-            shutil.rmtree(staged, ignore_errors=True)
+            remove_tree(staged)
             return
         if os.path.lexists(final):  # a torn earlier publish: no link file means not complete
-            shutil.rmtree(final)
+            remove_tree(final)
         with open(os.path.join(staged, "link"), "w") as f:
             f.write(short)
         link = os.path.join(self.links, short)
@@ -118,12 +118,13 @@ class ImageStore:
         os.rename(staged, final)
 
     def remove_layer(self, diff_id: str) -> None:
-        import shutil
+        from cgagent.images.confined import remove_tree
 
         hexd = digest_hex(diff_id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.links, hexd[:26]))
-        shutil.rmtree(self.layer_dir(diff_id), ignore_errors=True)
+        with contextlib.suppress(OSError):   # iterative: a layer of any depth goes
+            remove_tree(self.layer_dir(diff_id))
 
     # --- images
 

@@ -3,29 +3,84 @@
 Every member is checked by hand (never tarfile.extractall): no absolute paths, no `..`, no hard
 link or symlink resolving outside the layer, no write through a symlink. Whiteouts become what
 overlayfs understands: `.wh.x` -> char device 0/0 named x; `.wh..wh..opq` -> xattr
-trusted.overlay.opaque=y on the directory. Device nodes other than whiteouts are skipped: a block
+trusted.overlay.opaque=y on the directory; a whiteout must name one ordinary entry of its own
+directory (never `.`, `..` or nothing). Device nodes other than whiteouts are skipped: a block
 device shipped in an image would let the workload read host disks.
+
+Everything is bounded by a Budget: the bytes file headers claim (sparse files count their full
+size), the bytes of tar stream read, the number of entries, the size of each header (pax, GNU long
+names, sparse maps), and path lengths (PATH_MAX), so neither a small hostile layer nor a deep tree
+exhausts memory, disk or the recursion limit.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import gzip
 import hashlib
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 from collections.abc import Callable
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, Any, Literal
 
 from cgagent.errors import CgagentError
+from cgagent.images.confined import remove_tree
 
 WH = ".wh."
 OPAQUE = ".wh..wh..opq"
 CHUNK = 1 << 20
+_ZEROS = bytes(CHUNK)
 _XATTRS_KEPT = ("user.", "security.capability")
+PATH_MAX = 4096
+MAX_ENTRIES = 1_000_000          # files, dirs and implied parent dirs in one import
+MAX_HEADER = 1 << 20             # pax headers, GNU long names and sparse maps of one member
+MAX_MTIME = 1 << 33                # year 2242
+MAX_KNOWN = 1 << 16              # directories remembered as checked (a cache)
+MAX_HEADER_NESTING = 8           # pax header before pax header before ...
+DEFAULT_MAX_SIZE = 10 << 30
+MAX_SIZE_ENV = "CGAGENT_IMAGE_MAX_SIZE"
+
+
+def _human(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g} {unit}"
+    return f"{n} bytes"
+
+
+@dataclass
+class Budget:
+    """What one import may unpack; max_bytes < 0 means no size cap (entries stay bounded)."""
+
+    max_bytes: int = DEFAULT_MAX_SIZE
+    max_entries: int = MAX_ENTRIES
+    claimed: int = 0     # file sizes as tar headers declare them (a sparse file's full size)
+    streamed: int = 0    # uncompressed tar bytes read
+    entries: int = 0
+
+    def _too_big(self, what: str) -> CgagentError:
+        return CgagentError(f"the image {what} more than {_human(self.max_bytes)} (the --max-size cap)",
+                            f"raise --max-size (or {MAX_SIZE_ENV}) only for an image you trust")
+
+    def claim(self, n: int) -> None:
+        self.claimed += max(n, 0)
+        if 0 <= self.max_bytes < self.claimed:
+            raise self._too_big("unpacks to")
+
+    def stream(self, n: int) -> None:
+        self.streamed += n
+        if 0 <= self.max_bytes < self.streamed:
+            raise self._too_big("has a layer stream of")
+
+    def entry(self, n: int = 1) -> None:
+        self.entries += n
+        if self.entries > self.max_entries:
+            raise CgagentError(f"the image has more than {self.max_entries} files and directories",
+                               "the image was refused; nothing was imported")
 
 
 class HashingReader:
@@ -38,7 +93,7 @@ class HashingReader:
         self.on_read = on_read
 
     def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
+        data = self.raw.read(n if n >= 0 else CHUNK)  # never the whole rest of a stream at once
         self.hash.update(data)
         self.count += len(data)
         if self.on_read is not None and data:
@@ -53,8 +108,12 @@ class HashingReader:
         return "sha256:" + self.hash.hexdigest()
 
 
+def _short(name: str) -> str:
+    return name if len(name) <= 120 else name[:117] + "..."
+
+
 def refuse(what: str, member: str) -> CgagentError:
-    return CgagentError(f"unsafe layer: {what} ({member!r})", "the image was refused; nothing was imported")
+    return CgagentError(f"unsafe layer: {what} ({_short(member)!r})", "the image was refused; nothing was imported")
 
 
 def clean_name(name: str) -> list[str]:
@@ -67,46 +126,85 @@ def clean_name(name: str) -> list[str]:
     return parts
 
 
-def _check_parents(dest: str, parts: list[str], member: str, create: bool = True) -> str:
-    """Create missing parent dirs; refuse when a parent is a symlink or not a directory."""
-    cur = dest
-    for p in parts[:-1]:
-        cur = os.path.join(cur, p)
+class _HeaderLimit:
+    """tarfile's file object while it parses one member's headers: reads beyond MAX_HEADER are
+    refused before tarfile allocates them (a 1 KiB gzip can declare a 1 GiB pax header)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.left = MAX_HEADER
+        self.depth = 0
+
+    def read(self, n: int) -> bytes:
+        if n > self.left:
+            raise CgagentError(f"a tar header of the image is larger than {MAX_HEADER >> 20} MiB",
+                               "the image was refused; nothing was imported")
+        data: bytes = self.raw.read(n)
+        self.left -= len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    @classmethod
+    def fromtarfile(cls, tf: tarfile.TarFile) -> _BoundedTarInfo:
+        lim = tf.fileobj
+        if not isinstance(lim, _HeaderLimit):
+            lim = tf.fileobj = _HeaderLimit(tf.fileobj)
+            try:
+                return super().fromtarfile(tf)
+            finally:
+                tf.fileobj = lim.raw
+        lim.depth += 1      # tarfile recurses once per pax/long-name header before the member
         try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            if not create:
-                raise refuse("hard link to a file not in the layer", member) from None
-            os.mkdir(cur, 0o755)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            raise refuse("write through a symlink", member)
-        if not stat.S_ISDIR(st.st_mode):
-            raise refuse("a path component is not a directory", member)
-    return os.path.join(cur, parts[-1])
+            if lim.depth > MAX_HEADER_NESTING:
+                raise CgagentError("the image has a tar member with too many extended headers",
+                                   "the image was refused; nothing was imported")
+            return super().fromtarfile(tf)
+        finally:
+            lim.depth -= 1
 
 
-def _clear(path: str, keep_dir: bool) -> None:
-    """Remove whatever is at `path` (a later tar entry replaces an earlier one), never following links."""
+def open_tar(stream: IO[bytes], mode: Literal["r|", "r|*"] = "r|") -> tarfile.TarFile:
+    """A streaming reader whose headers are bounded (see _HeaderLimit); "r|*" detects compression."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        if not keep_dir:
-            shutil.rmtree(path)
-    else:
-        os.unlink(path)
+        return tarfile.open(fileobj=stream, mode=mode, tarinfo=_BoundedTarInfo)
+    except tarfile.TarError as e:
+        raise CgagentError(f"layer is not a tar archive: {e}", "check the image") from None
 
 
-def _symlink_ok(parts: list[str], target: str) -> bool:
-    if target.startswith("/"):
-        return True  # resolved against the workload's root at run time, never the host's
-    resolved = posixpath.normpath(posixpath.join("/".join(parts[:-1]), target))
-    return resolved != ".." and not resolved.startswith("../")
+def members(tf: tarfile.TarFile, budget: Budget) -> Any:
+    """The members one by one; tarfile's own list of every member seen is emptied as it goes."""
+    while True:
+        try:
+            m = tf.next()
+        except tarfile.TarError as e:
+            raise CgagentError(f"layer is not a valid tar archive: {e}", "check the image") from None
+        tf.members.clear()  # type: ignore[attr-defined]
+        if m is None:
+            return
+        budget.entry()
+        yield m
 
 
-def _apply_meta(path: str, m: tarfile.TarInfo, is_link: bool) -> None:
+def unpack(stream: IO[bytes], dest: str, budget: Budget | None = None, whiteouts: bool = True) -> int:
+    """Unpack the (uncompressed) tar `stream` into the existing empty dir `dest`. Returns bytes of files.
+
+    whiteouts=False unpacks a plain archive (a docker-save or OCI-layout tar), where `.wh.` names
+    are ordinary files."""
+    u = _Unpacker(dest, budget or Budget(), whiteouts)
+    with open_tar(stream) as tf:
+        for m in members(tf, u.budget):
+            u.member(tf, m)
+    u.set_dir_mtimes()
+    return u.size
+
+
+def _apply_meta(path: str, m: tarfile.TarInfo, is_link: bool, mtime: bool = True) -> None:
+    """Owner, mode, kept xattrs and mtime of what was just made at `path` (never a symlink unless
+    is_link, where nothing follows it)."""
     os.lchown(path, m.uid, m.gid)
     if not is_link:
         os.chmod(path, stat.S_IMODE(m.mode))
@@ -116,6 +214,8 @@ def _apply_meta(path: str, m: tarfile.TarInfo, is_link: bool) -> None:
             if attr.startswith(_XATTRS_KEPT):
                 with contextlib.suppress(OSError):
                     os.setxattr(path, attr, val.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+    if not mtime:
+        return
     if not is_link:
         os.utime(path, (m.mtime, m.mtime))
     else:
@@ -123,86 +223,169 @@ def _apply_meta(path: str, m: tarfile.TarInfo, is_link: bool) -> None:
             os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
 
 
-def unpack(stream: IO[bytes], dest: str) -> int:
-    """Unpack the (uncompressed) tar `stream` into the existing empty dir `dest`. Returns bytes of files."""
-    size = 0
-    dirs: list[tuple[str, tarfile.TarInfo]] = []
-    try:
-        tf = tarfile.open(fileobj=stream, mode="r|")
-    except tarfile.TarError as e:
-        raise CgagentError(f"layer is not a tar archive: {e}", "check the image") from None
-    with tf:
+def _symlink_ok(parts: list[str], target: str) -> bool:
+    if target.startswith("/"):
+        return True  # resolved against the workload's root at run time, never the host's
+    resolved = posixpath.normpath(posixpath.join("/".join(parts[:-1]), target))
+    return resolved != ".." and not resolved.startswith("../")
+
+
+class _Unpacker:
+    def __init__(self, dest: str, budget: Budget, whiteouts: bool) -> None:
+        self.dest = dest
+        self.budget = budget
+        self.whiteouts = whiteouts
+        self.size = 0
+        # Directory mtimes are set last (writing their content would change them), kept compactly
+        # (a layer may hold a million directories): relative paths NUL-separated, mtimes in an array.
+        self.dir_names = bytearray()
+        self.dir_mtimes = array.array("q")
+        # Real directories (no symlinks on the way) made or checked by this unpack. Nothing else
+        # writes the private staging dir, and any removal of a directory empties the set, so a
+        # member whose parent is in it needs no walk (a deep tree would cost depth^2 lstats).
+        self.known: set[str] = {dest}
+
+    def _parent(self, parts: list[str], member: str, create: bool = True) -> str:
+        """The real directory that holds `parts[-1]`, made when missing; refused when a component
+        is a symlink or not a directory. Returns the full path of parts."""
+        path = os.path.join(self.dest, *parts)
+        if len(os.fsencode(path)) >= PATH_MAX:
+            raise refuse(f"path longer than {PATH_MAX} bytes", member)
+        parent = os.path.dirname(path)
+        todo: list[str] = []
+        while parent not in self.known:   # climb to the deepest directory already checked
+            todo.append(parent)
+            parent = os.path.dirname(parent)
+        for cur in reversed(todo):
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                if not create:
+                    raise refuse("hard link to a file not in the layer", member) from None
+                self.budget.entry()
+                os.mkdir(cur, 0o755)
+                self._know(cur)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise refuse("write through a symlink", member)
+            if not stat.S_ISDIR(st.st_mode):
+                raise refuse("a path component is not a directory", member)
+            self._know(cur)
+        return path
+
+    def _know(self, path: str) -> None:
+        if len(self.known) >= MAX_KNOWN:   # a cache: bounded, refilled by walks
+            self._forget()
+        self.known.add(path)
+
+    def _forget(self) -> None:
+        self.known = {self.dest}
+
+    def set_dir_mtimes(self) -> None:
+        """Never through a symlink: a later member may have replaced a directory with one."""
+        dest, end = os.fsencode(self.dest), len(self.dir_names) - 1
+        for i in range(len(self.dir_mtimes) - 1, -1, -1):   # deepest (latest) first, one name at a time
+            start = self.dir_names.rfind(b"\0", 0, end) + 1
+            t = self.dir_mtimes[i]
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(dest + b"/" + bytes(self.dir_names[start:end]), (t, t), follow_symlinks=False)
+            end = start - 1
+
+    def _clear(self, path: str, keep_dir: bool) -> None:
+        """Remove what is at `path` (a later tar entry replaces an earlier one), never following links."""
         try:
-            for m in tf:
-                size += _member(tf, m, dest, dirs)
-        except tarfile.TarError as e:
-            raise CgagentError(f"layer is not a valid tar archive: {e}", "check the image") from None
-    for path, m in reversed(dirs):  # after the contents, or writing them would reset mtimes
-        _apply_meta(path, m, False)
-    return size
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if not keep_dir:
+                remove_tree(path)
+                self._forget()
+        else:
+            os.unlink(path)
 
+    def member(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        parts = clean_name(m.name)
+        if not (0 <= m.uid < 1 << 32 and 0 <= m.gid < 1 << 32):
+            raise refuse("owner out of range", m.name)
+        m.mtime = min(max(int(m.mtime), 0), MAX_MTIME)   # what utime() and the kernel can hold
+        if not parts:
+            return  # "./": the layer root itself
+        base = parts[-1]
+        if self.whiteouts and base.startswith(WH):
+            self._whiteout(parts, m.name)
+            return
+        path = self._parent(parts, m.name)
+        if m.isdir():
+            self._clear(path, keep_dir=True)
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o755)
+            self._know(path)
+            _apply_meta(path, m, False, mtime=False)
+            self.dir_names += os.fsencode("/".join(parts)) + b"\0"
+            self.dir_mtimes.append(int(m.mtime))
+        elif m.issym():
+            if not _symlink_ok(parts, m.linkname):
+                raise refuse("symlink pointing outside the layer", f"{m.name} -> {m.linkname}")
+            self._clear(path, False)
+            os.symlink(m.linkname, path)
+            _apply_meta(path, m, True)
+        elif m.islnk():
+            self._hardlink(path, m)
+        elif m.isfile():
+            self.budget.claim(m.size)
+            self._clear(path, False)
+            self._write(tf, m, path)
+            _apply_meta(path, m, False)
+            self.size += m.size
+        elif m.isfifo():
+            self._clear(path, False)
+            os.mkfifo(path, 0o600)
+            _apply_meta(path, m, False)
+        # char/block devices (see the module doc) and unknown types are not unpacked
 
-def _member(tf: tarfile.TarFile, m: tarfile.TarInfo, dest: str, dirs: list[tuple[str, tarfile.TarInfo]]) -> int:
-    parts = clean_name(m.name)
-    if not parts:
-        return 0  # "./": the layer root itself
-    base = parts[-1]
-    if base == OPAQUE:
-        d = _check_parents(dest, [*parts[:-1], "x"], m.name)
-        d = os.path.dirname(d)
-        os.setxattr(d, "trusted.overlay.opaque", b"y")
-        return 0
-    if base.startswith(WH + WH):
-        return 0  # aufs bookkeeping (.wh..wh.plnk etc.)
-    if base.startswith(WH):
-        path = _check_parents(dest, [*parts[:-1], base[len(WH):]], m.name)
-        _clear(path, False)
+    def _whiteout(self, parts: list[str], member: str) -> None:
+        base = parts[-1]
+        if base == OPAQUE:
+            d = os.path.dirname(self._parent([*parts[:-1], "x"], member))
+            os.setxattr(d, "trusted.overlay.opaque", b"y", follow_symlinks=False)
+            return
+        if base.startswith(WH + WH):
+            return  # aufs bookkeeping (.wh..wh.plnk etc.)
+        victim = base[len(WH):]
+        if victim in ("", ".", ".."):   # `.wh..` would whiteout the directory itself, `.wh...` its parent
+            raise refuse("whiteout of '.', '..' or nothing", member)
+        path = self._parent([*parts[:-1], victim], member)
+        self._clear(path, False)
         os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-        return 0
-    path = _check_parents(dest, parts, m.name)
-    if m.isdir():
-        _clear(path, keep_dir=True)
-        if not os.path.isdir(path):
-            os.mkdir(path, 0o755)
-        dirs.append((path, m))
-        return 0
-    if m.issym():
-        if not _symlink_ok(parts, m.linkname):
-            raise refuse("symlink pointing outside the layer", f"{m.name} -> {m.linkname}")
-        _clear(path, False)
-        os.symlink(m.linkname, path)
-        _apply_meta(path, m, True)
-        return 0
-    if m.islnk():
+
+    def _hardlink(self, path: str, m: tarfile.TarInfo) -> None:
         tparts = clean_name(m.linkname)
         if not tparts:
             raise refuse("hard link to the layer root", m.name)
-        target = _check_parents(dest, tparts, m.linkname, create=False)
+        target = self._parent(tparts, m.linkname, create=False)
         try:
             tst = os.lstat(target)
         except FileNotFoundError:
             raise refuse("hard link to a file not in the layer", f"{m.name} -> {m.linkname}") from None
         if stat.S_ISDIR(tst.st_mode) or stat.S_ISLNK(tst.st_mode):
             raise refuse("hard link to a directory or symlink", f"{m.name} -> {m.linkname}")
-        _clear(path, False)
+        self._clear(path, False)
         os.link(target, path, follow_symlinks=False)
-        return 0
-    if m.isfile():
-        _clear(path, False)
+
+    @staticmethod
+    def _write(tf: tarfile.TarFile, m: tarfile.TarInfo, path: str) -> None:
+        """The file's content; runs of zero chunks become holes (sparse members stay sparse)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         src = tf.extractfile(m)
         assert src is not None
         with os.fdopen(fd, "wb") as out:
             while chunk := src.read(CHUNK):
-                out.write(chunk)
-        _apply_meta(path, m, False)
-        return m.size
-    if m.isfifo():
-        _clear(path, False)
-        os.mkfifo(path, 0o600)
-        _apply_meta(path, m, False)
-        return 0
-    return 0  # char/block devices (see the module doc) and unknown types are not unpacked
+                if len(chunk) == CHUNK and chunk == _ZEROS:
+                    out.seek(CHUNK, os.SEEK_CUR)
+                else:
+                    out.write(chunk)
+            out.truncate(out.tell())
 
 
 def open_layer(raw: IO[bytes], magic: bytes) -> IO[bytes]:
