@@ -364,7 +364,7 @@ def run_detached(req: RunRequest, host: Host, store: Store) -> str:
 
 def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report: int) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    log = os.open(store.log_path(rec.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    log = store.open_log(rec.name)
     rec.supervisor_pid, rec.supervisor_start = os.getpid(), procs.start_time(os.getpid())
     try:
         pid = start(store, rec, mgr, stdio=(devnull, log, log))
@@ -449,7 +449,14 @@ def _settle(store: Store, host: Host, rec: Record) -> None:
 
 def remove(store: Store, host: Host, name: str, force: bool) -> None:
     require_root("cgagent rm")
-    rec = store.load(name)
+    try:
+        rec = store.load(name)
+    except CgagentError:
+        from cgagent import prune   # damaged or deleted record: what it left is found by name
+
+        if force and prune.reclaim(store, host, name):
+            return
+        raise
     if live_status(host, rec) == "running":
         if not force:
             raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
