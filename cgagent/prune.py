@@ -206,7 +206,9 @@ def _unlink(path: str) -> None:
 
 
 def remove(store: Store, items: list[Leftover]) -> list[str]:
-    """Undo each, cgroups (the running processes) first, then files; -> lines of what failed."""
+    """Undo each, cgroups (the running processes) first, then files; -> lines of what failed.
+    The caller holds store.lock() since before find(): a `run` cannot then make a record and a
+    cgroup in between that would look like a leftover."""
     order = {"orphaned": 0, "overlay": 1, "damaged": 2, "temp": 3, "flag": 4}
     failed = []
     from cgagent import runtime
@@ -222,17 +224,18 @@ def remove(store: Store, items: list[Leftover]) -> list[str]:
             failed.append(f"{it.kind} {it.what}: {e}")
     for n in stopping:
         runtime._clear_stop(store, n)
-    with store.lock(), contextlib.suppress(OSError, CgagentError):
+    with contextlib.suppress(OSError, CgagentError):
         runtime.prune_parents(store)
     return failed
 
 
 def reclaim(store: Store, host: Host, name: str, image_root: str | None = None) -> bool:
     """`rm -f NAME` without a valid record: remove what it left. False when nothing was found."""
-    items = find(store, host, only=name, image_root=image_root)
-    if not items:
-        return False
-    failed = remove(store, items)
+    with store.lock():
+        items = find(store, host, only=name, image_root=image_root)
+        if not items:
+            return False
+        failed = remove(store, items)
     if failed:
         raise CgagentError(f"{name}: could not remove {failed[0]}", "see `cgagent prune --dry-run`")
     return True

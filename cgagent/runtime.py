@@ -451,8 +451,8 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
     require_root("cgagent rm")
     try:
         rec = store.load(name)
-    except CgagentError:
-        from cgagent import prune   # damaged or deleted record: what it left is found by name
+    except CgagentError:   # damaged or deleted record: what it left is found by name
+        from cgagent import prune
 
         if force and prune.reclaim(store, host, name):
             return

@@ -300,13 +300,16 @@ def prune(
     from cgagent.runtime import require_root
 
     store, h = _store(state_dir), _host()
-    items = pr.find(store, h, image_root=root)
-    for it in items:
-        print(("would remove " if dry_run else "") + it.line(), flush=True)
-    if dry_run or not items:
+    if dry_run:
+        for it in pr.find(store, h, image_root=root):
+            print(f"would remove {it.line()}", flush=True)
         return
     require_root("cgagent prune")
-    failed = pr.remove(store, items)
+    with store.lock():
+        items = pr.find(store, h, image_root=root)
+        for it in items:
+            print(it.line(), flush=True)
+        failed = pr.remove(store, items)
     for line in failed:
         print(f"cgagent: error: could not remove {line}", file=sys.stderr)
     if failed:
