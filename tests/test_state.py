@@ -22,8 +22,8 @@ pytest_plugins = ("tests.isolated_fixtures",)
 
 
 def _record(name: str) -> Record:
-    return Record(name=name, cmd=["sleep", "1"], driver="cgroupfs", mode="v1", dirs={"cpu": f"/sys/fs/cgroup/cpu/x/{name}"},
-                  cgroup=f"/x/{name}")
+    return Record(name=name, cmd=["sleep", "1"], driver="cgroupfs", mode="v1",
+                  dirs={"cpu": f"/sys/fs/cgroup/cpu/x/{name}"}, cgroup=f"/x/{name}")
 
 
 GOOD = _record("good").to_json()
@@ -137,7 +137,8 @@ def test_a_replaced_log_is_folded_again_from_zero(tmp_path: Path, how: str) -> N
         _log(tmp_path, [_oom("a", 2)])
     else:
         new = tmp_path / "new"
-        new.write_bytes(b"".join(ln + b"\n" for ln in ([_oom("a", 2)] if how == "shorter" else [_oom("a", 2), _oom("c", 1)])))
+        lines = [_oom("a", 2)] if how == "shorter" else [_oom("a", 2), _oom("c", 1)]
+        new.write_bytes(b"".join(ln + b"\n" for ln in lines))
         os.rename(new, p)
     t.update()
     fresh = Totals(str(tmp_path))
