@@ -142,6 +142,13 @@ class Reader:
             yield ev
 
 
+def logged(state_root: str, kind: str, name: str, **match: Any) -> bool:
+    """Whether the log already holds a `kind` event of `name` with these field values (makes a
+    retried append idempotent)."""
+    return any(ev["kind"] == kind and ev["name"] == name and all(ev.get(k) == v for k, v in match.items())
+               for _off, ev in read(state_root))
+
+
 def read(state_root: str, offset: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
     """(offset after the line, event) for each whole, valid line from `offset`."""
     r = Reader(state_root, offset)

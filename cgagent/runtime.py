@@ -235,8 +235,10 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
             _teardown_isolation(rec)
             first = rec.status != "exited"
             rec.status, rec.exit_code, rec.finished = "exited", exit_code, time.time()
-            if first:
-                events.append(store.root, "exit", name, exit_code=exit_code, oom_kills=rec.oom_kills)
+            if first and not events.logged(store.root, "exit", name, started=rec.started):
+                # a retry after a failed save below (full disk) must not log the exit a second time
+                events.append(store.root, "exit", name, exit_code=exit_code, oom_kills=rec.oom_kills,
+                              started=rec.started)
             _clear_stop(store, name)
             if rec.auto_remove:
                 store.delete(name)
@@ -376,7 +378,14 @@ def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report
     for fd in (0, 1, 2):
         os.dup2(devnull if fd == 0 else log, fd)
     code = _supervise_loop(store, rec, mgr, pid, (devnull, log, log))
-    finish(store, host, rec.name, code)
+    try:
+        finish(store, host, rec.name, code)
+    except BaseException as e:
+        from cgagent.state import last_words
+
+        last_words(f"the exit of {rec.name} (code {code}) could not be recorded: {e}; "
+                   f"the next `cgagent stop/rm {rec.name}` records it")
+        raise
     return 0
 
 
@@ -486,8 +495,14 @@ def update(store: Store, host: Host, name: str, values: dict[str, object]) -> Re
         base = Resources.from_dict(rec.resources)
         new = plan(values, host, base)
         mgr = manager(host, rec)
-        mgr.set(new)
+        old = rec.resources
         rec.resources = mgr.effective(new).to_dict()
-        store.save(rec)
+        store.save(rec)   # first: a full state dir refuses the change before the kernel has it
+        try:
+            mgr.set(new)
+        except BaseException:
+            rec.resources = old
+            store.save(rec)
+            raise
         events.append(store.root, "update", name, resources=rec.resources)
     return rec

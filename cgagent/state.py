@@ -58,6 +58,9 @@ def private_fd(fd: int) -> None:
         os.fchmod(fd, FILE_MODE)
 
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def write_error(path: str, e: OSError, need: int) -> CgagentError:
     """ENOSPC/EROFS/EDQUOT as one line naming the path and what it needs; anything else as is."""
     d = os.path.dirname(path) or "."
@@ -70,7 +73,8 @@ def write_error(path: str, e: OSError, need: int) -> CgagentError:
             free = f"{st.f_bavail * st.f_frsize} bytes free"
         except OSError:
             free = "free space unknown"
-        return CgagentError(f"cannot write {path}: no space left on the device (needs {need} bytes, {free})",
+        needs = f"needs {need} bytes, " if need > 0 else ""
+        return CgagentError(f"cannot write {path}: no space left on the device ({needs}{free})",
                             f"free at least {max(need, 4096)} bytes on the filesystem of {d}, or point "
                             "--state-dir / CGAGENT_STATE_DIR elsewhere")
     return CgagentError(f"cannot write {path}: {e.strerror or e}", "check the state dir's filesystem and permissions")
@@ -95,7 +99,7 @@ def atomic_write(path: str, data: bytes, mode: int = FILE_MODE) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        if e.errno in WRITE_ERRNOS:
             raise write_error(path, e, len(data) + 4096) from None
         raise
     dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -105,10 +109,32 @@ def atomic_write(path: str, data: bytes, mode: int = FILE_MODE) -> None:
         os.close(dfd)
 
 
+def last_words(msg: str) -> None:
+    """A background process (the supervisor) that cannot go on: say why on its stderr (its log
+    file); when that cannot be written either (the disk is full), in the kernel log."""
+    line = f"cgagent[{os.getpid()}]: {msg}"
+    try:
+        print(line, file=sys.stderr, flush=True)
+        return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, f"<3>{line}"[:1000].encode())
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str) -> Iterator[None]:
     """flock(LOCK_EX) on `path` (created if missing) for the duration of the block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(path, e, 0) from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -266,14 +266,17 @@ def rm(
 def _each(names: list[str], driver: str | None, state_dir: str | None, act: Callable[[Any, Any, str], None]) -> int:
     """Apply `act` to each named workload in turn, printing each name as it is done; a name that
     fails is reported in one line and the rest are still done (as docker does). -> exit code."""
-    from cgagent.cli.errors import report
+    from cgagent.cli.errors import full_or_read_only, report
 
     store, h = _store(state_dir), _host()
     code = 0
     for n in names:
         try:
-            _check_driver(store, [n], driver)
-            act(store, h, n)
+            try:
+                _check_driver(store, [n], driver)
+                act(store, h, n)
+            except OSError as e:
+                raise full_or_read_only(e) or e from None
         except CgagentError as e:
             code = report(e)
             continue
@@ -406,6 +409,13 @@ def main(argv: list[str]) -> int:
         from cgagent.cli.errors import report
 
         return report(e)
+    except OSError as e:
+        from cgagent.cli.errors import full_or_read_only, report
+
+        err = full_or_read_only(e)
+        if err is None:
+            raise
+        return report(err)
     except click_exc.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "cgagent"
         print(f"cgagent: error: {e.format_message()} (see `{cmd} --help`)", file=sys.stderr)
