@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +18,20 @@ from tests.isolated import IMG, Box
 
 pytest_plugins = ("tests.isolated_fixtures",)
 
-DAMAGE = {
-    "truncated": lambda raw: raw[: len(raw) // 2],
-    "not an object": lambda raw: b"[1, 2]\n",
-    "wrong types": lambda raw: json.dumps({**json.loads(raw), "dirs": "x", "pid": "1"}).encode(),
-}
+def _truncated(raw: bytes) -> bytes:
+    return raw[: len(raw) // 2]
+
+
+def _not_an_object(raw: bytes) -> bytes:
+    return b"[1, 2]\n"
+
+
+def _wrong_types(raw: bytes) -> bytes:
+    return json.dumps({**json.loads(raw), "dirs": "x", "pid": "1"}).encode()
+
+
+DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "truncated": _truncated, "not an object": _not_an_object, "wrong types": _wrong_types}
 
 
 def ok(r: subprocess.CompletedProcess[str]) -> str:
