@@ -154,19 +154,6 @@ def memory_limit(rec: dict[str, Any]) -> int:
     return int(cgroup_file(rec, "memory", "memory.limit_in_bytes" if "memory" in rec["dirs"] else "memory.max"))
 
 
-def favour(cg: Env) -> None:
-    """Give the test's parent cgroup the largest CPU weight (v1 cpu.shares 262144; 8192 was not
-    enough at load 18 on this shared 2-core machine) so the 2-CPU demand really gets the CPU its
-    quota allows: throttling needs the workload to exhaust its quota. The quota (at most the
-    policy's 1.2 CPU ceiling) bounds what the weight takes from the rest of the machine. The parent
-    is this test's own cgroup, removed at teardown."""
-    for root in cg.roots:
-        if os.path.basename(os.path.dirname(root)) == "cpu" or "/cpu/" in root:
-            os.makedirs(root, exist_ok=True)
-            with open(f"{root}/cpu.shares", "w") as f:
-                f.write("262144")
-
-
 def run_detached(cg: Env, *args: str) -> None:
     r = cg.run("run", "-d", *args)
     assert r.returncode == 0, r.stderr
@@ -193,7 +180,7 @@ def test_throttled_workload_steps_up_to_its_ceiling(cg: Env, policy_dir: str, fo
     # the wait only guards against a hang (the climb's duration is measured by `make bench`)
     bound *= 6
     assert steps == 2   # 0.2 -> 0.7 -> 1.2
-    favour(cg)
+    cg.favour_cpu()   # throttling needs the 2-CPU demand to exhaust its quota on a loaded machine
     with agent(cg, "--policy-dir", policy_dir) as a:
         t0 = time.monotonic()
         run_detached(cg, "--name", "hot", "--policy", "fast-steps", "--policy-dir", policy_dir,
