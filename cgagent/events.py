@@ -64,14 +64,11 @@ def problem(ev: Any) -> str | None:
     return None
 
 
-_warned: set[str] = set()
+_warned: set[tuple[str, tuple[int, int] | None, int]] = set()
 
 
 def warn(where: str, what: str) -> None:
-    """One line per bad event line per process: serve re-reads the log and must not repeat itself."""
-    if where not in _warned:
-        _warned.add(where)
-        print(f"cgagent: warning: {where}: {what} (line skipped)", file=sys.stderr, flush=True)
+    print(f"cgagent: warning: {where}: {what} (line skipped)", file=sys.stderr, flush=True)
 
 
 class Reader:
@@ -109,6 +106,10 @@ class Reader:
         self.offset, self.line, self.ino, self.reset, self.numbered = 0, 0, ino, True, True
 
     def _bad(self, start: int, what: str) -> None:
+        # once per line per process: serve's readers (OOM totals, policies) re-read the same log
+        if (self.file, self.ino, start) in _warned:
+            return
+        _warned.add((self.file, self.ino, start))
         self.on_bad(f"{self.file}:{self.line}" if self.numbered else f"{self.file} (byte {start})", what)
 
     def _lines(self, f: BinaryIO) -> Iterator[dict[str, Any]]:
