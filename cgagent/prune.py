@@ -5,7 +5,8 @@ Ownership is decided from cgagent's own state only, never from a name pattern al
 - a workload name is a *leftover* when its record is damaged, or when the events log says cgagent
   started it and no valid record has that name any more;
 - a cgroup is one of cgagent's when it is `<parent>/<name>` (cgroupfs) or `<parent>/cgagent-<name>.scope`
-  (systemd) for a leftover name, where <parent> is a cgroup parent cgagent uses: one it created
+  (systemd) for a leftover name (and, when only the events log vouches for the name, the very
+  inode its start event logged), where <parent> is a cgroup parent cgagent uses: one it created
   (parents.json), the configured one (--cgroup-parent / CGAGENT_CGROUP_PARENT, default /cgagent or
   cgagent.slice), the parent of a valid record's cgroup, or the parent of a cgroup the events log
   says a workload was started in. A cgroup anywhere else, or with a name cgagent never used, is
@@ -78,17 +79,34 @@ def owned_parents(store: Store, host: Host, good: list[Record], started: dict[st
     return {p for p in out if os.path.isdir(p)}
 
 
-def _started(store: Store) -> dict[str, set[str]]:
-    """name -> the cgroup ids the events log says it was started in."""
-    out: dict[str, set[str]] = {}
-    for _off, ev in events.read(store.root):
-        if ev["kind"] == "start" and isinstance(ev.get("cgroup"), str) and ev["cgroup"].startswith("/"):
-            out.setdefault(ev["name"], set()).add(ev["cgroup"])
+def cgroup_inos(dirs: dict[str, str]) -> list[int]:
+    """The inode numbers of a workload's cgroup dirs: what the start event records, so that a cgroup
+    found later under the same name is known to be that workload's and not a namesake's (another
+    state dir's workload under the same parent, say)."""
+    out = []
+    for d in sorted(set(dirs.values())):
+        with contextlib.suppress(OSError):
+            out.append(os.stat(d).st_ino)
     return out
 
 
-def _cgroups_of(host: Host, parents: set[str], name: str, taken: set[str]) -> tuple[dict[str, str], str | None]:
-    """The leftover cgroup of `name` under cgagent's parents: (dirs by controller, systemd unit or None)."""
+def _started(store: Store) -> tuple[dict[str, set[str]], dict[str, set[int]]]:
+    """(name -> the cgroup ids the events log says it was started in, name -> their inodes)."""
+    ids: dict[str, set[str]] = {}
+    inos: dict[str, set[int]] = {}
+    for _off, ev in events.read(store.root):
+        if ev["kind"] == "start" and isinstance(ev.get("cgroup"), str) and ev["cgroup"].startswith("/"):
+            ids.setdefault(ev["name"], set()).add(ev["cgroup"])
+            got = ev.get("inos")
+            if isinstance(got, list):
+                inos.setdefault(ev["name"], set()).update(i for i in got if isinstance(i, int))
+    return ids, inos
+
+
+def _cgroups_of(host: Host, parents: set[str], name: str, taken: set[str],
+                inos: set[int] | None) -> tuple[dict[str, str], str | None]:
+    """The leftover cgroup of `name` under cgagent's parents: (dirs by controller, systemd unit or None).
+    With `inos`, only dirs that are those inodes (the ones the workload was started in)."""
     dirs: dict[str, str] = {}
     unit = None
     mounts = _mounts(host)
@@ -99,6 +117,8 @@ def _cgroups_of(host: Host, parents: set[str], name: str, taken: set[str]) -> tu
         for base in (name, f"{SCOPE_PREFIX}{name}.scope"):
             d = os.path.join(p, base)
             if d in taken or not os.path.isdir(d) or os.path.islink(d):
+                continue
+            if inos is not None and os.stat(d).st_ino not in inos:
                 continue
             for c in mounts[m]:
                 dirs.setdefault(c, d)
@@ -127,7 +147,7 @@ def find(store: Store, host: Host, only: str | None = None, image_root: str | No
     """Everything no valid record owns (only what belonged to `only`, when given)."""
     good, bad = store.scan()
     valid = {r.name for r in good}
-    started = _started(store)
+    started, inos = _started(store)
     names = {d.name for d in bad} | (started.keys() - valid)
     if only is not None:
         names = names & {only} if only in names else ({only} - valid)
@@ -139,7 +159,12 @@ def find(store: Store, host: Host, only: str | None = None, image_root: str | No
     taken = {d for r in good for d in r.dirs.values()}
     parents = owned_parents(store, host, good, started)
     for n in sorted(names):
-        dirs, unit = _cgroups_of(host, parents, n, taken)
+        # a name only the events log vouches for must be the very cgroups it logged; a damaged
+        # record of this state dir, or `rm -f NAME` asked by name, claims the name itself
+        ident = inos.get(n) if n not in damaged and n != only else None
+        if n not in damaged and n != only and ident is None:
+            continue   # a start logged by a version that did not record inodes: only by name
+        dirs, unit = _cgroups_of(host, parents, n, taken, ident)
         if dirs:
             what = unit or sorted(set(dirs.values()))[0]
             out.append(Leftover("orphaned", n, what, _destroy(host, dirs, unit), _procs(host, dirs)))

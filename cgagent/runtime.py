@@ -216,7 +216,11 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         raise
     if rec.isolation:
         network.started(rec.isolation, rec.name, pid, netfd)
-    events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources)
+    from cgagent.prune import cgroup_inos
+
+    # the inodes tell `prune` which cgroups are this workload's, should its record be lost
+    events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources,
+                  inos=cgroup_inos(rec.dirs))
     return pid
 
 

@@ -188,3 +188,16 @@ def test_an_image_workload_with_a_damaged_record_leaves_no_overlay(box: Box) -> 
     assert "overlay" in ok(box.run("prune", "--dry-run"))
     ok(box.run("rm", "-f", "img"))
     assert box.containers() == [] and not any(os.path.isdir(d) for d in cgroup_dirs(box.cg, "img"))
+
+
+def test_prune_leaves_a_namesake_in_another_state_dir_alone(cg: Env, tmp_path: Path) -> None:
+    """State dir A ran and removed `x`; state dir B runs its own `x` under the same cgroup parent.
+    A's events log names `x`, A has no record of it: the cgroup is still B's, not A's leftover."""
+    other = Env(str(tmp_path / "other"), cg.parent, cg.roots)
+    ok(cg.run("run", "-d", "--name", "x", "--", "sleep", "300"))
+    ok(cg.run("rm", "-f", "x"))
+    ok(other.run("run", "-d", "--name", "x", "--", "sleep", "300"))
+    assert "x" not in ok(cg.run("prune", "--dry-run"))
+    ok(cg.run("prune"))
+    assert json.loads(ok(other.run("ps", "--json")))[0]["status"] == "running"
+    ok(other.run("rm", "-f", "x"))
