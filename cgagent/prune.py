@@ -254,6 +254,18 @@ def remove(store: Store, items: list[Leftover]) -> list[str]:
     return failed
 
 
+def after_exit(store: Store, host: Host, damaged: Damaged, exit_code: int | None) -> None:
+    """finish() of a workload whose record is damaged (caller holds the lock): remove its cgroups
+    and overlay dir as a valid record's would be, log the exit once, and name the damage."""
+    from cgagent.state import warn_damaged
+
+    warn_damaged(damaged)
+    items = [i for i in find(store, host, only=damaged.name) if i.kind in ("orphaned", "overlay")]
+    remove(store, items)
+    if not events.logged(store.root, "exit", damaged.name, damaged=True, exit_code=exit_code):
+        events.append(store.root, "exit", damaged.name, exit_code=exit_code, damaged=True)
+
+
 def reclaim(store: Store, host: Host, name: str, image_root: str | None = None) -> bool:
     """`rm -f NAME` without a valid record: remove what it left. False when nothing was found."""
     with store.lock():

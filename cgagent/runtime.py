@@ -19,7 +19,7 @@ from cgagent.cgroups import CgroupManager, existing_manager, new_manager
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
-from cgagent.state import Record, Store, atomic_write, validate_name
+from cgagent.state import Damaged, Record, Store, atomic_write, validate_name
 
 DRIVERS = ("cgroupfs", "systemd")
 
@@ -229,6 +229,11 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
     with store.lock():
         try:
             rec = store.load(name)
+        except Damaged as d:   # its cgroups and overlay go now; the record stays for `ps -a` to show
+            from cgagent import prune
+
+            rec = None
+            prune.after_exit(store, host, d, exit_code)
         except CgagentError:
             rec = None  # removed meanwhile (`rm -f`)
         if rec is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Env
-from tests.isolated import IMG, Box
+from tests.isolated import IMG, Box, wait_for
 
 pytest_plugins = ("tests.isolated_fixtures",)
 
@@ -201,3 +201,23 @@ def test_prune_leaves_a_namesake_in_another_state_dir_alone(cg: Env, tmp_path: P
     ok(cg.run("prune"))
     assert json.loads(ok(other.run("ps", "--json")))[0]["status"] == "running"
     ok(other.run("rm", "-f", "x"))
+
+
+def test_a_workload_whose_record_is_damaged_leaves_no_cgroup_when_it_exits(cg: Env) -> None:
+    ok(cg.run("run", "-d", "--name", "d", "--", "sleep", "300"))
+    rec = Path(cg.state_dir, "workloads", "d.json")
+    pid = json.loads(rec.read_text())["pid"]
+    rec.write_text("{")
+    os.kill(pid, signal.SIGTERM)
+
+    def exits() -> list[tuple[object, object]]:
+        evs = [json.loads(ln) for ln in Path(cg.state_dir, "events.jsonl").read_text().splitlines()]
+        return [(e["exit_code"], e.get("damaged")) for e in evs if e["kind"] == "exit" and e["name"] == "d"]
+
+    # the supervisor's finish() removes the cgroups, then logs the exit
+    wait_for(lambda: bool(exits()), 60)
+    assert exits() == [(143, True)]
+    assert not any(os.path.isdir(d) for d in cgroup_dirs(cg, "d"))
+    assert "d:damaged" in ps(cg, "-a")
+    ok(cg.run("rm", "-f", "d"))
+    assert ps(cg, "-a") == {}
