@@ -194,20 +194,36 @@ def kills(store: Store, rec: Record, counter: tuple[int, int] | None = None) -> 
     return max(n, rec.oom_kills)
 
 
+MAX_KILLS = 1 << 31   # one event's increase; beyond it the line is garbage, not a count
+
+
 @dataclass
 class Totals:
-    """OOM kills per workload name, folded from the events log; `update()` reads only new lines."""
+    """OOM kills per workload name, folded from the events log; `update()` reads only new lines.
+    A log replaced by another (or cut shorter) is folded again from its start, from zero: the old
+    sums are dropped rather than added to, so nothing is counted twice."""
 
     state_root: str
-    offset: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     cgroup: dict[str, str] = field(default_factory=dict)   # last cgroup id seen per name
     policy: dict[str, str] = field(default_factory=dict)
+    reader: events.Reader | None = None
+
+    @property
+    def offset(self) -> int:
+        return self.reader.offset if self.reader is not None else 0
 
     def update(self) -> None:
-        for off, ev in events.read(self.state_root, self.offset):
-            self.offset = off
+        if self.reader is None:
+            self.reader = events.Reader(self.state_root)
+        for ev in self.reader.read():
+            if self.reader.reset:   # set before the first event of a re-read
+                self.reader.reset = False
+                self.kills, self.cgroup, self.policy = {}, {}, {}
             self.add(ev)
+        if self.reader.reset:       # replaced by an empty file (or removed)
+            self.reader.reset = False
+            self.kills, self.cgroup, self.policy = {}, {}, {}
 
     def add(self, ev: dict[str, Any]) -> None:
         name = ev.get("name")
@@ -216,13 +232,16 @@ class Totals:
         kind = ev.get("kind")
         if kind == "oom_kill":
             kills = ev.get("kills", 1)
-            self.kills[name] = self.kills.get(name, 0) + (kills if isinstance(kills, int) else 1)
+            if isinstance(kills, bool) or not isinstance(kills, int) or not 0 < kills <= MAX_KILLS:
+                return   # a negative or garbage count is no count: never lowers the total
+            self.kills[name] = self.kills.get(name, 0) + kills
         elif kind != "start":
             return
         if isinstance(ev.get("cgroup"), str):
             self.cgroup[name] = ev["cgroup"]
         if "policy" in ev:
-            self.policy[name] = ev.get("policy") or ""
+            pol = ev.get("policy")
+            self.policy[name] = pol if isinstance(pol, str) else ""
 
     def extend(self, evs: Iterable[dict[str, Any]]) -> None:
         for ev in evs:

@@ -20,7 +20,7 @@ from cgagent.errors import CgagentError
 from cgagent.faults import fault
 from cgagent.host import Host
 from cgagent.limits import Resources
-from cgagent.state import Record, Store, atomic_write, validate_name
+from cgagent.state import Damaged, Record, Store, atomic_write, validate_name
 
 DRIVERS = ("cgroupfs", "systemd")
 
@@ -270,7 +270,11 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         raise
     if rec.isolation:
         network.started(rec.isolation, rec.name, pid, netfd)
-    events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources)
+    from cgagent.prune import cgroup_inos
+
+    # the inodes tell `prune` which cgroups are this workload's, should its record be lost
+    events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources,
+                  inos=cgroup_inos(rec.dirs))
     fault("started")
     return pid
 
@@ -341,6 +345,11 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
     with store.lock():
         try:
             rec = store.load(name)
+        except Damaged as d:   # its cgroups and overlay go now; the record stays for `ps -a` to show
+            from cgagent import prune
+
+            rec = None
+            prune.after_exit(store, host, d, exit_code)
         except CgagentError:
             rec = None  # removed meanwhile (`rm -f`)
         if rec is not None:
@@ -353,8 +362,10 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
             _teardown_isolation(rec)
             first = rec.status != "exited"
             rec.status, rec.exit_code, rec.finished = "exited", exit_code, time.time()
-            if first:
-                events.append(store.root, "exit", name, exit_code=exit_code, oom_kills=rec.oom_kills)
+            if first and not events.logged(store.root, "exit", name, started=rec.started):
+                # a retry after a failed save below (full disk) must not log the exit a second time
+                events.append(store.root, "exit", name, exit_code=exit_code, oom_kills=rec.oom_kills,
+                              started=rec.started)
             _clear_stop(store, name)
             if rec.auto_remove:
                 store.delete(name)
@@ -507,7 +518,7 @@ def run_detached(req: RunRequest, host: Host, store: Store) -> str:
 
 def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report: int) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    log = os.open(store.log_path(rec.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    log = store.open_log(rec.name)
     rec.supervisor_pid, rec.supervisor_start = os.getpid(), procs.start_time(os.getpid())
     try:
         start(store, rec, mgr, stdio=(devnull, log, log))
@@ -546,9 +557,16 @@ def shim_main(store: Store, host: Host, name: str) -> int:
         raise CgagentError(f"workload {name!r} has another supervisor", "")
     assert rec.pid is not None
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    log = os.open(store.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    log = store.open_log(name)
     code = _wait_restarting(store, host, rec, manager(host, rec), rec.pid, (devnull, log, log))
-    finish(store, host, name, code)
+    try:
+        finish(store, host, name, code)
+    except BaseException as e:
+        from cgagent.state import last_words
+
+        last_words(f"the exit of {name} (code {code}) could not be recorded: {e}; "
+                   f"the next `cgagent stop/rm {name}` records it")
+        raise
     return 0
 
 
@@ -630,7 +648,14 @@ def _settle(store: Store, host: Host, rec: Record) -> None:
 
 def remove(store: Store, host: Host, name: str, force: bool) -> None:
     require_root("cgagent rm")
-    rec = store.load(name)
+    try:
+        rec = store.load(name)
+    except CgagentError:   # damaged or deleted record: what it left is found by name
+        from cgagent import prune
+
+        if force and prune.reclaim(store, host, name):
+            return
+        raise
     if live_status(host, rec) == "running":
         if not force:
             raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
@@ -680,15 +705,18 @@ def _update(store: Store, host: Host, name: str, values: dict[str, object], oom_
         base = Resources.from_dict(rec.resources)
         new = plan(values, host, base)
         mgr = manager(host, rec)
+        old, old_seq = rec.resources, rec.policy_oom_seq
+        rec.resources = mgr.effective(new).to_dict()
+        if oom_seq is not None:
+            rec.policy_oom_seq = oom_seq
+        store.save(rec)   # first: a full state dir refuses the change before the kernel has it
         try:
             mgr.set(new)
         except (OSError, CgagentError):
             if status == "running":
+                rec.resources, rec.policy_oom_seq = old, old_seq
+                store.save(rec)
                 raise
             # between two runs, its systemd scope gone: the record is what the next scope is made from
-        rec.resources = mgr.effective(new).to_dict()
-        if oom_seq is not None:
-            rec.policy_oom_seq = oom_seq
-        store.save(rec)
         events.append(store.root, "update", name, resources=rec.resources)
     return rec

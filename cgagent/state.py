@@ -4,22 +4,32 @@ Layout under the state dir (default /run/cgagent):
   workloads/<name>.json   the record
   logs/<name>.log         output of detached workloads
   lock                    flock() for create/update/finalise
+
+Records, logs and the events log hold `-e` values and command lines: the dirs are 0700 and the
+files 0600 (an older version's 0755/0644 are tightened at the next write). A record that does not
+parse is `Damaged`: named in one line, never a traceback, and never hides the other workloads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import re
+import stat
+import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from cgagent.errors import CgagentError
 
 DEFAULT_STATE_DIR = "/run/cgagent"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+MAX_RECORD = 1 << 20   # a record is a few KiB; a bigger file is damage, not something to read whole
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -34,17 +44,64 @@ def state_dir() -> str:
     return os.environ.get("CGAGENT_STATE_DIR") or DEFAULT_STATE_DIR
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write temp, fsync, rename, fsync the directory: a reader sees the old or the new file, whole."""
+def private_dir(d: str) -> None:
+    """mkdir -p `d` 0700, or tighten it if an older version made it 0755."""
+    os.makedirs(d, mode=DIR_MODE, exist_ok=True)
+    st = os.stat(d)
+    if st.st_mode & 0o077:
+        os.chmod(d, DIR_MODE)
+
+
+def private_fd(fd: int) -> None:
+    """An existing file an older version made 0644: make it 0600 before anything more goes in."""
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, FILE_MODE)
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def write_error(path: str, e: OSError, need: int) -> CgagentError:
+    """ENOSPC/EROFS/EDQUOT as one line naming the path and what it needs; anything else as is."""
+    d = os.path.dirname(path) or "."
+    if e.errno == errno.EROFS:
+        return CgagentError(f"cannot write {path}: the filesystem is read-only",
+                            f"remount {d} read-write or point --state-dir / CGAGENT_STATE_DIR elsewhere")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            st = os.statvfs(d)
+            free = f"{st.f_bavail * st.f_frsize} bytes free"
+        except OSError:
+            free = "free space unknown"
+        needs = f"needs {need} bytes, " if need > 0 else ""
+        return CgagentError(f"cannot write {path}: no space left on the device ({needs}{free})",
+                            f"free at least {max(need, 4096)} bytes on the filesystem of {d}, or point "
+                            "--state-dir / CGAGENT_STATE_DIR elsewhere")
+    return CgagentError(f"cannot write {path}: {e.strerror or e}", "check the state dir's filesystem and permissions")
+
+
+def atomic_write(path: str, data: bytes, mode: int = FILE_MODE) -> None:
+    """Write temp, fsync, rename, fsync the directory: a reader sees the old or the new file, whole.
+    On failure the temp file is gone and the old file untouched; a full or read-only filesystem is
+    one CgagentError line."""
     d = os.path.dirname(path)
     tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        try:
+            view = memoryview(data)
+            while view:   # a short write (disk filling up) is not an error by itself: finish or fail
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(path, e, len(data) + 4096) from None
+        raise
     dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
@@ -52,10 +109,32 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
+def last_words(msg: str) -> None:
+    """A background process (the supervisor) that cannot go on: say why on its stderr (its log
+    file); when that cannot be written either (the disk is full), in the kernel log."""
+    line = f"cgagent[{os.getpid()}]: {msg}"
+    try:
+        print(line, file=sys.stderr, flush=True)
+        return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, f"<3>{line}"[:1000].encode())
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str) -> Iterator[None]:
     """flock(LOCK_EX) on `path` (created if missing) for the duration of the block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(path, e, 0) from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -97,6 +176,64 @@ class Record:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"
 
 
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+                                      "list": (list,), "dict": (dict,), "None": (type(None),)}
+
+
+def _field_types() -> dict[str, tuple[type, ...]]:
+    """Record's annotations ('int | None', 'dict[str, str]') as isinstance() tuples."""
+    out = {}
+    for f in fields(Record):
+        alts = [a.strip().partition("[")[0] for a in str(f.type).split("|")]
+        out[f.name] = tuple(t for a in alts for t in _TYPES.get(a, (object,)))
+    return out
+
+
+_REQUIRED = {f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING}
+
+
+class Damaged(CgagentError):
+    """A record that cannot be used: its file and what is wrong with it."""
+
+    def __init__(self, name: str, path: str, reason: str) -> None:
+        super().__init__(f"record {path} is damaged: {reason}",
+                         f"`cgagent rm -f {name}` or `cgagent prune` removes it and what it left running")
+        self.name, self.path, self.reason = name, path, reason
+
+
+def parse_record(name: str, path: str, raw: bytes) -> Record:
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise Damaged(name, path, f"not JSON ({e})" if raw.strip() else "empty file") from None
+    if not isinstance(data, dict):
+        raise Damaged(name, path, f"a JSON {type(data).__name__}, not an object")
+    types = _field_types()
+    missing = sorted(_REQUIRED - data.keys())
+    if missing:
+        raise Damaged(name, path, f"missing {', '.join(missing)}")
+    for k, v in data.items():
+        want = types.get(k)
+        if want is not None and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
+            raise Damaged(name, path, f"{k} is a JSON {type(v).__name__}, of the wrong type")
+    if data["name"] != name:
+        raise Damaged(name, path, f"it names workload {data['name']!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) and os.path.isabs(v) for k, v in data["dirs"].items()):
+        raise Damaged(name, path, "dirs is not a map of controller to absolute directory")
+    # fields a newer version added are dropped: this version cannot act on them anyway
+    return Record(**{k: v for k, v in data.items() if k in types})
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_damaged(d: Damaged) -> None:
+    """One line per damaged record per process (serve scans often: do not repeat it each scrape)."""
+    if (d.path, d.reason) not in _warned:
+        _warned.add((d.path, d.reason))
+        print(f"cgagent: warning: {d}", file=sys.stderr, flush=True)
+
+
 class Store:
     def __init__(self, root: str | None = None) -> None:
         self.root = root or state_dir()
@@ -105,13 +242,24 @@ class Store:
 
     def ensure(self) -> None:
         for d in (self.root, self.workloads, self.logs):
-            os.makedirs(d, mode=0o755, exist_ok=True)
+            try:
+                private_dir(d)
+            except OSError as e:
+                raise write_error(d, e, 4096) from None
 
     def path(self, name: str) -> str:
         return os.path.join(self.workloads, f"{validate_name(name)}.json")
 
     def log_path(self, name: str) -> str:
         return os.path.join(self.logs, f"{validate_name(name)}.log")
+
+    def open_log(self, name: str) -> int:
+        """The detached workload's output file, for appending (0600: its output may hold secrets)."""
+        self.ensure()
+        fd = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     FILE_MODE)
+        private_fd(fd)
+        return fd
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         self.ensure()
@@ -122,31 +270,54 @@ class Store:
         atomic_write(self.path(rec.name), rec.to_json())
 
     def exists(self, name: str) -> bool:
-        return os.path.exists(self.path(name))
+        return os.path.lexists(self.path(name))
 
     def load(self, name: str) -> Record:
+        path = self.path(name)
         try:
-            with open(self.path(name)) as f:
-                data = json.load(f)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise CgagentError(f"no workload named {name!r}", "see `cgagent ps -a` for the names") from None
-        return Record(**data)
+        except OSError as e:
+            raise Damaged(name, path, e.strerror or str(e)) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise Damaged(name, path, "not a regular file")
+            raw = os.read(fd, MAX_RECORD + 1)
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_RECORD:
+            raise Damaged(name, path, f"larger than {MAX_RECORD} bytes")
+        return parse_record(name, path, raw)
 
     def delete(self, name: str) -> None:
         for p in (self.path(name), self.log_path(name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 
-    def all(self) -> list[Record]:
-        out = []
+    def names(self) -> list[str]:
+        """Every name with a record file, valid or not."""
         try:
-            names = sorted(os.listdir(self.workloads))
+            files = sorted(os.listdir(self.workloads))
         except FileNotFoundError:
             return []
-        for fn in names:
-            if fn.endswith(".json"):
-                try:
-                    out.append(self.load(fn[:-5]))
-                except (CgagentError, ValueError, TypeError):
-                    continue  # a record written by a newer/older version: skip, don't crash `ps`
-        return out
+        return [fn[:-5] for fn in files if fn.endswith(".json") and _NAME.match(fn[:-5]) and ".." not in fn]
+
+    def scan(self) -> tuple[list[Record], list[Damaged]]:
+        """(valid records, damaged ones): one bad file never hides the others."""
+        good, bad = [], []
+        for n in self.names():
+            try:
+                good.append(self.load(n))
+            except Damaged as d:
+                bad.append(d)
+            except CgagentError:
+                continue   # removed between listdir and open
+        return good, bad
+
+    def all(self) -> list[Record]:
+        """The valid records; each damaged one is named once on stderr."""
+        good, bad = self.scan()
+        for d in bad:
+            warn_damaged(d)
+        return good

@@ -4,13 +4,13 @@ kept while the cgroup keeps its id, name and directories."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
 from cgagent.cgroups import _rel, validate_parent
+from cgagent.errors import CgagentError
 from cgagent.host import Host
-from cgagent.state import Record, Store
+from cgagent.state import Damaged, Record, Store, warn_damaged
 from exporters.exposition import LabelSet
 
 # Hierarchies a collector reads on v1 (cpuset/freezer/... hold nothing we export).
@@ -110,11 +110,13 @@ class Discovery:
                 if old is not None and old[0] == key:
                     seen[e.name] = old
                     continue
+                rec: Record | None = None
                 try:
-                    with open(e.path) as f:
-                        rec: Record | None = Record(**json.load(f))
-                except (OSError, ValueError, TypeError):
-                    rec = None  # torn or foreign record: skip it, like `cgagent ps`
+                    rec = self.store.load(e.name[:-5])
+                except Damaged as d:
+                    warn_damaged(d)   # once per process, in serve's log: the scrape goes on without it
+                except CgagentError:
+                    pass   # removed meanwhile, or not a workload's name
                 seen[e.name] = (key, rec)
         self._records = seen
         return [r for _k, r in sorted(seen.values(), key=lambda x: x[1].name if x[1] else "") if r is not None]

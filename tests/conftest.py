@@ -87,6 +87,18 @@ class Env:
     def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
         return subprocess.Popen(self.cmd(*args), env=self.env(), text=True, **kw)  # type: ignore[call-overload]
 
+    def favour_cpu(self) -> None:
+        """Give this test's own parent cgroup the largest CPU weight (v1 cpu.shares 262144, v2
+        cpu.weight 10000), so that on a loaded machine (load 18 on 2 CPUs here) a workload under a
+        CPU quota still gets what its quota allows and is throttled. Only for workloads under a
+        quota: the quota bounds what the weight takes from the rest of the machine."""
+        for root in self.roots:
+            os.makedirs(root, exist_ok=True)
+            for f, v in (("cpu.shares", "262144"), ("cpu.weight", "10000")):
+                if os.path.exists(f"{root}/{f}"):
+                    with open(f"{root}/{f}", "w") as fh:
+                        fh.write(v)
+
 
 def parent_roots(sub: str) -> list[str]:
     h = hostmod.detect()

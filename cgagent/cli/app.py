@@ -246,7 +246,7 @@ def stop(
     """SIGTERM the workload, SIGKILL what is left after --time seconds."""
     from cgagent.runtime import stop as do_stop
 
-    _each(names, cgroup_driver, state_dir, lambda store, h, n: do_stop(store, h, n, time_))
+    raise typer.Exit(_each(names, cgroup_driver, state_dir, lambda store, h, n: do_stop(store, h, n, time_)))
 
 
 @app.command()
@@ -256,19 +256,67 @@ def rm(
     cgroup_driver: DriverOf = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Remove workloads: their cgroup and their record."""
+    """Remove workloads: their cgroup and their record. Goes on past a name that fails (one line each,
+    exit 1 or the failure's code). With -f, also a damaged or deleted record's leftovers (see prune)."""
     from cgagent.runtime import remove
 
-    _each(names, cgroup_driver, state_dir, lambda store, h, n: remove(store, h, n, force))
+    raise typer.Exit(_each(names, cgroup_driver, state_dir, lambda store, h, n: remove(store, h, n, force)))
 
 
-def _each(names: list[str], driver: str | None, state_dir: str | None, act: Callable[[Any, Any, str], None]) -> None:
-    """Apply `act` to each named workload in turn, printing each name as it is done (as docker does)."""
+def _each(names: list[str], driver: str | None, state_dir: str | None, act: Callable[[Any, Any, str], None]) -> int:
+    """Apply `act` to each named workload in turn, printing each name as it is done; a name that
+    fails is reported in one line and the rest are still done (as docker does). -> exit code."""
+    from cgagent.cli.errors import full_or_read_only, report
+
     store, h = _store(state_dir), _host()
-    _check_driver(store, names, driver)
+    code = 0
     for n in names:
-        act(store, h, n)
-        print(n)
+        try:
+            try:
+                _check_driver(store, [n], driver)
+                act(store, h, n)
+            except OSError as e:
+                raise full_or_read_only(e) or e from None
+        except CgagentError as e:
+            code = report(e)
+            continue
+        print(n, flush=True)
+    return code
+
+
+@app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only list what would be removed.")] = False,
+    root: Annotated[str | None, typer.Option(
+        "--root", help="Image store root whose overlay dirs to check (default $CGAGENT_ROOT or /var/lib/cgagent).")
+    ] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Remove what workloads left without a valid record: damaged records, orphaned cgroups (their
+    processes are killed), overlay dirs, network attachments, temp files and stop flags. Only what
+    cgagent's own state says it made, and only under cgagent's cgroup parents; workloads with a
+    valid record are never touched (remove those with `cgagent rm`). Not interactive.
+
+    Example: cgagent prune --dry-run; cgagent prune
+    """
+    from cgagent import prune as pr
+    from cgagent.runtime import require_root
+
+    store, h = _store(state_dir), _host()
+    if dry_run:
+        for it in pr.find(store, h, image_root=root):
+            print(f"would remove {it.line()}", flush=True)
+        return
+    require_root("cgagent prune")
+    with store.lock():
+        items = pr.find(store, h, image_root=root)
+        for it in items:
+            print(it.line(), flush=True)
+        failed = pr.remove(store, items)
+    for line in failed:
+        print(f"cgagent: error: could not remove {line}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -361,6 +409,13 @@ def main(argv: list[str]) -> int:
         from cgagent.cli.errors import report
 
         return report(e)
+    except OSError as e:
+        from cgagent.cli.errors import full_or_read_only, report
+
+        err = full_or_read_only(e)
+        if err is None:
+            raise
+        return report(err)
     except click_exc.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "cgagent"
         print(f"cgagent: error: {e.format_message()} (see `{cmd} --help`)", file=sys.stderr)

@@ -18,6 +18,14 @@ _SKIP = {"time", "kind", "name"}
 def format_event(ev: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ev.get("time", 0))))
     kind, name = str(ev.get("kind", "?")), str(ev.get("name", "?"))
+    try:
+        detail = _detail(kind, ev)
+    except (TypeError, AttributeError, ValueError):   # a field of an unexpected type: show it as it is
+        detail = " ".join(f"{k}={v}" for k, v in sorted(ev.items()) if k not in _SKIP)
+    return f"{when}  {kind:<8}  {name:<20}  {detail}"
+
+
+def _detail(kind: str, ev: dict[str, Any]) -> str:
     if kind == "start":
         detail = f"pid={ev.get('pid')} cgroup={ev.get('cgroup')} cmd={' '.join(map(str, ev.get('cmd') or []))}"
     elif kind == "exit":
@@ -32,7 +40,7 @@ def format_event(ev: dict[str, Any]) -> str:
         detail = " ".join(f"{k}={v}" for k, v in sorted(res.items()))
     else:
         detail = " ".join(f"{k}={v}" for k, v in sorted(ev.items()) if k not in _SKIP)
-    return f"{when}  {kind:<8}  {name:<20}  {detail}"
+    return detail
 
 
 def show(state_root: str, name: str | None, follow: bool, as_json: bool) -> None:
@@ -41,20 +49,19 @@ def show(state_root: str, name: str | None, follow: bool, as_json: bool) -> None
             return
         print(json.dumps(ev, sort_keys=True) if as_json else format_event(ev), flush=True)
 
+    reader = events.Reader(state_root)
     if not follow:
-        for _off, ev in events.read(state_root):
+        for ev in reader.read():
             emit(ev)
         return
-    offset = 0
-    os.makedirs(state_root, exist_ok=True)
+    os.makedirs(state_root, mode=0o700, exist_ok=True)
     ino = inotify.Inotify()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         # watch before the first read: a line appended in between is then not missed
         ino.add(state_root, inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO)
         while True:
-            for off, ev in events.read(state_root, offset):
-                offset = off
+            for ev in reader.read():   # a replaced log is printed again from its start
                 emit(ev)
             select.select([ino.fd], [], [])
             for _ in ino.read():

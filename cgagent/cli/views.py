@@ -30,7 +30,15 @@ def print_table(rows: list[dict[str, Any]], cols: list[str], title: str | None =
 
 
 def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
+    from cgagent import prune
+
     rows = []
+    for left in prune.find(store, host):
+        # damaged: a record that does not parse; orphaned: a cgroup of cgagent's with no record
+        if left.kind in ("damaged", "orphaned") and (all_ or left.pids):
+            rows.append({"name": left.name, "status": left.kind, "pid": None, "cgroup": left.what,
+                         "command": f"({left.what}; `cgagent rm -f {left.name}` removes it)",
+                         "processes": left.pids})
     for rec in store.all():
         status = live_status(host, rec)
         if status == "exited" and not all_:

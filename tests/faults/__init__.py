@@ -1,0 +1,1 @@
+"""Fault tests: damaged state, a full or read-only state dir."""
