@@ -25,11 +25,26 @@ def which(cmd: str, path: str | None = None) -> str | None:
     return None
 
 
+MAX_PRESERVE_FDS = 1024
+
+
+def preserve_fds(value: object) -> int:
+    """--preserve-fds N: how many fds from 3 on the workload inherits (as runc and podman)."""
+    text = str(value if value is not None else 0)
+    if not text.isdigit() or int(text) > MAX_PRESERVE_FDS:
+        raise CgagentError(f"--preserve-fds {text!r} is not a count from 0 to {MAX_PRESERVE_FDS}",
+                           "e.g. --preserve-fds 1 passes fd 3")
+    return int(text)
+
+
 def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, int] | None = None,
-          env: dict[str, str] | None = None, child_setup: Callable[[], None] | None = None) -> int:
+          env: dict[str, str] | None = None, child_setup: Callable[[], None] | None = None,
+          keep_fds: int = 0) -> int:
     """Fork; let `place(pid)` put the child in its cgroup (cgroupfs write, or a systemd scope) while
     it waits; then the child runs `child_setup` and execs `cmd`.
 
+    Only fds 0-2 and 3 .. 3+keep_fds-1 (--preserve-fds) survive the exec: anything else the caller
+    leaked (a directory fd of the host reached as /proc/self/fd/N: CVE-2024-21626) is closed.
     The signals the caller waits for (WAITED) must already be blocked; the child unblocks them.
     Raises CgagentError (exit 127/126) when the command cannot be executed.
     """
@@ -52,6 +67,10 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
             for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *FORWARDED):
                 signal.signal(s, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            # imported here: a host run pays for ctypes in the child only; an isolated child has it already
+            from cgagent.isolation.syscalls import cloexec_from
+
+            cloexec_from(3 + keep_fds)   # last: the exec-failure pipe `w` is already close-on-exec
             if env is None:
                 os.execvp(cmd[0], cmd)
             else:

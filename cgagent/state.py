@@ -89,6 +89,7 @@ class Record:
     isolation: dict[str, Any] = field(default_factory=dict)  # image runs: see cgagent.isolation.spec
     restart: str = "no"                  # no | on-failure[:N] | always (the supervisor applies it)
     restarts: int = 0                    # how many times the supervisor restarted it
+    preserve_fds: int = 0                # --preserve-fds: fds 3.. the workload inherits from the caller
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"

@@ -105,6 +105,7 @@ def make_setup(spec: dict[str, Any], join_net: int | None = None) -> tuple[dict[
         unshare(namespaces.flags(spec))
         sethostname(spec.get("hostname") or "cgagent")
         rootfs.enter(spec, user_fd)
+        security.check_cwd()
         if spec.get("net", "none") == "none":
             namespaces.up_loopback()
         if user_fd is not None:  # last: from here on, root is root of this user namespace only

@@ -78,6 +78,18 @@ def lookup_user(user: str) -> tuple[int, int, list[int], str]:
     return uid, gid, [gid, *extra], home
 
 
+def check_cwd() -> None:
+    """The working directory must lie inside the workload's root. A workdir of /proc/self/fd/N names
+    an fd the caller leaked, i.e. a directory of the host (CVE-2024-21626); the kernel's getcwd
+    cannot name such a directory from our root, and glibc reports ENOENT."""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        cwd = ""
+    if not cwd.startswith("/"):
+        raise OSError(errno.EPERM, "the working directory is outside the workload's root")
+
+
 def apply(caps: list[str], user: str, use_seccomp: bool, env: dict[str, str]) -> None:
     keep = cap_mask(caps)
     drop_bounding(keep)
