@@ -108,7 +108,7 @@ def run(
         "container:NAME, or a network's name (`cgagent network ls`).")] = None,
     publish: Annotated[list[str] | None, typer.Option(
         "--publish", "-p", help="HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable).")] = None,
-    init: Annotated[bool, typer.Option("--init", help="Run a reaper as PID 1 that forwards signals.")] = False,
+    init: Annotated[bool, typer.Option("--init", help="Run tini as PID 1 (reaps, forwards signals).")] = False,
     userns: Annotated[bool, typer.Option("--userns", help="Map root inside to host uid/gid 100000+ (a user "
                                          "namespace; image layers are mounted idmapped).")] = False,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Set KEY=VALUE inside (repeatable).")] = None,

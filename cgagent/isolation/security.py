@@ -90,7 +90,10 @@ def check_cwd() -> None:
         raise OSError(errno.EPERM, "the working directory is outside the workload's root")
 
 
-def apply(caps: list[str], user: str, use_seccomp: bool, env: dict[str, str]) -> None:
+def apply(caps: list[str], user: str, use_seccomp: bool, env: dict[str, str], exec_unreadable: bool = False) -> None:
+    """`exec_unreadable`: the next exec is of a file we must not be able to read (cgagent.isolation.child's
+    init), so the capabilities that read anything stay out of the effective set until then (exec
+    restores effective = permitted for root)."""
     keep = cap_mask(caps)
     drop_bounding(keep)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
@@ -106,7 +109,7 @@ def apply(caps: list[str], user: str, use_seccomp: bool, env: dict[str, str]) ->
         os.setgid(0)   # no-ops on the host; in a user namespace they make us its root (uid 0 there)
         os.setuid(0)
     if uid == 0:
-        capset(keep, keep, 0)
+        capset(keep & ~cap_mask(["DAC_OVERRIDE", "DAC_READ_SEARCH"]) if exec_unreadable else keep, keep, 0)
     env.setdefault("HOME", "/root")
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     if use_seccomp:
