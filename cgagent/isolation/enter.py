@@ -16,7 +16,7 @@ from typing import Any
 from cgagent import launch
 from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
-from cgagent.isolation import namespaces, security
+from cgagent.isolation import namespaces, seccomp, security
 from cgagent.isolation.child import _relay
 from cgagent.isolation.spec import env_dict
 from cgagent.isolation.syscalls import CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, prctl
@@ -32,6 +32,7 @@ def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: 
         if launch.which(cmd[0]) is None:
             raise CgagentError(f"command not found: {cmd[0]}", "check the name and PATH", exit_code=127)
         return launch.wait_forwarding(launch.spawn(cmd, mgr.apply, keep_fds=keep_fds))
+    seccomp.machine()
     target = namespaces.init_pid(mgr.procs())
     if target is None:
         raise CgagentError("the workload's PID 1 is gone", "see `cgagent ps -a`")

@@ -113,4 +113,4 @@ def apply(caps: list[str], user: str, use_seccomp: bool, env: dict[str, str], ex
     env.setdefault("HOME", "/root")
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     if use_seccomp:
-        seccomp.install()
+        seccomp.install(caps)

@@ -1,7 +1,7 @@
 """The kernel calls Python 3.11's `os` lacks: unshare, setns, mount, umount2, pivot_root, prctl, capset.
 
-Thin ctypes wrappers that raise OSError(errno) like `os` does. x86_64 syscall numbers where libc
-has no wrapper (pivot_root, capset).
+Thin ctypes wrappers that raise OSError(errno) like `os` does. Syscall numbers of x86_64 and
+aarch64 where libc has no wrapper (pivot_root, capset; from 424 on the numbers are shared).
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SECCOMP_MODE_FILTER = 2
 
-SYS_PIVOT_ROOT = 155
-SYS_CAPSET = 126
+_MACHINE = os.uname().machine
+SYS_PIVOT_ROOT = 41 if _MACHINE == "aarch64" else 155
+SYS_CAPSET = 91 if _MACHINE == "aarch64" else 126
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
 SYS_CLOSE_RANGE = 436   # asm-generic number: the same on x86_64 and aarch64
