@@ -140,14 +140,17 @@ class _Asm:
         self.op(RET_K, k)
 
     def assemble(self) -> bytes:
-        out = b""
+        words: list[int] = []
         for i, (code, jt, jf, k) in enumerate(self.ins):
-            def rel(t: int | str, limit: int, i: int = i) -> int:
-                off = t if isinstance(t, int) else self.labels[t] - i - 1
-                assert 0 <= off < limit, "seccomp jump out of range"
-                return off
-            out += struct.pack("=HBBI", code, rel(jt, 256), rel(jf, 256), rel(k, 1 << 32) & 0xFFFFFFFF)
-        return out
+            if isinstance(jt, str):
+                jt = self.labels[jt] - i - 1
+            if isinstance(jf, str):
+                jf = self.labels[jf] - i - 1
+            if isinstance(k, str):
+                k = self.labels[k] - i - 1
+            assert 0 <= jt < 256 and 0 <= jf < 256 and k >= 0, "seccomp jump out of range"
+            words += (code, jt, jf, k & 0xFFFFFFFF)
+        return struct.pack("=" + "HBBI" * len(self.ins), *words)
 
 
 def _actions(arch: str, caps: set[str]) -> dict[int, int | str]:
