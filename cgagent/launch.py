@@ -25,11 +25,27 @@ def which(cmd: str, path: str | None = None) -> str | None:
     return None
 
 
-def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, int] | None = None,
-          env: dict[str, str] | None = None, child_setup: Callable[[], None] | None = None) -> int:
-    """Fork; let `place(pid)` put the child in its cgroup (cgroupfs write, or a systemd scope) while
-    it waits; then the child runs `child_setup` and execs `cmd`.
+MAX_PRESERVE_FDS = 1024
 
+
+def preserve_fds(value: object) -> int:
+    """--preserve-fds N: how many fds from 3 on the workload inherits (as runc and podman)."""
+    text = str(value if value is not None else 0)
+    if not text.isdigit() or int(text) > MAX_PRESERVE_FDS:
+        raise CgagentError(f"--preserve-fds {text!r} is not a count from 0 to {MAX_PRESERVE_FDS}",
+                           "e.g. --preserve-fds 1 passes fd 3")
+    return int(text)
+
+
+def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, int] | None = None,
+          env: dict[str, str] | None = None, child_setup: Callable[[], list[str] | None] | None = None,
+          keep_fds: int = 0) -> int:
+    """Fork; let `place(pid)` put the child in its cgroup (cgroupfs write, or a systemd scope) while
+    it waits; then the child runs `child_setup` and execs `cmd`, or `cmd` behind the program that
+    child_setup returned (an init: `[init, --]`).
+
+    Only fds 0-2 and 3 .. 3+keep_fds-1 (--preserve-fds) survive the exec: anything else the caller
+    leaked (a directory fd of the host reached as /proc/self/fd/N: CVE-2024-21626) is closed.
     The signals the caller waits for (WAITED) must already be blocked; the child unblocks them.
     Raises CgagentError (exit 127/126) when the command cannot be executed.
     """
@@ -43,8 +59,13 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
             os.close(go_w)
             if os.read(go_r, 1) != b"1":
                 os._exit(125)
+            argv = cmd
             if child_setup is not None:
-                child_setup()
+                wrapper = child_setup()
+                if wrapper:
+                    stage = "exec"
+                    _check_command(cmd[0], (env if env is not None else os.environ).get("PATH"))
+                    argv = [*wrapper, *cmd]
             stage = "exec"
             if stdio is not None:
                 for target, fd in enumerate(stdio):
@@ -52,10 +73,14 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
             for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *FORWARDED):
                 signal.signal(s, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            # imported here: a host run pays for ctypes in the child only; an isolated child has it already
+            from cgagent.isolation.syscalls import cloexec_from
+
+            cloexec_from(3 + keep_fds)   # last: the exec-failure pipe `w` is already close-on-exec
             if env is None:
-                os.execvp(cmd[0], cmd)
+                os.execvp(argv[0], argv)
             else:
-                os.execvpe(cmd[0], cmd, env)
+                os.execvpe(argv[0], argv, env)
         except OSError as e:
             os.write(w, f"{stage}:{e.errno}:{e}".encode())
         except BaseException as e:
@@ -80,6 +105,12 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
         os.waitpid(pid, 0)
         _exec_failure(cmd, msg)
     return pid
+
+
+def _check_command(name: str, path: str | None) -> None:
+    """What exec would say about `name`, for a wrapper that execs it later (its errors would be its own)."""
+    if which(name, path) is None:
+        raise OSError(errno.EACCES if "/" in name and os.path.exists(name) else errno.ENOENT, name)
 
 
 def _exec_failure(cmd: list[str], msg: str) -> None:

@@ -37,6 +37,7 @@ class RunRequest:
     policy: str | None = None
     isolation: dict[str, Any] | None = None   # image/--rootfs runs: cgagent.isolation.spec.build
     restart: str = "no"                        # no | on-failure[:N] | always
+    preserve_fds: int = 0                      # fds 3 .. 3+N-1 the workload inherits (--preserve-fds)
 
 
 def parse_restart(text: str) -> tuple[str, int | None]:
@@ -203,7 +204,8 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
         rec = Record(name=name, cmd=req.cmd, driver=driver, mode=mgr.mode, dirs=dirs,
                      cgroup=_cgroup_id(host, dirs), resources=resources.to_dict(), created=time.time(),
                      detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
-                     unit=getattr(mgr, "unit", None), isolation=req.isolation or {}, restart=req.restart)
+                     unit=getattr(mgr, "unit", None), isolation=req.isolation or {}, restart=req.restart,
+                     preserve_fds=req.preserve_fds)
         store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
         fault("record")
         if driver == "cgroupfs":   # systemd owns its slices: never rmdir them
@@ -263,7 +265,7 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         _record_started(store, rec, mgr, pid, keeper)
 
     try:
-        pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup)
+        pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup, keep_fds=rec.preserve_fds)
     except BaseException:
         if netfd is not None:
             os.close(netfd)

@@ -171,6 +171,7 @@ class Record:
     keeper_pid: int | None = None        # systemd driver: holds the scope until its OOM counter is read
     keeper_start: int | None = None
     policy_oom_seq: int = 0              # OOM kills of this instance its policy has answered (see oom.py seq)
+    preserve_fds: int = 0                # --preserve-fds: fds 3.. the workload inherits from the caller
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"

@@ -108,7 +108,7 @@ def run(
         "container:NAME, or a network's name (`cgagent network ls`).")] = None,
     publish: Annotated[list[str] | None, typer.Option(
         "--publish", "-p", help="HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable).")] = None,
-    init: Annotated[bool, typer.Option("--init", help="Run a reaper as PID 1 that forwards signals.")] = False,
+    init: Annotated[bool, typer.Option("--init", help="Run tini as PID 1 (reaps, forwards signals).")] = False,
     userns: Annotated[bool, typer.Option("--userns", help="Map root inside to host uid/gid 100000+ (a user "
                                          "namespace; image layers are mounted idmapped).")] = False,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Set KEY=VALUE inside (repeatable).")] = None,
@@ -127,6 +127,8 @@ def run(
                                                "here override them); `cgagent serve` applies its behaviour.")] = None,
     policy_dir: Annotated[list[str] | None, typer.Option(
         "--policy-dir", help="Also look for policies in this directory (repeatable).")] = None,
+    preserve_fds: Annotated[int, typer.Option(
+        "--preserve-fds", help=options.PRESERVE_FDS_HELP, show_default=False)] = 0,
 ) -> None:
     """Run CMD in its own cgroup with limits; with IMAGE before --, isolated in its own namespaces on an
     overlay of the image. Foreground runs pass its exit code through.
@@ -135,6 +137,7 @@ def run(
 
     Example: cgagent run --rm --hostname box busybox:latest -- sh -c 'hostname; ps'
     """
+    from cgagent.launch import preserve_fds as preserve_fds_count
     from cgagent.limits import plan
     from cgagent.runtime import RunRequest, run_detached, run_foreground
 
@@ -161,7 +164,7 @@ def run(
     cmd, name, isolation = for_run(image, cmd, {k: v for k, v in iso.items() if v}, name)
     req = RunRequest(cmd=cmd, resources=resources, name=name, parent=cgroup_parent or "/cgagent",
                      driver=cgroup_driver, detach=detach, auto_remove=rm, isolation=isolation, policy=policy,
-                     restart=restart or "no")
+                     restart=restart or "no", preserve_fds=preserve_fds_count(preserve_fds))
     store = _store(state_dir)
     if detach:
         print(run_detached(req, h, store))

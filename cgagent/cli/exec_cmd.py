@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cgagent.cli.options import PRESERVE_FDS_HELP
 from cgagent.errors import CgagentError
 
 
@@ -15,6 +16,7 @@ def exec_(
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Set KEY=VALUE (repeatable).")] = None,
     user: Annotated[str | None, typer.Option("--user", "-u", help="USER[:GROUP] or UID[:GID] inside.")] = None,
     workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="Working directory inside.")] = None,
+    preserve_fds: Annotated[int, typer.Option("--preserve-fds", help=PRESERVE_FDS_HELP, show_default=False)] = 0,
     state_dir: Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STATE_DIR",
                                                   help="Where records live (default /run/cgagent).")] = None,
 ) -> None:
@@ -24,6 +26,7 @@ def exec_(
     """
     from cgagent import host
     from cgagent.isolation import enter
+    from cgagent.launch import preserve_fds as preserve_fds_count
     from cgagent.runtime import live_status, manager, require_root
     from cgagent.state import Store
 
@@ -34,4 +37,5 @@ def exec_(
     rec = Store(state_dir).load(name)
     if live_status(h, rec) != "running":
         raise CgagentError(f"workload {name!r} is not running", "see `cgagent ps -a`")
-    raise typer.Exit(enter.run(manager(h, rec), rec.isolation, cmd, env or [], user, workdir))
+    keep = preserve_fds_count(preserve_fds)
+    raise typer.Exit(enter.run(manager(h, rec), rec.isolation, cmd, env or [], user, workdir, keep))

@@ -77,6 +77,7 @@ def main(argv: list[str]) -> int | None:
 
 def execute(p: dict[str, Any]) -> int:
     from cgagent import host as hostmod
+    from cgagent.launch import preserve_fds
     from cgagent.limits import parse_fields, plan
     from cgagent.runtime import RunRequest, run_detached, run_foreground
     from cgagent.state import Store
@@ -98,7 +99,7 @@ def execute(p: dict[str, Any]) -> int:
                      parent=p.get("parent") or os.environ.get("CGAGENT_CGROUP_PARENT") or "/cgagent",
                      driver=p.get("driver") or os.environ.get("CGAGENT_CGROUP_DRIVER"),
                      detach=bool(p.get("detach")), auto_remove=bool(p.get("auto_remove")),
-                     restart=p.get("restart") or "no")
+                     restart=p.get("restart") or "no", preserve_fds=preserve_fds(p.get("preserve_fds")))
     store = Store(p.get("state_dir"))
     if req.detach:
         print(run_detached(req, h, store))

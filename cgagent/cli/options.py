@@ -18,7 +18,7 @@ LIMITS = {
 }
 # other options of `run` that take a value -> RunRequest field / setting
 VALUES = {"--name": "name", "--cgroup-parent": "parent", "--cgroup-driver": "driver", "--state-dir": "state_dir",
-          "--policy": "policy", "--restart": "restart"}
+          "--policy": "policy", "--restart": "restart", "--preserve-fds": "preserve_fds"}
 # repeatable options of `run` -> list setting
 LISTS = {"--policy-dir": "policy_dirs"}
 FLAGS = {"--detach": "detach", "-d": "detach", "--rm": "auto_remove"}
@@ -36,6 +36,8 @@ def split_image(cmd: list[str]) -> tuple[str | None, list[str]]:
     if len(cmd) >= 2 and cmd[1] == "--":
         return cmd[0], cmd[2:]
     return None, cmd
+
+PRESERVE_FDS_HELP = "Pass fds 3..3+N-1 of the caller to the workload (all others are closed at exec)."
 
 HELP = {
     "cpus": "CPUs the workload may use, e.g. 0.5 (CFS quota over the period).",

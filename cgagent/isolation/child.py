@@ -2,8 +2,8 @@
 
 spawn's child (already in its cgroup) unshares the pid namespace and forks:
 - the forked process is PID 1 of the new namespace: it unshares mnt/uts/ipc/cgroup(/net), builds
-  the root filesystem, drops privileges and returns to spawn, which execs the command (or, with
-  --init, it forks the command and stays as a reaper that forwards signals);
+  the root filesystem, drops privileges and returns to spawn, which execs the command (with --init:
+  tini, which runs the command, as Docker does);
 - spawn's child itself becomes a relay: it waits for PID 1 and exits with its status, so the
   parent waits for the process it forked and learns exec failures through spawn's pipe (the
   relay closes its copy, PID 1's copy closes at exec).
@@ -13,6 +13,7 @@ is out of reach once the new root is in place.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import warnings  # noqa: F401  os.execvpe imports it lazily, after pivot_root that would fail
@@ -20,19 +21,29 @@ from collections.abc import Callable
 from typing import Any
 
 from cgagent import launch
-from cgagent.isolation import namespaces, rootfs, security, userns
+from cgagent.errors import CgagentError
+from cgagent.isolation import namespaces, rootfs, seccomp, security, userns
 from cgagent.isolation.spec import env_dict
 from cgagent.isolation.syscalls import (
     CLONE_NEWNET,
     CLONE_NEWPID,
     CLONE_NEWUSER,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOSUID,
+    MS_RDONLY,
+    MS_REMOUNT,
     PR_SET_PDEATHSIG,
+    mount,
     prctl,
-    set_comm,
     sethostname,
     setns,
     unshare,
 )
+
+TINI = "/usr/bin/tini-static"   # Debian's package tini
+INIT_PATH = "/dev/init"
+Setup = Callable[[], "list[str] | None"]
 
 
 def _quiet_fds() -> None:
@@ -52,47 +63,41 @@ def _relay(pid: int) -> None:
         os._exit(code)
 
 
-def _noop(signum: int, frame: object) -> None:
-    pass
+def _install_init(src: int) -> None:
+    """--init: put tini (static, so it needs nothing from the image) at INIT_PATH, in the workload's
+    own /dev tmpfs, so a read-only root or any image works, and read-only.
 
-
-def _reaper(child: int) -> None:
-    """--init: PID 1 reaps every orphan and forwards signals to the command; exits with its status."""
-    code = 255
+    A copy with mode 0111, not a bind of the host's file: exec'd by a process that cannot read it,
+    PID 1 is left non-dumpable (fs/exec.c would_dump), so the workload cannot open /proc/1/mem or
+    ptrace it even as root with the same capabilities."""
+    dst = os.open(INIT_PATH, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o111)
     try:
-        _quiet_fds()
-        set_comm("init")  # what `ps` inside shows for PID 1
-        for s in launch.WAITED:  # a namespace's init only receives signals it has a handler for
-            signal.signal(s, _noop)
-        while True:
-            info = signal.sigwaitinfo(launch.WAITED)
-            if info.si_signo != signal.SIGCHLD:
-                if info.si_code <= 0:
-                    try:
-                        os.kill(child, info.si_signo)
-                    except ProcessLookupError:
-                        pass
-                continue
-            while True:
-                try:
-                    wpid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if wpid == 0:
-                    break
-                if wpid == child:
-                    code = launch.exit_code(status)
-                    return
+        size = os.fstat(src).st_size
+        done = 0
+        while done < size:
+            n = os.sendfile(dst, src, done, size - done)
+            if n == 0:
+                raise OSError(errno.EIO, f"{TINI} shrank while copied")
+            done += n
+        os.fchmod(dst, 0o111)   # the umask must not matter, nor what the file was created with
     finally:
-        os._exit(code)
+        os.close(dst)
+        os.close(src)
+    mount(INIT_PATH, INIT_PATH, None, MS_BIND)
+    mount(None, INIT_PATH, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def make_setup(spec: dict[str, Any], join_net: int | None = None) -> tuple[dict[str, str], Callable[[], None]]:
+def make_setup(spec: dict[str, Any], join_net: int | None = None) -> tuple[dict[str, str], Setup]:
     """-> (the environment to exec with, the child_setup for launch.spawn). `join_net`: the fd of the
     network namespace cgagent.network prepared (bridge, a named network, container:NAME)."""
+    seccomp.machine()   # an architecture the filter has no table for: refused here, in one line
     env = env_dict(spec)
+    init = bool(spec.get("init"))
+    if init and not os.path.isfile(TINI):
+        raise CgagentError(f"--init needs tini, and {TINI} is missing",
+                           "install the Debian package tini (apt-get install tini), or drop --init")
 
-    def setup() -> None:
+    def setup() -> list[str] | None:
         if join_net is not None:   # first, so the relay (the recorded pid) names the namespace too
             setns(join_net, CLONE_NEWNET)
         # made here, where /proc still shows our pid namespace (the helper's maps are written by pid)
@@ -104,19 +109,21 @@ def make_setup(spec: dict[str, Any], join_net: int | None = None) -> tuple[dict[
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         unshare(namespaces.flags(spec))
         sethostname(spec.get("hostname") or "cgagent")
+        tini = os.open(TINI, os.O_RDONLY | os.O_CLOEXEC) if init else -1   # while the host's files are in view
         rootfs.enter(spec, user_fd)
+        security.check_cwd()
+        if init:
+            _install_init(tini)
         if spec.get("net", "none") == "none":
             namespaces.up_loopback()
         if user_fd is not None:  # last: from here on, root is root of this user namespace only
             setns(user_fd, CLONE_NEWUSER)
             os.close(user_fd)
         security.apply(list(spec.get("caps") or []), str(spec.get("user") or ""), bool(spec.get("seccomp", True)),
-                       env)
+                       env, exec_unreadable=init)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid cleared it
-        if spec.get("init"):
-            child = os.fork()
-            if child != 0:
-                _reaper(child)
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if not init:
+            return None
+        return [INIT_PATH, "--"]   # tini: PID 1, reaps orphans, forwards signals, passes the exit status on
 
     return env, setup

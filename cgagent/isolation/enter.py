@@ -16,14 +16,14 @@ from typing import Any
 from cgagent import launch
 from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
-from cgagent.isolation import namespaces, security
+from cgagent.isolation import namespaces, seccomp, security
 from cgagent.isolation.child import _relay
 from cgagent.isolation.spec import env_dict
 from cgagent.isolation.syscalls import CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, prctl
 
 
 def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: list[str], user: str | None,
-        workdir: str | None) -> int:
+        workdir: str | None, keep_fds: int = 0) -> int:
     """Foreground exec; returns the command's exit code (shell convention)."""
     if not cmd:
         raise CgagentError("no command given", "put the command after --, e.g. cgagent exec web -- sh")
@@ -31,7 +31,8 @@ def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: 
     if not isolation:  # a host workload: only its cgroup to join
         if launch.which(cmd[0]) is None:
             raise CgagentError(f"command not found: {cmd[0]}", "check the name and PATH", exit_code=127)
-        return launch.wait_forwarding(launch.spawn(cmd, mgr.apply))
+        return launch.wait_forwarding(launch.spawn(cmd, mgr.apply, keep_fds=keep_fds))
+    seccomp.machine()
     target = namespaces.init_pid(mgr.procs())
     if target is None:
         raise CgagentError("the workload's PID 1 is gone", "see `cgagent ps -a`")
@@ -60,12 +61,13 @@ def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: 
         os.chroot(".")
         namespaces.join(user_ns)   # last: it gives up our power over the other namespaces
         os.chdir(workdir or isolation.get("workdir") or "/")
+        security.check_cwd()
         security.apply(list(isolation.get("caps") or []), str(user if user is not None else
                                                               isolation.get("user") or ""),
                        bool(isolation.get("seccomp", True)), env)
 
     try:
-        pid = launch.spawn(cmd, mgr.apply, env=env, child_setup=setup)
+        pid = launch.spawn(cmd, mgr.apply, env=env, child_setup=setup, keep_fds=keep_fds)
     finally:
         for fd, _t in fds + user_ns:
             os.close(fd)

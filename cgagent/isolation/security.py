@@ -78,7 +78,22 @@ def lookup_user(user: str) -> tuple[int, int, list[int], str]:
     return uid, gid, [gid, *extra], home
 
 
-def apply(caps: list[str], user: str, use_seccomp: bool, env: dict[str, str]) -> None:
+def check_cwd() -> None:
+    """The working directory must lie inside the workload's root. A workdir of /proc/self/fd/N names
+    an fd the caller leaked, i.e. a directory of the host (CVE-2024-21626); the kernel's getcwd
+    cannot name such a directory from our root, and glibc reports ENOENT."""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        cwd = ""
+    if not cwd.startswith("/"):
+        raise OSError(errno.EPERM, "the working directory is outside the workload's root")
+
+
+def apply(caps: list[str], user: str, use_seccomp: bool, env: dict[str, str], exec_unreadable: bool = False) -> None:
+    """`exec_unreadable`: the next exec is of a file we must not be able to read (cgagent.isolation.child's
+    init), so the capabilities that read anything stay out of the effective set until then (exec
+    restores effective = permitted for root)."""
     keep = cap_mask(caps)
     drop_bounding(keep)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
@@ -94,8 +109,8 @@ def apply(caps: list[str], user: str, use_seccomp: bool, env: dict[str, str]) ->
         os.setgid(0)   # no-ops on the host; in a user namespace they make us its root (uid 0 there)
         os.setuid(0)
     if uid == 0:
-        capset(keep, keep, 0)
+        capset(keep & ~cap_mask(["DAC_OVERRIDE", "DAC_READ_SEARCH"]) if exec_unreadable else keep, keep, 0)
     env.setdefault("HOME", "/root")
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     if use_seccomp:
-        seccomp.install()
+        seccomp.install(caps)

@@ -1,7 +1,7 @@
 """The kernel calls Python 3.11's `os` lacks: unshare, setns, mount, umount2, pivot_root, prctl, capset.
 
-Thin ctypes wrappers that raise OSError(errno) like `os` does. x86_64 syscall numbers where libc
-has no wrapper (pivot_root, capset).
+Thin ctypes wrappers that raise OSError(errno) like `os` does. Syscall numbers of x86_64 and
+aarch64 where libc has no wrapper (pivot_root, capset; from 424 on the numbers are shared).
 """
 
 from __future__ import annotations
@@ -39,10 +39,13 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SECCOMP_MODE_FILTER = 2
 
-SYS_PIVOT_ROOT = 155
-SYS_CAPSET = 126
+_MACHINE = os.uname().machine
+SYS_PIVOT_ROOT = 41 if _MACHINE == "aarch64" else 155
+SYS_CAPSET = 91 if _MACHINE == "aarch64" else 126
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
+SYS_CLOSE_RANGE = 436   # asm-generic number: the same on x86_64 and aarch64
+CLOSE_RANGE_CLOEXEC = 4
 OPEN_TREE_CLONE = 1
 AT_RECURSIVE = 0x8000
 AT_FDCWD = -100
@@ -104,15 +107,24 @@ def move_mount(fd: int, target: str) -> None:
                          ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount to {target}")
 
 
+def cloexec_from(first: int) -> None:
+    """Mark every fd >= `first` close-on-exec: close_range(first, ~0U, CLOSE_RANGE_CLOEXEC) (Linux 5.11),
+    else one fcntl per entry of /proc/self/fd."""
+    if _libc.syscall(SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                     ctypes.c_uint(CLOSE_RANGE_CLOEXEC)) == 0:
+        return
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd >= first:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the listing's own directory fd, closed by now
+                pass
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, len(raw)), "sethostname")
-
-
-def set_comm(name: str) -> None:
-    """PR_SET_NAME: what `ps` shows; needs no permission (/proc/self/comm may not be ours to write)."""
-    buf = ctypes.create_string_buffer(name.encode()[:15])
-    _check(_libc.prctl(15, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0), "prctl(PR_SET_NAME)")
 
 
 def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:
