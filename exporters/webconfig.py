@@ -318,16 +318,21 @@ def load_web_config(path: str) -> WebConfig:
     """Read and check a --web.config.file; raises CgagentError (one line) on any problem."""
     import yaml
 
+    from cgagent import yamlbound
+
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = yamlbound.read_text(path)
     except OSError as e:
         raise _err(path, "--web.config.file", f"cannot read the file ({e.strerror})",
                    "pass the path of an existing, readable YAML file") from None
     except UnicodeDecodeError:
         raise _err(path, "--web.config.file", "is not UTF-8 text", "save the file as UTF-8 YAML") from None
+    except ValueError as e:
+        raise _err(path, "--web.config.file", f"is {e}", "point it at the web config file") from None
     try:
-        data = yaml.safe_load(text)
+        _root, data = yamlbound.compose(text)
+    except yamlbound.YAMLBoundError as e:
+        raise _err(path, f"line {e.line}", f"refused: {e.problem}", "write the values out") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "YAML"
