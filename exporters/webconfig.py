@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import stat
+import sys
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -76,6 +78,10 @@ UNSUPPORTED_KEYS = {
 }
 
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+# Each step doubles the time of a check: 12 takes ~0.25 s on one core, 14 ~1 s. Above that, a handful of
+# wrong guesses (which anyone can send) keeps a core busy for many seconds, and a scraper whose check is
+# not cached yet waits longer than the server lets it (exporters.web.AUTH_WAIT).
+MAX_BCRYPT_COST = 14
 
 NEEDS_CA = {"VerifyClientCertIfGiven", "RequireAndVerifyClientCert"}
 
@@ -184,6 +190,20 @@ def _read_pem(source: str, field: str, path: str, marker: str, what: str) -> Non
                    f"point {field.rsplit('.', 1)[-1]} at a PEM file containing '-----BEGIN {marker}'")
 
 
+def _warn_if_exposed(source: str, field: str, path: str) -> None:
+    """A private key others can read is as good as published; say so (exporter-toolkit does not, and
+    refusing would break setups that work today)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        who = " and ".join(w for w, bits in (("its group", stat.S_IRWXG), ("other users", stat.S_IRWXO))
+                           if mode & bits)
+        print(f"cgagent: warning: {source}: {field}: {path} is accessible by {who} "
+              f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}", file=sys.stderr, flush=True)
+
+
 def _no_password() -> bytes:
     # An encrypted key would make OpenSSL prompt on the terminal; refuse instead.
     raise ValueError("encrypted private key")
@@ -199,6 +219,7 @@ def build_ssl_context(tls: TLSServerConfig, source: str, base_dir: str) -> ssl.S
     key = _resolve(base_dir, tls.key_file)
     _read_pem(source, f"{f}.cert_file", cert, "CERTIFICATE", "certificate")
     _read_pem(source, f"{f}.key_file", key, "PRIVATE KEY", "private key")
+    _warn_if_exposed(source, f"{f}.key_file", key)
 
     auth = tls.client_auth_type or "NoClientCert"
     if auth == "RequireAnyClientCert":
@@ -269,15 +290,33 @@ def build_ssl_context(tls: TLSServerConfig, source: str, base_dir: str) -> ssl.S
     return ctx
 
 
+HASH_HOWTO = ("python3 -c 'import bcrypt,getpass; "
+              "print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt(12)).decode())'")
+
+
+def _bcrypt_ok(password: bytes, hashed: str) -> bool:
+    import bcrypt
+
+    try:
+        return bool(bcrypt.checkpw(password, hashed.encode()))
+    except ValueError:
+        return False
+
+
 def _check_users(cfg: WebConfig, source: str) -> None:
     for user, h in cfg.basic_auth_users.items():
         field = f"basic_auth_users.{user}"
         if not user or ":" in user:
             raise _err(source, field, "user names must be non-empty and contain no ':'", "rename the user")
         if not BCRYPT_HASH.match(h):
-            raise _err(source, field, "is not a bcrypt hash",
-                       "store a bcrypt hash, e.g. from: python3 -c 'import bcrypt,getpass; "
-                       "print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt()).decode())'")
+            raise _err(source, field, "is not a bcrypt hash", f"store a bcrypt hash, e.g. from: {HASH_HOWTO}")
+        cost = int(h[4:6])
+        if cost > MAX_BCRYPT_COST:
+            raise _err(source, field, f"bcrypt cost {cost} is above {MAX_BCRYPT_COST} (each check would take "
+                       f"~{2 ** (cost - 14):g} s of CPU, and anyone can ask for checks)",
+                       f"hash the password again with a cost from 10 to {MAX_BCRYPT_COST}: {HASH_HOWTO}")
+        if _bcrypt_ok(b"", h):
+            raise _err(source, field, "the password is empty", f"set a password and store its hash: {HASH_HOWTO}")
 
 
 def _check_headers(cfg: WebConfig, source: str) -> None:
