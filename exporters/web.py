@@ -35,6 +35,7 @@ import socketserver
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,23 +123,35 @@ def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...
     return family, addr
 
 
-def connection_bound() -> int:
-    """The most connections to hold open: a quarter of the fd soft limit, between 8 and 256. The rest of
-    the fds stay for the collectors (directory fds, cgroup files), the OOM watcher and the policies."""
+def connection_bound(nofile: int | None = None) -> int:
+    """The most connections to serve at once for an fd soft limit (default: this process's): a quarter of
+    it, between 8 and 256. The rest of the fds stay for the collectors (directory fds, cgroup files), the
+    OOM watcher and the policy controller."""
     import resource
 
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, soft // 4))
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, nofile // 4))
+
+
+def fd_bound(max_connections: int) -> int:
+    """The most connection fds the server holds: the served ones plus those it has shut down whose
+    threads are still closing them (normally a handful, for a moment)."""
+    return max_connections + max_connections // 4 + 1
 
 
 @dataclass
 class _Conn:
     fd: int
-    since: float
-    deadline: float | None       # None while a request is being served: not idle, never evicted
+    deadline: float              # while idle (not serving a request): closed when it passes
     closing: bool = False        # shut down by the reaper or an eviction; its thread is closing it
+    # a new connection waits in the accept loop's selector, without a thread, until its first bytes
+    # arrive: a thousand silent connections then cost a thousand fds at most, not a thousand threads, and
+    # accepting the next one stays cheap enough that a real scrape is not stuck behind them in the backlog
+    parked: socket.socket | None = None
+    address: Any = None
 
 
 def _shutdown_fd(fd: int) -> None:
@@ -193,68 +206,91 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         self._conns: dict[int, _Conn] = {}
+        # the idle ones, each dict in deadline order (its timeout is fixed), so that admitting, evicting and
+        # reaping cost O(1) however many connections a flood opens: new connections that have not sent
+        # their request headers yet, and keep-alive connections between requests
+        self._waiting: OrderedDict[int, _Conn] = OrderedDict()
+        self._kept: OrderedDict[int, _Conn] = OrderedDict()
+        self._closing = 0
         self._conns_cv = threading.Condition()
         self._local = threading.local()
         self.max_connections = MAX_CONNECTIONS
         self.wake: Callable[[float], None] = lambda _deadline: None
+        self.close_parked: Callable[[_Conn], None] = lambda _c: None
         super().__init__(*a, **kw)
 
     # --- the connection table (the accept loop admits and reaps, each connection's thread marks itself)
 
-    def admit(self, request: socket.socket) -> bool:
-        """Register a new connection, making room by evicting the oldest idle one when full. False: no
-        room (every slot is serving a request); the caller closes it."""
-        now = time.monotonic()
+    def admit(self, request: socket.socket, address: Any) -> _Conn | None:
+        """Register a new (parked) connection, making room when full by evicting the oldest connection that
+        has not sent its request yet, else the oldest keep-alive one (a scraper reconnects; a client
+        without credentials cannot keep a connection, see _Handler._authorized). None: no room (every
+        slot is serving a request); the caller closes it."""
         with self._conns_cv:
-            if len(self._conns) >= self.max_connections:
-                idle = [c for c in self._conns.values() if c.deadline is not None and not c.closing]
-                if not idle:
-                    return False
-                self._kill(min(idle, key=lambda c: c.since))
-                # the evicted thread closes its fd within moments; wait for it so the bound holds
-                if not self._conns_cv.wait_for(lambda: len(self._conns) < self.max_connections, 0.25):
-                    return False
-            fd = request.fileno()
-            self._conns[fd] = _Conn(fd, now, now + HEADER_TIMEOUT)
-        return True
+            if len(self._conns) - self._closing >= self.max_connections:
+                victims = self._waiting or self._kept
+                if not victims:
+                    return None
+                self._kill(next(iter(victims.values())))
+            # shut-down connections keep their fd until their thread closes it, within moments: a burst
+            # of evictions may wait for that, so that the fds held stay under fd_bound()
+            limit = fd_bound(self.max_connections)
+            if not self._conns_cv.wait_for(lambda: len(self._conns) < limit, 1.0):
+                return None
+            c = _Conn(request.fileno(), time.monotonic() + HEADER_TIMEOUT, parked=request, address=address)
+            self._conns[c.fd] = c
+            self._waiting[c.fd] = c
+        return c
 
-    def forget(self, request: socket.socket) -> None:
+    def forget(self, c: _Conn) -> None:
         with self._conns_cv:
-            self._conns.pop(request.fileno(), None)
+            self._waiting.pop(c.fd, None)
+            self._kept.pop(c.fd, None)
+            if self._conns.pop(c.fd, None) is not None and c.closing:
+                self._closing -= 1
             self._conns_cv.notify_all()
 
     def _kill(self, c: _Conn) -> None:
+        self._waiting.pop(c.fd, None)
+        self._kept.pop(c.fd, None)
+        if c.parked is not None:
+            self.close_parked(c)   # no thread yet: the accept loop (the caller) closes it itself
+            return
         c.closing = True
+        self._closing += 1
         _shutdown_fd(c.fd)
 
     def reap(self) -> float | None:
-        """Shut down connections past their deadline; -> the next deadline (None: none pending)."""
+        """Shut down idle connections past their deadline; -> the next deadline (None: none pending)."""
         now = time.monotonic()
         nxt: float | None = None
         with self._conns_cv:
-            for c in self._conns.values():
-                if c.deadline is None or c.closing:
-                    continue
-                if c.deadline <= now:
+            for idle in (self._waiting, self._kept):
+                while idle:
+                    c = next(iter(idle.values()))
+                    if c.deadline > now:
+                        nxt = c.deadline if nxt is None else min(nxt, c.deadline)
+                        break
                     self._kill(c)
-                elif nxt is None or c.deadline < nxt:
-                    nxt = c.deadline
         return nxt
 
-    def _mark(self, deadline: float | None) -> None:
+    def mark_busy(self) -> None:
+        c: _Conn | None = getattr(self._local, "conn", None)
+        if c is not None:
+            with self._conns_cv:
+                self._waiting.pop(c.fd, None)
+                self._kept.pop(c.fd, None)
+
+    def mark_idle(self) -> None:
         c: _Conn | None = getattr(self._local, "conn", None)
         if c is None:
             return
         with self._conns_cv:
-            c.deadline = deadline
-        if deadline is not None:
-            self.wake(deadline)
-
-    def mark_busy(self) -> None:
-        self._mark(None)
-
-    def mark_idle(self) -> None:
-        self._mark(time.monotonic() + IDLE_TIMEOUT)
+            if c.closing:
+                return
+            c.deadline = time.monotonic() + IDLE_TIMEOUT
+            self._kept[c.fd] = c
+        self.wake(c.deadline)
 
     def open_connections(self) -> int:
         with self._conns_cv:
@@ -268,7 +304,7 @@ class _Server(ThreadingHTTPServer):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         fd = request.fileno()
         with self._conns_cv:
-            self._local.conn = self._conns.get(fd)
+            conn = self._local.conn = self._conns.get(fd)
         ctx = self.metrics.ssl_context
         tls: ssl.SSLSocket | None = None
         try:
@@ -282,9 +318,8 @@ class _Server(ThreadingHTTPServer):
             self._local.conn = None
             # deregister before the fd is closed (here for TLS, by shutdown_request for plain sockets), so a
             # new connection reusing the number is never mistaken for this one
-            with self._conns_cv:
-                self._conns.pop(fd, None)
-                self._conns_cv.notify_all()
+            if conn is not None:
+                self.forget(conn)
             if tls is not None:
                 tls.close()
 
@@ -298,7 +333,7 @@ class _Server(ThreadingHTTPServer):
 
     def close_connections(self) -> None:
         with self._conns_cv:
-            for c in self._conns.values():
+            for c in list(self._conns.values()):
                 self._kill(c)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -479,6 +514,8 @@ class MetricsServer:
         self._httpd.metrics = self
         self._httpd.max_connections = max_connections or connection_bound()
         self._httpd.wake = self._wake_for
+        self._httpd.close_parked = self._close_parked
+        self._sel = selectors.DefaultSelector()
         self._wake_at = float("-inf")
         self._stopping = False
         # accept only when the selector says so, and never block in accept() if the client went away
@@ -587,45 +624,72 @@ class MetricsServer:
 
     def _loop(self) -> None:
         self._loop_thread = threading.current_thread()
+        sel = self._sel
         try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(self._httpd.socket, selectors.EVENT_READ, "accept")
-                sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-                while True:
-                    # sleep until a connection's deadline, never polling: while the table is scanned any
-                    # new deadline wakes us (-inf), afterwards only one earlier than the next we know of
-                    self._wake_at = float("-inf")
-                    nxt = self._httpd.reap()
-                    self._wake_at = float("inf") if nxt is None else nxt
-                    timeout = None if nxt is None else max(0.0, nxt - time.monotonic())
-                    for key, _ev in sel.select(timeout):
-                        if key.data == "wake":
-                            with contextlib.suppress(OSError):
-                                os.read(self._wake_r, 4096)
-                            if self._stopping:
-                                return
-                        else:
-                            self._accept_one()
+            sel.register(self._httpd.socket, selectors.EVENT_READ, "accept")
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            while True:
+                # sleep until a connection's deadline, never polling: while the table is scanned any new
+                # deadline wakes us (-inf), afterwards only one earlier than the next we know of
+                self._wake_at = float("-inf")
+                nxt = self._httpd.reap()
+                self._wake_at = float("inf") if nxt is None else nxt
+                timeout = None if nxt is None else max(0.0, nxt - time.monotonic())
+                for key, _ev in sel.select(timeout):
+                    if key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_r, 4096)
+                        if self._stopping:
+                            return
+                    elif key.data == "accept":
+                        self._accept_some()
+                    else:
+                        self._unpark(key.data)
         finally:
+            with contextlib.suppress(KeyError, ValueError):
+                sel.unregister(self._httpd.socket)
+                sel.unregister(self._wake_r)
             self._stopped.set()
 
-    def _accept_one(self) -> None:
-        """Accept one connection and hand it to a new thread (socketserver's _handle_request_noblock, with
-        public methods only), if the connection table has or can make room."""
+    def _accept_some(self) -> None:
+        """Accept what the backlog holds (a bounded batch) and park each connection until it sends."""
         httpd = self._httpd
+        for _ in range(64):
+            try:
+                request, client_address = httpd.get_request()
+            except OSError:
+                return   # backlog empty, or the client gave up between readiness and accept
+            c = httpd.admit(request, client_address)
+            if c is None:
+                httpd.shutdown_request(request)
+                continue
+            request.setblocking(False)
+            self._sel.register(request, selectors.EVENT_READ, c)
+
+    def _unpark(self, c: _Conn) -> None:
+        """The connection has something to say: hand it to its own thread (socketserver's
+        _handle_request_noblock, with public methods only)."""
+        httpd = self._httpd
+        request = c.parked
+        assert request is not None
+        self._sel.unregister(request)
+        c.parked = None   # parked connections are only ever touched by this (the accept loop's) thread
+        request.setblocking(True)
         try:
-            request, client_address = httpd.get_request()
-        except OSError:
-            return   # the client gave up between readiness and accept
-        if not httpd.admit(request):
-            httpd.shutdown_request(request)
-            return
-        try:
-            httpd.process_request(request, client_address)
+            httpd.process_request(request, c.address)
         except Exception:
-            httpd.forget(request)
-            httpd.handle_error(request, client_address)
+            httpd.forget(c)
+            httpd.handle_error(request, c.address)
             httpd.shutdown_request(request)
+
+    def _close_parked(self, c: _Conn) -> None:
+        request = c.parked
+        assert request is not None
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(request)
+        c.parked = None
+        self._httpd.forget(c)
+        self._httpd.shutdown_request(request)
 
     def shutdown(self) -> None:
         """Stop accepting, wait for the serving loop to end, close the listening socket and drop open
@@ -652,6 +716,7 @@ class MetricsServer:
             self._closed = True
             self._httpd.server_close()
             self._httpd.close_connections()
+            self._sel.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
 
