@@ -106,7 +106,8 @@ def parse_restart(v: Any) -> str:
     m = re.fullmatch(r"on-failure:(\S+)", text)
     if m:
         if not re.fullmatch(r"\d{1,9}", m.group(1), re.ASCII) or int(m.group(1)) < 1:
-            raise ValueError(f"{text!r}: the retry count after on-failure: must be a whole number >= 1 (at most 999999999)")
+            raise ValueError(f"{text!r}: the retry count after on-failure: must be a whole number >= 1 "
+                             "(at most 999999999)")
         return f"on-failure:{int(m.group(1))}"
     raise ValueError(f"{text!r} is not a restart policy: use no, on-failure, on-failure:N or always")
 
