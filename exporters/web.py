@@ -200,6 +200,11 @@ class _Server(ThreadingHTTPServer):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         # skip HTTPServer.server_bind's getfqdn(), which can block on DNS
         socketserver.TCPServer.server_bind(self)
+        # Linux hands a connection to accept() only once its first bytes arrive (or after this many
+        # seconds): a flood of silent connections then waits in the kernel, not in front of a scraper,
+        # which sends its request (or TLS hello) at once. nginx's `listen ... deferred`.
+        with contextlib.suppress(AttributeError, OSError):
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(HEADER_TIMEOUT))
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
