@@ -152,6 +152,9 @@ class _Conn:
     # accepting the next one stays cheap enough that a real scrape is not stuck behind them in the backlog
     parked: socket.socket | None = None
     address: Any = None
+    # plain HTTP: what arrived while parked. A connection leaves the selector for a thread only with its
+    # request's whole header block, so a slow client (slowloris) costs no thread either.
+    head: bytes = b""
 
 
 def _shutdown_fd(fd: int) -> None:
@@ -164,6 +167,35 @@ def _shutdown_fd(fd: int) -> None:
         pass
     finally:
         s.detach()
+
+
+class _Prefixed:
+    """The handler's raw rfile, serving the bytes read while the connection was parked first."""
+
+    def __init__(self, raw: Any, prefix: bytes) -> None:
+        self.raw = raw
+        self.prefix = prefix
+
+    def readline(self, size: int = -1) -> bytes:
+        if not self.prefix:
+            return bytes(self.raw.readline(size))
+        limit = len(self.prefix) if size < 0 else min(size, len(self.prefix))
+        nl = self.prefix.find(b"\n", 0, limit)
+        end = nl + 1 if nl >= 0 else limit
+        line, self.prefix = self.prefix[:end], self.prefix[end:]
+        if nl < 0 and not self.prefix and (size < 0 or len(line) < size):
+            line += self.raw.readline(-1 if size < 0 else size - len(line))
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        head = self.prefix if size < 0 else self.prefix[:size]
+        self.prefix = self.prefix[len(head):]
+        if size < 0:
+            return head + bytes(self.raw.read())
+        return head + (bytes(self.raw.read(size - len(head))) if size > len(head) else b"")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 class _HeaderBudget:
@@ -255,6 +287,15 @@ class _Server(ThreadingHTTPServer):
                 self._closing -= 1
             self._conns_cv.notify_all()
 
+    def current(self) -> _Conn | None:
+        """The connection this (handler) thread serves."""
+        c: _Conn | None = getattr(self._local, "conn", None)
+        return c
+
+    def drop(self, c: _Conn) -> None:
+        with self._conns_cv:
+            self._kill(c)
+
     def _kill(self, c: _Conn) -> None:
         self._waiting.pop(c.fd, None)
         self._kept.pop(c.fd, None)
@@ -280,14 +321,14 @@ class _Server(ThreadingHTTPServer):
         return nxt
 
     def mark_busy(self) -> None:
-        c: _Conn | None = getattr(self._local, "conn", None)
+        c = self.current()
         if c is not None:
             with self._conns_cv:
                 self._waiting.pop(c.fd, None)
                 self._kept.pop(c.fd, None)
 
     def mark_idle(self) -> None:
-        c: _Conn | None = getattr(self._local, "conn", None)
+        c = self.current()
         if c is None:
             return
         with self._conns_cv:
@@ -363,7 +404,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self._raw_rfile = self.rfile
+        c = self.server.current()
+        self._raw_rfile: Any = _Prefixed(self.rfile, c.head) if c is not None and c.head else self.rfile
 
     def handle_one_request(self) -> None:
         self.rfile = cast(Any, _HeaderBudget(self._raw_rfile))   # a fresh budget for each request on the connection
@@ -672,11 +714,25 @@ class MetricsServer:
             self._sel.register(request, selectors.EVENT_READ, c)
 
     def _unpark(self, c: _Conn) -> None:
-        """The connection has something to say: hand it to its own thread (socketserver's
-        _handle_request_noblock, with public methods only)."""
+        """The connection has something to say: once it is a whole header block (or, with TLS, any byte of
+        the handshake), hand it to its own thread (socketserver's _handle_request_noblock, with public
+        methods only)."""
         httpd = self._httpd
         request = c.parked
         assert request is not None
+        if self.ssl_context is None:
+            try:
+                data = request.recv(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            c.head += data
+            if not data or len(c.head) > HEADER_BYTES:
+                httpd.drop(c)   # gone, or headers too large: nothing worth a thread
+                return
+            if b"\r\n\r\n" not in c.head and b"\n\n" not in c.head:
+                return
         self._sel.unregister(request)
         c.parked = None   # parked connections are only ever touched by this (the accept loop's) thread
         request.setblocking(True)
