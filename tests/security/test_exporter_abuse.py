@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -300,3 +301,13 @@ def test_key_others_can_read_is_warned(tmp_path: object, capfd: pytest.CaptureFi
     load_web_config(cfg)
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "warning" in err and "other users" in err and f"chmod 600 {key}" in err, err
+
+
+def test_shipped_unit_sets_the_fd_limit_the_connection_bound_derives_from() -> None:
+    with open(os.path.join(ROOT, "deploy", "systemd", "cgagent.service")) as f:
+        m = re.search(r"^LimitNOFILE=(\d+)$", f.read(), re.MULTILINE)
+    assert m, "the unit must set LimitNOFILE (systemd's default soft limit is 1024)"
+    nofile = int(m.group(1))
+    # connections may take at most half of it even counting those being closed: the rest is the agent's
+    assert web.fd_bound(web.connection_bound(nofile)) <= nofile // 2
+    assert web.fd_bound(web.connection_bound(1024)) <= 512
