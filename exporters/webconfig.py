@@ -178,16 +178,29 @@ def _resolve(base: str, p: str) -> str:
     return p if os.path.isabs(p) else os.path.join(base, p)
 
 
+# certificate chains and CA bundles are kilobytes; the system CA bundle is ~200 KiB
+MAX_PEM_BYTES = 4 << 20
+
+
 def _read_pem(source: str, field: str, path: str, marker: str, what: str) -> None:
+    """Check the file is a regular file of bounded size holding a PEM `marker` block, before OpenSSL (which
+    would read a FIFO or /dev/zero without end) is given it."""
+    key = field.rsplit(".", 1)[-1]
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb", buffering=0) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _err(source, field, f"{path!r} is not a regular file", f"point {key} at a PEM {what} file")
+            data = f.read(MAX_PEM_BYTES + 1)
     except OSError as e:
         raise _err(source, field, f"cannot read {path!r} ({e.strerror})",
-                   f"point {field.rsplit('.', 1)[-1]} at a readable PEM {what}") from None
+                   f"point {key} at a readable PEM {what}") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise _err(source, field, f"{path!r} is larger than {MAX_PEM_BYTES >> 20} MiB",
+                   f"point {key} at a PEM {what} file")
     if marker.encode() not in data:
         raise _err(source, field, f"{path!r} holds no PEM {what}",
-                   f"point {field.rsplit('.', 1)[-1]} at a PEM file containing '-----BEGIN {marker}'")
+                   f"point {key} at a PEM file containing '-----BEGIN {marker}'")
 
 
 def _warn_if_exposed(source: str, field: str, path: str) -> None:

@@ -311,3 +311,17 @@ def test_shipped_unit_sets_the_fd_limit_the_connection_bound_derives_from() -> N
     # connections may take at most half of it even counting those being closed: the rest is the agent's
     assert web.fd_bound(web.connection_bound(nofile)) <= nofile // 2
     assert web.fd_bound(web.connection_bound(1024)) <= 512
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_key_file_that_never_ends_is_refused(tmp_path: object, target: str) -> None:
+    d = str(tmp_path)
+    if target == "fifo":
+        target = os.path.join(d, "fifo")
+        os.mkfifo(target)   # opening it for reading would wait for a writer forever
+    cfg = os.path.join(d, "web.yml")
+    with open(cfg, "w") as f:
+        f.write(f"tls_server_config:\n  cert_file: {target}\n  key_file: {target}\n")
+    with pytest.raises(CgagentError) as e:
+        load_web_config(cfg)
+    assert "\n" not in str(e.value) and f"tls_server_config.cert_file: {target!r} is not a regular file" in str(e.value)
