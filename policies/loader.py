@@ -228,7 +228,7 @@ def load_file(path: str) -> Loaded:
     except OSError as e:
         return Loaded(path, problems=[Problem(path, 0, "(file)", e.strerror or str(e))])
     except ValueError as e:
-        return Loaded(path, problems=[Problem(path, 0, "(file)", f"{e}: not a policy file")])
+        return Loaded(path, problems=[Problem(path, 0, "(file)", f"refused: {e}")])
     return parse_text(text, path)
 
 

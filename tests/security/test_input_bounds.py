@@ -128,3 +128,24 @@ def test_hostile_yaml_web_config_is_one_line(cg: Env, tmp_path: object) -> None:
         f.write(LAUGHS.replace("name: lol\n", "basic_auth_users: {}\n"))
     r = cg.run("serve", "--listen", "127.0.0.1:0", "--web.config.file", path, timeout=30)
     _one_line_refusal(r, path, "expands to more than 100000 values")
+
+
+@pytest.mark.parametrize("kind, expect", [("fifo", "refused: not a regular file"),
+                                          ("zero", "refused: not a regular file"),
+                                          ("big", "refused: larger than 1024 KiB")])
+def test_policy_file_that_never_ends_is_refused(cg: Env, tmp_path: object, kind: str, expect: str) -> None:
+    d = os.path.join(str(tmp_path), "policies")
+    os.makedirs(d)
+    path = os.path.join(d, "endless.yaml")
+    if kind == "fifo":
+        os.mkfifo(path)          # opening it for reading would wait for a writer forever
+    elif kind == "zero":
+        os.symlink("/dev/zero", path)
+    else:
+        with open(path, "w") as f:
+            f.write("name: endless\ndescription: '" + "x" * (2 << 20) + "'\n")
+    r = cg.run("policy", "check", path, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and f"{path}:0: (file): {expect}" in r.stderr, r.stderr
+    r = cg.run("run", "--name", "never", "--policy", "endless", "--policy-dir", d, "--", "true", timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and expect in r.stderr, r.stderr
+    _nothing_left(cg)
