@@ -16,6 +16,9 @@ from cgagent.host import Host
 from cgagent.units import format_cpu_list, parse_bytes, parse_cpu_list, parse_int, parse_number
 
 MIN_MEMORY = 6 * 1024 * 1024   # Docker's floor: below this the workload cannot even start
+# pids.max above PID_MAX_LIMIT (2**22) is EINVAL on both cgroup versions
+MAX_PIDS = 1 << 22
+MIN_QUOTA_US = 1000            # the kernel refuses a smaller cpu.cfs_quota_us / cpu.max quota
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,8 @@ def field_memory_swap(v: Any) -> int:
 
 def field_pids(v: Any) -> int:
     n = parse_int(v, "--pids-limit")
-    if n == 0 or n < -1:
-        raise CgagentError(f"--pids-limit {v} is invalid", "give a positive count, or -1 for unlimited")
+    if n == 0 or n < -1 or n > MAX_PIDS:
+        raise CgagentError(f"--pids-limit {v} is invalid", f"give a count from 1 to {MAX_PIDS}, or -1 for unlimited")
     return n
 
 
@@ -150,6 +153,10 @@ def plan(values: dict[str, Any], host: Host, base: Resources | None = None) -> R
         if cpus > online:
             raise CgagentError(f"--cpus {cpus:g} is more than the {online} online CPUs", f"give at most {online}")
         quota = convert.cpus_to_quota(cpus, period or convert.DEFAULT_PERIOD_US)
+        if quota < MIN_QUOTA_US:
+            raise CgagentError(f"--cpus {cpus:g} is below the kernel's minimum quota of {MIN_QUOTA_US} µs "
+                               f"per {period or convert.DEFAULT_PERIOD_US} µs period",
+                               "give at least 0.01 CPUs (with the default period)")
     elif "cpu_period" in values and base.cpu_quota is not None and base.cpu_quota > 0:
         # keep the same CPU fraction when only the period changes
         quota = round(base.cpu_quota * values["cpu_period"] / (base.cpu_period or convert.DEFAULT_PERIOD_US))

@@ -45,7 +45,7 @@ def parse_restart(text: str) -> tuple[str, int | None]:
     mode, _, num = text.partition(":")
     if mode in ("no", "always") and not num:
         return mode, None
-    if mode == "on-failure" and (not num or (num.isdigit() and int(num) > 0)):
+    if mode == "on-failure" and (not num or (num.isascii() and num.isdigit() and len(num) <= 9 and int(num) > 0)):
         return mode, int(num) if num else None
     raise CgagentError(f"--restart {text!r} is not a restart policy", "use no, on-failure, on-failure:N or always")
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import stat
+import sys
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -76,6 +78,10 @@ UNSUPPORTED_KEYS = {
 }
 
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+# Each step doubles the time of a check: 12 takes ~0.25 s on one core, 14 ~1 s. Above that, a handful of
+# wrong guesses (which anyone can send) keeps a core busy for many seconds, and a scraper whose check is
+# not cached yet waits longer than the server lets it (exporters.web.AUTH_WAIT).
+MAX_BCRYPT_COST = 14
 
 NEEDS_CA = {"VerifyClientCertIfGiven", "RequireAndVerifyClientCert"}
 
@@ -172,16 +178,43 @@ def _resolve(base: str, p: str) -> str:
     return p if os.path.isabs(p) else os.path.join(base, p)
 
 
+# certificate chains and CA bundles are kilobytes; the system CA bundle is ~200 KiB
+MAX_PEM_BYTES = 4 << 20
+
+
 def _read_pem(source: str, field: str, path: str, marker: str, what: str) -> None:
+    """Check the file is a regular file of bounded size holding a PEM `marker` block, before OpenSSL (which
+    would read a FIFO or /dev/zero without end) is given it."""
+    key = field.rsplit(".", 1)[-1]
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb", buffering=0) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _err(source, field, f"{path!r} is not a regular file", f"point {key} at a PEM {what} file")
+            data = f.read(MAX_PEM_BYTES + 1)
     except OSError as e:
         raise _err(source, field, f"cannot read {path!r} ({e.strerror})",
-                   f"point {field.rsplit('.', 1)[-1]} at a readable PEM {what}") from None
+                   f"point {key} at a readable PEM {what}") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise _err(source, field, f"{path!r} is larger than {MAX_PEM_BYTES >> 20} MiB",
+                   f"point {key} at a PEM {what} file")
     if marker.encode() not in data:
         raise _err(source, field, f"{path!r} holds no PEM {what}",
-                   f"point {field.rsplit('.', 1)[-1]} at a PEM file containing '-----BEGIN {marker}'")
+                   f"point {key} at a PEM file containing '-----BEGIN {marker}'")
+
+
+def _warn_if_exposed(source: str, field: str, path: str) -> None:
+    """A private key others can read is as good as published; say so (exporter-toolkit does not, and
+    refusing would break setups that work today)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        who = " and ".join(w for w, bits in (("its group", stat.S_IRWXG), ("other users", stat.S_IRWXO))
+                           if mode & bits)
+        print(f"cgagent: warning: {source}: {field}: {path} is accessible by {who} "
+              f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}", file=sys.stderr, flush=True)
 
 
 def _no_password() -> bytes:
@@ -199,6 +232,7 @@ def build_ssl_context(tls: TLSServerConfig, source: str, base_dir: str) -> ssl.S
     key = _resolve(base_dir, tls.key_file)
     _read_pem(source, f"{f}.cert_file", cert, "CERTIFICATE", "certificate")
     _read_pem(source, f"{f}.key_file", key, "PRIVATE KEY", "private key")
+    _warn_if_exposed(source, f"{f}.key_file", key)
 
     auth = tls.client_auth_type or "NoClientCert"
     if auth == "RequireAnyClientCert":
@@ -269,15 +303,33 @@ def build_ssl_context(tls: TLSServerConfig, source: str, base_dir: str) -> ssl.S
     return ctx
 
 
+HASH_HOWTO = ("python3 -c 'import bcrypt,getpass; "
+              "print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt(12)).decode())'")
+
+
+def _bcrypt_ok(password: bytes, hashed: str) -> bool:
+    import bcrypt
+
+    try:
+        return bool(bcrypt.checkpw(password, hashed.encode()))
+    except ValueError:
+        return False
+
+
 def _check_users(cfg: WebConfig, source: str) -> None:
     for user, h in cfg.basic_auth_users.items():
         field = f"basic_auth_users.{user}"
         if not user or ":" in user:
             raise _err(source, field, "user names must be non-empty and contain no ':'", "rename the user")
         if not BCRYPT_HASH.match(h):
-            raise _err(source, field, "is not a bcrypt hash",
-                       "store a bcrypt hash, e.g. from: python3 -c 'import bcrypt,getpass; "
-                       "print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt()).decode())'")
+            raise _err(source, field, "is not a bcrypt hash", f"store a bcrypt hash, e.g. from: {HASH_HOWTO}")
+        cost = int(h[4:6])
+        if cost > MAX_BCRYPT_COST:
+            raise _err(source, field, f"bcrypt cost {cost} is above {MAX_BCRYPT_COST} (each check would take "
+                       f"~{2 ** (cost - 14):g} s of CPU, and anyone can ask for checks)",
+                       f"hash the password again with a cost from 10 to {MAX_BCRYPT_COST}: {HASH_HOWTO}")
+        if _bcrypt_ok(b"", h):
+            raise _err(source, field, "the password is empty", f"set a password and store its hash: {HASH_HOWTO}")
 
 
 def _check_headers(cfg: WebConfig, source: str) -> None:
@@ -318,16 +370,21 @@ def load_web_config(path: str) -> WebConfig:
     """Read and check a --web.config.file; raises CgagentError (one line) on any problem."""
     import yaml
 
+    from cgagent import yamlbound
+
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = yamlbound.read_text(path)
     except OSError as e:
         raise _err(path, "--web.config.file", f"cannot read the file ({e.strerror})",
                    "pass the path of an existing, readable YAML file") from None
     except UnicodeDecodeError:
         raise _err(path, "--web.config.file", "is not UTF-8 text", "save the file as UTF-8 YAML") from None
+    except ValueError as e:
+        raise _err(path, "--web.config.file", f"is {e}", "point it at the web config file") from None
     try:
-        data = yaml.safe_load(text)
+        _root, data = yamlbound.compose(text)
+    except yamlbound.YAMLBoundError as e:
+        raise _err(path, f"line {e.line}", f"refused: {e.problem}", "write the values out") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "YAML"

@@ -15,17 +15,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from cgagent import yamlbound
 from cgagent.errors import CgagentError
 from policies.model import FieldError, Policy
 
 BUILTIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin")
 SYSTEM_DIR = "/etc/cgagent/policies.d"
 SUFFIXES = (".yaml", ".yml")
-
-try:  # libyaml when present: the same nodes and marks, faster
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
-except AttributeError:  # pragma: no cover
-    _Loader = yaml.SafeLoader
 
 
 @dataclass(frozen=True)
@@ -78,16 +74,6 @@ class Loaded:
 
 
 # --- YAML with lines
-
-def _compose(text: str) -> tuple[yaml.Node | None, Any]:
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    finally:
-        loader.dispose()
-    return node, data
-
 
 def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
@@ -202,7 +188,10 @@ def parse_text(text: str, file: str) -> Loaded:
     """Validate one policy document. Never raises for a bad document: problems are in the result."""
     res = Loaded(file)
     try:
-        root, data = _compose(text)
+        root, data = yamlbound.compose(text)
+    except yamlbound.YAMLBoundError as e:
+        res.problems.append(Problem(file, e.line, "(yaml)", f"refused: {e.problem}; write the values out"))
+        return res
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -233,12 +222,13 @@ def parse_text(text: str, file: str) -> Loaded:
 
 def load_file(path: str) -> Loaded:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = yamlbound.read_text(path)
     except UnicodeDecodeError as e:
         return Loaded(path, problems=[Problem(path, 1, "(file)", f"not UTF-8 text: {e.reason}")])
     except OSError as e:
         return Loaded(path, problems=[Problem(path, 0, "(file)", e.strerror or str(e))])
+    except ValueError as e:
+        return Loaded(path, problems=[Problem(path, 0, "(file)", f"refused: {e}")])
     return parse_text(text, path)
 
 

@@ -57,7 +57,7 @@ def _cpus(v: Any) -> float:
 def _size(v: Any) -> int:
     _not_bool(v, "a size such as 256M")
     try:
-        n = parse_bytes(v if isinstance(v, (int, str)) else str(v), "value")
+        n = parse_bytes(v, "value")
     except CgagentError as e:
         raise ValueError(str(e)) from None
     if n <= 0:
@@ -105,8 +105,9 @@ def parse_restart(v: Any) -> str:
         return text
     m = re.fullmatch(r"on-failure:(\S+)", text)
     if m:
-        if not re.fullmatch(r"\d+", m.group(1)) or int(m.group(1)) < 1:
-            raise ValueError(f"{text!r}: the retry count after on-failure: must be a whole number >= 1")
+        if not re.fullmatch(r"\d{1,9}", m.group(1), re.ASCII) or int(m.group(1)) < 1:
+            raise ValueError(f"{text!r}: the retry count after on-failure: must be a whole number >= 1 "
+                             "(at most 999999999)")
         return f"on-failure:{int(m.group(1))}"
     raise ValueError(f"{text!r} is not a restart policy: use no, on-failure, on-failure:N or always")
 
