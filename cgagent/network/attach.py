@@ -327,7 +327,7 @@ def _teardown(att: Attachment, net: Network | None, root: str | None) -> None:
             finally:
                 ipr.close()
         with contextlib.suppress(Exception):
-            nft.unguard(att.host_if)
+            nft.unguard(att.host_if, att.mac, att.address)
     if att.driver == "macvlan" and att.mac:   # nothing on the host side: remove it inside, if still alive
         with contextlib.suppress(Exception):
             inner = netns.iproute(att.netns)

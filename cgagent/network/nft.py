@@ -135,6 +135,14 @@ def ensure_table() -> None:
         _nft(_BRIDGE_DEF + _TABLE_DEF)
 
 
+def _add(script: str) -> None:
+    """Run an `add element` script, making the tables first when they are missing: one nft run in
+    the common case (a launch pays for each)."""
+    if _nft(script, check=False).returncode != 0:
+        ensure_table()
+        _nft(script)
+
+
 def delete_table() -> None:
     _nft(f"delete table ip {TABLE}", check=False)
     _nft(f"delete table bridge {TABLE}", check=False)
@@ -165,7 +173,6 @@ def subnets(name: str) -> list[str]:
 def add_network(bridge: str, pool: str | None, internal: str, overlay: str | None = None) -> None:
     """Masquerade what leaves `pool` for anywhere outside `internal`; filter `bridge` (idempotent: `add
     element` of an existing element is no error, so a network made half-way is completed here)."""
-    ensure_table()
     b = json.dumps(bridge)
     script = f"add element ip {TABLE} bridges {{ {b} }}\nadd element ip {TABLE} intra {{ {b} . {b} }}\n"
     script += f"add element ip {TABLE} internal {{ {internal} }}\n"
@@ -173,7 +180,7 @@ def add_network(bridge: str, pool: str | None, internal: str, overlay: str | Non
         script += f"add element ip {TABLE} masq {{ {pool} }}\n"
     if overlay:
         script += f"add element ip {TABLE} overlays {{ {json.dumps(overlay)} }}\n"
-    _nft(script)
+    _add(script)
 
 
 def _empty(snap: dict[str, list[Any]]) -> bool:
@@ -203,13 +210,19 @@ def remove_network(bridge: str | None, pool: str | None, internal: str, overlay:
 
 def guard(port: str, mac: str, addr: str) -> None:
     """Frames from bridge port `port` must come from `mac` and `addr` (set before the port exists)."""
-    ensure_table()
-    _nft(f"add element bridge {TABLE} pairs {{ {json.dumps(port)} . {mac} . {addr} }}\n"
-         f"add element bridge {TABLE} guarded {{ {json.dumps(port)} }}\n")
+    _add(_guard_script("add", port, mac, addr))
 
 
-def unguard(port: str) -> None:
-    """Forget every rule element of bridge port `port` (idempotent)."""
+def _guard_script(verb: str, port: str, mac: str, addr: str) -> str:
+    return (f"{verb} element bridge {TABLE} pairs {{ {json.dumps(port)} . {mac} . {addr} }}\n"
+            f"{verb} element bridge {TABLE} guarded {{ {json.dumps(port)} }}\n")
+
+
+def unguard(port: str, mac: str | None = None, addr: str | None = None) -> None:
+    """Forget every rule element of bridge port `port` (idempotent): the known ones in one nft run,
+    else whatever the table holds for the port."""
+    if mac and addr and _nft(_guard_script("delete", port, mac, addr), check=False).returncode == 0:
+        return
     snap = _snapshot("bridge")
     if not snap:
         return
@@ -268,7 +281,7 @@ def publish(ports: list[tuple[str, int, int, str]], addr: str) -> None:
 def unpublish(ports: list[tuple[str, int, int, str]], addr: str) -> None:
     """Remove the DNAT entries that still point at `addr` (idempotent)."""
     ports = [p for p in ports if not p[3].startswith("127.")]
-    if not ports or not table_exists():
+    if not ports:
         return
     taken = published()
     script = ""
