@@ -234,3 +234,22 @@ def test_a_failed_network_setup_leaves_nothing_and_the_next_is_whole(hosts: list
     assert "10.89.0.0/16" in nft and "masquerade" in nft and "tcp . 8080" in nft and '"cgagent0"' in nft
     h.serve(w, 80, "whole")
     assert h.fetch(None, "127.0.0.1", 8080) == "whole"
+
+
+def test_publish_syntax_is_dockers() -> None:
+    from cgagent.errors import CgagentError
+    from cgagent.network.attach import loopback_ports, parse_ports
+
+    got = parse_ports(["8080:80", "127.0.0.1:9000:90/udp", "192.0.2.1:8443:443", "0.0.0.0:81:80",
+                       "192.0.2.2:8443:443"])
+    assert got == [("tcp", 8080, 80, "0.0.0.0"), ("udp", 9000, 90, "127.0.0.1"), ("tcp", 8443, 443, "192.0.2.1"),
+                   ("tcp", 81, 80, "0.0.0.0"), ("tcp", 8443, 443, "192.0.2.2")]
+    assert loopback_ports(got) == [("tcp", 8080, 80, "127.0.0.1"), ("udp", 9000, 90, "127.0.0.1"),
+                                   ("tcp", 81, 80, "127.0.0.1")]
+    for bad in ("80", "1.2.3:80:80", "::1:80:80", "x:80:80", "80:80/sctp", "0:80", "80:65536", "a:b:c:d"):
+        with pytest.raises(CgagentError, match="is not \\[IP:\\]HOSTPORT:CTRPORT"):
+            parse_ports([bad])
+    for twice in (["80:80", "80:81"], ["80:80", "127.0.0.1:80:81"], ["127.0.0.1:80:80", "127.0.0.1:80:81"]):
+        with pytest.raises(CgagentError, match="port 80/tcp is given twice"):
+            parse_ports(twice)
+    assert len(parse_ports(["80:80/udp", "80:80"])) == 2
