@@ -280,11 +280,10 @@ def _plumb(net: Network, att: Attachment, root: str | None) -> None:
             return
         if net.driver == "vxlan":
             vxlan.ensure(ipr, net)
-        br = bridge.ensure(ipr, net, root)
-        fault("bridge")
         assert att.host_if and att.mac
-        nft.guard(att.host_if, att.mac, att.address)
-        fault("guard")
+        # the port's anti-spoofing rule goes in with the network's, before the port exists
+        br = bridge.ensure(ipr, net, root, (att.host_if, att.mac, att.address))
+        fault("bridge")
         veth.create(ipr, att.host_if, br, att.netns, att.mac)
         fault("veth")
         veth.configure_inside(att.netns, "eth0", att.address, att.prefixlen, att.gateway)

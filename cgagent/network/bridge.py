@@ -57,9 +57,10 @@ def forwarding_restore(ipr: Any, root: str | None) -> None:
     os.unlink(path)
 
 
-def ensure(ipr: Any, net: Network, root: str | None = None) -> int:
+def ensure(ipr: Any, net: Network, root: str | None = None, port: tuple[str, str, str] | None = None) -> int:
     """Create (or find) the bridge with the gateway address, up; forwarding, NAT and filters on
-    (every time: a network left half-made by a crash is completed, never used without NAT). -> index."""
+    (every time: a network left half-made by a crash is completed, never used without NAT), and the
+    anti-spoofing elements of `port` (host end, MAC, address) in the same nft run. -> index."""
     assert net.bridge and net.gateway
     idx = link_index(ipr, net.bridge)
     if idx is None:
@@ -80,7 +81,7 @@ def ensure(ipr: Any, net: Network, root: str | None = None) -> int:
                 raise
     ipr.link("set", index=idx, state="up")
     forwarding_on(root)
-    nft.add_network(net.bridge, net.pool, net.subnet, net.vxlan_dev if net.driver == "vxlan" else None)
+    nft.add_network(net.bridge, net.pool, net.subnet, net.vxlan_dev if net.driver == "vxlan" else None, port)
     return idx
 
 

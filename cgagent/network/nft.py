@@ -170,9 +170,11 @@ def subnets(name: str) -> list[str]:
     return [_prefix_str(e) for e in (_snapshot() or {}).get(name, [])]
 
 
-def add_network(bridge: str, pool: str | None, internal: str, overlay: str | None = None) -> None:
+def add_network(bridge: str, pool: str | None, internal: str, overlay: str | None = None,
+                port: tuple[str, str, str] | None = None) -> None:
     """Masquerade what leaves `pool` for anywhere outside `internal`; filter `bridge` (idempotent: `add
-    element` of an existing element is no error, so a network made half-way is completed here)."""
+    element` of an existing element is no error, so a network made half-way is completed here); with
+    `port`, guard that (port, MAC, address) in the same nft run."""
     b = json.dumps(bridge)
     script = f"add element ip {TABLE} bridges {{ {b} }}\nadd element ip {TABLE} intra {{ {b} . {b} }}\n"
     script += f"add element ip {TABLE} internal {{ {internal} }}\n"
@@ -180,6 +182,8 @@ def add_network(bridge: str, pool: str | None, internal: str, overlay: str | Non
         script += f"add element ip {TABLE} masq {{ {pool} }}\n"
     if overlay:
         script += f"add element ip {TABLE} overlays {{ {json.dumps(overlay)} }}\n"
+    if port:
+        script += _guard_script("add", *port)
     _add(script)
 
 
@@ -206,11 +210,6 @@ def remove_network(bridge: str | None, pool: str | None, internal: str, overlay:
         _nft(script, check=False)
     if _empty(snap):
         delete_table()
-
-
-def guard(port: str, mac: str, addr: str) -> None:
-    """Frames from bridge port `port` must come from `mac` and `addr` (set before the port exists)."""
-    _add(_guard_script("add", port, mac, addr))
 
 
 def _guard_script(verb: str, port: str, mac: str, addr: str) -> str:

@@ -198,7 +198,7 @@ def test_ip_forward_is_restored_when_the_last_bridge_goes(hosts: list[Host], tmp
     assert h.sh("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == before
 
 
-STEPS = ["record", "bridge", "guard", "veth", "inside", "publish", "proxy", "files"]
+STEPS = ["record", "bridge", "veth", "inside", "publish", "proxy", "files"]
 
 
 def test_a_failed_network_setup_leaves_nothing_and_the_next_is_whole(hosts: list[Host], tmp_path: object) -> None:
