@@ -253,7 +253,8 @@ def _check_ports(wanted: list[tuple[str, int, int, str]], root: str | None) -> N
 def host_addresses() -> set[str]:
     ipr = netns.iproute()
     try:
-        return {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+        # IFA_LOCAL is the host's own end on point-to-point links, where IFA_ADDRESS is the peer's
+        return {str(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
     finally:
         ipr.close()
 
