@@ -190,7 +190,7 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
             fault("publish")
             listeners = proxy.bind(loopback_ports(att.port_tuples()))
             if listeners:
-                att.proxy_pid, go_fd = proxy.start(listeners, str(ip))
+                att.proxy_pid, go_fd = proxy.start(listeners, str(ip), att.host_if)
                 att.proxy_start = procs.start_time(att.proxy_pid)
             fault("proxy")
             _save(att, root)   # the proxy's pid; macvlan: its MAC, how teardown finds the link inside

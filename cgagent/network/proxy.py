@@ -10,7 +10,9 @@ reach a loopback listener, so nothing outside the host gets in through it.
 One proxy process per connection (attachment) holds every loopback port of it. It is forked from
 the connecting process (no interpreter start-up), detached (setsid, double fork) so it outlives a
 `run -d` CLI, and waits for a "go" byte sent after its pid is in the attachment record: a connect
-that dies before that leaves no proxy behind. Teardown kills it by pid and start time.
+that dies before that leaves no proxy behind. Teardown kills it by pid and start time; and it ends
+by itself when the host end of the workload's veth goes (the kernel deletes the pair with the
+workload's namespace), so a workload that dies unseen does not leave it running.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import functools
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -136,8 +139,56 @@ class _Udp:
             got[0].send(data)
 
 
-def serve(listeners: list[tuple[socket.socket, str, int, int]], addr: str) -> None:
-    """The proxy's loop (never returns while a listener is open)."""
+RTMGRP_LINK = 1
+RTM_DELLINK = 17
+IFLA_IFNAME = 3
+
+
+def _deleted(data: bytes, name: str) -> bool:
+    """Does this batch of rtnetlink messages delete link `name`?"""
+    off = 0
+    while off + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, off)
+        if length < 16:
+            break
+        if kind == RTM_DELLINK:
+            a, end = off + 32, off + length      # after nlmsghdr (16) and ifinfomsg (16)
+            while a + 4 <= end:
+                alen, atype = struct.unpack_from("=HH", data, a)
+                if alen < 4:
+                    break
+                if atype == IFLA_IFNAME and data[a + 4:a + alen].rstrip(b"\0") == name.encode():
+                    return True
+                a += (alen + 3) & ~3
+        off += (length + 3) & ~3
+    return False
+
+
+def _link_watch(name: str) -> tuple[socket.socket, Callable[[], None]]:
+    """A netlink socket told of link changes, and its handler: exit when `name` is deleted."""
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    nl.bind((0, RTMGRP_LINK))
+
+    def check() -> None:
+        try:
+            gone = _deleted(nl.recv(CHUNK), name)
+        except OSError:          # ENOBUFS: messages were lost, ask the kernel directly
+            gone = True
+        if gone:
+            try:
+                socket.if_nametoindex(name)
+            except OSError:
+                os._exit(0)
+
+    try:
+        socket.if_nametoindex(name)   # subscribed first, then checked: no deletion slips between
+    except OSError:
+        os._exit(0)
+    return nl, check
+
+
+def serve(listeners: list[tuple[socket.socket, str, int, int]], addr: str, watch: str | None = None) -> None:
+    """The proxy's loop (never returns while a listener is open and link `watch` exists)."""
     threading.stack_size(256 * 1024)
     slots = threading.Semaphore(MAX_CONNS)
     handlers: dict[int, Callable[[], None]] = {}
@@ -146,6 +197,9 @@ def serve(listeners: list[tuple[socket.socket, str, int, int]], addr: str) -> No
             handlers[s.fileno()] = functools.partial(_tcp_accept, s, (addr, cp), slots)
         else:
             handlers[s.fileno()] = _Udp(s, (addr, cp)).datagram
+    if watch:
+        nl, on_link = _link_watch(watch)
+        handlers[nl.fileno()] = on_link
     poll = select.poll()
     for fd in handlers:
         poll.register(fd, select.POLLIN)
@@ -155,7 +209,7 @@ def serve(listeners: list[tuple[socket.socket, str, int, int]], addr: str) -> No
                 handlers[fd]()
 
 
-def start(listeners: list[tuple[socket.socket, str, int, int]], addr: str) -> tuple[int, int]:
+def start(listeners: list[tuple[socket.socket, str, int, int]], addr: str, watch: str | None) -> tuple[int, int]:
     """Fork the detached proxy for `listeners` (which this process then closes). -> (its pid, the
     fd to write the go byte to once the pid is recorded; closing it unwritten ends the proxy)."""
     go_r, go_w = os.pipe()
@@ -183,7 +237,7 @@ def start(listeners: list[tuple[socket.socket, str, int, int]], addr: str) -> tu
             if os.read(go_r, 1) != b"g":
                 os._exit(0)
             os.close(go_r)
-            serve(listeners, addr)
+            serve(listeners, addr, watch)
         finally:
             os._exit(0)
     os.close(go_r)
