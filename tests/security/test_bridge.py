@@ -71,6 +71,20 @@ for spec in sys.argv[2:]:
 """
 
 
+UDP_ECHO = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 53)); print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2048); s.sendto(b"echo:" + data + b" from " + peer[0].encode(), peer)
+"""
+
+UDP_ASK = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(20)
+s.sendto(b"ping", (sys.argv[1], int(sys.argv[2]))); print(s.recv(2048).decode())
+"""
+
+
 def _connect(h: Host, owner: str, pid: int, *extra: str, **env: str) -> subprocess.CompletedProcess[str]:
     return h.cgagent("network", "connect", "bridge", "--id", owner, "--pid", str(pid), *extra, **env)
 
@@ -171,6 +185,13 @@ def test_publish_on_loopback_and_on_one_address_only(hosts: list[Host], tmp_path
     assert other.fetch(None, "192.0.2.1", 8081) == "published"    # and from elsewhere
     assert _refused(h, None, "198.51.100.1", 8081)                # not on another address
     assert _refused(h, None, "127.0.0.1", 8081)                   # nor on loopback
+    # UDP on every address: relayed on loopback by the proxy, answered by the workload
+    echo = subprocess.Popen(["nsenter", "-t", str(w), "-n", "--", sys.executable, "-c", UDP_ECHO],
+                            stdout=subprocess.PIPE, text=True)
+    h.procs.append(echo)
+    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+    ask = h.sh(sys.executable, "-c", UDP_ASK, "127.0.0.1", "5353").stdout.strip()
+    assert ask.startswith("echo:ping from 10.89.0.1")             # the proxy speaks from the gateway
     bad = _connect(h, "nope", client, "-p", "203.0.113.9:9000:80")
     assert bad.returncode != 0 and bad.stderr.startswith("cgagent: error: -p 203.0.113.9:9000: 203.0.113.9 is not an")
     clash = _connect(h, "nope", client, "-p", "8081:80")
