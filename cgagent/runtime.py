@@ -523,7 +523,7 @@ def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report
     log = store.open_log(rec.name)
     rec.supervisor_pid, rec.supervisor_start = os.getpid(), procs.start_time(os.getpid())
     try:
-        start(store, rec, mgr, stdio=(devnull, log, log))
+        pid = start(store, rec, mgr, stdio=(devnull, log, log))
     except BaseException:
         discard(store, rec, mgr)
         raise
@@ -541,11 +541,12 @@ def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report
 
     os.closerange(3, 1 << 16)
     with contextlib.suppress(OSError):
-        os.execv(sys.executable, [sys.executable, "-m", "cgagent.shim", "--state-dir", store.root, rec.name])
-    return shim_main(store, host, rec.name)   # no interpreter to exec: supervise from here
+        os.execv(sys.executable, [sys.executable, "-m", "cgagent.shim", "--state-dir", store.root,
+                                  "--pid", str(pid), rec.name])
+    return shim_main(store, host, rec.name, pid)   # no interpreter to exec: supervise from here
 
 
-def shim_main(store: Store, host: Host, name: str) -> int:
+def shim_main(store: Store, host: Host, name: str, pid: int) -> int:
     """The detached supervisor: wait for the workload, restart it per its policy, record its end."""
     fault("shim")
     signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
@@ -554,7 +555,14 @@ def shim_main(store: Store, host: Host, name: str) -> int:
 
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER: reap orphans
     _watch_kmsg()
-    rec = store.load(name)
+    try:
+        rec = store.load(name)
+    except Damaged:
+        # damaged since the workload started (the pid came in argv): supervise it to its end, then
+        # finish() removes what it made and leaves the damaged record for `ps -a` to show
+        code = launch.wait_forwarding(pid, reap_all=True)
+        finish(store, host, name, code)
+        return 0
     if rec.supervisor_pid != os.getpid():
         raise CgagentError(f"workload {name!r} has another supervisor", "")
     assert rec.pid is not None

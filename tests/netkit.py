@@ -125,7 +125,17 @@ class Host:
             if p.poll() is None:
                 p.kill()
             p.wait()
+        self.stop_proxies()
         sh("ip", "netns", "del", self.name, check=False)
+
+    def stop_proxies(self) -> None:
+        """Loopback-port proxies are processes, not namespace objects: deleting the namespace would
+        not end them (they would hold it). Those of connections a test left behind are ended here."""
+        from cgagent.network import attach, proxy
+
+        for a in attach.all_attachments(self.root):
+            if a.proxy_pid:
+                proxy.stop(a.proxy_pid, a.proxy_start)
 
 
 def make_host(tmp: str) -> Host:

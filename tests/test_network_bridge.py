@@ -63,7 +63,7 @@ def test_published_port_answers_from_the_host_and_from_another_host(hosts: list[
     w = h.workload()
     _connect(h, "bridge", "web", w, "-p", "8080:80", "-p", "5353:53/udp")
     h.serve(w, 80, "published")
-    assert h.fetch(None, "127.0.0.1", 8080) == "published"        # OUTPUT chain + route_localnet
+    assert h.fetch(None, "127.0.0.1", 8080) == "published"        # the loopback proxy (no route_localnet)
     assert h.fetch(None, "192.0.2.1", 8080) == "published"        # the host's own address
     assert other.fetch(None, "192.0.2.1", 8080) == "published"    # PREROUTING, from another host
     w2 = h.workload()                                              # hairpin: a neighbour via the host
@@ -88,7 +88,7 @@ def test_port_already_published_is_one_line_and_creates_nothing(hosts: list[Host
     assert h.links() == links and _ipam(h) == ipam
     assert h.in_workload(b, "ip", "-o", "link").stdout.count("\n") == 1   # only lo
     bad = h.cgagent("network", "connect", "bridge", "--id", "third", "--pid", str(b), "-p", "80")
-    assert bad.stderr.startswith("cgagent: error: -p '80' is not HOSTPORT:CTRPORT") and _ipam(h) == ipam
+    assert bad.stderr.startswith("cgagent: error: -p '80' is not [IP:]HOSTPORT:CTRPORT") and _ipam(h) == ipam
 
 
 def test_full_subnet_is_one_line_and_creates_nothing(hosts: list[Host], tmp_path: object) -> None:

@@ -180,3 +180,22 @@ def test_isolated_workloads_default_to_the_bridge(node: Node) -> None:
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "inet 10.89." in res.stdout
+
+
+def test_run_whose_network_setup_fails_leaves_nothing_and_the_next_run_is_whole(node: Node) -> None:
+    # issue 10: a failed --net bridge run used to leave cgagent0 and the network's record behind,
+    # and the next run then went without NAT
+    env = node.cg.env(CGAGENT_ROOT=node.host.root, PYTHONPATH=ROOT, CGAGENT_FAULT="net:inside")
+    res = subprocess.run([*node.host.enter(), sys.executable, "-m", "cgagent", "run",
+                          *node.box("--rm", "--net", "bridge", "-p", "8080:80", "--", "true")],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and res.stderr.startswith("cgagent: error: network setup failed at inside")
+    assert res.stderr.count("\n") == 1
+    assert node.host.links() == ["lo"] and node.host.nft().strip() == ""
+    assert not os.path.exists(os.path.join(node.host.root, "networks", "networks", "bridge.json"))
+    assert json.loads(node.ok("ps", "-a", "--json")) == []
+    node.ok("run", *node.box("-d", "--name", "web", "--net", "bridge", "-p", "8080:80", "--", "sh", "-c", SERVE))
+    assert "ip saddr @masq ip daddr != @internal masquerade" in node.host.nft()
+    assert "10.89.0.0/16" in node.host.sh("nft", "list", "set", "ip", "cgagent", "masq").stdout
+    assert node.host.fetch(None, "127.0.0.1", 8080) == "hello-from-web"
+    node.ok("rm", "-f", "web")

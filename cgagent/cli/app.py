@@ -107,7 +107,8 @@ def run(
         "--net", "--network", help="bridge (default; env CGAGENT_DEFAULT_NET), none (lo only), host, "
         "container:NAME, or a network's name (`cgagent network ls`).")] = None,
     publish: Annotated[list[str] | None, typer.Option(
-        "--publish", "-p", help="HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable).")] = None,
+        "--publish", "-p",
+        help="\\[IP:]HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable); 127.0.0.1: the host only.")] = None,
     init: Annotated[bool, typer.Option("--init", help="Run tini as PID 1 (reaps, forwards signals).")] = False,
     userns: Annotated[bool, typer.Option("--userns", help="Map root inside to host uid/gid 100000+ (a user "
                                          "namespace; image layers are mounted idmapped).")] = False,

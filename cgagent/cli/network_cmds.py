@@ -91,13 +91,14 @@ def connect(
     owner: Annotated[str, typer.Option("--id", help="Who holds the connection (a workload name).")],
     netns: Annotated[str | None, typer.Option("--netns", help="The namespace: a path like /run/netns/x.")] = None,
     pid: Annotated[int | None, typer.Option("--pid", help="Or a process whose namespace to connect.")] = None,
-    publish: Annotated[list[str] | None, typer.Option("--publish", "-p", help="HOSTPORT:CTRPORT\\[/tcp|udp].")] = None,
+    publish: Annotated[list[str] | None, typer.Option("--publish", "-p",
+                                                      help="\\[IP:]HOSTPORT:CTRPORT\\[/tcp|udp].")] = None,
     hostname: Annotated[str | None, typer.Option("--hostname", help="Name in the others' /etc/hosts.")] = None,
     root: Root = None,
 ) -> None:
     """Connect a namespace (of a workload not started by cgagent run) to a network; prints its address.
 
-    Example: cgagent network connect bridge --id web --pid 4242 -p 8080:80
+    Example: cgagent network connect bridge --id web --pid 4242 -p 8080:80 -p 127.0.0.1:9090:90
     """
     from cgagent.errors import CgagentError
     from cgagent.network.attach import connect as do_connect

@@ -28,6 +28,7 @@ from cgagent.network import (
     net_dir,
     netns,
     nft,
+    proxy,
     veth,
     vxlan,
 )
@@ -51,12 +52,14 @@ class Attachment:
     prefixlen: int = 0
     gateway: str | None = None
     mac: str | None = None
-    ports: list[list[Any]] = field(default_factory=list)   # [proto, host port, workload port]
+    ports: list[list[Any]] = field(default_factory=list)   # [proto, host port, workload port, host address]
     hostname: str | None = None
     created: float = 0.0
+    proxy_pid: int | None = None         # the loopback ports' relay (proxy.py)
+    proxy_start: int | None = None
 
-    def port_tuples(self) -> list[tuple[str, int, int]]:
-        return [(str(p), int(h), int(c)) for p, h, c in self.ports]
+    def port_tuples(self) -> list[tuple[str, int, int, str]]:
+        return [(str(p[0]), int(p[1]), int(p[2]), str(p[3]) if len(p) > 3 else nft.ANY) for p in self.ports]
 
 
 def _adir(root: str | None) -> str:
@@ -104,26 +107,39 @@ def all_attachments(root: str | None = None) -> list[Attachment]:
     return out
 
 
-def parse_ports(specs: list[str]) -> list[tuple[str, int, int]]:
-    """HOSTPORT:CTRPORT[/tcp|udp] -> (proto, host port, workload port)."""
-    out: list[tuple[str, int, int]] = []
+def parse_ports(specs: list[str]) -> list[tuple[str, int, int, str]]:
+    """[IP:]HOSTPORT:CTRPORT[/tcp|udp] (Docker's syntax) -> (proto, host port, workload port, host
+    address); no address (or 0.0.0.0) is every address of the host, loopback included."""
+    out: list[tuple[str, int, int, str]] = []
     for s in specs:
         body, _, proto = s.partition("/")
         proto = proto or "tcp"
-        hp, sep, cp = body.partition(":")
+        parts = body.split(":")
         try:
-            if not sep or proto not in PROTOS:
+            if len(parts) not in (2, 3) or proto not in PROTOS:
                 raise ValueError
-            h, c = int(hp), int(cp)
+            hip = str(ipaddress.IPv4Address(parts[0])) if len(parts) == 3 else nft.ANY
+            h, c = int(parts[-2]), int(parts[-1])
             if not (0 < h < 65536 and 0 < c < 65536):
                 raise ValueError
         except ValueError:
-            raise CgagentError(f"-p {s!r} is not HOSTPORT:CTRPORT[/tcp|udp]", "e.g. -p 8080:80 or -p 5353:53/udp") \
-                from None
-        if any((p, hp2) == (proto, h) for p, hp2, _ in out):
+            raise CgagentError(f"-p {s!r} is not [IP:]HOSTPORT:CTRPORT[/tcp|udp]",
+                               "e.g. -p 8080:80, -p 127.0.0.1:8080:80 or -p 5353:53/udp") from None
+        if any(_clash((proto, h, hip), (p, hp2, ip2)) for p, hp2, _, ip2 in out):
             raise CgagentError(f"port {h}/{proto} is given twice", "publish each host port once")
-        out.append((proto, h, c))
+        out.append((proto, h, c, hip))
     return out
+
+
+def _clash(a: tuple[str, int, str], b: tuple[str, int, str]) -> bool:
+    """Two publications of one host port collide unless both name different addresses."""
+    return a[:2] == b[:2] and (a[2] == b[2] or nft.ANY in (a[2], b[2]))
+
+
+def loopback_ports(ports: list[tuple[str, int, int, str]]) -> list[tuple[str, int, int, str]]:
+    """The ports the proxy serves: explicit loopback ones, and 127.0.0.1 for every-address ones."""
+    return [(p, h, c, "127.0.0.1" if ip == nft.ANY else ip) for p, h, c, ip in ports
+            if ip == nft.ANY or ip.startswith("127.")]
 
 
 def alive(att: Attachment) -> bool:
@@ -149,6 +165,8 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
             _check_parent(net)
         if not os.path.exists(ns_path):
             raise CgagentError(f"network namespace {ns_path} does not exist", "is the workload running?")
+        if net.driver != "macvlan" or wanted:
+            nft.check_installed()
         first_use = not os.path.exists(os.path.join(config._dir(root), f"{net.name}.json"))
         if first_use:   # the default network, made on first use
             config.check_default(net, root, host_facts()[1])
@@ -160,31 +178,85 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
                          ports=[list(p) for p in wanted], hostname=hostname, created=time.time())
         if net.driver != "macvlan":
             att.host_if = VETH_PREFIX + os.urandom(4).hex()
+            att.mac = _random_mac()
+        go_fd = None
         try:
             _save(att, root)
+            fault("record")
             if first_use:
                 config.save(net, root)
-            _plumb(net, att)
+            _plumb(net, att, root)
             nft.publish(att.port_tuples(), str(ip))
-            if att.driver == "macvlan":
-                _save(att, root)   # its MAC: how teardown finds the link inside
+            fault("publish")
+            listeners = proxy.bind(loopback_ports(att.port_tuples()))
+            if listeners:
+                att.proxy_pid, go_fd = proxy.start(listeners, str(ip), att.host_if)
+                att.proxy_start = procs.start_time(att.proxy_pid)
+            fault("proxy")
+            _save(att, root)   # the proxy's pid; macvlan: its MAC, how teardown finds the link inside
             _write_files(att, root)
             _refresh_hosts(net.name, root)
+            fault("files")
         except BaseException:
-            _teardown(att, net, root)
+            if go_fd is not None:
+                os.close(go_fd)   # the proxy ends by itself, unstarted
+            _rollback(att, net, first_use, root)
             raise
+        if go_fd is not None:
+            proxy.go(go_fd)
     return att
 
 
-def _check_ports(wanted: list[tuple[str, int, int]], root: str | None) -> None:
+def fault(step: str) -> None:
+    """Test-only fault injection: CGAGENT_FAULT=net:STEP (comma-separated list) fails the network
+    setup at STEP, so tests can prove every step is rolled back."""
+    if f"net:{step}" in os.environ.get("CGAGENT_FAULT", "").split(","):
+        raise CgagentError(f"network setup failed at {step} (CGAGENT_FAULT)", "unset CGAGENT_FAULT")
+
+
+def _random_mac() -> str:
+    """Locally administered, unicast: known before the link exists, so the anti-spoofing rule is in
+    place before the workload's first frame."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _rollback(att: Attachment, net: Network, first_use: bool, root: str | None) -> None:
+    """A connect that failed: remove what it made, and the network's devices too when nobody else
+    uses them (a half-made bridge must not be taken for a whole one by the next run)."""
+    _teardown(att, net, root)
+    if not any(a.network == net.name for a in all_attachments(root)):
+        with contextlib.suppress(Exception):
+            _devices_remove(net, root)
+        if first_use:
+            config.delete(net.name, root)
+
+
+def _check_ports(wanted: list[tuple[str, int, int, str]], root: str | None) -> None:
     if not wanted:
         return
-    taken = {(str(p), int(h)): a.owner for a in all_attachments(root) for p, h, _ in a.ports}
-    live = nft.published() if nft.table_exists() else {}
-    for p, h, _ in wanted:
-        if (p, h) in taken or (p, h) in live:
-            who = taken.get((p, h)) or live[(p, h)][0]
-            raise CgagentError(f"port {h}/{p} is already published (by {who})", "choose another host port")
+    taken = {(p, h, ip): a.owner for a in all_attachments(root) for p, h, _, ip in a.port_tuples()}
+    taken.update({k: v[0] for k, v in nft.published().items() if k not in taken})
+    local: set[str] | None = None
+    for p, h, _, ip in wanted:
+        for key, who in taken.items():
+            if _clash((p, h, ip), key):
+                raise CgagentError(f"port {h}/{p} is already published (by {who})", "choose another host port")
+        if ip != nft.ANY and not ip.startswith("127."):
+            local = host_addresses() if local is None else local
+            if ip not in local:
+                raise CgagentError(f"-p {ip}:{h}: {ip} is not an address of this host",
+                                   "give one of `ip -4 addr` (or none for every address)")
+
+
+def host_addresses() -> set[str]:
+    ipr = netns.iproute()
+    try:
+        # IFA_LOCAL is the host's own end on point-to-point links, where IFA_ADDRESS is the peer's
+        return {str(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+    finally:
+        ipr.close()
 
 
 def _check_parent(net: Network) -> None:
@@ -196,7 +268,7 @@ def _check_parent(net: Network) -> None:
         ipr.close()
 
 
-def _plumb(net: Network, att: Attachment) -> None:
+def _plumb(net: Network, att: Attachment, root: str | None) -> None:
     assert att.address
     ipr = netns.iproute()
     try:
@@ -209,10 +281,14 @@ def _plumb(net: Network, att: Attachment) -> None:
             return
         if net.driver == "vxlan":
             vxlan.ensure(ipr, net)
-        br = bridge.ensure(ipr, net)
-        assert att.host_if
-        veth.create(ipr, att.host_if, br, att.netns)
-        att.mac = veth.configure_inside(att.netns, "eth0", att.address, att.prefixlen, att.gateway)
+        assert att.host_if and att.mac
+        # the port's anti-spoofing rule goes in with the network's, before the port exists
+        br = bridge.ensure(ipr, net, root, (att.host_if, att.mac, att.address))
+        fault("bridge")
+        veth.create(ipr, att.host_if, br, att.netns, att.mac)
+        fault("veth")
+        veth.configure_inside(att.netns, "eth0", att.address, att.prefixlen, att.gateway)
+        fault("inside")
     finally:
         ipr.close()
 
@@ -236,7 +312,10 @@ def _refresh_hosts(network: str, root: str | None) -> None:
 
 
 def _teardown(att: Attachment, net: Network | None, root: str | None) -> None:
-    """Undo whatever of `att` exists: ports, veth, address, files, record. Never raises."""
+    """Undo whatever of `att` exists: ports, proxy, veth, guard, address, files, record. Never raises."""
+    if att.proxy_pid:
+        with contextlib.suppress(Exception):
+            proxy.stop(att.proxy_pid, att.proxy_start)
     with contextlib.suppress(Exception):
         if att.address:
             nft.unpublish(att.port_tuples(), att.address)
@@ -247,6 +326,8 @@ def _teardown(att: Attachment, net: Network | None, root: str | None) -> None:
                 veth.remove(ipr, att.host_if)
             finally:
                 ipr.close()
+        with contextlib.suppress(Exception):
+            nft.unguard(att.host_if, att.mac, att.address)
     if att.driver == "macvlan" and att.mac:   # nothing on the host side: remove it inside, if still alive
         with contextlib.suppress(Exception):
             inner = netns.iproute(att.netns)
@@ -324,11 +405,11 @@ def create_network(name: str, driver: str, subnet: str, gateway: str | None = No
     return net
 
 
-def _devices_remove(net: Network) -> None:
+def _devices_remove(net: Network, root: str | None) -> None:
     ipr = netns.iproute()
     try:
         if net.driver in ("bridge", "vxlan"):
-            bridge.remove(ipr, net)
+            bridge.remove(ipr, net, root)
         if net.driver == "vxlan":
             vxlan.remove(ipr, net)
     finally:
@@ -342,7 +423,7 @@ def remove_network(name: str, root: str | None = None) -> None:
         if users:
             raise CgagentError(f"network {name!r} has workloads connected: {', '.join(users)}",
                                "stop them first (or `cgagent network prune` if they are gone)")
-        _devices_remove(net)
+        _devices_remove(net, root)
         ipam_for(net, root).destroy()
         config.delete(name, root)
 
@@ -369,7 +450,7 @@ def prune(root: str | None = None) -> list[str]:
         used = {a.network for a in atts}
         for net in nets:
             if net.name not in used:
-                _devices_remove(net)
+                _devices_remove(net, root)
         ours = {a.host_if for a in atts} | {n.bridge for n in nets if n.name in used} | \
                {n.vxlan_dev for n in nets if n.name in used and n.driver == "vxlan"}
         ipr = netns.iproute()

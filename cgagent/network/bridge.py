@@ -1,14 +1,23 @@
-"""The host side of a bridge network: the bridge, its gateway address, forwarding and masquerade."""
+"""The host side of a bridge network: the bridge, its gateway address, forwarding, NAT and filters.
+
+Host settings: cgagent turns `net.ipv4.ip_forward` on while at least one of its bridges exists.
+When it was off before, the previous value is kept in <root>/networks/ip_forward.prev and written
+back when the last of cgagent's bridges goes (network rm / prune); when it was already on, cgagent
+never touches it. `route_localnet` is never set (CVE-2020-8558): see nft.py and proxy.py.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
 from typing import Any
 
-from cgagent.network import netns, nft
+from cgagent.network import BRIDGE_PREFIX, DEFAULT_BRIDGE, net_dir, netns, nft
 from cgagent.network.config import Network
 
 EEXIST = 17
+FORWARD = "net.ipv4.ip_forward"
 
 
 def link_index(ipr: Any, name: str) -> int | None:
@@ -16,13 +25,44 @@ def link_index(ipr: Any, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def ensure(ipr: Any, net: Network) -> int:
-    """Create (or find) the bridge with the gateway address, up; forwarding and NAT on. -> its index."""
-    import ipaddress
+def _prev_file(root: str | None) -> str:
+    return os.path.join(net_dir(root), "ip_forward.prev")
 
+
+def forwarding_on(root: str | None) -> None:
+    """ip_forward=1, remembering the value it replaces (only the first time: the file says we own it)."""
+    was = netns.read_sysctl(FORWARD)
+    if was == "1":
+        return
+    path = _prev_file(root)
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            f.write(was)
+        os.rename(path + ".tmp", path)
+    netns.sysctl(FORWARD, "1")
+
+
+def forwarding_restore(ipr: Any, root: str | None) -> None:
+    """The last of our bridges is gone: put ip_forward back as we found it."""
+    if any(str(lk.get("ifname")).startswith((BRIDGE_PREFIX, DEFAULT_BRIDGE)) for lk in ipr.get_links()):
+        return
+    path = _prev_file(root)
+    try:
+        with open(path) as f:
+            was = f.read().strip()
+    except FileNotFoundError:
+        return
+    if was in ("0", "1"):
+        netns.sysctl(FORWARD, was)
+    os.unlink(path)
+
+
+def ensure(ipr: Any, net: Network, root: str | None = None, port: tuple[str, str, str] | None = None) -> int:
+    """Create (or find) the bridge with the gateway address, up; forwarding, NAT and filters on
+    (every time: a network left half-made by a crash is completed, never used without NAT), and the
+    anti-spoofing elements of `port` (host end, MAC, address) in the same nft run. -> index."""
     assert net.bridge and net.gateway
     idx = link_index(ipr, net.bridge)
-    fresh = idx is None
     if idx is None:
         try:
             ipr.link("add", ifname=net.bridge, kind="bridge")
@@ -32,29 +72,27 @@ def ensure(ipr: Any, net: Network) -> int:
         idx = link_index(ipr, net.bridge)
         assert idx is not None
     pool = ipaddress.IPv4Network(net.pool)
-    have = {a.get("address") for a in ipr.get_addr(index=idx, family=2)}
+    have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
     if net.gateway not in have:
-        fresh = True
         try:
             ipr.addr("add", index=idx, address=net.gateway, prefixlen=pool.prefixlen)
         except Exception as e:
             if getattr(e, "code", None) != EEXIST:
                 raise
     ipr.link("set", index=idx, state="up")
-    if not fresh:   # set up by the first workload (prune takes all of it away together)
-        return idx
-    netns.sysctl("net.ipv4.ip_forward", "1")
-    # 127.0.0.1:PORT published to a workload: the DNAT'd packet keeps a loopback source on the bridge
-    netns.sysctl(f"net.ipv4.conf.{net.bridge}.route_localnet", "1")
-    nft.add_network(net.pool, net.subnet)
+    forwarding_on(root)
+    nft.add_network(net.bridge, net.pool, net.subnet, net.vxlan_dev if net.driver == "vxlan" else None, port)
     return idx
 
 
-def remove(ipr: Any, net: Network) -> None:
-    """Delete the bridge and the network's NAT elements (idempotent)."""
+def remove(ipr: Any, net: Network, root: str | None = None) -> None:
+    """Delete the bridge and the network's NAT elements; the last bridge restores ip_forward (idempotent)."""
     if net.bridge:
         idx = link_index(ipr, net.bridge)
         if idx is not None:
             with contextlib.suppress(Exception):
                 ipr.link("del", index=idx)
-    nft.remove_network(net.pool, net.subnet)
+    try:
+        forwarding_restore(ipr, root)
+    finally:
+        nft.remove_network(net.bridge, net.pool, net.subnet, net.vxlan_dev if net.driver == "vxlan" else None)

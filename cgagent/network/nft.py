@@ -1,10 +1,27 @@
-"""NAT for workloads through one nftables table (`ip cgagent`), fed by `nft -f -`.
+"""NAT and filtering for workloads through two nftables tables owned by cgagent, fed by `nft -f -`.
 
-The rules are static; what changes are set and map elements, so a workload's ports and a network's
-masquerade are added and removed as elements, never by rule handle:
+The rules are static; what changes are set and map elements, so networks, workloads and ports are
+added and removed as elements, never by rule handle.
+
+`ip cgagent` (routed traffic):
+  bridges   our bridges (a workload's packets enter the host's IP layer through one of these)
+  overlays  our vxlan devices (other hosts' workloads arrive through them)
   masq      sources to masquerade (the pools workloads get addresses from)
   internal  destinations that are not masqueraded (every network's subnet, whole overlays)
-  ports     proto . host port -> workload address . port (DNAT; `create element` fails if published)
+  ports     proto . host port -> workload address . port (DNAT on every local address but loopback)
+  ports_at  host address . proto . host port -> workload address . port (DNAT on that address only)
+  guard     before conntrack: nothing from a bridge to or from 127.0.0.0/8 (CVE-2020-8558; the kernel
+            drops these as martians too unless someone sets route_localnet, which cgagent never does)
+  intra     bridge . bridge: with br_netfilter loaded, traffic inside one bridge passes `forward` too
+  forward   established/related, published (DNAT'd) traffic, traffic inside one network, overlay
+            peers and what leaves a bridge for elsewhere pass; anything else headed into a bridge is
+            dropped (other networks, routed strangers)
+`bridge cgagent` (frames inside a bridge, before they are switched or routed):
+  guarded   the host ends of workloads' veths
+  pairs     host end . MAC . IPv4 address a workload was given: a frame from a guarded port whose
+            MAC, IP source or ARP sender is not that workload's is dropped (anti-spoofing), and so is
+            anything but IPv4 and ARP (the networks are IPv4 only)
+Loopback publishing is not done here: see proxy.py.
 """
 
 from __future__ import annotations
@@ -16,28 +33,69 @@ from typing import Any
 from cgagent.errors import CgagentError
 
 TABLE = "cgagent"
+ANY = "0.0.0.0"
 
-_TABLE_DEF = f"""
-table ip {TABLE} {{
-  set masq {{ type ipv4_addr; flags interval; }}
-  set internal {{ type ipv4_addr; flags interval; }}
-  map ports {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+_BRIDGE_DEF = f"""
+add table bridge {TABLE}
+delete table bridge {TABLE}
+table bridge {TABLE} {{
+  set guarded {{ type ifname; }}
+  set pairs {{ type ifname . ether_addr . ipv4_addr; }}
   chain prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-    meta l4proto {{ tcp, udp }} fib daddr type local dnat ip to meta l4proto . th dport map @ports
-  }}
-  chain output {{
-    type nat hook output priority -100; policy accept;
-    meta l4proto {{ tcp, udp }} fib daddr type local dnat ip to meta l4proto . th dport map @ports
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ct status dnat ip saddr 127.0.0.0/8 masquerade
-    ct status dnat ip saddr @masq ip daddr @masq masquerade
-    ip saddr @masq ip daddr != @internal masquerade
+    type filter hook prerouting priority -300; policy accept;
+    iifname != @guarded accept
+    meta protocol ip iifname . ether saddr . ip saddr != @pairs drop
+    meta protocol arp iifname . ether saddr . arp saddr ip != @pairs drop
+    meta protocol arp iifname . arp saddr ether . arp saddr ip != @pairs drop
+    meta protocol != {{ ip, arp }} drop
   }}
 }}
 """
+
+# the same in prerouting (from elsewhere) and output (from the host): a specific address first, then
+# any address but loopback (no route_localnet: loopback is the proxy's)
+_DNAT = """
+    meta l4proto { tcp, udp } fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @ports_at
+    meta l4proto { tcp, udp } fib daddr type local ip daddr != 127.0.0.0/8 \\
+      dnat ip to meta l4proto . th dport map @ports
+"""
+
+_TABLE_DEF = f"""
+table ip {TABLE} {{
+  set bridges {{ type ifname; }}
+  set overlays {{ type ifname; }}
+  set intra {{ type ifname . ifname; }}
+  set masq {{ type ipv4_addr; flags interval; }}
+  set internal {{ type ipv4_addr; flags interval; }}
+  map ports {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+  map ports_at {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
+  chain guard {{
+    type filter hook prerouting priority raw; policy accept;
+    iifname @bridges ip daddr 127.0.0.0/8 drop
+    iifname @bridges ip saddr 127.0.0.0/8 drop
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;{_DNAT}  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;{_DNAT}  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat ip saddr @masq ip daddr @masq masquerade
+    ip saddr @masq ip daddr != @internal masquerade
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    ct state established,related accept
+    ct status dnat accept
+    iifname . oifname @intra accept
+    iifname @overlays oifname @bridges accept
+    iifname @bridges oifname != @bridges accept
+    oifname @bridges drop
+  }}
+}}
+"""
+
+_IP_SETS = ("bridges", "overlays", "intra", "masq", "internal", "ports", "ports_at")
 
 
 def _run(args: list[str], script: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -55,29 +113,39 @@ def _nft(script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return res
 
 
+def _snapshot(family: str = "ip") -> dict[str, list[Any]] | None:
+    """set/map name -> its elements, in one `nft -j list table`; None when the table does not exist."""
+    res = _run(["-j", "list", "table", family, TABLE])
+    if res.returncode != 0:
+        return None
+    out: dict[str, list[Any]] = {}
+    for obj in json.loads(res.stdout).get("nftables", []):
+        body = obj.get("set") or obj.get("map")
+        if body:
+            out[str(body.get("name"))] = list(body.get("elem", []))
+    return out
+
+
 def table_exists() -> bool:
-    res = _run(["list", "table", "ip", TABLE])
-    return res.returncode == 0
+    return _snapshot() is not None
 
 
 def ensure_table() -> None:
     if not table_exists():
-        _nft(_TABLE_DEF)
+        _nft(_BRIDGE_DEF + _TABLE_DEF)
+
+
+def _add(script: str) -> None:
+    """Run an `add element` script, making the tables first when they are missing: one nft run in
+    the common case (a launch pays for each)."""
+    if _nft(script, check=False).returncode != 0:
+        ensure_table()
+        _nft(script)
 
 
 def delete_table() -> None:
     _nft(f"delete table ip {TABLE}", check=False)
-
-
-def _elements(name: str) -> list[object]:
-    res = _run(["-j", "list", "set" if name != "ports" else "map", "ip", TABLE, name])
-    if res.returncode != 0:
-        return []
-    for obj in json.loads(res.stdout).get("nftables", []):
-        body = obj.get("set") or obj.get("map")
-        if body:
-            return list(body.get("elem", []))
-    return []
+    _nft(f"delete table bridge {TABLE}", check=False)
 
 
 def _prefix_str(e: object) -> str:
@@ -88,73 +156,145 @@ def _prefix_str(e: object) -> str:
     return str(e)
 
 
+def _key_val(e: Any) -> tuple[list[Any], list[Any]]:
+    """A map element as (key parts, value parts); set elements have no value."""
+    if isinstance(e, dict) and "elem" in e:
+        e = e["elem"]
+    if isinstance(e, list) and len(e) == 2:
+        k, v = e
+        return (list(k["concat"]) if isinstance(k, dict) else [k]), (list(v["concat"]) if isinstance(v, dict) else [v])
+    return (list(e["concat"]) if isinstance(e, dict) and "concat" in e else [e]), []
+
+
 def subnets(name: str) -> list[str]:
-    return [_prefix_str(e) for e in _elements(name)]
+    return [_prefix_str(e) for e in (_snapshot() or {}).get(name, [])]
 
 
-def add_network(pool: str | None, internal: str) -> None:
-    """Masquerade what leaves `pool` for anywhere outside the `internal` subnet."""
-    ensure_table()
-    have_m, have_i = set(subnets("masq")), set(subnets("internal"))
-    script = ""
-    if pool and pool not in have_m:
+def add_network(bridge: str, pool: str | None, internal: str, overlay: str | None = None,
+                port: tuple[str, str, str] | None = None) -> None:
+    """Masquerade what leaves `pool` for anywhere outside `internal`; filter `bridge` (idempotent: `add
+    element` of an existing element is no error, so a network made half-way is completed here); with
+    `port`, guard that (port, MAC, address) in the same nft run."""
+    b = json.dumps(bridge)
+    script = f"add element ip {TABLE} bridges {{ {b} }}\nadd element ip {TABLE} intra {{ {b} . {b} }}\n"
+    script += f"add element ip {TABLE} internal {{ {internal} }}\n"
+    if pool:
         script += f"add element ip {TABLE} masq {{ {pool} }}\n"
-    if internal not in have_i:
-        script += f"add element ip {TABLE} internal {{ {internal} }}\n"
-    if script:
-        _nft(script)
+    if overlay:
+        script += f"add element ip {TABLE} overlays {{ {json.dumps(overlay)} }}\n"
+    if port:
+        script += _guard_script("add", *port)
+    _add(script)
 
 
-def remove_network(pool: str | None, internal: str) -> None:
-    if not table_exists():
+def _empty(snap: dict[str, list[Any]]) -> bool:
+    return not any(snap.get(n) for n in _IP_SETS)
+
+
+def remove_network(bridge: str | None, pool: str | None, internal: str, overlay: str | None = None) -> None:
+    snap = _snapshot()
+    if snap is None:
+        _nft(f"delete table bridge {TABLE}", check=False)
         return
     script = ""
-    if pool and pool in subnets("masq"):
-        script += f"delete element ip {TABLE} masq {{ {pool} }}\n"
-    if internal in subnets("internal"):
-        script += f"delete element ip {TABLE} internal {{ {internal} }}\n"
+    have = {n: {_prefix_str(e) for e in snap.get(n, [])} for n in ("bridges", "overlays", "masq", "internal")}
+    for name, value in (("bridges", bridge), ("overlays", overlay), ("masq", pool), ("internal", internal)):
+        if value and value in have[name]:
+            elem = json.dumps(value) if name in ("bridges", "overlays") else value
+            script += f"delete element ip {TABLE} {name} {{ {elem} }}\n"
+            snap[name] = [e for e in snap[name] if _prefix_str(e) != value]
+    if bridge and any(_key_val(e)[0][:1] == [bridge] for e in snap.get("intra", [])):
+        script += f"delete element ip {TABLE} intra {{ {json.dumps(bridge)} . {json.dumps(bridge)} }}\n"
+        snap["intra"] = [e for e in snap["intra"] if _key_val(e)[0][:1] != [bridge]]
     if script:
         _nft(script, check=False)
-    if not subnets("masq") and not subnets("internal") and not published():
+    if _empty(snap):
         delete_table()
 
 
-def published() -> dict[tuple[str, int], tuple[str, int]]:
-    """(proto, host port) -> (address, port) for every published port."""
-    out: dict[tuple[str, int], tuple[str, int]] = {}
-    for e in _elements("ports"):
-        try:
-            key: Any = e["elem"][0] if isinstance(e, dict) and "elem" in e else e[0]  # type: ignore[index]
-            val: Any = e["elem"][1] if isinstance(e, dict) and "elem" in e else e[1]  # type: ignore[index]
-            proto, port = key["concat"]
-            addr, cport = val["concat"]
-            out[(str(proto), int(port))] = (str(addr), int(cport))
-        except (TypeError, ValueError, KeyError):
-            continue
+def _guard_script(verb: str, port: str, mac: str, addr: str) -> str:
+    return (f"{verb} element bridge {TABLE} pairs {{ {json.dumps(port)} . {mac} . {addr} }}\n"
+            f"{verb} element bridge {TABLE} guarded {{ {json.dumps(port)} }}\n")
+
+
+def unguard(port: str, mac: str | None = None, addr: str | None = None) -> None:
+    """Forget every rule element of bridge port `port` (idempotent): the known ones in one nft run,
+    else whatever the table holds for the port."""
+    if mac and addr and _nft(_guard_script("delete", port, mac, addr), check=False).returncode == 0:
+        return
+    snap = _snapshot("bridge")
+    if not snap:
+        return
+    script = ""
+    for e in snap.get("pairs", []):
+        k, _ = _key_val(e)
+        if k and k[0] == port:
+            script += f"delete element bridge {TABLE} pairs {{ {json.dumps(port)} . {k[1]} . {k[2]} }}\n"
+    if port in {str(e) for e in snap.get("guarded", [])}:
+        script += f"delete element bridge {TABLE} guarded {{ {json.dumps(port)} }}\n"
+    if script:
+        _nft(script, check=False)
+
+
+def published() -> dict[tuple[str, int, str], tuple[str, int]]:
+    """(proto, host port, host address or ANY) -> (workload address, port) for every DNAT'd port."""
+    out: dict[tuple[str, int, str], tuple[str, int]] = {}
+    snap = _snapshot() or {}
+    for name in ("ports", "ports_at"):
+        for e in snap.get(name, []):
+            try:
+                k, v = _key_val(e)
+                hip = str(k.pop(0)) if name == "ports_at" else ANY
+                out[(str(k[0]), int(k[1]), hip)] = (str(v[0]), int(v[1]))
+            except (TypeError, ValueError, KeyError, IndexError):
+                continue
     return out
 
 
-def publish(ports: list[tuple[str, int, int]], addr: str) -> None:
-    """DNAT each (proto, host port, workload port) to `addr`: all or none (one nft transaction)."""
+def _elem(p: str, hp: int, hip: str) -> tuple[str, str]:
+    """(map, key) of one published port."""
+    return ("ports", f"{p} . {hp}") if hip == ANY else ("ports_at", f"{hip} . {p} . {hp}")
+
+
+def publish(ports: list[tuple[str, int, int, str]], addr: str) -> None:
+    """DNAT each (proto, host port, workload port, host address) to `addr`: all or none (one nft
+    transaction). Loopback addresses are the proxy's (proxy.py), not DNAT's."""
+    ports = [p for p in ports if not p[3].startswith("127.")]
     if not ports:
         return
     ensure_table()
-    elems = ", ".join(f"{p} . {hp} : {addr} . {cp}" for p, hp, cp in ports)
-    res = _nft(f"create element ip {TABLE} ports {{ {elems} }}\n", check=False)
+    script = ""
+    for p, hp, cp, hip in ports:
+        m, key = _elem(p, hp, hip)
+        script += f"create element ip {TABLE} {m} {{ {key} : {addr} . {cp} }}\n"
+    res = _nft(script, check=False)
     if res.returncode != 0:
         taken = published()
-        for p, hp, _ in ports:
-            if (p, hp) in taken:
-                raise CgagentError(f"port {hp}/{p} is already published (to {taken[(p, hp)][0]})",
+        for p, hp, _, hip in ports:
+            if (p, hp, hip) in taken:
+                raise CgagentError(f"port {hp}/{p} is already published (to {taken[(p, hp, hip)][0]})",
                                    "choose another host port")
         raise CgagentError(f"nft failed: {res.stderr.strip()}", "see `nft list table ip cgagent`")
 
 
-def unpublish(ports: list[tuple[str, int, int]], addr: str) -> None:
+def unpublish(ports: list[tuple[str, int, int, str]], addr: str) -> None:
     """Remove the DNAT entries that still point at `addr` (idempotent)."""
-    if not ports or not table_exists():
+    ports = [p for p in ports if not p[3].startswith("127.")]
+    if not ports:
         return
     taken = published()
-    keys = [f"{p} . {hp}" for p, hp, _ in ports if taken.get((p, hp), ("", 0))[0] == addr]
-    if keys:
-        _nft(f"delete element ip {TABLE} ports {{ {', '.join(keys)} }}\n", check=False)
+    script = ""
+    for p, hp, _, hip in ports:
+        if taken.get((p, hp, hip), ("", 0))[0] == addr:
+            m, key = _elem(p, hp, hip)
+            script += f"delete element ip {TABLE} {m} {{ {key} }}\n"
+    if script:
+        _nft(script, check=False)
+
+
+def check_installed() -> None:
+    """Before anything is made: a missing nft is one line, not a half-made network."""
+    import shutil
+
+    if shutil.which("nft") is None:
+        raise CgagentError("nft is not installed", "install nftables (apt-get install nftables)")

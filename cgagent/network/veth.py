@@ -12,10 +12,11 @@ from cgagent.network import netns
 EEXIST = 17
 
 
-def create(ipr: Any, host_name: str, bridge_idx: int, ns_path: str, inner: str = "eth0") -> None:
+def create(ipr: Any, host_name: str, bridge_idx: int, ns_path: str, mac: str, inner: str = "eth0") -> None:
+    """The pair, `inner` (with MAC `mac`, which the anti-spoofing rule names) inside the namespace."""
     fd = netns.open_ns(ns_path)
     try:
-        ipr.link("add", ifname=host_name, kind="veth", peer={"ifname": inner, "net_ns_fd": fd})
+        ipr.link("add", ifname=host_name, kind="veth", peer={"ifname": inner, "net_ns_fd": fd, "address": mac})
     except Exception as e:
         if getattr(e, "code", None) == EEXIST:
             raise CgagentError(f"the workload already has an interface named {inner}",
