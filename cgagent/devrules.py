@@ -96,9 +96,8 @@ def device(spec: str) -> dict[str, Any]:
     host = parts[0]
     ctr = os.path.normpath(parts[1] if len(parts) == 2 and parts[1] else host)
     if not os.path.isabs(host):
-        raise CgagentError(f"--device {spec!r}: {host} is not an absolute path", "give the device's path, e.g. /dev/loop3")
-    if not ctr.startswith("/dev/") or ".." in ctr.split("/"):
-        raise CgagentError(f"--device {spec!r}: the path inside must be under /dev", "e.g. --device /dev/loop3:/dev/xvda")
+        raise CgagentError(f"--device {spec!r}: {host} is not an absolute path",
+                           "give the device's path, e.g. /dev/loop3")
     try:
         st = os.stat(host)
     except OSError as e:
@@ -110,6 +109,9 @@ def device(spec: str) -> dict[str, Any]:
     else:
         raise CgagentError(f"--device {spec!r}: {host} is not a character or block device",
                            "give a device node (see `ls -l /dev`); use -v for files and directories")
+    if not ctr.startswith("/dev/") or ".." in ctr.split("/"):
+        raise CgagentError(f"--device {spec!r}: the path inside must be under /dev",
+                           "e.g. --device /dev/loop3:/dev/xvda")
     major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
     return {"path": ctr, "type": kind, "major": major, "minor": minor, "mode": stat.S_IMODE(st.st_mode),
             "uid": st.st_uid, "gid": st.st_gid, "rule": f"{kind} {major}:{minor} {perms}"}

@@ -16,6 +16,7 @@ from cgagent.isolation.devices import setup_dev
 from cgagent.isolation.security import MASKED_PATHS, READONLY_PATHS
 from cgagent.isolation.syscalls import (
     MNT_DETACH,
+    MOUNT_ATTR_NODEV,
     MS_BIND,
     MS_NODEV,
     MS_NOEXEC,
@@ -25,6 +26,7 @@ from cgagent.isolation.syscalls import (
     MS_REC,
     MS_REMOUNT,
     mount,
+    mount_setattr,
     move_mount,
     open_tree_clone,
     pivot_root,
@@ -114,6 +116,8 @@ def mount_root(spec: dict[str, Any], userns_fd: int | None = None) -> str:
         userns.attach(userns.idmapped_clone(spec["rootfs"], userns_fd), merged)
     else:
         mount(spec["rootfs"], merged, None, MS_BIND | MS_REC)
+    if spec.get("rootfs"):   # a host directory: its device nodes must not open (only /dev's, below)
+        mount_setattr(merged, MOUNT_ATTR_NODEV)
     return merged
 
 
@@ -161,6 +165,18 @@ def _mount_volumes(vols: list[tuple[int, bool, str, bool]]) -> None:
         os.close(fd)
 
 
+def _volume_tree(vol: list[Any]) -> int:
+    """A detached copy of the volume's tree, nodev unless the volume asked for `dev`."""
+    fd = open_tree_clone(vol[0])
+    if not (len(vol) > 3 and vol[3]):
+        try:
+            mount_setattr(fd, MOUNT_ATTR_NODEV)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
 def _mask() -> None:
     for p in MASKED_PATHS:
         with contextlib.suppress(FileNotFoundError):
@@ -176,12 +192,12 @@ def _mask() -> None:
 def enter(spec: dict[str, Any], userns_fd: int | None = None) -> None:
     """Build the workload's filesystem view and switch into it."""
     cgroups = host_cgroup_mounts()
-    vols = [(open_tree_clone(src), os.path.isdir(src), ctr, ro) for src, ctr, ro in spec.get("volumes") or []]
+    vols = [(_volume_tree(v), os.path.isdir(v[0]), v[1], v[2]) for v in spec.get("volumes") or []]
     pivot(mount_root(spec, userns_fd))
     os.makedirs("/proc", exist_ok=True)
     mount("proc", "/proc", "proc", PROC_FLAGS)
     _mount_volumes(vols)
-    setup_dev("/dev")
+    setup_dev("/dev", spec.get("devices") or [])
     _mount_sys(cgroups)
     _mask()
     workdir = spec.get("workdir") or "/"

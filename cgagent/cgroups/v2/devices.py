@@ -68,7 +68,7 @@ def program(rules: list[Rule]) -> bytes:
             if ins[0] == _JNE_K:
                 block[i] = ins[:2] + struct.pack("<h", len(block) - i - 1) + ins[4:]
         out += block
-    return b"".join(out + [_insn(_MOV_K, 0, imm=0), _insn(_EXIT)])
+    return b"".join([*out, _insn(_MOV_K, 0, imm=0), _insn(_EXIT)])
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
