@@ -143,7 +143,7 @@ def _mount_sys(cgroups: list[tuple[str, str, str]]) -> None:
         return
     mount("cgroup", cg, "tmpfs", PROC_FLAGS, "mode=755")
     for name, fstype, data in cgroups:
-        os.mkdir(f"{cg}/{name}", 0o755)
+        os.makedirs(f"{cg}/{name}", 0o755, exist_ok=True)   # a shadowed mount of the same name may be listed too
         with contextlib.suppress(OSError):  # in our cgroup namespace: the hierarchy is rooted at our cgroup
             mount("cgroup", f"{cg}/{name}", fstype, MS_RDONLY | PROC_FLAGS, data or None)
     mount(None, cg, None, MS_REMOUNT | MS_RDONLY | PROC_FLAGS, "mode=755")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -24,51 +23,27 @@ from cgagent import devrules
 from cgagent.errors import CgagentError
 from tests.conftest import Env
 from tests.isolated import IMG, Box, ok
+from tests.security import devkit
+from tests.security.devkit import CANARY, EACCES, EPERM, busybox_root, loop_device, read_cmd
 
 pytest_plugins = ("tests.isolated_fixtures",)  # the box and image_store fixtures
 
-CANARY = b"CGAGENT-DEVICE-CANARY-7f3a"
 UNCONFINED = ("--security-opt", "seccomp=unconfined")
-EPERM, EACCES = "Operation not permitted", "Permission denied"
 
 
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[tuple[str, int, int]]:
-    """A loop device over a 1 MiB file that starts with CANARY -> (path, major, minor); detached after."""
-    if shutil.which("losetup") is None:
-        pytest.fail("losetup (util-linux) is needed to make the test's own block device")
-    backing = tmp_path / "disk.img"
-    backing.write_bytes(CANARY + b"\0" * (1024 * 1024 - len(CANARY)))
-    r = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    dev = r.stdout.strip()
-    try:
-        rdev = os.stat(dev).st_rdev
-        yield dev, os.major(rdev), os.minor(rdev)
-    finally:
-        subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=60)
-
-
-def read_cmd(path: str) -> str:
-    return f"dd if={path} bs=64 count=1 2>&1 >/tmp/out; cat /tmp/out"
+    with loop_device(str(tmp_path)) as dev:
+        yield dev
 
 
 def refused(r: subprocess.CompletedProcess[str], reason: str) -> None:
-    assert CANARY.decode() not in r.stdout, f"the workload read the device: {r.stdout!r}"
-    assert reason in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)
+    devkit.refused(r.stdout + r.stderr, reason)
 
 
 @pytest.fixture
 def rootfs(tmp_path: Path) -> Path:
-    """A busybox root directory with a data/ directory for device nodes."""
-    root = tmp_path / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    (root / "tmp").mkdir()
-    (root / "data").mkdir()
-    shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    for a in ("sh", "cat", "dd", "mknod", "head", "wc", "echo", "ls"):
-        (root / "bin" / a).symlink_to("busybox")
-    return root
+    return Path(busybox_root(str(tmp_path / "rootfs")))
 
 
 # --- the attack
