@@ -44,8 +44,8 @@ def busybox_root(root: str, busybox: str = "/bin/busybox") -> str:
 
 
 def read_cmd(path: str) -> str:
-    """Shell: read the first 64 bytes of `path`; dd's error (if any) and the data go to stdout."""
-    return f"dd if={path} bs=64 count=1 2>&1 >/tmp/out; cat /tmp/out"
+    """Shell: read the first 64 bytes of `path`; the data and dd's messages both go to stdout."""
+    return f"dd if={path} bs=64 count=1 2>&1"
 
 
 def refused(out: str, reason: str) -> None:
