@@ -113,9 +113,9 @@ def test_device_flag_gives_exactly_that_device(box: Box, loop: tuple[str, int, i
                f"{dev}:/dev/disk0:r")
     assert CANARY.decode() in r.stdout and EPERM in r.stdout
     # the same path inside by default; other loop numbers stay closed
-    out = ok(box.sh(f"{read_cmd(dev)}; mknod /dev/other b {major} {minor + 1} && {read_cmd('/dev/other')}",
-                    "--device", dev, *UNCONFINED))
-    assert CANARY.decode() in out and EPERM in out
+    r = box.sh(f"{read_cmd(dev)}; mknod /dev/other b {major} {minor + 1} && {read_cmd('/dev/other')}",
+               "--device", dev, *UNCONFINED)
+    assert CANARY.decode() in r.stdout and EPERM in r.stdout, r
 
 
 def test_device_cgroup_rule_opens_a_class(box: Box, loop: tuple[str, int, int]) -> None:
