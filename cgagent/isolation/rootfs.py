@@ -17,6 +17,7 @@ from cgagent.isolation.security import MASKED_PATHS, READONLY_PATHS
 from cgagent.isolation.syscalls import (
     MNT_DETACH,
     MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_RDONLY,
     MS_BIND,
     MS_NODEV,
     MS_NOEXEC,
@@ -160,8 +161,8 @@ def _mount_volumes(vols: list[tuple[int, bool, str, bool]]) -> None:
             if not os.path.lexists(ctr):
                 os.close(os.open(ctr, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         move_mount(fd, ctr)
-        if ro:
-            mount(None, ctr, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        if ro:   # added to the mount's flags: a bind remount would drop nodev
+            mount_setattr(ctr, MOUNT_ATTR_RDONLY, recursive=False)
         os.close(fd)
 
 
@@ -203,5 +204,5 @@ def enter(spec: dict[str, Any], userns_fd: int | None = None) -> None:
     workdir = spec.get("workdir") or "/"
     os.makedirs(workdir, exist_ok=True)
     if spec.get("read_only"):
-        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        mount_setattr("/", MOUNT_ATTR_RDONLY, recursive=False)   # keeps nodev (a bind remount would not)
     os.chdir(workdir)

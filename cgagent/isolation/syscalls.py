@@ -149,6 +149,7 @@ def set_seccomp_filter(prog: bytes) -> None:
 
 
 SYS_MOUNT_SETATTR = 442
+MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NODEV = 0x00000004
 AT_EMPTY_PATH = 0x1000
 

@@ -71,9 +71,14 @@ def test_node_in_a_rootfs_dir_cannot_be_opened(box: Box, rootfs: Path, loop: tup
     r = box.run("run", "--rm", "--rootfs", str(rootfs), *UNCONFINED, "--", "sh", "-c",
                 f"mknod /tmp/again b {major} {minor}; {read_cmd('/tmp/again')}")
     refused(r, EACCES)   # and a node made in it later, too
+    r = box.run("run", "--rm", "--read-only", "--rootfs", str(rootfs), *UNCONFINED, "--", "sh", "-c",
+                f"touch /data/x; {read_cmd('/data/disk')}")
+    assert "Read-only file system" in r.stdout + r.stderr
+    refused(r, EACCES)   # --read-only keeps it nodev
 
 
-@pytest.mark.parametrize("opts,reason", [("", EACCES), (":dev", EPERM)], ids=["nodev", "dev"])
+@pytest.mark.parametrize("opts,reason", [("", EACCES), (":ro", EACCES), (":dev", EPERM), (":ro,dev", EPERM)],
+                         ids=["nodev", "ro-nodev", "dev", "ro-dev"])
 def test_node_in_a_volume_cannot_be_opened(box: Box, tmp_path: Path, loop: tuple[str, int, int], opts: str,
                                            reason: str) -> None:
     """Default: the volume is nodev. `dev` lifts that, and the device cgroup still refuses."""
