@@ -232,3 +232,10 @@ def test_rule_parsing() -> None:
         devrules.parse("c 1:3 rr")
     assert devrules.for_workload(False, [], []) is None
     assert devrules.for_workload(True, [], []) == devrules.DEFAULT
+
+
+def test_device_flag_under_userns(box: Box, loop: tuple[str, int, int]) -> None:
+    """The node is owned, as seen from inside, by the host node's owner (root inside = uid 100000)."""
+    dev, _major, _minor = loop
+    out = ok(box.sh(f"ls -ln /dev/disk0; {read_cmd('/dev/disk0')}", "--userns", "--device", f"{dev}:/dev/disk0"))
+    assert out.split()[2:4] == ["0", str(os.stat(dev).st_gid)] and CANARY.decode() in out, out
