@@ -7,6 +7,7 @@ crash at any point leaves state that `cgagent ps` reports and `cgagent rm -f` cl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -479,7 +480,9 @@ def update(store: Store, host: Host, name: str, values: dict[str, object]) -> Re
         base = Resources.from_dict(rec.resources)
         new = plan(values, host, base)
         mgr = manager(host, rec)
-        mgr.set(new)
+        # device rules are fixed at creation: re-sending them would make systemd (v1) rewrite
+        # devices.deny/allow, a moment in which even /dev/null fails
+        mgr.set(dataclasses.replace(new, devices=None))
         rec.resources = mgr.effective(new).to_dict()
         store.save(rec)
         events.append(store.root, "update", name, resources=rec.resources)

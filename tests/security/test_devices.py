@@ -177,6 +177,9 @@ def test_v1_devices_list_is_dockers_default(box: Box) -> None:
             d = json.load(f)["dirs"]["devices"]
         with open(f"{d}/devices.list") as f:
             assert sorted(f.read().split("\n")[:-1]) == sorted(devrules.DEFAULT)
+        ok(box.run("update", "devl", "--memory", "64M"))   # an update leaves the device list alone
+        with open(f"{d}/devices.list") as f:
+            assert sorted(f.read().split("\n")[:-1]) == sorted(devrules.DEFAULT)
     finally:
         box.run("rm", "-f", "devl")
 
