@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from cgagent.units import parse_cpu_list
 
-V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer")
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices")
 V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids")
 
 

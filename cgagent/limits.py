@@ -34,6 +34,12 @@ class Resources:
     pids_limit: int | None = None      # -1 unlimited
     cpuset_cpus: str | None = None
     cpuset_mems: str | None = None
+    # device allow-list, cgagent.devrules form ("c 1:3 rwm"); None = no device control
+    devices: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.devices is not None and not isinstance(self.devices, tuple):   # from a JSON record
+            object.__setattr__(self, "devices", tuple(self.devices))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -190,4 +196,5 @@ def plan(values: dict[str, Any], host: Host, base: Resources | None = None) -> R
         pids_limit=values.get("pids_limit", base.pids_limit),
         cpuset_cpus=values.get("cpuset_cpus", base.cpuset_cpus),
         cpuset_mems=values.get("cpuset_mems", base.cpuset_mems),
+        devices=base.devices,
     )

@@ -7,6 +7,7 @@ crash at any point leaves state that `cgagent ps` reports and `cgagent rm -f` cl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -721,7 +722,9 @@ def _update(store: Store, host: Host, name: str, values: dict[str, object], oom_
             rec.policy_oom_seq = oom_seq
         store.save(rec)   # first: a full state dir refuses the change before the kernel has it
         try:
-            mgr.set(new)
+            # device rules are fixed at creation: re-sending them would make systemd (v1) rewrite
+            # devices.deny/allow, a moment in which even /dev/null fails
+            mgr.set(dataclasses.replace(new, devices=None))
         except (OSError, CgagentError):
             if status == "running":
                 rec.resources, rec.policy_oom_seq = old, old_seq

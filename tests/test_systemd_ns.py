@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -420,3 +421,63 @@ def test_restarts_keep_limits_updated_live_also_in_a_remade_scope(sdns: SystemdN
     assert cli.record("upr")["keeper_pid"] != first_keeper   # the scope was made anew once
     _ok(cli("rm", "-f", "upr"))
     _nothing_of(sdns, cli, "upr")
+# --- devices (issue 15, item 2): DevicePolicy=strict + DeviceAllow=, applied by systemd itself
+
+DevCLI = tuple[CLI, str, str, tuple[int, int]]
+
+
+@pytest.fixture
+def dev_cli(sdns: SystemdNamespace, cli: CLI, tmp_path: Any) -> Iterator[DevCLI]:
+    """-> (a CLI with an image store on the instance's /run, a busybox root there, a node in the
+    instance's own /dev for a loop device the test made on the host, its major:minor)."""
+    from tests.security.devkit import busybox_root, loop_device
+
+    tag = os.urandom(4).hex()
+    store, root, node = f"/run/cgagent-devstore-{tag}", f"/run/cgagent-devroot-{tag}", f"/dev/cgagent-devtest-{tag}"
+    with loop_device(str(tmp_path)) as (_dev, major, minor):
+        try:
+            busybox_root(sdns.path(root))
+            _ok(sdns.run(["mknod", node, "b", str(major), str(minor)]))
+            cli.env["CGAGENT_ROOT"] = store
+            yield cli, root, node, (major, minor)
+        finally:
+            sdns.run(["rm", "-rf", store, root, node])
+
+
+def test_systemd_v1_device_policy_is_a_unit_property_and_is_enforced(sdns: SystemdNamespace,
+                                                                     dev_cli: DevCLI) -> None:
+    from tests.security.devkit import CANARY, EPERM, read_cmd, refused
+
+    c, root, node, (major, minor) = dev_cli
+    _ok(c("run", "-d", "--name", "devs", "--net", "none", "--security-opt", "seccomp=unconfined",
+          "--rootfs", root, "--", "sleep", "1000"))
+    unit = "cgagent-devs.scope"
+    assert sdns.unit_property(unit, "DevicePolicy") == "strict"
+    allow = sdns.systemctl("show", "-p", "DeviceAllow", unit)
+    for entry in ("/dev/char/1:3 rwm", "/dev/char/1:9 rwm", "/dev/char/5:2 rwm", "char-pts rwm", "char-* m",
+                  "block-* m"):
+        assert entry in allow, allow
+    listed = set(_cg(sdns, c.record("devs"), "devices", "devices.list").splitlines())   # what systemd wrote
+    assert {"c 1:3 rwm", "c *:* m", "b *:* m", "c 136:* rwm"} <= listed and "a *:* rwm" not in listed, listed
+    sdns.systemctl("daemon-reload")   # systemd re-applies the unit's properties: the same list
+    assert set(_cg(sdns, c.record("devs"), "devices", "devices.list").splitlines()) == listed
+    _ok(c("rm", "-f", "devs"))
+    r = c("run", "--rm", "--net", "none", "--security-opt", "seccomp=unconfined", "--rootfs", root, "--", "sh", "-c",
+          f"mknod /dev/e b {major} {minor} && echo MADE; {read_cmd('/dev/e')}")
+    assert "MADE" in r.stdout, r
+    refused(r.stdout + r.stderr, EPERM)
+    r = c("run", "--rm", "--net", "none", "--rootfs", root, "--device", f"{node}:/dev/disk0:r", "--",
+          "sh", "-c", f"{read_cmd('/dev/disk0')}; dd if=/dev/zero of=/dev/disk0 bs=1 count=1 2>&1")
+    assert CANARY.decode() in r.stdout and EPERM in r.stdout, r
+
+
+def test_systemd_v1_host_workload_gets_device_control_from_a_rule(dev_cli: DevCLI) -> None:
+    from tests.security.devkit import CANARY, EPERM, read_cmd, refused
+
+    c, _root, node, _numbers = dev_cli
+    r = c("run", "--rm", "--", "sh", "-c", read_cmd(node))
+    assert CANARY.decode() in r.stdout, r   # a host workload uses the host's /dev, as under systemd-run
+    r = c("run", "--rm", "--device-cgroup-rule", "c 1:3 rw", "--", "sh", "-c",
+          f"echo x > /dev/null && echo null-ok; {read_cmd(node)}")
+    assert "null-ok" in r.stdout, r
+    refused(r.stdout, EPERM)

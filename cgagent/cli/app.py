@@ -101,7 +101,9 @@ def run(
     state_dir: StateDir = None,
     rootfs: Annotated[str | None, typer.Option("--rootfs", help="Run in this root directory (isolated).")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Mount the root filesystem read-only.")] = False,
-    volume: Annotated[list[str] | None, typer.Option("--volume", "-v", help="Bind mount HOST:CTR[:ro].")] = None,
+    volume: Annotated[list[str] | None, typer.Option(
+        "--volume", "-v", help="Bind mount HOST:CTR[:OPTS], OPTS ro,dev: read-only; device nodes usable "
+        "(volumes are nodev by default).")] = None,
     hostname: Annotated[str | None, typer.Option("--hostname", help="Hostname inside (default: the name).")] = None,
     net: Annotated[str | None, typer.Option(
         "--net", "--network", help="bridge (default; env CGAGENT_DEFAULT_NET), none (lo only), host, "
@@ -119,6 +121,9 @@ def run(
     cap_drop: Annotated[list[str] | None, typer.Option("--cap-drop", help="Drop a capability (or ALL).")] = None,
     security_opt: Annotated[list[str] | None, typer.Option(
         "--security-opt", help="seccomp=unconfined turns the default seccomp filter off.")] = None,
+    device: Annotated[list[str] | None, typer.Option("--device", help=options.HELP["device"])] = None,
+    device_cgroup_rule: Annotated[list[str] | None, typer.Option(
+        "--device-cgroup-rule", help=options.HELP["device_cgroup_rule"])] = None,
     root: Annotated[str | None, typer.Option(
         "--root", help="Image store root (default $CGAGENT_ROOT or /var/lib/cgagent).")] = None,
     restart: Annotated[str | None, typer.Option(
@@ -161,8 +166,11 @@ def run(
            "publish": publish,
            "init": init, "userns": userns, "env": env, "user": user, "workdir": workdir, "cap_add": cap_add,
            "cap_drop": cap_drop,
-           "security_opt": security_opt, "root": root}
+           "security_opt": security_opt, "root": root, "devices": device}
     cmd, name, isolation = for_run(image, cmd, {k: v for k, v in iso.items() if v}, name)
+    from cgagent.devrules import with_rules
+
+    resources = with_rules(resources, isolation, device_cgroup_rule)
     req = RunRequest(cmd=cmd, resources=resources, name=name, parent=cgroup_parent or "/cgagent",
                      driver=cgroup_driver, detach=detach, auto_remove=rm, isolation=isolation, policy=policy,
                      restart=restart or "no", preserve_fds=preserve_fds_count(preserve_fds))

@@ -95,6 +95,9 @@ def execute(p: dict[str, Any]) -> int:
     from cgagent.isolation.spec import for_run
 
     cmd, name, isolation = for_run(p.get("image"), cmd, p["iso"], name)
+    from cgagent.devrules import with_rules
+
+    resources = with_rules(resources, isolation, p.get("device_rules"))
     req = RunRequest(cmd=cmd, resources=resources, name=name, isolation=isolation, policy=p.get("policy"),
                      parent=p.get("parent") or os.environ.get("CGAGENT_CGROUP_PARENT") or "/cgagent",
                      driver=p.get("driver") or os.environ.get("CGAGENT_CGROUP_DRIVER"),

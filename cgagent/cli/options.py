@@ -20,14 +20,14 @@ LIMITS = {
 VALUES = {"--name": "name", "--cgroup-parent": "parent", "--cgroup-driver": "driver", "--state-dir": "state_dir",
           "--policy": "policy", "--restart": "restart", "--preserve-fds": "preserve_fds"}
 # repeatable options of `run` -> list setting
-LISTS = {"--policy-dir": "policy_dirs"}
+LISTS = {"--policy-dir": "policy_dirs", "--device-cgroup-rule": "device_rules"}
 FLAGS = {"--detach": "detach", "-d": "detach", "--rm": "auto_remove"}
 # isolation options (an IMAGE or --rootfs run) -> key of cgagent.isolation.spec.build's opts
 ISO_VALUES = {"--rootfs": "rootfs", "--hostname": "hostname", "--net": "net", "--network": "net", "--user": "user",
               "-u": "user", "--workdir": "workdir", "-w": "workdir", "--root": "root"}
 ISO_MULTI = {"-p": "publish", "--publish": "publish",
              "-v": "volumes", "--volume": "volumes", "-e": "env", "--env": "env", "--cap-add": "cap_add",
-             "--cap-drop": "cap_drop", "--security-opt": "security_opt"}
+             "--cap-drop": "cap_drop", "--security-opt": "security_opt", "--device": "devices"}
 ISO_FLAGS = {"--read-only": "read_only", "--init": "init", "--userns": "userns"}
 
 
@@ -49,4 +49,9 @@ HELP = {
     "pids_limit": "Most processes/threads at once (-1 = unlimited).",
     "cpuset_cpus": "CPUs allowed, e.g. 0-1 or 0,2.",
     "cpuset_mems": "Memory nodes allowed, e.g. 0.",
+    "device": "Give the workload a host device: HOST[:CTR][:rwm], e.g. /dev/loop3 (node made in its /dev, "
+              "allowed in its device cgroup; repeatable).",
+    "device_cgroup_rule": "Allow a device class in the device cgroup, as Docker: 'c 1:3 rwm', 'b 7:* r'. "
+                          "Isolated runs always have Docker's default list; a host run gets device control "
+                          "(deny all but that list and these rules) only with this option. Repeatable.",
 }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
+from typing import Any
 
 from cgagent.isolation.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_STRICTATIME, mount
 
@@ -13,8 +15,9 @@ LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/pro
          ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
 
 
-def setup_dev(dev: str = "/dev") -> None:
-    """Called inside the new root, after /proc is mounted."""
+def setup_dev(dev: str = "/dev", extra: list[dict[str, Any]] | tuple[()] = ()) -> None:
+    """Called inside the new root, after /proc is mounted. `extra`: the --device nodes
+    (cgagent.devrules.device), made after the standard ones."""
     os.makedirs(dev, exist_ok=True)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k")
     for name, major, minor in NODES:
@@ -30,3 +33,30 @@ def setup_dev(dev: str = "/dev") -> None:
         mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for name, target in LINKS:
         os.symlink(target, f"{dev}/{name}")
+    for d in extra:
+        make_node(dev, d)
+
+
+def make_node(dev: str, d: dict[str, Any]) -> None:
+    """mknod one --device node under the fresh /dev tmpfs. Directories on the way are made here;
+    anything already there (a standard node, the fd/stdin links) is refused, never followed."""
+    rel = os.path.relpath(str(d["path"]), "/dev")
+    parts = rel.split("/")
+    if rel.startswith("..") or any(p in ("", ".", "..") for p in parts):
+        raise OSError(errno.EINVAL, f"--device {d['path']}: not a path under /dev")
+    cur = dev
+    for part in parts[:-1]:
+        cur = f"{cur}/{part}"
+        try:
+            os.mkdir(cur, 0o755)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(cur).st_mode):
+                raise OSError(errno.EEXIST, f"--device {d['path']}: {cur} is not a directory") from None
+    path = f"{cur}/{parts[-1]}"
+    kind = stat.S_IFCHR if d["type"] == "c" else stat.S_IFBLK
+    try:
+        os.mknod(path, kind | 0o600, os.makedev(int(d["major"]), int(d["minor"])))
+    except FileExistsError:
+        raise OSError(errno.EEXIST, f"--device {d['path']} already exists in the workload's /dev") from None
+    os.chown(path, int(d["uid"]), int(d["gid"]))
+    os.chmod(path, int(d["mode"]) & 0o777)   # the host node's permissions; never set-id bits

@@ -16,6 +16,8 @@ from cgagent.isolation.devices import setup_dev
 from cgagent.isolation.security import MASKED_PATHS, READONLY_PATHS
 from cgagent.isolation.syscalls import (
     MNT_DETACH,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_RDONLY,
     MS_BIND,
     MS_NODEV,
     MS_NOEXEC,
@@ -25,6 +27,7 @@ from cgagent.isolation.syscalls import (
     MS_REC,
     MS_REMOUNT,
     mount,
+    mount_setattr,
     move_mount,
     open_tree_clone,
     pivot_root,
@@ -114,6 +117,8 @@ def mount_root(spec: dict[str, Any], userns_fd: int | None = None) -> str:
         userns.attach(userns.idmapped_clone(spec["rootfs"], userns_fd), merged)
     else:
         mount(spec["rootfs"], merged, None, MS_BIND | MS_REC)
+    if spec.get("rootfs"):   # a host directory: its device nodes must not open (only /dev's, below)
+        mount_setattr(merged, MOUNT_ATTR_NODEV)
     return merged
 
 
@@ -139,7 +144,7 @@ def _mount_sys(cgroups: list[tuple[str, str, str]]) -> None:
         return
     mount("cgroup", cg, "tmpfs", PROC_FLAGS, "mode=755")
     for name, fstype, data in cgroups:
-        os.mkdir(f"{cg}/{name}", 0o755)
+        os.makedirs(f"{cg}/{name}", 0o755, exist_ok=True)   # a shadowed mount of the same name may be listed too
         with contextlib.suppress(OSError):  # in our cgroup namespace: the hierarchy is rooted at our cgroup
             mount("cgroup", f"{cg}/{name}", fstype, MS_RDONLY | PROC_FLAGS, data or None)
     mount(None, cg, None, MS_REMOUNT | MS_RDONLY | PROC_FLAGS, "mode=755")
@@ -156,9 +161,21 @@ def _mount_volumes(vols: list[tuple[int, bool, str, bool]]) -> None:
             if not os.path.lexists(ctr):
                 os.close(os.open(ctr, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         move_mount(fd, ctr)
-        if ro:
-            mount(None, ctr, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        if ro:   # added to the mount's flags: a bind remount would drop nodev
+            mount_setattr(ctr, MOUNT_ATTR_RDONLY, recursive=False)
         os.close(fd)
+
+
+def _volume_tree(vol: list[Any]) -> int:
+    """A detached copy of the volume's tree, nodev unless the volume asked for `dev`."""
+    fd = open_tree_clone(vol[0])
+    if not (len(vol) > 3 and vol[3]):
+        try:
+            mount_setattr(fd, MOUNT_ATTR_NODEV)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
 
 
 def _mask() -> None:
@@ -176,16 +193,16 @@ def _mask() -> None:
 def enter(spec: dict[str, Any], userns_fd: int | None = None) -> None:
     """Build the workload's filesystem view and switch into it."""
     cgroups = host_cgroup_mounts()
-    vols = [(open_tree_clone(src), os.path.isdir(src), ctr, ro) for src, ctr, ro in spec.get("volumes") or []]
+    vols = [(_volume_tree(v), os.path.isdir(v[0]), v[1], v[2]) for v in spec.get("volumes") or []]
     pivot(mount_root(spec, userns_fd))
     os.makedirs("/proc", exist_ok=True)
     mount("proc", "/proc", "proc", PROC_FLAGS)
     _mount_volumes(vols)
-    setup_dev("/dev")
+    setup_dev("/dev", spec.get("devices") or [])
     _mount_sys(cgroups)
     _mask()
     workdir = spec.get("workdir") or "/"
     os.makedirs(workdir, exist_ok=True)
     if spec.get("read_only"):
-        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        mount_setattr("/", MOUNT_ATTR_RDONLY, recursive=False)   # keeps nodev (a bind remount would not)
     os.chdir(workdir)

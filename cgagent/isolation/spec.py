@@ -27,7 +27,8 @@ USERNS_BASE, USERNS_SIZE = 100000, 65536   # --userns: root inside is uid/gid 10
 DEFAULT_ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # options that only make sense with an image or --rootfs
 ISOLATION_KEYS = ("rootfs", "read_only", "volumes", "hostname", "net", "publish", "init", "userns", "env", "user",
-                  "workdir", "cap_add", "cap_drop", "security_opt")
+                  "workdir", "cap_add", "cap_drop", "security_opt", "devices")
+VOLUME_OPTS = ("ro", "rw", "dev", "nodev")
 
 
 def caps(add: list[str], drop: list[str]) -> list[str]:
@@ -46,11 +47,15 @@ def caps(add: list[str], drop: list[str]) -> list[str]:
 
 
 def volumes(specs: list[str]) -> list[list[Any]]:
+    """-> [host, container, read-only, dev]. Volumes are nodev unless `dev` is asked: a device node
+    in a host directory must not become a way around the device cgroup's list (--device is)."""
     out: list[list[Any]] = []
     for v in specs:
         parts = v.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-            raise CgagentError(f"-v {v!r} is not HOST:CONTAINER[:ro|rw]", "e.g. -v /srv/data:/data:ro")
+        opts = parts[2].split(",") if len(parts) == 3 else []
+        if len(parts) not in (2, 3) or any(o not in VOLUME_OPTS for o in opts):
+            raise CgagentError(f"-v {v!r} is not HOST:CONTAINER[:OPTIONS]",
+                               "e.g. -v /srv/data:/data:ro (options: ro, rw, dev, nodev, comma-separated)")
         host, ctr = parts[0], parts[1]
         if not os.path.isabs(host) or not os.path.isabs(ctr):
             raise CgagentError(f"-v {v!r}: both paths must be absolute", "e.g. -v /srv/data:/data")
@@ -58,7 +63,27 @@ def volumes(specs: list[str]) -> list[list[Any]]:
             raise CgagentError(f"-v {v!r}: {host} does not exist", "create it first")
         if os.path.normpath(ctr) == "/":
             raise CgagentError(f"-v {v!r}: cannot mount over the root", "choose a directory inside")
-        out.append([os.path.realpath(host), os.path.normpath(ctr), len(parts) == 3 and parts[2] == "ro"])
+        ro = dev = False
+        for o in opts:   # the last of ro/rw and of dev/nodev counts
+            if o in ("ro", "rw"):
+                ro = o == "ro"
+            else:
+                dev = o == "dev"
+        out.append([os.path.realpath(host), os.path.normpath(ctr), ro, dev])
+    return out
+
+
+def devices(specs: list[str], userns: dict[str, int] | None) -> list[dict[str, Any]]:
+    """--device HOST[:CTR][:PERMS] -> the nodes PID 1 makes in the workload's /dev (owned, with
+    --userns, by the same ids as seen from inside)."""
+    from cgagent.devrules import device
+
+    out = [device(d) for d in specs]
+    if userns:
+        for d in out:
+            for key in ("uid", "gid"):
+                if d[key] < userns["size"]:
+                    d[key] += userns["base"]
     return out
 
 
@@ -127,11 +152,12 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
         env.append(e)
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_ENV_PATH)
+    userns_map = {"base": USERNS_BASE, "size": USERNS_SIZE} if opts.get("userns") else None
     spec.update(
         container_dir=os.path.join(store.containers, f"{name_hint}-{os.urandom(4).hex()}"),
         read_only=bool(opts.get("read_only")), volumes=volumes(list(opts.get("volumes") or [])),
         hostname=hostname, net=net, init=bool(opts.get("init")), env=env,
-        userns={"base": USERNS_BASE, "size": USERNS_SIZE} if opts.get("userns") else None,
+        userns=userns_map, devices=devices(list(opts.get("devices") or []), userns_map),
         user=str(opts.get("user") or config.get("User") or ""), workdir=str(opts.get("workdir") or
                                                                             config.get("WorkingDir") or "/"),
         caps=caps(list(opts.get("cap_add") or []), list(opts.get("cap_drop") or [])),

@@ -158,3 +158,27 @@ def set_seccomp_filter(prog: bytes) -> None:
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "seccomp")
+
+
+SYS_MOUNT_SETATTR = 442
+MOUNT_ATTR_RDONLY = 0x00000001
+MOUNT_ATTR_NODEV = 0x00000004
+AT_EMPTY_PATH = 0x1000
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
+
+
+def mount_setattr(target: int | str, attr_set: int, recursive: bool = True) -> None:
+    """Add mount attributes to the mount tree at `target` (a path, or an open_tree fd), leaving its
+    other flags as they are (a bind remount would have to restate them all)."""
+    attr = MountAttr(attr_set, 0, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    if isinstance(target, int):
+        dfd, path, flags = target, b"", flags | AT_EMPTY_PATH
+    else:
+        dfd, path = AT_FDCWD, os.fsencode(target)
+    _check(_libc.syscall(SYS_MOUNT_SETATTR, ctypes.c_int(dfd), path, ctypes.c_uint(flags), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr {target}")

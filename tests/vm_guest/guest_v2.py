@@ -358,3 +358,83 @@ def test_iso_init_is_tini_with_the_workload_environment(g: Guest, iso_store: str
     finally:
         del os.environ["SECRET_CANARY"]
     assert r.returncode == 7 and r.stdout.split() == ["init", "0"], (r.returncode, r.stdout, r.stderr)
+# --- devices ---
+# Issue 15 item 2 on cgroup v2: the cgroupfs driver's BPF device program and systemd's
+# DevicePolicy=strict/DeviceAllow=, each against a loop device the test makes (tests/security/devkit).
+
+DRIVERS = {"cgroupfs": ("--cgroup-driver", "cgroupfs"), "systemd": ("--cgroup-driver", "systemd")}
+
+
+@pytest.fixture
+def devbox(g: Guest, tmp_path: Any) -> Iterator[tuple[Guest, str, tuple[str, int, int]]]:
+    from tests.security.devkit import busybox_root, loop_device
+
+    os.environ["CGAGENT_ROOT"] = str(tmp_path / "store")   # Guest passes os.environ on
+    try:
+        with loop_device(str(tmp_path)) as loop:
+            yield g, busybox_root(str(tmp_path / "rootfs")), loop
+    finally:
+        del os.environ["CGAGENT_ROOT"]
+
+
+def _drv(g: Guest, driver: str) -> tuple[str, ...]:
+    return (*DRIVERS[driver], *(("--cgroup-parent", g.parent) if driver == "cgroupfs" else ()))
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_devices_v2_attack_refused_and_device_flag(devbox: tuple[Guest, str, tuple[str, int, int]], driver: str,
+                                                   tmp_path: Any) -> None:
+    from tests.security.devkit import CANARY, EACCES, EPERM, read_cmd, refused
+
+    g, root, (dev, major, minor) = devbox
+    base = ("run", "--rm", *_drv(g, driver), "--net", "none", "--rootfs", root)
+    # mknod is allowed (b *:* m); opening what it made is not, with no seccomp filter in the way
+    r = g(*base, "--security-opt", "seccomp=unconfined", "--", "sh", "-c",
+          f"echo x > /dev/null && head -c 4 /dev/urandom | wc -c && mknod /dev/e b {major} {minor} && echo MADE; "
+          f"{read_cmd('/dev/e')}")
+    assert r.stdout.split()[:2] == ["4", "MADE"], r
+    refused(r.stdout, EPERM)
+    # nodes already there: the --rootfs dir is nodev; a volume mounted with `dev` meets the cgroup
+    os.mknod(f"{root}/data/disk", 0o60666, os.makedev(major, minor))   # S_IFBLK | 0666
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    os.mknod(vol / "disk", 0o60666, os.makedev(major, minor))
+    r = g(*base, "-v", f"{vol}:/vol:dev", "--", "sh", "-c", f"{read_cmd('/data/disk')}; echo ---; "
+          f"{read_cmd('/vol/disk')}")
+    in_root, _, in_vol = r.stdout.partition("---")
+    refused(in_root, EACCES)
+    refused(in_vol, EPERM)
+    # --device: exactly that device, with the access given
+    r = g(*base, "--device", f"{dev}:/dev/disk0:r", "--", "sh", "-c",
+          f"{read_cmd('/dev/disk0')}; dd if=/dev/zero of=/dev/disk0 bs=1 count=1 2>&1")   # the write fails
+    assert CANARY.decode() in r.stdout and EPERM in r.stdout, r
+
+
+def test_devices_v2_program_and_unit_properties(devbox: tuple[Guest, str, tuple[str, int, int]]) -> None:
+    from cgagent.cgroups.v2 import devices as v2dev
+
+    g, root, _loop = devbox
+    g.ok("run", "-d", *_drv(g, "cgroupfs"), "--name", "dfs", "--net", "none", "--rootfs", root, "--", "sleep", "1000")
+    fd = os.open(g.record("dfs")["dirs"][""], os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ours = [p for p in (v2dev._ours(i) for i in v2dev._attached(fd)) if p is not None]
+        assert len(ours) == 1, "exactly one cgagent device program on the workload's cgroup"
+        for p in ours:
+            os.close(p)
+    finally:
+        os.close(fd)
+    g.ok("run", "-d", *_drv(g, "systemd"), "--name", "dsd", "--net", "none", "--rootfs", root, "--", "sleep", "1000")
+    assert prop("cgagent-dsd.scope", "DevicePolicy") == "strict"
+    allow = systemctl("show", "-p", "DeviceAllow", "cgagent-dsd.scope")
+    assert "/dev/char/1:3 rwm" in allow and "char-pts rwm" in allow and "block-* m" in allow, allow
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_devices_v2_host_workload_rule(devbox: tuple[Guest, str, tuple[str, int, int]], driver: str) -> None:
+    from tests.security.devkit import EPERM, read_cmd, refused
+
+    g, _root, (dev, _major, _minor) = devbox
+    r = g("run", "--rm", *_drv(g, driver), "--device-cgroup-rule", "c 1:3 rwm", "--", "sh", "-c",
+          f"echo x > /dev/null && echo null-ok; {read_cmd(dev)}")
+    assert "null-ok" in r.stdout, r
+    refused(r.stdout, EPERM)

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from cgagent import convert
+from cgagent.cgroups.systemd import devices
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 from cgagent.units import parse_cpu_list
@@ -111,7 +112,7 @@ def limits(r: Resources, mode: str) -> list[Property]:
     out = _cpu(r, v2) + _memory(r, v2) + _cpuset(r, v2)
     if r.pids_limit is not None:
         out.append(("TasksMax", ("t", convert.systemd_tasks_max(r.pids_limit))))
-    return out
+    return out + devices.properties(r)
 
 
 def scope(description: str, slice_: str, pid: int) -> list[Property]:

@@ -7,11 +7,11 @@ import os
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
 from cgagent.cgroups.stats import Stats
-from cgagent.cgroups.v1 import cpu, cpuacct, cpuset, freezer, memory, pids
+from cgagent.cgroups.v1 import cpu, cpuacct, cpuset, devices, freezer, memory, pids
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
-CONTROLLERS = {m.NAME: m for m in (cpuset, cpu, cpuacct, memory, pids, freezer)}
+CONTROLLERS = {m.NAME: m for m in (cpuset, cpu, cpuacct, memory, pids, freezer, devices)}
 
 
 class V1Manager(CgroupManager):

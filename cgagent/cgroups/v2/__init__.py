@@ -7,7 +7,7 @@ import os
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
 from cgagent.cgroups.stats import Stats
-from cgagent.cgroups.v2 import cpu, cpuset, memory, pids, psi
+from cgagent.cgroups.v2 import cpu, cpuset, devices, memory, pids, psi
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
@@ -60,6 +60,7 @@ class V2Manager(CgroupManager):
         for c in CONTROLLERS:
             if c.NAME in enabled:
                 c.apply(self.dir, r)
+        devices.apply(self.dir, r)   # a BPF program, not a controller of cgroup.controllers
 
     def _enabled(self) -> list[str]:
         try:
