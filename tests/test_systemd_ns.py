@@ -260,7 +260,6 @@ def test_unit_name_taken_by_another_program(sdns: SystemdNamespace, cli: CLI) ->
 
 @pytest.mark.parametrize("args,needle", [
     (["--cpus", "0.000001"], "CPUQuotaPerSecUSec= value out of range"),   # a zero quota
-    (["--cgroup-parent", "a--b.slice"], "a--b.slice failed to load"),     # a slice name systemd cannot place
 ])
 def test_property_systemd_rejects(sdns: SystemdNamespace, cli: CLI, args: list[str], needle: str) -> None:
     r = cli("run", "--name", "rej", *args, "--", "sleep", "1000")
@@ -395,3 +394,9 @@ def test_path_parent_is_a_slice_and_our_slices_go_with_the_last_workload(sdns: S
     assert _slices(sdns, "v2sd*") != []   # pb is still in it
     _ok(cli("rm", "-f", "pb"))
     assert _slices(sdns, "v2sd*") == []
+
+
+def test_slice_name_systemd_cannot_place_is_refused_first(sdns: SystemdNamespace, cli: CLI) -> None:
+    _one_line_error(cli("run", "--name", "rej", "--cgroup-parent", "a--b.slice", "--", "sleep", "1000"),
+                    "is not a valid slice name", "systemd-escape --path")
+    _nothing_of(sdns, cli, "rej")
