@@ -435,8 +435,10 @@ def test_v2sd_isolated_escape_basics(box: Box) -> None:
     for bad in ("MOUNTED", "SYSCTL", "CGROUP"):
         assert bad not in r.stdout, r.stdout
     assert "NoNewPrivs:\t1" in r.stdout and "Seccomp:\t2" in r.stdout, r.stdout
-    host_pid = box.g.record("esc")["pid"]
-    assert os.readlink(f"/proc/{host_pid}/ns/cgroup") != os.readlink("/proc/self/ns/cgroup")
+    from cgagent.isolation.namespaces import init_pid
+
+    pid1 = init_pid([box.g.record("esc")["pid"], *map(int, box.g.file("esc", "cgroup.procs").split())])
+    assert pid1 and os.readlink(f"/proc/{pid1}/ns/cgroup") != os.readlink("/proc/self/ns/cgroup")
 
 
 def test_v2sd_bridge_and_published_port_in_a_guest_netns_systemd(g: Guest, netns: str, tmp_path: Any) -> None:
