@@ -13,7 +13,7 @@ from typing import Any
 from cgagent import convert
 from cgagent.errors import CgagentError
 from cgagent.host import Host
-from cgagent.units import format_cpu_list, parse_bytes, parse_cpu_list, parse_int, parse_number
+from cgagent.units import format_bytes, format_cpu_list, parse_bytes, parse_cpu_list, parse_int, parse_number
 
 MIN_MEMORY = 6 * 1024 * 1024   # Docker's floor: below this the workload cannot even start
 # pids.max above PID_MAX_LIMIT (2**22) is EINVAL on both cgroup versions
@@ -148,6 +148,23 @@ def parse_fields(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: FIELD_PARSERS[k](v) for k, v in raw.items() if v is not None}
 
 
+def _check_swap(memory: int | None, swap: int | None, memory_given: bool, swap_given: bool) -> None:
+    """--memory-swap is memory plus swap: it needs a memory limit and at least that much. On `update`
+    a flag left out keeps the workload's current value, and the message says which one it is."""
+    if swap is None or swap < 0 or not (memory_given or swap_given):
+        return
+    mem = "--memory" if memory_given else "the workload's memory limit"
+    if memory is None or memory < 0:
+        raise CgagentError(f"--memory-swap {format_bytes(swap)} needs a memory limit (it is memory plus swap), "
+                           f"and {'--memory is unlimited' if memory_given else 'the workload has none'}",
+                           "give --memory too, e.g. --memory 256M --memory-swap 512M")
+    if swap < memory:
+        what = "--memory-swap" if swap_given else "the workload's --memory-swap"
+        raise CgagentError(f"{what} {format_bytes(swap)} is smaller than {mem} {format_bytes(memory)}",
+                           f"give --memory-swap of at least {format_bytes(memory)} (memory plus swap), "
+                           "or -1 for unlimited swap")
+
+
 def plan(values: dict[str, Any], host: Host, base: Resources | None = None) -> Resources:
     """Typed option values -> Resources, checked against this host and against each other."""
     base = base or Resources()
@@ -173,12 +190,7 @@ def plan(values: dict[str, Any], host: Host, base: Resources | None = None) -> R
     weight = values.get("cpu_weight", None if "cpu_shares" in values else base.cpu_weight)
     memory = values.get("memory", base.memory)
     swap = values.get("memory_swap", base.memory_swap)
-    if swap is not None and swap >= 0:
-        if memory is None or memory < 0:
-            raise CgagentError("--memory-swap needs --memory", "set --memory too (swap is memory plus swap)")
-        if swap < memory:
-            raise CgagentError(f"--memory-swap {swap} is smaller than --memory {memory}",
-                               "--memory-swap is memory plus swap: make it at least --memory")
+    _check_swap(memory, swap, "memory" in values, "memory_swap" in values)
     for key, option, allowed in (("cpuset_cpus", "--cpuset-cpus", host.online_cpus),
                                  ("cpuset_mems", "--cpuset-mems", host.online_mems)):
         if key in values:

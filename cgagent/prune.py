@@ -60,9 +60,9 @@ def _mounts(host: Host) -> dict[str, list[str]]:
 
 def owned_parents(store: Store, host: Host, good: list[Record], started: dict[str, set[str]]) -> set[str]:
     """The absolute cgroup dirs under which cgagent puts workloads (see the module's docstring)."""
-    from cgagent import runtime
+    from cgagent.cgroups import parents
 
-    out = {os.path.normpath(p) for p in runtime._load_parents(store)}
+    out = {os.path.normpath(p) for p in parents.load(store).dirs}
     for rec in good:
         out |= {os.path.dirname(d) for d in rec.dirs.values()}
     parent = os.environ.get("CGAGENT_CGROUP_PARENT") or DEFAULT_PARENT

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -21,7 +20,7 @@ from cgagent.errors import CgagentError
 from cgagent.faults import fault
 from cgagent.host import Host
 from cgagent.limits import Resources
-from cgagent.state import Damaged, Record, Store, atomic_write, validate_name
+from cgagent.state import Damaged, Record, Store, validate_name
 
 DRIVERS = ("cgroupfs", "systemd")
 
@@ -133,52 +132,13 @@ def _cgroup_id(host: Host, dirs: dict[str, str]) -> str:
     return "/"
 
 
-# --- parents cgagent created (e.g. /sys/fs/cgroup/cpu/cgagent), removed when their last child goes
-
-def _parents_file(store: Store) -> str:
-    return os.path.join(store.root, "parents.json")
-
-
-def _load_parents(store: Store) -> list[str]:
-    try:
-        with open(_parents_file(store)) as f:
-            return list(json.load(f))
-    except (FileNotFoundError, ValueError):
-        return []
-
-
-def _own_parents(store: Store, dirs: dict[str, str]) -> list[str]:
-    """Directories between the cgroup base and the workload that do not exist yet."""
-    out = []
-    for d in dirs.values():
-        cur = os.path.dirname(d)
-        while not os.path.isdir(cur):
-            out.append(cur)
-            cur = os.path.dirname(cur)
-    return out
-
-
-def _remember_parents(store: Store, new: list[str]) -> None:
-    if new:
-        known = _load_parents(store)
-        atomic_write(_parents_file(store), json.dumps(sorted(set(known) | set(new))).encode())
-
+# --- parents cgagent created (directories, slices, subtree_control bits) go with their last workload
 
 def prune_parents(store: Store) -> None:
-    """rmdir the parents cgagent made, deepest first, where they are empty. Caller holds the lock."""
-    known = _load_parents(store)
-    if not known:
-        return
-    left = []
-    for d in sorted(known, key=lambda p: p.count("/"), reverse=True):
-        try:
-            os.rmdir(d)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            left.append(d)
-    if set(left) != set(known):  # each rewrite is an fsync on the launch path: only when it changed
-        atomic_write(_parents_file(store), json.dumps(sorted(left)).encode())
+    """Caller holds the lock."""
+    from cgagent.cgroups import parents
+
+    parents.prune(store)
 
 
 # --- create / start / finish
@@ -207,10 +167,12 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
                      detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
                      unit=getattr(mgr, "unit", None), isolation=req.isolation or {}, restart=req.restart,
                      preserve_fds=req.preserve_fds)
+        made = mgr.made_by_create()
         store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
         fault("record")
-        if driver == "cgroupfs":   # systemd owns its slices: never rmdir them
-            _remember_parents(store, _own_parents(store, dirs))
+        from cgagent.cgroups import parents
+
+        parents.remember(store, made)
     try:
         if rec.isolation:
             from cgagent.isolation import rootfs

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, model_validator
 
 from cgagent.errors import CgagentError
 from cgagent.host import Host
@@ -43,14 +43,16 @@ class ResourceSpec(BaseModel):
     cpuset_mems: Annotated[str | None, _field("cpuset_mems")] = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> ResourceSpec:
+    def _consistent(self, info: ValidationInfo) -> ResourceSpec:
+        if info.context and info.context.get("cli"):
+            return self   # CLI options: plan() checks them against the workload's limits, naming the flags
         if self.cpu_shares is not None and self.cpu_weight is not None:
-            raise ValueError("give cpu_shares or cpu_weight, not both")
+            raise ValueError("cpu_shares and cpu_weight both given: give one of them")
         if self.memory_swap is not None and self.memory_swap >= 0:
             if self.memory is None or self.memory < 0:
-                raise ValueError("memory_swap needs memory")
+                raise ValueError("memory_swap needs memory: set memory too (memory_swap is memory plus swap)")
             if self.memory_swap < self.memory:
-                raise ValueError("memory_swap (memory plus swap) is smaller than memory")
+                raise ValueError("memory_swap (memory plus swap) is smaller than memory: make it at least memory")
         return self
 
     def values(self) -> dict[str, Any]:
@@ -65,7 +67,7 @@ def from_options(raw: dict[str, Any]) -> ResourceSpec:
     from pydantic import ValidationError
 
     try:
-        return ResourceSpec(**{k: v for k, v in raw.items() if v is not None})
+        return ResourceSpec.model_validate({k: v for k, v in raw.items() if v is not None}, context={"cli": True})
     except ValidationError as e:
         err = e.errors()[0]
         msg = str(err["msg"]).removeprefix("Value error, ")

@@ -21,12 +21,40 @@ def test_spec_to_resources() -> None:
 @pytest.mark.parametrize(("raw", "needle"), [
     ({"memory": "-5M"}, "negative"), ({"memory": "1K"}, "minimum"), ({"cpus": "0"}, "greater than 0"),
     ({"cpu_shares": "1"}, "out of range"), ({"pids_limit": "0"}, "invalid"), ({"cpus": "abc"}, "not a number"),
-    ({"memory": "64M", "memory_swap": "32M"}, "smaller"), ({"cpu_shares": "1024", "cpu_weight": "100"}, "not both"),
 ])
 def test_spec_refuses_bad_values(raw: dict[str, str], needle: str) -> None:
     with pytest.raises(CgagentError) as e:
         from_options(raw)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("raw", "needle"), [
+    ({"memory": "64M", "memory_swap": "32M"}, "--memory-swap 32.0MiB is smaller than --memory 64.0MiB: give "
+     "--memory-swap of at least 64.0MiB"),
+    ({"memory_swap": "32M"}, "needs a memory limit"),
+    ({"cpu_shares": "1024", "cpu_weight": "100"}, "--cpu-shares and --cpu-weight both given: give one"),
+])
+def test_options_checked_together_name_the_flags_and_the_fix(raw: dict[str, str], needle: str) -> None:
+    with pytest.raises(CgagentError) as e:
+        plan(from_options(raw).values(), HOST)
+    assert needle in str(e.value) and "\n" not in str(e.value) and e.value.fix
+
+
+def test_spec_files_are_checked_as_a_whole() -> None:
+    with pytest.raises(ValueError, match="memory_swap needs memory: set memory too"):
+        ResourceSpec.model_validate({"memory_swap": "64M"})
+
+
+def test_update_memory_swap_alone_uses_the_current_memory_limit() -> None:
+    base = plan(parse_fields({"memory": "64M"}), HOST)
+    assert plan(parse_fields({"memory_swap": "128M"}), HOST, base).memory_swap == 128 << 20
+    with pytest.raises(CgagentError, match=r"smaller than the workload's memory limit 64.0MiB"):
+        plan(parse_fields({"memory_swap": "32M"}), HOST, base)
+    with pytest.raises(CgagentError, match="the workload has none: give --memory too"):
+        plan(parse_fields({"memory_swap": "32M"}), HOST, Resources())
+    swapped = plan(parse_fields({"memory": "64M", "memory_swap": "128M"}), HOST)
+    with pytest.raises(CgagentError, match=r"the workload's --memory-swap 128.0MiB is smaller than --memory 256.0MiB"):
+        plan(parse_fields({"memory": "256M"}), HOST, swapped)
 
 
 def test_spec_refuses_unknown_fields() -> None:

@@ -262,7 +262,6 @@ def test_unit_name_taken_by_another_program(sdns: SystemdNamespace, cli: CLI) ->
 
 @pytest.mark.parametrize("args,needle", [
     (["--cpus", "0.000001"], "CPUQuotaPerSecUSec= value out of range"),   # a zero quota
-    (["--cgroup-parent", "a--b.slice"], "a--b.slice failed to load"),     # a slice name systemd cannot place
 ])
 def test_property_systemd_rejects(sdns: SystemdNamespace, cli: CLI, args: list[str], needle: str) -> None:
     r = cli("run", "--name", "rej", *args, "--", "sleep", "1000")
@@ -481,3 +480,36 @@ def test_systemd_v1_host_workload_gets_device_control_from_a_rule(dev_cli: DevCL
           f"echo x > /dev/null && echo null-ok; {read_cmd(node)}")
     assert "null-ok" in r.stdout, r
     refused(r.stdout, EPERM)
+# --- v2sd: exec joins the running scope; a path parent is a slice; slices we started go with us
+
+def _slices(ns: SystemdNamespace, pattern: str) -> list[str]:
+    out = ns.systemctl("list-units", "--plain", "--no-legend", pattern)
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def test_exec_joins_the_scope_in_every_hierarchy(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--name", "ex", "--", "sleep", "1000"))
+    r = cli("exec", "ex", "--", "cat", "/proc/self/cgroup")
+    _ok(r)   # not a second StartTransientUnit for the same unit ("already loaded")
+    lines = [ln.split(":", 2) for ln in r.stdout.splitlines()]
+    assert lines and all(path == "/cgagent.slice/cgagent-ex.scope" for _n, ctrls, path in lines
+                         if ctrls in ("name=systemd", "cpu,cpuacct", "memory", "pids", "cpuset", "freezer")), r.stdout
+    assert _units(sdns) == ["cgagent-ex.scope"]
+
+
+def test_path_parent_is_a_slice_and_our_slices_go_with_the_last_workload(sdns: SystemdNamespace, cli: CLI) -> None:
+    _ok(cli("run", "-d", "--name", "pa", "--cgroup-parent", "/v2sd-p/q", "--", "sleep", "1000"))
+    _ok(cli("run", "-d", "--name", "pb", "--cgroup-parent", "v2sd\\x2dp-q.slice", "--", "sleep", "1000"))
+    want = "/v2sd\\x2dp.slice/v2sd\\x2dp-q.slice/cgagent-{}.scope"
+    assert (cli.record("pa")["cgroup"], cli.record("pb")["cgroup"]) == (want.format("pa"), want.format("pb"))
+    assert _slices(sdns, "v2sd*") == ["v2sd\\x2dp-q.slice", "v2sd\\x2dp.slice"]
+    _ok(cli("rm", "-f", "pa"))
+    assert _slices(sdns, "v2sd*") != []   # pb is still in it
+    _ok(cli("rm", "-f", "pb"))
+    assert _slices(sdns, "v2sd*") == []
+
+
+def test_slice_name_systemd_cannot_place_is_refused_first(sdns: SystemdNamespace, cli: CLI) -> None:
+    _one_line_error(cli("run", "--name", "rej", "--cgroup-parent", "a--b.slice", "--", "sleep", "1000"),
+                    "is not a valid slice name", "systemd-escape --path")
+    _nothing_of(sdns, cli, "rej")

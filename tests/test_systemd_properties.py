@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from jeepney import new_method_call
 
+from cgagent.cgroups import parents
 from cgagent.cgroups.systemd import properties, slice_for, slice_path, unit_name
 from cgagent.cgroups.systemd.dbus import MANAGER
 from cgagent.convert import UNLIMITED_U64
@@ -115,6 +116,27 @@ def test_slice_paths_expand_by_dashes() -> None:
 def test_parent_to_slice() -> None:
     assert slice_for(None) == slice_for("/cgagent") == "cgagent.slice"
     assert slice_for("a-b.slice") == "a-b.slice"
-    with pytest.raises(CgagentError, match="not a slice name"):
-        slice_for("/custom/path")
+    assert slice_for("/custom/path") == "custom-path.slice"
+    for bad in ("a--b.slice", "a-.slice", "a b.slice", "/a/../b"):
+        with pytest.raises(CgagentError, match=r"not a valid slice name|not a cgroup path or slice"):
+            slice_for(bad)
+    with pytest.raises(CgagentError, match="only the cgroupfs driver"):
+        slice_for("nested:x")
     assert unit_name("web") == "cgagent-web.scope"
+
+
+# (path, slice) pairs as `systemd-escape --path` and `systemd-escape --unescape --path` make them
+@pytest.mark.parametrize(("path", "slice_"), [
+    ("/", "-.slice"), ("/cgagent", "cgagent.slice"), ("/a/b", "a-b.slice"), ("/a/b/c", "a-b-c.slice"),
+    ("/cgagent-demo", "cgagent\\x2ddemo.slice"), ("/x-y/z", "x\\x2dy-z.slice"), ("/.hidden", "\\x2ehidden.slice"),
+    ("/a.b_c", "a.b_c.slice"),
+])
+def test_path_and_slice_name_the_same_place(path: str, slice_: str) -> None:
+    assert parents.path_to_slice(path) == slice_ == slice_for(path)
+    assert parents.slice_to_path(slice_) == path == parents.as_path(slice_)
+    assert parents.as_path(path) == path and slice_for(slice_) == slice_
+
+
+def test_escaped_slice_lives_where_systemd_puts_it() -> None:
+    assert slice_path("cgagent\\x2ddemo.slice") == "/cgagent\\x2ddemo.slice"
+    assert slice_path(slice_for("/x-y/z")) == "/x\\x2dy.slice/x\\x2dy-z.slice"

@@ -27,6 +27,10 @@ def test_systemd_driver_without_systemd_is_one_line_and_leaves_nothing(cg: Env) 
     assert not any(os.path.exists(d) for d in cg.roots)   # not even the test's own cgroup parent
 
 
-def test_systemd_driver_wants_a_slice_not_a_path(cg: Env) -> None:
+def test_systemd_driver_maps_a_path_and_refuses_nested(cg: Env) -> None:
     r = cg.run("run", "--cgroup-driver", "systemd", "--cgroup-parent", "/some/path", "--", "true")
-    _one_line(r, "is not a slice name")
+    _one_line(r, "systemd is not answering")   # mapped to some-path.slice: only systemd is missing
+    r = cg.run("run", "--cgroup-driver", "systemd", "--cgroup-parent", "nested:x", "--", "true")
+    _one_line(r, "only the cgroupfs driver can do")
+    r = cg.run("run", "--cgroup-driver", "systemd", "--cgroup-parent", "a--b.slice", "--", "true")
+    _one_line(r, "is not a valid slice name")

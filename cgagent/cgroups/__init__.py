@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
 
 from cgagent.cgroups.manager import CgroupManager
+from cgagent.cgroups.parents import as_path
+from cgagent.cgroups.parents import validate_path as validate_parent
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 
 DEFAULT_PARENT = "/cgagent"
-_PARENT = re.compile(r"^(/|nested(:[A-Za-z0-9_.\-/]*)?|(/[A-Za-z0-9_.\-]+)+/?)$")
 
 __all__ = ["DEFAULT_PARENT", "CgroupManager", "existing_manager", "manager_for", "new_manager", "resolve_dirs",
            "validate_parent"]
-
-
-def validate_parent(parent: str) -> str:
-    """`/abs/path`, or `nested[:sub/path]` = under the agent's own cgroup (per hierarchy on v1)."""
-    if not _PARENT.match(parent) or any(p in ("..", ".") for p in parent.replace(":", "/").split("/")):
-        raise CgagentError(f"--cgroup-parent {parent!r} is not a cgroup path",
-                           "use an absolute path such as /cgagent, or nested[:sub] to nest under the agent's cgroup")
-    return parent
 
 
 def _rel(host: Host, controller: str, parent: str) -> str:
@@ -33,8 +25,9 @@ def _rel(host: Host, controller: str, parent: str) -> str:
 
 
 def resolve_dirs(host: Host, parent: str, name: str) -> dict[str, str]:
-    """Absolute directories of the workload `name` under `parent`, one per controller."""
-    validate_parent(parent)
+    """Absolute directories of the workload `name` under `parent` (a path, or a slice: mapped), one per
+    controller."""
+    parent = as_path(parent)
     if host.is_v2:
         assert host.v2_mount
         rel = _rel(host, "", parent)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 
+from cgagent.cgroups.parents import Made
 from cgagent.cgroups.stats import Stats
 from cgagent.limits import Resources
 
@@ -21,6 +23,21 @@ class CgroupManager(ABC):
         """The limits as the kernel will hold them once applied (the systemd driver rounds the
         CPU quota); records store this so they agree with the cgroup files."""
         return r
+
+    def made_by_create(self) -> Made:
+        """What create() will make that is not there yet (parent directories here): remembered before
+        it is made, and undone when its last workload goes (cgagent.cgroups.parents.prune)."""
+        out = Made()
+        for d in self.dirs.values():
+            cur = os.path.dirname(d)
+            while not os.path.isdir(cur):
+                out.dirs.append(cur)
+                cur = os.path.dirname(cur)
+        return out
+
+    def join(self, pid: int) -> None:
+        """Move `pid` into the cgroup of a workload that is already running (`exec`)."""
+        self.apply(pid)
 
     @abstractmethod
     def create(self) -> None:

@@ -95,8 +95,9 @@ def run(
     rm: Annotated[bool, typer.Option("--rm", help="Remove the record when the workload exits.")] = False,
     cgroup_parent: Annotated[str | None, typer.Option(
         "--cgroup-parent", envvar="CGAGENT_CGROUP_PARENT",
-        help="Parent cgroup: an absolute path (default /cgagent), or nested[:sub] under cgagent's own cgroup; "
-             "with --cgroup-driver systemd a slice (default cgagent.slice; a-b.slice = a.slice/a-b.slice).")] = None,
+        help="Parent cgroup: an absolute path (default /cgagent) or a systemd slice, the same place under either "
+             "driver (/a/b = a-b.slice, which lives in a.slice/a-b.slice; /cgagent = cgagent.slice); or "
+             "nested[:sub] under cgagent's own cgroup (cgroupfs driver).")] = None,
     cgroup_driver: Driver = None,
     state_dir: StateDir = None,
     rootfs: Annotated[str | None, typer.Option("--rootfs", help="Run in this root directory (isolated).")] = None,

@@ -25,7 +25,8 @@ def print_table(rows: list[dict[str, Any]], cols: list[str], title: str | None =
         t.add_column(c.upper().replace("_", " "), no_wrap=True,
                      overflow="ellipsis" if c == "command" else "fold", max_width=48 if c == "command" else None)
     for r in rows:
-        t.add_row(*("-" if r.get(c) is None else str(r[c]) for c in cols))
+        t.add_row(*("-" if r.get(c) is None else "max" if c == "pids_limit" and r[c] == -1 else str(r[c])
+                    for c in cols))
     Console(width=None if sys.stdout.isatty() else 200).print(t)
 
 
@@ -48,7 +49,8 @@ def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
             "name": rec.name, "status": status, "pid": rec.pid if status == "running" else None,
             "cpus": f"{r.cpus:g}" if r.cpus else None,
             "memory": format_bytes(r.memory) if r.memory is not None else None,
-            "pids_limit": r.pids_limit, "oom_kills": oom_kills(store, rec),
+            "pids_limit": _pids_limit(rec, r) if status == "running" else r.pids_limit,
+            "oom_kills": oom_kills(store, rec),
             "exit_code": rec.exit_code if status == "exited" else None,
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created)),
             "command": " ".join(rec.cmd), "cgroup": rec.cgroup, "driver": rec.driver,
@@ -56,6 +58,18 @@ def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
             "restarts": rec.restarts, "oom_victim": oom_victim(store, rec),
         })
     return rows
+
+
+def _pids_limit(rec: Record, r: Resources) -> int | None:
+    """What the kernel enforces (pids.max; -1 = max), as `stats` shows: under systemd a scope without
+    --pids-limit still has TasksMax's default, so the record alone would not tell the truth."""
+    from cgagent.cgroups import fs
+
+    d = rec.dirs.get("pids") or rec.dirs.get("")
+    try:
+        return fs.read_int(f"{d}/pids.max") if d else r.pids_limit
+    except (OSError, ValueError):
+        return r.pids_limit
 
 
 def _sample(host: Host, recs: list[Record]) -> dict[str, Any]:
@@ -143,8 +157,10 @@ def doctor(host: Host, as_json: bool) -> None:
                          "cgroup.subtree_control (systemd: Delegate=yes)")
         else:
             fixes.append(f"controller {c} is not mounted: mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}")
-    if host.init_is_systemd:
-        fixes.append("systemd is init: prefer --cgroup-driver systemd so limits survive daemon-reload")
+    driver = os.environ.get("CGAGENT_CGROUP_DRIVER")
+    if host.init_is_systemd and driver == "cgroupfs":   # the default is systemd there: only a choice to flag
+        fixes.append("systemd is init but CGAGENT_CGROUP_DRIVER=cgroupfs: systemd may revert limits on "
+                     "daemon-reload; unset it to use the systemd driver")
     if os.geteuid() != 0:
         fixes.append("not root: run, update, stop and rm need root")
     info = {

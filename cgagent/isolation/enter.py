@@ -31,7 +31,7 @@ def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: 
     if not isolation:  # a host workload: only its cgroup to join
         if launch.which(cmd[0]) is None:
             raise CgagentError(f"command not found: {cmd[0]}", "check the name and PATH", exit_code=127)
-        return launch.wait_forwarding(launch.spawn(cmd, mgr.apply, keep_fds=keep_fds))
+        return launch.wait_forwarding(launch.spawn(cmd, mgr.join, keep_fds=keep_fds))
     seccomp.machine()
     target = namespaces.init_pid(mgr.procs())
     if target is None:
@@ -67,7 +67,7 @@ def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: 
                        bool(isolation.get("seccomp", True)), env)
 
     try:
-        pid = launch.spawn(cmd, mgr.apply, env=env, child_setup=setup, keep_fds=keep_fds)
+        pid = launch.spawn(cmd, mgr.join, env=env, child_setup=setup, keep_fds=keep_fds)
     finally:
         for fd, _t in fds + user_ns:
             os.close(fd)

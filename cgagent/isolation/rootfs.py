@@ -90,6 +90,8 @@ def host_cgroup_mounts() -> list[tuple[str, str, str]]:
             if fstype in ("cgroup", "cgroup2") and mp.startswith("/sys/fs/cgroup/") and mp.count("/") == 4:
                 data = ",".join(o for o in superopts.split(",") if o not in ("rw", "ro"))
                 out.append((mp.rsplit("/", 1)[1], fstype, data))
+            elif fstype == "cgroup2" and mp == "/sys/fs/cgroup":   # v2 host: name "" = the unified root
+                out.append(("", fstype, ""))
     return out
 
 
@@ -140,7 +142,7 @@ def _mount_sys(cgroups: list[tuple[str, str, str]]) -> None:
     os.makedirs("/sys", exist_ok=True)
     mount("sysfs", "/sys", "sysfs", MS_RDONLY | PROC_FLAGS)
     cg = "/sys/fs/cgroup"
-    if not os.path.isdir(cg):
+    if not os.path.isdir(cg) or _mount_unified(cg, cgroups):
         return
     mount("cgroup", cg, "tmpfs", PROC_FLAGS, "mode=755")
     for name, fstype, data in cgroups:
@@ -148,6 +150,16 @@ def _mount_sys(cgroups: list[tuple[str, str, str]]) -> None:
         with contextlib.suppress(OSError):  # in our cgroup namespace: the hierarchy is rooted at our cgroup
             mount("cgroup", f"{cg}/{name}", fstype, MS_RDONLY | PROC_FLAGS, data or None)
     mount(None, cg, None, MS_REMOUNT | MS_RDONLY | PROC_FLAGS, "mode=755")
+
+
+def _mount_unified(cg: str, cgroups: list[tuple[str, str, str]]) -> bool:
+    """v2 host: cgroup2 itself, read-only, at /sys/fs/cgroup. Mounted from inside the workload's cgroup
+    namespace it is rooted at the workload's own cgroup, so runtimes that size themselves from it (the
+    JVM, Go, .NET, Node) read their limits at /sys/fs/cgroup/memory.max, as under Docker and podman."""
+    if not any(name == "" for name, _fstype, _data in cgroups):
+        return False
+    mount("cgroup2", cg, "cgroup2", MS_RDONLY | PROC_FLAGS)
+    return True
 
 
 def _mount_volumes(vols: list[tuple[int, bool, str, bool]]) -> None:

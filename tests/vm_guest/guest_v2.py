@@ -250,7 +250,6 @@ def test_exporter_values_match_the_files_under_both_drivers(g: Guest) -> None:
 def test_python_deps_present() -> None:
     assert shutil.which("systemctl") and __import__("jeepney") and __import__("typer")
 
-
 # --- oom ---
 
 STORM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "faults", "oomstorm.py")
@@ -306,6 +305,7 @@ def test_burstable_restart_runs_with_the_stepped_up_memory(g: Guest, driver: str
     steps = [e for e in steps if e["kind"] == "policy" and e.get("action") == "memory_step_up"]
     assert [(e["from_memory"], e["to_memory"], e["applied"]) for e in steps] == [(40 * M, 296 * M, "restart")]
     g.ok("rm", "-f", "grow")
+
 # --- iso ---
 # Issue 15 items 5 and 6 on cgroup v2 + systemd: the seccomp allow-list refuses what its table does not
 # name (the probe of tests/security/test_seccomp.py), and --init's PID 1 is tini, under both drivers.
@@ -358,6 +358,7 @@ def test_iso_init_is_tini_with_the_workload_environment(g: Guest, iso_store: str
     finally:
         del os.environ["SECRET_CANARY"]
     assert r.returncode == 7 and r.stdout.split() == ["init", "0"], (r.returncode, r.stdout, r.stderr)
+
 # --- devices ---
 # Issue 15 item 2 on cgroup v2: the cgroupfs driver's BPF device program and systemd's
 # DevicePolicy=strict/DeviceAllow=, each against a loop device the test makes (tests/security/devkit).
@@ -438,3 +439,383 @@ def test_devices_v2_host_workload_rule(devbox: tuple[Guest, str, tuple[str, int,
           f"echo x > /dev/null && echo null-ok; {read_cmd(dev)}")
     assert "null-ok" in r.stdout, r
     refused(r.stdout, EPERM)
+
+# --- v2sd ---
+# The product on a v2 + systemd host under the default driver: the demo, parents as paths or
+# slices and their cleanup, exec, isolation (its own cgroup, escapes), bridge networking in a
+# namespace of the guest, doctor/ps/stats/update honesty, and a walk through the README.
+
+import re  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import tempfile  # noqa: E402
+
+from tests import images  # noqa: E402
+
+
+def units(pattern: str) -> list[str]:
+    """Active units (what `systemctl list-units` shows by default) matching pattern. (Not 'cgagent*':
+    the VM's own job runner is cgagent-vm-run.service.)"""
+    out = systemctl("list-units", "--plain", "--no-legend", pattern)
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def root_subtree() -> list[str]:
+    with open(f"{CG}/cgroup.subtree_control") as f:
+        return sorted(f.read().split())
+
+
+def _busybox_store(base: str) -> str:
+    """An image store at base/store holding busybox:test (built from the guest's busybox-static)."""
+    images.busybox_layout(f"{base}/oci")
+    store = f"{base}/store"
+    r = subprocess.run([sys.executable, "-m", "cgagent", "image", "import", f"{base}/oci"], capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, CGAGENT_ROOT=store))
+    assert r.returncode == 0, r.stderr
+    return store
+
+
+@pytest.fixture(scope="module")
+def img(tmp_path_factory: Any) -> str:
+    return _busybox_store(str(tmp_path_factory.mktemp("img")))
+
+
+class Box:
+    """The CLI with an image store; isolated runs get --net none unless they say otherwise."""
+
+    def __init__(self, g: Guest, store: str, netns: str | None = None) -> None:
+        self.g, self.store, self.netns = g, store, netns
+
+    def __call__(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, CGAGENT_STATE_DIR=self.g.state, CGAGENT_ROOT=self.store,
+                   CGAGENT_DEFAULT_NET="bridge" if self.netns else "none")
+        pre = ["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []
+        return subprocess.run([*pre, sys.executable, "-m", "cgagent", *args], env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        r = self(*args)
+        assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
+        return r
+
+
+@pytest.fixture
+def box(g: Guest, img: str) -> Box:
+    return Box(g, img)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"v2sd-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=30)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], timeout=30)
+
+
+def _in_netns(name: str, fn: Any) -> Any:
+    """Run fn() with this thread in network namespace `name` (sockets it opens stay there)."""
+    from cgagent.isolation.syscalls import CLONE_NEWNET, setns
+
+    own, target = os.open("/proc/self/ns/net", os.O_RDONLY), os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        setns(target, CLONE_NEWNET)
+        try:
+            return fn()
+        finally:
+            setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def _http_get(port: int, netns: str | None = None) -> str | None:
+    def get() -> str | None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                chunks = []
+                while data := s.recv(65536):
+                    chunks.append(data)
+            return b"".join(chunks).decode(errors="replace")
+        except OSError:
+            return None
+    return _in_netns(netns, get) if netns else get()
+
+
+def test_v2sd_demo_runs_under_the_default_driver() -> None:
+    r = subprocess.run([sys.executable, "-m", "cgagent.demo"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "exit code: 137" in r.stdout and "Traceback" not in r.stderr, r.stdout
+    assert re.search(r"result: demo-oom exit 137, OOM kills 1\b", r.stdout), r.stdout
+    assert "demo-cpu" in r.stdout and "problems:           none" in r.stdout, r.stdout
+    # its parent /cgagent-demo was the slice cgagent\x2ddemo.slice, stopped with its last workload
+    assert units("cgagent*.slice") == []
+
+
+def test_v2sd_parent_as_path_or_slice_is_one_place_and_goes_with_the_last_workload(g: Guest) -> None:
+    g.ok("run", "-d", "--name", "pa", "--cgroup-parent", "/v2sd/a", "--", "sleep", "1000")
+    g.ok("run", "-d", "--name", "pb", "--cgroup-parent", "v2sd-a.slice", "--", "sleep", "1000")
+    for n in ("pa", "pb"):
+        assert g.record(n)["dirs"][""] == f"{CG}/v2sd.slice/v2sd-a.slice/cgagent-{n}.scope"
+    assert units("v2sd*") == ["v2sd-a.slice", "v2sd.slice"]
+    g.ok("rm", "-f", "pa")
+    assert units("v2sd*") == ["v2sd-a.slice", "v2sd.slice"]   # pb is still there
+    g.ok("rm", "-f", "pb")
+    assert units("v2sd*") == [] and units("cgagent*.slice") == []
+    fs_ = ("--cgroup-driver", "cgroupfs")
+    before = root_subtree()   # here: systemd itself may have changed it while starting the scopes above
+    g.ok("run", "-d", *fs_, "--name", "fa", "--cgroup-parent", "v2sdfs-b.slice", "--cpus", "0.5", "--", "sleep", "1000")
+    g.ok("run", "-d", *fs_, "--name", "fb", "--cgroup-parent", "/v2sdfs/b", "--", "sleep", "1000")
+    for n in ("fa", "fb"):
+        assert g.record(n)["dirs"][""] == f"{CG}/v2sdfs/b/{n}"
+    assert g.file("fa", "cpu.max") == "50000 100000"
+    g.ok("rm", "-f", "fa", "fb")
+    assert not os.path.exists(f"{CG}/v2sdfs")
+    assert root_subtree() == before   # the +cpu (+cpuset) it enabled at the root are off again
+
+
+def test_v2sd_exec_joins_the_scope_of_a_host_workload(g: Guest) -> None:
+    g.ok("run", "-d", "--name", "ex", "--", "sleep", "1000")
+    r = g.ok("exec", "ex", "--", "cat", "/proc/self/cgroup")
+    assert r.stdout.strip() == "0::/cgagent.slice/cgagent-ex.scope"
+    assert scopes() == ["cgagent-ex.scope"]
+    assert g("exec", "ex", "--", "sh", "-c", "exit 7").returncode == 7
+    g.ok("run", "-d", "--cgroup-driver", "cgroupfs", "--cgroup-parent", g.parent, "--name", "exfs", "--",
+         "sleep", "1000")
+    assert g.ok("exec", "exfs", "--", "cat", "/proc/self/cgroup").stdout.strip() == f"0::{g.parent}/exfs"
+
+
+def test_v2sd_isolated_workload_sees_its_own_cgroup_systemd(box: Box) -> None:
+    _own_cgroup(box, "systemd")
+
+
+def test_v2sd_isolated_workload_sees_its_own_cgroup_cgroupfs(box: Box) -> None:
+    _own_cgroup(box, "cgroupfs")
+
+
+def _own_cgroup(box: Box, driver: str) -> None:
+    where = ["--cgroup-driver", "cgroupfs", "--cgroup-parent", box.g.parent] if driver == "cgroupfs" else []
+    script = ("cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max /proc/self/cgroup; "
+              "mkdir /sys/fs/cgroup/x 2>/dev/null && echo WROTE; "
+              "echo 1 2>/dev/null > /sys/fs/cgroup/cgroup.procs && echo WROTE; "
+              "echo 10M 2>/dev/null > /sys/fs/cgroup/memory.max && echo WROTE; "
+              "grep -c cgroup2 /proc/self/mounts")
+    r = box.ok("run", "--rm", *where, "--memory", "64M", "--cpus", "0.5", "busybox:test", "--", "sh", "-c", script)
+    assert r.stdout.split("\n") == ["67108864", "50000 100000", "0::/", "1", ""], r.stdout
+    # exec joins the same cgroup (and cgroup namespace)
+    box.ok("run", "-d", "--name", f"iso{driver}", *where, "--memory", "64M", "busybox:test", "--", "sleep", "1000")
+    r = box.ok("exec", f"iso{driver}", "--", "sh", "-c", "cat /proc/self/cgroup /sys/fs/cgroup/memory.max")
+    assert r.stdout.split() == ["0::/", "67108864"]
+    if driver == "systemd":
+        assert scopes() == [f"cgagent-iso{driver}.scope"]
+
+
+def test_v2sd_isolated_escape_basics(box: Box) -> None:
+    box.ok("run", "-d", "--name", "esc", "--memory", "64M", "busybox:test", "--", "sleep", "1000")
+    script = ("ps -o pid,comm | tail -n +2 | wc -l; "
+              "mount -t tmpfs t /mnt 2>/dev/null && echo MOUNTED; "
+              "echo x 2>/dev/null > /proc/sys/kernel/hostname && echo SYSCTL; "
+              "mkdir /sys/fs/cgroup/esc 2>/dev/null && echo CGROUP; "
+              "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status")
+    r = box.ok("exec", "esc", "--", "sh", "-c", script)
+    lines = r.stdout.split("\n")
+    assert int(lines[0]) < 10, r.stdout   # sleep, sh, ps, tail, wc: not the guest's processes
+    for bad in ("MOUNTED", "SYSCTL", "CGROUP"):
+        assert bad not in r.stdout, r.stdout
+    assert "NoNewPrivs:\t1" in r.stdout and "Seccomp:\t2" in r.stdout, r.stdout
+    from cgagent.isolation.namespaces import init_pid
+
+    pid1 = init_pid([box.g.record("esc")["pid"], *map(int, box.g.file("esc", "cgroup.procs").split())])
+    assert pid1 and os.readlink(f"/proc/{pid1}/ns/cgroup") != os.readlink("/proc/self/ns/cgroup")
+
+
+def test_v2sd_bridge_and_published_port_in_a_guest_netns_systemd(g: Guest, netns: str, tmp_path: Any) -> None:
+    _published(g, netns, tmp_path, "systemd")
+
+
+def test_v2sd_bridge_and_published_port_in_a_guest_netns_cgroupfs(g: Guest, netns: str, tmp_path: Any) -> None:
+    _published(g, netns, tmp_path, "cgroupfs")
+
+
+def _published(g: Guest, netns: str, tmp_path: Any, driver: str) -> None:
+    b = Box(g, _busybox_store(str(tmp_path / "net")), netns)
+    where = ["--cgroup-driver", "cgroupfs", "--cgroup-parent", g.parent] if driver == "cgroupfs" else []
+    b.ok("run", "-d", "--name", "web", *where, "-p", "8080:80", "busybox:test", "--", "sh", "-c",
+         "mkdir -p /www && echo published > /www/index.html && exec httpd -f -p 80 -h /www")
+    wait_for("the published port answers", lambda: "published" in (_http_get(8080, netns) or ""), timeout=120)
+    b.ok("run", "-d", "--name", "client", *where, "busybox:test", "--", "sleep", "1000")
+    ip = b.ok("exec", "web", "--", "sh", "-c", "ip -o -4 addr show dev eth0").stdout.split()[3].split("/")[0]
+    r = b.ok("exec", "client", "--", "wget", "-qO-", f"http://{ip}/")
+    assert r.stdout.strip() == "published"
+    ruleset = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "ruleset"], capture_output=True,
+                             text=True, timeout=30).stdout
+    assert "8080" in ruleset
+    assert "8080" not in subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
+                                        timeout=30).stdout   # the guest's own namespace is untouched
+    b.ok("rm", "-f", "web", "client")
+    ruleset = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "ruleset"], capture_output=True,
+                             text=True, timeout=30).stdout
+    assert "8080" not in ruleset
+
+
+def test_v2sd_doctor_ps_stats_update_tell_the_truth(g: Guest) -> None:
+    doc = json.loads(g.ok("doctor", "--json").stdout)
+    assert doc["problems"] == [] and doc["default_driver"] == "systemd"
+    g.ok("run", "-d", "--name", "tr", "--memory", "64M", "--", "sleep", "1000")
+    g.ok("run", "-d", "--name", "tp", "--pids-limit", "30", "--", "sleep", "1000")
+    ps = {r["name"]: r for r in json.loads(g.ok("ps", "--json").stdout)}
+    st = {r["name"]: r for r in json.loads(g.ok("stats", "--json", "tr", "tp").stdout)}
+    for n in ("tr", "tp"):
+        kernel = g.file(n, "pids.max")
+        want = -1 if kernel == "max" else int(kernel)
+        assert ps[n]["pids_limit"] == st[n]["pids_limit"] == want, (n, ps[n], st[n], kernel)
+    assert ps["tp"]["pids_limit"] == 30
+    # --memory-swap alone: memory plus swap over the workload's current 64M
+    g.ok("update", "tr", "--memory-swap", "128M")
+    assert g.file("tr", "memory.swap.max") == str(64 * M) and g.file("tr", "memory.max") == str(64 * M)
+    r = g("update", "tr", "--memory-swap", "32M")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--memory-swap 32.0MiB is smaller than the workload's memory limit 64.0MiB: give --memory-swap" in r.stderr
+    r = g("update", "tp", "--memory-swap", "64M")
+    assert r.returncode == 2 and "the workload has none: give --memory too" in r.stderr, r.stderr
+
+
+# --- the README walk
+
+README = "/mnt/project/README.md"
+WALKED = ("## Running workloads", "## Isolated workloads")
+_DIRECTIVE = re.compile(r'^<!-- walk "(?P<text>[^"]+)": (?:ctrl-c when (?P<ready>port \d+ answers|its log is open), )?'
+                        r"exit (?P<code>\d+) -->$")
+
+
+def readme_examples() -> list[tuple[str, list[dict[str, Any]]]]:
+    """(section, its commands in order). A command: line, exit, ready (None, "port N", "log"), output."""
+    out: list[tuple[str, list[dict[str, Any]]]] = []
+    with open(README) as f:
+        lines = f.read().splitlines()
+    section, fence, pending = None, None, []
+    cmds: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if fence is None and line.startswith("## "):
+            section = next((w for w in WALKED if line.startswith(w)), None)
+            if section:
+                cmds = []
+                out.append((section, cmds))
+            continue
+        if section is None:
+            continue
+        if fence is None:
+            m = _DIRECTIVE.match(line)
+            if m:
+                pending.append(m)
+            elif line.startswith("```"):
+                fence = line[3:].strip()
+                directives, pending = pending, []
+            elif line.strip():
+                pending = []
+            continue
+        if line.startswith("```"):
+            fence = None
+            continue
+        if fence == "bash" and line.strip():
+            cmd = {"line": line, "exit": 0, "ready": None, "output": None}
+            for m in directives:
+                if m["text"] in line:
+                    cmd.update(exit=int(m["code"]), ready=m["ready"])
+            cmds.append(cmd)
+        elif fence == "console" and line.startswith("# "):
+            expect = lines[i + 1]
+            code = re.search(r"\(exit (\d+)\)\s*$", expect)
+            cmds.append({"line": line[2:], "exit": int(code.group(1)) if code else 2, "ready": None,
+                         "output": re.sub(r"\s*\(exit \d+\)\s*$", "", expect)})
+    return out
+
+
+def _walk_fixtures(d: str) -> None:
+    """What the examples name: an OCI layout ./busybox-oci whose image has /job.sh, ./job.sh, /srv/www
+    with a page, /srv/rootfs (busybox), and `cgagent` and `sudo` on PATH (the walk runs as root)."""
+    job = b"#!/bin/sh\necho job done\n"
+    images.write_layout(f"{d}/busybox-oci", [images.layer1(), images.layer2(),
+                                             images.TarBuilder().file("job.sh", job, 0o755).bytes()])
+    with open(f"{d}/job.sh", "wb") as f:
+        f.write(job)
+    os.chmod(f"{d}/job.sh", 0o755)
+    os.makedirs("/srv/www", exist_ok=True)
+    with open("/srv/www/index.html", "w") as f:
+        f.write("hello from the README\n")
+    if not os.path.isdir("/srv/rootfs"):
+        import io
+        import tarfile
+
+        with tarfile.open(fileobj=io.BytesIO(images.layer1())) as tf:
+            tf.extractall("/srv/rootfs")
+    os.makedirs(f"{d}/bin")
+    for name, body in (("cgagent", f'exec {sys.executable} -m cgagent "$@"'), ("sudo", 'exec "$@"')):
+        with open(f"{d}/bin/{name}", "w") as f:
+            f.write(f"#!/bin/sh\n{body}\n")
+        os.chmod(f"{d}/bin/{name}", 0o755)
+
+
+def _holds_log(pid: int) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(".log") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def _port_answers(p: subprocess.Popen[str], port: int, netns: str) -> bool:
+    return p.poll() is not None or _http_get(port, netns) is not None
+
+
+def _walk_one(cmd: dict[str, Any], d: str, env: dict[str, str], netns: str) -> str | None:
+    """Run one example; None when it exited as the README says, else what went wrong."""
+    ready = cmd["ready"]
+    # a command to interrupt is exec'ed (nsenter, bash and the cgagent wrapper all exec): p.pid is cgagent
+    line = f"exec {cmd['line']}" if ready else cmd["line"]
+    argv = ["nsenter", f"--net=/run/netns/{netns}", "--", "bash", "-c", line]
+    p = subprocess.Popen(argv, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    if ready:
+        if ready.startswith("port"):
+            port = int(ready.split()[1])
+            wait_for(f"{cmd['line']!r}: port {port}", lambda: _port_answers(p, port, netns), timeout=120)
+        else:
+            wait_for(f"{cmd['line']!r}: its log open", lambda: p.poll() is not None or _holds_log(p.pid), timeout=120)
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGINT)   # Ctrl-C, as `kill -INT` (cgagent forwards it to a foreground workload)
+    try:
+        out, err = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        return f"{cmd['line']!r} did not end"
+    if p.returncode != cmd["exit"]:
+        return f"{cmd['line']!r} exited {p.returncode}, the README says {cmd['exit']}:\n{out[-1500:]}\n{err[-1500:]}"
+    if cmd["output"] and cmd["output"] not in err + out:
+        return f"{cmd['line']!r} did not print {cmd['output']!r}:\n{out[-1500:]}\n{err[-1500:]}"
+    return None
+
+
+def test_v2sd_readme_examples_run_as_the_readme_says(netns: str) -> None:
+    examples = readme_examples()
+    assert [s for s, _c in examples] == list(WALKED) and all(len(c) >= 8 for _s, c in examples), examples
+    problems = []
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        _walk_fixtures(d)
+        for i, (section, cmds) in enumerate(examples):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CGAGENT_")}
+            env.update(PATH=f"{d}/bin:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+                       CGAGENT_STATE_DIR=f"{d}/state{i}", CGAGENT_ROOT=f"{d}/root{i}")
+            try:
+                for cmd in cmds:
+                    why = _walk_one(cmd, d, env, netns)
+                    if why:
+                        problems.append(f"[{section}] {why}")
+            finally:
+                wl = f"{d}/state{i}/workloads"
+                names = [f[:-5] for f in os.listdir(wl) if f.endswith(".json")] if os.path.isdir(wl) else []
+                if names:
+                    subprocess.run([f"{d}/bin/cgagent", "rm", "-f", *names], env=env, capture_output=True, timeout=300)
+    assert problems == [], "\n".join(problems)
+    assert scopes() == [] and units("cgagent*.slice") == [] and units("batch*") == []

@@ -12,11 +12,11 @@ A scope needs its PIDs when it is created, so `set()` before `apply()` only stor
 from __future__ import annotations
 
 import os
-import re
 import signal
 from typing import TYPE_CHECKING
 
 from cgagent.cgroups.manager import CgroupManager
+from cgagent.cgroups.parents import Made
 from cgagent.cgroups.stats import Stats
 from cgagent.errors import CgagentError
 from cgagent.host import Host
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SLICE = "cgagent.slice"
 UNIT_PREFIX = "cgagent-"
-_SLICE = re.compile(r"^[A-Za-z0-9:_.\-]+\.slice$")
-_LEGACY_DEFAULT_PARENT = "/cgagent"   # the cgroupfs default; means "the default slice" here
 # v1 hierarchies systemd 252 does not manage (cpuacct only when not co-mounted as cpu,cpuacct)
 _UNMANAGED_V1 = ("cpuacct", "cpuset", "freezer")
 
@@ -40,15 +38,11 @@ def unit_name(name: str) -> str:
 
 
 def slice_for(parent: str | None) -> str:
-    """--cgroup-parent -> the slice. The cgroupfs default (/cgagent) means cgagent.slice."""
-    if parent in (None, "", _LEGACY_DEFAULT_PARENT):
-        return DEFAULT_SLICE
-    assert parent is not None
-    if not _SLICE.match(parent):
-        raise CgagentError(f"--cgroup-parent {parent!r} is not a slice name",
-                           "the systemd driver puts workloads in a slice: use e.g. --cgroup-parent cgagent.slice "
-                           "or a-b.slice (= a.slice/a-b.slice)")
-    return parent
+    """--cgroup-parent -> the slice; a path is mapped (/a/b = a-b.slice, the default /cgagent =
+    cgagent.slice: see cgagent.cgroups.parents)."""
+    from cgagent.cgroups.parents import as_slice
+
+    return as_slice(parent, DEFAULT_SLICE)
 
 
 def slice_path(slice_: str) -> str:
@@ -125,6 +119,42 @@ class SystemdManager(CgroupManager):
         from cgagent.cgroups.systemd import properties
 
         return properties.effective(r)
+
+    def made_by_create(self) -> Made:
+        """The slices our scope will start (its slice and the ones above it, -.slice aside) that are not
+        active yet: stopped again once no workload of ours is in them."""
+        bus = self._bus()
+        stem = self.slice[: -len(".slice")]
+        parts = stem.split("-") if stem != "-" else []
+        chain = ["-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))]
+        out = Made()
+        for s in chain:
+            path = bus.unit_path(s)
+            if path is None or str(bus.get(path, "Unit", "ActiveState")) != "active":
+                out.slices.append(s)
+        return out
+
+    def join(self, pid: int) -> None:
+        """`exec`: put `pid` into the running scope (Delegate=yes allows it) instead of starting a new
+        unit. AttachProcessesToUnit (systemd >= 238) moves it in every hierarchy systemd manages, so
+        systemd counts it with the scope (KillUnit, TasksMax); on v1 the hierarchies systemd leaves
+        alone (cpuset, freezer) are written here, as at creation."""
+        from cgagent.cgroups import fs
+        from cgagent.cgroups.systemd.dbus import SystemdError
+
+        try:
+            self._bus().call("AttachProcessesToUnit", "ssau", (self.unit, "", [pid]))
+        except SystemdError as e:
+            if e.dbus_name != "org.freedesktop.DBus.Error.UnknownMethod":
+                raise
+            for d in self.dirs.values():   # an older systemd: the delegated cgroup is ours to write
+                fs.write(f"{d}/cgroup.procs", pid)
+        finally:
+            self.close()
+        if self.mode == "v1":
+            for ctrl in _UNMANAGED_V1:
+                if ctrl in self.dirs:
+                    fs.write(f"{self.dirs[ctrl]}/cgroup.procs", pid)
 
     def create(self) -> None:
         """Check that systemd answers and that the unit name is free (a failed leftover is reset)."""

@@ -6,6 +6,7 @@ import os
 
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
+from cgagent.cgroups.parents import Made
 from cgagent.cgroups.stats import Stats
 from cgagent.cgroups.v2 import cpu, cpuset, devices, memory, pids, psi
 from cgagent.errors import CgagentError
@@ -28,17 +29,37 @@ class V2Manager(CgroupManager):
         os.makedirs(self.dir, exist_ok=True)
         self._enable_controllers()
 
-    def _enable_controllers(self) -> None:
-        """Write +ctrl into cgroup.subtree_control of each level from base to our parent."""
+    def _levels(self) -> list[str]:
+        """base, then each directory down to our parent."""
         rel = os.path.relpath(os.path.dirname(self.dir), self.base)
         levels = [self.base]
         if rel != ".":
             for part in rel.split("/"):
                 levels.append(os.path.join(levels[-1], part))
-        for level in levels:
-            available = fs.read(f"{level}/cgroup.controllers").split()
-            enabled = fs.read(f"{level}/cgroup.subtree_control").split()
-            want = [c.NAME for c in CONTROLLERS if c.NAME in available and c.NAME not in enabled]
+        return levels
+
+    @staticmethod
+    def _to_enable(level: str) -> list[str]:
+        available = fs.read(f"{level}/cgroup.controllers").split()
+        enabled = fs.read(f"{level}/cgroup.subtree_control").split()
+        return [c.NAME for c in CONTROLLERS if c.NAME in available and c.NAME not in enabled]
+
+    def made_by_create(self) -> Made:
+        """Also the controllers create() enables in the subtree_control of the level above the first
+        directory it makes (deeper levels go with their directories): they are turned off again when
+        that directory goes, so the host's subtree_control ends as it was."""
+        out = super().made_by_create()
+        top = min((d for d in out.dirs if d.startswith(self.base + "/")), key=len, default=None)
+        if top is not None:
+            want = self._to_enable(os.path.dirname(top))
+            if want:
+                out.subtree.append((os.path.dirname(top), top, want))
+        return out
+
+    def _enable_controllers(self) -> None:
+        """Write +ctrl into cgroup.subtree_control of each level from base to our parent."""
+        for level in self._levels():
+            want = self._to_enable(level)
             if want:
                 try:
                     fs.write(f"{level}/cgroup.subtree_control", " ".join(f"+{c}" for c in want))
