@@ -253,7 +253,7 @@ def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] 
         return None
     if getattr(mgr, "owned", False) and _keeper_alive(rec) and mgr.exists():
         mgr.keeper = rec.keeper_pid   # type: ignore[attr-defined]
-        mgr.attach(pid)               # type: ignore[attr-defined]
+        mgr.join(pid)
         return None
     keeper = _spawn_keeper()
     try:

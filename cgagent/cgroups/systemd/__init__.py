@@ -135,10 +135,10 @@ class SystemdManager(CgroupManager):
         return out
 
     def join(self, pid: int) -> None:
-        """`exec`: put `pid` into the running scope (Delegate=yes allows it) instead of starting a new
-        unit. AttachProcessesToUnit (systemd >= 238) moves it in every hierarchy systemd manages, so
-        systemd counts it with the scope (KillUnit, TasksMax); on v1 the hierarchies systemd leaves
-        alone (cpuset, freezer) are written here, as at creation."""
+        """`exec`, or a restart reusing the scope its keeper holds: put `pid` into the running scope
+        (Delegate=yes allows it) instead of starting a new unit. AttachProcessesToUnit (systemd >= 238)
+        moves it in every hierarchy systemd manages, so systemd counts it with the scope (KillUnit,
+        TasksMax); on v1 the hierarchies systemd leaves alone (cpuset, freezer) are written here."""
         from cgagent.cgroups import fs
         from cgagent.cgroups.systemd.dbus import SystemdError
 
@@ -232,17 +232,6 @@ class SystemdManager(CgroupManager):
             else:
                 os.makedirs(d, exist_ok=True)
             fs.write(f"{d}/cgroup.procs", pid)
-
-    def attach(self, pid: int) -> None:
-        """Put `pid` into the running scope (a restart reusing it): systemd moves it in every
-        hierarchy it manages; the v1 ones it does not manage are ours to write."""
-        from cgagent.cgroups import fs
-
-        self._bus().call("AttachProcessesToUnit", "ssau", (self.unit, "", [pid]))
-        self.close()
-        for ctrl in _UNMANAGED_V1:
-            if ctrl in self.dirs and self.mode == "v1":
-                fs.write(f"{self.dirs[ctrl]}/cgroup.procs", pid)
 
     def stats(self) -> Stats:
         s = self._fs().stats()
