@@ -580,7 +580,12 @@ def _supervisor_alive(rec: Record) -> bool:
 def stop(store: Store, host: Host, name: str, timeout: float) -> None:
     require_root("cgagent stop")
     rec = store.load(name)
-    request_stop(store, name)   # no restart after this
+    try:
+        request_stop(store, name)   # no restart after this
+    except OSError:
+        if rec.restart != "no":   # without the flag its supervisor could restart it: refuse
+            raise
+        # nothing to restart: a full or read-only state dir must not keep the workload from stopping
     if live_status(host, rec) != "running":
         _end_supervisor(rec)    # it may be waiting out a restart backoff
         return
