@@ -639,7 +639,10 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
             raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
         request_stop(store, name)   # before the kill: the supervisor must not restart it
         manager(host, rec).kill()
-        _settle(store, host, rec)   # the exit is recorded (one exit event) before the record goes
+        # the exit is recorded (one exit event) before the record goes; a full or read-only state
+        # dir cannot hold it, and must not keep the record from going
+        with contextlib.suppress(OSError, CgagentError):
+            _settle(store, host, rec)
     if force:
         request_stop(store, name)
         _end_supervisor(rec)   # or it could restart the workload into the cgroup being removed
