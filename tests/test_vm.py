@@ -72,10 +72,10 @@ def guest_results(tmp_path_factory: Any) -> dict[str, tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("name", _guest_tests())
 HANG = "systemd is not answering on /run/systemd/private"
 
 
+@pytest.mark.parametrize("name", _guest_tests())
 def test_in_v2_vm(guest_results: dict[str, tuple[str, str]], name: str) -> None:
     if SELECT and name not in guest_results:
         pytest.skip(f"not selected by CGAGENT_VM_K={SELECT!r}")
