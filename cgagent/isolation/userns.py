@@ -14,17 +14,20 @@ import ctypes
 import os
 from typing import Any
 
-from cgagent.isolation.syscalls import CLONE_NEWUSER, _check, _libc, move_mount, open_tree_clone, unshare
+from cgagent.isolation.syscalls import (
+    AT_EMPTY_PATH,
+    AT_RECURSIVE,
+    CLONE_NEWUSER,
+    SYS_MOUNT_SETATTR,
+    MountAttr,
+    _check,
+    _libc,
+    move_mount,
+    open_tree_clone,
+    unshare,
+)
 
-SYS_MOUNT_SETATTR = 442
 MOUNT_ATTR_IDMAP = 0x00100000
-AT_EMPTY_PATH = 0x1000
-AT_RECURSIVE = 0x8000
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
 
 
 def make(m: dict[str, Any]) -> int:
@@ -68,7 +71,7 @@ def make(m: dict[str, Any]) -> int:
 def idmapped_clone(path: str, userns_fd: int) -> int:
     """A detached, idmapped copy of the mount at `path` (attach it with move_mount)."""
     fd = open_tree_clone(path)
-    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    attr = MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
     try:
         _check(_libc.syscall(SYS_MOUNT_SETATTR, ctypes.c_int(fd), b"", ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE),
                              ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), f"idmap {path}")
