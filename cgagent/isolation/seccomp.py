@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Iterable
 
 from cgagent.errors import CgagentError
 from cgagent.isolation.syscall_table import BY_MACHINE
@@ -197,6 +198,17 @@ def _tree(a: _Asm, ranges: list[tuple[int, int, int | str]], n: list[int]) -> No
     _tree(a, ranges[mid:], n)
 
 
+def _first_arg_in(a: _Asm, name: str, values: Iterable[int], hit: int, miss: int) -> None:
+    """The block at label `name`: `hit` when the call's first argument is one of `values`, else `miss`."""
+    a.label(name)
+    a.op(LD_W_ABS, _arg(0))
+    for v in values:
+        a.op(JEQ_K, v, f"{name}-hit", 0)
+    a.ret(miss)
+    a.label(f"{name}-hit")
+    a.ret(hit)
+
+
 def build(arch: str, caps: list[str]) -> bytes:
     acts = _actions(arch, set(caps))
     ranges: list[tuple[int, int, int | str]] = []
@@ -216,20 +228,8 @@ def build(arch: str, caps: list[str]) -> bytes:
     a.op(JSET_K, NS_FLAGS, 0, 1)
     a.ret(RET_EPERM)
     a.ret(RET_ALLOW)
-    a.label("socket")
-    a.op(LD_W_ABS, _arg(0))
-    for fam in DENIED_FAMILIES:
-        a.op(JEQ_K, fam, "socket-deny", 0)
-    a.ret(RET_ALLOW)
-    a.label("socket-deny")
-    a.ret(RET_EPERM)
-    a.label("personality")
-    a.op(LD_W_ABS, _arg(0))
-    for p in PERSONALITIES:
-        a.op(JEQ_K, p, "personality-ok", 0)
-    a.ret(RET_EPERM)
-    a.label("personality-ok")
-    a.ret(RET_ALLOW)
+    _first_arg_in(a, "socket", DENIED_FAMILIES, RET_EPERM, RET_ALLOW)
+    _first_arg_in(a, "personality", PERSONALITIES, RET_ALLOW, RET_EPERM)
     for name, mode_arg in (("mknod", 1), ("mknodat", 2)):
         a.label(name)
         a.op(LD_W_ABS, _arg(mode_arg))
