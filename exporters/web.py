@@ -719,7 +719,10 @@ class MetricsServer:
         methods only)."""
         httpd = self._httpd
         request = c.parked
-        assert request is not None
+        if request is None:
+            # a stale event of this select() batch: an earlier key of the batch (an accept that needed
+            # room) evicted and closed this connection
+            return
         if self.ssl_context is None:
             try:
                 data = request.recv(4096)

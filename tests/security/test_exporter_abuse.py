@@ -244,6 +244,30 @@ def test_full_table_evicts_the_oldest_idle_connection(serve: Callable[..., Metri
             s.close()
 
 
+def test_event_for_a_connection_evicted_in_the_same_batch_is_ignored(tmp_path: object) -> None:
+    """One select() batch can hold an accept that evicts a parked connection and, after it, that
+    connection's own readiness: the loop must skip the stale event (it once died on an assertion there,
+    and the server stopped accepting). Driven step by step on a server whose loop is not running."""
+    h = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    srv = MetricsServer(CollectorRegistry(), "127.0.0.1:0",
+                        load_web_config(_config(tmp_path, f"  prometheus: '{h}'\n")), max_connections=1)
+    a = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    b = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    try:
+        a.sendall(b"GET / HTTP/1.1\r\n")
+        srv._accept_some()
+        (parked_a,) = [k.data for k in srv._sel.get_map().values() if not isinstance(k.data, str)]
+        b.sendall(b"GET / HTTP/1.1\r\n")
+        srv._accept_some()                # the table is full: a is evicted to admit b
+        assert parked_a.parked is None and a.recv(1) == b""
+        srv._unpark(parked_a)             # a's readiness, from the same batch: ignored, not a crash
+        assert srv.open_connections() == 1
+    finally:
+        a.close()
+        b.close()
+        srv.shutdown()
+
+
 def test_silent_connection_is_closed_after_the_header_timeout(serve: Callable[..., MetricsServer],
                                                               tmp_path: object) -> None:
     h = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
