@@ -236,21 +236,22 @@ def remove(store: Store, items: list[Leftover]) -> list[str]:
     cgroup in between that would look like a leftover."""
     order = {"orphaned": 0, "overlay": 1, "damaged": 2, "temp": 3, "flag": 4}
     failed = []
-    from cgagent import runtime
+    from cgagent.runtime.parents import prune_parents
+    from cgagent.runtime.stopflag import clear_stop, request_stop
 
     stopping = {i.name for i in items if i.kind == "orphaned" and i.name}
     for n in stopping:
         with contextlib.suppress(OSError, CgagentError):
-            runtime.request_stop(store, n)   # a supervisor that is still alive must not restart it
+            request_stop(store, n)   # a supervisor that is still alive must not restart it
     for it in sorted(items, key=lambda i: order.get(i.kind, 9)):
         try:
             it.undo()
         except (OSError, CgagentError) as e:
             failed.append(f"{it.kind} {it.what}: {e}")
     for n in stopping:
-        runtime._clear_stop(store, n)
+        clear_stop(store, n)
     with contextlib.suppress(OSError, CgagentError):
-        runtime.prune_parents(store)
+        prune_parents(store)
     return failed
 
 

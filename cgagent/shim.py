@@ -14,7 +14,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     from cgagent import host as hostmod
-    from cgagent.runtime import shim_main
+    from cgagent.runtime.supervisor import shim_main
     from cgagent.state import Store
 
     return shim_main(Store(argv[1]), hostmod.detect(), argv[4], int(argv[3]))

@@ -34,8 +34,8 @@ from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
 from cgagent.state import Record, Store
-from policies import carry
 from policies.loader import Catalog, catalog, files_in, search_path
+from policies.memory_step import step_up
 from policies.model import Policy
 from policies.throttle import Sample, Throttle
 
@@ -228,7 +228,7 @@ class Controller:
         if rec is not None and isinstance(seq, int) and rec.policy_oom_seq >= seq:
             return   # the supervisor answered it before restarting the workload
         status = live_status(self.host, rec) if rec is not None else "gone"
-        _step_up(self.store, self.host, policy, name, rec, self._starts.get(name) or {}, kills,
+        step_up(self.store, self.host, policy, name, rec, self._starts.get(name) or {}, kills,
                  seq if isinstance(seq, int) and status in ("running", "restarting") else None,
                  "live" if status == "running" else "restart" if status == "restarting" else "next-run")
         self.actions += 1
@@ -257,52 +257,6 @@ class Controller:
             print(msg, file=sys.stderr, flush=True)
 
 
-def _step_up(store: Store, host: Host, policy: Policy, name: str, rec: Record | None, start_res: dict[str, Any],
-             kills: object, seq: int | None, applied: str) -> None:
-    """restart-with-more-memory: raise the workload's memory by the policy's step, up to its ceiling.
-    With `seq`, the change is made only if nobody answered those kills yet (see runtime.update)."""
-    from cgagent.runtime import answer_oom, update
-
-    assert policy.oom is not None
-    step, ceiling = policy.oom.step, policy.oom.ceiling
-    assert step is not None and ceiling is not None
-    res = Resources.from_dict(rec.resources if rec is not None else start_res)
-    cur = res.memory
-    if cur is None or cur < 0:
-        return   # no memory limit of its own: the OOM came from elsewhere, raising nothing helps
-    new = min(cur + step, ceiling)
-    if new <= cur:
-        events.append(store.root, "policy", name, policy=policy.name, action="memory_at_ceiling", memory=cur,
-                      ceiling=ceiling, kills=kills)
-        return
-    change: dict[str, object] = {"memory": new}
-    if res.memory_swap is not None and res.memory_swap >= 0:
-        change["memory_swap"] = res.memory_swap + (new - cur)   # keep the same swap allowance
-    if applied != "next-run":
-        try:
-            if seq is None:
-                update(store, host, name, change)
-            elif not answer_oom(store, host, name, change, seq):
-                return   # answered already
-        except CgagentError:   # stopped or removed meanwhile
-            applied = "next-run"
-    carry.remember(store, name, policy.name, new)
-    # "live": the running cgroup has the new limit; "restart": the supervisor's next run of it has
-    # (the cgroup or scope it reuses, or the record a new scope is made from); "next-run": the next
-    # `run --policy --name` does
-    events.append(store.root, "policy", name, policy=policy.name, action="memory_step_up", from_memory=cur,
-                  to_memory=new, applied=applied, restart=getattr(rec, "restart", None) or "no", kills=kills)
-
-
-def answer_oom_before_restart(store: Store, host: Host, name: str, policy_name: str, seq: int) -> None:
-    """The supervisor, before a restart: answer the OOM kills up to `seq` as the policy says."""
-    ld = catalog([]).by_name.get(policy_name)
-    if ld is None or ld.policy is None or ld.policy.oom is None or ld.policy.oom.action == "stop":
-        return
-    rec = store.load(name)
-    _step_up(store, host, ld.policy, name, rec, {}, None, seq, "restart")
-
-
 def start(state_dir: str | None = None, host: Host | None = None, policy_dirs: Iterable[str] | None = None,
           interval: float = INTERVAL) -> Controller:
     """Start the controller thread for the workloads of `state_dir`; `.stop()` ends it."""
@@ -329,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctl = start(args.state_dir, policy_dirs=args.policy_dir, interval=args.interval)
     except CgagentError as e:
-        from cgagent.cli.errors import report
+        from cgagent.errors import report
 
         return report(e)
     print(f"policy controller: watching {ctl.store.root}", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from cgagent.cgroups.cgroupfs import manager_for
 from cgagent.cgroups.manager import CgroupManager
 from cgagent.cgroups.parents import as_path
 from cgagent.cgroups.parents import validate_path as validate_parent
@@ -35,21 +36,6 @@ def resolve_dirs(host: Host, parent: str, name: str) -> dict[str, str]:
     if host.mode == "none":
         raise CgagentError("no cgroup filesystem is mounted", "mount cgroup2 on /sys/fs/cgroup (see `cgagent doctor`)")
     return {c: os.path.normpath(f"{m}/{_rel(host, c, parent)}/{name}") for c, m in host.v1_mounts.items()}
-
-
-def manager_for(host: Host, dirs: dict[str, str]) -> CgroupManager:
-    if "" in dirs:
-        from cgagent.cgroups.v2 import V2Manager
-
-        mount = host.v2_mount or "/sys/fs/cgroup"
-        own = host.own_cgroup.get("", "/")
-        # Nested mode: subtree_control is ours to write only below our own cgroup.
-        base = os.path.normpath(f"{mount}/{own}") if dirs[""].startswith(os.path.normpath(f"{mount}/{own}") + "/") \
-            and own != "/" else mount
-        return V2Manager(dirs, mount=mount, base=base)
-    from cgagent.cgroups.v1 import V1Manager
-
-    return V1Manager(dirs)
 
 
 def new_manager(host: Host, driver: str, parent: str, name: str) -> CgroupManager:

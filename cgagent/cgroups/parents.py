@@ -180,11 +180,19 @@ def _disable(level: str, ctrl: str) -> bool:
         return False
 
 
+def slice_path(slice_: str) -> str:
+    """systemd's cgroup path of a slice: `a-b.slice` lives in /a.slice/a-b.slice; -.slice is /.
+    Here, not in the systemd driver, which imports this module: pruning slices needs it too."""
+    stem = slice_[: -len(".slice")]
+    if stem in ("-", ""):
+        return "/"
+    parts = stem.split("-")
+    return "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+
+
 def _stop_slices(store: Store, slices: list[str]) -> list[str]:
     """Stop the slices we started once no live workload of ours is in them and they hold no process
     (stopping a slice stops what is in it: never one someone else has put something into)."""
-    from cgagent.cgroups.systemd import slice_path
-
     live = [r.cgroup for r in store.all() if r.driver == "systemd" and r.status != "exited"]
     left = []
     try:

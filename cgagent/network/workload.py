@@ -45,7 +45,8 @@ def check(net: str, publish: list[str], root: str | None, state_dir: str | None 
 def netns_of(name: str, state_dir: str | None = None) -> str:
     """The network namespace path of running workload `name`."""
     from cgagent import host as hostmod
-    from cgagent import procs, runtime
+    from cgagent import procs
+    from cgagent.live import live_status, manager
     from cgagent.state import Store
 
     store = Store(state_dir)
@@ -55,9 +56,9 @@ def netns_of(name: str, state_dir: str | None = None) -> str:
         raise CgagentError(f"--net container:{name}: no workload named {name!r}",
                            "give a running workload's name (see `cgagent ps`)") from None
     h = hostmod.detect()
-    if runtime.live_status(h, rec) != "running":
+    if live_status(h, rec) != "running":
         raise CgagentError(f"--net container:{name}: workload {name!r} is not running", "start it first")
-    cands = runtime.manager(h, rec).procs()
+    cands = manager(h, rec).procs()
     from cgagent.isolation.namespaces import init_pid
 
     pid = init_pid(cands) or (rec.pid if procs.alive(rec.pid, rec.pid_start) else None) or \

@@ -16,7 +16,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from cgagent.cgroups.manager import CgroupManager
-from cgagent.cgroups.parents import Made
+from cgagent.cgroups.parents import Made, slice_path
 from cgagent.cgroups.stats import Stats
 from cgagent.errors import CgagentError
 from cgagent.host import Host
@@ -43,15 +43,6 @@ def slice_for(parent: str | None) -> str:
     from cgagent.cgroups.parents import as_slice
 
     return as_slice(parent, DEFAULT_SLICE)
-
-
-def slice_path(slice_: str) -> str:
-    """systemd's cgroup path of a slice: `a-b.slice` lives in /a.slice/a-b.slice; -.slice is /."""
-    stem = slice_[: -len(".slice")]
-    if stem in ("-", ""):
-        return "/"
-    parts = stem.split("-")
-    return "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
 
 
 def _dirs_for(host: Host, cgroup_path: str, existing_only: bool) -> dict[str, str]:
@@ -104,7 +95,7 @@ class SystemdManager(CgroupManager):
             self._conn = None
 
     def _fs(self) -> CgroupManager:
-        from cgagent.cgroups import manager_for
+        from cgagent.cgroups.cgroupfs import manager_for
 
         return manager_for(self.host, self.dirs)
 

@@ -1,0 +1,25 @@
+"""The runtime core: one entry per operation on a workload, for both front doors (the CLI, the agent).
+
+  request     RunRequest, --restart, the cgroup driver, the root check
+  parents     cgroup parents cgagent made, pruned with their last workload
+  stopflag    "do not restart it again", beside the record
+  lifecycle   create / start / finish: the record first, the process placed before it runs
+  supervisor  waiting, restarts, the detached double fork and its shim (cgagent.shim)
+  control     stop / rm / update / a policy's OOM answer, and the views of ps and stats
+
+A workload's live status and cgroup manager (cgagent.live) sit below the runtime, where the network
+layer can read them. The isolation, network and cgroups layers never import this package.
+"""
+
+from cgagent.live import live_status, manager
+from cgagent.runtime.control import answer_oom, oom_kills, oom_victim, remove, stop, update
+from cgagent.runtime.lifecycle import create, discard, finish, start
+from cgagent.runtime.parents import prune_parents
+from cgagent.runtime.request import DRIVERS, RunRequest, parse_restart, require_root, select_driver
+from cgagent.runtime.stopflag import clear_stop, request_stop
+from cgagent.runtime.supervisor import run_detached, run_foreground, shim_main
+
+__all__ = ["DRIVERS", "RunRequest", "answer_oom", "clear_stop", "create", "discard", "finish", "live_status",
+           "manager", "oom_kills", "oom_victim", "parse_restart", "prune_parents", "remove", "request_stop",
+           "require_root", "run_detached", "run_foreground", "select_driver", "shim_main", "start", "stop",
+           "update"]

@@ -1,0 +1,161 @@
+"""Control of existing workloads: stop, rm, update (and a policy's answer to OOM kills), and the
+views `ps` and `stats` take of them (status, OOM kills and victim)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+
+from cgagent import events, oom, procs
+from cgagent.errors import CgagentError
+from cgagent.host import Host
+from cgagent.limits import Resources
+from cgagent.live import live_status, manager, supervisor_alive
+from cgagent.runtime.lifecycle import finish, teardown_isolation
+from cgagent.runtime.parents import prune_parents
+from cgagent.runtime.request import require_root
+from cgagent.runtime.stopflag import clear_stop, request_stop
+from cgagent.state import Record, Store
+
+
+def oom_kills(store: Store, rec: Record) -> int:
+    """The workload's OOM kills: those logged, and those the kernel counts that nobody logged yet."""
+    return oom.kills(store, rec, oom.read_rec_counter(rec) if rec.status != "exited" else None)
+
+
+def oom_victim(store: Store, rec: Record) -> str | None:
+    """The last OOM victim the kernel reported, e.g. "python3 (pid 812, anon-rss 30336 kB)"."""
+    v = oom.load_mark(store, rec).victim
+    if not isinstance(v, dict):
+        return None
+    return f"{v.get('comm')} (pid {v.get('pid')}, anon-rss {v.get('anon_rss_kb')} kB)"
+
+
+def stop(store: Store, host: Host, name: str, timeout: float) -> None:
+    require_root("cgagent stop")
+    rec = store.load(name)
+    try:
+        request_stop(store, name)   # no restart after this
+    except OSError:
+        if rec.restart != "no":   # without the flag its supervisor could restart it: refuse
+            raise
+        # nothing to restart: a full or read-only state dir must not keep the workload from stopping
+    if live_status(host, rec) != "running":
+        _end_supervisor(rec)    # it may be waiting out a restart backoff
+        return
+    mgr = manager(host, rec)
+    main = rec.pid if procs.alive(rec.pid, rec.pid_start) else None
+    targets = [main] if main else mgr.procs()
+    for p in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGTERM)
+    if main and not procs.wait_exit(main, timeout):
+        import sys
+
+        print(f"cgagent: {name} did not exit within {timeout:g}s of SIGTERM; killed it (SIGKILL)",
+              file=sys.stderr, flush=True)
+    mgr.kill()
+    _settle(store, host, rec)
+
+
+def _end_supervisor(rec: Record, timeout: float = 10.0) -> None:
+    """Wake a supervisor in its restart backoff (it then records the end) and wait for it to exit."""
+    if rec.restart != "no" and supervisor_alive(rec) and rec.supervisor_pid != os.getpid():
+        assert rec.supervisor_pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.supervisor_pid, signal.SIGTERM)
+        procs.wait_exit(rec.supervisor_pid, timeout)
+
+
+def _settle(store: Store, host: Host, rec: Record) -> None:
+    """After the processes are killed: let a live supervisor record the exit, else do it here."""
+    if supervisor_alive(rec):
+        assert rec.supervisor_pid
+        procs.wait_exit(rec.supervisor_pid, 10.0)
+    cur = store.load(rec.name) if store.exists(rec.name) else None
+    if cur is not None and cur.status != "exited":
+        # the foreground CLI may still be waiting: give it the chance to record the real exit code
+        finish(store, host, rec.name, None)
+
+
+def remove(store: Store, host: Host, name: str, force: bool) -> None:
+    require_root("cgagent rm")
+    try:
+        rec = store.load(name)
+    except CgagentError:   # damaged or deleted record: what it left is found by name
+        from cgagent import prune
+
+        if force and prune.reclaim(store, host, name):
+            return
+        raise
+    if live_status(host, rec) == "running":
+        if not force:
+            raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
+        request_stop(store, name)   # before the kill: the supervisor must not restart it
+        manager(host, rec).kill()
+        # the exit is recorded (one exit event) before the record goes; a full or read-only state
+        # dir cannot hold it, and must not keep the record from going
+        with contextlib.suppress(OSError, CgagentError):
+            _settle(store, host, rec)
+    if force:
+        request_stop(store, name)
+        _end_supervisor(rec)   # or it could restart the workload into the cgroup being removed
+    with store.lock():
+        with contextlib.suppress(CgagentError):  # a restart may have made a new scope meanwhile
+            rec = store.load(name)
+        # kills nobody has logged yet, read before the cgroup goes
+        oom.note(store, rec, oom.read_rec_counter(rec), "rm")
+        manager(host, rec).destroy()
+        teardown_isolation(rec)
+        store.delete(name)
+        oom.forget(store, name)
+        clear_stop(store, name)
+        prune_parents(store)
+
+
+def update(store: Store, host: Host, name: str, values: dict[str, object]) -> Record:
+    """Change a running (or restarting: applied to its next run) workload's limits."""
+    rec = _update(store, host, name, values, None)
+    assert rec is not None
+    return rec
+
+
+def answer_oom(store: Store, host: Host, name: str, values: dict[str, object], oom_seq: int) -> bool:
+    """update() as a policy's answer to the OOM kills up to `oom_seq`: made only if nobody answered
+    them yet (the supervisor before a restart, or the agent's policy controller). False: answered."""
+    return _update(store, host, name, values, oom_seq) is not None
+
+
+def _update(store: Store, host: Host, name: str, values: dict[str, object], oom_seq: int | None) -> Record | None:
+    from cgagent.limits import plan
+
+    require_root("cgagent update")
+    with store.lock():
+        rec = store.load(name)
+        if oom_seq is not None and rec.policy_oom_seq >= oom_seq:
+            return None
+        status = live_status(host, rec)
+        if status not in ("running", "restarting"):
+            raise CgagentError(f"workload {name!r} is not running", "only running workloads can be updated")
+        base = Resources.from_dict(rec.resources)
+        new = plan(values, host, base)
+        mgr = manager(host, rec)
+        old, old_seq = rec.resources, rec.policy_oom_seq
+        rec.resources = mgr.effective(new).to_dict()
+        if oom_seq is not None:
+            rec.policy_oom_seq = oom_seq
+        store.save(rec)   # first: a full state dir refuses the change before the kernel has it
+        try:
+            # device rules are fixed at creation: re-sending them would make systemd (v1) rewrite
+            # devices.deny/allow, a moment in which even /dev/null fails
+            mgr.set(dataclasses.replace(new, devices=None))
+        except (OSError, CgagentError):
+            if status == "running":
+                rec.resources, rec.policy_oom_seq = old, old_seq
+                store.save(rec)
+                raise
+            # between two runs, its systemd scope gone: the record is what the next scope is made from
+        events.append(store.root, "update", name, resources=rec.resources)
+    return rec

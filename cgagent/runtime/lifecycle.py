@@ -1,0 +1,280 @@
+"""A workload's life from request to record: create (record first, then its cgroup), start (the
+process placed in its cgroup before it runs an instruction of its own), finish (how it ended, its
+cgroup removed).
+
+Every step that makes something on the machine is preceded by a record that names it, so a
+crash at any point leaves state that `cgagent ps` reports and `cgagent rm -f` cleans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+from cgagent import events, launch, oom, procs
+from cgagent.cgroups import CgroupManager, new_manager
+from cgagent.errors import CgagentError
+from cgagent.faults import fault
+from cgagent.host import Host
+from cgagent.limits import Resources
+from cgagent.live import keeper_alive, manager
+from cgagent.runtime.parents import prune_parents, remember_parents
+from cgagent.runtime.request import RunRequest, parse_restart, require_root, select_driver
+from cgagent.runtime.stopflag import clear_stop
+from cgagent.state import Damaged, Record, Store, validate_name
+
+# --- the keeper (systemd driver): systemd removes a scope's cgroup as soon as its last process has
+# exited, before anyone could read the OOM counter in it, and no kernel counter outlives a v1 memory
+# cgroup (v1 does not count kills in the parent). So each scope holds one process of cgagent's own
+# from its creation until the supervisor (or `rm`) has read the counter and stops the scope: the
+# kills of the workload's last process are then read from a cgroup that still exists, by design.
+# It is excluded from the workload's processes (ps, stats, stop); it costs one task of TasksMax.
+
+def _spawn_keeper() -> int:
+    sleep = launch.which("sleep", "/usr/bin:/bin:/usr/sbin:/sbin")
+    if sleep is None:
+        raise CgagentError("`sleep` is not installed (the systemd driver needs it)", "install coreutils")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()   # not in the supervisor's process group: a Ctrl-C is not for it
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, 1 << 16)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            os.execv(sleep, ["sleep", "2147483647"])
+        finally:
+            os._exit(127)
+    return pid
+
+
+def _slice_of(rec: Record) -> str:
+    parent = os.path.basename(os.path.dirname(rec.cgroup))
+    return parent if parent.endswith(".slice") else "-.slice"
+
+
+def start_manager(host: Host, rec: Record, mgr: CgroupManager) -> CgroupManager:
+    """The manager to start (or restart) the workload with. A systemd scope that is gone (its keeper
+    was killed) is made anew with the limits the record holds NOW (update, policies), not those of
+    its creation."""
+    if rec.driver != "systemd" or not getattr(mgr, "owned", False) or (keeper_alive(rec) and mgr.exists()):
+        return mgr
+    from cgagent.cgroups.systemd import SystemdManager
+
+    assert rec.unit
+    fresh = SystemdManager(host, rec.unit, _slice_of(rec))
+    fresh.set(Resources.from_dict(rec.resources))   # not owned yet: kept for StartTransientUnit
+    return fresh
+
+
+def _cgroup_id(host: Host, dirs: dict[str, str]) -> str:
+    if "" in dirs:
+        return "/" + os.path.relpath(dirs[""], host.v2_mount or "/sys/fs/cgroup")
+    for ctrl in ("cpu", "memory", "pids"):
+        if ctrl in dirs:
+            return "/" + os.path.relpath(dirs[ctrl], host.v1_mounts[ctrl])
+    return "/"
+
+
+# --- create / start / finish
+
+def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupManager]:
+    require_root("cgagent run")
+    name = validate_name(req.name) if req.name else f"w-{os.urandom(4).hex()}"
+    driver = select_driver(host, req.driver)
+    if not req.cmd:
+        raise CgagentError("no command given", "put the command after --, e.g. cgagent run -- sleep 10")
+    if parse_restart(req.restart)[0] != "no" and req.auto_remove:
+        raise CgagentError("--rm and --restart exclude each other", "drop one of them")
+    if not req.isolation and launch.which(req.cmd[0]) is None:
+        raise CgagentError(f"command not found: {req.cmd[0]}", "check the name and PATH", exit_code=127)
+    mgr = new_manager(host, driver, req.parent, name)
+    dirs = mgr.dirs
+    resources = mgr.effective(req.resources)   # systemd rounds the CPU quota: record what the kernel holds
+    with store.lock():
+        if store.exists(name):
+            raise CgagentError(f"the name {name!r} is already in use", f"choose another --name, or `cgagent rm {name}`")
+        if mgr.exists():
+            raise CgagentError(f"cgroup {next(iter(dirs.values()))} already exists",
+                               "another tool owns it; choose another --name or --cgroup-parent")
+        rec = Record(name=name, cmd=req.cmd, driver=driver, mode=mgr.mode, dirs=dirs,
+                     cgroup=_cgroup_id(host, dirs), resources=resources.to_dict(), created=time.time(),
+                     detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
+                     unit=getattr(mgr, "unit", None), isolation=req.isolation or {}, restart=req.restart,
+                     preserve_fds=req.preserve_fds)
+        made = mgr.made_by_create()
+        store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
+        fault("record")
+        remember_parents(store, made)
+    try:
+        if rec.isolation:
+            from cgagent.isolation import rootfs
+
+            rootfs.prepare(rec.isolation)
+        mgr.create()
+        mgr.set(req.resources)
+        fault("cgroup")
+    except BaseException:
+        discard(store, rec, mgr)
+        raise
+    return rec, mgr
+
+
+def discard(store: Store, rec: Record, mgr: CgroupManager) -> None:
+    """Undo a create: cgroup, owned parents, record. Never raises over the original error."""
+    with contextlib.suppress(Exception):
+        mgr.destroy()
+    with contextlib.suppress(Exception):
+        teardown_isolation(rec)
+    with store.lock():
+        with contextlib.suppress(Exception):
+            prune_parents(store)
+        store.delete(rec.name)
+        oom.forget(store, rec.name)
+
+
+def teardown_isolation(rec: Record) -> None:
+    """Remove an isolated workload's upper/work dirs (its mounts died with its mount namespace)."""
+    if rec.isolation:
+        from cgagent.isolation import rootfs
+        from cgagent.network import workload as network
+
+        try:
+            network.release(rec.isolation, rec.name)   # veth, address, ports, hosts files
+        finally:
+            rootfs.teardown(rec.isolation)   # the overlay dirs go even if the network part fails
+
+
+def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, int] | None = None) -> int:
+    env, setup, netfd = None, None, None
+    if rec.isolation:
+        from cgagent.isolation.child import make_setup
+        from cgagent.network import workload as network
+
+        netfd = network.prepare(rec.isolation, rec.name, store.root)   # connected before the fork
+        fault("network")
+        env, setup = make_setup(rec.isolation, netfd)
+    def place(pid: int) -> None:
+        # Runs while the child waits: the record names the pid before the workload runs a single
+        # instruction of its own, so nothing it does can be observed ahead of its record.
+        keeper = _place(rec, mgr, pid)
+        _record_started(store, rec, mgr, pid, keeper)
+
+    try:
+        pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup, keep_fds=rec.preserve_fds)
+    except BaseException:
+        if netfd is not None:
+            os.close(netfd)
+        raise
+    if rec.isolation:
+        network.started(rec.isolation, rec.name, pid, netfd)
+    from cgagent.prune import cgroup_inos
+
+    # the inodes tell `prune` which cgroups are this workload's, should its record be lost
+    events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources,
+                  inos=cgroup_inos(rec.dirs))
+    fault("started")
+    return pid
+
+
+def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] | None:
+    """Put the child in its cgroup. Systemd: into the scope its keeper still holds (a restart), else
+    into a new scope together with a new keeper. Returns a new keeper (pid, start time)."""
+    fault("place")
+    if rec.driver != "systemd":
+        mgr.apply(pid)
+        return None
+    if getattr(mgr, "owned", False) and keeper_alive(rec) and mgr.exists():
+        mgr.keeper = rec.keeper_pid   # type: ignore[attr-defined]
+        mgr.join(pid)
+        return None
+    keeper = _spawn_keeper()
+    try:
+        mgr.keeper = keeper   # type: ignore[attr-defined]
+        mgr.apply(pid)
+    except BaseException:
+        os.kill(keeper, signal.SIGKILL)
+        os.waitpid(keeper, 0)
+        raise
+    return keeper, procs.start_time(keeper) or 0
+
+
+def _record_started(store: Store, rec: Record, mgr: CgroupManager, pid: int,
+                    keeper: tuple[int, int | None] | None) -> None:
+    """Save what start() made into the record as it is on disk now (under the lock): the limits and
+    counts others wrote meanwhile (update, the policy controller) are kept, never overwritten by
+    the supervisor's older copy. A record removed meanwhile (`rm -f` racing) stops the start."""
+    with store.lock():
+        try:
+            cur = store.load(rec.name)
+        except CgagentError:
+            cur = None
+        if cur is None or cur.created != rec.created:
+            raise CgagentError(f"workload {rec.name!r} was removed while it started", "run it again")
+        if mgr.dirs != cur.dirs:   # systemd driver: the scope's cgroup as systemd reports it
+            cur.dirs, cur.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", cur.cgroup)
+        if keeper is not None:
+            cur.keeper_pid, cur.keeper_start = keeper
+        cur.supervisor_pid, cur.supervisor_start, cur.restarts = rec.supervisor_pid, rec.supervisor_start, rec.restarts
+        cur.pid, cur.pid_start, cur.status, cur.started = pid, procs.start_time(pid), "running", time.time()
+        store.save(cur)
+        fault("placed")
+    vars(rec).update(vars(cur))
+
+
+# the supervisor's view of the kernel log: who the OOM killer killed (cgagent.kmsg), for its events
+_kmsg: Any = None
+
+
+def watch_kmsg() -> None:
+    global _kmsg
+    from cgagent.kmsg import OomLog
+
+    _kmsg = OomLog()
+
+
+def victims(rec: Record) -> dict[str, Any] | None:
+    got = _kmsg.victims(rec.cgroup) if _kmsg is not None else []
+    return {"victims": got[-10:]} if got else None
+
+
+def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record | None:
+    """The workload has ended: record how (OOM kills from the kernel's counter), remove its cgroup."""
+    with store.lock():
+        try:
+            rec = store.load(name)
+        except Damaged as d:   # its cgroups and overlay go now; the record stays for `ps -a` to show
+            from cgagent import prune
+
+            rec = None
+            prune.after_exit(store, host, d, exit_code)
+        except CgagentError:
+            rec = None  # removed meanwhile (`rm -f`)
+        if rec is not None:
+            mgr = manager(host, rec)
+            # before the cgroup goes (a systemd scope is held by its keeper until destroy() below)
+            # idempotent: `serve` may have logged them already
+            oom.note(store, rec, oom.read_rec_counter(rec), "exit", victims(rec))
+            rec.oom_kills = oom.kills(store, rec)
+            mgr.destroy()
+            teardown_isolation(rec)
+            first = rec.status != "exited"
+            rec.status, rec.exit_code, rec.finished = "exited", exit_code, time.time()
+            if first and not events.logged(store.root, "exit", name, started=rec.started):
+                # a retry after a failed save below (full disk) must not log the exit a second time
+                events.append(store.root, "exit", name, exit_code=exit_code, oom_kills=rec.oom_kills,
+                              started=rec.started)
+            clear_stop(store, name)
+            if rec.auto_remove:
+                store.delete(name)
+                oom.forget(store, name)
+            else:
+                store.save(rec)
+        prune_parents(store)
+    return rec
+
+
