@@ -16,7 +16,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
@@ -117,12 +117,12 @@ def device(spec: str) -> dict[str, Any]:
             "uid": st.st_uid, "gid": st.st_gid, "rule": f"{kind} {major}:{minor} {perms}"}
 
 
-def for_workload(isolated: bool, devices: list[dict[str, Any]], extra_rules: list[str]) -> tuple[str, ...] | None:
-    """The device rules of a new workload; None = no device control (a host workload, as with
-    systemd-run: it uses the host's /dev)."""
+def for_workload(isolated: bool, device_rules: list[str], extra_rules: list[str]) -> tuple[str, ...] | None:
+    """The device rules of a new workload (`device_rules`: its --device nodes'); None = no device
+    control (a host workload, as with systemd-run: it uses the host's /dev)."""
     if not isolated and not extra_rules:
         return None
-    return merge([*DEFAULT, *(d["rule"] for d in devices), *extra_rules])
+    return merge([*DEFAULT, *device_rules, *extra_rules])
 
 
 # --- what the drivers need
@@ -144,7 +144,16 @@ def proc_devices(path: str = "/proc/devices") -> dict[tuple[str, int], str]:
     return out
 
 
-def with_rules(resources: Resources, isolation: dict[str, Any] | None, extra_rules: list[str] | None) -> Resources:
+class Isolated(Protocol):
+    """An isolated run's spec as this module sees it (cgagent.isolation.spec.IsolationSpec, which
+    sits above it and so is not imported here)."""
+
+    @property
+    def device_rules(self) -> list[str]: ...
+
+
+def with_rules(resources: Resources, isolation: Isolated | None, extra_rules: list[str] | None) -> Resources:
     """The run request's Resources with its device rules (both `run` front doors call this)."""
-    rules = for_workload(isolation is not None, list((isolation or {}).get("devices") or []), list(extra_rules or []))
+    rules = for_workload(isolation is not None, isolation.device_rules if isolation is not None else [],
+                         list(extra_rules or []))
     return dataclasses.replace(resources, devices=rules)

@@ -187,19 +187,19 @@ def _overlays(good: list[Record], names: set[str], image_root: str | None) -> li
         n, _, tail = e.rpartition("-")
         path = os.path.join(istore.containers, e)
         if n in names and re.fullmatch(r"[0-9a-f]{8}", tail) and path not in used:
-            spec = {"container_dir": path, "store": istore.root}
-            out.append(Leftover("overlay", n, path, partial(_teardown, spec, n)))
+            out.append(Leftover("overlay", n, path, partial(_teardown, path, istore.root, n)))
     return out
 
 
-def _teardown(spec: dict[str, str], name: str) -> None:
+def _teardown(container_dir: str, root: str, name: str) -> None:
     from cgagent.isolation import rootfs
+    from cgagent.isolation.spec import IsolationSpec
     from cgagent.network import attach
     from cgagent.network import workload as network
 
-    root = str(spec["store"])
+    spec = IsolationSpec(store=root, container_dir=container_dir, net="bridge")
     if attach.load(name, root) is not None:   # a connection of the gone workload: release what is known
-        network.release({"net": "bridge", "store": root}, name)
+        network.release(spec, name)
     rootfs.teardown(spec)
 
 

@@ -18,12 +18,11 @@ import os
 import signal
 import warnings  # noqa: F401  os.execvpe imports it lazily, after pivot_root that would fail
 from collections.abc import Callable
-from typing import Any
 
 from cgagent import launch
 from cgagent.errors import CgagentError
 from cgagent.isolation import namespaces, rootfs, seccomp, security, userns
-from cgagent.isolation.spec import env_dict
+from cgagent.isolation.spec import IsolationSpec, env_dict
 from cgagent.isolation.syscalls import (
     CLONE_NEWNET,
     CLONE_NEWPID,
@@ -87,12 +86,12 @@ def _install_init(src: int) -> None:
     mount(None, INIT_PATH, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def make_setup(spec: dict[str, Any], join_net: int | None = None) -> tuple[dict[str, str], Setup]:
+def make_setup(spec: IsolationSpec, join_net: int | None = None) -> tuple[dict[str, str], Setup]:
     """-> (the environment to exec with, the child_setup for launch.spawn). `join_net`: the fd of the
     network namespace cgagent.network prepared (bridge, a named network, container:NAME)."""
     seccomp.machine()   # an architecture the filter has no table for: refused here, in one line
     env = env_dict(spec)
-    init = bool(spec.get("init"))
+    init = spec.init
     if init and not os.path.isfile(TINI):
         raise CgagentError(f"--init needs tini, and {TINI} is missing",
                            "install the Debian package tini (apt-get install tini), or drop --init")
@@ -101,26 +100,25 @@ def make_setup(spec: dict[str, Any], join_net: int | None = None) -> tuple[dict[
         if join_net is not None:   # first, so the relay (the recorded pid) names the namespace too
             setns(join_net, CLONE_NEWNET)
         # made here, where /proc still shows our pid namespace (the helper's maps are written by pid)
-        user_fd = userns.make(spec["userns"]) if spec.get("userns") else None
+        user_fd = userns.make(spec.userns) if spec.userns else None
         unshare(CLONE_NEWPID)
         pid = os.fork()
         if pid != 0:
             _relay(pid)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        unshare(namespaces.flags(spec))
-        sethostname(spec.get("hostname") or "cgagent")
+        unshare(namespaces.flags(spec.net))
+        sethostname(spec.hostname or "cgagent")
         tini = os.open(TINI, os.O_RDONLY | os.O_CLOEXEC) if init else -1   # while the host's files are in view
         rootfs.enter(spec, user_fd)
         security.check_cwd()
         if init:
             _install_init(tini)
-        if spec.get("net", "none") == "none":
+        if spec.net == "none":
             namespaces.up_loopback()
         if user_fd is not None:  # last: from here on, root is root of this user namespace only
             setns(user_fd, CLONE_NEWUSER)
             os.close(user_fd)
-        security.apply(list(spec.get("caps") or []), str(spec.get("user") or ""), bool(spec.get("seccomp", True)),
-                       env, exec_unreadable=init)
+        security.apply(list(spec.caps), spec.user, spec.seccomp, env, exec_unreadable=init)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid cleared it
         if not init:
             return None

@@ -6,8 +6,9 @@ import contextlib
 import errno
 import os
 import stat
-from typing import Any
+from collections.abc import Sequence
 
+from cgagent.isolation.spec import Device
 from cgagent.isolation.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_STRICTATIME, mount
 
 NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -15,7 +16,7 @@ LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/pro
          ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
 
 
-def setup_dev(dev: str = "/dev", extra: list[dict[str, Any]] | tuple[()] = ()) -> None:
+def setup_dev(dev: str = "/dev", extra: Sequence[Device] = ()) -> None:
     """Called inside the new root, after /proc is mounted. `extra`: the --device nodes
     (cgagent.devrules.device), made after the standard ones."""
     os.makedirs(dev, exist_ok=True)
@@ -37,13 +38,13 @@ def setup_dev(dev: str = "/dev", extra: list[dict[str, Any]] | tuple[()] = ()) -
         make_node(dev, d)
 
 
-def make_node(dev: str, d: dict[str, Any]) -> None:
+def make_node(dev: str, d: Device) -> None:
     """mknod one --device node under the fresh /dev tmpfs. Directories on the way are made here;
     anything already there (a standard node, the fd/stdin links) is refused, never followed."""
-    rel = os.path.relpath(str(d["path"]), "/dev")
+    rel = os.path.relpath(d.path, "/dev")
     parts = rel.split("/")
     if rel.startswith("..") or any(p in ("", ".", "..") for p in parts):
-        raise OSError(errno.EINVAL, f"--device {d['path']}: not a path under /dev")
+        raise OSError(errno.EINVAL, f"--device {d.path}: not a path under /dev")
     cur = dev
     for part in parts[:-1]:
         cur = f"{cur}/{part}"
@@ -51,12 +52,12 @@ def make_node(dev: str, d: dict[str, Any]) -> None:
             os.mkdir(cur, 0o755)
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(cur).st_mode):
-                raise OSError(errno.EEXIST, f"--device {d['path']}: {cur} is not a directory") from None
+                raise OSError(errno.EEXIST, f"--device {d.path}: {cur} is not a directory") from None
     path = f"{cur}/{parts[-1]}"
-    kind = stat.S_IFCHR if d["type"] == "c" else stat.S_IFBLK
+    kind = stat.S_IFCHR if d.type == "c" else stat.S_IFBLK
     try:
-        os.mknod(path, kind | 0o600, os.makedev(int(d["major"]), int(d["minor"])))
+        os.mknod(path, kind | 0o600, os.makedev(d.major, d.minor))
     except FileExistsError:
-        raise OSError(errno.EEXIST, f"--device {d['path']} already exists in the workload's /dev") from None
-    os.chown(path, int(d["uid"]), int(d["gid"]))
-    os.chmod(path, int(d["mode"]) & 0o777)   # the host node's permissions; never set-id bits
+        raise OSError(errno.EEXIST, f"--device {d.path} already exists in the workload's /dev") from None
+    os.chown(path, d.uid, d.gid)
+    os.chmod(path, d.mode & 0o777)   # the host node's permissions; never set-id bits

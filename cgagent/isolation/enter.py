@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import warnings  # noqa: F401  os.execvpe imports it lazily; after chroot that would fail
+from collections.abc import Mapping
 from typing import Any
 
 from cgagent import launch
@@ -18,17 +19,18 @@ from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
 from cgagent.isolation import namespaces, seccomp, security
 from cgagent.isolation.child import _relay
-from cgagent.isolation.spec import env_dict
+from cgagent.isolation.spec import env_dict, from_record
 from cgagent.isolation.syscalls import CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, prctl
 
 
-def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: list[str], user: str | None,
+def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_add: list[str], user: str | None,
         workdir: str | None, keep_fds: int = 0) -> int:
-    """Foreground exec; returns the command's exit code (shell convention)."""
+    """Foreground exec; returns the command's exit code (shell convention). `isolation`: the record's."""
     if not cmd:
         raise CgagentError("no command given", "put the command after --, e.g. cgagent exec web -- sh")
     signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
-    if not isolation:  # a host workload: only its cgroup to join
+    spec = from_record(isolation)
+    if spec is None:  # a host workload: only its cgroup to join
         if launch.which(cmd[0]) is None:
             raise CgagentError(f"command not found: {cmd[0]}", "check the name and PATH", exit_code=127)
         return launch.wait_forwarding(launch.spawn(cmd, mgr.join, keep_fds=keep_fds))
@@ -36,7 +38,7 @@ def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: 
     target = namespaces.init_pid(mgr.procs())
     if target is None:
         raise CgagentError("the workload's PID 1 is gone", "see `cgagent ps -a`")
-    env = env_dict(isolation)
+    env = env_dict(spec)
     for e in env_add:
         k, eq, v = e.partition("=")
         if eq:
@@ -46,7 +48,7 @@ def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: 
     fds = namespaces.open_namespaces(target)
     root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     user_ns = [(os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC), CLONE_NEWUSER)] \
-        if isolation.get("userns") else []
+        if spec.userns else []
     pid_fds = [(fd, t) for fd, t in fds if t == CLONE_NEWPID]
     other = [(fd, t) for fd, t in fds if t != CLONE_NEWPID]
 
@@ -60,11 +62,9 @@ def run(mgr: CgroupManager, isolation: dict[str, Any], cmd: list[str], env_add: 
         os.fchdir(root)
         os.chroot(".")
         namespaces.join(user_ns)   # last: it gives up our power over the other namespaces
-        os.chdir(workdir or isolation.get("workdir") or "/")
+        os.chdir(workdir or spec.workdir or "/")
         security.check_cwd()
-        security.apply(list(isolation.get("caps") or []), str(user if user is not None else
-                                                              isolation.get("user") or ""),
-                       bool(isolation.get("seccomp", True)), env)
+        security.apply(list(spec.caps), user if user is not None else spec.user, spec.seccomp, env)
 
     try:
         pid = launch.spawn(cmd, mgr.join, env=env, child_setup=setup, keep_fds=keep_fds)

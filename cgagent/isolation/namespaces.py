@@ -6,7 +6,6 @@ import _socket  # the C module: `socket` costs milliseconds of imports at every 
 import fcntl
 import os
 import struct
-from typing import Any
 
 from cgagent.isolation.syscalls import (
     CLONE_NEWCGROUP,
@@ -24,10 +23,10 @@ JOIN_ORDER = (("cgroup", CLONE_NEWCGROUP), ("ipc", CLONE_NEWIPC), ("uts", CLONE_
               ("pid", CLONE_NEWPID), ("mnt", CLONE_NEWNS))
 
 
-def flags(spec: dict[str, Any]) -> int:
+def flags(net: str) -> int:
     """Namespaces the workload's PID 1 unshares (pid is unshared one step earlier, before the fork)."""
     f = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP
-    if spec.get("net", "none") == "none":
+    if net == "none":
         f |= CLONE_NEWNET
     return f
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
 
 from cgagent.isolation import userns
 from cgagent.isolation.devices import setup_dev
 from cgagent.isolation.security import MASKED_PATHS, READONLY_PATHS
+from cgagent.isolation.spec import IsolationSpec, Volume
 from cgagent.isolation.syscalls import (
     MNT_DETACH,
     MOUNT_ATTR_NODEV,
@@ -39,15 +39,15 @@ PROC_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 # --- host side
 
-def prepare(spec: dict[str, Any]) -> None:
-    cdir = spec["container_dir"]
+def prepare(spec: IsolationSpec) -> None:
+    cdir = spec.container_dir
     os.makedirs(os.path.dirname(cdir), exist_ok=True)
     os.mkdir(cdir, 0o700)
     for sub in ("upper", "work", "merged"):
         os.mkdir(os.path.join(cdir, sub), 0o755)
-    m = spec.get("userns")
+    m = spec.userns
     if m:  # the upper dir gives the root directory its owner: root inside, i.e. the range's base
-        os.chown(os.path.join(cdir, "upper"), int(m["base"]), int(m["base"]))
+        os.chown(os.path.join(cdir, "upper"), m.base, m.base)
 
 
 def _mounts_under(path: str) -> list[str]:
@@ -60,10 +60,10 @@ def _mounts_under(path: str) -> list[str]:
     return out
 
 
-def teardown(spec: dict[str, Any]) -> None:
+def teardown(spec: IsolationSpec) -> None:
     """Remove the workload's upper/work/merged dirs; idempotent, never outside the store."""
-    cdir = spec.get("container_dir")
-    store = spec.get("store")
+    cdir = spec.container_dir
+    store = spec.store
     if not cdir or not store:
         return
     if os.path.dirname(os.path.normpath(cdir)) != os.path.join(os.path.normpath(store), "containers"):
@@ -95,31 +95,31 @@ def host_cgroup_mounts() -> list[tuple[str, str, str]]:
     return out
 
 
-def mount_root(spec: dict[str, Any], userns_fd: int | None = None) -> str:
-    cdir = spec["container_dir"]
+def mount_root(spec: IsolationSpec, userns_fd: int | None = None) -> str:
+    cdir = spec.container_dir
     merged = os.path.join(cdir, "merged")
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount may propagate to the host
-    if spec.get("lowers") and userns_fd is None:
-        os.chdir(spec["layers_dir"])  # lowerdirs are short l/<id> links relative to it
-        data = f"lowerdir={':'.join(spec['lowers'])},upperdir={cdir}/upper,workdir={cdir}/work"
+    if spec.lowers and userns_fd is None:
+        os.chdir(str(spec.layers_dir))  # lowerdirs are short l/<id> links relative to it
+        data = f"lowerdir={':'.join(spec.lowers)},upperdir={cdir}/upper,workdir={cdir}/work"
         mount("overlay", merged, "overlay", 0, data)
-    elif spec.get("lowers"):
+    elif spec.lowers:
         assert userns_fd is not None
         lowers = []   # idmapped copies of the layers, attached (in our namespace only) under lower/
-        for i, link in enumerate(spec["lowers"]):
+        for i, link in enumerate(spec.lowers):
             target = os.path.join(cdir, "lower", str(i))
             os.makedirs(target, exist_ok=True)
-            userns.attach(userns.idmapped_clone(os.path.join(spec["layers_dir"], link), userns_fd), target)
+            userns.attach(userns.idmapped_clone(os.path.join(str(spec.layers_dir), link), userns_fd), target)
             lowers.append(f"lower/{i}")
         os.chdir(cdir)
         mount("overlay", merged, "overlay", 0, f"lowerdir={':'.join(lowers)},upperdir=upper,workdir=work")
     elif userns_fd is not None:
         for d in ("proc", "dev", "sys"):  # made now, as host root: inside, host root maps to no one
-            os.makedirs(os.path.join(spec["rootfs"], d), exist_ok=True)
-        userns.attach(userns.idmapped_clone(spec["rootfs"], userns_fd), merged)
+            os.makedirs(os.path.join(str(spec.rootfs), d), exist_ok=True)
+        userns.attach(userns.idmapped_clone(str(spec.rootfs), userns_fd), merged)
     else:
-        mount(spec["rootfs"], merged, None, MS_BIND | MS_REC)
-    if spec.get("rootfs"):   # a host directory: its device nodes must not open (only /dev's, below)
+        mount(str(spec.rootfs), merged, None, MS_BIND | MS_REC)
+    if spec.rootfs:   # a host directory: its device nodes must not open (only /dev's, below)
         mount_setattr(merged, MOUNT_ATTR_NODEV)
     return merged
 
@@ -178,10 +178,10 @@ def _mount_volumes(vols: list[tuple[int, bool, str, bool]]) -> None:
         os.close(fd)
 
 
-def _volume_tree(vol: list[Any]) -> int:
+def _volume_tree(vol: Volume) -> int:
     """A detached copy of the volume's tree, nodev unless the volume asked for `dev`."""
-    fd = open_tree_clone(vol[0])
-    if not (len(vol) > 3 and vol[3]):
+    fd = open_tree_clone(vol.host)
+    if not vol.dev:
         try:
             mount_setattr(fd, MOUNT_ATTR_NODEV)
         except BaseException:
@@ -202,19 +202,19 @@ def _mask() -> None:
             _bind_ro(p, PROC_FLAGS)
 
 
-def enter(spec: dict[str, Any], userns_fd: int | None = None) -> None:
+def enter(spec: IsolationSpec, userns_fd: int | None = None) -> None:
     """Build the workload's filesystem view and switch into it."""
     cgroups = host_cgroup_mounts()
-    vols = [(_volume_tree(v), os.path.isdir(v[0]), v[1], v[2]) for v in spec.get("volumes") or []]
+    vols = [(_volume_tree(v), os.path.isdir(v.host), v.target, v.read_only) for v in spec.volumes]
     pivot(mount_root(spec, userns_fd))
     os.makedirs("/proc", exist_ok=True)
     mount("proc", "/proc", "proc", PROC_FLAGS)
     _mount_volumes(vols)
-    setup_dev("/dev", spec.get("devices") or [])
+    setup_dev("/dev", spec.devices)
     _mount_sys(cgroups)
     _mask()
-    workdir = spec.get("workdir") or "/"
+    workdir = spec.workdir or "/"
     os.makedirs(workdir, exist_ok=True)
-    if spec.get("read_only"):
+    if spec.read_only:
         mount_setattr("/", MOUNT_ATTR_RDONLY, recursive=False)   # keeps nodev (a bind remount would not)
     os.chdir(workdir)

@@ -1,13 +1,22 @@
-"""User options of an isolated run -> the plain dict stored in the workload record (Record.isolation).
+"""User options of an isolated run -> the IsolationSpec, stored in the workload record as a plain dict
+(Record.isolation, by to_record) and read back with from_record.
 
 The record names everything the run will make on disk (container_dir) before anything is made, so
 `cgagent rm -f` can clean up after a crash at any point. Mounts live in the workload's own mount
 namespace: the kernel removes them when its last process exits.
+
+The record's dict keeps the shape the untyped code wrote (lists for volumes, dicts for devices and
+the userns map, absent keys for what a run did not use), so records written before the spec was
+typed, and by older versions that lacked some keys, still start, stop and are removed as before:
+from_record gives each missing key the value the old reads defaulted to.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cgagent.errors import CgagentError
@@ -31,6 +40,178 @@ ISOLATION_KEYS = ("rootfs", "read_only", "volumes", "hostname", "net", "publish"
 VOLUME_OPTS = ("ro", "rw", "dev", "nodev")
 
 
+@dataclass(frozen=True)
+class Volume:
+    """-v HOST:CONTAINER[:OPTIONS]. Volumes are nodev unless `dev` is asked: a device node in a host
+    directory must not become a way around the device cgroup's list (--device is)."""
+    host: str
+    target: str
+    read_only: bool = False
+    dev: bool = False
+
+    def to_record(self) -> list[Any]:
+        return [self.host, self.target, self.read_only, self.dev]
+
+    @classmethod
+    def from_record(cls, v: object) -> Volume:
+        if not isinstance(v, list) or len(v) not in (3, 4) or not all(isinstance(x, str) for x in v[:2]):
+            raise _bad("volumes", "an entry is not [host, container, read-only(, dev)]")
+        return cls(v[0], v[1], bool(v[2]), bool(v[3]) if len(v) > 3 else False)
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """--userns: ids 0..size-1 inside are base.. on the host."""
+    base: int
+    size: int
+
+    def to_record(self) -> dict[str, int]:
+        return {"base": self.base, "size": self.size}
+
+
+@dataclass(frozen=True)
+class Device:
+    """--device: a node PID 1 makes in the workload's /dev (cgagent.devrules.device), and its rule."""
+    path: str
+    type: str    # "c" or "b"
+    major: int
+    minor: int
+    mode: int
+    uid: int
+    gid: int
+    rule: str    # its device cgroup rule, e.g. "c 7:3 rwm"
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, d: object) -> Device:
+        if not isinstance(d, dict):
+            raise _bad("devices", "an entry is not a map")
+        try:
+            return cls(str(d["path"]), str(d["type"]), int(d["major"]), int(d["minor"]), int(d["mode"]),
+                       int(d["uid"]), int(d["gid"]), str(d["rule"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise _bad("devices", f"an entry lacks or mistypes {e}") from None
+
+
+@dataclass(frozen=True)
+class IsolationSpec:
+    """What an isolated run (an IMAGE or --rootfs) is made of."""
+    store: str                          # the image store's root: container_dir lives in its containers/
+    container_dir: str                  # upper/, work/, merged/ of this run
+    hostname: str = ""
+    net: str = "none"                   # none | host | bridge | a network's name | container:NAME
+    publish: tuple[str, ...] | None = None   # -p (bridge-like nets only)
+    image: str | None = None            # an image run: its id, the name it was asked by, its layers
+    image_ref: str | None = None
+    layers_dir: str | None = None
+    lowers: tuple[str, ...] = ()        # short l/<id> links under layers_dir, topmost first
+    rootfs: str | None = None           # a --rootfs run: the host directory
+    read_only: bool = False
+    volumes: tuple[Volume, ...] = ()
+    init: bool = False
+    env: tuple[str, ...] = ()
+    userns: IdMap | None = None
+    devices: tuple[Device, ...] = ()
+    user: str = ""
+    workdir: str = "/"
+    caps: tuple[str, ...] = ()          # the capabilities it keeps (all others are dropped)
+    seccomp: bool = True
+
+    def with_files(self, files: Mapping[str, str]) -> IsolationSpec:
+        """The spec with host files bind-mounted over paths inside (cgagent.network's hosts and
+        resolv.conf), in place of any volume at the same path."""
+        if not files:
+            return self
+        kept = tuple(v for v in self.volumes if v.target not in files)
+        return dataclasses.replace(self, volumes=kept + tuple(Volume(h, t) for t, h in files.items()))
+
+    @property
+    def device_rules(self) -> list[str]:
+        """The device cgroup rules its --device nodes need (cgagent.devrules.with_rules)."""
+        return [d.rule for d in self.devices]
+
+    def to_record(self) -> dict[str, Any]:
+        """The record's dict, in the shape the untyped code wrote: optional keys only when used."""
+        out: dict[str, Any] = {"store": self.store}
+        if self.image is not None:
+            out.update(image=self.image, image_ref=self.image_ref, layers_dir=self.layers_dir,
+                       lowers=list(self.lowers))
+        if self.rootfs is not None:
+            out["rootfs"] = self.rootfs
+        out.update(container_dir=self.container_dir, read_only=self.read_only,
+                   volumes=[v.to_record() for v in self.volumes], hostname=self.hostname, net=self.net,
+                   init=self.init, env=list(self.env),
+                   userns=self.userns.to_record() if self.userns is not None else None,
+                   devices=[d.to_record() for d in self.devices], user=self.user, workdir=self.workdir,
+                   caps=list(self.caps), seccomp=self.seccomp)
+        if self.publish is not None:
+            out["publish"] = list(self.publish)
+        return out
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> IsolationSpec:
+        """Read a record's dict, old or new; a missing key gets the value the old reads defaulted
+        to (`.get(k) or default`). A malformed value is one CgagentError naming it."""
+        m = d.get("userns")
+        if m and not (isinstance(m, dict) and all(isinstance(m.get(k), int) for k in ("base", "size"))):
+            raise _bad("userns", "not a map of base and size")
+        publish = d.get("publish")
+        return cls(
+            store=str(d.get("store") or ""), container_dir=str(d.get("container_dir") or ""),
+            hostname=str(d.get("hostname") or ""), net=str(d.get("net") or "none"),
+            publish=None if publish is None else _strings(publish, "publish"),
+            image=_opt_str(d, "image"), image_ref=_opt_str(d, "image_ref"), layers_dir=_opt_str(d, "layers_dir"),
+            lowers=_strings(d.get("lowers"), "lowers"), rootfs=_opt_str(d, "rootfs"),
+            read_only=bool(d.get("read_only")),
+            volumes=tuple(Volume.from_record(v) for v in _list(d.get("volumes"), "volumes")),
+            init=bool(d.get("init")), env=tuple(str(e) for e in _list(d.get("env"), "env")),
+            userns=IdMap(int(m["base"]), int(m["size"])) if m else None,
+            devices=tuple(Device.from_record(x) for x in _list(d.get("devices"), "devices")),
+            user=str(d.get("user") or ""), workdir=str(d.get("workdir") or "/"),
+            caps=_strings(d.get("caps"), "caps"), seccomp=bool(d.get("seccomp", True)))
+
+
+def from_record(d: Mapping[str, Any] | None) -> IsolationSpec | None:
+    """Record.isolation -> its spec; None for a plain host run (an empty dict)."""
+    return IsolationSpec.from_record(d) if d else None
+
+
+def for_teardown(d: Mapping[str, Any]) -> IsolationSpec:
+    """What removing a run needs (its overlay dir, its connection), also from a record whose other
+    isolation fields are malformed: `rm` must not depend on them, as it never did."""
+    try:
+        return IsolationSpec.from_record(d)
+    except CgagentError:
+        return IsolationSpec(store=str(d.get("store") or ""), container_dir=str(d.get("container_dir") or ""),
+                             net=str(d.get("net") or "none"))
+
+
+def _bad(key: str, what: str) -> CgagentError:
+    return CgagentError(f"the record's isolation {key}: {what}", "remove the workload with `cgagent rm -f NAME`")
+
+
+def _list(v: object, key: str) -> list[Any]:
+    if not v:
+        return []
+    if not isinstance(v, list):
+        raise _bad(key, f"a {type(v).__name__}, not a list")
+    return v
+
+
+def _strings(v: object, key: str) -> tuple[str, ...]:
+    items = _list(v, key)
+    if not all(isinstance(x, str) for x in items):
+        raise _bad(key, "not a list of strings")
+    return tuple(items)
+
+
+def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
+    v = d.get(key)
+    return None if v is None else str(v)
+
+
 def caps(add: list[str], drop: list[str]) -> list[str]:
     def norm(c: str) -> str:
         c = c.upper().removeprefix("CAP_")
@@ -46,10 +227,8 @@ def caps(add: list[str], drop: list[str]) -> list[str]:
     return sorted(have, key=CAP_NUMBERS.__getitem__)
 
 
-def volumes(specs: list[str]) -> list[list[Any]]:
-    """-> [host, container, read-only, dev]. Volumes are nodev unless `dev` is asked: a device node
-    in a host directory must not become a way around the device cgroup's list (--device is)."""
-    out: list[list[Any]] = []
+def volumes(specs: list[str]) -> tuple[Volume, ...]:
+    out: list[Volume] = []
     for v in specs:
         parts = v.split(":")
         opts = parts[2].split(",") if len(parts) == 3 else []
@@ -69,22 +248,22 @@ def volumes(specs: list[str]) -> list[list[Any]]:
                 ro = o == "ro"
             else:
                 dev = o == "dev"
-        out.append([os.path.realpath(host), os.path.normpath(ctr), ro, dev])
-    return out
+        out.append(Volume(os.path.realpath(host), os.path.normpath(ctr), ro, dev))
+    return tuple(out)
 
 
-def devices(specs: list[str], userns: dict[str, int] | None) -> list[dict[str, Any]]:
+def devices(specs: list[str], userns: IdMap | None) -> tuple[Device, ...]:
     """--device HOST[:CTR][:PERMS] -> the nodes PID 1 makes in the workload's /dev (owned, with
     --userns, by the same ids as seen from inside)."""
     from cgagent.devrules import device
 
-    out = [device(d) for d in specs]
+    out = [Device.from_record(device(d)) for d in specs]
     if userns:
-        for d in out:
-            for key in ("uid", "gid"):
-                if d[key] < userns["size"]:
-                    d[key] += userns["base"]
-    return out
+        def shift(i: int) -> int:
+            return i + userns.base if i < userns.size else i
+
+        out = [dataclasses.replace(d, uid=shift(d.uid), gid=shift(d.gid)) for d in out]
+    return tuple(out)
 
 
 def seccomp_enabled(opts: list[str]) -> bool:
@@ -104,8 +283,8 @@ def wanted(opts: dict[str, Any]) -> bool:
     return any(opts.get(k) for k in ISOLATION_KEYS)
 
 
-def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: str) -> tuple[list[str], dict[str, Any]]:
-    """-> (the command to exec inside, the record's isolation dict)."""
+def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: str) -> tuple[list[str], IsolationSpec]:
+    """-> (the command to exec inside, the run's spec)."""
     from cgagent.images.store import ImageStore
 
     rootfs = opts.get("rootfs")
@@ -114,26 +293,26 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     # Docker's default: isolated workloads get a bridged network. CGAGENT_DEFAULT_NET changes the
     # default for a host (the test suite sets none, so only tests inside their own netns bridge).
     net = opts.get("net") or os.environ.get("CGAGENT_DEFAULT_NET") or "bridge"
-    net_fields: dict[str, Any] = {}
+    publish: tuple[str, ...] | None = None
     if net not in NETS or opts.get("publish"):   # bridge, a network's name, container:NAME, -p: issue 5
         from cgagent.network.workload import check
 
-        net_fields = check(net, list(opts.get("publish") or []), opts.get("root"))
+        publish = check(net, list(opts.get("publish") or []), opts.get("root"))
     store = ImageStore(opts.get("root"))
     config: dict[str, Any] = {}
-    spec: dict[str, Any] = {"store": store.root}
+    source: dict[str, Any] = {}   # the image's fields, or --rootfs's
     if image:
         img = store.get(image)
         missing = [d for d in img.layers if not store.has_layer(d)]
         if missing:
             raise CgagentError(f"image {image!r} is missing layer {missing[0]}", "re-import it")
         config = img.config
-        spec.update(image=img.id, image_ref=image, layers_dir=store.layers,
-                    lowers=[store.short_link(d) for d in reversed(img.layers)])  # topmost first
+        source = {"image": img.id, "image_ref": image, "layers_dir": store.layers,
+                  "lowers": tuple(store.short_link(d) for d in reversed(img.layers))}  # topmost first
     elif rootfs:
         if not os.path.isdir(rootfs):
             raise CgagentError(f"--rootfs {rootfs} is not a directory", "give the root filesystem's directory")
-        spec["rootfs"] = os.path.realpath(rootfs)
+        source = {"rootfs": os.path.realpath(rootfs)}
     else:
         raise CgagentError("isolation options need an IMAGE or --rootfs", "e.g. cgagent run --hostname x IMG -- sh")
     entry = list(config.get("Entrypoint") or [])
@@ -152,23 +331,22 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
         env.append(e)
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_ENV_PATH)
-    userns_map = {"base": USERNS_BASE, "size": USERNS_SIZE} if opts.get("userns") else None
-    spec.update(
-        container_dir=os.path.join(store.containers, f"{name_hint}-{os.urandom(4).hex()}"),
+    userns_map = IdMap(USERNS_BASE, USERNS_SIZE) if opts.get("userns") else None
+    spec = IsolationSpec(
+        store=store.root, container_dir=os.path.join(store.containers, f"{name_hint}-{os.urandom(4).hex()}"),
         read_only=bool(opts.get("read_only")), volumes=volumes(list(opts.get("volumes") or [])),
-        hostname=hostname, net=net, init=bool(opts.get("init")), env=env,
+        hostname=hostname, net=net, publish=publish, init=bool(opts.get("init")), env=tuple(env),
         userns=userns_map, devices=devices(list(opts.get("devices") or []), userns_map),
         user=str(opts.get("user") or config.get("User") or ""), workdir=str(opts.get("workdir") or
                                                                             config.get("WorkingDir") or "/"),
-        caps=caps(list(opts.get("cap_add") or []), list(opts.get("cap_drop") or [])),
-        seccomp=seccomp_enabled(list(opts.get("security_opt") or [])))
-    spec.update(net_fields)
+        caps=tuple(caps(list(opts.get("cap_add") or []), list(opts.get("cap_drop") or []))),
+        seccomp=seccomp_enabled(list(opts.get("security_opt") or [])), **source)
     return argv, spec
 
 
 def for_run(image: str | None, cmd: list[str], opts: dict[str, Any],
-            name: str | None) -> tuple[list[str], str | None, dict[str, Any] | None]:
-    """The CLI's entry: -> (command, workload name, Record.isolation or None for a plain host run)."""
+            name: str | None) -> tuple[list[str], str | None, IsolationSpec | None]:
+    """The CLI's entry: -> (command, workload name, the spec or None for a plain host run)."""
     if image is None and not opts.get("rootfs") and cmd and "/" not in cmd[0]:
         from cgagent.launch import which
 
@@ -188,9 +366,9 @@ def for_run(image: str | None, cmd: list[str], opts: dict[str, Any],
     return argv, name, spec
 
 
-def env_dict(spec: dict[str, Any]) -> dict[str, str]:
+def env_dict(spec: IsolationSpec) -> dict[str, str]:
     out: dict[str, str] = {}
-    for e in spec.get("env") or []:
-        k, _, v = str(e).partition("=")
+    for e in spec.env:
+        k, _, v = e.partition("=")
         out[k] = v
     return out

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any
 
+from cgagent.isolation.spec import IdMap
 from cgagent.isolation.syscalls import (
     AT_EMPTY_PATH,
     AT_RECURSIVE,
@@ -30,7 +30,7 @@ from cgagent.isolation.syscalls import (
 MOUNT_ATTR_IDMAP = 0x00100000
 
 
-def make(m: dict[str, Any]) -> int:
+def make(m: IdMap) -> int:
     """An fd of a new user namespace mapping 0..size-1 to base..: made by a helper child we map."""
     r, w = os.pipe()
     done_r, done_w = os.pipe()
@@ -51,7 +51,7 @@ def make(m: dict[str, Any]) -> int:
     try:
         if os.read(r, 1) != b"1":
             raise OSError(0, "the user namespace helper failed")
-        line = f"0 {int(m['base'])} {int(m['size'])}\n".encode()
+        line = f"0 {m.base} {m.size}\n".encode()
         for f in ("uid_map", "gid_map"):
             fd = os.open(f"/proc/{pid}/{f}", os.O_WRONLY)
             try:

@@ -3,7 +3,7 @@
 The agent makes the workload's network namespace itself, before the fork (podman does the same):
 a fresh namespace held by an fd, connected to its network from outside, then joined by the child
 with setns(2) where it would otherwise unshare CLONE_NEWNET. `container:NAME` joins NAME's
-namespace through the same fd path. Modes, in Record.isolation["net"]:
+namespace through the same fd path. Modes, in IsolationSpec.net:
   none            the isolation layer unshares a namespace with lo only
   host            no namespace
   bridge | NAME   a namespace connected to the default bridge network / the named network
@@ -15,9 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cgagent.errors import CgagentError
+
+if TYPE_CHECKING:
+    from cgagent.isolation.spec import IsolationSpec
 
 OWN_MODES = ("none", "host")
 
@@ -27,19 +30,19 @@ def wanted(net: str | None) -> bool:
     return bool(net) and net not in OWN_MODES
 
 
-def check(net: str, publish: list[str], root: str | None, state_dir: str | None = None) -> dict[str, Any]:
-    """Validate --net/-p before anything is made. -> fields for Record.isolation."""
+def check(net: str, publish: list[str], root: str | None, state_dir: str | None = None) -> tuple[str, ...] | None:
+    """Validate --net/-p before anything is made. -> the spec's `publish` (None: not a bridge-like net)."""
     from cgagent.network import attach, config
 
     if publish and (net in OWN_MODES or net.startswith("container:")):
         raise CgagentError(f"-p needs a bridge network, not --net {net}", "use --net bridge (or a network name)")
     if net.startswith("container:"):
         netns_of(net.partition(":")[2], state_dir)   # raises when it names no running workload
-        return {"net": net}
+        return None
     config.load(net, root)                           # raises "no network named"
     ports = attach.parse_ports(publish)
     attach._check_ports(ports, root)                 # a port already published: one line, nothing made
-    return {"net": net, "publish": list(publish)}
+    return tuple(publish)
 
 
 def netns_of(name: str, state_dir: str | None = None) -> str:
@@ -68,48 +71,51 @@ def netns_of(name: str, state_dir: str | None = None) -> str:
     return f"/proc/{pid}/ns/net"
 
 
-def prepare(spec: dict[str, Any], owner: str, state_dir: str | None = None) -> int | None:
+def prepare(spec: IsolationSpec, owner: str, state_dir: str | None = None) -> tuple[int | None, dict[str, str]]:
     """Before the fork: the fd of the namespace the child must join (None: the isolation layer's own
-    choice). Connects `owner` to its network; adds its hosts/resolv.conf to the spec's volumes."""
-    net = str(spec.get("net") or "none")
+    choice), and the files to bind-mount in the workload (path inside -> file on the host: its
+    hosts and resolv.conf). Connects `owner` to its network."""
+    net = spec.net
     if not wanted(net):
-        return None
+        return None, {}
     from cgagent.network import attach, netns
 
     if net.startswith("container:"):
-        return netns.open_ns(netns_of(net.partition(":")[2], state_dir))
-    root = spec.get("store")
+        return netns.open_ns(netns_of(net.partition(":")[2], state_dir)), {}
+    root = spec.store or None
     fd = netns.new_netns()
     try:
-        attach.connect(owner, net, netns.fd_path(fd), ports=list(spec.get("publish") or []),
-                       hostname=spec.get("hostname"), root=root)
+        attach.connect(owner, net, netns.fd_path(fd), ports=list(spec.publish or []),
+                       hostname=spec.hostname or None, root=root)
     except BaseException:
         os.close(fd)
         raise
     etc = attach.etc_dir(owner, root)
-    vols = [v for v in spec.get("volumes") or [] if v[1] not in ("/etc/hosts", "/etc/resolv.conf")]
-    spec["volumes"] = [*vols, [os.path.join(etc, "hosts"), "/etc/hosts", False],
-                       [os.path.join(etc, "resolv.conf"), "/etc/resolv.conf", False]]
-    return fd
+    return fd, {"/etc/hosts": os.path.join(etc, "hosts"), "/etc/resolv.conf": os.path.join(etc, "resolv.conf")}
 
 
-def started(spec: dict[str, Any], owner: str, pid: int, fd: int | None) -> None:
+def _connected(spec: IsolationSpec) -> bool:
+    """The workload has a connection of its own (not none/host, not another's namespace)."""
+    return wanted(spec.net) and not spec.net.startswith("container:")
+
+
+def started(spec: IsolationSpec, owner: str, pid: int, fd: int | None) -> None:
     """After the fork: the workload's pid is the connection's liveness handle; our fd can go."""
     if fd is not None:
         os.close(fd)
-    if wanted(str(spec.get("net") or "")) and not str(spec.get("net")).startswith("container:"):
+    if _connected(spec):
         from cgagent.network import attach
 
-        attach.set_pid(owner, pid, spec.get("store"))
+        attach.set_pid(owner, pid, spec.store or None)
 
 
-def release(spec: dict[str, Any], owner: str) -> None:
+def release(spec: IsolationSpec, owner: str) -> None:
     """The workload is gone (or never started): remove its connection. Idempotent, never raises."""
-    if wanted(str(spec.get("net") or "")) and not str(spec.get("net")).startswith("container:"):
+    if _connected(spec):
         from cgagent.network import attach
 
         with contextlib.suppress(Exception):
-            attach.disconnect(owner, spec.get("store"))
+            attach.disconnect(owner, spec.store or None)
 
 
 def startup_prune(root: str | None = None) -> None:

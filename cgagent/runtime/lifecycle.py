@@ -104,17 +104,18 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
         rec = Record(name=name, cmd=req.cmd, driver=driver, mode=mgr.mode, dirs=dirs,
                      cgroup=_cgroup_id(host, dirs), resources=resources.to_dict(), created=time.time(),
                      detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
-                     unit=getattr(mgr, "unit", None), isolation=req.isolation or {}, restart=req.restart,
+                     unit=getattr(mgr, "unit", None), restart=req.restart,
+                     isolation=req.isolation.to_record() if req.isolation is not None else {},
                      preserve_fds=req.preserve_fds)
         made = mgr.made_by_create()
         store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
         fault("record")
         remember_parents(store, made)
     try:
-        if rec.isolation:
+        if req.isolation is not None:
             from cgagent.isolation import rootfs
 
-            rootfs.prepare(rec.isolation)
+            rootfs.prepare(req.isolation)
         mgr.create()
         mgr.set(req.resources)
         fault("cgroup")
@@ -141,23 +142,28 @@ def teardown_isolation(rec: Record) -> None:
     """Remove an isolated workload's upper/work dirs (its mounts died with its mount namespace)."""
     if rec.isolation:
         from cgagent.isolation import rootfs
+        from cgagent.isolation.spec import for_teardown
         from cgagent.network import workload as network
 
+        spec = for_teardown(rec.isolation)
         try:
-            network.release(rec.isolation, rec.name)   # veth, address, ports, hosts files
+            network.release(spec, rec.name)   # veth, address, ports, hosts files
         finally:
-            rootfs.teardown(rec.isolation)   # the overlay dirs go even if the network part fails
+            rootfs.teardown(spec)   # the overlay dirs go even if the network part fails
 
 
 def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, int] | None = None) -> int:
-    env, setup, netfd = None, None, None
+    env, setup, netfd, spec = None, None, None, None
     if rec.isolation:
         from cgagent.isolation.child import make_setup
+        from cgagent.isolation.spec import IsolationSpec
         from cgagent.network import workload as network
 
-        netfd = network.prepare(rec.isolation, rec.name, store.root)   # connected before the fork
+        spec = IsolationSpec.from_record(rec.isolation)
+        netfd, files = network.prepare(spec, rec.name, store.root)   # connected before the fork
+        spec = spec.with_files(files)
         fault("network")
-        env, setup = make_setup(rec.isolation, netfd)
+        env, setup = make_setup(spec, netfd)
     def place(pid: int) -> None:
         # Runs while the child waits: the record names the pid before the workload runs a single
         # instruction of its own, so nothing it does can be observed ahead of its record.
@@ -170,8 +176,8 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         if netfd is not None:
             os.close(netfd)
         raise
-    if rec.isolation:
-        network.started(rec.isolation, rec.name, pid, netfd)
+    if spec is not None:
+        network.started(spec, rec.name, pid, netfd)
     from cgagent.prune import cgroup_inos
 
     # the inodes tell `prune` which cgroups are this workload's, should its record be lost

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from cgagent.errors import CgagentError
 from cgagent.host import Host
+from cgagent.isolation.spec import IsolationSpec
 from cgagent.limits import Resources
 
 DRIVERS = ("cgroupfs", "systemd")
@@ -24,7 +24,7 @@ class RunRequest:
     detach: bool = False
     auto_remove: bool = False
     policy: str | None = None
-    isolation: dict[str, Any] | None = None   # image/--rootfs runs: cgagent.isolation.spec.build
+    isolation: IsolationSpec | None = None    # image/--rootfs runs: cgagent.isolation.spec.build
     restart: str = "no"                        # no | on-failure[:N] | always
     preserve_fds: int = 0                      # fds 3 .. 3+N-1 the workload inherits (--preserve-fds)
 
