@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cgagent.errors import CgagentError
 from cgagent.host import Host
-from cgagent.isolation.spec import IsolationSpec
 from cgagent.limits import Resources
+
+if TYPE_CHECKING:   # a plain host run never loads the isolation package
+    from cgagent.isolation.spec import IsolationSpec
 
 DRIVERS = ("cgroupfs", "systemd")
 
