@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from functools import partial
+from typing import ClassVar, TypeVar
 
 from cgagent.cgroups import fs
 from cgagent.cgroups.stats import CpuUsage, Limits, MemoryUsage, Pressure, Stats, Throttling
@@ -24,6 +26,7 @@ from cgagent.inotify import Inotify
 
 # What limits() reads and limit_files() names: any subset, in any order.
 LIMIT_PARTS = ("cpu", "cpuset", "memory", "swap", "pids")
+T = TypeVar("T")
 _OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.M)
 
 
@@ -154,24 +157,38 @@ class Reader(ABC):
     # --- all at once
 
     def snapshot(self, per_cpu: bool = True) -> Stats:
-        """Every read above, for the hierarchies the cgroup is in."""
+        """Every read above, for the hierarchies the cgroup is in. A hierarchy whose cgroup is gone
+        (an exited workload's) reads as nothing known: its values stay None."""
         s = Stats()
         if self.has("cpuacct"):
-            s.cpu = self.cpu_usage(per_cpu)
+            s.cpu = _unless_gone(lambda: self.cpu_usage(per_cpu), s.cpu)
         if self.has("cpu"):
-            s.throttling = self.throttling()
+            s.throttling = _unless_gone(self.throttling, s.throttling)
         if self.has("memory"):
-            s.memory = self.memory(swap=True)
-            s.oom_kills = self.oom_kills()
+            s.memory = _unless_gone(lambda: self.memory(swap=True), s.memory)
+            s.oom_kills = _unless_gone(self.oom_kills, None)
         if self.has("pids"):
-            s.pids = self.pids()
-        parts = [p for p in LIMIT_PARTS if self.has(_CONTROLLER[p])]
-        if parts:
-            s.limits = self.limits(*parts)
-        s.pressure = self.pressure()
+            s.pids = _unless_gone(self.pids, None)
+        for p in LIMIT_PARTS:
+            if self.has(_CONTROLLER[p]):
+                part = _unless_gone(partial(self.limits, p), None)
+                if part is not None:
+                    for f in _LIMIT_FIELDS[p]:
+                        setattr(s.limits, f, getattr(part, f))
+        s.pressure = _unless_gone(self.pressure, s.pressure)
         return s
 
 
+def _unless_gone(read: Callable[[], T], default: T) -> T:
+    try:
+        return read()
+    except CgroupGone:
+        return default
+
+
+_LIMIT_FIELDS = {"cpu": ("cpu_shares", "cpu_weight", "cpu_quota_us", "cpu_period_us"),
+                 "cpuset": ("cpuset_cpus", "cpuset_mems"), "memory": ("memory",), "swap": ("memory_swap",),
+                 "pids": ("pids",)}
 _CONTROLLER = {"cpu": "cpu", "cpuset": "cpuset", "memory": "memory", "swap": "memory", "pids": "pids"}
 
 
