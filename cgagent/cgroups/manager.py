@@ -57,7 +57,7 @@ class CgroupManager(ABC):
         return reader_for(self.dirs)
 
     def stats(self) -> Stats:
-        """Everything the kernel reports for the cgroup now (raises OSError when it is gone)."""
+        """Everything the kernel reports for the cgroup now (None where it is gone: an exited workload)."""
         return self.reader().snapshot()
 
     @abstractmethod
