@@ -22,6 +22,9 @@ class V1Reader(Reader):
     def dir(self, controller: str) -> str | None:
         return self.dirs.get(controller)
 
+    def has(self, controller: str) -> bool:
+        return controller in self.dirs
+
     def cpu_usage(self, per_cpu: bool = False) -> CpuUsage:
         d = self.dirs.get("cpuacct")
         return CpuUsage() if d is None else cpuacct.usage(d, per_cpu)

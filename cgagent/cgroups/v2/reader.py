@@ -25,6 +25,9 @@ class V2Reader(Reader):
     def dir(self, controller: str) -> str | None:
         return self.d
 
+    def has(self, controller: str) -> bool:
+        return True
+
     def cpu_usage(self, per_cpu: bool = False) -> CpuUsage:
         return cpu.usage(self.d)
 
