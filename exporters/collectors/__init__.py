@@ -9,16 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from cgagent.cgroups.reader import CgroupGone
 from cgagent.oom import Totals
 from cgagent.state import Record, Store
 from exporters.exposition import Family
 from exporters.targets import Target
 
-__all__ = ["LABELS", "NS", "READ_ERRORS", "US", "CgroupGone", "Collector", "PerCgroup", "Scrape", "add"]
-
 LABELS = ("id", "name", "policy")
-# What one unreadable cgroup raises: gone (ENOENT mid-read, CgroupGone), EACCES/EISDIR, a malformed number.
+# What one unreadable cgroup raises: gone (cgagent.cgroups.reader.CgroupGone), EACCES/EISDIR, a malformed number.
 READ_ERRORS = (OSError, ValueError, IndexError)
 NS = 10**9   # nanoseconds per second
 US = 10**6   # microseconds per second
