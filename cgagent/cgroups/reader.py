@@ -4,11 +4,11 @@ Callers (collectors, the OOM watcher, `stats`, the policy controller) never see 
 the cgroup version: they ask for usage, throttling, memory, limits, the OOM counter, and get typed
 snapshots (cgagent.cgroups.stats).
 
-Each read opens a few small files (bounded by fs.read) and writes nothing. A cgroup may vanish while it
-is read: a file that is missing in a directory that still exists is a controller that is absent (its
-values are None); a missing file in a directory that is gone raises CgroupGone, so the caller can tell
-"not reported here" from "removed under me". Malformed content raises ValueError; other OSErrors
-(EACCES) pass through."""
+Each read opens a few small files (stat and limit files, never a process list) and writes nothing.
+A cgroup may vanish while it is read: a file that is missing in a directory that still exists is a
+controller that is absent (its values are None); a missing file in a directory that is gone raises
+CgroupGone, so the caller can tell "not reported here" from "removed under me". Malformed content
+raises ValueError; other OSErrors (EACCES) pass through."""
 
 from __future__ import annotations
 
