@@ -22,12 +22,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cgagent import events
+from cgagent.cgroups.reader import reader_for
 from cgagent.faults import fault
 from cgagent.state import Record, Store, validate_name
 
@@ -82,40 +82,11 @@ def forget(store: Store, name: str) -> None:
             os.unlink(p)
 
 
-def read_counter(memdir: str, v2: bool) -> tuple[int, int]:
-    """(gen, oom_kill) of a memory cgroup: the directory's inode and the counter read through the same
-    open directory, so a cgroup re-created under the same path is never mistaken for the old one."""
-    dfd = os.open(memdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        gen = os.fstat(dfd).st_ino
-        fd = os.open("memory.events" if v2 else "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-        try:
-            text = os.read(fd, 4096).decode()
-        finally:
-            os.close(fd)
-    finally:
-        os.close(dfd)
-    m = re.search(r"^oom_kill (\d+)$", text, re.M)
-    if m is None:
-        raise ValueError(f"{memdir}: no oom_kill counter")
-    return gen, int(m.group(1))
-
-
-def memdir_of(rec: Record) -> tuple[str, bool] | None:
-    if "" in rec.dirs:
-        return rec.dirs[""], True
-    if "memory" in rec.dirs:
-        return rec.dirs["memory"], False
-    return None
-
-
 def read_rec_counter(rec: Record) -> tuple[int, int] | None:
-    """The kernel counter of the workload's memory cgroup now, or None when it has none (gone)."""
-    md = memdir_of(rec)
-    if md is None:
-        return None
+    """The kernel counter (gen, value) of the workload's memory cgroup now, or None when it has none
+    (gone). The driver's reader decides which file holds it."""
     try:
-        return read_counter(*md)
+        return reader_for(rec.dirs).oom_counter()
     except (OSError, ValueError):
         return None
 

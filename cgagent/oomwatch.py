@@ -1,9 +1,9 @@
 """The OOM watcher: a thread that waits on kernel notifications (no polling loop) and logs every
 OOM kill of a cgagent workload to the durable events log as it happens.
 
-- v1: an eventfd registered on memory.oom_control through cgroup.event_control; it fires when the
-  cgroup hits OOM (and when the cgroup is removed).
-- v2: inotify IN_MODIFY on memory.events.
+- Each workload's cgroup: the notification its driver's reader sets up (Reader.oom_notifier): an
+  eventfd that fires when the cgroup hits OOM and when it is removed (v1), or an inotify watch that
+  reports each change of the counter and the cgroup's removal (v2).
 - New and removed workloads: inotify on the state dir's workloads/ directory (records are replaced
   by rename, so IN_MOVED_TO/IN_CREATE/IN_DELETE cover every change).
 
@@ -22,37 +22,32 @@ import time
 from dataclasses import dataclass
 
 from cgagent import inotify, oom
+from cgagent.cgroups.reader import OomNotifier, Reader, reader_for
 from cgagent.errors import CgagentError
 from cgagent.kmsg import OomLog
 from cgagent.state import Record, Store
 
-# v1 notifies before the OOM killer has picked and counted its victim: the counter is re-read for
-# this long after a notification (the kernel has no event for the increment itself).
-V1_SETTLE = 2.0
-V1_RECHECK = 0.005
+# An eventfd notifier (v1) fires before the OOM killer has picked and counted its victim: the counter
+# is re-read for this long after such a notification (the kernel has no event for the increment itself).
+EVENTFD_SETTLE = 2.0
+EVENTFD_RECHECK = 0.005
 
 
 @dataclass(eq=False)
 class _Watch:
     name: str
     created: float        # tells a re-created workload of the same name apart
-    memdir: str
-    v2: bool
-    efd: int = -1         # v1 eventfd
-    cfd: int = -1         # v1 memory.oom_control fd (must stay open while registered)
-    wd: int = -1          # v2 inotify watch
+    reader: Reader
+    notify: OomNotifier | None = None
     settle_until: float = 0.0
     running: bool = False  # the record says running: start() has saved it, only locked writers follow
 
     def counter(self) -> tuple[int, int]:
-        return oom.read_counter(self.memdir, self.v2)
+        return self.reader.oom_counter()
 
     def close(self) -> None:
-        for fd in (self.efd, self.cfd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.efd = self.cfd = -1
+        if self.notify is not None:
+            self.notify.close()
 
 
 class OomWatcher:
@@ -100,7 +95,7 @@ class OomWatcher:
             self._ready.set()
             while True:
                 settling = [w for w in self._watches.values() if w.settle_until]
-                timeout = V1_RECHECK if settling else -1
+                timeout = EVENTFD_RECHECK if settling else -1
                 ready = ep.poll(timeout)
                 # events that arrived together with the stop request are handled first: a supervisor
                 # stops its watcher right after the workload's exit, maybe before this thread woke
@@ -117,7 +112,7 @@ class OomWatcher:
                             w = self._by_wd.get(wd)
                             if w is None:
                                 continue
-                            if mask & inotify.IN_IGNORED:   # memory.events is gone with its cgroup
+                            if mask & inotify.IN_IGNORED:   # the watched file is gone with its cgroup
                                 self._drop(w, rm_watch=False)
                             else:
                                 self.check(w)
@@ -126,16 +121,17 @@ class OomWatcher:
                         if w is not None:
                             with contextlib.suppress(BlockingIOError, OSError):
                                 os.eventfd_read(fd)
-                            if not os.path.isdir(w.memdir):
+                            if not w.reader.exists("memory"):
                                 self._drop(w)   # removal also wakes the eventfd
                             else:
-                                w.settle_until = time.monotonic() + V1_SETTLE
+                                # the eventfd fires before the killer has counted its victim
+                                w.settle_until = time.monotonic() + EVENTFD_SETTLE
                                 self.check(w)
                 if stopping:
                     return
                 now = time.monotonic()
                 for w in settling:
-                    if w.settle_until and (now >= w.settle_until or not os.path.isdir(w.memdir)):
+                    if w.settle_until and (now >= w.settle_until or not w.reader.exists("memory")):
                         w.settle_until = 0.0
                     elif w.settle_until:
                         self.check(w)
@@ -158,8 +154,7 @@ class OomWatcher:
         happened while nothing watched (the agent was down, or the workload is new)."""
         live: dict[str, Record] = {}
         for rec in self.store.all():
-            if rec.status != "exited" and ("memory" in rec.dirs or "" in rec.dirs) \
-                    and self.only in (None, rec.name):
+            if rec.status != "exited" and reader_for(rec.dirs).has("memory") and self.only in (None, rec.name):
                 live[rec.name] = rec
         for name, w in list(self._watches.items()):
             cur = live.get(name)
@@ -176,22 +171,14 @@ class OomWatcher:
                 self.check(known)
 
     def _add(self, rec: Record) -> _Watch | None:
-        v2 = "" in rec.dirs
-        w = _Watch(rec.name, rec.created, rec.dirs["" if v2 else "memory"], v2)
+        w = _Watch(rec.name, rec.created, reader_for(rec.dirs))
         try:
-            if v2:
-                w.wd = self._ev_ino.add(f"{w.memdir}/memory.events", inotify.IN_MODIFY)
-                self._by_wd[w.wd] = w
-            else:
-                w.efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-                w.cfd = os.open(f"{w.memdir}/memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
-                fd = os.open(f"{w.memdir}/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, f"{w.efd} {w.cfd}".encode())
-                finally:
-                    os.close(fd)
-                self._ep.register(w.efd, select.EPOLLIN)
-                self._by_efd[w.efd] = w
+            n = w.notify = w.reader.oom_notifier(self._ev_ino)
+            if n.wd >= 0:
+                self._by_wd[n.wd] = w
+            if n.fd >= 0:
+                self._ep.register(n.fd, select.EPOLLIN)
+                self._by_efd[n.fd] = w
         except OSError:
             w.close()   # the cgroup is not there yet (record written first) or already gone
             return None
@@ -201,14 +188,15 @@ class OomWatcher:
     def _drop(self, w: _Watch, rm_watch: bool = True) -> None:
         if self._watches.get(w.name) is w:
             del self._watches[w.name]
-        if w.efd >= 0:
-            self._by_efd.pop(w.efd, None)
+        n = w.notify
+        if n is not None and n.fd >= 0:
+            self._by_efd.pop(n.fd, None)
             with contextlib.suppress(OSError, ValueError):
-                self._ep.unregister(w.efd)
-        if w.wd >= 0:
-            self._by_wd.pop(w.wd, None)
+                self._ep.unregister(n.fd)
+        if n is not None and n.wd >= 0:
+            self._by_wd.pop(n.wd, None)
             if rm_watch:
-                self._ev_ino.remove(w.wd)
+                self._ev_ino.remove(n.wd)
         w.close()
 
     def check(self, w: _Watch) -> None:

@@ -7,7 +7,6 @@ missing) the target is simply read every scrape."""
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +86,3 @@ class WriteWatch:
         e.wds.clear()
         e.fresh = False
 
-
-def existing(paths: list[str]) -> list[str]:
-    return [p for p in paths if os.path.exists(p)]

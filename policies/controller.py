@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cgagent import events
+from cgagent.cgroups.reader import reader_for
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
@@ -165,13 +166,11 @@ class Controller:
             floor = min(spec.floor if spec.floor is not None else self._start_cpus(rec.name, current), ceiling)
             tr = _Tracked(rec.created, policy.name, Throttle(spec, floor=floor, ceiling=ceiling))
             self._tracked[rec.name] = tr
-        from cgagent.runtime import manager
-
-        st = manager(self.host, rec).stats()
-        c = st.cpu
-        if c.periods is None or c.throttled_periods is None or c.usage_ns is None:
+        r = reader_for(rec.dirs)
+        th, used = r.throttling(), r.cpu_usage()
+        if th.periods is None or th.throttled_periods is None or used.total_ns is None:
             return
-        d = tr.throttle.observe(Sample(time.monotonic(), c.periods, c.throttled_periods, c.usage_ns), current)
+        d = tr.throttle.observe(Sample(time.monotonic(), th.periods, th.throttled_periods, used.total_ns), current)
         if d is None:
             return
         if not self._update(rec.name, {"cpus": d.to_cpus}):

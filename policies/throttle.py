@@ -17,9 +17,9 @@ EPS = 1e-9
 @dataclass(frozen=True)
 class Sample:
     t: float             # monotonic seconds
-    periods: int         # cpu.stat nr_periods
-    throttled: int       # cpu.stat nr_throttled
-    usage_ns: int        # CPU time used
+    periods: int         # CFS enforcement periods elapsed (Reader.throttling())
+    throttled: int       # of which throttled
+    usage_ns: int        # CPU time used (Reader.cpu_usage())
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ def test_lifecycle_with_sub_cgroups(cg: Env) -> None:
         mgr.apply(p.pid)
         assert mgr.procs() == [p.pid]
         s = mgr.stats()
-        assert s.spec.quota_us == 30000 and s.memory.limit == 64 << 20 and s.pids.limit == 20
-        assert s.pids.current == 1
+        assert s.limits.cpu_quota_us == 30000 and s.limits.memory == 64 << 20 and s.limits.pids == 20
+        assert s.pids == 1
         # a workload may make cgroups of its own below ours: destroy must remove them too
         inner = {d: os.path.join(d, "inner") for d in set(dirs.values())}
         for d in inner.values():

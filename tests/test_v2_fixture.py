@@ -78,16 +78,22 @@ def test_period_alone_keeps_quota(tmp_path: Path) -> None:
 
 def test_stats_in_base_units(tmp_path: Path) -> None:
     w = tree(tmp_path)
+    (w / "memory.swap.current").write_text("4096\n")
+    (w / "memory.max").write_text("268435456\n")
+    (w / "memory.swap.max").write_text("1048576\n")
     s = V2Manager({"": str(w)}, mount=str(tmp_path)).stats()
-    assert (s.cpu.usage_ns, s.cpu.user_ns, s.cpu.system_ns) == (1_500_000, 1_000_000, 500_000)
-    assert (s.cpu.periods, s.cpu.throttled_periods, s.cpu.throttled_ns) == (40, 30, 250_000_000)
+    assert (s.cpu.total_ns, s.cpu.user_ns, s.cpu.system_ns) == (1_500_000, 1_000_000, 500_000)
+    assert (s.throttling.periods, s.throttling.throttled_periods, s.throttling.throttled_ns) == (40, 30, 250_000_000)
     assert s.cpu.per_cpu_ns is None
     m = s.memory
-    assert (m.usage, m.max_usage, m.limit, m.rss, m.cache) == (1048576, 2097152, -1, 524288, 262144)
+    assert (m.usage, m.max_usage, m.rss, m.cache, m.swap) == (1048576, 2097152, 524288, 262144, 4096)
     assert m.working_set == 1048576 - 131072
-    assert (m.limit_hits, m.oom_events, m.oom_kills) == (7, 2, 1)
-    assert (s.pids.current, s.pids.limit) == (3, -1)
-    assert (s.spec.weight, s.spec.quota_us, s.spec.period_us) == (100, -1, 100000)
+    assert (m.limit_hits, m.oom_events, m.oom_kills, s.oom_kills) == (7, 2, 1, 1)
+    lim = s.limits
+    assert (lim.memory, lim.memory_swap) == (256 << 20, (256 << 20) + (1 << 20))   # memory + swap, as --memory-swap
+    assert (s.pids, lim.pids) == (3, -1)
+    assert (lim.cpu_weight, lim.cpu_quota_us, lim.cpu_period_us, lim.cpu_shares) == (100, -1, 100000, None)
+    assert (lim.cpuset_cpus, lim.cpuset_mems) == ("0-1", "0")   # the effective sets: empty means inherit on v2
     assert s.pressure["cpu"].some_us == 1234 and s.pressure["cpu"].full_us == 567
     assert V2Manager({"": str(w)}, mount=str(tmp_path)).oom_kill_count() == 1
 

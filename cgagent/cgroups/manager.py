@@ -6,6 +6,7 @@ import os
 from abc import ABC, abstractmethod
 
 from cgagent.cgroups.parents import Made
+from cgagent.cgroups.reader import Reader, reader_for
 from cgagent.cgroups.stats import Stats
 from cgagent.limits import Resources
 
@@ -51,8 +52,13 @@ class CgroupManager(ABC):
     def set(self, r: Resources) -> None:
         """Write the limits; used at creation and for live updates."""
 
-    @abstractmethod
-    def stats(self) -> Stats: ...
+    def reader(self) -> Reader:
+        """The read-only view of this cgroup (usage, limits, the OOM counter)."""
+        return reader_for(self.dirs)
+
+    def stats(self) -> Stats:
+        """Everything the kernel reports for the cgroup now (None where it is gone: an exited workload)."""
+        return self.reader().snapshot()
 
     @abstractmethod
     def procs(self) -> list[int]:
@@ -75,9 +81,12 @@ class CgroupManager(ABC):
     @abstractmethod
     def exists(self) -> bool: ...
 
-    @abstractmethod
     def oom_kill_count(self) -> int:
-        """The kernel's count of OOM kills in this cgroup (0 when unknown)."""
+        """The kernel's count of OOM kills in this cgroup (0 when unknown or gone)."""
+        try:
+            return self.reader().oom_kills() or 0
+        except FileNotFoundError:
+            return 0
 
     def destroy(self, timeout: float = 10.0) -> None:
         """Kill what is left, wait for the kernel to empty the cgroup, rmdir bottom-up."""

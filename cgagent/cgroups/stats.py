@@ -1,4 +1,8 @@
-"""What the kernel reports for one cgroup, already in base units (ns for CPU time, bytes)."""
+"""What the kernel reports for one cgroup, already in base units (ns for CPU time, bytes, µs for PSI).
+
+One small snapshot type per kind of read (cgagent.cgroups.reader.Reader returns them); `Stats` is
+all of them at once (`stats`, the policy controller). A field is None where the kernel has no such
+file or line (controller absent, older kernel); -1 is "unlimited" for every limit."""
 
 from __future__ import annotations
 
@@ -7,54 +11,60 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
-class CpuStats:
-    usage_ns: int | None = None
+@dataclass(slots=True)
+class CpuUsage:
+    total_ns: int | None = None
     user_ns: int | None = None
     system_ns: int | None = None
-    per_cpu_ns: list[int] | None = None
+    per_cpu_ns: list[int] | None = None   # v1 cpuacct.usage_percpu only: v2 has no per-CPU split
+
+
+@dataclass(slots=True)
+class Throttling:
+    """CFS bandwidth counters: enforcement periods elapsed, periods throttled, time throttled."""
+
     periods: int | None = None
     throttled_periods: int | None = None
     throttled_ns: int | None = None
 
 
-@dataclass
-class MemoryStats:
+@dataclass(slots=True)
+class MemoryUsage:
     usage: int | None = None
-    max_usage: int | None = None        # v1 max_usage_in_bytes, v2 memory.peak
-    limit: int | None = None            # -1 unlimited
-    swap_limit: int | None = None
-    rss: int | None = None
-    cache: int | None = None
+    max_usage: int | None = None        # v1 max_usage_in_bytes, v2 memory.peak (kernel 5.19+)
+    rss: int | None = None              # anonymous memory (v1 total_rss, v2 anon)
+    cache: int | None = None            # page cache (v1 total_cache, v2 file)
+    swap: int | None = None             # swap in use; read only when asked (Reader.memory(swap=True))
     inactive_file: int | None = None
     limit_hits: int | None = None       # v1 failcnt, v2 memory.events "max"
-    oom_events: int | None = None       # v2 memory.events "oom"; v1 = under_oom transitions are not counted
-    oom_kills: int | None = None        # processes killed by the OOM killer in this cgroup
+    oom_events: int | None = None       # v2 memory.events "oom" (v1 counts no OOM events)
+    oom_kills: int | None = None        # v2 memory.events "oom_kill" (v1: Reader.oom_kills())
 
     @property
     def working_set(self) -> int | None:
+        """cAdvisor's working set: usage minus the inactive page cache the kernel reclaims first."""
         if self.usage is None:
             return None
         return max(0, self.usage - (self.inactive_file or 0))
 
 
-@dataclass
-class PidsStats:
-    current: int | None = None
-    limit: int | None = None
+@dataclass(slots=True)
+class Limits:
+    """The limits as the kernel holds them. `memory_swap` is memory + swap, as --memory-swap means it
+    (v2 keeps swap alone in memory.swap.max: added up here)."""
 
-
-@dataclass
-class CpuSpec:
-    shares: int | None = None
-    weight: int | None = None
-    quota_us: int | None = None         # -1 unlimited
-    period_us: int | None = None
+    cpu_shares: int | None = None       # v1 only
+    cpu_weight: int | None = None       # v2 only
+    cpu_quota_us: int | None = None
+    cpu_period_us: int | None = None
     cpuset_cpus: str | None = None
     cpuset_mems: str | None = None
+    memory: int | None = None
+    memory_swap: int | None = None
+    pids: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Pressure:
     """PSI totals in µs (v2 only)."""
 
@@ -64,11 +74,15 @@ class Pressure:
 
 @dataclass
 class Stats:
-    cpu: CpuStats = field(default_factory=CpuStats)
-    memory: MemoryStats = field(default_factory=MemoryStats)
-    pids: PidsStats = field(default_factory=PidsStats)
-    spec: CpuSpec = field(default_factory=CpuSpec)
+    """Everything at once: one read of each kind."""
+
+    cpu: CpuUsage = field(default_factory=CpuUsage)
+    throttling: Throttling = field(default_factory=Throttling)
+    memory: MemoryUsage = field(default_factory=MemoryUsage)
+    pids: int | None = None
+    limits: Limits = field(default_factory=Limits)
     pressure: dict[str, Pressure] = field(default_factory=dict)
+    oom_kills: int | None = None        # the kernel's count of OOM kills in this cgroup
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -61,13 +61,13 @@ def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
 
 
 def _pids_limit(rec: Record, r: Resources) -> int | None:
-    """What the kernel enforces (pids.max; -1 = max), as `stats` shows: under systemd a scope without
+    """What the kernel enforces (-1 = max), as `stats` shows: under systemd a scope without
     --pids-limit still has TasksMax's default, so the record alone would not tell the truth."""
-    from cgagent.cgroups import fs
+    from cgagent.cgroups.reader import reader_for
 
-    d = rec.dirs.get("pids") or rec.dirs.get("")
+    reader = reader_for(rec.dirs)
     try:
-        return fs.read_int(f"{d}/pids.max") if d else r.pids_limit
+        return reader.limits("pids").pids if reader.has("pids") else r.pids_limit
     except (OSError, ValueError):
         return r.pids_limit
 
@@ -91,21 +91,24 @@ def stats_rows(host: Host, recs: list[Record], before: dict[str, Any], after: di
         row: dict[str, Any] = {"name": rec.name, "cpu_percent": None, "throttled_percent": None}
         if rec.name in before:
             t0, s0 = before[rec.name]
-            if s1.cpu.usage_ns is not None and s0.cpu.usage_ns is not None and t1 > t0:
-                row["cpu_percent"] = round(100 * (s1.cpu.usage_ns - s0.cpu.usage_ns) / 1e9 / (t1 - t0), 1)
-            if s1.cpu.periods is not None and s0.cpu.periods is not None and s1.cpu.periods > s0.cpu.periods:
+            u0, u1 = s0.cpu.total_ns, s1.cpu.total_ns
+            if u1 is not None and u0 is not None and t1 > t0:
+                row["cpu_percent"] = round(100 * (u1 - u0) / 1e9 / (t1 - t0), 1)
+            p0, p1 = s0.throttling, s1.throttling
+            if p1.periods is not None and p0.periods is not None and p1.periods > p0.periods:
                 row["throttled_percent"] = round(
-                    100 * (s1.cpu.throttled_periods - s0.cpu.throttled_periods) / (s1.cpu.periods - s0.cpu.periods), 1)
-        q, p = s1.spec.quota_us, s1.spec.period_us
+                    100 * (p1.throttled_periods - p0.throttled_periods) / (p1.periods - p0.periods), 1)
+        lim, mem, th = s1.limits, s1.memory, s1.throttling
+        q, p = lim.cpu_quota_us, lim.cpu_period_us
         row.update({
             "cpu_limit": f"{q / p:g}" if q and q > 0 and p else "unlimited",
-            "memory_usage": s1.memory.usage, "memory_limit": s1.memory.limit,
-            "memory_percent": round(100 * s1.memory.usage / s1.memory.limit, 1)
-            if s1.memory.usage is not None and s1.memory.limit and s1.memory.limit > 0 else None,
-            "pids": s1.pids.current, "pids_limit": s1.pids.limit,
-            "nr_periods": s1.cpu.periods, "nr_throttled": s1.cpu.throttled_periods,
-            "throttled_seconds": s1.cpu.throttled_ns / 1e9 if s1.cpu.throttled_ns is not None else None,
-            "oom_kills": max(rec.oom_kills, s1.memory.oom_kills or 0),
+            "memory_usage": mem.usage, "memory_limit": lim.memory,
+            "memory_percent": round(100 * mem.usage / lim.memory, 1)
+            if mem.usage is not None and lim.memory and lim.memory > 0 else None,
+            "pids": s1.pids, "pids_limit": lim.pids,
+            "nr_periods": th.periods, "nr_throttled": th.throttled_periods,
+            "throttled_seconds": th.throttled_ns / 1e9 if th.throttled_ns is not None else None,
+            "oom_kills": max(rec.oom_kills, s1.oom_kills or 0),
         })
         rows.append(row)
     return rows

@@ -1,25 +1,26 @@
-"""One collector per source (node_exporter's shape): each reads only its own kernel files at scrape
-time and returns metric families; exporters/registry.py lists them. A collector never raises for
-one cgroup: it reports the failure to the scrape (cgagent_scrape_errors_total) and goes on."""
+"""One collector per source (node_exporter's shape): each asks the drivers' read API
+(cgagent.cgroups.reader, one Reader per target) for its own values at scrape time and returns metric
+families; exporters/registry.py lists them. A collector never raises for one cgroup: it reports the
+failure to the scrape (cgagent_scrape_errors_total) and goes on."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
-from cgagent.cgroups.stats import Stats
 from cgagent.oom import Totals
 from cgagent.state import Record, Store
 from exporters.exposition import Family
 from exporters.targets import Target
 
 LABELS = ("id", "name", "policy")
-# What one unreadable cgroup raises: gone (ENOENT mid-read), EACCES/EISDIR, a malformed number.
+# What one unreadable cgroup raises: gone (cgagent.cgroups.reader.CgroupGone), EACCES/EISDIR, a malformed number.
 READ_ERRORS = (OSError, ValueError, IndexError)
 NS = 10**9   # nanoseconds per second
 US = 10**6   # microseconds per second
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,16 +45,12 @@ class Collector(Protocol):
     def collect(self, scrape: Scrape) -> list[Family]: ...
 
 
-class CgroupGone(FileNotFoundError):
-    """Every file of a cgroup read as missing and its directory is gone: removed mid-scrape."""
+class PerCgroup(Generic[T]):
+    """A collector that reads one snapshot of each target and emits from it.
 
-
-class PerCgroup:
-    """A collector that reads a few files of each target into a Stats and emits from it.
-
-    Subclasses set `name`, `controller` (the hierarchy whose directory `read` gets) and implement
-    `families`, `read` and `emit`. `read` returns False when it found nothing: that is fine where
-    a controller is absent, and an error when the directory has vanished since discovery.
+    Subclasses set `name`, `controller` (targets outside that hierarchy are skipped) and implement
+    `families`, `read` and `emit`. A read that raises (the cgroup removed mid-scrape: CgroupGone,
+    an unreadable or malformed file) counts as an error of this collector and skips the target.
     """
 
     name = ""
@@ -62,26 +59,23 @@ class PerCgroup:
     def families(self) -> list[Family]:
         raise NotImplementedError
 
-    def read(self, t: Target, d: str, s: Stats, scrape: Scrape) -> bool:
+    def read(self, t: Target, scrape: Scrape) -> T:
         raise NotImplementedError
 
-    def emit(self, t: Target, s: Stats, fams: list[Family], scrape: Scrape) -> None:
+    def emit(self, t: Target, snap: T, fams: list[Family], scrape: Scrape) -> None:
         raise NotImplementedError
 
     def collect(self, scrape: Scrape) -> list[Family]:
         fams = self.families()
         for t in scrape.targets:
-            d = t.dir(self.controller)
-            if d is None:
+            if not t.reader.has(self.controller):
                 continue
-            s = Stats()
             try:
-                if not self.read(t, d, s, scrape) and not os.path.isdir(d):
-                    raise CgroupGone(d)
+                snap = self.read(t, scrape)
             except READ_ERRORS as e:
                 scrape.error(self.name, t, e)
                 continue
-            self.emit(t, s, fams, scrape)
+            self.emit(t, snap, fams, scrape)
         return fams
 
 

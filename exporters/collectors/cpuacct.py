@@ -1,18 +1,15 @@
-"""CPU usage: total (cpu="total"; per-CPU series only with --per-cpu), user and system seconds.
-v1 cpuacct.usage (ns), cpuacct.stat (USER_HZ ticks, converted in cgagent.cgroups.v1.cpuacct);
-v2 cpu.stat usage_usec/user_usec/system_usec (µs)."""
+"""CPU usage: total (cpu="total"; per-CPU series only with --per-cpu, where the kernel splits it),
+user and system seconds."""
 
 from __future__ import annotations
 
-from cgagent.cgroups.stats import Stats
-from cgagent.cgroups.v1 import cpuacct as v1cpuacct
-from cgagent.cgroups.v2 import cpu as v2cpu
+from cgagent.cgroups import stats
 from exporters.collectors import NS, PerCgroup, Scrape, add
 from exporters.exposition import Family
 from exporters.targets import Target
 
 
-class CpuUsage(PerCgroup):
+class CpuUsage(PerCgroup[stats.CpuUsage]):
     name = "cpuacct"
     controller = "cpuacct"
 
@@ -24,19 +21,15 @@ class CpuUsage(PerCgroup):
                    "Cumulative system cpu time consumed in seconds."),
         ]
 
-    def read(self, t: Target, d: str, s: Stats, scrape: Scrape) -> bool:
-        if t.v2:
-            v2cpu.read_usage(d, s)
-        else:
-            v1cpuacct.usage(d, s, per_cpu=scrape.per_cpu)
-        return s.cpu.usage_ns is not None
+    def read(self, t: Target, scrape: Scrape) -> stats.CpuUsage:
+        return t.reader.cpu_usage(per_cpu=scrape.per_cpu)
 
-    def emit(self, t: Target, s: Stats, fams: list[Family], scrape: Scrape) -> None:
+    def emit(self, t: Target, u: stats.CpuUsage, fams: list[Family], scrape: Scrape) -> None:
         usage, user, system = fams
-        if s.cpu.usage_ns is not None:
-            usage.add(t.labels.extend("cpu", "total"), s.cpu.usage_ns / NS)
-        if scrape.per_cpu and s.cpu.per_cpu_ns:
-            for i, ns in enumerate(s.cpu.per_cpu_ns):
+        if u.total_ns is not None:
+            usage.add(t.labels.extend("cpu", "total"), u.total_ns / NS)
+        if scrape.per_cpu and u.per_cpu_ns:
+            for i, ns in enumerate(u.per_cpu_ns):
                 usage.add(t.labels.extend("cpu", f"cpu{i:02d}"), ns / NS)
-        add(user, t, s.cpu.user_ns, NS)
-        add(system, t, s.cpu.system_ns, NS)
+        add(user, t, u.user_ns, NS)
+        add(system, t, u.system_ns, NS)

@@ -1,18 +1,15 @@
 """Memory: usage, working set (usage - inactive_file), rss, cache, peak and limit hits.
-v1 memory.usage_in_bytes/max_usage_in_bytes/failcnt/memory.stat; v2 memory.current/memory.peak/
-memory.stat/memory.events "max". cAdvisor reports 0 max usage on v2: memory.peak is the real one."""
+cAdvisor reports 0 max usage on v2: the kernel's peak (5.19+) is the real one."""
 
 from __future__ import annotations
 
-from cgagent.cgroups.stats import Stats
-from cgagent.cgroups.v1 import memory as v1mem
-from cgagent.cgroups.v2 import memory as v2mem
+from cgagent.cgroups.stats import MemoryUsage
 from exporters.collectors import PerCgroup, Scrape, add
 from exporters.exposition import Family
 from exporters.targets import Target
 
 
-class Memory(PerCgroup):
+class Memory(PerCgroup[MemoryUsage]):
     name = "memory"
     controller = "memory"
 
@@ -29,13 +26,11 @@ class Memory(PerCgroup):
                    "Times memory usage hit the limit (v1 memory.failcnt, v2 memory.events max)."),
         ]
 
-    def read(self, t: Target, d: str, s: Stats, scrape: Scrape) -> bool:
-        (v2mem if t.v2 else v1mem).usage(d, s)
-        return s.memory.usage is not None
+    def read(self, t: Target, scrape: Scrape) -> MemoryUsage:
+        return t.reader.memory()
 
-    def emit(self, t: Target, s: Stats, fams: list[Family], scrape: Scrape) -> None:
+    def emit(self, t: Target, m: MemoryUsage, fams: list[Family], scrape: Scrape) -> None:
         usage, ws, rss, cache, peak, hits = fams
-        m = s.memory
         add(usage, t, m.usage)
         add(ws, t, m.working_set)
         add(rss, t, m.rss)

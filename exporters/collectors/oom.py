@@ -1,11 +1,9 @@
 """OOM kills. Workloads: from the durable events log (cgagent.oom.Totals), so the count survives
-agent restarts and `cgagent rm`. Watched cgroups cgagent did not launch: the kernel's counter
-(v1 memory.oom_control oom_kill, v2 memory.events oom_kill)."""
+agent restarts and `cgagent rm`. Watched cgroups cgagent did not launch: the kernel's counter."""
 
 from __future__ import annotations
 
-from cgagent.cgroups import fs
-from exporters.collectors import READ_ERRORS, CgroupGone, Scrape
+from exporters.collectors import READ_ERRORS, Scrape
 from exporters.exposition import Family, LabelSet
 from exporters.targets import labels
 
@@ -29,13 +27,10 @@ class Oom:
                 kills.add(LabelSet({"name": t.workload}), n)
                 done.add(t.workload)
                 continue
-            d = t.dir("memory")
-            if d is None:
+            if not t.reader.has("memory"):
                 continue
             try:
-                v = fs.read_kv(f"{d}/{'memory.events' if t.v2 else 'memory.oom_control'}").get("oom_kill")
-                if v is None and t.v2 is False:
-                    raise CgroupGone(d)
+                v = t.reader.oom_kills()
             except READ_ERRORS as e:
                 scrape.error(self.name, t, e)
                 continue

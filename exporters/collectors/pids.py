@@ -1,17 +1,17 @@
-"""Tasks: pids.current and pids.max (cAdvisor's container_threads / container_threads_max).
-pids.max is kept until a write to it (exporters.writewatch); pids.current is read every scrape."""
+"""Tasks: the current count and the limit (cAdvisor's container_threads / container_threads_max).
+The limit is kept until a write to its file (exporters.writewatch); the count is read every scrape."""
 
 from __future__ import annotations
 
-from cgagent.cgroups.stats import Stats
-from cgagent.cgroups.v1 import pids as v1pids
 from exporters.collectors import PerCgroup, Scrape, add
 from exporters.exposition import Family
 from exporters.targets import Target
 from exporters.writewatch import WriteWatch
 
+Counts = tuple[int | None, int | None]   # current, limit (-1: none)
 
-class Pids(PerCgroup):
+
+class Pids(PerCgroup[Counts]):
     name = "pids"
     controller = "pids"
 
@@ -30,19 +30,19 @@ class Pids(PerCgroup):
         self.kept.end(scrape.targets)
         return fams
 
-    def read(self, t: Target, d: str, s: Stats, scrape: Scrape) -> bool:
-        v1pids.current(d, s)   # the same files on v1 and v2
+    def read(self, t: Target, scrape: Scrape) -> Counts:
+        r = t.reader
+        current = r.pids()
         kept = self.kept.cached(t)
         if kept is not None:
-            s.pids.limit = kept[0]
-        else:
-            self.kept.watch(t, [f"{d}/pids.max"])
-            v1pids.limit(d, s)
-            self.kept.store(t, (s.pids.limit,))
-        return s.pids.current is not None
+            return current, kept[0]
+        self.kept.watch(t, r.limit_files("pids"))
+        limit = r.limits("pids").pids
+        self.kept.store(t, (limit,))
+        return current, limit
 
-    def emit(self, t: Target, s: Stats, fams: list[Family], scrape: Scrape) -> None:
+    def emit(self, t: Target, p: Counts, fams: list[Family], scrape: Scrape) -> None:
         current, limit = fams
-        add(current, t, s.pids.current)
-        if s.pids.limit is not None and s.pids.limit >= 0:
-            add(limit, t, s.pids.limit)
+        add(current, t, p[0])
+        if p[1] is not None and p[1] >= 0:
+            add(limit, t, p[1])

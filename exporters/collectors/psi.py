@@ -3,8 +3,7 @@ waited (`some`) and time all tasks stalled (`full`), under cAdvisor's names."""
 
 from __future__ import annotations
 
-from cgagent.cgroups.stats import Stats
-from cgagent.cgroups.v2 import psi
+from cgagent.cgroups.stats import Pressure as PressureTotals
 from exporters.collectors import US, PerCgroup, Scrape, add
 from exporters.exposition import Family
 from exporters.targets import Target
@@ -12,9 +11,9 @@ from exporters.targets import Target
 RESOURCES = ("cpu", "memory", "io")
 
 
-class Pressure(PerCgroup):
+class Pressure(PerCgroup[dict[str, PressureTotals]]):
     name = "psi"
-    controller = "psi"   # v2 only: Target.dir() has no "psi" hierarchy on v1
+    controller = "psi"   # the readers keep pressure only where the kernel has it (v2)
 
     def families(self) -> list[Family]:
         out = []
@@ -26,13 +25,12 @@ class Pressure(PerCgroup):
                               "congestion."))
         return out
 
-    def read(self, t: Target, d: str, s: Stats, scrape: Scrape) -> bool:
-        psi.stats(d, s)
-        return bool(s.pressure)
+    def read(self, t: Target, scrape: Scrape) -> dict[str, PressureTotals]:
+        return t.reader.pressure()
 
-    def emit(self, t: Target, s: Stats, fams: list[Family], scrape: Scrape) -> None:
+    def emit(self, t: Target, pressure: dict[str, PressureTotals], fams: list[Family], scrape: Scrape) -> None:
         for i, r in enumerate(RESOURCES):
-            p = s.pressure.get(r)
+            p = pressure.get(r)
             if p is not None:
                 add(fams[2 * i], t, p.some_us, US)
                 add(fams[2 * i + 1], t, p.full_us, US)

@@ -225,16 +225,13 @@ class SystemdManager(CgroupManager):
             fs.write(f"{d}/cgroup.procs", pid)
 
     def stats(self) -> Stats:
-        s = self._fs().stats()
-        if self.keeper is not None and s.pids.current and self.keeper in self._fs().procs():
-            s.pids.current -= 1
+        s = super().stats()
+        if self.keeper is not None and s.pids and self.keeper in self._fs().procs():
+            s.pids -= 1
         return s
 
     def procs(self) -> list[int]:
         return [p for p in self._fs().procs() if p != self.keeper]
-
-    def oom_kill_count(self) -> int:
-        return self._fs().oom_kill_count()
 
     def exists(self) -> bool:
         return any(os.path.isdir(d) for d in self.dirs.values())

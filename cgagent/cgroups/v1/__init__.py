@@ -6,7 +6,6 @@ import os
 
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
-from cgagent.cgroups.stats import Stats
 from cgagent.cgroups.v1 import cpu, cpuacct, cpuset, devices, freezer, memory, pids
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
@@ -44,12 +43,6 @@ class V1Manager(CgroupManager):
     def set(self, r: Resources) -> None:
         for ctrl, d in self.dirs.items():
             CONTROLLERS[ctrl].apply(d, r)
-
-    def stats(self) -> Stats:
-        s = Stats()
-        for ctrl, d in self.dirs.items():
-            CONTROLLERS[ctrl].stats(d, s)
-        return s
 
     def procs(self) -> list[int]:
         out: list[int] = []
@@ -89,12 +82,6 @@ class V1Manager(CgroupManager):
 
     def exists(self) -> bool:
         return any(os.path.isdir(d) for d in self.dirs.values())
-
-    def oom_kill_count(self) -> int:
-        d = self.dirs.get("memory")
-        if not d or not os.path.isdir(d):
-            return 0
-        return memory.oom_kills(d)
 
 
 def _make_cpuset(d: str) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.reader import gone_check
+from cgagent.cgroups.stats import Limits, Throttling
 from cgagent.limits import Resources
 
 NAME = "cpu"
+LIMIT_FILES = ("cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us")
 
 
 def apply(d: str, r: Resources) -> None:
@@ -21,20 +21,16 @@ def apply(d: str, r: Resources) -> None:
         fs.write(f"{d}/cpu.cfs_quota_us", r.cpu_quota)
 
 
-def stats(d: str, s: Stats) -> None:
-    throttling(d, s)
-    spec(d, s)
+def throttling(d: str) -> Throttling:
+    st = fs.read_kv(f"{d}/cpu.stat")
+    if not st:
+        gone_check(d)
+    return Throttling(st.get("nr_periods"), st.get("nr_throttled"), st.get("throttled_time"))
 
 
-def throttling(d: str, s: Stats) -> None:
-    """cpu.stat only (the exporter's throttling collector reads nothing else)."""
-    st = fs.read_kv(os.path.join(d, "cpu.stat"))
-    s.cpu.periods = st.get("nr_periods")
-    s.cpu.throttled_periods = st.get("nr_throttled")
-    s.cpu.throttled_ns = st.get("throttled_time")
-
-
-def spec(d: str, s: Stats) -> None:
-    s.spec.shares = fs.read_int(f"{d}/cpu.shares")
-    s.spec.quota_us = fs.read_int(f"{d}/cpu.cfs_quota_us")
-    s.spec.period_us = fs.read_int(f"{d}/cpu.cfs_period_us")
+def limits(d: str, out: Limits) -> None:
+    out.cpu_shares = fs.read_int(f"{d}/cpu.shares")
+    if out.cpu_shares is None:
+        gone_check(d)
+    out.cpu_quota_us = fs.read_int(f"{d}/cpu.cfs_quota_us")
+    out.cpu_period_us = fs.read_int(f"{d}/cpu.cfs_period_us")

@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.stats import Limits
 from cgagent.limits import Resources
 
 NAME = "cpuset"
+LIMIT_FILES = ("cpuset.cpus", "cpuset.mems")
 
 
 def prepare(d: str) -> None:
     """Copy cpus/mems from the parent into a freshly made (empty) cpuset directory."""
     parent = os.path.dirname(d)
-    for f in ("cpuset.cpus", "cpuset.mems"):
+    for f in LIMIT_FILES:
         if not fs.read(f"{d}/{f}").strip():
             fs.write(f"{d}/{f}", fs.read(f"{parent}/{f}").strip())
 
@@ -26,9 +27,9 @@ def apply(d: str, r: Resources) -> None:
         fs.write(f"{d}/cpuset.mems", r.cpuset_mems)
 
 
-def stats(d: str, s: Stats) -> None:
+def limits(d: str, out: Limits, files: tuple[str, str] = LIMIT_FILES) -> None:
     try:
-        s.spec.cpuset_cpus = fs.read(f"{d}/cpuset.cpus").strip()
-        s.spec.cpuset_mems = fs.read(f"{d}/cpuset.mems").strip()
+        out.cpuset_cpus = fs.read(f"{d}/{files[0]}").strip()
+        out.cpuset_mems = fs.read(f"{d}/{files[1]}").strip()
     except FileNotFoundError:
         pass

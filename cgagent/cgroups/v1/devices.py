@@ -7,7 +7,6 @@ workload's own sub-cgroups), and a live `update` must not open a window where /d
 from __future__ import annotations
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Stats
 from cgagent.limits import Resources
 
 NAME = "devices"
@@ -21,7 +20,3 @@ def apply(d: str, r: Resources) -> None:
     fs.write(f"{d}/devices.deny", "a")
     for rule in r.devices:
         fs.write(f"{d}/devices.allow", rule)
-
-
-def stats(d: str, s: Stats) -> None:
-    """No statistics here."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Stats
 from cgagent.limits import Resources
 
 NAME = "freezer"
@@ -13,10 +12,6 @@ NAME = "freezer"
 
 def apply(d: str, r: Resources) -> None:
     """No limits here."""
-
-
-def stats(d: str, s: Stats) -> None:
-    """No statistics here."""
 
 
 def set_state(d: str, frozen: bool, timeout: float = 5.0) -> None:

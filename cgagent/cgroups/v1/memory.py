@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.reader import gone_check
+from cgagent.cgroups.stats import MemoryUsage
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
 NAME = "memory"
+OOM_FILE = "memory.oom_control"   # `oom_kill N` (kernel 4.13+); also the file an OOM eventfd is bound to
+LIMIT_FILES = ("memory.limit_in_bytes",)
+SWAP_LIMIT_FILES = ("memory.memsw.limit_in_bytes",)
 _STAT_KEYS = ("total_rss", "rss", "total_cache", "cache", "total_inactive_file", "inactive_file")
+_SWAP_KEYS = ("total_swap", "swap")
 
 
 def apply(d: str, r: Resources) -> None:
@@ -32,32 +37,32 @@ def apply(d: str, r: Resources) -> None:
             fs.write(f"{d}/memory.memsw.limit_in_bytes", swap)
 
 
-def oom_kills(d: str) -> int:
-    return fs.read_kv(f"{d}/memory.oom_control").get("oom_kill", 0)
-
-
-def stats(d: str, s: Stats) -> None:
-    usage(d, s)
-    limits(d, s)
-    s.memory.swap_limit = _unlimited(fs.read_int(f"{d}/memory.memsw.limit_in_bytes"))
-    s.memory.oom_kills = fs.read_kv(f"{d}/memory.oom_control").get("oom_kill")
-
-
-def usage(d: str, s: Stats) -> None:
-    """Usage, peak, limit hits and the memory.stat breakdown (no limits, no OOM state)."""
-    m = s.memory
-    m.usage = fs.read_int(f"{d}/memory.usage_in_bytes")
-    m.max_usage = fs.read_int(f"{d}/memory.max_usage_in_bytes")
+def usage(d: str, swap: bool = False) -> MemoryUsage:
+    """Usage, peak, limit hits and the memory.stat breakdown (swap in use with swap accounting only)."""
+    m = MemoryUsage(fs.read_int(f"{d}/memory.usage_in_bytes"), fs.read_int(f"{d}/memory.max_usage_in_bytes"))
+    if m.usage is None:
+        gone_check(d)
     m.limit_hits = fs.read_int(f"{d}/memory.failcnt")
-    st = fs.read_fields(f"{d}/memory.stat", _STAT_KEYS)
+    st = fs.read_fields(f"{d}/memory.stat", _STAT_KEYS + _SWAP_KEYS if swap else _STAT_KEYS)
     # total_* include descendants, which is what a workload (with its own sub-cgroups) is.
     m.rss = st.get("total_rss", st.get("rss"))
     m.cache = st.get("total_cache", st.get("cache"))
     m.inactive_file = st.get("total_inactive_file", st.get("inactive_file"))
+    if swap:
+        m.swap = st.get("total_swap", st.get("swap"))
+    return m
 
 
-def limits(d: str, s: Stats) -> None:
-    s.memory.limit = _unlimited(fs.read_int(f"{d}/memory.limit_in_bytes"))
+def limit(d: str) -> int | None:
+    n = _unlimited(fs.read_int(f"{d}/memory.limit_in_bytes"))
+    if n is None:
+        gone_check(d)
+    return n
+
+
+def swap_limit(d: str) -> int | None:
+    """memory + swap (memsw), as --memory-swap means it; None without swap accounting."""
+    return _unlimited(fs.read_int(f"{d}/memory.memsw.limit_in_bytes"))
 
 
 def _unlimited(n: int | None) -> int | None:

@@ -1,13 +1,14 @@
-"""v1 pids: pids.max, pids.current."""
+"""v1 pids: pids.max, pids.current (the same files on v2)."""
 
 from __future__ import annotations
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.reader import gone_check
 from cgagent.convert import v2_limit
 from cgagent.limits import Resources
 
 NAME = "pids"
+LIMIT_FILES = ("pids.max",)
 
 
 def apply(d: str, r: Resources) -> None:
@@ -15,14 +16,13 @@ def apply(d: str, r: Resources) -> None:
         fs.write(f"{d}/pids.max", v2_limit(r.pids_limit))
 
 
-def stats(d: str, s: Stats) -> None:
-    current(d, s)
-    limit(d, s)
+def current(d: str) -> int | None:
+    n = fs.read_int(f"{d}/pids.current")
+    if n is None:
+        gone_check(d)
+    return n
 
 
-def current(d: str, s: Stats) -> None:
-    s.pids.current = fs.read_int(f"{d}/pids.current")
-
-
-def limit(d: str, s: Stats) -> None:
-    s.pids.limit = fs.read_int(f"{d}/pids.max")
+def limit(d: str) -> int | None:
+    """pids.max; -1 = max. The root cgroup has none."""
+    return fs.read_int(f"{d}/pids.max")

@@ -7,8 +7,7 @@ import os
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
 from cgagent.cgroups.parents import Made
-from cgagent.cgroups.stats import Stats
-from cgagent.cgroups.v2 import cpu, cpuset, devices, memory, pids, psi
+from cgagent.cgroups.v2 import cpu, cpuset, devices, memory, pids
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
@@ -89,17 +88,6 @@ class V2Manager(CgroupManager):
         except FileNotFoundError:
             return []
 
-    def stats(self) -> Stats:
-        s = Stats()
-        enabled = self._enabled()
-        for c in CONTROLLERS:
-            if c.NAME in enabled:
-                c.stats(self.dir, s)
-        if "cpu" not in enabled:
-            cpu.read_usage(self.dir, s)
-        psi.stats(self.dir, s)
-        return s
-
     def procs(self) -> list[int]:
         out: list[int] = []
         if not os.path.isdir(self.dir):
@@ -129,8 +117,3 @@ class V2Manager(CgroupManager):
 
     def exists(self) -> bool:
         return os.path.isdir(self.dir)
-
-    def oom_kill_count(self) -> int:
-        if not os.path.isdir(self.dir):
-            return 0
-        return memory.oom_kills(self.dir)

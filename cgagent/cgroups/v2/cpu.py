@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from cgagent import convert
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.reader import gone_check
+from cgagent.cgroups.stats import CpuUsage, Limits, Throttling
 from cgagent.limits import Resources
 
 NAME = "cpu"
+# cpu.weight.nice rewrites cpu.weight: a write to either changes the weight
+LIMIT_FILES = ("cpu.weight", "cpu.weight.nice", "cpu.max")
 
 
 def apply(d: str, r: Resources) -> None:
@@ -22,28 +25,37 @@ def apply(d: str, r: Resources) -> None:
         fs.write(f"{d}/cpu.max", convert.v2_cpu_max(quota, r.cpu_period))
 
 
-def read_usage(d: str, s: Stats) -> None:
-    """cpu.stat's usage lines exist even without the cpu controller enabled."""
+def _stat(d: str) -> dict[str, int]:
+    """cpu.stat: its usage lines exist even without the cpu controller enabled."""
     st = fs.read_kv(f"{d}/cpu.stat")
-    for key, attr in (("usage_usec", "usage_ns"), ("user_usec", "user_ns"), ("system_usec", "system_ns"),
-                      ("throttled_usec", "throttled_ns")):
-        if key in st:
-            setattr(s.cpu, attr, st[key] * 1000)
-    s.cpu.periods = st.get("nr_periods")
-    s.cpu.throttled_periods = st.get("nr_throttled")
+    if not st:
+        gone_check(d)
+    return st
 
 
-def stats(d: str, s: Stats) -> None:
-    read_usage(d, s)
-    spec(d, s)
+def _ns(st: dict[str, int], key: str) -> int | None:
+    v = st.get(key)
+    return None if v is None else v * 1000
 
 
-def spec(d: str, s: Stats) -> None:
+def usage(d: str) -> CpuUsage:
+    st = _stat(d)
+    return CpuUsage(_ns(st, "usage_usec"), _ns(st, "user_usec"), _ns(st, "system_usec"))
+
+
+def throttling(d: str) -> Throttling:
+    st = _stat(d)
+    return Throttling(st.get("nr_periods"), st.get("nr_throttled"), _ns(st, "throttled_usec"))
+
+
+def limits(d: str, out: Limits) -> None:
     """cpu.weight and cpu.max (absent without the cpu controller: left None)."""
-    s.spec.weight = fs.read_int(f"{d}/cpu.weight")
+    out.cpu_weight = fs.read_int(f"{d}/cpu.weight")
     try:
         quota, period = fs.read(f"{d}/cpu.max").split()
     except FileNotFoundError:
+        if out.cpu_weight is None:
+            gone_check(d)
         return
-    s.spec.quota_us = -1 if quota == "max" else int(quota)
-    s.spec.period_us = int(period)
+    out.cpu_quota_us = -1 if quota == "max" else int(quota)
+    out.cpu_period_us = int(period)

@@ -1,19 +1,16 @@
-"""v2 cpuset: cpuset.cpus / cpuset.mems (empty = inherit, unlike v1)."""
+"""v2 cpuset: cpuset.cpus / cpuset.mems (empty = inherit, unlike v1: the effective ones are read)."""
 
 from __future__ import annotations
 
-from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.stats import Limits
+from cgagent.cgroups.v1 import cpuset as v1
 from cgagent.cgroups.v1.cpuset import apply
 from cgagent.limits import Resources
 
 NAME = "cpuset"
-__all__ = ["NAME", "Resources", "apply", "stats"]
+LIMIT_FILES = ("cpuset.cpus.effective", "cpuset.mems.effective")
+__all__ = ["LIMIT_FILES", "NAME", "Resources", "apply", "limits"]
 
 
-def stats(d: str, s: Stats) -> None:
-    try:
-        s.spec.cpuset_cpus = fs.read(f"{d}/cpuset.cpus.effective").strip()
-        s.spec.cpuset_mems = fs.read(f"{d}/cpuset.mems.effective").strip()
-    except FileNotFoundError:
-        pass
+def limits(d: str, out: Limits) -> None:
+    v1.limits(d, out, LIMIT_FILES)

@@ -16,7 +16,6 @@ import ctypes
 import os
 import struct
 
-from cgagent.cgroups.stats import Stats
 from cgagent.devrules import WILDCARD, Rule, parse_all
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
@@ -162,7 +161,3 @@ def attach(d: str, code: bytes) -> None:
 def apply(d: str, r: Resources) -> None:
     if r.devices is not None:
         attach(d, program(parse_all(r.devices)))
-
-
-def stats(d: str, s: Stats) -> None:
-    """No statistics here."""

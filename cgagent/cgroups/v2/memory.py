@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from cgagent import convert
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Stats
+from cgagent.cgroups.reader import gone_check
+from cgagent.cgroups.stats import MemoryUsage
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
 NAME = "memory"
+# `oom_kill N` of this cgroup and its descendants (memory.events.local would leave the descendants
+# out: a workload's own sub-cgroups are part of it); inotify reports each change of it
+OOM_FILE = "memory.events"
+LIMIT_FILES = ("memory.max",)
+SWAP_LIMIT_FILES = ("memory.max", "memory.swap.max")
 
 
 def apply(d: str, r: Resources) -> None:
@@ -25,30 +31,34 @@ def apply(d: str, r: Resources) -> None:
         fs.write(f"{d}/memory.swap.max", convert.v2_limit(swap))
 
 
-def oom_kills(d: str) -> int:
-    return fs.read_kv(f"{d}/memory.events").get("oom_kill", 0)
-
-
-def stats(d: str, s: Stats) -> None:
-    usage(d, s)
-    limits(d, s)
-    s.memory.swap_limit = fs.read_int(f"{d}/memory.swap.max")
-
-
-def usage(d: str, s: Stats) -> None:
+def usage(d: str, swap: bool = False) -> MemoryUsage:
     """current, peak, the memory.stat breakdown and the memory.events counters (no limits)."""
-    m = s.memory
-    m.usage = fs.read_int(f"{d}/memory.current")
-    m.max_usage = fs.read_int(f"{d}/memory.peak")
+    m = MemoryUsage(fs.read_int(f"{d}/memory.current"), fs.read_int(f"{d}/memory.peak"))
+    if m.usage is None:
+        gone_check(d)
     st = fs.read_fields(f"{d}/memory.stat", ("anon", "file", "inactive_file"))
     m.rss = st.get("anon")
     m.cache = st.get("file")
     m.inactive_file = st.get("inactive_file")
-    ev = fs.read_kv(f"{d}/memory.events")
+    ev = fs.read_kv(f"{d}/{OOM_FILE}")
     m.limit_hits = ev.get("max")
     m.oom_events = ev.get("oom")
     m.oom_kills = ev.get("oom_kill")
+    if swap:
+        m.swap = fs.read_int(f"{d}/memory.swap.current")
+    return m
 
 
-def limits(d: str, s: Stats) -> None:
-    s.memory.limit = fs.read_int(f"{d}/memory.max")
+def limit(d: str) -> int | None:
+    n = fs.read_int(f"{d}/memory.max")
+    if n is None:
+        gone_check(d)
+    return n
+
+
+def swap_limit(d: str, memory: int | None) -> int | None:
+    """memory + swap, as --memory-swap means it (memory.swap.max holds swap alone); -1 unlimited."""
+    swap = fs.read_int(f"{d}/memory.swap.max")
+    if swap is None or memory is None:
+        return None
+    return -1 if swap < 0 or memory < 0 else memory + swap

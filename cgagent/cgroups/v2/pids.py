@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from cgagent.cgroups.v1.pids import NAME, apply, stats
+from cgagent.cgroups.v1.pids import LIMIT_FILES, NAME, apply, current, limit
 
-__all__ = ["NAME", "apply", "stats"]
+__all__ = ["LIMIT_FILES", "NAME", "apply", "current", "limit"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Pressure, Stats
+from cgagent.cgroups.reader import gone_check
+from cgagent.cgroups.stats import Pressure
+
+RESOURCES = ("cpu", "memory", "io")
 
 
 def parse(text: str) -> Pressure:
@@ -18,9 +21,13 @@ def parse(text: str) -> Pressure:
     return p
 
 
-def stats(d: str, s: Stats) -> None:
-    for res in ("cpu", "memory", "io"):
+def read(d: str) -> dict[str, Pressure]:
+    out: dict[str, Pressure] = {}
+    for res in RESOURCES:
         try:
-            s.pressure[res] = parse(fs.read(f"{d}/{res}.pressure"))
-        except (FileNotFoundError, OSError):
+            out[res] = parse(fs.read(f"{d}/{res}.pressure"))
+        except OSError:   # absent (CONFIG_PSI off, psi=0) or EOPNOTSUPP (cgroup.pressure 0)
             continue
+    if not out:
+        gone_check(d)
+    return out

@@ -1,0 +1,204 @@
+"""The read side of the drivers: one narrow, read-only interface over any cgroup (cgagent's own, or one
+the exporter watches with --watch-cgroup), one implementation per mode (v1/reader.py, v2/reader.py).
+Callers (collectors, the OOM watcher, `stats`, the policy controller) never see a cgroup file name or
+the cgroup version: they ask for usage, throttling, memory, limits, the OOM counter, and get typed
+snapshots (cgagent.cgroups.stats).
+
+Each read opens a few small files (stat and limit files, never a process list) and writes nothing.
+A cgroup may vanish while it is read: a file that is missing in a directory that still exists is a
+controller that is absent (its values are None); a missing file in a directory that is gone raises
+CgroupGone, so the caller can tell "not reported here" from "removed under me". Malformed content
+raises ValueError; other OSErrors (EACCES) pass through."""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import ClassVar, TypeVar
+
+from cgagent.cgroups import fs
+from cgagent.cgroups.stats import CpuUsage, Limits, MemoryUsage, Pressure, Stats, Throttling
+from cgagent.inotify import Inotify
+
+# What limits() reads and limit_files() names: any subset, in any order.
+LIMIT_PARTS = ("cpu", "cpuset", "memory", "swap", "pids")
+T = TypeVar("T")
+_OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.M)
+
+
+class CgroupGone(FileNotFoundError):
+    """A cgroup's file read as missing and its directory is gone: removed while it was read."""
+
+
+def gone_check(d: str) -> None:
+    """Called when a file that always exists with its controller was missing: was it the cgroup?"""
+    if not os.path.isdir(d):
+        raise CgroupGone(d)
+
+
+@dataclass(eq=False)
+class OomNotifier:
+    """How the kernel tells of an OOM in one cgroup. Either `fd` (an eventfd to poll: readable when the
+    cgroup hits OOM, before the killer has counted its victim, and when the cgroup is removed) or `wd`
+    (a watch on the caller's inotify instance: IN_MODIFY after the counter moved, IN_IGNORED when the
+    cgroup is removed). close() releases what it holds (not the inotify watch: its instance's)."""
+
+    fd: int = -1
+    wd: int = -1
+    held: list[int] = field(default_factory=list)   # fds that must stay open while registered
+
+    def close(self) -> None:
+        for fd in [self.fd, *self.held]:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.fd, self.held = -1, []
+
+
+class Reader(ABC):
+    """One cgroup, read-only. `dirs` maps controller to its directory ("" on v2), as records keep it."""
+
+    mode: ClassVar[str]
+    OOM_FILE: ClassVar[str]   # the one file holding the `oom_kill` counter: decided here, per mode
+
+    def __init__(self, dirs: dict[str, str]) -> None:
+        self.dirs = dirs
+
+    @abstractmethod
+    def dir(self, controller: str) -> str | None:
+        """The directory holding `controller`'s files; None: this cgroup is not in that hierarchy."""
+
+    def has(self, controller: str) -> bool:
+        """Is the cgroup in `controller`'s hierarchy ("psi": are pressure files kept at all)?"""
+        return self.dir(controller) is not None
+
+    def exists(self, controller: str | None = None) -> bool:
+        """Does the cgroup's directory (of `controller`, or any) still exist?"""
+        if controller is not None:
+            d = self.dir(controller)
+            return d is not None and os.path.isdir(d)
+        return any(os.path.isdir(d) for d in self.dirs.values())
+
+    # --- usage
+
+    @abstractmethod
+    def cpu_usage(self, per_cpu: bool = False) -> CpuUsage:
+        """CPU time used; the per-CPU split only when asked (it is the costly file) and the kernel has it."""
+
+    @abstractmethod
+    def throttling(self) -> Throttling: ...
+
+    @abstractmethod
+    def memory(self, swap: bool = False) -> MemoryUsage:
+        """Usage, peak, the rss/cache/inactive_file breakdown, limit hits; swap in use when asked."""
+
+    @abstractmethod
+    def pids(self) -> int | None:
+        """Tasks in the cgroup now."""
+
+    def pressure(self) -> dict[str, Pressure]:
+        """PSI totals per resource (cpu, memory, io) where the kernel keeps them."""
+        return {}
+
+    # --- limits
+
+    @abstractmethod
+    def limits(self, *parts: str) -> Limits:
+        """The limits of `parts` (LIMIT_PARTS; all when none is given); the others stay None."""
+
+    @abstractmethod
+    def limit_files(self, *parts: str) -> list[str]:
+        """The files whose writes change limits(*parts), to watch for writes (IN_MODIFY)."""
+
+    # --- OOM
+
+    def oom_kills(self) -> int | None:
+        """The kernel's count of OOM kills in this cgroup; None when it keeps none."""
+        d = self.dir("memory")
+        if d is None:
+            return None
+        v = fs.read_kv(f"{d}/{self.OOM_FILE}").get("oom_kill")
+        if v is None:
+            gone_check(d)
+        return v
+
+    def oom_counter(self) -> tuple[int, int]:
+        """(generation, oom_kill): the memory directory's inode and the counter, read through one open
+        directory, so a cgroup re-created under the same path is never taken for the old one.
+        Raises OSError (gone) or ValueError (no counter)."""
+        d = self.dir("memory")
+        if d is None:
+            raise FileNotFoundError(f"{self.dirs}: no memory cgroup")
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            gen = os.fstat(dfd).st_ino
+            fd = os.open(self.OOM_FILE, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                text = os.read(fd, 4096).decode()
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dfd)
+        m = _OOM_KILL.search(text)
+        if m is None:
+            raise ValueError(f"{d}: no oom_kill counter")
+        return gen, int(m.group(1))
+
+    @abstractmethod
+    def oom_notifier(self, ino: Inotify) -> OomNotifier:
+        """Ask the kernel to notify OOMs in this cgroup (raises OSError when the cgroup is not there)."""
+
+    # --- all at once
+
+    def snapshot(self, per_cpu: bool = True) -> Stats:
+        """Every read above, for the hierarchies the cgroup is in. A hierarchy whose cgroup is gone
+        (an exited workload's) reads as nothing known: its values stay None."""
+        s = Stats()
+        if self.has("cpuacct"):
+            s.cpu = _unless_gone(lambda: self.cpu_usage(per_cpu), s.cpu)
+        if self.has("cpu"):
+            s.throttling = _unless_gone(self.throttling, s.throttling)
+        if self.has("memory"):
+            s.memory = _unless_gone(lambda: self.memory(swap=True), s.memory)
+            s.oom_kills = _unless_gone(self.oom_kills, None)
+        if self.has("pids"):
+            s.pids = _unless_gone(self.pids, None)
+        for p in LIMIT_PARTS:
+            if self.has(_CONTROLLER[p]):
+                part = _unless_gone(partial(self.limits, p), None)
+                if part is not None:
+                    for f in _LIMIT_FIELDS[p]:
+                        setattr(s.limits, f, getattr(part, f))
+        s.pressure = _unless_gone(self.pressure, s.pressure)
+        return s
+
+
+def _unless_gone(read: Callable[[], T], default: T) -> T:
+    try:
+        return read()
+    except CgroupGone:
+        return default
+
+
+_LIMIT_FIELDS = {"cpu": ("cpu_shares", "cpu_weight", "cpu_quota_us", "cpu_period_us"),
+                 "cpuset": ("cpuset_cpus", "cpuset_mems"), "memory": ("memory",), "swap": ("memory_swap",),
+                 "pids": ("pids",)}
+_CONTROLLER = {"cpu": "cpu", "cpuset": "cpuset", "memory": "memory", "swap": "memory", "pids": "pids"}
+
+
+def reader_for(dirs: dict[str, str]) -> Reader:
+    """The reader of the cgroup at `dirs` (a record's, or any cgroup's: nothing here needs cgagent to
+    have made it)."""
+    if "" in dirs:
+        from cgagent.cgroups.v2.reader import V2Reader
+
+        return V2Reader(dirs)
+    from cgagent.cgroups.v1.reader import V1Reader
+
+    return V1Reader(dirs)
