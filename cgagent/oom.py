@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cgagent import events
-from cgagent.cgroups.reader import reader_for
+from cgagent.cgroups.readers import reader_for
 from cgagent.faults import fault
 from cgagent.state import Record, Store, validate_name
 

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 
 from cgagent import inotify, oom
-from cgagent.cgroups.reader import OomNotifier, Reader, reader_for
+from cgagent.cgroups.reader import OomNotifier, Reader
+from cgagent.cgroups.readers import reader_for
 from cgagent.errors import CgagentError
 from cgagent.kmsg import OomLog
 from cgagent.state import Record, Store

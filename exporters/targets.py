@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass, field
 
 from cgagent.cgroups import tree, validate_parent
-from cgagent.cgroups.reader import Reader, reader_for
+from cgagent.cgroups.reader import Reader
+from cgagent.cgroups.readers import reader_for
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.state import Damaged, Record, Store, warn_damaged

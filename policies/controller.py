@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cgagent import events
-from cgagent.cgroups.reader import reader_for
+from cgagent.cgroups.readers import reader_for
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cgagent import inotify
-from cgagent.cgroups.reader import CgroupGone, reader_for
+from cgagent.cgroups.reader import CgroupGone
+from cgagent.cgroups.readers import reader_for
 from cgagent.cgroups.v1.cpuacct import NS_PER_TICK
 from tests.test_exporter_golden import V1_HIERARCHIES, v1_tree
 from tests.test_exporter_values import FIXTURE

@@ -6,7 +6,8 @@ import os
 from abc import ABC, abstractmethod
 
 from cgagent.cgroups.parents import Made
-from cgagent.cgroups.reader import Reader, reader_for
+from cgagent.cgroups.reader import Reader
+from cgagent.cgroups.readers import reader_for
 from cgagent.cgroups.stats import Stats
 from cgagent.limits import Resources
 

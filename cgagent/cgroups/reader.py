@@ -190,15 +190,3 @@ _LIMIT_FIELDS = {"cpu": ("cpu_shares", "cpu_weight", "cpu_quota_us", "cpu_period
                  "cpuset": ("cpuset_cpus", "cpuset_mems"), "memory": ("memory",), "swap": ("memory_swap",),
                  "pids": ("pids",)}
 _CONTROLLER = {"cpu": "cpu", "cpuset": "cpuset", "memory": "memory", "swap": "memory", "pids": "pids"}
-
-
-def reader_for(dirs: dict[str, str]) -> Reader:
-    """The reader of the cgroup at `dirs` (a record's, or any cgroup's: nothing here needs cgagent to
-    have made it)."""
-    if "" in dirs:
-        from cgagent.cgroups.v2.reader import V2Reader
-
-        return V2Reader(dirs)
-    from cgagent.cgroups.v1.reader import V1Reader
-
-    return V1Reader(dirs)

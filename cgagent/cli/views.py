@@ -63,7 +63,7 @@ def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
 def _pids_limit(rec: Record, r: Resources) -> int | None:
     """What the kernel enforces (-1 = max), as `stats` shows: under systemd a scope without
     --pids-limit still has TasksMax's default, so the record alone would not tell the truth."""
-    from cgagent.cgroups.reader import reader_for
+    from cgagent.cgroups.readers import reader_for
 
     reader = reader_for(rec.dirs)
     try:
