@@ -202,8 +202,12 @@ def build(values: Mapping[str, Any], cmd: list[str], host: Host, image: str | No
 
     cmd, name, isolation = for_run(image, list(cmd), placed["iso"], req.get("name"))
     from cgagent.devrules import with_rules
-    from cgagent.runtime import RunRequest
+    from cgagent.runtime import RunRequest, parse_restart
+    from cgagent.state import validate_name
 
+    parse_restart(restart or "no")   # refused here, before anything is made, as a bad limit is
+    if name:
+        validate_name(name)
     return RunRequest(cmd=cmd, resources=with_rules(resources, isolation, extra.get("device_rules")), name=name,
                       isolation=isolation, policy=req.get("policy"), parent=req.get("parent") or "/cgagent",
                       driver=req.get("driver") or None, detach=bool(req.get("detach")),

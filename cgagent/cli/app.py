@@ -46,7 +46,7 @@ def _table_options(*, update_only: bool) -> Callable[[Callable[..., None]], Call
         sig = inspect.signature(fn, eval_str=True)
         params = [q for p in sig.parameters.values()
                   for q in (generated if p.kind is inspect.Parameter.VAR_KEYWORD else [p])]
-        fn.__signature__ = sig.replace(parameters=params)
+        fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         return fn
     return put
 
