@@ -119,9 +119,10 @@ OPTIONS: tuple[Option, ...] = (
 
 BY_NAME = {o.name: o for o in OPTIONS}
 BY_FLAG = {f: o for o in OPTIONS for f in o.flags}
-# at most this many values for one repeatable option, this long each: a request is bounded
-MAX_VALUES = 1024
-MAX_VALUE_LEN = 4096
+# a request from a mapping (the API) is bounded; the length is the kernel's MAX_ARG_STRLEN, so no
+# value a command line can carry is refused
+MAX_VALUES = 4096
+MAX_VALUE_LEN = 128 * 1024
 
 
 def split_image(cmd: list[str]) -> tuple[str | None, list[str]]:

@@ -5,7 +5,6 @@ line and exit code. The launch itself is replaced by capturing the request: noth
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -103,7 +102,7 @@ def test_every_value_option_also_as_opt_equals_value(doors: Any, tmp_path: Path,
         if o.kind == "flag" or o.name in FAILS:
             continue
         spaced = _argv(o.name, o.flags[0], tmp_path)
-        joined = [a for a in spaced]
+        joined = list(spaced)
         i = joined.index(o.flags[0], len(NEEDS.get(o.name, [])))
         joined[i:i + 2] = [f"{joined[i]}={joined[i + 1]}"]
         assert doors("fast", joined, capsys) == doors("typer", joined, capsys) == doors("fast", spaced, capsys)
@@ -188,8 +187,8 @@ def test_the_mapping_api_builds_the_same_request(doors: Any, tmp_path: Path,
     ({"cpus": 0.5}, "--cpus has a value of the wrong type"),
     ({"detach": "yes"}, "--detach has a value of the wrong type"),
     ({"env": "A=1"}, "--env has a value of the wrong type"),
-    ({"env": ["x" * 5000]}, "--env has a value of the wrong type"),
-    ({"env": ["A=1"] * 2000}, "--env has a value of the wrong type"),
+    ({"env": ["x" * (128 * 1024 + 1)]}, "--env has a value of the wrong type"),
+    ({"env": ["A=1"] * 5000}, "--env has a value of the wrong type"),
 ])
 def test_the_mapping_api_refuses_bad_shapes(values: dict[str, Any], needle: str) -> None:
     from cgagent import host
@@ -216,5 +215,5 @@ def test_fast_path_builds_without_typer_pydantic_or_rich() -> None:
             "build(p.values, p.cmd, host.detect())\n"
             "print(sorted(m for m in ('typer', 'click', 'rich', 'pydantic') if m in sys.modules))\n")
     r = subprocess.run([sys.executable, "-c", code, "--cpus", "0.5", "-m", "64M", "--rm", "--", "true"],
-                       capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                       capture_output=True, text=True, check=True)
     assert r.stdout.split() == ["[]"], r.stdout + r.stderr
