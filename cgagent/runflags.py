@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from cgagent.errors import CgagentError
 
@@ -29,8 +28,7 @@ Kind = Literal["flag", "value", "list"]
 Lands = Literal["limit", "iso", "request", "build"]
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):   # not a dataclass: its generated code costs the fast path milliseconds
     name: str                 # the mapping key and typer parameter name
     flags: tuple[str, ...]    # "--long" first, then aliases
     kind: Kind

@@ -8,17 +8,21 @@ takes over, which reports usage errors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from cgagent.runflags import BY_FLAG, split_image
 
 
-@dataclass
 class Parsed:
-    values: dict[str, Any] = field(default_factory=dict)   # option name -> raw value (cgagent.runflags.build)
-    cmd: list[str] = field(default_factory=list)
-    image: str | None = None
+    """A run's argv, parsed (a plain class: a dataclass's generated code costs start-up time)."""
+
+    __slots__ = ("cmd", "image", "values")
+
+    def __init__(self, values: dict[str, Any] | None = None, cmd: list[str] | None = None,
+                 image: str | None = None) -> None:
+        self.values = values or {}   # option name -> raw value, as cgagent.runflags.build takes them
+        self.cmd = cmd or []
+        self.image = image
 
 
 def parse(argv: list[str]) -> Parsed | None:
