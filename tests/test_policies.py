@@ -253,10 +253,10 @@ def test_run_with_policy_applies_its_limits_and_flags_override(cg: Env) -> None:
 def test_fast_path_imports_pydantic_only_with_a_policy() -> None:
     code = ("import sys\nfrom cgagent.cli import fastrun\n"
             "p = fastrun.parse(sys.argv[1:])\nassert p is not None, 'fast path refused'\n"
-            "from cgagent.limits import parse_fields\nparse_fields(p['limits'])\n"
-            "if p.get('policy'):\n    from policies.runopts import resolve\n"
-            "    resolve(p['policy'], p.get('policy_dirs'), parse_fields(p['limits']))\n"
-            "print(p.get('policy'), p.get('policy_dirs'), 'pydantic' in sys.modules)\n")
+            "from cgagent.runflags import limit_values\nv = p.values\nlimit_values(v)\n"
+            "if v.get('policy'):\n    from policies.runopts import resolve\n"
+            "    resolve(v['policy'], v.get('policy_dir'), limit_values(v))\n"
+            "print(v.get('policy'), v.get('policy_dir'), 'pydantic' in sys.modules)\n")
     plain = subprocess.run([sys.executable, "-c", code, "--cpus", "0.5", "--", "true"], capture_output=True,
                            text=True, check=True)
     assert plain.stdout.split() == ["None", "None", "False"]

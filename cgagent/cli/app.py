@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -22,11 +23,7 @@ app = typer.Typer(
 )
 
 StateDir = Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STATE_DIR",
-                                              help="Where records live (default /run/cgagent).")]
-Driver = Annotated[str | None, typer.Option("--cgroup-driver", envvar="CGAGENT_CGROUP_DRIVER",
-                                            help="cgroupfs or systemd (default: systemd when it is init). "
-                                            "systemd: a transient scope cgagent-NAME.scope; limits are unit "
-                                            "properties, so they survive daemon-reload.")]
+                                              help=options.STATE_DIR_HELP)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 # Later commands always use the driver a workload was created with (its record says which);
 # given here, it selects/asserts that driver. No envvar: a run default must not break `stop`.
@@ -34,27 +31,24 @@ DriverOf = Annotated[str | None, typer.Option("--cgroup-driver", help="cgroupfs 
                                               "created with this driver (each keeps the driver it was run with).")]
 
 
-def _opt(field: str, *names: str) -> Any:
-    return typer.Option(*names, help=options.HELP[field], show_default=False)
+def _table_options(*, update_only: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Put the options of cgagent.runflags.OPTIONS (all, or those `update` takes) where the command
+    has **kwargs: typer reads a command's parameters from its signature."""
+    from cgagent.runflags import OPTIONS
 
+    types: dict[str, Any] = {"flag": bool, "value": str | None, "list": list[str] | None}
+    generated = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=False if o.kind == "flag" else None,
+                                   annotation=Annotated[types[o.kind], typer.Option(*o.flags, help=o.help_text(),
+                                                                                     show_default=False)])
+                 for o in OPTIONS if o.update or not update_only]
 
-Cpus = Annotated[str | None, _opt("cpus", "--cpus")]
-Shares = Annotated[str | None, _opt("cpu_shares", "--cpu-shares", "-c")]
-Weight = Annotated[str | None, _opt("cpu_weight", "--cpu-weight")]
-Period = Annotated[str | None, _opt("cpu_period", "--cpu-period")]
-Memory = Annotated[str | None, _opt("memory", "--memory", "-m")]
-Swap = Annotated[str | None, _opt("memory_swap", "--memory-swap")]
-Pids = Annotated[str | None, _opt("pids_limit", "--pids-limit")]
-CpusetCpus = Annotated[str | None, _opt("cpuset_cpus", "--cpuset-cpus")]
-CpusetMems = Annotated[str | None, _opt("cpuset_mems", "--cpuset-mems")]
-
-
-def _limits(**kw: str | None) -> dict[str, Any]:
-    """Options -> validated ResourceSpec values (the pydantic spec; host checks come in plan())."""
-    from cgagent.spec import from_options
-
-    values: dict[str, Any] = from_options(kw).values()
-    return values
+    def put(fn: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(fn, eval_str=True)
+        params = [q for p in sig.parameters.values()
+                  for q in (generated if p.kind is inspect.Parameter.VAR_KEYWORD else [p])]
+        fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        return fn
+    return put
 
 
 def _store(state_dir: str | None) -> Any:
@@ -85,57 +79,10 @@ def _check_driver(store: Any, names: list[str], driver: str | None) -> None:
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
+@_table_options(update_only=False)
 def run(
     cmd: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
-    cpus: Cpus = None, cpu_shares: Shares = None, cpu_weight: Weight = None, cpu_period: Period = None,
-    memory: Memory = None, memory_swap: Swap = None, pids_limit: Pids = None,
-    cpuset_cpus: CpusetCpus = None, cpuset_mems: CpusetMems = None,
-    name: Annotated[str | None, typer.Option("--name", help="Workload name (default: generated).")] = None,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background under a supervisor.")] = False,
-    rm: Annotated[bool, typer.Option("--rm", help="Remove the record when the workload exits.")] = False,
-    cgroup_parent: Annotated[str | None, typer.Option(
-        "--cgroup-parent", envvar="CGAGENT_CGROUP_PARENT",
-        help="Parent cgroup: an absolute path (default /cgagent) or a systemd slice, the same place under either "
-             "driver (/a/b = a-b.slice, which lives in a.slice/a-b.slice; /cgagent = cgagent.slice); or "
-             "nested[:sub] under cgagent's own cgroup (cgroupfs driver).")] = None,
-    cgroup_driver: Driver = None,
-    state_dir: StateDir = None,
-    rootfs: Annotated[str | None, typer.Option("--rootfs", help="Run in this root directory (isolated).")] = None,
-    read_only: Annotated[bool, typer.Option("--read-only", help="Mount the root filesystem read-only.")] = False,
-    volume: Annotated[list[str] | None, typer.Option(
-        "--volume", "-v", help="Bind mount HOST:CTR[:OPTS], OPTS ro,dev: read-only; device nodes usable "
-        "(volumes are nodev by default).")] = None,
-    hostname: Annotated[str | None, typer.Option("--hostname", help="Hostname inside (default: the name).")] = None,
-    net: Annotated[str | None, typer.Option(
-        "--net", "--network", help="bridge (default; env CGAGENT_DEFAULT_NET), none (lo only), host, "
-        "container:NAME, or a network's name (`cgagent network ls`).")] = None,
-    publish: Annotated[list[str] | None, typer.Option(
-        "--publish", "-p",
-        help="\\[IP:]HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable); 127.0.0.1: the host only.")] = None,
-    init: Annotated[bool, typer.Option("--init", help="Run tini as PID 1 (reaps, forwards signals).")] = False,
-    userns: Annotated[bool, typer.Option("--userns", help="Map root inside to host uid/gid 100000+ (a user "
-                                         "namespace; image layers are mounted idmapped).")] = False,
-    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Set KEY=VALUE inside (repeatable).")] = None,
-    user: Annotated[str | None, typer.Option("--user", "-u", help="USER[:GROUP] or UID[:GID] inside.")] = None,
-    workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="Working directory inside.")] = None,
-    cap_add: Annotated[list[str] | None, typer.Option("--cap-add", help="Add a capability (or ALL).")] = None,
-    cap_drop: Annotated[list[str] | None, typer.Option("--cap-drop", help="Drop a capability (or ALL).")] = None,
-    security_opt: Annotated[list[str] | None, typer.Option(
-        "--security-opt", help="seccomp=unconfined turns the default seccomp filter off.")] = None,
-    device: Annotated[list[str] | None, typer.Option("--device", help=options.HELP["device"])] = None,
-    device_cgroup_rule: Annotated[list[str] | None, typer.Option(
-        "--device-cgroup-rule", help=options.HELP["device_cgroup_rule"])] = None,
-    root: Annotated[str | None, typer.Option(
-        "--root", help="Image store root (default $CGAGENT_ROOT or /var/lib/cgagent).")] = None,
-    restart: Annotated[str | None, typer.Option(
-        "--restart", help="no (default), on-failure[:N] or always: the supervisor restarts it, with backoff.",
-        show_default=False)] = None,
-    policy: Annotated[str | None, typer.Option("--policy", help="Start from this policy's limits (options given "
-                                               "here override them); `cgagent serve` applies its behaviour.")] = None,
-    policy_dir: Annotated[list[str] | None, typer.Option(
-        "--policy-dir", help="Also look for policies in this directory (repeatable).")] = None,
-    preserve_fds: Annotated[int, typer.Option(
-        "--preserve-fds", help=options.PRESERVE_FDS_HELP, show_default=False)] = 0,
+    **values: Any,
 ) -> None:
     """Run CMD in its own cgroup with limits; with IMAGE before --, isolated in its own namespaces on an
     overlay of the image. Foreground runs pass its exit code through.
@@ -144,42 +91,10 @@ def run(
 
     Example: cgagent run --rm --hostname box busybox:latest -- sh -c 'hostname; ps'
     """
-    from cgagent.launch import preserve_fds as preserve_fds_count
-    from cgagent.limits import plan
-    from cgagent.runtime import RunRequest, run_detached, run_foreground
+    from cgagent.cli import fastrun
 
-    h = _host()
-    values = _limits(cpus=cpus, cpu_shares=cpu_shares, cpu_weight=cpu_weight, cpu_period=cpu_period,
-                     memory=memory, memory_swap=memory_swap, pids_limit=pids_limit,
-                     cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems)
-    if policy is not None:
-        from policies.runopts import resolve
-
-        values, policy_restart = resolve(policy, policy_dir, values, state_dir, name)
-        if restart is None and not rm:
-            restart = policy_restart   # the policy's, unless --restart (or --rm, which excludes it) is given
-    resources = plan(values, h)
-    from cgagent.cli.options import split_image
-    from cgagent.isolation.spec import for_run
-
-    image, cmd = split_image(cmd)
-    iso = {"rootfs": rootfs, "read_only": read_only, "volumes": volume, "hostname": hostname, "net": net,
-           "publish": publish,
-           "init": init, "userns": userns, "env": env, "user": user, "workdir": workdir, "cap_add": cap_add,
-           "cap_drop": cap_drop,
-           "security_opt": security_opt, "root": root, "devices": device}
-    cmd, name, isolation = for_run(image, cmd, {k: v for k, v in iso.items() if v}, name)
-    from cgagent.devrules import with_rules
-
-    resources = with_rules(resources, isolation, device_cgroup_rule)
-    req = RunRequest(cmd=cmd, resources=resources, name=name, parent=cgroup_parent or "/cgagent",
-                     driver=cgroup_driver, detach=detach, auto_remove=rm, isolation=isolation, policy=policy,
-                     restart=restart or "no", preserve_fds=preserve_fds_count(preserve_fds))
-    store = _store(state_dir)
-    if detach:
-        print(run_detached(req, h, store))
-        raise typer.Exit(0)
-    raise typer.Exit(run_foreground(req, h, store))
+    image, cmd = options.split_image(cmd)
+    raise typer.Exit(fastrun.execute(fastrun.Parsed(values, cmd, image)))
 
 
 @app.command()
@@ -227,22 +142,20 @@ def stats(
 
 
 @app.command()
+@_table_options(update_only=True)
 def update(
     name: Annotated[str, typer.Argument(help="The workload to change.")],
-    cpus: Cpus = None, cpu_shares: Shares = None, cpu_weight: Weight = None, cpu_period: Period = None,
-    memory: Memory = None, memory_swap: Swap = None, pids_limit: Pids = None,
-    cpuset_cpus: CpusetCpus = None, cpuset_mems: CpusetMems = None,
     cgroup_driver: DriverOf = None,
     state_dir: StateDir = None,
+    **limits: Any,
 ) -> None:
     """Change a running workload's limits live. Example: cgagent update web --cpus 0.2"""
+    from cgagent.runflags import limit_values
     from cgagent.runtime import update as do_update
 
     _check_driver(_store(state_dir), [name], cgroup_driver)
 
-    values = _limits(cpus=cpus, cpu_shares=cpu_shares, cpu_weight=cpu_weight, cpu_period=cpu_period,
-                     memory=memory, memory_swap=memory_swap, pids_limit=pids_limit,
-                     cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems)
+    values = limit_values(limits)
     if not values:
         raise CgagentError("no limit given", "add at least one, e.g. --cpus 0.2")
     rec = do_update(_store(state_dir), _host(), name, values)

@@ -1,0 +1,214 @@
+"""Every option of `cgagent run`, defined once, and the one function that turns their raw values
+into a validated RunRequest.
+
+Both CLI front doors are generated from OPTIONS: the typer command (cgagent.cli.app, for --help and
+unusual forms) and the fast parser (cgagent.cli.fastrun, no typer/pydantic on the path). Anything
+else that launches a workload (the agent's API) builds its request with `build()` from a mapping of
+option name -> raw value, so a value means the same thing, with the same default, env var, message
+and exit code, wherever it comes from. Kept free of typer, pydantic and the CLI: libraries use it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from cgagent.errors import CgagentError
+
+if TYPE_CHECKING:
+    from cgagent.host import Host
+    from cgagent.runtime import RunRequest
+
+# flag: present or not (bool); value: one string (the last one given wins); list: repeatable
+Kind = Literal["flag", "value", "list"]
+# where the value goes: a limit (cgagent.limits.FIELD_PARSERS key), an isolation option
+# (cgagent.isolation.spec.for_run's opts key), a RunRequest field, or used while building
+# (policy search path, device rules, the state dir the policy's memory is recalled from)
+Lands = Literal["limit", "iso", "request", "build"]
+
+
+class Option(NamedTuple):   # not a dataclass: its generated code costs the fast path milliseconds
+    name: str                 # the mapping key and typer parameter name
+    flags: tuple[str, ...]    # "--long" first, then aliases
+    kind: Kind
+    lands: Lands
+    key: str                  # field/key in the place it lands
+    help: str
+    env: str | None = None    # default when not given (empty = not set), as if the option were given
+    update: bool = False      # `cgagent update` takes it too (the live-changeable limits)
+
+    def help_text(self) -> str:
+        """Help with its env var, in typer's rich markup (a literal [ needs a backslash)."""
+        return f"{self.help} \\[env var: {self.env}]" if self.env else self.help
+
+
+def _limit(name: str, flags: tuple[str, ...], help_: str) -> Option:
+    return Option(name, flags, "value", "limit", name, help_, update=True)
+
+
+PRESERVE_FDS_HELP = "Pass fds 3..3+N-1 of the caller to the workload (all others are closed at exec)."
+DEVICE_HELP = ("Give the workload a host device: HOST[:CTR][:rwm], e.g. /dev/loop3 (node made in its /dev, "
+               "allowed in its device cgroup; repeatable).")
+DEVICE_RULE_HELP = ("Allow a device class in the device cgroup, as Docker: 'c 1:3 rwm', 'b 7:* r'. "
+                    "Isolated runs always have Docker's default list; a host run gets device control "
+                    "(deny all but that list and these rules) only with this option. Repeatable.")
+DRIVER_HELP = ("cgroupfs or systemd (default: systemd when it is init). systemd: a transient scope "
+               "cgagent-NAME.scope; limits are unit properties, so they survive daemon-reload.")
+STATE_DIR_HELP = "Where records live (default /run/cgagent)."
+
+OPTIONS: tuple[Option, ...] = (
+    _limit("cpus", ("--cpus",), "CPUs the workload may use, e.g. 0.5 (CFS quota over the period)."),
+    _limit("cpu_shares", ("--cpu-shares", "-c"),
+           "Relative CPU weight, v1 scale (default 1024); converted to cpu.weight on v2."),
+    _limit("cpu_weight", ("--cpu-weight",), "Relative CPU weight, v2 scale 1..10000 (default 100)."),
+    _limit("cpu_period", ("--cpu-period",), "CFS period in µs (default 100000)."),
+    _limit("memory", ("--memory", "-m"), "Memory limit, e.g. 256M or 1.5G (minimum 6M)."),
+    _limit("memory_swap", ("--memory-swap",),
+           "Memory plus swap limit, as Docker: must be >= --memory; -1 = unlimited swap."),
+    _limit("pids_limit", ("--pids-limit",), "Most processes/threads at once (-1 = unlimited)."),
+    _limit("cpuset_cpus", ("--cpuset-cpus",), "CPUs allowed, e.g. 0-1 or 0,2."),
+    _limit("cpuset_mems", ("--cpuset-mems",), "Memory nodes allowed, e.g. 0."),
+    Option("name", ("--name",), "value", "request", "name", "Workload name (default: generated)."),
+    Option("detach", ("--detach", "-d"), "flag", "request", "detach", "Run in the background under a supervisor."),
+    Option("rm", ("--rm",), "flag", "request", "auto_remove", "Remove the record when the workload exits."),
+    Option("cgroup_parent", ("--cgroup-parent",), "value", "request", "parent",
+           "Parent cgroup: an absolute path (default /cgagent) or a systemd slice, the same place under either "
+           "driver (/a/b = a-b.slice, which lives in a.slice/a-b.slice; /cgagent = cgagent.slice); or "
+           "nested[:sub] under cgagent's own cgroup (cgroupfs driver).", env="CGAGENT_CGROUP_PARENT"),
+    Option("cgroup_driver", ("--cgroup-driver",), "value", "request", "driver", DRIVER_HELP,
+           env="CGAGENT_CGROUP_DRIVER"),
+    Option("state_dir", ("--state-dir",), "value", "build", "state_dir", STATE_DIR_HELP, env="CGAGENT_STATE_DIR"),
+    Option("rootfs", ("--rootfs",), "value", "iso", "rootfs", "Run in this root directory (isolated)."),
+    Option("read_only", ("--read-only",), "flag", "iso", "read_only", "Mount the root filesystem read-only."),
+    Option("volume", ("--volume", "-v"), "list", "iso", "volumes",
+           "Bind mount HOST:CTR[:OPTS], OPTS ro,dev: read-only; device nodes usable (volumes are nodev by default)."),
+    Option("hostname", ("--hostname",), "value", "iso", "hostname", "Hostname inside (default: the name)."),
+    # CGAGENT_DEFAULT_NET and CGAGENT_ROOT are not option defaults: set, they would make every host
+    # run an isolated one; cgagent.isolation and cgagent.images read them when a run is isolated
+    Option("net", ("--net", "--network"), "value", "iso", "net",
+           "bridge (default; env CGAGENT_DEFAULT_NET), none (lo only), host, container:NAME, or a network's "
+           "name (`cgagent network ls`)."),
+    Option("publish", ("--publish", "-p"), "list", "iso", "publish",
+           "\\[IP:]HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable); 127.0.0.1: the host only."),
+    Option("init", ("--init",), "flag", "iso", "init", "Run tini as PID 1 (reaps, forwards signals)."),
+    Option("userns", ("--userns",), "flag", "iso", "userns",
+           "Map root inside to host uid/gid 100000+ (a user namespace; image layers are mounted idmapped)."),
+    Option("env", ("--env", "-e"), "list", "iso", "env", "Set KEY=VALUE inside (repeatable)."),
+    Option("user", ("--user", "-u"), "value", "iso", "user", "USER[:GROUP] or UID[:GID] inside."),
+    Option("workdir", ("--workdir", "-w"), "value", "iso", "workdir", "Working directory inside."),
+    Option("cap_add", ("--cap-add",), "list", "iso", "cap_add", "Add a capability (or ALL)."),
+    Option("cap_drop", ("--cap-drop",), "list", "iso", "cap_drop", "Drop a capability (or ALL)."),
+    Option("security_opt", ("--security-opt",), "list", "iso", "security_opt",
+           "seccomp=unconfined turns the default seccomp filter off."),
+    Option("device", ("--device",), "list", "iso", "devices", DEVICE_HELP),
+    Option("device_cgroup_rule", ("--device-cgroup-rule",), "list", "build", "device_rules", DEVICE_RULE_HELP),
+    Option("root", ("--root",), "value", "iso", "root",
+           "Image store root (default $CGAGENT_ROOT or /var/lib/cgagent)."),
+    Option("restart", ("--restart",), "value", "request", "restart",
+           "no (default), on-failure[:N] or always: the supervisor restarts it, with backoff."),
+    Option("policy", ("--policy",), "value", "request", "policy",
+           "Start from this policy's limits (options given here override them); `cgagent serve` applies its "
+           "behaviour."),
+    Option("policy_dir", ("--policy-dir",), "list", "build", "policy_dirs",
+           "Also look for policies in this directory (repeatable)."),
+    Option("preserve_fds", ("--preserve-fds",), "value", "request", "preserve_fds", PRESERVE_FDS_HELP),
+)
+
+BY_NAME = {o.name: o for o in OPTIONS}
+BY_FLAG = {f: o for o in OPTIONS for f in o.flags}
+# a request from a mapping (the API) is bounded; the length is the kernel's MAX_ARG_STRLEN, so no
+# value a command line can carry is refused
+MAX_VALUES = 4096
+MAX_VALUE_LEN = 128 * 1024
+
+
+def split_image(cmd: list[str]) -> tuple[str | None, list[str]]:
+    """`IMAGE -- CMD...` -> (IMAGE, CMD); anything else is a host command (no image)."""
+    if len(cmd) >= 2 and cmd[1] == "--":
+        return cmd[0], cmd[2:]
+    return None, cmd
+
+
+def given(values: Mapping[str, Any]) -> Iterator[tuple[Option, Any]]:
+    """(option, value) for each option given: a flag set, a value (even empty), a non-empty list.
+    Refuses unknown names and values of the wrong shape (a mapping may come from JSON)."""
+    for name, v in values.items():
+        opt = BY_NAME.get(name)
+        if opt is None:
+            raise CgagentError(f"unknown run option {name!r}", "see `cgagent run --help` for the options")
+        if v is None or v is False or (isinstance(v, list | tuple) and not v):
+            continue
+        if opt.kind == "flag":
+            ok = v is True
+        elif opt.kind == "value":
+            ok = isinstance(v, str) and len(v) <= MAX_VALUE_LEN
+        else:
+            ok = (isinstance(v, list | tuple) and len(v) <= MAX_VALUES
+                  and all(isinstance(x, str) and len(x) <= MAX_VALUE_LEN for x in v))
+        if not ok:
+            shape = {"flag": "true or false", "value": f"a string of at most {MAX_VALUE_LEN} characters",
+                     "list": f"a list of at most {MAX_VALUES} such strings"}[opt.kind]
+            raise CgagentError(f"{opt.flags[0]} has a value of the wrong type", f"give {shape}")
+        yield opt, list(v) if opt.kind == "list" else v
+
+
+def with_env(values: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The given values plus each env var default of an option not given (an empty variable is unset)."""
+    env = os.environ if environ is None else environ
+    out = {o.name: v for o, v in given(values)}
+    for o in OPTIONS:
+        if o.env and o.name not in out and env.get(o.env):
+            out[o.name] = env[o.env]
+    return out
+
+
+def limit_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The limit options given -> typed limit values (cgagent.limits.plan's input; no host checks yet)."""
+    from cgagent.limits import parse_fields
+
+    return parse_fields({o.key: v for o, v in given(values) if o.lands == "limit"})
+
+
+def build(values: Mapping[str, Any], cmd: list[str], host: Host, image: str | None = None,
+          environ: Mapping[str, str] | None = None) -> RunRequest:
+    """Option name -> raw value (as typed on the command line; flags True, repeatable options lists),
+    the command, and IMAGE (or None) -> the validated RunRequest. Env var defaults come from `environ`
+    (default os.environ). Raises CgagentError, one line naming the option, on bad input."""
+    from cgagent.launch import preserve_fds
+    from cgagent.limits import plan
+
+    if not isinstance(cmd, list | tuple) or not all(isinstance(a, str) for a in cmd):
+        raise CgagentError("the command is not a list of strings", "give the command and its arguments as strings")
+    if image is not None and not isinstance(image, str):
+        raise CgagentError("the image is not a string", "give an image name such as busybox:latest")
+    v = with_env(values, environ)
+    placed: dict[str, dict[str, Any]] = {"limit": {}, "iso": {}, "request": {}, "build": {}}
+    for o, val in given(v):
+        placed[o.lands][o.key] = val
+    req, extra = placed["request"], placed["build"]
+    limits = limit_values(v)
+    restart = req.get("restart")
+    if req.get("policy") is not None:
+        from policies.runopts import resolve  # pydantic: only when a policy is asked for
+
+        limits, policy_restart = resolve(req["policy"], extra.get("policy_dirs"), limits, extra.get("state_dir"),
+                                         req.get("name"))
+        if not restart and not req.get("auto_remove"):
+            restart = policy_restart   # the policy's, unless --restart (or --rm, which excludes it) is given
+    resources = plan(limits, host)
+    from cgagent.isolation.spec import for_run
+
+    cmd, name, isolation = for_run(image, list(cmd), placed["iso"], req.get("name"))
+    from cgagent.devrules import with_rules
+    from cgagent.runtime import RunRequest, parse_restart
+    from cgagent.state import validate_name
+
+    parse_restart(restart or "no")   # refused here, before anything is made, as a bad limit is
+    if name:
+        validate_name(name)
+    return RunRequest(cmd=cmd, resources=with_rules(resources, isolation, extra.get("device_rules")), name=name,
+                      isolation=isolation, policy=req.get("policy"), parent=req.get("parent") or "/cgagent",
+                      driver=req.get("driver") or None, detach=bool(req.get("detach")),
+                      auto_remove=bool(req.get("auto_remove")), restart=restart or "no",
+                      preserve_fds=preserve_fds(req.get("preserve_fds")))
