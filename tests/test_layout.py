@@ -33,7 +33,7 @@ PACKAGES = ("cgagent", "exporters", "policies")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("cgagent.cli.*", "cgagent.__main__", "cgagent.demo")),
     ("agent", ("cgagent.agent.*", "cgagent.oomwatch", "exporters.*", "policies.controller")),
-    ("runtime", ("cgagent.runtime.*", "cgagent.shim", "cgagent.prune", "policies.memory_step")),
+    ("runtime", ("cgagent.runtime.*", "cgagent.runflags", "cgagent.shim", "cgagent.prune", "policies.memory_step")),
     ("mechanisms", ("cgagent.cgroups.*", "cgagent.isolation.*", "cgagent.network.*", "cgagent.images.*",
                     "cgagent.launch", "cgagent.live", "cgagent.oom", "policies.*")),
     ("base", ("cgagent", "cgagent.state", "cgagent.units", "cgagent.errors", "cgagent.limits", "cgagent.host",
