@@ -422,13 +422,17 @@ class UnixServer(_Server):
             self.socket.bind(path)
         finally:
             os.umask(old)
+        self.bound = True
         self.server_address = path  # type: ignore[assignment]   # AF_UNIX addresses are paths
         self.server_name, self.server_port = "localhost", 0
 
+    bound = False   # the path is ours to remove (not when bind() failed: it may be another server's)
+
     def server_close(self) -> None:
         super().server_close()
-        with contextlib.suppress(OSError):
-            os.unlink(str(self.server_address))
+        if self.bound:
+            with contextlib.suppress(OSError):
+                os.unlink(str(self.server_address))
 
 
 def _bind(family: socket.AddressFamily, addr: tuple[Any, ...], dual_stack: bool) -> _Server:
