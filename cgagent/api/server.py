@@ -178,8 +178,9 @@ class Api:
     def op_stop(self, p: dict[str, str], q: Query, _b: Any) -> Any:
         from cgagent.runtime import stop
 
+        timeout = q.number("time", 10.0)
         self.workload(p["name"])
-        stop(self.store, self.host, p["name"], q.number("time", 10.0))
+        stop(self.store, self.host, p["name"], timeout)
         return {"name": p["name"]}
 
     def op_logs(self, p: dict[str, str], q: Query, _b: Any) -> Any:
@@ -276,6 +277,7 @@ def log_stream(store: Store, name: str, follow: bool, client: socket.socket) -> 
                                "run it with -d to keep its output for `cgagent logs`")
         return
     with open(path, "rb") as f:
+        yield b""   # checked: the answer is 200 from here on
         yield from iter(lambda: f.read(65536), b"")
         if not follow or not procs.alive(rec.supervisor_pid, rec.supervisor_start):
             return
@@ -300,6 +302,7 @@ def event_stream(state_root: str, name: str | None, follow: bool,
     from cgagent import events, inotify
 
     reader = events.Reader(state_root)
+    yield b""   # the answer's headers go out before the first event, which may be long in coming
 
     def lines() -> Iterator[bytes]:
         for ev in reader.read():
@@ -411,8 +414,9 @@ class Handler(web.BoundedHandler):
                                 "see the agent's log (stderr)", 1), 500)
 
     def _stream(self, s: Stream) -> None:
-        """A body of unknown length: its end is the connection's. A failure before the first byte is
-        still a JSON error; one after it ends the body (the client sees it cut short)."""
+        """A body of unknown length: its end is the connection's. The producer yields b"" once its checks
+        are done: a failure before that is still a JSON error, one after it ends the body (the client
+        sees it cut short)."""
         self.close_connection = True
         chunks = s.produce(self.connection)
         try:
@@ -428,8 +432,9 @@ class Handler(web.BoundedHandler):
             self.wfile.write(first)
             self.wfile.flush()
             for chunk in chunks:
-                self.wfile.write(chunk)
-                self.wfile.flush()
+                if chunk:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
         except (OSError, CgagentError):
             pass   # the client went away, or the source failed mid-body: the cut body says so
         finally:
