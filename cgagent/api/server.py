@@ -24,7 +24,7 @@ import struct
 import sys
 import traceback
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -150,11 +150,10 @@ class Api:
         return {"name": run_detached(req, self.host, self.store)}
 
     def op_inspect(self, p: dict[str, str], _q: Query, _b: Any) -> Any:
-        from cgagent.runtime import live_status
+        from cgagent.api.views import record_view
 
         self.workload(p["name"])
-        rec = self.store.load(p["name"])
-        return {**asdict(rec), "live_status": live_status(self.host, rec)}
+        return record_view(self.store, self.host, p["name"])
 
     def op_rm(self, p: dict[str, str], q: Query, _b: Any) -> Any:
         from cgagent.runtime import remove

@@ -203,6 +203,18 @@ def ps(
 
 
 @app.command()
+def inspect(
+    names: Annotated[list[str], typer.Argument(help="Workloads to show.")],
+    state_dir: StateDir = None,
+) -> None:
+    """Print workloads' records as a JSON list, each with live_status (what the kernel says now)."""
+    from cgagent.api.views import record_view
+
+    store, h = _store(state_dir), _host()
+    print(json.dumps([record_view(store, h, n) for n in names], indent=1, sort_keys=True))
+
+
+@app.command()
 def stats(
     name: Annotated[list[str] | None, typer.Argument(help="Workloads to show (default: all running).")] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second until Ctrl-C.")] = False,

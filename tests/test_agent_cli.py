@@ -1,0 +1,93 @@
+"""The CLI as a thin client of a running agent: the same output and exit codes as the direct path
+(CGAGENT_DIRECT=1), and the thin path imports neither typer nor pydantic nor pyroute2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Env
+from tests.exporter_helpers import Agent, agent
+
+pytestmark = [pytest.mark.root]
+
+
+@pytest.fixture
+def ag(cg: Env) -> Iterator[Agent]:
+    with agent(cg) as a:
+        yield a
+
+
+def both(cg: Env, *args: str) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """The command through the agent, then directly."""
+    via = cg.run(*args, env=cg.env(PYTHONPROFILEIMPORTTIME="1"))
+    direct = cg.run(*args, env=cg.env(CGAGENT_DIRECT="1"))
+    return via, direct
+
+
+def imported(p: subprocess.CompletedProcess[str]) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+
+
+def output(p: subprocess.CompletedProcess[str]) -> tuple[str, str, int]:
+    err = "\n".join(line for line in p.stderr.splitlines() if not line.startswith("import time:"))
+    return p.stdout, err, p.returncode
+
+
+def same(cg: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    via, direct = both(cg, *args)
+    assert output(via) == output(direct), args
+    mods = imported(via)
+    assert "cgagent.api.client" in mods and not mods & {"typer", "pydantic", "pyroute2"}, args
+    return via
+
+
+def test_commands_through_the_agent_match_the_direct_path(cg: Env, ag: Agent) -> None:
+    run = ["run", "-d", "--memory", "64M", "--", "sh", "-c", "echo hi; exec sleep 1000"]
+    via = cg.run(*run[:2], "--name", "a1", *run[2:], env=cg.env(PYTHONPROFILEIMPORTTIME="1"))
+    assert output(via) == ("a1\n", "", 0)
+    assert "cgagent.runtime" not in imported(via)   # the agent ran it
+    assert output(cg.run(*run[:2], "--name", "d1", *run[2:], env=cg.env(CGAGENT_DIRECT="1"))) == ("d1\n", "", 0)
+    for args in (["ps"], ["ps", "--json"], ["ps", "-a"], ["inspect", "a1", "d1"], ["logs", "a1"],
+                 ["events"], ["events", "--json", "a1"],
+                 # failures: the same line and exit code
+                 ["inspect", "nope"], ["logs", "nope"], ["stop", "nope"], ["rm", "a1"], ["rm", "nope", "-f"],
+                 ["update", "nope", "--cpus", "1"], ["update", "a1", "--memory", "lots"],
+                 ["run", "-d", "--name", "a1", "--", "sleep", "1"]):
+        same(cg, *args)
+    via, direct = both(cg, "update", "a1", "--cpus", "0.5")
+    assert output(via)[1:] == output(direct)[1:] == ("", 0)
+    assert via.stdout == direct.stdout == 'a1: {"cpu_quota": 50000, "memory": 67108864}\n'
+    via, direct = cg.run("stop", "-t", "5", "a1"), cg.run("stop", "-t", "5", "d1", env=cg.env(CGAGENT_DIRECT="1"))
+    assert (via.stdout, via.returncode) == ("a1\n", 0) and (direct.stdout, direct.returncode) == ("d1\n", 0)
+    recs = json.loads(same(cg, "inspect", "a1", "d1").stdout)
+    assert [r["exit_code"] for r in recs] == [143, 143]
+    same(cg, "events", "--json")
+    assert output(cg.run("rm", "a1", "d1")) == ("a1\nd1\n", "", 0)
+    same(cg, "ps", "-a")
+
+
+def test_without_an_agent_the_cli_is_direct(cg: Env) -> None:
+    p = cg.run("ps", env=cg.env(PYTHONPROFILEIMPORTTIME="1"))
+    assert p.returncode == 0 and "typer" in imported(p)
+
+
+def test_direct_is_forced_with_cgagent_direct(cg: Env, ag: Agent) -> None:
+    p = cg.run("ps", env=cg.env(PYTHONPROFILEIMPORTTIME="1", CGAGENT_DIRECT="1"))
+    assert p.returncode == 0 and "typer" in imported(p)
+
+
+def test_relative_paths_are_resolved_by_the_client(cg: Env, ag: Agent, tmp_path: object) -> None:
+    # a relative command path means the caller's directory: such a run stays on the direct path
+    script = os.path.join(str(tmp_path), "hello.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nexec sleep 1000\n")
+    os.chmod(script, 0o755)
+    p = cg.run("run", "-d", "--name", "rel", "--", "./hello.sh", cwd=str(tmp_path),
+               env=cg.env(PYTHONPROFILEIMPORTTIME="1"))
+    assert output(p) == ("rel\n", "", 0) and "cgagent.runtime" in imported(p)
+    assert output(cg.run("rm", "-f", "rel")) == ("rel\n", "", 0)
