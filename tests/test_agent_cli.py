@@ -22,10 +22,14 @@ def ag(cg: Env) -> Iterator[Agent]:
         yield a
 
 
+def cli(cg: Env, *args: str, cwd: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cg.cmd(*args), env=cg.env(**env), capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
 def both(cg: Env, *args: str) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
     """The command through the agent, then directly."""
-    via = cg.run(*args, env=cg.env(PYTHONPROFILEIMPORTTIME="1"))
-    direct = cg.run(*args, env=cg.env(CGAGENT_DIRECT="1"))
+    via = cli(cg, *args, PYTHONPROFILEIMPORTTIME="1")
+    direct = cli(cg, *args, CGAGENT_DIRECT="1")
     return via, direct
 
 
@@ -48,10 +52,10 @@ def same(cg: Env, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_commands_through_the_agent_match_the_direct_path(cg: Env, ag: Agent) -> None:
     run = ["run", "-d", "--memory", "64M", "--", "sh", "-c", "echo hi; exec sleep 1000"]
-    via = cg.run(*run[:2], "--name", "a1", *run[2:], env=cg.env(PYTHONPROFILEIMPORTTIME="1"))
+    via = cli(cg, *run[:2], "--name", "a1", *run[2:], PYTHONPROFILEIMPORTTIME="1")
     assert output(via) == ("a1\n", "", 0)
     assert "cgagent.runtime" not in imported(via)   # the agent ran it
-    assert output(cg.run(*run[:2], "--name", "d1", *run[2:], env=cg.env(CGAGENT_DIRECT="1"))) == ("d1\n", "", 0)
+    assert output(cli(cg, *run[:2], "--name", "d1", *run[2:], CGAGENT_DIRECT="1")) == ("d1\n", "", 0)
     for args in (["ps"], ["ps", "--json"], ["ps", "-a"], ["inspect", "a1", "d1"], ["logs", "a1"],
                  ["events"], ["events", "--json", "a1"],
                  # failures: the same line and exit code
@@ -62,7 +66,7 @@ def test_commands_through_the_agent_match_the_direct_path(cg: Env, ag: Agent) ->
     via, direct = both(cg, "update", "a1", "--cpus", "0.5")
     assert output(via)[1:] == output(direct)[1:] == ("", 0)
     assert via.stdout == direct.stdout == 'a1: {"cpu_quota": 50000, "memory": 67108864}\n'
-    via, direct = cg.run("stop", "-t", "5", "a1"), cg.run("stop", "-t", "5", "d1", env=cg.env(CGAGENT_DIRECT="1"))
+    via, direct = cli(cg, "stop", "-t", "5", "a1"), cli(cg, "stop", "-t", "5", "d1", CGAGENT_DIRECT="1")
     assert (via.stdout, via.returncode) == ("a1\n", 0) and (direct.stdout, direct.returncode) == ("d1\n", 0)
     recs = json.loads(same(cg, "inspect", "a1", "d1").stdout)
     assert [r["exit_code"] for r in recs] == [143, 143]
@@ -72,12 +76,12 @@ def test_commands_through_the_agent_match_the_direct_path(cg: Env, ag: Agent) ->
 
 
 def test_without_an_agent_the_cli_is_direct(cg: Env) -> None:
-    p = cg.run("ps", env=cg.env(PYTHONPROFILEIMPORTTIME="1"))
+    p = cli(cg, "ps", PYTHONPROFILEIMPORTTIME="1")
     assert p.returncode == 0 and "typer" in imported(p)
 
 
 def test_direct_is_forced_with_cgagent_direct(cg: Env, ag: Agent) -> None:
-    p = cg.run("ps", env=cg.env(PYTHONPROFILEIMPORTTIME="1", CGAGENT_DIRECT="1"))
+    p = cli(cg, "ps", PYTHONPROFILEIMPORTTIME="1", CGAGENT_DIRECT="1")
     assert p.returncode == 0 and "typer" in imported(p)
 
 
@@ -87,7 +91,6 @@ def test_relative_paths_are_resolved_by_the_client(cg: Env, ag: Agent, tmp_path:
     with open(script, "w") as f:
         f.write("#!/bin/sh\nexec sleep 1000\n")
     os.chmod(script, 0o755)
-    p = cg.run("run", "-d", "--name", "rel", "--", "./hello.sh", cwd=str(tmp_path),
-               env=cg.env(PYTHONPROFILEIMPORTTIME="1"))
+    p = cli(cg, "run", "-d", "--name", "rel", "--", "./hello.sh", cwd=str(tmp_path), PYTHONPROFILEIMPORTTIME="1")
     assert output(p) == ("rel\n", "", 0) and "cgagent.runtime" in imported(p)
     assert output(cg.run("rm", "-f", "rel")) == ("rel\n", "", 0)
