@@ -94,3 +94,34 @@ def test_relative_paths_are_resolved_by_the_client(cg: Env, ag: Agent, tmp_path:
     p = cli(cg, "run", "-d", "--name", "rel", "--", "./hello.sh", cwd=str(tmp_path), PYTHONPROFILEIMPORTTIME="1")
     assert output(p) == ("rel\n", "", 0) and "cgagent.runtime" in imported(p)
     assert output(cg.run("rm", "-f", "rel")) == ("rel\n", "", 0)
+
+
+def test_a_confined_agent_leaves_launching_to_the_direct_path(cg: Env) -> None:
+    """An agent with no_new_privs (as the shipped systemd unit's hardening) would pass its sandbox on
+    to workloads: run, stop and rm go direct, reads still through it."""
+    proc = subprocess.Popen(["setpriv", "--no-new-privs", *cg.cmd("serve", "--listen", "127.0.0.1:0")],
+                            env=cg.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "/metrics" in proc.stdout.readline()
+        p = cli(cg, "run", "-d", "--name", "c1", "--", "sleep", "1000", PYTHONPROFILEIMPORTTIME="1")
+        assert output(p) == ("c1\n", "", 0) and "cgagent.runtime" in imported(p)
+        with open(f"/proc/{json.loads(same(cg, 'inspect', 'c1').stdout)[0]['pid']}/status") as f:
+            assert "NoNewPrivs:\t0" in f.read()   # not the agent's child
+        p = cli(cg, "stop", "-t", "5", "c1", PYTHONPROFILEIMPORTTIME="1")
+        assert output(p) == ("c1\n", "", 0) and "typer" in imported(p)
+        assert output(cli(cg, "rm", "c1")) == ("c1\n", "", 0)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_confinement_reads_the_capabilities(tmp_path: object) -> None:
+    from cgagent.api.server import confinement
+
+    status = os.path.join(str(tmp_path), "status")
+    for eff, nnp, want in (("000001ffffffffff", "0", None), ("0000000000000020", "0", "it runs without CAP_SYS_ADMIN"),
+                           ("000001ffffffffff", "1", "it runs with no_new_privs")):
+        with open(status, "w") as f:
+            f.write(f"Name:\tx\nCapEff:\t{eff}\nNoNewPrivs:\t{nnp}\n")
+        got = confinement(status)
+        assert got == want if want is None or "no_new" in want else (got or "").startswith(want)

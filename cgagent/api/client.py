@@ -73,6 +73,10 @@ class Response:
         self.conn.close()
 
 
+class Declined(Exception):
+    """The agent cannot do this (HTTP 501, e.g. a hardened agent asked to launch): do it directly."""
+
+
 class Client:
     """Calls on the agent at `path`. An error answer raises CgagentError with the agent's line and exit
     code (the same the direct path raises); `raw` calls return the Response whatever its status."""
@@ -99,6 +103,9 @@ class Client:
         r = self.raw(method, url, body, query)
         if r.status == 200:
             return r
+        if r.status == 501:
+            r.close()
+            raise Declined(url)
         raise error_of(r)
 
     def json(self, method: str, url: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:

@@ -106,13 +106,50 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid, groups)
 
 
+# what the direct path uses to launch and tear down: mounts, netns/links, chroot, device nodes, setuid
+LAUNCH_CAPS = {"CAP_SYS_ADMIN": 21, "CAP_NET_ADMIN": 12, "CAP_SYS_CHROOT": 18, "CAP_MKNOD": 27, "CAP_SETUID": 7}
+
+
+def confinement(status: str = "/proc/self/status") -> str | None:
+    """Why this process cannot do what the direct CLI does, or None. A hardened service (the shipped
+    systemd unit: a capability bounding set, no_new_privs, a private mount namespace) serves reads and
+    limit changes, but workloads started from it would inherit its sandbox."""
+    try:
+        with open(status) as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        eff = int(fields["CapEff"], 16)
+        no_new_privs = fields.get("NoNewPrivs", "0").strip() == "1"
+    except (OSError, KeyError, ValueError):
+        return "its privileges cannot be read from /proc"
+    missing = [n for n, bit in LAUNCH_CAPS.items() if not eff >> bit & 1]
+    if missing:
+        return "it runs without " + ", ".join(missing)
+    if no_new_privs:
+        return "it runs with no_new_privs"
+    try:
+        if os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt"):
+            return "it runs in a mount namespace of its own"
+    except OSError:
+        pass   # PID 1 not ours to inspect (a container): the checks above stand alone
+    return None
+
+
 class Api:
     """The operations, each on today's runtime functions (the CLI's direct path calls the same)."""
 
-    def __init__(self, store: Store, host: Host, group: int | None) -> None:
+    def __init__(self, store: Store, host: Host, group: int | None, confined: str | None = None) -> None:
         self.store = store
         self.host = host
         self.group = group
+        self.confined = confined if confined is not None else confinement()
+
+    def launcher(self, what: str) -> None:
+        """run, stop and rm make, kill and tear down what a workload has (mounts, namespaces, links):
+        an agent without the privileges of the direct path refuses them with 501, and the CLI then does
+        them directly, as without an agent."""
+        if self.confined:
+            raise ApiError(501, f"this agent cannot {what} workloads ({self.confined})",
+                           "use the CLI without the agent (CGAGENT_DIRECT=1), or run the agent unconfined")
 
     def allowed(self, peer: Peer) -> bool:
         if peer.uid in (0, os.geteuid()):
@@ -143,6 +180,7 @@ class Api:
         from cgagent.api.runreq import request
         from cgagent.runtime import run_detached
 
+        self.launcher("run")
         req = request(body, self.host, self.store.root)
         if not req.detach:
             raise ApiError(400, "only detached runs are served by the API",
@@ -158,6 +196,7 @@ class Api:
     def op_rm(self, p: dict[str, str], q: Query, _b: Any) -> Any:
         from cgagent.runtime import remove
 
+        self.launcher("remove")   # first: the CLI's fallback must come before any name's answer
         if not q.flag("force"):   # -f also removes what a damaged or deleted record left
             self.workload(p["name"])
         remove(self.store, self.host, p["name"], q.flag("force"))
@@ -178,6 +217,7 @@ class Api:
         from cgagent.runtime import stop
 
         timeout = q.number("time", 10.0)
+        self.launcher("stop")
         self.workload(p["name"])
         stop(self.store, self.host, p["name"], timeout)
         return {"name": p["name"]}

@@ -235,8 +235,12 @@ def main(argv: list[str]) -> int | None:
     cmd = COMMANDS.get(argv[0]) if argv else None
     if cmd is None or "-h" in argv or "--help" in argv:
         return None
+    from cgagent.api.client import Declined
+
     try:
         return cmd(argv[1:])
+    except Declined:
+        return None   # before anything was done: the direct path does it all
     except CgagentError as e:
         from cgagent.cli.errors import report
 
