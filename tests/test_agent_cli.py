@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 
@@ -125,3 +126,32 @@ def test_confinement_reads_the_capabilities(tmp_path: object) -> None:
             f.write(f"Name:\tx\nCapEff:\t{eff}\nNoNewPrivs:\t{nnp}\n")
         got = confinement(status)
         assert got == want if want is None or "no_new" in want else (got or "").startswith(want)
+
+
+def test_foreground_runs_through_the_agent(cg: Env, ag: Agent) -> None:
+    """stdin, stdout and stderr are the caller's own (SCM_RIGHTS), the exit code comes back, errors
+    are the direct path's line and code."""
+    for args, stdin in ((["run", "--rm", "--", "sh", "-c", "echo out; echo err >&2; exit 3"], None),
+                        (["run", "--rm", "--memory", "64M", "--", "cat"], "from the caller's stdin\n"),
+                        (["run", "--rm", "--", "no-such-command"], None),
+                        (["run", "--rm", "--memory", "lots", "--", "true"], None)):
+        via = subprocess.run(cg.cmd(*args), env=cg.env(PYTHONPROFILEIMPORTTIME="1"), input=stdin,
+                             capture_output=True, text=True, timeout=60)
+        direct = subprocess.run(cg.cmd(*args), env=cg.env(CGAGENT_DIRECT="1"), input=stdin,
+                                capture_output=True, text=True, timeout=60)
+        assert output(via) == output(direct), args
+        assert "cgagent.runtime" not in imported(via) and "cgagent.api.attach" in imported(via)
+    assert output(direct)[2] == 2 and output(via)[0] == ""
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_signals_reach_a_foreground_workload(cg: Env, ag: Agent, direct: bool) -> None:
+    script = "trap 'kill $!; echo got TERM; exit 7' TERM; echo ready; sleep 1000 & wait"
+    p = subprocess.Popen(cg.cmd("run", "--rm", "--name", "sig", "--", "sh", "-c", script), stdout=subprocess.PIPE,
+                         env=cg.env(**({"CGAGENT_DIRECT": "1"} if direct else {})), text=True)
+    assert p.stdout is not None
+    assert p.stdout.readline() == "ready\n"
+    p.send_signal(signal.SIGTERM)   # to the CLI: through the agent, forwarded over the socket
+    assert p.stdout.read() == "got TERM\n"
+    assert p.wait(60) == 7
+    assert output(cli(cg, "ps", "-a")) == output(cli(cg, "ps", "-a", CGAGENT_DIRECT="1"))

@@ -183,8 +183,7 @@ class Api:
         self.launcher("run")
         req = request(body, self.host, self.store.root)
         if not req.detach:
-            raise ApiError(400, "only detached runs are served by the API",
-                           "send \"detach\": true (foreground runs go through the CLI's direct path)")
+            return Attach(req)
         return {"name": run_detached(req, self.host, self.store)}
 
     def op_inspect(self, p: dict[str, str], _q: Query, _b: Any) -> Any:
@@ -269,6 +268,13 @@ class Query:
 
 
 QUERY = {"ps": {"all"}, "rm": {"force"}, "stop": {"time"}, "logs": {"follow"}, "events": {"name", "follow"}}
+
+
+@dataclass(frozen=True)
+class Attach:
+    """A validated foreground run: the connection becomes its stdio channel (cgagent/api/attach.py)."""
+
+    req: Any
 
 
 @dataclass(frozen=True)
@@ -444,6 +450,8 @@ class Handler(web.BoundedHandler):
                 return
             if isinstance(answer, Stream):
                 self._stream(answer)
+            elif isinstance(answer, Attach):
+                self._attach(answer)
             else:
                 self._json(200, answer)
 
@@ -478,6 +486,30 @@ class Handler(web.BoundedHandler):
             pass   # the client went away, or the source failed mid-body: the cut body says so
         finally:
             chunks.close()
+
+    def _attach(self, a: Attach) -> None:
+        from cgagent.api import attach
+
+        self.close_connection = True
+        if self.headers.get("Upgrade", "").lower() != attach.PROTOCOL:
+            self._fail(ApiError(400, "a foreground run needs the caller's stdio",
+                                f"send \"detach\": true, or the header Upgrade: {attach.PROTOCOL}"), 400)
+            return
+        self.send_response(101)
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Upgrade", attach.PROTOCOL)
+        self.end_headers()
+        self.wfile.flush()
+        fds = attach.receive_stdio(self.connection)
+        if fds is None:
+            return
+        api = self.server.api
+        try:
+            pid = attach.spawn_supervisor(a.req, api.host, api.store, fds, self.connection.fileno())
+        finally:
+            for fd in fds:
+                os.close(fd)
+        attach.relay(self.connection, pid)
 
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _dispatch
 

@@ -172,13 +172,28 @@ def run(argv: list[str]) -> int | None:
     from cgagent.cli import fastrun
 
     parsed = fastrun.parse(argv)
-    if parsed is None or not parsed.get("detach") or int(parsed.get("preserve_fds") or 0):
-        return None   # foreground runs (their stdio and signals) stay on the direct path
+    if parsed is None or int(parsed.get("preserve_fds") or 0):
+        return None   # fds beyond stdio are passed only by the direct path
     body = request_body(parsed)
     if body is None or (c := _client(parsed)) is None:
         return None
+    if not parsed.get("detach"):
+        if not _stdio_open():
+            return None
+        from cgagent.api.attach import run_attached
+
+        return run_attached(c.path, body)
     print(c.json("POST", "/v1/workloads", body)["name"])
     return 0
+
+
+def _stdio_open() -> bool:
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        return False   # a closed stdin or stdout cannot be passed: the direct path runs with what there is
+    return True
 
 
 _RENAME = {"parent": "cgroup_parent", "driver": "cgroup_driver", "auto_remove": "rm", "policy_dirs": "policy_dir",

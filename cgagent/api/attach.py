@@ -1,0 +1,201 @@
+"""Foreground runs through the agent: the caller's stdin, stdout and stderr over SCM_RIGHTS, its
+signals forwarded, the exit code back.
+
+On the wire: `POST /v1/workloads` with `"detach": false` and `Upgrade: cgagent-stdio`. A request the
+agent refuses is answered as any other (JSON error). Else it answers `101 Switching Protocols`; the
+caller then sends one byte "F" carrying its fds 0, 1 and 2, and afterwards a line "N\\n" for each
+signal N it receives; the agent answers one line "exit CODE\\n" when the workload's supervisor ends.
+
+The supervisor is a process forked from the agent (its modules loaded: no interpreter start-up) that
+does what the direct path's `cgagent run` does, in its own session, with the caller's fds as its
+stdio: its errors reach the caller's stderr as one line, as they would directly. Should the agent go
+away meanwhile, the supervisor goes on and records the exit (`cgagent ps -a` shows it)."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+from cgagent.errors import CgagentError
+
+PROTOCOL = "cgagent-stdio"
+MAX_LINE = 64
+
+
+def receive_stdio(sock: socket.socket) -> list[int] | None:
+    """The caller's three fds (None: it sent something else, or went away)."""
+    fds = array.array("i")
+    try:
+        msg, anc, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(3 * fds.itemsize))
+    except OSError:
+        return None
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if msg == b"F" and len(fds) == 3:
+        return list(fds)
+    for fd in fds:
+        os.close(fd)
+    return None
+
+
+def _close_listeners(keep: set[int]) -> None:
+    """In the forked supervisor: the agent's listening sockets and the caller's connection go, so that
+    a restarted agent can bind again and the caller sees the agent's end, not ours."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd < 3 or fd in keep:
+            continue
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:
+            continue   # not a socket
+        try:
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                s.close()
+                continue
+        except OSError:
+            pass
+        s.detach()
+
+
+def spawn_supervisor(req: Any, host: Any, store: Any, stdio: list[int], conn: int) -> int:
+    """Fork the foreground run's supervisor with `stdio` as its 0, 1, 2; -> its pid."""
+    for f in (sys.stdout, sys.stderr):
+        f.flush()   # nothing of the agent's own output may be written twice
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    code = 1
+    try:
+        os.setsid()   # the agent's terminal signals (if it has one) are not the caller's
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        for fd in {*stdio, conn}:
+            if fd > 2:
+                os.close(fd)
+        _close_listeners(set())
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        from cgagent.runtime import run_foreground
+
+        code = run_foreground(req, host, store)
+    except CgagentError as e:
+        from cgagent.cli.errors import report
+
+        code = report(e)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def relay(sock: socket.socket, pid: int) -> None:
+    """Forward the caller's signal lines to the supervisor until it exits; send its exit code."""
+    from cgagent.launch import FORWARDED, exit_code
+
+    pidfd = os.pidfd_open(pid)
+    buf = b""
+    listening = True
+    try:
+        while True:
+            ready: list[int] = select.select([pidfd, sock.fileno()] if listening else [pidfd], [], [])[0]
+            if sock.fileno() in ready:
+                try:
+                    data = sock.recv(MAX_LINE)
+                except OSError:
+                    data = b""
+                if not data:
+                    listening = False   # the caller is gone: the supervisor still records the end
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip().isdigit() and int(line) in FORWARDED:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, int(line))
+                if len(buf) > MAX_LINE:
+                    listening = False   # not our protocol: stop reading it
+            if pidfd in ready:
+                code = exit_code(os.waitpid(pid, 0)[1])
+                with contextlib.suppress(OSError):
+                    sock.sendall(f"exit {code}\n".encode())
+                return
+    finally:
+        os.close(pidfd)
+
+
+# --- the caller's side
+
+def run_attached(path: str, body: dict[str, Any]) -> int:
+    """Send the run request; once accepted, our stdio and then our signals; -> the workload's code."""
+    import json
+
+    from cgagent.api.client import Declined
+
+    data = json.dumps(body).encode()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+        s.sendall(b"POST /v1/workloads HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                  b"Connection: Upgrade\r\nUpgrade: " + PROTOCOL.encode() +
+                  f"\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        f = s.makefile("rb", buffering=0)
+        status_line = f.readline(1024)
+        headers: dict[str, str] = {}
+        while (line := f.readline(8192)) not in (b"\r\n", b"\n", b""):
+            k, _, v = line.decode("latin-1").partition(":")
+            headers[k.strip().lower()] = v.strip()
+        parts = status_line.split()
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if status == 501:
+            raise Declined("/v1/workloads")
+        if status != 101:
+            raw = f.read(int(headers.get("content-length", "0") or 0))
+            try:
+                obj = json.loads(raw)
+                raise CgagentError(str(obj["error"]), "", int(obj["exit_code"]))
+            except (ValueError, KeyError, TypeError):
+                raise CgagentError(f"the agent answered {status_line!r} to a foreground run",
+                                   "see the agent's log", 1) from None
+        s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
+        return _wait_exit(s)
+    finally:
+        s.close()
+
+
+def _wait_exit(s: socket.socket) -> int:
+    from cgagent.launch import FORWARDED
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(OSError):
+            s.sendall(f"{signum}\n".encode())
+
+    old = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(MAX_LINE)
+            if not chunk:
+                raise CgagentError("the agent went away while the workload ran (its supervisor records the "
+                                   "exit)", "see `cgagent ps -a`", 1)
+            buf += chunk
+        word, _, num = buf.split(b"\n", 1)[0].decode().partition(" ")
+        if word != "exit" or not num.lstrip("-").isdigit():
+            raise CgagentError(f"the agent sent {buf[:MAX_LINE]!r}", "see the agent's log", 1)
+        return int(num)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
