@@ -53,7 +53,7 @@ def _raise_fd_limit() -> None:
 def run(opts: AgentOptions) -> int:
     """Serve until SIGTERM or SIGINT; -> exit code."""
     from cgagent import host as hostmod
-    from cgagent.api.server import Api, ApiServer, socket_path
+    from cgagent.api.server import Api, ApiServer, install_stderr_capture, socket_path
     from cgagent.oomwatch import OomWatcher
     from cgagent.state import Store
     from exporters import web, webconfig
@@ -84,6 +84,7 @@ def run(opts: AgentOptions) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    install_stderr_capture()
     server.start()
     api.start()
     covered = "workloads in " + store.root + "".join(f", cgroups under {w}" for w in opts.watch)

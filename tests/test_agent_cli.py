@@ -155,3 +155,14 @@ def test_signals_reach_a_foreground_workload(cg: Env, ag: Agent, direct: bool) -
     assert p.stdout.read() == "got TERM\n"
     assert p.wait(60) == 7
     assert output(cli(cg, "ps", "-a")) == output(cli(cg, "ps", "-a", CGAGENT_DIRECT="1"))
+
+
+def test_warnings_printed_by_the_operation_reach_the_caller(cg: Env, ag: Agent) -> None:
+    """`stop` of a workload that ignores SIGTERM says so on stderr: through the agent too."""
+    for name, env in (("ta", {}), ("td", {"CGAGENT_DIRECT": "1"})):
+        assert output(cli(cg, "run", "-d", "--name", name, "--", "env", "--ignore-signal=TERM", "sleep", "1000",
+                          **env)) == (f"{name}\n", "", 0)
+    via, direct = cli(cg, "stop", "-t", "0.5", "ta"), cli(cg, "stop", "-t", "0.5", "td", CGAGENT_DIRECT="1")
+    assert output(via) == ("ta\n", "cgagent: ta did not exit within 0.5s of SIGTERM; killed it (SIGKILL)", 0)
+    assert output(direct) == ("td\n", "cgagent: td did not exit within 0.5s of SIGTERM; killed it (SIGKILL)", 0)
+    assert output(cli(cg, "rm", "ta", "td")) == ("ta\ntd\n", "", 0)

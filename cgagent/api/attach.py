@@ -74,6 +74,9 @@ def spawn_supervisor(req: Any, host: Any, store: Any, stdio: list[int], conn: in
         return pid
     code = 1
     try:
+        from cgagent.api.server import real_stderr
+
+        real_stderr()
         os.setsid()   # the agent's terminal signals (if it has one) are not the caller's
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)

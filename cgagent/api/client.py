@@ -7,7 +7,7 @@ import http.client
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -15,6 +15,7 @@ from cgagent.errors import CgagentError
 
 SOCKET_NAME = "agent.sock"   # cgagent.api.server.SOCKET_NAME (not imported: the server pulls in the exporter)
 CONNECT_TIMEOUT = 2.0
+STDERR_HEADER = "Cgagent-Stderr"   # cgagent.api.server.STDERR_HEADER
 
 
 def default_socket(state_root: str | None) -> str:
@@ -84,6 +85,8 @@ class Client:
     def __init__(self, path: str, timeout: float | None = None) -> None:
         self.path = path
         self.timeout = timeout
+        # what the operation printed on the agent's stderr (its warnings), for the caller to print
+        self.on_stderr: Callable[[str], object] | None = None
 
     def raw(self, method: str, url: str, body: Any = None, query: dict[str, Any] | None = None) -> Response:
         q = {k: ("1" if v is True else "0" if v is False else str(v)) for k, v in (query or {}).items()
@@ -101,6 +104,12 @@ class Client:
 
     def call(self, method: str, url: str, body: Any = None, query: dict[str, Any] | None = None) -> Response:
         r = self.raw(method, url, body, query)
+        printed = r.resp.getheader(STDERR_HEADER)
+        if printed and self.on_stderr is not None:
+            try:
+                self.on_stderr(str(json.loads(printed)))
+            except ValueError:
+                pass
         if r.status == 200:
             return r
         if r.status == 501:

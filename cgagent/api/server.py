@@ -22,6 +22,7 @@ import select
 import socket
 import struct
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -362,6 +363,64 @@ def event_stream(state_root: str, name: str | None, follow: bool,
         yield from lines()
 
 
+class ThreadStderr:
+    """sys.stderr for the agent: what a request's operation prints there (the runtime's warnings, as
+    `stop`'s "did not exit within ...") goes back to its caller, who prints it where the direct path
+    would have (header STDERR_HEADER); other threads' writes go to the real stderr."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.local = threading.local()
+
+    def write(self, text: str) -> int:
+        buf: list[str] | None = getattr(self.local, "buf", None)
+        if buf is None:
+            return int(self.real.write(text))
+        if sum(map(len, buf)) < MAX_CAPTURED:
+            buf.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(self.local, "buf", None) is None:
+            self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        buf: list[str] = []
+        self.local.buf = buf
+        try:
+            yield buf
+        finally:
+            self.local.buf = None
+
+
+STDERR_HEADER = "Cgagent-Stderr"
+MAX_CAPTURED = 8192
+
+
+def install_stderr_capture() -> None:
+    if not isinstance(sys.stderr, ThreadStderr):
+        sys.stderr = ThreadStderr(sys.stderr)
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    if isinstance(sys.stderr, ThreadStderr):
+        with sys.stderr.capture() as buf:
+            yield buf
+    else:
+        yield []
+
+
+def real_stderr() -> None:
+    """In a process forked from a request's thread: stderr is stderr again."""
+    if isinstance(sys.stderr, ThreadStderr):
+        sys.stderr = sys.stderr.real
+
+
 def _error_body(e: CgagentError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": str(e), "exit_code": e.exit_code}
     details = list(getattr(e, "details", ()))
@@ -376,6 +435,14 @@ class Handler(web.BoundedHandler):
     def setup(self) -> None:
         super().setup()
         self.peer = peer_of(self.connection)
+
+    captured = ""
+
+    def end_headers(self) -> None:
+        if self.captured:
+            self.send_header(STDERR_HEADER, json.dumps(self.captured[:MAX_CAPTURED]))
+            self.captured = ""
+        super().end_headers()
 
     def _json(self, code: int, obj: Any) -> None:
         body = json.dumps(obj).encode() + b"\n"
@@ -416,47 +483,55 @@ class Handler(web.BoundedHandler):
 
     def _dispatch(self) -> None:
         with self.serving():
-            api = self.server.api
-            try:
-                if not api.allowed(self.peer):
-                    self.close_connection = True
-                    raise ApiError(403, f"uid {self.peer.uid} may not use the agent's API",
-                                   "call it as root" + (" or as a member of its --api-group" if api.group is not None
-                                                        else " (or start the agent with --api-group GROUP)"))
-                url = urlsplit(self.path)
-                r, params = route(self.command, url.path)
-                query = Query(url.query, QUERY.get(r.op, set()))
-                body = self._body()
-                if body is not None and r.method != "POST":
-                    raise ApiError(400, f"{r.method} {r.template} takes no body", "send the request without one")
-                answer = getattr(api, "op_" + r.op)(params, query, body)
-            except ApiError as e:
-                self._fail(e, e.status)
-                return
-            except CgagentError as e:
-                self._fail(e, 400)
-                return
-            except OSError as e:
-                from cgagent.cli.errors import full_or_read_only
+            self._handle()
 
-                err = full_or_read_only(e)
-                if err is None:
-                    self._internal(e)
-                    return
-                self._fail(err, 500)
-                return
-            except Exception as e:
+    def _handle(self) -> None:
+        api = self.server.api
+        try:
+            if not api.allowed(self.peer):
+                self.close_connection = True
+                raise ApiError(403, f"uid {self.peer.uid} may not use the agent's API",
+                               "call it as root" + (" or as a member of its --api-group" if api.group is not None
+                                                    else " (or start the agent with --api-group GROUP)"))
+            url = urlsplit(self.path)
+            r, params = route(self.command, url.path)
+            query = Query(url.query, QUERY.get(r.op, set()))
+            body = self._body()
+            if body is not None and r.method != "POST":
+                raise ApiError(400, f"{r.method} {r.template} takes no body", "send the request without one")
+            with captured_stderr() as printed:
+                try:
+                    answer = getattr(api, "op_" + r.op)(params, query, body)
+                finally:
+                    self.captured = "".join(printed)
+        except ApiError as e:
+            self._fail(e, e.status)
+            return
+        except CgagentError as e:
+            self._fail(e, 400)
+            return
+        except OSError as e:
+            from cgagent.cli.errors import full_or_read_only
+
+            err = full_or_read_only(e)
+            if err is None:
                 self._internal(e)
                 return
-            if isinstance(answer, Stream):
-                self._stream(answer)
-            elif isinstance(answer, Attach):
-                self._attach(answer)
-            else:
-                self._json(200, answer)
+            self._fail(err, 500)
+            return
+        except Exception as e:
+            self._internal(e)
+            return
+        if isinstance(answer, Stream):
+            self._stream(answer)
+        elif isinstance(answer, Attach):
+            self._attach(answer)
+        else:
+            self._json(200, answer)
 
     def _internal(self, e: BaseException) -> None:
-        traceback.print_exc(file=sys.stderr)   # a bug: its traceback in the agent's log, one line to the client
+        # a bug: its traceback in the agent's log, one line to the client
+        traceback.print_exc(file=getattr(sys.stderr, "real", sys.stderr))
         self._fail(CgagentError(f"internal error in the agent: {type(e).__name__}: {e}",
                                 "see the agent's log (stderr)", 1), 500)
 

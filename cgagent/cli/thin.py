@@ -55,7 +55,15 @@ STATE = {"--state-dir": "state_dir"}
 def _client(opts: dict[str, Any]) -> Any:
     from cgagent.api.client import agent
 
-    return agent(opts.get("state_dir") or os.environ.get("CGAGENT_STATE_DIR"))
+    c = agent(opts.get("state_dir") or os.environ.get("CGAGENT_STATE_DIR"))
+    if c is not None:
+        c.on_stderr = _print_stderr
+    return c
+
+
+def _print_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
 
 
 def _each(client: Any, names: list[str], act: Callable[[str], Any]) -> int:
