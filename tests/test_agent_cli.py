@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cgagent.api.client import Client
 from tests.conftest import Env
 from tests.exporter_helpers import Agent, agent
 
@@ -166,3 +167,27 @@ def test_warnings_printed_by_the_operation_reach_the_caller(cg: Env, ag: Agent) 
     assert output(via) == ("ta\n", "cgagent: ta did not exit within 0.5s of SIGTERM; killed it (SIGKILL)", 0)
     assert output(direct) == ("td\n", "cgagent: td did not exit within 0.5s of SIGTERM; killed it (SIGKILL)", 0)
     assert output(cli(cg, "rm", "ta", "td")) == ("ta\ntd\n", "", 0)
+
+
+def test_host_workloads_get_the_callers_environment_and_directory(cg: Env, ag: Agent, tmp_path: object) -> None:
+    script = 'echo "$CALLER_VAR $(pwd)"'
+    fg = ["run", "--rm", "--", "sh", "-c", script]
+    via, direct = (subprocess.run(cg.cmd(*fg), env=cg.env(CALLER_VAR="mine", **extra), cwd=str(tmp_path),
+                                  capture_output=True, text=True, timeout=60)
+                   for extra in ({"PYTHONPROFILEIMPORTTIME": "1"}, {"CGAGENT_DIRECT": "1"}))
+    assert output(via) == output(direct) == (f"mine {tmp_path}\n", "", 0)
+    assert "cgagent.api.attach" in imported(via)
+    p = subprocess.run(cg.cmd("run", "-d", "--name", "envd", "--", "sh", "-c", script + "; exec sleep 1000"),
+                       env=cg.env(CALLER_VAR="mine"), cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert output(p) == ("envd\n", "", 0)
+    chunks = b""
+    for chunk in ag_client(cg).call("GET", "/v1/workloads/envd/logs", query={"follow": True}).chunks():
+        chunks += chunk
+        if chunks.endswith(b"\n"):
+            break
+    assert chunks.decode() == f"mine {tmp_path}\n"
+    assert output(cli(cg, "rm", "-f", "envd")) == ("envd\n", "", 0)
+
+
+def ag_client(cg: Env) -> Client:
+    return Client(f"{cg.state_dir}/agent.sock", timeout=60)

@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from cgagent.errors import CgagentError
@@ -65,27 +66,112 @@ def _close_listeners(keep: set[int]) -> None:
         s.detach()
 
 
-def spawn_supervisor(req: Any, host: Any, store: Any, stdio: list[int], conn: int) -> int:
-    """Fork the foreground run's supervisor with `stdio` as its 0, 1, 2; -> its pid."""
+@dataclass(frozen=True)
+class Caller:
+    """What a host workload inherits from the CLI on the direct path: its environment and directory.
+    The agent's own would be wrong (`FOO=1 cgagent run -- sh -c 'echo $FOO'`)."""
+
+    environ: dict[str, str] | None
+    cwd: str | None
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Caller:
+        return cls(body.get("environ"), body.get("cwd"))
+
+    def enter(self) -> None:
+        """In the forked process that runs the request: become the caller's context."""
+        if self.cwd is not None:
+            try:
+                os.chdir(self.cwd)
+            except OSError as e:
+                raise CgagentError(f"cannot enter the caller's directory {self.cwd} ({e.strerror})",
+                                   "run it from a directory the agent can reach") from None
+        if self.environ is not None:
+            os.environ.clear()
+            os.environ.update(self.environ)
+
+
+def _become_child(caller: Caller, stdio: list[int], conn: int) -> None:
+    """In a process just forked from a request's thread: stdio, session, signals and context of its own."""
+    from cgagent.api.server import real_stderr
+
+    real_stderr()
+    os.setsid()   # the agent's terminal signals (if it has one) are not the caller's
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    for fd in {*stdio, conn}:
+        if fd > 2:
+            os.close(fd)
+    _close_listeners(set())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    caller.enter()
+
+
+def _fork() -> int:
     for f in (sys.stdout, sys.stderr):
         f.flush()   # nothing of the agent's own output may be written twice
-    pid = os.fork()
+    return os.fork()
+
+
+def run_detached_as(caller: Caller, req: Any, host: Any, store: Any) -> str:
+    """runtime.run_detached in a process of the caller's context; what it prints on stderr is
+    printed here (the request's capture takes it to the caller). -> the workload's name."""
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = _fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(out_r)
+            os.close(err_r)
+            null = os.open(os.devnull, os.O_RDWR)
+            _become_child(caller, [null, null, err_w], -1)
+            from cgagent.runtime import run_detached
+
+            name = run_detached(req, host, store)
+            os.write(out_w, b"ok:" + name.encode())
+            code = 0
+        except CgagentError as e:
+            os.write(out_w, f"err:{e.exit_code}:{e}".encode())
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    try:
+        with os.fdopen(err_r, "rb") as err:
+            printed = err.read(64 * 1024).decode(errors="replace")
+        msg = b""
+        while chunk := os.read(out_r, 65536):
+            msg += chunk
+    finally:
+        os.close(out_r)
+        os.waitpid(pid, 0)
+    if printed:
+        sys.stderr.write(printed)
+    text = msg.decode(errors="replace")
+    if text.startswith("ok:"):
+        return text[3:]
+    if text.startswith("err:"):
+        _, ecode, line = text.split(":", 2)
+        raise CgagentError(line, "", int(ecode))
+    raise CgagentError("the agent's run process failed", "see the agent's log", 1)
+
+
+def spawn_supervisor(caller: Caller, req: Any, host: Any, store: Any, stdio: list[int], conn: int) -> int:
+    """Fork the foreground run's supervisor with `stdio` as its 0, 1, 2; -> its pid."""
+    pid = _fork()
     if pid != 0:
         return pid
     code = 1
     try:
-        from cgagent.api.server import real_stderr
-
-        real_stderr()
-        os.setsid()   # the agent's terminal signals (if it has one) are not the caller's
-        for target, fd in enumerate(stdio):
-            os.dup2(fd, target)
-        for fd in {*stdio, conn}:
-            if fd > 2:
-                os.close(fd)
-        _close_listeners(set())
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _become_child(caller, stdio, conn)
         from cgagent.runtime import run_foreground
 
         code = run_foreground(req, host, store)

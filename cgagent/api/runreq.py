@@ -20,8 +20,10 @@ _STR = (*LIMIT_FIELDS, "name", "cgroup_parent", "cgroup_driver", "rootfs", "host
 _BOOL = ("detach", "rm", "read_only", "init", "userns")
 _LIST = ("cmd", "volume", "publish", "env", "cap_add", "cap_drop", "security_opt", "device", "device_cgroup_rule",
          "policy_dir")
+# the caller's context, which a host workload inherits on the direct path: its environment and directory
+CONTEXT_FIELDS = {"environ": "object", "cwd": "string"}
 RUN_FIELDS: dict[str, str] = {**{k: "string" for k in _STR}, **{k: "boolean" for k in _BOOL},
-                              **{k: "array" for k in _LIST}}
+                              **{k: "array" for k in _LIST}, **CONTEXT_FIELDS}
 _ISO = {"rootfs": "rootfs", "read_only": "read_only", "volume": "volumes", "hostname": "hostname", "net": "net",
         "publish": "publish", "init": "init", "userns": "userns", "env": "env", "user": "user",
         "workdir": "workdir", "cap_add": "cap_add", "cap_drop": "cap_drop", "security_opt": "security_opt",
@@ -43,10 +45,13 @@ def check_fields(body: Any, fields: dict[str, str], what: str) -> dict[str, Any]
             continue
         ok = {"string": isinstance(v, str), "boolean": isinstance(v, bool),
               "integer": isinstance(v, int) and not isinstance(v, bool),
-              "array": isinstance(v, list) and all(isinstance(i, str) for i in v)}[kind]
+              "array": isinstance(v, list) and all(isinstance(i, str) for i in v),
+              "object": isinstance(v, dict) and all(isinstance(i, str) and "=" not in i and "\0" not in i + j
+                                                    and isinstance(j, str) for i, j in v.items())}[kind]
         if not ok:
-            raise CgagentError(f"field {k!r} of the {what} must be " + (
-                "an array of strings" if kind == "array" else f"a {kind}"), "see the API's openapi.json")
+            raise CgagentError(f"field {k!r} of the {what} must be " + {
+                "array": "an array of strings", "object": "an object of strings (NAME: value)"}.get(kind, f"a {kind}"),
+                "see the API's openapi.json")
         out[k] = v
     return out
 

@@ -178,14 +178,15 @@ class Api:
         return ps_rows(self.host, self.store, q.flag("all"))
 
     def op_run(self, _p: dict[str, str], _q: Query, body: Any) -> Any:
+        from cgagent.api import attach
         from cgagent.api.runreq import request
-        from cgagent.runtime import run_detached
 
         self.launcher("run")
         req = request(body, self.host, self.store.root)
+        caller = attach.Caller.of(body)
         if not req.detach:
-            return Attach(req)
-        return {"name": run_detached(req, self.host, self.store)}
+            return Attach(req, caller)
+        return {"name": attach.run_detached_as(caller, req, self.host, self.store)}
 
     def op_inspect(self, p: dict[str, str], _q: Query, _b: Any) -> Any:
         from cgagent.api.views import record_view
@@ -276,6 +277,7 @@ class Attach:
     """A validated foreground run: the connection becomes its stdio channel (cgagent/api/attach.py)."""
 
     req: Any
+    caller: Any
 
 
 @dataclass(frozen=True)
@@ -580,7 +582,7 @@ class Handler(web.BoundedHandler):
             return
         api = self.server.api
         try:
-            pid = attach.spawn_supervisor(a.req, api.host, api.store, fds, self.connection.fileno())
+            pid = attach.spawn_supervisor(a.caller, a.req, api.host, api.store, fds, self.connection.fileno())
         finally:
             for fd in fds:
                 os.close(fd)

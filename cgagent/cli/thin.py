@@ -240,7 +240,18 @@ def request_body(p: dict[str, Any]) -> dict[str, Any] | None:
     body.setdefault("parent", os.environ.get("CGAGENT_CGROUP_PARENT") or None)
     body.setdefault("driver", os.environ.get("CGAGENT_CGROUP_DRIVER") or None)
     body["cmd"] = [p["image"], "--", *cmd] if p.get("image") else cmd
-    return {_RENAME.get(k, k): v for k, v in body.items() if v is not None}
+    try:
+        body["cwd"] = os.getcwd()
+    except OSError:
+        return None   # a removed directory: the direct path says what it says about that
+    body["environ"] = dict(os.environ)
+    out = {_RENAME.get(k, k): v for k, v in body.items() if v is not None}
+    if len(json.dumps(out)) > MAX_BODY:
+        return None   # a huge environment: the direct path has no such bound
+    return out
+
+
+MAX_BODY = 60 * 1024   # under the agent's 64 KiB request bound
 
 
 def _abs_volume(v: str) -> str:
