@@ -115,6 +115,8 @@ def test_errors_are_the_clis_line_and_code(cg: Env, api: tuple[Agent, Client]) -
     ("POST", "/v1/workloads", b'{"cmd": ["true"], "detach": true, "colour": "red"}', "unknown field 'colour'"),
     ("POST", "/v1/workloads", b'{"cmd": "true", "detach": true}', "field 'cmd' of the run request must be"),
     ("POST", "/v1/workloads", b"[1, 2]", "the run request must be a JSON object"),
+    ("POST", "/v1/workloads", b'{"cmd": ["true"], "detach": true, "environ": {"A=B": "c"}}',
+     "field 'environ' of the run request must be an object of strings"),
     ("POST", "/v1/workloads", b'{"cmd": ["true"]}', "a foreground run needs the caller's stdio"),
     ("GET", "/v1/ps?all=1&colour=red", b"", "unknown query parameter 'colour'"),
     ("GET", "/v1/ps?all=maybe", b"", "query parameter 'all' is 'maybe'"),
