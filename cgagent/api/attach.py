@@ -114,7 +114,15 @@ def _fork() -> int:
     return os.fork()
 
 
-def run_detached_as(caller: Caller, req: Any, host: Any, store: Any) -> str:
+def _request(fields: dict[str, Any], host: Any, store: Any) -> Any:
+    """The run request, built in the caller's context: the defaults that come from the environment
+    (CGAGENT_DEFAULT_NET, CGAGENT_ROOT, PATH, `-e NAME`) and relative paths are the caller's."""
+    from cgagent.api.runreq import request
+
+    return request(fields, host, store.root)
+
+
+def run_detached_as(caller: Caller, fields: dict[str, Any], host: Any, store: Any) -> str:
     """runtime.run_detached in a process of the caller's context; what it prints on stderr is
     printed here (the request's capture takes it to the caller). -> the workload's name."""
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -129,7 +137,7 @@ def run_detached_as(caller: Caller, req: Any, host: Any, store: Any) -> str:
             _become_child(caller, [null, null, err_w], -1)
             from cgagent.runtime import run_detached
 
-            name = run_detached(req, host, store)
+            name = run_detached(_request(fields, host, store), host, store)
             os.write(out_w, b"ok:" + name.encode())
             code = 0
         except CgagentError as e:
@@ -164,7 +172,8 @@ def run_detached_as(caller: Caller, req: Any, host: Any, store: Any) -> str:
     raise CgagentError("the agent's run process failed", "see the agent's log", 1)
 
 
-def spawn_supervisor(caller: Caller, req: Any, host: Any, store: Any, stdio: list[int], conn: int) -> int:
+def spawn_supervisor(caller: Caller, fields: dict[str, Any], host: Any, store: Any, stdio: list[int],
+                     conn: int) -> int:
     """Fork the foreground run's supervisor with `stdio` as its 0, 1, 2; -> its pid."""
     pid = _fork()
     if pid != 0:
@@ -174,7 +183,7 @@ def spawn_supervisor(caller: Caller, req: Any, host: Any, store: Any, stdio: lis
         _become_child(caller, stdio, conn)
         from cgagent.runtime import run_foreground
 
-        code = run_foreground(req, host, store)
+        code = run_foreground(_request(fields, host, store), host, store)
     except CgagentError as e:
         from cgagent.cli.errors import report
 

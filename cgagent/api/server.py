@@ -179,14 +179,14 @@ class Api:
 
     def op_run(self, _p: dict[str, str], _q: Query, body: Any) -> Any:
         from cgagent.api import attach
-        from cgagent.api.runreq import request
+        from cgagent.api.runreq import RUN_FIELDS, check_fields
 
         self.launcher("run")
-        req = request(body, self.host, self.store.root)
-        caller = attach.Caller.of(body)
-        if not req.detach:
-            return Attach(req, caller)
-        return {"name": attach.run_detached_as(caller, req, self.host, self.store)}
+        fields = check_fields(body, RUN_FIELDS, "run request")
+        caller = attach.Caller.of(fields)
+        if not fields.get("detach"):
+            return Attach(fields, caller)
+        return {"name": attach.run_detached_as(caller, fields, self.host, self.store)}
 
     def op_inspect(self, p: dict[str, str], _q: Query, _b: Any) -> Any:
         from cgagent.api.views import record_view
@@ -274,9 +274,9 @@ QUERY = {"ps": {"all"}, "rm": {"force"}, "stop": {"time"}, "logs": {"follow"}, "
 
 @dataclass(frozen=True)
 class Attach:
-    """A validated foreground run: the connection becomes its stdio channel (cgagent/api/attach.py)."""
+    """A foreground run (its fields checked): the connection becomes its stdio channel (attach.py)."""
 
-    req: Any
+    fields: dict[str, Any]
     caller: Any
 
 
@@ -582,7 +582,7 @@ class Handler(web.BoundedHandler):
             return
         api = self.server.api
         try:
-            pid = attach.spawn_supervisor(a.caller, a.req, api.host, api.store, fds, self.connection.fileno())
+            pid = attach.spawn_supervisor(a.caller, a.fields, api.host, api.store, fds, self.connection.fileno())
         finally:
             for fd in fds:
                 os.close(fd)

@@ -209,37 +209,17 @@ _RENAME = {"parent": "cgroup_parent", "driver": "cgroup_driver", "auto_remove": 
 
 
 def request_body(p: dict[str, Any]) -> dict[str, Any] | None:
-    """fastrun.parse's dict -> the API's run request; None when it names something relative to this
-    process that the agent would see differently (a relative command path)."""
-    cmd = list(p["cmd"])
-    if cmd and "/" in cmd[0] and not os.path.isabs(cmd[0]):
-        return None
-    iso = dict(p["iso"])
-    if iso.get("rootfs"):
-        iso["rootfs"] = os.path.abspath(iso["rootfs"])
-    if iso.get("volumes"):
-        iso["volumes"] = [_abs_volume(v) for v in iso["volumes"]]
-    env = []
-    for e in iso.get("env") or []:   # -e KEY: this process's value, as the direct path takes it
-        if "=" not in e:
-            if (val := os.environ.get(e)) is None:
-                continue
-            e = f"{e}={val}"
-        env.append(e)
-    if env:
-        iso["env"] = env
-    if (iso.get("rootfs") or p.get("image")) and not iso.get("net") and os.environ.get("CGAGENT_DEFAULT_NET"):
-        iso["net"] = os.environ["CGAGENT_DEFAULT_NET"]
-    if not iso.get("root") and os.environ.get("CGAGENT_ROOT"):
-        iso["root"] = os.environ["CGAGENT_ROOT"]
-    body: dict[str, Any] = {**p["limits"], **iso}
+    """fastrun.parse's dict -> the API's run request, with this process's environment and directory:
+    the agent builds the request in them, so that env defaults and relative paths mean what they
+    mean here. None: too large to send (a huge environment)."""
+    body: dict[str, Any] = {**p["limits"], **p["iso"]}
     for k in ("name", "parent", "driver", "policy", "restart", "detach", "auto_remove", "policy_dirs",
               "device_rules"):
         if p.get(k):
             body[k] = p[k]
     body.setdefault("parent", os.environ.get("CGAGENT_CGROUP_PARENT") or None)
     body.setdefault("driver", os.environ.get("CGAGENT_CGROUP_DRIVER") or None)
-    body["cmd"] = [p["image"], "--", *cmd] if p.get("image") else cmd
+    body["cmd"] = [p["image"], "--", *p["cmd"]] if p.get("image") else list(p["cmd"])
     try:
         body["cwd"] = os.getcwd()
     except OSError:
@@ -247,16 +227,11 @@ def request_body(p: dict[str, Any]) -> dict[str, Any] | None:
     body["environ"] = dict(os.environ)
     out = {_RENAME.get(k, k): v for k, v in body.items() if v is not None}
     if len(json.dumps(out)) > MAX_BODY:
-        return None   # a huge environment: the direct path has no such bound
+        return None   # the direct path has no such bound
     return out
 
 
 MAX_BODY = 60 * 1024   # under the agent's 64 KiB request bound
-
-
-def _abs_volume(v: str) -> str:
-    host, sep, rest = v.partition(":")
-    return (os.path.abspath(host) if sep and not os.path.isabs(host) else host) + sep + rest
 
 
 COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
