@@ -207,10 +207,11 @@ class Api:
         from cgagent.api.runreq import LIMIT_FIELDS, check_fields, limits
         from cgagent.runtime import update
 
-        self.workload(p["name"])
+        # in the direct path's order: the values first, then the workload
         values = limits(check_fields(body, dict.fromkeys(LIMIT_FIELDS, "string"), "update request"))
         if not values:
             raise CgagentError("no limit given", "add at least one, e.g. --cpus 0.2")
+        self.workload(p["name"])
         rec = update(self.store, self.host, p["name"], values)
         return {"name": rec.name, "resources": rec.resources}
 
