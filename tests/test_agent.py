@@ -306,3 +306,10 @@ def test_a_restarted_agent_adopts_running_workloads(cg: Env) -> None:
             # sleep dies of the SIGTERM: its supervisor (not the agent) recorded the code
             assert (rec["live_status"], rec["exit_code"]) == ("exited", 128 + signal.SIGTERM)
             c.json("DELETE", workload_url(n))
+
+
+def test_the_clients_default_state_dir_is_the_stores() -> None:
+    from cgagent import state
+    from cgagent.api import client
+
+    assert client.DEFAULT_STATE_DIR == state.DEFAULT_STATE_DIR
