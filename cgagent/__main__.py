@@ -7,6 +7,11 @@ import sys
 
 def main() -> None:
     argv = sys.argv[1:]
+    from cgagent.cli import thin
+
+    rc = thin.main(argv)   # through the agent's API when it runs (CGAGENT_DIRECT=1: never)
+    if rc is not None:
+        sys.exit(rc)
     if argv[:1] == ["run"]:
         from cgagent.cli import fastrun
 

@@ -36,10 +36,10 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 from urllib.parse import parse_qs, urlsplit
 
 from cgagent.errors import CgagentError
@@ -225,7 +225,8 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     allow_reuse_port = False
     dual_stack = False
-    metrics: MetricsServer
+    loop: ConnectionLoop         # the accept loop serving this server's connections
+    metrics: MetricsServer       # the /metrics handler's (the same object as loop, for MetricsServer)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.dual_stack:
@@ -351,7 +352,7 @@ class _Server(ThreadingHTTPServer):
         fd = request.fileno()
         with self._conns_cv:
             conn = self._local.conn = self._conns.get(fd)
-        ctx = self.metrics.ssl_context
+        ctx = self.loop.ssl_context
         tls: ssl.SSLSocket | None = None
         try:
             if ctx is None:
@@ -387,13 +388,64 @@ class _Server(ThreadingHTTPServer):
         log.debug("error serving %s", client_address, exc_info=True)
 
 
+class UnixServer(_Server):
+    """The same bounded server on a unix stream socket at `path`, created with `mode` (the umask is set
+    around bind(): no moment at which the socket has looser permissions). A stale socket left by a
+    killed server is replaced; a live one (another server answers) or anything that is not a socket is
+    an error."""
+
+    address_family = socket.AF_UNIX
+    socket_mode = 0o600
+
+    def server_bind(self) -> None:
+        path = str(self.server_address)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            import stat
+
+            if not stat.S_ISSOCK(st.st_mode):
+                raise CgagentError(f"{path} exists and is not a socket", "move it away, then start again")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                raise CgagentError(f"another process serves {path}", "stop it first (only one agent per state dir)")
+            except (ConnectionRefusedError, FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)   # left by a server that was killed
+            finally:
+                probe.close()
+        old = os.umask(0o777 & ~self.socket_mode)
+        try:
+            self.socket.bind(path)
+        finally:
+            os.umask(old)
+        self.bound = True
+        self.server_address = path  # type: ignore[assignment]   # AF_UNIX addresses are paths
+        self.server_name, self.server_port = "localhost", 0
+
+    bound = False   # the path is ours to remove (not when bind() failed: it may be another server's)
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.bound:
+            with contextlib.suppress(OSError):
+                os.unlink(str(self.server_address))
+
+
 def _bind(family: socket.AddressFamily, addr: tuple[Any, ...], dual_stack: bool) -> _Server:
     cls = type("_BoundServer", (_Server,), {"address_family": family, "dual_stack": dual_stack})
     server: _Server = cls(addr, _Handler)
     return server
 
 
-class _Handler(BaseHTTPRequestHandler):
+class BoundedHandler(BaseHTTPRequestHandler):
+    """A handler for a _Server run by a ConnectionLoop: request headers within HEADER_BYTES, the bytes
+    read while the connection was parked served first; `serving()` around each request keeps the
+    connection table right (busy while serving, idle with a deadline between requests)."""
+
     protocol_version = "HTTP/1.1"
     server_version = "cgagent"
     sys_version = ""
@@ -410,6 +462,18 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         self.rfile = cast(Any, _HeaderBudget(self._raw_rfile))   # a fresh budget for each request on the connection
         super().handle_one_request()
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        self.server.mark_busy()
+        try:
+            yield
+        finally:
+            if not self.close_connection:
+                self.server.mark_idle()
+
+
+class _Handler(BoundedHandler):
 
     def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
               extra: list[tuple[str, str]] | None = None) -> None:
@@ -442,12 +506,8 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:
-        self.server.mark_busy()
-        try:
+        with self.serving():
             self._get()
-        finally:
-            if not self.close_connection:
-                self.server.mark_idle()
 
     def _get(self) -> None:
         if not self._authorized():
@@ -506,67 +566,31 @@ def _basic_credentials(header: str | None) -> tuple[str, bytes] | None:
         return None
 
 
-class MetricsServer:
-    """Serve `registry` (a prometheus_client CollectorRegistry or anything with collect()) on `listen`.
+class ConnectionLoop:
+    """The accept loop of a _Server: connections parked in a selector until their request headers have
+    arrived, the connection table's deadlines reaped without polling, shutdown without delay. Subclasses
+    bind the server and call _serve()."""
 
-    `max_connections` defaults to connection_bound() (from the fd limit at construction)."""
+    ssl_context: ssl.SSLContext | None = None
+    thread_name = "cgagent-http"
 
-    def __init__(self, registry: Collectable, listen: str = DEFAULT_LISTEN,
-                 web_config: WebConfig | None = None, max_connections: int | None = None) -> None:
-        self.registry = registry
-        self.listen = listen
-        self.web_config = web_config
-        self.ssl_context: ssl.SSLContext | None = web_config.ssl_context() if web_config else None
-        self.users: dict[str, bytes] = {
-            u: h.encode() for u, h in (web_config.basic_auth_users if web_config else {}).items()}
-        self.headers: dict[str, str] = web_config.response_headers() if web_config else {}
-        self._allowed_sans = set(web_config.client_allowed_sans) if web_config else set()
-        # successful checks, as HMACs of user and password under a per-process key: a scrape every few
-        # seconds must not pay bcrypt (~100 ms+) each time, and the cache holds no password
-        self._cache_key = os.urandom(32)
-        self._auth_cache: set[bytes] = set()
-        self._lock = threading.Lock()
-        self._auth_slots = threading.BoundedSemaphore(AUTH_CONCURRENCY)
-        self.bcrypt_checks = 0    # bcrypt computations done; for tests and debugging
-        # unknown users are checked against this (of the highest configured cost), see authenticate()
-        self._dummy_hash = b""
-        if self.users:
-            import bcrypt
-
-            cost = max(int(h[4:6]) for h in self.users.values())
-            self._dummy_hash = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(cost))
+    def _serve(self, httpd: _Server, max_connections: int | None) -> None:
+        self._httpd = httpd
+        httpd.loop = self
         self._stopped = threading.Event()
         self._stopped.set()
         self._closed = False
         self._close_lock = threading.Lock()
         self._loop_thread: threading.Thread | None = None
         self._thread: threading.Thread | None = None
-        host, port = parse_listen(listen)
-        family, addr = _resolve(host, port)
-        try:
-            try:
-                self._httpd: _Server = _bind(family, addr, dual_stack=host == "")
-            except OSError as e:
-                if host != "" or family != socket.AF_INET6 or e.errno not in (errno.EAFNOSUPPORT,
-                                                                                errno.EADDRNOTAVAIL):
-                    raise
-                # IPv6 disabled on this host: all addresses means all IPv4 addresses
-                self._httpd = _bind(socket.AF_INET, ("0.0.0.0", port), dual_stack=False)
-        except OSError as e:
-            why = {errno.EADDRINUSE: "the port is already in use",
-                   errno.EADDRNOTAVAIL: "the address is not on this machine",
-                   errno.EACCES: "permission denied"}.get(e.errno or 0, e.strerror or str(e))
-            raise CgagentError(f"cannot listen on {listen} ({why})",
-                               "choose another --listen address or stop the process using it") from None
-        self._httpd.metrics = self
-        self._httpd.max_connections = max_connections or connection_bound()
-        self._httpd.wake = self._wake_for
-        self._httpd.close_parked = self._close_parked
+        httpd.max_connections = max_connections or connection_bound()
+        httpd.wake = self._wake_for
+        httpd.close_parked = self._close_parked
         self._sel = selectors.DefaultSelector()
         self._wake_at = float("-inf")
         self._stopping = False
         # accept only when the selector says so, and never block in accept() if the client went away
-        self._httpd.socket.setblocking(False)
+        httpd.socket.setblocking(False)
         # the serve loop waits on the listening socket and this pipe, with no timeout: no idle wake-ups,
         # and shutdown() is immediate instead of up to socketserver's 0.5 s poll interval
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -578,79 +602,10 @@ class MetricsServer:
     def open_connections(self) -> int:
         return self._httpd.open_connections()
 
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    @property
-    def host(self) -> str:
-        return str(self._httpd.server_address[0])
-
-    @property
-    def url(self) -> str:
-        """Base URL to reach this server (an all-addresses bind is reached through loopback)."""
-        scheme = "https" if self.ssl_context else "http"
-        host = self.host
-        if host in ("::", "0.0.0.0"):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{scheme}://{host}:{self.port}"
-
-    def authenticate(self, header: str | None) -> str:
-        """AUTH_OK when `header` is `Basic base64(user:password)` for a configured user and its password,
-        AUTH_BUSY when no bcrypt slot freed up within AUTH_WAIT, else AUTH_DENIED.
-
-        No header, another scheme, bad base64, no colon, an empty or over-long password: denied without
-        bcrypt, as these reveal nothing about the configured users. A well-formed attempt for an unknown
-        user is checked against a dummy hash of the same cost: answering it faster would tell an attacker
-        which user names exist, and it buys no protection against load, since anyone can make the server
-        pay bcrypt by guessing a password for a user that does exist. What bounds that load is the slot
-        semaphore, for known and unknown users alike.
-        """
-        import bcrypt
-
-        creds = _basic_credentials(header)
-        if creds is None:
-            return AUTH_DENIED
-        user, password = creds
-        if not password or len(password) > BCRYPT_MAX_PASSWORD:
-            return AUTH_DENIED   # the config refuses empty passwords; bcrypt would refuse long ones
-        key = hmac.new(self._cache_key, user.encode() + b"\0" + password, hashlib.sha256).digest()
-        with self._lock:
-            if key in self._auth_cache:
-                return AUTH_OK
-        hashed = self.users.get(user)
-        if not self._auth_slots.acquire(timeout=AUTH_WAIT):
-            return AUTH_BUSY
-        try:
-            with self._lock:
-                self.bcrypt_checks += 1
-            ok = bool(bcrypt.checkpw(password, hashed or self._dummy_hash))
-        except ValueError:   # a malformed hash
-            ok = False
-        finally:
-            self._auth_slots.release()
-        if not ok or hashed is None:
-            return AUTH_DENIED
-        with self._lock:
-            if len(self._auth_cache) >= AUTH_CACHE_SIZE:
-                self._auth_cache.clear()
-            self._auth_cache.add(key)
-        return AUTH_OK
-
-    def peer_allowed(self, tls: ssl.SSLSocket) -> bool:
-        """client_allowed_sans: the verified client certificate must carry one of the listed SANs."""
-        if not self._allowed_sans:
-            return True
-        cert = tls.getpeercert() or {}
-        sans = {str(entry[1]) for entry in cert.get("subjectAltName", ())}
-        return bool(sans & self._allowed_sans)
-
-    def start(self) -> MetricsServer:
+    def start(self) -> Self:
         """Serve in a background daemon thread; returns self."""
         self._stopped.clear()
-        self._thread = threading.Thread(target=self._loop, name="cgagent-http", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
         self._thread.start()
         return self
 
@@ -784,8 +739,128 @@ class MetricsServer:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
-    def __enter__(self) -> MetricsServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+class MetricsServer(ConnectionLoop):
+    """Serve `registry` (a prometheus_client CollectorRegistry or anything with collect()) on `listen`.
+
+    `max_connections` defaults to connection_bound() (from the fd limit at construction)."""
+
+    def __init__(self, registry: Collectable, listen: str = DEFAULT_LISTEN,
+                 web_config: WebConfig | None = None, max_connections: int | None = None) -> None:
+        self.registry = registry
+        self.listen = listen
+        self.web_config = web_config
+        self.ssl_context: ssl.SSLContext | None = web_config.ssl_context() if web_config else None
+        self.users: dict[str, bytes] = {
+            u: h.encode() for u, h in (web_config.basic_auth_users if web_config else {}).items()}
+        self.headers: dict[str, str] = web_config.response_headers() if web_config else {}
+        self._allowed_sans = set(web_config.client_allowed_sans) if web_config else set()
+        # successful checks, as HMACs of user and password under a per-process key: a scrape every few
+        # seconds must not pay bcrypt (~100 ms+) each time, and the cache holds no password
+        self._cache_key = os.urandom(32)
+        self._auth_cache: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._auth_slots = threading.BoundedSemaphore(AUTH_CONCURRENCY)
+        self.bcrypt_checks = 0    # bcrypt computations done; for tests and debugging
+        # unknown users are checked against this (of the highest configured cost), see authenticate()
+        self._dummy_hash = b""
+        if self.users:
+            import bcrypt
+
+            cost = max(int(h[4:6]) for h in self.users.values())
+            self._dummy_hash = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(cost))
+        host, port = parse_listen(listen)
+        family, addr = _resolve(host, port)
+        try:
+            try:
+                self._httpd: _Server = _bind(family, addr, dual_stack=host == "")
+            except OSError as e:
+                if host != "" or family != socket.AF_INET6 or e.errno not in (errno.EAFNOSUPPORT,
+                                                                                errno.EADDRNOTAVAIL):
+                    raise
+                # IPv6 disabled on this host: all addresses means all IPv4 addresses
+                self._httpd = _bind(socket.AF_INET, ("0.0.0.0", port), dual_stack=False)
+        except OSError as e:
+            why = {errno.EADDRINUSE: "the port is already in use",
+                   errno.EADDRNOTAVAIL: "the address is not on this machine",
+                   errno.EACCES: "permission denied"}.get(e.errno or 0, e.strerror or str(e))
+            raise CgagentError(f"cannot listen on {listen} ({why})",
+                               "choose another --listen address or stop the process using it") from None
+        self._httpd.metrics = self
+        self._serve(self._httpd, max_connections)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return str(self._httpd.server_address[0])
+
+    @property
+    def url(self) -> str:
+        """Base URL to reach this server (an all-addresses bind is reached through loopback)."""
+        scheme = "https" if self.ssl_context else "http"
+        host = self.host
+        if host in ("::", "0.0.0.0"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    def authenticate(self, header: str | None) -> str:
+        """AUTH_OK when `header` is `Basic base64(user:password)` for a configured user and its password,
+        AUTH_BUSY when no bcrypt slot freed up within AUTH_WAIT, else AUTH_DENIED.
+
+        No header, another scheme, bad base64, no colon, an empty or over-long password: denied without
+        bcrypt, as these reveal nothing about the configured users. A well-formed attempt for an unknown
+        user is checked against a dummy hash of the same cost: answering it faster would tell an attacker
+        which user names exist, and it buys no protection against load, since anyone can make the server
+        pay bcrypt by guessing a password for a user that does exist. What bounds that load is the slot
+        semaphore, for known and unknown users alike.
+        """
+        import bcrypt
+
+        creds = _basic_credentials(header)
+        if creds is None:
+            return AUTH_DENIED
+        user, password = creds
+        if not password or len(password) > BCRYPT_MAX_PASSWORD:
+            return AUTH_DENIED   # the config refuses empty passwords; bcrypt would refuse long ones
+        key = hmac.new(self._cache_key, user.encode() + b"\0" + password, hashlib.sha256).digest()
+        with self._lock:
+            if key in self._auth_cache:
+                return AUTH_OK
+        hashed = self.users.get(user)
+        if not self._auth_slots.acquire(timeout=AUTH_WAIT):
+            return AUTH_BUSY
+        try:
+            with self._lock:
+                self.bcrypt_checks += 1
+            ok = bool(bcrypt.checkpw(password, hashed or self._dummy_hash))
+        except ValueError:   # a malformed hash
+            ok = False
+        finally:
+            self._auth_slots.release()
+        if not ok or hashed is None:
+            return AUTH_DENIED
+        with self._lock:
+            if len(self._auth_cache) >= AUTH_CACHE_SIZE:
+                self._auth_cache.clear()
+            self._auth_cache.add(key)
+        return AUTH_OK
+
+    def peer_allowed(self, tls: ssl.SSLSocket) -> bool:
+        """client_allowed_sans: the verified client certificate must carry one of the listed SANs."""
+        if not self._allowed_sans:
+            return True
+        cert = tls.getpeercert() or {}
+        sans = {str(entry[1]) for entry in cert.get("subjectAltName", ())}
+        return bool(sans & self._allowed_sans)
+

@@ -108,14 +108,27 @@ def parent_roots(sub: str) -> list[str]:
     return sorted({os.path.normpath(f"{m}/{h.own_cgroup.get(c, '/')}/{sub}") for c, m in h.v1_mounts.items()})
 
 
+def _start_agent(e: Env) -> subprocess.Popen[str]:
+    """CGAGENT_TEST_AGENT=1: every test's CLI calls go through an agent on its state dir (the CLI
+    suites must pass both ways; the exporter tests start their own agent and cannot run so)."""
+    p = subprocess.Popen(e.cmd("serve", "--listen", "127.0.0.1:0"), env=e.env(), text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and "/metrics" in p.stdout.readline(), p.communicate(timeout=30)
+    return p
+
+
 @pytest.fixture
 def cg(tmp_path: object) -> Iterator[Env]:
     if os.geteuid() != 0:
         pytest.skip("needs root to create cgroups (CI runs as root)")
     sub = f"cgagent-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     e = Env(state_dir=str(tmp_path) + "/state", parent=f"nested:{sub}", roots=parent_roots(sub))
+    agent = _start_agent(e) if os.environ.get("CGAGENT_TEST_AGENT") == "1" else None
     try:
         yield e
     finally:
+        if agent is not None:
+            agent.terminate()
+            agent.communicate(timeout=30)
         left = [d for r in e.roots for d in _kill_and_rmdir(r)]
         assert not left, f"cgroups left behind: {left}"

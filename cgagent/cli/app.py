@@ -118,6 +118,18 @@ def ps(
 
 
 @app.command()
+def inspect(
+    names: Annotated[list[str], typer.Argument(help="Workloads to show.")],
+    state_dir: StateDir = None,
+) -> None:
+    """Print workloads' records as a JSON list, each with live_status (what the kernel says now)."""
+    from cgagent.api.views import record_view
+
+    store, h = _store(state_dir), _host()
+    print(json.dumps([record_view(store, h, n) for n in names], indent=1, sort_keys=True))
+
+
+@app.command()
 def stats(
     name: Annotated[list[str] | None, typer.Argument(help="Workloads to show (default: all running).")] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second until Ctrl-C.")] = False,
@@ -289,11 +301,20 @@ def serve(
     policy_dir: Annotated[list[str] | None, typer.Option(
         "--policy-dir", help="Also read policies from this directory (repeatable; after the built-ins and "
         "/etc/cgagent/policies.d).")] = None,
+    api_socket: Annotated[str | None, typer.Option(
+        "--api-socket", envvar="CGAGENT_API_SOCKET", help="Serve the local API on this unix socket (default "
+        "STATE_DIR/agent.sock, mode 0600).")] = None,
+    api_group: Annotated[str | None, typer.Option(
+        "--api-group", envvar="CGAGENT_API_GROUP", help="Let this group's members call the API too (the socket "
+        "becomes 0660 and theirs; membership is root-equivalent, as the docker group's).")] = None,
 ) -> None:
     """Serve Prometheus metrics of every workload (and --watch-cgroup trees); log OOM kills as they happen;
-    apply the workloads' policies (throttling and OOM responses) live.
+    apply the workloads' policies (throttling and OOM responses) live; serve the local API (run, ps,
+    inspect, update, stop, rm, logs, events) that the CLI uses when the agent runs.
 
     Example: cgagent serve --watch-cgroup /system.slice   # then scrape http://127.0.0.1:9730/metrics
+
+    Example: curl --unix-socket /run/cgagent/agent.sock http://x/v1/ps
     """
     from cgagent.network.workload import startup_prune
     from exporters.serve import serve as do_serve
@@ -301,7 +322,7 @@ def serve(
 
     startup_prune()   # connections of workloads that died while no agent ran
     raise typer.Exit(do_serve(listen or DEFAULT_LISTEN, web_config_file, watch_cgroup or [], per_cpu,
-                              state_dir, policy_dir))
+                              state_dir, policy_dir, api_socket, api_group))
 
 
 @app.command()

@@ -1,0 +1,106 @@
+"""The agent: what `cgagent serve` runs. The Prometheus exporter, the OOM watcher, the policy
+controller and the local API (cgagent/api), started together and stopped together.
+
+Workloads do not belong to the agent: each detached one has its own supervisor (cgagent/shim.py) and
+its record in the state dir, so stopping, killing or upgrading the agent never touches them, and an
+agent started later serves them as it finds them (adoption is reading the records)."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import resource
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from types import FrameType
+
+from cgagent.errors import CgagentError
+
+
+@dataclass
+class AgentOptions:
+    listen: str
+    web_config_file: str | None = None
+    watch: list[str] = field(default_factory=list)
+    per_cpu: bool = False
+    state_dir: str | None = None
+    policy_dirs: list[str] | None = None
+    api_socket: str | None = None        # default <state dir>/agent.sock
+    api_group: str | None = None         # a group name or number whose members may call the API
+
+
+def resolve_group(spec: str | None) -> int | None:
+    if not spec:
+        return None
+    try:
+        return int(spec) if spec.isdigit() else grp.getgrnam(spec).gr_gid
+    except KeyError:
+        raise CgagentError(f"no group named {spec!r}",
+                           "give an existing group's name or number to --api-group") from None
+
+
+def _raise_fd_limit() -> None:
+    # directory descriptors (openat) and inotify watches scale with the cgroups covered: use the hard
+    # limit, as Go programs (Prometheus, node_exporter) do at start
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run(opts: AgentOptions) -> int:
+    """Serve until SIGTERM or SIGINT; -> exit code."""
+    from cgagent import host as hostmod
+    from cgagent.api.server import Api, ApiServer, install_stderr_capture, socket_path
+    from cgagent.oomwatch import OomWatcher
+    from cgagent.state import Store
+    from exporters import web, webconfig
+    from exporters.registry import Exporter, Options
+    from policies import controller as policy_controller
+
+    # every bad option is one line before anything is bound or started
+    cfg = webconfig.load_web_config(opts.web_config_file) if opts.web_config_file else None
+    group = resolve_group(opts.api_group)
+    store = Store(opts.state_dir)
+    h = hostmod.detect()
+    _raise_fd_limit()
+    exporter = Exporter(Options(host=h, state_dir=store.root, watch=opts.watch, per_cpu=opts.per_cpu))
+    server = web.MetricsServer(exporter, listen=opts.listen, web_config=cfg)
+    sock = opts.api_socket or socket_path(store.root)
+    try:
+        api = ApiServer(Api(store, h, group), sock, group)
+    except BaseException:
+        server.shutdown()
+        raise
+    policy_ctl = policy_controller.start(store.root, h, opts.policy_dirs)   # applies the workloads' policies live
+    watcher = OomWatcher(store).start()
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    install_stderr_capture()
+    server.start()
+    api.start()
+    covered = "workloads in " + store.root + "".join(f", cgroups under {w}" for w in opts.watch)
+    print(f"cgagent serve: scrape {server.url}/metrics ({covered}; cgroup {h.mode})", flush=True)
+    print(f"  prometheus.yml: scrape_configs: [{{job_name: cgagent, scheme: {server.url.split(':')[0]}, "
+          f"static_configs: [{{targets: ['{server.url.split('//')[1]}']}}]}}]", flush=True)
+    print(f"  API: curl --unix-socket {sock} http://x/v1/ps", flush=True)
+    try:
+        # the main thread only waits for a signal: Event.wait wakes for it, no polling
+        stopping.wait()
+    finally:
+        api.shutdown()
+        server.shutdown()
+        watcher.stop()
+        exporter.close()
+        policy_ctl.stop()
+    print("cgagent serve: stopped", file=sys.stderr, flush=True)
+    return 0
+

@@ -1,0 +1,299 @@
+"""Foreground runs through the agent: the caller's stdin, stdout and stderr over SCM_RIGHTS, its
+signals forwarded, the exit code back.
+
+On the wire: `POST /v1/workloads` with `"detach": false` and `Upgrade: cgagent-stdio`. A request the
+agent refuses is answered as any other (JSON error). Else it answers `101 Switching Protocols`; the
+caller then sends one byte "F" carrying its fds 0, 1 and 2, and afterwards a line "N\\n" for each
+signal N it receives; the agent answers one line "exit CODE\\n" when the workload's supervisor ends.
+
+The supervisor is a process forked from the agent (its modules loaded: no interpreter start-up) that
+does what the direct path's `cgagent run` does, in its own session, with the caller's fds as its
+stdio: its errors reach the caller's stderr as one line, as they would directly. Should the agent go
+away meanwhile, the supervisor goes on and records the exit (`cgagent ps -a` shows it)."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import select
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from cgagent.errors import CgagentError
+
+PROTOCOL = "cgagent-stdio"
+MAX_LINE = 64
+
+
+def receive_stdio(sock: socket.socket) -> list[int] | None:
+    """The caller's three fds (None: it sent something else, or went away)."""
+    fds = array.array("i")
+    try:
+        msg, anc, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(3 * fds.itemsize))
+    except OSError:
+        return None
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if msg == b"F" and len(fds) == 3:
+        return list(fds)
+    for fd in fds:
+        os.close(fd)
+    return None
+
+
+def _close_listeners(keep: set[int]) -> None:
+    """In the forked supervisor: the agent's listening sockets and the caller's connection go, so that
+    a restarted agent can bind again and the caller sees the agent's end, not ours."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd < 3 or fd in keep:
+            continue
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:
+            continue   # not a socket
+        try:
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                s.close()
+                continue
+        except OSError:
+            pass
+        s.detach()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What a host workload inherits from the CLI on the direct path: its environment and directory.
+    The agent's own would be wrong (`FOO=1 cgagent run -- sh -c 'echo $FOO'`)."""
+
+    environ: dict[str, str] | None
+    cwd: str | None
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Caller:
+        return cls(body.get("environ"), body.get("cwd"))
+
+    def enter(self) -> None:
+        """In the forked process that runs the request: become the caller's context."""
+        if self.cwd is not None:
+            try:
+                os.chdir(self.cwd)
+            except OSError as e:
+                raise CgagentError(f"cannot enter the caller's directory {self.cwd} ({e.strerror})",
+                                   "run it from a directory the agent can reach") from None
+        if self.environ is not None:
+            os.environ.clear()
+            os.environ.update(self.environ)
+
+
+def _become_child(caller: Caller, stdio: list[int], conn: int) -> None:
+    """In a process just forked from a request's thread: stdio, session, signals and context of its own."""
+    from cgagent.api.server import real_stderr
+
+    real_stderr()
+    os.setsid()   # the agent's terminal signals (if it has one) are not the caller's
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    for fd in {*stdio, conn}:
+        if fd > 2:
+            os.close(fd)
+    _close_listeners(set())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    caller.enter()
+
+
+def _fork() -> int:
+    for f in (sys.stdout, sys.stderr):
+        f.flush()   # nothing of the agent's own output may be written twice
+    return os.fork()
+
+
+def _request(fields: dict[str, Any], host: Any, store: Any) -> Any:
+    """The run request, built in the caller's context: the defaults that come from the environment
+    (CGAGENT_DEFAULT_NET, CGAGENT_ROOT, PATH, `-e NAME`) and relative paths are the caller's."""
+    from cgagent.api.runreq import request
+
+    return request(fields, host, store.root)
+
+
+def run_detached_as(caller: Caller, fields: dict[str, Any], host: Any, store: Any) -> str:
+    """runtime.run_detached in a process of the caller's context; what it prints on stderr is
+    printed here (the request's capture takes it to the caller). -> the workload's name."""
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = _fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(out_r)
+            os.close(err_r)
+            null = os.open(os.devnull, os.O_RDWR)
+            _become_child(caller, [null, null, err_w], -1)
+            from cgagent.runtime import run_detached
+
+            name = run_detached(_request(fields, host, store), host, store)
+            os.write(out_w, b"ok:" + name.encode())
+            code = 0
+        except CgagentError as e:
+            os.write(out_w, f"err:{e.exit_code}:{e}".encode())
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    try:
+        with os.fdopen(err_r, "rb") as err:
+            printed = err.read(64 * 1024).decode(errors="replace")
+        msg = b""
+        while chunk := os.read(out_r, 65536):
+            msg += chunk
+    finally:
+        os.close(out_r)
+        os.waitpid(pid, 0)
+    if printed:
+        sys.stderr.write(printed)
+    text = msg.decode(errors="replace")
+    if text.startswith("ok:"):
+        return text[3:]
+    if text.startswith("err:"):
+        _, ecode, line = text.split(":", 2)
+        raise CgagentError(line, "", int(ecode))
+    raise CgagentError("the agent's run process failed", "see the agent's log", 1)
+
+
+def spawn_supervisor(caller: Caller, fields: dict[str, Any], host: Any, store: Any, stdio: list[int],
+                     conn: int) -> int:
+    """Fork the foreground run's supervisor with `stdio` as its 0, 1, 2; -> its pid."""
+    pid = _fork()
+    if pid != 0:
+        return pid
+    code = 1
+    try:
+        _become_child(caller, stdio, conn)
+        from cgagent.runtime import run_foreground
+
+        code = run_foreground(_request(fields, host, store), host, store)
+    except CgagentError as e:
+        from cgagent.cli.errors import report
+
+        code = report(e)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def relay(sock: socket.socket, pid: int) -> None:
+    """Forward the caller's signal lines to the supervisor until it exits; send its exit code."""
+    from cgagent.launch import FORWARDED, exit_code
+
+    pidfd = os.pidfd_open(pid)
+    buf = b""
+    listening = True
+    try:
+        while True:
+            ready: list[int] = select.select([pidfd, sock.fileno()] if listening else [pidfd], [], [])[0]
+            if sock.fileno() in ready:
+                try:
+                    data = sock.recv(MAX_LINE)
+                except OSError:
+                    data = b""
+                if not data:
+                    listening = False   # the caller is gone: the supervisor still records the end
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip().isdigit() and int(line) in FORWARDED:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, int(line))
+                if len(buf) > MAX_LINE:
+                    listening = False   # not our protocol: stop reading it
+            if pidfd in ready:
+                code = exit_code(os.waitpid(pid, 0)[1])
+                with contextlib.suppress(OSError):
+                    sock.sendall(f"exit {code}\n".encode())
+                return
+    finally:
+        os.close(pidfd)
+
+
+# --- the caller's side
+
+def run_attached(path: str, body: dict[str, Any]) -> int:
+    """Send the run request; once accepted, our stdio and then our signals; -> the workload's code."""
+    import json
+
+    from cgagent.api.client import Declined
+
+    data = json.dumps(body).encode()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+        s.sendall(b"POST /v1/workloads HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                  b"Connection: Upgrade\r\nUpgrade: " + PROTOCOL.encode() +
+                  f"\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        f = s.makefile("rb", buffering=0)
+        status_line = f.readline(1024)
+        headers: dict[str, str] = {}
+        while (line := f.readline(8192)) not in (b"\r\n", b"\n", b""):
+            k, _, v = line.decode("latin-1").partition(":")
+            headers[k.strip().lower()] = v.strip()
+        parts = status_line.split()
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if status == 501:
+            raise Declined("/v1/workloads")
+        if status != 101:
+            raw = f.read(int(headers.get("content-length", "0") or 0))
+            try:
+                obj = json.loads(raw)
+                raise CgagentError(str(obj["error"]), "", int(obj["exit_code"]))
+            except (ValueError, KeyError, TypeError):
+                raise CgagentError(f"the agent answered {status_line!r} to a foreground run",
+                                   "see the agent's log", 1) from None
+        s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
+        return _wait_exit(s)
+    finally:
+        s.close()
+
+
+def _wait_exit(s: socket.socket) -> int:
+    from cgagent.launch import FORWARDED
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(OSError):
+            s.sendall(f"{signum}\n".encode())
+
+    old = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(MAX_LINE)
+            if not chunk:
+                raise CgagentError("the agent went away while the workload ran (its supervisor records the "
+                                   "exit)", "see `cgagent ps -a`", 1)
+            buf += chunk
+        word, _, num = buf.split(b"\n", 1)[0].decode().partition(" ")
+        if word != "exit" or not num.lstrip("-").isdigit():
+            raise CgagentError(f"the agent sent {buf[:MAX_LINE]!r}", "see the agent's log", 1)
+        return int(num)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

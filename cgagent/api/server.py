@@ -1,0 +1,624 @@
+"""The agent's local API: HTTP/1.1 + JSON on a unix socket (default <state dir>/agent.sock, mode 0600).
+
+Who may call: the socket's file mode first (root only by default; 0660 and the group's with
+--api-group), then each connection's peer credentials (SO_PEERCRED, taken by the kernel at connect()):
+root, the agent's own user, or a member of the configured group (primary or supplementary, from
+SO_PEERGROUPS). Membership is root-equivalent, as the docker group is: the API starts workloads.
+
+The connection handling is the exporter's (exporters/web.py): at most HEADER_BYTES of headers, which
+must arrive within HEADER_TIMEOUT, a bounded connection table; bodies here are at most MAX_BODY.
+Every failure is a JSON object {"error": one line, "exit_code": N}: the line is what the CLI prints
+after `cgagent: error: `, the exit code what it exits with. The routes are ROUTES, and openapi.json
+beside this file describes each (a test holds the two equal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import socket
+import struct
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cgagent.errors import CgagentError
+from cgagent.host import Host
+from cgagent.state import Store
+from exporters import web
+
+SOCKET_NAME = "agent.sock"
+MAX_BODY = 64 * 1024
+API_VERSION = "v1"
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)   # Linux 4.13+; Python 3.11 lacks the constant
+
+
+def socket_path(state_root: str) -> str:
+    return os.path.join(state_root, SOCKET_NAME)
+
+
+class ApiError(CgagentError):
+    """A CgagentError with the HTTP status to answer it with."""
+
+    def __init__(self, status: int, problem: str, fix: str = "", exit_code: int = 2) -> None:
+        super().__init__(problem, fix, exit_code)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str          # OpenAPI path template, {name} for a workload's name
+    op: str                # the handler method's name (Api.op_<op>) and the OpenAPI operationId
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template) + "$")
+
+
+ROUTES = (
+    Route("GET", "/v1/version", "version"),
+    Route("GET", "/v1/ps", "ps"),
+    Route("POST", "/v1/workloads", "run"),
+    Route("GET", "/v1/workloads/{name}", "inspect"),
+    Route("DELETE", "/v1/workloads/{name}", "rm"),
+    Route("POST", "/v1/workloads/{name}/update", "update"),
+    Route("POST", "/v1/workloads/{name}/stop", "stop"),
+    Route("GET", "/v1/workloads/{name}/logs", "logs"),
+    Route("GET", "/v1/events", "events"),
+)
+_COMPILED = [(r, r.pattern) for r in ROUTES]
+
+
+def route(method: str, path: str) -> tuple[Route, dict[str, str]]:
+    allowed = []
+    for r, pat in _COMPILED:
+        m = pat.match(path)
+        if m:
+            if r.method == method:
+                return r, {k: unquote(v) for k, v in m.groupdict().items()}
+            allowed.append(r.method)
+    if allowed:
+        raise ApiError(405, f"{method} is not allowed on {path}", "use " + " or ".join(allowed))
+    raise ApiError(404, f"no API route {path}", "see GET /v1/version and the API's openapi.json")
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    groups: tuple[int, ...] = ()
+    with contextlib.suppress(OSError):   # ERANGE past 256 groups: the primary group still counts
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+        groups = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+    return Peer(pid, uid, gid, groups)
+
+
+# what the direct path uses to launch and tear down: mounts, netns/links, chroot, device nodes, setuid
+LAUNCH_CAPS = {"CAP_SYS_ADMIN": 21, "CAP_NET_ADMIN": 12, "CAP_SYS_CHROOT": 18, "CAP_MKNOD": 27, "CAP_SETUID": 7}
+
+
+def confinement(status: str = "/proc/self/status") -> str | None:
+    """Why this process cannot do what the direct CLI does, or None. A hardened service (the shipped
+    systemd unit: a capability bounding set, no_new_privs, a private mount namespace) serves reads and
+    limit changes, but workloads started from it would inherit its sandbox."""
+    try:
+        with open(status) as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        eff = int(fields["CapEff"], 16)
+        no_new_privs = fields.get("NoNewPrivs", "0").strip() == "1"
+    except (OSError, KeyError, ValueError):
+        return "its privileges cannot be read from /proc"
+    missing = [n for n, bit in LAUNCH_CAPS.items() if not eff >> bit & 1]
+    if missing:
+        return "it runs without " + ", ".join(missing)
+    if no_new_privs:
+        return "it runs with no_new_privs"
+    try:
+        if os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt"):
+            return "it runs in a mount namespace of its own"
+    except OSError:
+        pass   # PID 1 not ours to inspect (a container): the checks above stand alone
+    return None
+
+
+class Api:
+    """The operations, each on today's runtime functions (the CLI's direct path calls the same)."""
+
+    def __init__(self, store: Store, host: Host, group: int | None, confined: str | None = None) -> None:
+        self.store = store
+        self.host = host
+        self.group = group
+        self.confined = confined if confined is not None else confinement()
+
+    def launcher(self, what: str) -> None:
+        """run, stop and rm make, kill and tear down what a workload has (mounts, namespaces, links):
+        an agent without the privileges of the direct path refuses them with 501, and the CLI then does
+        them directly, as without an agent."""
+        if self.confined:
+            raise ApiError(501, f"this agent cannot {what} workloads ({self.confined})",
+                           "use the CLI without the agent (CGAGENT_DIRECT=1), or run the agent unconfined")
+
+    def allowed(self, peer: Peer) -> bool:
+        if peer.uid in (0, os.geteuid()):
+            return True
+        return self.group is not None and (peer.gid == self.group or self.group in peer.groups)
+
+    def workload(self, name: str) -> None:
+        """404 unless `name` has a record (the message is the CLI's)."""
+        if not self.store.exists(name):
+            try:
+                self.store.load(name)   # the CLI's error for a bad or unknown name
+            except CgagentError as e:
+                raise ApiError(404, e.problem, e.fix, e.exit_code) from None
+
+    # --- operations: (path params, query, body) -> JSON-able answer, or a stream (see Handler)
+
+    def op_version(self, _p: dict[str, str], _q: Query, _b: Any) -> Any:
+        from cgagent import __version__
+
+        return {"version": __version__, "api": API_VERSION, "state_dir": self.store.root}
+
+    def op_ps(self, _p: dict[str, str], q: Query, _b: Any) -> Any:
+        from cgagent.cli.views import ps_rows
+
+        return ps_rows(self.host, self.store, q.flag("all"))
+
+    def op_run(self, _p: dict[str, str], _q: Query, body: Any) -> Any:
+        from cgagent.api import attach
+        from cgagent.api.runreq import RUN_FIELDS, check_fields
+
+        self.launcher("run")
+        fields = check_fields(body, RUN_FIELDS, "run request")
+        caller = attach.Caller.of(fields)
+        if not fields.get("detach"):
+            return Attach(fields, caller)
+        return {"name": attach.run_detached_as(caller, fields, self.host, self.store)}
+
+    def op_inspect(self, p: dict[str, str], _q: Query, _b: Any) -> Any:
+        from cgagent.api.views import record_view
+
+        self.workload(p["name"])
+        return record_view(self.store, self.host, p["name"])
+
+    def op_rm(self, p: dict[str, str], q: Query, _b: Any) -> Any:
+        from cgagent.runtime import remove
+
+        self.launcher("remove")   # first: the CLI's fallback must come before any name's answer
+        if not q.flag("force"):   # -f also removes what a damaged or deleted record left
+            self.workload(p["name"])
+        remove(self.store, self.host, p["name"], q.flag("force"))
+        return {"name": p["name"]}
+
+    def op_update(self, p: dict[str, str], _q: Query, body: Any) -> Any:
+        from cgagent.api.runreq import LIMIT_FIELDS, check_fields, limits
+        from cgagent.runtime import update
+
+        # in the direct path's order: the values first, then the workload
+        values = limits(check_fields(body, dict.fromkeys(LIMIT_FIELDS, "string"), "update request"))
+        if not values:
+            raise CgagentError("no limit given", "add at least one, e.g. --cpus 0.2")
+        self.workload(p["name"])
+        rec = update(self.store, self.host, p["name"], values)
+        return {"name": rec.name, "resources": rec.resources}
+
+    def op_stop(self, p: dict[str, str], q: Query, _b: Any) -> Any:
+        from cgagent.runtime import stop
+
+        timeout = q.number("time", 10.0)
+        self.launcher("stop")
+        self.workload(p["name"])
+        stop(self.store, self.host, p["name"], timeout)
+        return {"name": p["name"]}
+
+    def op_logs(self, p: dict[str, str], q: Query, _b: Any) -> Any:
+        self.workload(p["name"])
+        return Stream("application/octet-stream", lambda client: log_stream(self.store, p["name"], q.flag("follow"),
+                                                                            client))
+
+    def op_events(self, _p: dict[str, str], q: Query, _b: Any) -> Any:
+        name = q.get("name")
+        return Stream("application/x-ndjson", lambda client: event_stream(self.store.root, name, q.flag("follow"),
+                                                                          client))
+
+
+class Query:
+    """The query string: each parameter once; flags are 1/true/0/false."""
+
+    def __init__(self, raw: str, allowed: set[str]) -> None:
+        self.values: dict[str, str] = {}
+        for k, vs in parse_qs(raw, keep_blank_values=True, strict_parsing=False).items():
+            if k not in allowed:
+                raise ApiError(400, f"unknown query parameter {k!r}",
+                               "the parameters here are " + (", ".join(sorted(allowed)) or "none"))
+            if len(vs) != 1:
+                raise ApiError(400, f"query parameter {k!r} given {len(vs)} times", "give it once")
+            self.values[k] = vs[0]
+
+    def get(self, k: str) -> str | None:
+        return self.values.get(k)
+
+    def flag(self, k: str) -> bool:
+        v = self.values.get(k, "0").lower()
+        if v not in ("1", "true", "0", "false", ""):
+            raise ApiError(400, f"query parameter {k!r} is {v!r}", "use 1 or 0 (true or false)")
+        return v in ("1", "true")
+
+    def number(self, k: str, default: float) -> float:
+        v = self.values.get(k)
+        if v is None:
+            return default
+        try:
+            n = float(v)
+        except ValueError:
+            n = -1.0
+        if not 0 <= n <= 86400:
+            raise ApiError(400, f"query parameter {k!r} is {v!r}", "give seconds from 0 to 86400")
+        return n
+
+
+QUERY = {"ps": {"all"}, "rm": {"force"}, "stop": {"time"}, "logs": {"follow"}, "events": {"name", "follow"}}
+
+
+@dataclass(frozen=True)
+class Attach:
+    """A foreground run (its fields checked): the connection becomes its stdio channel (attach.py)."""
+
+    fields: dict[str, Any]
+    caller: Any
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An answer of unknown length, written as it comes until done or the client goes away; the
+    connection closes after it (the end of the body is the end of the connection)."""
+
+    content_type: str
+    produce: Callable[[socket.socket], Generator[bytes, None, None]]
+
+
+def _watching(paths: list[tuple[str, int]], fds: list[int], client: socket.socket) -> Iterator[list[int]]:
+    """Yield the ready fds (never an empty list), each time a watched file changes or an fd is
+    readable, until the client closes. inotify: no polling, no sleep."""
+    from cgagent.inotify import Inotify
+
+    ino = Inotify()
+    try:
+        for path, mask in paths:
+            ino.add(path, mask)
+        yield []   # watches in place: the caller reads what is there (nothing is missed in between)
+        while True:
+            ready: list[int] = select.select([ino.fd, client.fileno(), *fds], [], [])[0]
+            if client.fileno() in ready:
+                return
+            if ino.fd in ready:
+                for _ in ino.read():
+                    pass
+            yield ready
+    finally:
+        ino.close()
+
+
+def log_stream(store: Store, name: str, follow: bool, client: socket.socket) -> Generator[bytes, None, None]:
+    """The workload's log (as `cgagent logs [-f]`): what is there, then, with follow, what its
+    supervisor writes until it exits."""
+    from cgagent import procs
+    from cgagent.inotify import IN_MODIFY
+
+    rec = store.load(name)
+    path = store.log_path(name)
+    if not os.path.exists(path):
+        if not rec.detached:
+            raise CgagentError(f"workload {name!r} ran in the foreground: its output went to the terminal",
+                               "run it with -d to keep its output for `cgagent logs`")
+        return
+    with open(path, "rb") as f:
+        yield b""   # checked: the answer is 200 from here on
+        yield from iter(lambda: f.read(65536), b"")
+        if not follow or not procs.alive(rec.supervisor_pid, rec.supervisor_start):
+            return
+        assert rec.supervisor_pid is not None
+        try:
+            sup = os.pidfd_open(rec.supervisor_pid)
+        except ProcessLookupError:
+            yield from iter(lambda: f.read(65536), b"")
+            return
+        try:
+            for ready in _watching([(path, IN_MODIFY)], [sup], client):
+                yield from iter(lambda: f.read(65536), b"")
+                if sup in ready:   # the supervisor is gone: nothing more will be written
+                    return
+        finally:
+            os.close(sup)
+
+
+def event_stream(state_root: str, name: str | None, follow: bool,
+                 client: socket.socket) -> Generator[bytes, None, None]:
+    """The events log as newline-delimited JSON (as `cgagent events --json [-f]`)."""
+    from cgagent import events, inotify
+
+    reader = events.Reader(state_root)
+    yield b""   # the answer's headers go out before the first event, which may be long in coming
+
+    def lines() -> Iterator[bytes]:
+        for ev in reader.read():
+            if name is None or ev.get("name") == name:
+                yield json.dumps(ev, sort_keys=True).encode() + b"\n"
+
+    if not follow:
+        yield from lines()
+        return
+    for _ready in _watching([(state_root, inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO)], [],
+                            client):
+        yield from lines()
+
+
+class ThreadStderr:
+    """sys.stderr for the agent: what a request's operation prints there (the runtime's warnings, as
+    `stop`'s "did not exit within ...") goes back to its caller, who prints it where the direct path
+    would have (header STDERR_HEADER); other threads' writes go to the real stderr."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.local = threading.local()
+
+    def write(self, text: str) -> int:
+        buf: list[str] | None = getattr(self.local, "buf", None)
+        if buf is None:
+            return int(self.real.write(text))
+        if sum(map(len, buf)) < MAX_CAPTURED:
+            buf.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(self.local, "buf", None) is None:
+            self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        buf: list[str] = []
+        self.local.buf = buf
+        try:
+            yield buf
+        finally:
+            self.local.buf = None
+
+
+STDERR_HEADER = "Cgagent-Stderr"
+MAX_CAPTURED = 8192
+
+
+def install_stderr_capture() -> None:
+    if not isinstance(sys.stderr, ThreadStderr):
+        sys.stderr = ThreadStderr(sys.stderr)
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    if isinstance(sys.stderr, ThreadStderr):
+        with sys.stderr.capture() as buf:
+            yield buf
+    else:
+        yield []
+
+
+def real_stderr() -> None:
+    """In a process forked from a request's thread: stderr is stderr again."""
+    if isinstance(sys.stderr, ThreadStderr):
+        sys.stderr = sys.stderr.real
+
+
+def _error_body(e: CgagentError) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": str(e), "exit_code": e.exit_code}
+    details = list(getattr(e, "details", ()))
+    if details:
+        body["details"] = [str(d) for d in details]
+    return body
+
+
+class Handler(web.BoundedHandler):
+    server: ApiHttpServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.peer = peer_of(self.connection)
+
+    captured = ""
+
+    def end_headers(self) -> None:
+        if self.captured:
+            self.send_header(STDERR_HEADER, json.dumps(self.captured[:MAX_CAPTURED]))
+            self.captured = ""
+        super().end_headers()
+
+    def _json(self, code: int, obj: Any) -> None:
+        body = json.dumps(obj).encode() + b"\n"
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _fail(self, e: CgagentError, status: int) -> None:
+        self._json(status, _error_body(e))
+
+    def _body(self) -> Any:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ApiError(400, "chunked request bodies are not accepted", "send the body with Content-Length")
+        raw_len = self.headers.get("Content-Length", "0")
+        if not raw_len.isdigit():
+            self.close_connection = True
+            raise ApiError(400, f"Content-Length {raw_len!r} is not a number", "send the body's length in bytes")
+        n = int(raw_len)
+        if n > MAX_BODY:
+            self.close_connection = True   # the body is not read: the connection cannot go on
+            raise ApiError(413, f"the request body is {n} bytes, more than {MAX_BODY}", "send a smaller request")
+        raw = self.rfile.read(n) if n else b""
+        if len(raw) != n:
+            self.close_connection = True
+            raise ApiError(400, "the request body ended early", "send as many bytes as Content-Length says")
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise ApiError(400, f"the request body is not JSON ({str(e).splitlines()[0]})",
+                           "send a JSON object") from None
+
+    def _dispatch(self) -> None:
+        with self.serving():
+            self._handle()
+
+    def _handle(self) -> None:
+        api = self.server.api
+        try:
+            if not api.allowed(self.peer):
+                self.close_connection = True
+                raise ApiError(403, f"uid {self.peer.uid} may not use the agent's API",
+                               "call it as root" + (" or as a member of its --api-group" if api.group is not None
+                                                    else " (or start the agent with --api-group GROUP)"))
+            url = urlsplit(self.path)
+            r, params = route(self.command, url.path)
+            query = Query(url.query, QUERY.get(r.op, set()))
+            body = self._body()
+            if body is not None and r.method != "POST":
+                raise ApiError(400, f"{r.method} {r.template} takes no body", "send the request without one")
+            with captured_stderr() as printed:
+                try:
+                    answer = getattr(api, "op_" + r.op)(params, query, body)
+                finally:
+                    self.captured = "".join(printed)
+        except ApiError as e:
+            self._fail(e, e.status)
+            return
+        except CgagentError as e:
+            self._fail(e, 400)
+            return
+        except OSError as e:
+            from cgagent.cli.errors import full_or_read_only
+
+            err = full_or_read_only(e)
+            if err is None:
+                self._internal(e)
+                return
+            self._fail(err, 500)
+            return
+        except Exception as e:
+            self._internal(e)
+            return
+        if isinstance(answer, Stream):
+            self._stream(answer)
+        elif isinstance(answer, Attach):
+            self._attach(answer)
+        else:
+            self._json(200, answer)
+
+    def _internal(self, e: BaseException) -> None:
+        # a bug: its traceback in the agent's log, one line to the client
+        traceback.print_exc(file=getattr(sys.stderr, "real", sys.stderr))
+        self._fail(CgagentError(f"internal error in the agent: {type(e).__name__}: {e}",
+                                "see the agent's log (stderr)", 1), 500)
+
+    def _stream(self, s: Stream) -> None:
+        """A body of unknown length: its end is the connection's. The producer yields b"" once its checks
+        are done: a failure before that is still a JSON error, one after it ends the body (the client
+        sees it cut short)."""
+        self.close_connection = True
+        chunks = s.produce(self.connection)
+        try:
+            first = next(chunks, b"")
+        except CgagentError as e:
+            self._fail(e, 400)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", s.content_type)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            self.wfile.write(first)
+            self.wfile.flush()
+            for chunk in chunks:
+                if chunk:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+        except (OSError, CgagentError):
+            pass   # the client went away, or the source failed mid-body: the cut body says so
+        finally:
+            chunks.close()
+
+    def _attach(self, a: Attach) -> None:
+        from cgagent.api import attach
+
+        self.close_connection = True
+        if self.headers.get("Upgrade", "").lower() != attach.PROTOCOL:
+            self._fail(ApiError(400, "a foreground run needs the caller's stdio",
+                                f"send \"detach\": true, or the header Upgrade: {attach.PROTOCOL}"), 400)
+            return
+        self.send_response(101)
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Upgrade", attach.PROTOCOL)
+        self.end_headers()
+        self.wfile.flush()
+        fds = attach.receive_stdio(self.connection)
+        if fds is None:
+            return
+        api = self.server.api
+        try:
+            pid = attach.spawn_supervisor(a.caller, a.fields, api.host, api.store, fds, self.connection.fileno())
+        finally:
+            for fd in fds:
+                os.close(fd)
+        attach.relay(self.connection, pid)
+
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _dispatch
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (bad request line, headers too long): one JSON line too."""
+        self.close_connection = True
+        self.request_version = "HTTP/1.1"   # a request line that did not parse: answer with headers anyway
+        with contextlib.suppress(OSError):
+            self._fail(ApiError(code, f"malformed HTTP request ({message or code})",
+                                "send an HTTP/1.1 request"), code)
+
+
+class ApiHttpServer(web.UnixServer):
+    api: Api
+
+
+class ApiServer(web.ConnectionLoop):
+    """The API on `path`; start() serves it in a thread, shutdown() stops it and removes the socket."""
+
+    thread_name = "cgagent-api"
+
+    def __init__(self, api: Api, path: str, group: int | None = None) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        cls = type("_ApiHttpServer", (ApiHttpServer,), {"socket_mode": 0o600 if group is None else 0o660})
+        try:
+            httpd: ApiHttpServer = cls(path, Handler)
+        except OSError as e:
+            raise CgagentError(f"cannot listen on {path} ({e.strerror or e})",
+                               "check the directory, or give another --api-socket") from None
+        if group is not None:
+            os.chown(path, -1, group)
+        httpd.api = api
+        self._serve(httpd, None)

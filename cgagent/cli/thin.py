@@ -1,0 +1,262 @@
+"""The CLI as a thin client of a running agent: `ps`, `inspect`, `stop`, `rm`, `update`, `logs`,
+`events` and `run -d` go through its API when <state dir>/agent.sock answers, with the output and
+exit codes of the direct path. No typer, pydantic, pyroute2 or runtime on this path.
+
+main() returns None whenever the direct path should run instead: no agent (or CGAGENT_DIRECT=1), a
+command or option not handled here (--help, --cgroup-driver, a foreground run ...): the full CLI then
+does it (and reports usage errors) exactly as without an agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from cgagent.errors import CgagentError
+
+Parsed = tuple[dict[str, Any], list[str]]
+
+
+def _parse(argv: list[str], flags: dict[str, str], values: dict[str, str]) -> Parsed | None:
+    """-> (options by name, positional args), or None for anything unexpected (the full CLI decides)."""
+    opts: dict[str, Any] = {}
+    pos: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            pos += argv[i + 1:]
+            break
+        if not a.startswith("-") or a == "-":
+            pos.append(a)
+        else:
+            key, eq, val = a.partition("=")
+            if key in flags and not eq:
+                opts[flags[key]] = True
+            elif key in values:
+                if not eq:
+                    if i + 1 >= len(argv):
+                        return None
+                    i += 1
+                    val = argv[i]
+                opts[values[key]] = val
+            else:
+                return None
+        i += 1
+    return opts, pos
+
+
+STATE = {"--state-dir": "state_dir"}
+
+
+def _client(opts: dict[str, Any]) -> Any:
+    from cgagent.api.client import agent
+
+    c = agent(opts.get("state_dir") or os.environ.get("CGAGENT_STATE_DIR"))
+    if c is not None:
+        c.on_stderr = _print_stderr
+    return c
+
+
+def _print_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _each(client: Any, names: list[str], act: Callable[[str], Any]) -> int:
+    """As the direct path's _each: every name in turn, one line for each failure, the rest still done."""
+    from cgagent.cli.errors import report
+
+    code = 0
+    for n in names:
+        try:
+            act(n)
+        except CgagentError as e:
+            code = report(e)
+            continue
+        print(n, flush=True)
+    return code
+
+
+def ps(argv: list[str]) -> int | None:
+    p = _parse(argv, {"-a": "all", "--all": "all", "--json": "json"}, STATE)
+    if p is None or p[1] or (c := _client(p[0])) is None:
+        return None
+    opts = p[0]
+    rows = c.json("GET", "/v1/ps", query={"all": bool(opts.get("all"))})
+    if opts.get("json"):
+        print(json.dumps(rows, indent=1))
+    else:
+        from cgagent.cli.views import print_table
+
+        print_table(rows, ["name", "status", "pid", "cpus", "memory", "pids_limit", "oom_kills",
+                           "exit_code", "created", "command"])
+    return 0
+
+
+def inspect(argv: list[str]) -> int | None:
+    from cgagent.api.client import workload_url
+
+    p = _parse(argv, {}, STATE)
+    if p is None or not p[1] or (c := _client(p[0])) is None:
+        return None
+    print(json.dumps([c.json("GET", workload_url(n)) for n in p[1]], indent=1, sort_keys=True))
+    return 0
+
+
+def stop(argv: list[str]) -> int | None:
+    from cgagent.api.client import workload_url
+
+    p = _parse(argv, {}, {**STATE, "-t": "time", "--time": "time"})
+    if p is None or not p[1] or (c := _client(p[0])) is None:
+        return None
+    try:
+        t = float(p[0].get("time", 10))
+    except ValueError:
+        return None
+    return _each(c, p[1], lambda n: c.json("POST", workload_url(n, "stop"), query={"time": f"{t:g}"}))
+
+
+def rm(argv: list[str]) -> int | None:
+    from cgagent.api.client import workload_url
+
+    p = _parse(argv, {"-f": "force", "--force": "force"}, STATE)
+    if p is None or not p[1] or (c := _client(p[0])) is None:
+        return None
+    force = bool(p[0].get("force"))
+    return _each(c, p[1], lambda n: c.json("DELETE", workload_url(n), query={"force": force}))
+
+
+def update(argv: list[str]) -> int | None:
+    from cgagent.api.client import workload_url
+    from cgagent.cli.options import LIMITS
+
+    p = _parse(argv, {}, {**STATE, **LIMITS})
+    if p is None or len(p[1]) != 1 or (c := _client(p[0])) is None:
+        return None
+    limits = {k: v for k, v in p[0].items() if k != "state_dir"}
+    if not limits:
+        return None   # the direct path's "no limit given"
+    up = c.json("POST", workload_url(p[1][0], "update"), limits)
+    print(f"{up['name']}: {json.dumps(up['resources'])}")
+    return 0
+
+
+def logs(argv: list[str]) -> int | None:
+    from cgagent.api.client import workload_url
+
+    p = _parse(argv, {"-f": "follow", "--follow": "follow"}, STATE)
+    if p is None or len(p[1]) != 1 or (c := _client(p[0])) is None:
+        return None
+    out = sys.stdout.buffer
+    for chunk in c.call("GET", workload_url(p[1][0], "logs"), query={"follow": bool(p[0].get("follow"))}).chunks():
+        out.write(chunk)
+        out.flush()
+    return 0
+
+
+def events(argv: list[str]) -> int | None:
+    p = _parse(argv, {"-f": "follow", "--follow": "follow", "--json": "json"}, STATE)
+    if p is None or len(p[1]) > 1 or (c := _client(p[0])) is None:
+        return None
+    from cgagent.cli.eventlog import format_event
+
+    opts = p[0]
+    query = {"name": p[1][0] if p[1] else None, "follow": bool(opts.get("follow"))}
+    try:
+        for line in c.call("GET", "/v1/events", query=query).lines():
+            print(line.decode().rstrip("\n") if opts.get("json") else format_event(json.loads(line)), flush=True)
+    except KeyboardInterrupt:
+        pass   # as the direct path's `events -f`: Ctrl-C ends it quietly
+    return 0
+
+
+def run(argv: list[str]) -> int | None:
+    """`run -d`: the same options as the fast path parses, sent as the API's run request with every
+    default that depends on this process (environment, working directory) resolved here."""
+    from cgagent.cli import fastrun
+
+    parsed = fastrun.parse(argv)
+    if parsed is None or int(parsed.get("preserve_fds") or 0):
+        return None   # fds beyond stdio are passed only by the direct path
+    body = request_body(parsed)
+    if body is None or (c := _client(parsed)) is None:
+        return None
+    if not parsed.get("detach"):
+        if not _stdio_open():
+            return None
+        from cgagent.api.attach import run_attached
+
+        return run_attached(c.path, body)
+    print(c.json("POST", "/v1/workloads", body)["name"])
+    return 0
+
+
+def _stdio_open() -> bool:
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        return False   # a closed stdin or stdout cannot be passed: the direct path runs with what there is
+    return True
+
+
+_RENAME = {"parent": "cgroup_parent", "driver": "cgroup_driver", "auto_remove": "rm", "policy_dirs": "policy_dir",
+           "device_rules": "device_cgroup_rule", "volumes": "volume", "devices": "device"}
+
+
+def request_body(p: dict[str, Any]) -> dict[str, Any] | None:
+    """fastrun.parse's dict -> the API's run request, with this process's environment and directory:
+    the agent builds the request in them, so that env defaults and relative paths mean what they
+    mean here. None: too large to send (a huge environment)."""
+    body: dict[str, Any] = {**p["limits"], **p["iso"]}
+    for k in ("name", "parent", "driver", "policy", "restart", "detach", "auto_remove", "policy_dirs",
+              "device_rules"):
+        if p.get(k):
+            body[k] = p[k]
+    body.setdefault("parent", os.environ.get("CGAGENT_CGROUP_PARENT") or None)
+    body.setdefault("driver", os.environ.get("CGAGENT_CGROUP_DRIVER") or None)
+    body["cmd"] = [p["image"], "--", *p["cmd"]] if p.get("image") else list(p["cmd"])
+    try:
+        body["cwd"] = os.getcwd()
+    except OSError:
+        return None   # a removed directory: the direct path says what it says about that
+    body["environ"] = dict(os.environ)
+    out = {_RENAME.get(k, k): v for k, v in body.items() if v is not None}
+    if len(json.dumps(out)) > MAX_BODY:
+        return None   # the direct path has no such bound
+    return out
+
+
+MAX_BODY = 60 * 1024   # under the agent's 64 KiB request bound
+
+
+COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
+    "ps": ps, "inspect": inspect, "stop": stop, "rm": rm, "update": update, "logs": logs, "events": events,
+    "run": run}
+
+
+def main(argv: list[str]) -> int | None:
+    """-> the exit code when the agent did it; None: use the direct path."""
+    cmd = COMMANDS.get(argv[0]) if argv else None
+    if cmd is None or "-h" in argv or "--help" in argv:
+        return None
+    from cgagent.api.client import Declined
+
+    try:
+        return cmd(argv[1:])
+    except Declined:
+        return None   # before anything was done: the direct path does it all
+    except CgagentError as e:
+        from cgagent.cli.errors import report
+
+        return report(e)
+    except ConnectionError as e:
+        # the agent went away mid-call (stopped or restarted): say so; the workload keeps its supervisor
+        from cgagent.cli.errors import report
+
+        return report(CgagentError(f"the agent closed the connection ({e})",
+                                   "run the command again (without an agent it runs directly)", 1))

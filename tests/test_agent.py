@@ -1,0 +1,315 @@
+"""The agent's local API over its real unix socket: every route, who may call it (SO_PEERCRED, with a
+child process of another uid), malformed requests, streamed events and logs, its OpenAPI file, and
+the adoption of running workloads by a restarted agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+import pytest
+
+from cgagent.api import server
+from cgagent.api.client import Client, Response, workload_url
+from tests.conftest import Env
+from tests.exporter_helpers import Agent, agent, value
+
+pytestmark = [pytest.mark.root]
+
+
+def openapi() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(resources.files("cgagent.api").joinpath("openapi.json").read_text())
+    return doc
+
+
+def test_openapi_file_is_valid_and_matches_the_routes() -> None:
+    from openapi_spec_validator import validate
+
+    doc = openapi()
+    validate(doc)   # raises on any violation of the OpenAPI 3 schema
+    documented = {(m.upper(), p, op["operationId"]) for p, item in doc["paths"].items()
+                  for m, op in item.items() if m != "parameters"}
+    served = {(r.method, r.template, r.op) for r in server.ROUTES}
+    assert documented == served
+    # the run request's documented fields are the ones the server accepts, no more, no fewer
+    from cgagent.api.runreq import LIMIT_FIELDS, RUN_FIELDS
+
+    assert set(doc["components"]["schemas"]["RunRequest"]["properties"]) == set(RUN_FIELDS)
+    assert set(doc["components"]["schemas"]["Limits"]["properties"]) == set(LIMIT_FIELDS)
+
+
+@pytest.fixture
+def api(cg: Env) -> Iterator[tuple[Agent, Client]]:
+    with agent(cg) as a:
+        yield a, Client(server.socket_path(cg.state_dir), timeout=60)
+
+
+def run_body(cg: Env, name: str, *cmd: str, **extra: Any) -> dict[str, Any]:
+    return {"cmd": list(cmd), "detach": True, "name": name, "cgroup_parent": cg.parent, **extra}
+
+
+def one_line_error(r: Response, status: int) -> str:
+    assert r.status == status
+    raw = r.resp.read()
+    r.close()
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 1, raw
+    obj = json.loads(raw)
+    assert set(obj) >= {"error", "exit_code"} and "\n" not in obj["error"]
+    return str(obj["error"])
+
+
+def test_socket_is_private_to_root(cg: Env, api: tuple[Agent, Client]) -> None:
+    st = os.lstat(api[1].path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+
+
+def test_every_route(cg: Env, api: tuple[Agent, Client]) -> None:
+    _a, c = api
+    assert c.json("GET", "/v1/version")["state_dir"] == cg.state_dir
+    started = c.json("POST", "/v1/workloads", run_body(cg, "w", "sh", "-c", "echo hello; exec sleep 1000"))
+    assert started == {"name": "w"}
+    rows = c.json("GET", "/v1/ps")
+    assert [(r["name"], r["status"]) for r in rows] == [("w", "running")]
+    # the same rows as the CLI's direct path prints with --json
+    direct = json.loads(cg.run("ps", "--json", check=True).stdout)
+    assert [{k: v for k, v in r.items() if k != "created"} for r in direct] == \
+        [{k: v for k, v in r.items() if k != "created"} for r in rows]
+    rec = c.json("GET", workload_url("w"))
+    assert rec["name"] == "w" and rec["live_status"] == "running" and rec["cmd"][0] == "sh"
+    up = c.json("POST", workload_url("w", "update"), {"cpus": "0.5"})
+    assert up["resources"]["cpu_quota"] == 50000
+    with open(f"{rec['dirs']['cpu']}/cpu.cfs_quota_us" if "cpu" in rec["dirs"] else
+              f"{rec['dirs']['']}/cpu.max") as f:
+        assert f.read().split()[0] == "50000"
+    assert b"".join(c.call("GET", workload_url("w", "logs")).chunks()) == b"hello\n"
+    kinds = [json.loads(line)["kind"] for line in c.call("GET", "/v1/events", query={"name": "w"}).lines()]
+    assert kinds == ["start", "update"]
+    assert c.json("POST", workload_url("w", "stop"), query={"time": 5}) == {"name": "w"}
+    rec = c.json("GET", workload_url("w"))
+    assert rec["live_status"] == "exited" and rec["exit_code"] is not None
+    assert c.json("DELETE", workload_url("w")) == {"name": "w"}
+    assert c.json("GET", "/v1/ps", query={"all": True}) == []
+    for method, url in (("GET", workload_url("w")), ("DELETE", workload_url("w")),
+                        ("POST", workload_url("w", "stop")), ("GET", workload_url("w", "logs"))):
+        assert one_line_error(c.raw(method, url), 404) == "no workload named 'w': see `cgagent ps -a` for the names"
+
+
+def test_errors_are_the_clis_line_and_code(cg: Env, api: tuple[Agent, Client]) -> None:
+    _a, c = api
+    c.json("POST", "/v1/workloads", run_body(cg, "busy", "sleep", "1000"))
+    msg = one_line_error(c.raw("DELETE", workload_url("busy")), 400)
+    direct = cg.run("rm", "busy")   # the direct path (CGAGENT_DIRECT is not needed: it is the CLI as it is)
+    assert direct.stderr.strip().endswith(msg) and direct.returncode == 2
+    assert one_line_error(c.raw("POST", "/v1/workloads", run_body(cg, "x", "sleep", "1", memory="lots")), 400)
+    c.json("DELETE", workload_url("busy"), query={"force": True})
+
+
+@pytest.mark.parametrize(("method", "url", "body", "why"), [
+    ("POST", "/v1/workloads", b"{not json", "the request body is not JSON"),
+    ("POST", "/v1/workloads", b'{"cmd": ["true"], "detach": true, "colour": "red"}', "unknown field 'colour'"),
+    ("POST", "/v1/workloads", b'{"cmd": "true", "detach": true}', "field 'cmd' of the run request must be"),
+    ("POST", "/v1/workloads", b"[1, 2]", "the run request must be a JSON object"),
+    ("POST", "/v1/workloads", b'{"cmd": ["true"], "detach": true, "environ": {"A=B": "c"}}',
+     "field 'environ' of the run request must be an object of strings"),
+    ("POST", "/v1/workloads", b'{"cmd": ["true"]}', "a foreground run needs the caller's stdio"),
+    ("GET", "/v1/ps?all=1&colour=red", b"", "unknown query parameter 'colour'"),
+    ("GET", "/v1/ps?all=maybe", b"", "query parameter 'all' is 'maybe'"),
+    ("POST", "/v1/workloads/x/stop?time=-1", b"", "query parameter 'time'"),
+    ("GET", "/v1/ps", b"{}", "GET /v1/ps takes no body"),
+    ("PUT", "/v1/ps", b"", "PUT is not allowed on /v1/ps"),
+])
+def test_malformed_requests_get_400_and_one_line(cg: Env, api: tuple[Agent, Client], method: str, url: str,
+                                                 body: bytes, why: str) -> None:
+    reply = raw_request(api[1].path, f"{method} {url} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                        f"Connection: close\r\n\r\n".encode() + body)
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    expect = 405 if method == "PUT" else 400
+    assert head.startswith(f"HTTP/1.1 {expect} ".encode()), head
+    assert payload.count(b"\n") == 1 and why in json.loads(payload)["error"]
+
+
+def test_oversized_and_unparsable_requests(cg: Env, api: tuple[Agent, Client]) -> None:
+    path = api[1].path
+    big = raw_request(path, b"POST /v1/workloads HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n")
+    assert big.startswith(b"HTTP/1.1 413 ") and b"more than 65536" in big
+    garbage = raw_request(path, b"\x16\x03\x01 hello\r\n\r\n")
+    assert garbage.startswith(b"HTTP/1.1 400 ") and garbage.split(b"\r\n\r\n", 1)[1].count(b"\n") == 1
+    # headers past the bound: the connection is dropped without a thread spending more on it
+    assert raw_request(path, b"GET /v1/ps HTTP/1.1\r\n" + b"X: " + b"a" * 20000 + b"\r\n\r\n") == b""
+
+
+def raw_request(path: str, data: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(path)
+        try:
+            s.sendall(data)
+        except BrokenPipeError:
+            return b""
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        return out
+
+
+def _call_as(uid: int, path: str) -> str:
+    """In a child process of `uid` (no groups): connect to the socket and ask for /v1/ps. The socket is
+    reached through an O_PATH descriptor opened before setuid, as the test's directories are private.
+    -> "refused:ERRNO" or the status line."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            fd = os.open(path, os.O_PATH)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(30)
+                try:
+                    s.connect(f"/proc/self/fd/{fd}")
+                except OSError as e:
+                    os.write(w, f"refused:{e.errno}".encode())
+                    os._exit(0)
+                s.sendall(b"GET /v1/ps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := s.recv(4096):
+                    reply += chunk
+            os.write(w, reply)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out.decode()
+
+
+def test_another_uid_is_refused(cg: Env, api: tuple[Agent, Client]) -> None:
+    path = api[1].path
+    # the socket's mode keeps it out
+    assert _call_as(65534, path) == "refused:13"
+    # and if the mode let it in (a careless chmod), the peer credentials still do: 403, one line
+    os.chmod(path, 0o666)
+    reply = _call_as(65534, path)
+    head, _, body = reply.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 403 ")
+    assert body.count("\n") == 1 and json.loads(body)["error"].startswith("uid 65534 may not use the agent's API")
+    assert api[1].json("GET", "/v1/ps") == []   # root still may
+
+
+def test_api_group_members_may_call(cg: Env) -> None:
+    gid = 65533
+    with agent(cg, "--api-group", str(gid)) as _a:
+        path = server.socket_path(cg.state_dir)
+        st = os.lstat(path)
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == gid
+        pid = os.fork()
+        if pid == 0:   # a member through its supplementary groups only
+            code = 1
+            try:
+                fd = os.open(path, os.O_PATH)
+                os.setgroups([gid])
+                os.setgid(65534)
+                os.setuid(65534)
+                code = 0 if Client(f"/proc/self/fd/{fd}").json("GET", "/v1/ps") == [] else 3
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_events_are_streamed_until_the_client_closes(cg: Env, api: tuple[Agent, Client]) -> None:
+    _a, c = api
+    stream = c.call("GET", "/v1/events", query={"follow": True})
+    lines = stream.lines()
+    c.json("POST", "/v1/workloads", run_body(cg, "e1", "sleep", "1000"))
+    first = json.loads(next(lines))
+    assert (first["kind"], first["name"]) == ("start", "e1")
+    c.json("POST", workload_url("e1", "stop"), query={"time": 5})
+    ev = json.loads(next(lines))
+    assert (ev["kind"], ev["name"]) == ("exit", "e1")
+    stream.close()
+    c.json("DELETE", workload_url("e1"))
+
+
+def test_logs_follow_streams_until_the_supervisor_exits(cg: Env, api: tuple[Agent, Client]) -> None:
+    _a, c = api
+    c.json("POST", "/v1/workloads", run_body(cg, "l1", "sh", "-c", "echo one; exec sleep 1000"))
+    chunks = c.call("GET", workload_url("l1", "logs"), query={"follow": True}).chunks()
+    got = b""
+    while got != b"one\n":
+        got += next(chunks)
+    os.kill(c.json("GET", workload_url("l1"))["pid"], signal.SIGKILL)
+    assert b"".join(chunks) == b""   # the supervisor recorded the end and exited: the stream ends
+    assert c.json("GET", workload_url("l1"))["exit_code"] == 128 + signal.SIGKILL
+    c.json("DELETE", workload_url("l1"))
+
+
+def test_serve_says_where_the_api_is(cg: Env) -> None:
+    a = Agent(cg)
+    try:
+        assert a.proc.stdout is not None
+        a.proc.stdout.readline()
+        assert a.proc.stdout.readline().strip() == f"API: curl --unix-socket {cg.state_dir}/agent.sock http://x/v1/ps"
+    finally:
+        assert a.stop() == 0
+    assert not os.path.lexists(server.socket_path(cg.state_dir))   # removed on the way out
+
+
+def test_a_second_agent_on_the_same_state_dir_is_refused(cg: Env, api: tuple[Agent, Client]) -> None:
+    r = cg.run("serve", "--listen", "127.0.0.1:0", timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"cgagent: error: another process serves {api[1].path}: stop it first (only one agent per state dir)")
+    assert api[1].json("GET", "/v1/ps") == []   # the first one's socket is untouched
+
+
+N_ADOPTED = 10
+
+
+@pytest.mark.slow
+def test_a_restarted_agent_adopts_running_workloads(cg: Env) -> None:
+    names = [f"a{i}" for i in range(N_ADOPTED)]
+    first = Agent(cg)
+    c = Client(server.socket_path(cg.state_dir), timeout=60)
+    try:
+        for n in names:
+            c.json("POST", "/v1/workloads", run_body(cg, n, "sleep", "1000", memory="64M"))
+        pids = {r["name"]: r["pid"] for r in c.json("GET", "/v1/ps")}
+        assert sorted(pids) == names
+    finally:
+        first.proc.send_signal(signal.SIGKILL)   # no chance to clean up: the socket file stays behind
+        first.stop()
+    assert os.path.exists(server.socket_path(cg.state_dir))
+    with agent(cg) as second:
+        rows = c.json("GET", "/v1/ps")
+        assert {r["name"]: (r["status"], r["pid"]) for r in rows} == {n: ("running", pids[n]) for n in names}
+        stats = json.loads(cg.run("stats", "--json", *names, check=True).stdout.splitlines()[0])
+        assert sorted(s["name"] for s in stats) == names
+        samples = second.samples()
+        for n in names:
+            assert value(samples, "container_spec_memory_limit_bytes", name=n) == 64 * 1024 * 1024
+        for n in names:
+            c.json("POST", workload_url(n, "stop"), query={"time": 10})
+        for n in names:
+            rec = c.json("GET", workload_url(n))
+            # sleep dies of the SIGTERM: its supervisor (not the agent) recorded the code
+            assert (rec["live_status"], rec["exit_code"]) == ("exited", 128 + signal.SIGTERM)
+            c.json("DELETE", workload_url(n))
+
+
+def test_the_clients_default_state_dir_is_the_stores() -> None:
+    from cgagent import state
+    from cgagent.api import client
+
+    assert client.DEFAULT_STATE_DIR == state.DEFAULT_STATE_DIR
