@@ -53,7 +53,8 @@ def _raise_fd_limit() -> None:
 def run(opts: AgentOptions) -> int:
     """Serve until SIGTERM or SIGINT; -> exit code."""
     from cgagent import host as hostmod
-    from cgagent.api.server import Api, ApiServer, install_stderr_capture, socket_path
+    from cgagent.api.server import Api, ApiServer, socket_path
+    from cgagent.api.stderr import install_stderr_capture
     from cgagent.oomwatch import OomWatcher
     from cgagent.state import Store
     from exporters import web, webconfig

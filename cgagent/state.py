@@ -322,3 +322,11 @@ class Store:
         for d in bad:
             warn_damaged(d)
         return good
+
+
+def full_or_read_only(e: OSError) -> CgagentError | None:
+    """A write that failed because the state dir's filesystem is full or read-only, wherever it was
+    made: the one line that says so (other OSErrors are bugs and keep their traceback)."""
+    if e.errno not in WRITE_ERRNOS:
+        return None
+    return write_error(str(e.filename or "the state dir"), e, 0)

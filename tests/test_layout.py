@@ -32,7 +32,7 @@ PACKAGES = ("cgagent", "exporters", "policies")
 # new top-level module fails until it is placed on purpose.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("cgagent.cli.*", "cgagent.__main__", "cgagent.demo")),
-    ("agent", ("cgagent.agent.*", "cgagent.oomwatch", "exporters.*", "policies.controller")),
+    ("agent", ("cgagent.agent.*", "cgagent.api.*", "cgagent.oomwatch", "exporters.*", "policies.controller")),
     ("runtime", ("cgagent.runtime.*", "cgagent.runflags", "cgagent.shim", "cgagent.prune", "policies.memory_step")),
     ("mechanisms", ("cgagent.cgroups.*", "cgagent.isolation.*", "cgagent.network.*", "cgagent.images.*",
                     "cgagent.launch", "cgagent.live", "cgagent.oom", "policies.*")),

@@ -93,7 +93,7 @@ class Caller:
 
 def _become_child(caller: Caller, stdio: list[int], conn: int) -> None:
     """In a process just forked from a request's thread: stdio, session, signals and context of its own."""
-    from cgagent.api.server import real_stderr
+    from cgagent.api.stderr import real_stderr
 
     real_stderr()
     os.setsid()   # the agent's terminal signals (if it has one) are not the caller's
@@ -185,7 +185,7 @@ def spawn_supervisor(caller: Caller, fields: dict[str, Any], host: Any, store: A
 
         code = run_foreground(_request(fields, host, store), host, store)
     except CgagentError as e:
-        from cgagent.cli.errors import report
+        from cgagent.errors import report
 
         code = report(e)
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from cgagent.errors import CgagentError
 
 SOCKET_NAME = "agent.sock"   # cgagent.api.server.SOCKET_NAME (not imported: the server pulls in the exporter)
 CONNECT_TIMEOUT = 2.0
-STDERR_HEADER = "Cgagent-Stderr"   # cgagent.api.server.STDERR_HEADER
+STDERR_HEADER = "Cgagent-Stderr"   # operations' stderr, in an answer (cgagent.api.stderr)
 
 
 DEFAULT_STATE_DIR = "/run/cgagent"   # cgagent.state's (not imported: 20 ms; a test holds them equal)

@@ -1,9 +1,6 @@
-"""The run request from a JSON mapping (POST /v1/workloads): the same fields, checks and defaults as
-`cgagent run`'s options, in the same order of steps as cgagent/cli/app.py's run().
-
-The option table of issue 14 (cgagent/cli/options.py) is to build this from one definition for both
-front doors; until then this is the mapping's door, kept in step with app.run by test_agent's
-run tests (the same workload, run both ways)."""
+"""The run request from a JSON mapping (POST /v1/workloads): the fields are `cgagent run`'s options
+(cgagent.runflags.OPTIONS, '_' for '-'), built by the same runflags.build as both CLI front doors, so a
+value means the same, with the same default and message, wherever it comes from."""
 
 from __future__ import annotations
 
@@ -11,23 +8,16 @@ from typing import Any
 
 from cgagent.errors import CgagentError
 from cgagent.host import Host
+from cgagent.runflags import OPTIONS, build, limit_values, split_image
 
-# field -> its JSON type; the names are `cgagent run`'s long options with '_' for '-'
-LIMIT_FIELDS = ("cpus", "cpu_shares", "cpu_weight", "cpu_period", "memory", "memory_swap", "pids_limit",
-                "cpuset_cpus", "cpuset_mems")
-_STR = (*LIMIT_FIELDS, "name", "cgroup_parent", "cgroup_driver", "rootfs", "hostname", "net", "user", "workdir",
-        "root", "restart", "policy")
-_BOOL = ("detach", "rm", "read_only", "init", "userns")
-_LIST = ("cmd", "volume", "publish", "env", "cap_add", "cap_drop", "security_opt", "device", "device_cgroup_rule",
-         "policy_dir")
+_JSON = {"flag": "boolean", "value": "string", "list": "array"}
+# the CLI's own: where its records are (the agent has one store) and fds only a direct run can pass
+_NOT_IN_API = ("state_dir", "preserve_fds")
+LIMIT_FIELDS = tuple(o.name for o in OPTIONS if o.lands == "limit" and o.update)
 # the caller's context, which a host workload inherits on the direct path: its environment and directory
 CONTEXT_FIELDS = {"environ": "object", "cwd": "string"}
-RUN_FIELDS: dict[str, str] = {**{k: "string" for k in _STR}, **{k: "boolean" for k in _BOOL},
-                              **{k: "array" for k in _LIST}, **CONTEXT_FIELDS}
-_ISO = {"rootfs": "rootfs", "read_only": "read_only", "volume": "volumes", "hostname": "hostname", "net": "net",
-        "publish": "publish", "init": "init", "userns": "userns", "env": "env", "user": "user",
-        "workdir": "workdir", "cap_add": "cap_add", "cap_drop": "cap_drop", "security_opt": "security_opt",
-        "root": "root", "device": "devices"}
+RUN_FIELDS: dict[str, str] = {**{o.name: _JSON[o.kind] for o in OPTIONS if o.name not in _NOT_IN_API},
+                              "cmd": "array", **CONTEXT_FIELDS}
 
 
 def check_fields(body: Any, fields: dict[str, str], what: str) -> dict[str, Any]:
@@ -57,36 +47,16 @@ def check_fields(body: Any, fields: dict[str, str], what: str) -> dict[str, Any]
 
 
 def limits(fields: dict[str, Any]) -> dict[str, Any]:
-    """The limit fields -> validated ResourceSpec values (as the CLI's options)."""
-    from cgagent.spec import from_options
-
-    values: dict[str, Any] = from_options({k: fields.get(k) for k in LIMIT_FIELDS}).values()
-    return values
+    """The limit fields -> validated limit values (as `cgagent update`'s options)."""
+    return limit_values({k: fields[k] for k in LIMIT_FIELDS if k in fields})
 
 
 def request(body: Any, host: Host, state_root: str) -> Any:
-    """-> cgagent.runtime.RunRequest, validated as `cgagent run` validates its options."""
+    """-> cgagent.runtime.RunRequest, validated as `cgagent run` validates its options. Runs in the
+    caller's context (environment, directory): env defaults are the caller's."""
     f = check_fields(body, RUN_FIELDS, "run request")
     if not f.get("cmd"):
         raise CgagentError("the run request has no command", "give \"cmd\": [\"program\", \"arg\", ...]")
-    from cgagent.cli.options import split_image
-    from cgagent.devrules import with_rules
-    from cgagent.isolation.spec import for_run
-    from cgagent.limits import plan
-    from cgagent.runtime import RunRequest
-
-    values = limits(f)
-    restart, name = f.get("restart"), f.get("name")
-    if f.get("policy") is not None:
-        from policies.runopts import resolve
-
-        values, policy_restart = resolve(f["policy"], f.get("policy_dir"), values, state_root, name)
-        if restart is None and not f.get("rm"):
-            restart = policy_restart
-    resources = plan(values, host)
     image, cmd = split_image(list(f["cmd"]))
-    cmd, name, isolation = for_run(image, cmd, {v: f[k] for k, v in _ISO.items() if f.get(k)}, name)
-    resources = with_rules(resources, isolation, f.get("device_cgroup_rule"))
-    return RunRequest(cmd=cmd, resources=resources, name=name, parent=f.get("cgroup_parent") or "/cgagent",
-                      driver=f.get("cgroup_driver"), detach=bool(f.get("detach")), auto_remove=bool(f.get("rm")),
-                      isolation=isolation, policy=f.get("policy"), restart=restart or "no")
+    values = {k: v for k, v in f.items() if k not in ("cmd", *CONTEXT_FIELDS)}
+    return build({**values, "state_dir": state_root}, cmd, host, image)

@@ -22,13 +22,13 @@ import select
 import socket
 import struct
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from cgagent.api.stderr import MAX_CAPTURED, STDERR_HEADER, captured_stderr
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.state import Store
@@ -173,7 +173,7 @@ class Api:
         return {"version": __version__, "api": API_VERSION, "state_dir": self.store.root}
 
     def op_ps(self, _p: dict[str, str], q: Query, _b: Any) -> Any:
-        from cgagent.cli.views import ps_rows
+        from cgagent.api.views import ps_rows
 
         return ps_rows(self.host, self.store, q.flag("all"))
 
@@ -366,64 +366,6 @@ def event_stream(state_root: str, name: str | None, follow: bool,
         yield from lines()
 
 
-class ThreadStderr:
-    """sys.stderr for the agent: what a request's operation prints there (the runtime's warnings, as
-    `stop`'s "did not exit within ...") goes back to its caller, who prints it where the direct path
-    would have (header STDERR_HEADER); other threads' writes go to the real stderr."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.local = threading.local()
-
-    def write(self, text: str) -> int:
-        buf: list[str] | None = getattr(self.local, "buf", None)
-        if buf is None:
-            return int(self.real.write(text))
-        if sum(map(len, buf)) < MAX_CAPTURED:
-            buf.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if getattr(self.local, "buf", None) is None:
-            self.real.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    @contextlib.contextmanager
-    def capture(self) -> Iterator[list[str]]:
-        buf: list[str] = []
-        self.local.buf = buf
-        try:
-            yield buf
-        finally:
-            self.local.buf = None
-
-
-STDERR_HEADER = "Cgagent-Stderr"
-MAX_CAPTURED = 8192
-
-
-def install_stderr_capture() -> None:
-    if not isinstance(sys.stderr, ThreadStderr):
-        sys.stderr = ThreadStderr(sys.stderr)
-
-
-@contextlib.contextmanager
-def captured_stderr() -> Iterator[list[str]]:
-    if isinstance(sys.stderr, ThreadStderr):
-        with sys.stderr.capture() as buf:
-            yield buf
-    else:
-        yield []
-
-
-def real_stderr() -> None:
-    """In a process forked from a request's thread: stderr is stderr again."""
-    if isinstance(sys.stderr, ThreadStderr):
-        sys.stderr = sys.stderr.real
-
-
 def _error_body(e: CgagentError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": str(e), "exit_code": e.exit_code}
     details = list(getattr(e, "details", ()))
@@ -514,7 +456,7 @@ class Handler(web.BoundedHandler):
             self._fail(e, 400)
             return
         except OSError as e:
-            from cgagent.cli.errors import full_or_read_only
+            from cgagent.state import full_or_read_only
 
             err = full_or_read_only(e)
             if err is None:

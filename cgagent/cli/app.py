@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import inspect as pyinspect
 import json
 import sys
 from collections.abc import Callable
@@ -37,15 +37,16 @@ def _table_options(*, update_only: bool) -> Callable[[Callable[..., None]], Call
     from cgagent.runflags import OPTIONS
 
     types: dict[str, Any] = {"flag": bool, "value": str | None, "list": list[str] | None}
-    generated = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=False if o.kind == "flag" else None,
-                                   annotation=Annotated[types[o.kind], typer.Option(*o.flags, help=o.help_text(),
-                                                                                     show_default=False)])
+    kw = pyinspect.Parameter.KEYWORD_ONLY
+    generated = [pyinspect.Parameter(o.name, kw, default=False if o.kind == "flag" else None,
+                                     annotation=Annotated[types[o.kind], typer.Option(*o.flags, help=o.help_text(),
+                                                                                       show_default=False)])
                  for o in OPTIONS if o.update or not update_only]
 
     def put(fn: Callable[..., None]) -> Callable[..., None]:
-        sig = inspect.signature(fn, eval_str=True)
+        sig = pyinspect.signature(fn, eval_str=True)
         params = [q for p in sig.parameters.values()
-                  for q in (generated if p.kind is inspect.Parameter.VAR_KEYWORD else [p])]
+                  for q in (generated if p.kind is pyinspect.Parameter.VAR_KEYWORD else [p])]
         fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         return fn
     return put
@@ -105,10 +106,11 @@ def ps(
     state_dir: StateDir = None,
 ) -> None:
     """List workloads: status from the kernel, limits, OOM kills (the kernel's counter)."""
+    from cgagent.api.views import ps_rows
     from cgagent.cli import views
 
     _check_driver(None, [], cgroup_driver)
-    rows = [r for r in views.ps_rows(_host(), _store(state_dir), all_)
+    rows = [r for r in ps_rows(_host(), _store(state_dir), all_)
             if cgroup_driver is None or r.get("driver") == cgroup_driver]
     if as_json:
         print(json.dumps(rows, indent=1))

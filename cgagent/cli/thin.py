@@ -132,9 +132,9 @@ def rm(argv: list[str]) -> int | None:
 
 def update(argv: list[str]) -> int | None:
     from cgagent.api.client import workload_url
-    from cgagent.cli.options import LIMITS
+    from cgagent.runflags import OPTIONS
 
-    p = _parse(argv, {}, {**STATE, **LIMITS})
+    p = _parse(argv, {}, {**STATE, **{f: o.name for o in OPTIONS if o.lands == "limit" and o.update for f in o.flags}})
     if p is None or len(p[1]) != 1 or (c := _client(p[0])) is None:
         return None
     limits = {k: v for k, v in p[0].items() if k != "state_dir"}
@@ -180,12 +180,12 @@ def run(argv: list[str]) -> int | None:
     from cgagent.cli import fastrun
 
     parsed = fastrun.parse(argv)
-    if parsed is None or int(parsed.get("preserve_fds") or 0):
+    if parsed is None or parsed.values.get("preserve_fds"):
         return None   # fds beyond stdio are passed only by the direct path
     body = request_body(parsed)
-    if body is None or (c := _client(parsed)) is None:
+    if body is None or (c := _client(parsed.values)) is None:
         return None
-    if not parsed.get("detach"):
+    if not parsed.values.get("detach"):
         if not _stdio_open():
             return None
         from cgagent.api.attach import run_attached
@@ -204,31 +204,20 @@ def _stdio_open() -> bool:
     return True
 
 
-_RENAME = {"parent": "cgroup_parent", "driver": "cgroup_driver", "auto_remove": "rm", "policy_dirs": "policy_dir",
-           "device_rules": "device_cgroup_rule", "volumes": "volume", "devices": "device"}
-
-
-def request_body(p: dict[str, Any]) -> dict[str, Any] | None:
-    """fastrun.parse's dict -> the API's run request, with this process's environment and directory:
+def request_body(p: Any) -> dict[str, Any] | None:
+    """fastrun.parse's result -> the API's run request, with this process's environment and directory:
     the agent builds the request in them, so that env defaults and relative paths mean what they
     mean here. None: too large to send (a huge environment)."""
-    body: dict[str, Any] = {**p["limits"], **p["iso"]}
-    for k in ("name", "parent", "driver", "policy", "restart", "detach", "auto_remove", "policy_dirs",
-              "device_rules"):
-        if p.get(k):
-            body[k] = p[k]
-    body.setdefault("parent", os.environ.get("CGAGENT_CGROUP_PARENT") or None)
-    body.setdefault("driver", os.environ.get("CGAGENT_CGROUP_DRIVER") or None)
-    body["cmd"] = [p["image"], "--", *p["cmd"]] if p.get("image") else list(p["cmd"])
+    body: dict[str, Any] = {k: v for k, v in p.values.items() if k != "state_dir"}
+    body["cmd"] = [p.image, "--", *p.cmd] if p.image else list(p.cmd)
     try:
         body["cwd"] = os.getcwd()
     except OSError:
         return None   # a removed directory: the direct path says what it says about that
     body["environ"] = dict(os.environ)
-    out = {_RENAME.get(k, k): v for k, v in body.items() if v is not None}
-    if len(json.dumps(out)) > MAX_BODY:
+    if len(json.dumps(body)) > MAX_BODY:
         return None   # the direct path has no such bound
-    return out
+    return body
 
 
 MAX_BODY = 60 * 1024   # under the agent's 64 KiB request bound
