@@ -26,6 +26,10 @@ export CGAGENT_SYSTEMD_TIMEOUT=120
 cd /mnt/project
 echo "guest: $(uname -r), $(systemctl --version | head -1), boot $(cut -d' ' -f1 /proc/uptime)s"
 python3 -m pytest -p no:cacheprovider -q -rA --durations=5 {guest} {select} --junitxml=/mnt/job/out/junit.xml
+rc=$?
+# the guest's journal outlives the VM: what systemd said around a failure
+timeout 60 journalctl -b --no-pager -o short-monotonic > /mnt/job/out/journal.txt 2>&1
+exit $rc
 """
 # CGAGENT_VM_K="expr": run only the guest tests pytest's -k selects (the others are reported skipped)
 SELECT = os.environ.get("CGAGENT_VM_K", "")
