@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -85,14 +86,28 @@ def _diagnosed(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProce
     return r
 
 
-def _run_diagnosed(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    """subprocess.run, with PID 1's state taken while a call that outlives its timeout is still stuck."""
-    try:
-        return _diagnosed(subprocess.run(argv, capture_output=True, text=True, **kw))
-    except subprocess.TimeoutExpired as e:
-        diag = pid1_diagnostics()
-        _keep("timeout", f"{argv}\n{diag}")
-        raise AssertionError(f"{argv} did not end within {e.timeout:g}s\n=== PID 1 diagnostics\n{diag}") from None
+def _run_diagnosed(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> \
+        subprocess.CompletedProcess[str]:
+    """subprocess.run; a call that outlives its timeout is diagnosed while still stuck: PID 1's state,
+    the call's own sockets and kernel stack, then its Python stacks (faulthandler, on SIGABRT)."""
+    env = dict(env if env is not None else os.environ, PYTHONFAULTHANDLER="1")
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            diag = pid1_diagnostics()
+            own = _sh(f"cat /proc/{p.pid}/stack; ls -l /proc/{p.pid}/fd; ss -xpn | grep 'pid={p.pid},'")
+            p.send_signal(signal.SIGABRT)   # nsenter execs: p.pid is the Python process
+            try:
+                out, err = p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+            text = f"{argv} did not end within {timeout:g}s\n=== its stderr (Python stacks)\n{err[-6000:]}\n" \
+                   f"=== its kernel stack and sockets\n{own}\n=== PID 1 diagnostics\n{diag}"
+            _keep("timeout", text)
+            raise AssertionError(text) from None
+    return _diagnosed(subprocess.CompletedProcess(argv, p.returncode, out, err))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -541,7 +556,6 @@ def test_devices_v2_host_workload_rule(devbox: tuple[Guest, str, tuple[str, int,
 # namespace of the guest, doctor/ps/stats/update honesty, and a walk through the README.
 
 import re  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
 
