@@ -118,6 +118,7 @@ def pid1_watchdog() -> Iterator[None]:
     import threading
 
     stop = threading.Event()
+    answers: list[float] = []
 
     def watch() -> None:
         since: float | None = None
@@ -126,6 +127,7 @@ def pid1_watchdog() -> Iterator[None]:
             try:
                 subprocess.run(["systemctl", "show", "-p", "Version", "--value"], capture_output=True,
                                timeout=20, check=False)
+                answers.append(time.monotonic() - t)
                 if since is not None:
                     _keep("stall-end", f"PID 1 answered again after {time.monotonic() - since:.0f}s of silence")
                     since = None
@@ -139,6 +141,8 @@ def pid1_watchdog() -> Iterator[None]:
     th.start()
     yield
     stop.set()
+    if answers:   # that the watchdog ran, and how PID 1 answered it
+        _keep("watchdog", f"PID 1 answered {len(answers)} pings, the slowest in {max(answers):.1f}s")
 
 
 class Guest:
