@@ -77,7 +77,8 @@ def guest_results(tmp_path_factory: Any) -> dict[str, tuple[str, str]]:
         cases.setdefault(case.get("name", "").split("[")[0], []).append((outcome, text))
     out: dict[str, tuple[str, str]] = {}
     for name, got in cases.items():
-        failed = [t for o, t in got if o == "failed"]
+        # the guest's journal.txt and its PID 1 diagnostics (pid1-, timeout-, stall-*.txt) stay in the job dir
+        failed = [f"{t}\n(guest journal and diagnostics: {job}/out)" for o, t in got if o == "failed"]
         if failed:
             # every failure only PID 1's silence (the known open bug below): reported as "hang"
             out[name] = ("hang" if all(HANG in t for t in failed) else "failed", "\n".join(failed))
