@@ -169,3 +169,26 @@ def test_agent_start_up_prunes_connections_of_dead_workloads(hosts: list[Host], 
                          env=h.env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "removed attachment crashed" in res.stderr, res.stderr
     assert _ipam(h) == [] and "7070" not in h.nft()
+
+
+def test_published_port_goes_on_a_host_without_etc_protocols(hosts: list[Host], tmp_path: object) -> None:
+    # a minimal Debian (no netbase; the v2 VM) has no /etc/protocols: nft then lists `6 . 8080`, and
+    # the element was left behind by disconnect. The CLI runs in a private mount namespace (unshare
+    # -m) where /etc/protocols is empty; the machine's file is untouched.
+    h = make_host(str(tmp_path))
+    hosts.append(h)
+    bare = ["unshare", "-m", "--", "sh", "-c", 'mount --bind /dev/null /etc/protocols && exec "$@"', "-"]
+
+    def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*h.enter(), *bare, *cmd], env=h.env(), capture_output=True, text=True, timeout=120,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    w = h.workload()
+    r = run(sys.executable, "-m", "cgagent", "network", "connect", "bridge", "--id", "web", "--pid", str(w),
+            "-p", "8080:80", "-p", "5353:53/udp")
+    assert r.returncode == 0, r.stderr
+    listed = run("nft", "list", "ruleset").stdout
+    assert "6 . 8080 : " in listed and "17 . 5353 : " in listed, listed   # the condition of the bug
+    r = run(sys.executable, "-m", "cgagent", "network", "disconnect", "web")
+    assert r.returncode == 0, r.stderr
+    assert "8080" not in h.nft() and "5353" not in h.nft()

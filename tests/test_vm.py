@@ -26,6 +26,10 @@ export CGAGENT_SYSTEMD_TIMEOUT=120
 cd /mnt/project
 echo "guest: $(uname -r), $(systemctl --version | head -1), boot $(cut -d' ' -f1 /proc/uptime)s"
 python3 -m pytest -p no:cacheprovider -q -rA --durations=5 {guest} {select} --junitxml=/mnt/job/out/junit.xml
+rc=$?
+# the guest's journal outlives the VM: what systemd said around a failure
+timeout 60 journalctl -b --no-pager -o short-monotonic > /mnt/job/out/journal.txt 2>&1
+exit $rc
 """
 # CGAGENT_VM_K="expr": run only the guest tests pytest's -k selects (the others are reported skipped)
 SELECT = os.environ.get("CGAGENT_VM_K", "")
@@ -73,7 +77,8 @@ def guest_results(tmp_path_factory: Any) -> dict[str, tuple[str, str]]:
         cases.setdefault(case.get("name", "").split("[")[0], []).append((outcome, text))
     out: dict[str, tuple[str, str]] = {}
     for name, got in cases.items():
-        failed = [t for o, t in got if o == "failed"]
+        # the guest's journal.txt and its PID 1 diagnostics (pid1-, timeout-, stall-*.txt) stay in the job dir
+        failed = [f"{t}\n(guest journal and diagnostics: {job}/out)" for o, t in got if o == "failed"]
         if failed:
             # every failure only PID 1's silence (the known open bug below): reported as "hang"
             out[name] = ("hang" if all(HANG in t for t in failed) else "failed", "\n".join(failed))

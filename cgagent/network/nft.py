@@ -236,6 +236,15 @@ def unguard(port: str, mac: str | None = None, addr: str | None = None) -> None:
         _nft(script, check=False)
 
 
+# nft names an inet_proto key part through getprotobynumber(): on a host without /etc/protocols (no
+# netbase, as in a minimal Debian) it lists `6 . 8080`, not `tcp . 8080`. Lookups here go by name.
+_PROTO_NAMES = {"6": "tcp", "17": "udp"}
+
+
+def _proto(part: object) -> str:
+    return _PROTO_NAMES.get(str(part), str(part))
+
+
 def published() -> dict[tuple[str, int, str], tuple[str, int]]:
     """(proto, host port, host address or ANY) -> (workload address, port) for every DNAT'd port."""
     out: dict[tuple[str, int, str], tuple[str, int]] = {}
@@ -245,7 +254,7 @@ def published() -> dict[tuple[str, int, str], tuple[str, int]]:
             try:
                 k, v = _key_val(e)
                 hip = str(k.pop(0)) if name == "ports_at" else ANY
-                out[(str(k[0]), int(k[1]), hip)] = (str(v[0]), int(v[1]))
+                out[(_proto(k[0]), int(k[1]), hip)] = (str(v[0]), int(v[1]))
             except (TypeError, ValueError, KeyError, IndexError):
                 continue
     return out
