@@ -53,6 +53,10 @@ def _compile(tree: str, prefix: str) -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], cwd=tree, env=env, check=True)
 
 
+def _timer(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
+    return lambda: time_cmd(argv, env=env)
+
+
 def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], float]]:
     cli = [sys.executable, "-m", "cgagent"]
     limits = ["--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"])]
@@ -64,8 +68,7 @@ def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], fl
     cases: dict[str, Callable[[], float]] = {PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"])}
     for kind in KINDS:
         for mode in MODES:
-            cases[f"{kind} ({mode})"] = (lambda a=argv[kind], e=direct if mode == "direct" else env:
-                                         time_cmd(a, env=e))
+            cases[f"{kind} ({mode})"] = _timer(argv[kind], direct if mode == "direct" else env)
     base = os.environ.get("BENCH_BASELINE")
     if base:
         _compile(base, env["PYTHONPYCACHEPREFIX"])
