@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-ORDER = ["launch", "web", "exporter", "systemd_driver", "isolation", "seccomp", "network", "policy", "oom"]
+ORDER = ["launch", "launches", "web", "exporter", "systemd_driver", "isolation", "seccomp", "network", "policy", "oom"]
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 
 from bench.common import busybox_rootfs, cgroup_parent_dirs, interleaved, remove_cgroup_tree, summary, time_cmd
 
@@ -79,7 +80,7 @@ def main() -> None:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run([*enter, "ip", "link", "set", "lo", "up"], check=True)
-        cases = {
+        cases: dict[str, Callable[[], float]] = {
             "run --net none": lambda: time_cmd([*cgagent, "--net", "none", "--", "/bin/true"], env=env),
             "run --net bridge": lambda: time_cmd([*cgagent, "--net", "bridge", "--", "/bin/true"], env=env),
         }

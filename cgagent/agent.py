@@ -18,6 +18,27 @@ from types import FrameType
 
 from cgagent.errors import CgagentError
 
+# What a run's supervisor (a process forked from the agent) would import: loaded once here, before the
+# API serves, so that no launch pays for them (a fork copies them). pyroute2 included (issue 14).
+PRELOAD = ("cgagent.runtime", "cgagent.runtime.supervisor", "cgagent.launch", "cgagent.live", "cgagent.prune",
+           "cgagent.devrules", "cgagent.kmsg", "cgagent.cgroups.wait", "cgagent.cgroups.v1",
+           "cgagent.cgroups.v1.reader", "cgagent.cgroups.v2", "cgagent.cgroups.v2.reader", "cgagent.api.attach",
+           "cgagent.api.runreq", "cgagent.isolation.spec", "cgagent.isolation.syscalls", "cgagent.isolation.child",
+           "cgagent.isolation.rootfs", "cgagent.isolation.namespaces", "cgagent.network.workload",
+           "cgagent.network.attach", "cgagent.network.config", "cgagent.network.netns")
+
+
+def preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    with contextlib.suppress(Exception):   # pyroute2's IPRoute (~100 ms): only bridged runs need it
+        from cgagent.network.netns import _iproute_class
+
+        _iproute_class()
+
 
 @dataclass
 class AgentOptions:
@@ -86,6 +107,7 @@ def run(opts: AgentOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     install_stderr_capture()
+    preload()
     server.start()
     api.start()
     covered = "workloads in " + store.root + "".join(f", cgroups under {w}" for w in opts.watch)

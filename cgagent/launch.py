@@ -37,12 +37,91 @@ def preserve_fds(value: object) -> int:
     return int(text)
 
 
+# --- clone3(CLONE_INTO_CGROUP): a child born in its cgroup (cgroup v2, kernel >= 5.7)
+#
+# Moving a task into a cgroup (a `cgroup.procs` write) takes cgroup_threadgroup_rwsem for writing,
+# which waits for an RCU grace period after a quiet spell: ~15 ms, most of a launch. A child that
+# clone3() creates inside its cgroup is never moved. Python has no clone3, so it is called through
+# ctypes, as os.fork() calls fork(): without CLONE_VM the child is a copy of this process, like a
+# fork's, and continues in Python. What os.fork() does around fork() is done here around clone3,
+# with the same C API: PyOS_BeforeFork (the import lock, os.register_at_fork's before hooks),
+# then PyOS_AfterFork_Child (the GIL, the thread states, the threading module, the child hooks) or
+# PyOS_AfterFork_Parent. The call goes through ctypes.PyDLL so that it keeps the GIL (a CDLL call
+# releases it, and a child copied while another thread held it would wait for it forever).
+# What glibc's fork() adds and a raw clone3 skips: its pthread_atfork handlers, and the locks it
+# takes when the process has threads (malloc's, stdio's). So clone3 is used only while the process
+# has a single thread (then nobody can hold those locks), and the child execs soon. The child's
+# glibc thread descriptor keeps the parent's tid (fork() has the kernel write the new one), which
+# only raise()/pthread_kill() on itself and PI mutexes read; the code between clone3 and exec
+# (spawn's child, the isolation setup) uses neither.
+
+CLONE_INTO_CGROUP = 0x200000000
+SYS_CLONE3 = 435   # the same on x86_64 and aarch64 (asm-generic numbering from 424 on)
+_CLONE_ARGS = "=11Q"   # struct clone_args, 88 bytes: flags, pidfd, child_tid, parent_tid, exit_signal,
+#                        stack, stack_size, tls, set_tid, set_tid_size, cgroup
+_clone3_missing = False   # the kernel lacks clone3 or CLONE_INTO_CGROUP: not asked again
+
+
+def clone_into(cgroup_fd: int) -> int:
+    """fork(), the child created inside the cgroup v2 directory `cgroup_fd` (an O_PATH|O_DIRECTORY
+    descriptor). Returns 0 in the child and its pid in the parent, as os.fork(). Raises OSError when
+    the kernel cannot (ENOSYS: no clone3; E2BIG/EINVAL: no CLONE_INTO_CGROUP before 5.7; EBADF: not a
+    cgroup v2 directory; EBUSY: a cgroup with controllers enabled for its children) or when the
+    process has threads (EDEADLK: see above)."""
+    import ctypes
+    import struct
+    import sys
+
+    if len(os.listdir("/proc/self/task")) != 1:
+        raise OSError(errno.EDEADLK, "clone3 from a process with threads")
+    api = ctypes.PyDLL(None, use_errno=True)
+    api.syscall.restype = ctypes.c_long
+    for hook in (api.PyOS_BeforeFork, api.PyOS_AfterFork_Child, api.PyOS_AfterFork_Parent):
+        hook.restype = None
+    args = ctypes.create_string_buffer(struct.pack(_CLONE_ARGS, CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD,
+                                                   0, 0, 0, 0, 0, cgroup_fd))
+    size = struct.calcsize(_CLONE_ARGS)
+    sys.audit("os.fork")
+    api.PyOS_BeforeFork()
+    pid = api.syscall(ctypes.c_long(SYS_CLONE3), args, ctypes.c_size_t(size))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3: {os.strerror(err)}")
+    return int(pid)
+
+
+def _fork_into(into: str | None) -> tuple[int, bool]:
+    """(os.fork()'s result, whether the child was born in the cgroup v2 directory `into`). Without
+    `into`, or when clone3 cannot put it there, a plain fork: the caller moves the child."""
+    global _clone3_missing
+    if into is None or _clone3_missing:
+        return os.fork(), False
+    try:
+        fd = os.open(into, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return os.fork(), False
+    try:
+        return clone_into(fd), True
+    except OSError as e:
+        _clone3_missing = e.errno in (errno.ENOSYS, errno.E2BIG, errno.EINVAL)
+        return os.fork(), False
+    finally:
+        os.close(fd)   # in the child too: its exec would close it, its setup has no use for it
+
+
 def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, int] | None = None,
           env: dict[str, str] | None = None, child_setup: Callable[[], list[str] | None] | None = None,
-          keep_fds: int = 0) -> int:
+          keep_fds: int = 0, into: str | None = None, born: Callable[[int], None] | None = None) -> int:
     """Fork; let `place(pid)` put the child in its cgroup (cgroupfs write, or a systemd scope) while
     it waits; then the child runs `child_setup` and execs `cmd`, or `cmd` behind the program that
     child_setup returned (an init: `[init, --]`).
+
+    With `into` (a cgroup v2 directory) the child is created inside it when the kernel can
+    (clone_into); then `born(pid)` runs instead of `place(pid)`, the child waiting all the same.
 
     Only fds 0-2 and 3 .. 3+keep_fds-1 (--preserve-fds) survive the exec: anything else the caller
     leaked (a directory fd of the host reached as /proc/self/fd/N: CVE-2024-21626) is closed.
@@ -51,7 +130,7 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
     """
     r, w = os.pipe2(os.O_CLOEXEC)        # child -> parent: exec failure reason; EOF = exec happened
     go_r, go_w = os.pipe2(os.O_CLOEXEC)  # parent -> child: "you are in your cgroup now"
-    pid = os.fork()
+    pid, in_place = _fork_into(into)
     if pid == 0:  # child: no Python-level cleanup may run here, so every path ends in exec or _exit
         stage = "setup"
         try:
@@ -89,7 +168,10 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
     os.close(w)
     os.close(go_r)
     try:
-        place(pid)
+        if not in_place:
+            place(pid)
+        elif born is not None:
+            born(pid)
     except BaseException:
         os.close(go_w)  # EOF: the child exits 125 without running anything
         os.close(r)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote, urlencode
 
 from cgagent.errors import CgagentError
 
@@ -29,6 +27,7 @@ def _connection(path: str, timeout: float | None) -> Any:
     """An http.client connection over the unix socket (http.client is imported here, when a call is
     made: its 40 ms of imports (email, ssl) are not for a foreground run, which speaks its own protocol)."""
     import http.client
+    import socket
 
     class UnixConnection(http.client.HTTPConnection):
         def connect(self) -> None:
@@ -94,6 +93,8 @@ class Client:
     def raw(self, method: str, url: str, body: Any = None, query: dict[str, Any] | None = None) -> Response:
         q = {k: ("1" if v is True else "0" if v is False else str(v)) for k, v in (query or {}).items()
              if v is not None}
+        from urllib.parse import urlencode
+
         full = url + ("?" + urlencode(q) if q else "")
         data = None if body is None else json.dumps(body).encode()
         conn = _connection(self.path, self.timeout)
@@ -136,6 +137,8 @@ def error_of(r: Response) -> CgagentError:
 
 
 def workload_url(name: str, *rest: str) -> str:
+    from urllib.parse import quote
+
     return "/v1/workloads/" + quote(name, safe="") + "".join("/" + r for r in rest)
 
 
@@ -144,7 +147,10 @@ def agent(state_root: str | None) -> Client | None:
     if os.environ.get("CGAGENT_DIRECT", "") not in ("", "0"):
         return None
     path = default_socket(state_root)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    # the C module: `socket` (enum, selectors) costs ~8 ms that a CLI with no agent to talk to would pay
+    import _socket
+
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         s.settimeout(CONNECT_TIMEOUT)
         s.connect(path)

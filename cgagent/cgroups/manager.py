@@ -41,6 +41,12 @@ class CgroupManager(ABC):
         """Move `pid` into the cgroup of a workload that is already running (`exec`)."""
         self.apply(pid)
 
+    def clone_target(self) -> str | None:
+        """The cgroup v2 directory a new process can be created in directly (clone3 with
+        CLONE_INTO_CGROUP, cgagent.launch.spawn), or None: it has to be moved in with apply() (v1, or
+        a systemd scope, which systemd makes when it is handed the process)."""
+        return None
+
     @abstractmethod
     def create(self) -> None:
         """mkdir the cgroup (and missing parents); make it ready to take processes."""

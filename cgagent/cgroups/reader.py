@@ -18,11 +18,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from cgagent.cgroups import fs
 from cgagent.cgroups.stats import CpuUsage, Limits, MemoryUsage, Pressure, Stats, Throttling
-from cgagent.inotify import Inotify
+
+if TYPE_CHECKING:   # only its type: ctypes is not for every CLI start that reads a cgroup
+    from cgagent.inotify import Inotify
 
 # What limits() reads and limit_files() names: any subset, in any order.
 LIMIT_PARTS = ("cpu", "cpuset", "memory", "swap", "pids")

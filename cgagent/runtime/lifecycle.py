@@ -164,14 +164,17 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         spec = spec.with_files(files)
         fault("network")
         env, setup = make_setup(spec, netfd)
-    def place(pid: int) -> None:
+    def place(pid: int, born: bool = False) -> None:
         # Runs while the child waits: the record names the pid before the workload runs a single
         # instruction of its own, so nothing it does can be observed ahead of its record.
-        keeper = _place(rec, mgr, pid)
+        fault("place")
+        keeper = None if born else _place(rec, mgr, pid)
         _record_started(store, rec, mgr, pid, keeper)
 
     try:
-        pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup, keep_fds=rec.preserve_fds)
+        # cgroupfs on v2: the child is created in its cgroup (no cgroup.procs write, see launch.py)
+        pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup, keep_fds=rec.preserve_fds,
+                           into=mgr.clone_target(), born=lambda p: place(p, born=True))
     except BaseException:
         if netfd is not None:
             os.close(netfd)
@@ -190,7 +193,6 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
 def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] | None:
     """Put the child in its cgroup. Systemd: into the scope its keeper still holds (a restart), else
     into a new scope together with a new keeper. Returns a new keeper (pid, start time)."""
-    fault("place")
     if rec.driver != "systemd":
         mgr.apply(pid)
         return None

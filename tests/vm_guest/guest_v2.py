@@ -935,3 +935,31 @@ def test_v2sd_readme_examples_run_as_the_readme_says(netns: str) -> None:
                     subprocess.run([f"{d}/bin/cgagent", "rm", "-f", *names], env=env, capture_output=True, timeout=300)
     assert problems == [], "\n".join(problems)
     assert scopes() == [] and units("cgagent*.slice") == [] and units("batch*") == []
+
+
+# --- fast ---
+# clone3(CLONE_INTO_CGROUP) (issue 14): under the cgroupfs driver on v2 the workload is created in
+# its cgroup; no cgroup.procs is ever opened for writing (an audit hook on `open` watches the CLI).
+
+WATCHED_RUN = r"""
+import os, runpy, sys
+def hook(event, args):
+    if event == "open" and str(args[0]).endswith("cgroup.procs") and isinstance(args[2], int) \
+            and args[2] & (os.O_WRONLY | os.O_RDWR):
+        os.write(2, f"cgroup.procs written: {args[0]}\n".encode())
+sys.addaudithook(hook)
+sys.argv = ["cgagent", *sys.argv[1:]]
+runpy.run_module("cgagent", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_fast_cgroupfs_v2_workload_is_born_in_its_cgroup(g: Guest) -> None:
+    env = dict(os.environ, CGAGENT_STATE_DIR=g.state, CGAGENT_DIRECT="1")
+    script = 'cat /proc/self/cgroup; cat "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max"'
+    r = subprocess.run([sys.executable, "-c", WATCHED_RUN, "run", "--rm", "--cgroup-driver", "cgroupfs",
+                        "--cgroup-parent", g.parent, "--name", "born", "--memory", "64M", "--pids-limit", "20",
+                        "--", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "cgroup.procs written" not in r.stderr, r.stderr
+    assert r.stdout.split() == [f"0::{g.parent}/born", str(64 * M)], r.stdout
+    assert not os.path.exists(f"{CG}{g.parent}/born")   # --rm: its cgroup went with it

@@ -71,6 +71,9 @@ class V2Manager(CgroupManager):
     def apply(self, pid: int) -> None:
         fs.write(f"{self.dir}/cgroup.procs", pid)
 
+    def clone_target(self) -> str | None:
+        return self.dir
+
     def set(self, r: Resources) -> None:
         enabled = self._enabled()
         missing = [c for c in r.controllers() if c not in enabled]

@@ -1,0 +1,148 @@
+"""Every launch, with and without the agent (issue 14), in one interleaved run beside `python3 -c pass`,
+`runc run` and `bwrap`:
+  run                  `cgagent run --rm LIMITS -- /bin/true`
+  run --net none       the same isolated: `--rootfs BUSYBOX --net none`
+  run --net bridge     the same with `--net bridge` (veth, address, route, hosts files, teardown)
+each direct (CGAGENT_DIRECT=1) and through an agent (`cgagent serve` on the bench's own state dir).
+
+Everything runs in a network namespace made here (never the machine's own network: the bridge, its
+NAT table and the veths live and die there): this process enters it, so its children (the agent,
+the CLI, runc, bwrap) are born in it and no nsenter is timed. Bytecode is compiled first into a
+private prefix (this machine sets PYTHONDONTWRITEBYTECODE), so the numbers are an installed package's.
+BENCH_BASELINE=/path/to/another/checkout adds that tree's direct `run` to the same interleaving
+(say, the branch before a change: "without the agent, no slower than today").
+
+Targets: with the agent, its own cost (cgagent - python3 -c pass) <= runc's whole time; --net bridge
+<= --net none + 20 ms."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable
+
+from bench.common import PYTHON, RUNC, busybox_rootfs, measure, summary, time_cmd
+from bench.launch import LIMITS, runc_bundle
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BWRAP = "bwrap --unshare-all (busybox)"
+MODES = ("direct", "agent")
+KINDS = ("run", "run --net none", "run --net bridge")
+
+
+def _start_agent(cli: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    p = subprocess.Popen([*cli, "serve", "--listen", "127.0.0.1:0"], env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert p.stdout is not None
+    for line in p.stdout:   # it prints its API line once the socket listens
+        if "API:" in line:
+            return p
+    p.wait()
+    raise RuntimeError("cgagent serve exited before serving its API")
+
+
+def _compile(tree: str, prefix: str) -> None:
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=prefix)
+    dirs = [d for d in ("cgagent", "exporters", "policies") if os.path.isdir(f"{tree}/{d}")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], cwd=tree, env=env, check=True)
+
+
+def _timer(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
+    return lambda: time_cmd(argv, env=env)
+
+
+def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], float]]:
+    cli = [sys.executable, "-m", "cgagent"]
+    limits = ["--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"])]
+    iso = ["--rootfs", f"{tmp}/rootfs"]
+    argv = {"run": [*cli, "run", "--rm", *limits, "--", "/bin/true"],
+            "run --net none": [*cli, "run", "--rm", *limits, *iso, "--net", "none", "--", "/bin/true"],
+            "run --net bridge": [*cli, "run", "--rm", *limits, *iso, "--net", "bridge", "--", "/bin/true"]}
+    direct = dict(env, CGAGENT_DIRECT="1")
+    cases: dict[str, Callable[[], float]] = {PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"])}
+    for kind in KINDS:
+        for mode in MODES:
+            cases[f"{kind} ({mode})"] = _timer(argv[kind], direct if mode == "direct" else env)
+    base = os.environ.get("BENCH_BASELINE")
+    if base:
+        _compile(base, env["PYTHONPYCACHEPREFIX"])
+        benv = dict(direct, PYTHONPATH=base)
+        cases[f"run (direct, {base})"] = lambda: time_cmd(argv["run"], env=benv, cwd=base)
+    if shutil.which("runc"):
+        runc_bundle(f"{tmp}/bundle", f"/{sub}")
+        n = iter(range(10**6))
+        cases[RUNC] = lambda: time_cmd(
+            ["runc", "--root", f"{tmp}/runc-state", "run", "--bundle", f"{tmp}/bundle", f"bench-all-{next(n)}"])
+    if shutil.which("bwrap"):
+        cases[BWRAP] = lambda: time_cmd(["bwrap", "--unshare-all", "--ro-bind", f"{tmp}/rootfs", "/",
+                                         "--proc", "/proc", "--dev", "/dev", "/bin/true"])
+    return cases
+
+
+def _report(res: dict[str, list[float]]) -> None:
+    print(f"{ROUNDS} rounds, interleaved; kernel {os.uname().release}; load {os.getloadavg()[0]:.1f}")
+    for k, v in res.items():
+        print(f"  {k:36} {summary(v)}")
+    med = {k: statistics.median(v) for k, v in res.items()}
+    runc = med.get(RUNC)
+    print(f"  own cost = cgagent - {PYTHON} ({1e3 * med[PYTHON]:.1f} ms); runc's whole time "
+          + (f"{1e3 * runc:.1f} ms" if runc else "(runc not installed)"))
+    for kind in KINDS:
+        for mode in MODES:
+            own = med[f"{kind} ({mode})"] - med[PYTHON]
+            verdict = "" if runc is None or mode != "agent" else ("  meets own <= runc" if own <= runc
+                                                                  else "  misses own <= runc")
+            print(f"    {kind + ' (' + mode + ')':34} own {1e3 * own:6.1f} ms"
+                  + (f"  = {own / runc:4.2f}x runc" if runc else "") + verdict)
+    for mode in MODES:
+        price = med[f"run --net bridge ({mode})"] - med[f"run --net none ({mode})"]
+        print(f"  bridge - none ({mode}) {1e3 * price:6.1f} ms  target <= 20 ms: "
+              + ("meets" if price <= 0.020 else "misses"))
+
+
+def main() -> None:
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"):
+        print("launches bench skipped: needs root, ip (iproute2) and nft (nftables)")
+        return
+    from cgagent.isolation.syscalls import CLONE_NEWNET, setns
+
+    ns = f"cgbench-{uuid.uuid4().hex[:8]}"
+    sub = f"cgagent-bench-all-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    tmp = tempfile.mkdtemp(prefix="cgagent-bench-all-", dir="/run" if os.path.isdir("/run") else None)
+    env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/state", CGAGENT_ROOT=f"{tmp}/store",
+               CGAGENT_CGROUP_PARENT=f"nested:{sub}", PYTHONPATH=ROOT, PYTHONPYCACHEPREFIX=f"{tmp}/pycache")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("CGAGENT_DIRECT", None)
+    busybox_rootfs(f"{tmp}/rootfs")
+    _compile(ROOT, env["PYTHONPYCACHEPREFIX"])
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    agent = None
+    try:
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+        setns(fd, CLONE_NEWNET)   # this process only has one thread: all of it is in the namespace now
+        os.close(fd)
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        agent = _start_agent([sys.executable, "-m", "cgagent"], env)
+        cases = _cases(tmp, sub, env)
+        res = measure(cases, ROUNDS, sub, f"{tmp}/runc-state")   # warm (bridge, nft table), interleave
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=60)
+        setns(home, CLONE_NEWNET)
+        os.close(home)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"in network namespace {ns} (deleted)")
+    _report(res)
+
+
+if __name__ == "__main__":
+    main()
