@@ -23,6 +23,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cgagent import faults
 from cgagent.errors import CgagentError
 from cgagent.network import BRIDGE_PREFIX, DEFAULT_BRIDGE, VETH_PREFIX, VXLAN_PREFIX, fault, net_dir, netns
 from cgagent.network.config import Network
@@ -81,7 +82,7 @@ def _addresses(ipr: Any, idx: int) -> list[dict[str, Any]]:
 def _routes(ipr: Any, idx: int) -> list[dict[str, Any]]:
     """Every IPv4 route out of `idx` that an address does not bring along by itself."""
     out = []
-    for r in ipr.get_routes(family=AF_INET, table=0):   # 0: every table
+    for r in ipr.get_routes(family=AF_INET):   # no table given: every table
         table = r.get_attr("RTA_TABLE") or r["table"]
         if table == TABLE_LOCAL or r["proto"] == RTPROT_KERNEL:
             continue
@@ -214,7 +215,8 @@ def create(net: Network, root: str | None) -> None:
             for step in STEPS:
                 rec.step = step
                 _save(rec, root)
-                fault(step)
+                faults.fault(step)   # step:STEP: a crash (SIGKILL) here, which `network rm` must undo
+                fault(step)          # net:STEP: a failure here, which the rollback must undo
                 _STEP[step](ipr, rec, idx, link)
             rec.step, rec.complete = "", True
             _save(rec, root)
