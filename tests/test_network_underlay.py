@@ -101,10 +101,15 @@ def test_underlay_workloads_are_on_the_lan_and_rm_restores_the_nic(cg: Env, host
     import ipaddress
 
     assert ipaddress.IPv4Address(att.address) in ipaddress.IPv4Network(RANGE)
-    out = node.ok("run", *node.box("--rm", "--net", "phys", "--", "sh", "-c",
+    # run --ip: a static address; the peer sees it as the source
+    out = node.ok("run", *node.box("--rm", "--net", "phys", "--ip", "192.0.2.51", "--", "sh", "-c",
                                    f"ip -o -4 addr show eth0; ip route; nc {PEER} 7000 </dev/null"))
-    mine = out.split()[3].split("/")[0]
-    assert f"default via {PEER} dev eth0" in out and out.strip().endswith(mine)   # the peer saw our address
+    assert "192.0.2.51/24" in out and f"default via {PEER} dev eth0" in out, out
+    assert out.strip().endswith("192.0.2.51"), out
+    one_line(node.run("run", *node.box("--rm", "--net", "phys", "--ip", "192.0.2.1", "--", "true")),
+             "--ip 192.0.2.1 is not a free host address of phys")   # the gateway
+    one_line(node.run("run", *node.box("--rm", "--net", "none", "--ip", "192.0.2.52", "--", "true")),
+             "--ip needs a network, not --net none")
     assert peer.fetch(None, att.address, 80) == "from-onlan"
     # a static address (a stand-in workload connected with --ip)
     w = h.workload()
