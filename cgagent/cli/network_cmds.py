@@ -20,7 +20,8 @@ def create(
     subnet: Annotated[str | None, typer.Option("--subnet", help="IPv4 CIDR; vxlan: the whole overlay (a /24 per host); "
                                                "bridge with --parent: default the parent's subnet.")] = None,
     driver: Annotated[str, typer.Option("--driver", "-d", help="bridge, macvlan or vxlan.")] = "bridge",
-    gateway: Annotated[str | None, typer.Option("--gateway", help="Default: the subnet's first address.")] = None,
+    gateway: Annotated[str | None, typer.Option("--gateway", help="Default: the subnet's first address; "
+                                                "bridge with --parent: the parent's default route.")] = None,
     parent: Annotated[str | None, typer.Option("--parent", help="macvlan: the underlay link; vxlan: optional; "
                                                "bridge: the NIC to enslave (underlay: its addresses and routes "
                                                "move onto the bridge until `network rm`).")] = None,
@@ -32,7 +33,7 @@ def create(
                                         "host's only management address.")] = False,
     root: Root = None,
 ) -> None:
-    """Define a network; its devices are made when the first workload joins.
+    """Define a network; its devices are made when the first workload joins (an underlay's at once).
 
     Example: cgagent network create web --subnet 10.90.0.0/24
 
@@ -65,7 +66,7 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
         return
     rows = [("NAME", "DRIVER", "SUBNET", "GATEWAY", "DEVICE", "WORKLOADS")]
     for n in nets:
-        dev = n.parent if n.driver == "macvlan" else n.bridge
+        dev = n.parent if n.driver == "macvlan" else f"{n.bridge} ({n.parent})" if n.underlay else n.bridge
         rows.append((n.name, n.driver, n.pool if n.pool == n.subnet else f"{n.pool} of {n.subnet}",
                      n.gateway or "-", dev or "-", str(len(used.get(n.name, [])))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -192,7 +192,7 @@ def _check_management(ipr: Any, idx: int, parent: str, addrs: list[dict[str, Any
         if a["index"] == idx or a["scope"] != 0:   # 0: global
             continue
         ifname = ipr.get_links(a["index"])[0].get_attr("IFLA_IFNAME")
-        if not str(ifname).startswith(("lo", BRIDGE_PREFIX, DEFAULT_BRIDGE, VETH_PREFIX, VXLAN_PREFIX)):
+        if ifname != "lo" and not str(ifname).startswith((BRIDGE_PREFIX, DEFAULT_BRIDGE, VETH_PREFIX, VXLAN_PREFIX)):
             others.append(a)
     if not others:
         raise CgagentError(f"{parent} carries the route to this host's only management address "
