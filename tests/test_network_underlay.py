@@ -165,6 +165,15 @@ def test_bad_input_is_one_line_and_touches_nothing(hosts: list[Host], tmp_path: 
     assert h.in_workload(w, "ip", "-o", "link").stdout.count("\n") == 1   # only lo inside
     assert not os.listdir(os.path.join(h.root, "networks", "attachments")) \
         if os.path.isdir(os.path.join(h.root, "networks", "attachments")) else True
+    # an underlay never turns ip_forward on, nor keeps it on after the last NAT bridge goes
+    fwd = "/proc/sys/net/ipv4/ip_forward"
+    assert h.sh("cat", fwd).stdout.strip() == "0"
+    assert h.cgagent("network", "create", "nat", "--subnet", "10.92.0.0/24").returncode == 0
+    res = h.cgagent("network", "connect", "nat", "--id", "w", "--pid", str(w))
+    assert res.returncode == 0 and h.sh("cat", fwd).stdout.strip() == "1", res.stderr
+    assert h.cgagent("network", "disconnect", "w").returncode == 0
+    assert h.cgagent("network", "rm", "nat").returncode == 0
+    assert h.sh("cat", fwd).stdout.strip() == "0"
     assert h.cgagent("network", "rm", "phys").returncode == 0
     assert snapshot(h) == before and h.links() == links
 
