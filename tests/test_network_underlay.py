@@ -154,6 +154,9 @@ def test_bad_input_is_one_line_and_touches_nothing(hosts: list[Host], tmp_path: 
     # another interface with an address: the NIC is not the only way in, no --force needed
     h.sh("ip", "addr", "add", "198.18.0.1/24", "dev", "brt")
     before, links = snapshot(h), h.links()
+    one_line(h.cgagent("network", "create", "phys", "--parent", nic, SSH_CONNECTION=f"198.51.100.7 50000 {HOST_IP} 22"),
+             f"{nic} carries this ssh session ({HOST_IP})")
+    nothing_made(h, before, links)
     assert create("--parent", nic).returncode == 0   # no --ip-range: static addresses only
     w = h.workload()
     one_line(h.cgagent("network", "connect", "phys", "--id", "w", "--pid", str(w)),
