@@ -91,6 +91,8 @@ OPTIONS: tuple[Option, ...] = (
            "name (`cgagent network ls`)."),
     Option("publish", ("--publish", "-p"), "list", "iso", "publish",
            "\\[IP:]HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable); 127.0.0.1: the host only."),
+    Option("ip", ("--ip",), "value", "iso", "ip",
+           "A static IPv4 address on --net NETWORK (an underlay network without --ip-range needs one)."),
     Option("init", ("--init",), "flag", "iso", "init", "Run tini as PID 1 (reaps, forwards signals)."),
     Option("userns", ("--userns",), "flag", "iso", "userns",
            "Map root inside to host uid/gid 100000+ (a user namespace; image layers are mounted idmapped)."),

@@ -24,7 +24,7 @@ GOOD: dict[str, str] = {
     "memory_swap": "128M", "pids_limit": "16", "cpuset_cpus": "0", "cpuset_mems": "0", "name": "eq",
     "cgroup_parent": "/cgagent/eq", "cgroup_driver": "cgroupfs", "state_dir": "{tmp}/state2",
     "rootfs": "{tmp}/rootfs", "volume": "{tmp}:/mnt:ro", "hostname": "box", "net": "none", "publish": "8080:80",
-    "env": "A=1", "user": "1000:1000", "workdir": "/", "cap_add": "NET_ADMIN", "cap_drop": "ALL",
+    "ip": "192.0.2.5", "env": "A=1", "user": "1000:1000", "workdir": "/", "cap_add": "NET_ADMIN", "cap_drop": "ALL",
     "security_opt": "seccomp=unconfined", "device": "/dev/null", "device_cgroup_rule": "c 1:3 rwm",
     "root": "{tmp}/images", "restart": "on-failure:3", "policy": "burstable", "policy_dir": "{tmp}",
     "preserve_fds": "1",
@@ -32,7 +32,7 @@ GOOD: dict[str, str] = {
 # an option that needs another one to be valid
 NEEDS = {"memory_swap": ["--memory", "64M"]}
 # expected to fail, identically through both doors
-FAILS = {"publish"}   # -p needs a bridge network, and the isolated base uses --net none
+FAILS = {"publish", "ip"}   # -p (--ip) needs a bridge network (a network), and the isolated base uses --net none
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ NETS = ("none", "host")
 USERNS_BASE, USERNS_SIZE = 100000, 65536   # --userns: root inside is uid/gid 100000 on the host
 DEFAULT_ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # options that only make sense with an image or --rootfs
-ISOLATION_KEYS = ("rootfs", "read_only", "volumes", "hostname", "net", "publish", "init", "userns", "env", "user",
+ISOLATION_KEYS = ("rootfs", "read_only", "volumes", "hostname", "net", "publish", "ip", "init", "userns", "env", "user",
                   "workdir", "cap_add", "cap_drop", "security_opt", "devices")
 VOLUME_OPTS = ("ro", "rw", "dev", "nodev")
 
@@ -103,6 +103,7 @@ class IsolationSpec:
     hostname: str = ""
     net: str = "none"                   # none | host | bridge | a network's name | container:NAME
     publish: tuple[str, ...] | None = None   # -p (bridge-like nets only)
+    ip: str = ""                        # --ip: a static address on its network
     image: str | None = None            # an image run: its id, the name it was asked by, its layers
     image_ref: str | None = None
     layers_dir: str | None = None
@@ -148,6 +149,8 @@ class IsolationSpec:
                    caps=list(self.caps), seccomp=self.seccomp)
         if self.publish is not None:
             out["publish"] = list(self.publish)
+        if self.ip:
+            out["ip"] = self.ip
         return out
 
     @classmethod
@@ -161,7 +164,7 @@ class IsolationSpec:
         return cls(
             store=str(d.get("store") or ""), container_dir=str(d.get("container_dir") or ""),
             hostname=str(d.get("hostname") or ""), net=str(d.get("net") or "none"),
-            publish=None if publish is None else _strings(publish, "publish"),
+            publish=None if publish is None else _strings(publish, "publish"), ip=str(d.get("ip") or ""),
             image=_opt_str(d, "image"), image_ref=_opt_str(d, "image_ref"), layers_dir=_opt_str(d, "layers_dir"),
             lowers=_strings(d.get("lowers"), "lowers"), rootfs=_opt_str(d, "rootfs"),
             read_only=bool(d.get("read_only")),
@@ -294,10 +297,11 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     # default for a host (the test suite sets none, so only tests inside their own netns bridge).
     net = opts.get("net") or os.environ.get("CGAGENT_DEFAULT_NET") or "bridge"
     publish: tuple[str, ...] | None = None
-    if net not in NETS or opts.get("publish"):   # bridge, a network's name, container:NAME, -p: issue 5
+    ip = str(opts.get("ip") or "")
+    if net not in NETS or opts.get("publish") or ip:   # bridge, a network's name, container:NAME, -p: issue 5
         from cgagent.network.workload import check
 
-        publish = check(net, list(opts.get("publish") or []), opts.get("root"))
+        publish = check(net, list(opts.get("publish") or []), opts.get("root"), ip=ip or None)
     store = ImageStore(opts.get("root"))
     config: dict[str, Any] = {}
     source: dict[str, Any] = {}   # the image's fields, or --rootfs's
@@ -335,7 +339,7 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     spec = IsolationSpec(
         store=store.root, container_dir=os.path.join(store.containers, f"{name_hint}-{os.urandom(4).hex()}"),
         read_only=bool(opts.get("read_only")), volumes=volumes(list(opts.get("volumes") or [])),
-        hostname=hostname, net=net, publish=publish, init=bool(opts.get("init")), env=tuple(env),
+        hostname=hostname, net=net, publish=publish, ip=ip, init=bool(opts.get("init")), env=tuple(env),
         userns=userns_map, devices=devices(list(opts.get("devices") or []), userns_map),
         user=str(opts.get("user") or config.get("User") or ""), workdir=str(opts.get("workdir") or
                                                                             config.get("WorkingDir") or "/"),

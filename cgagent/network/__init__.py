@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from cgagent.errors import CgagentError
+
 DEFAULT_ROOT = "/var/lib/cgagent"
 # every host-side link cgagent makes starts with "cg": prune finds leftovers by these prefixes
 VETH_PREFIX = "cgv"       # host end of a workload's veth pair
@@ -26,3 +28,10 @@ def state_root(root: str | None = None) -> str:
 
 def net_dir(root: str | None = None) -> str:
     return os.path.join(state_root(root), "networks")
+
+
+def fault(step: str) -> None:
+    """Test-only fault injection: CGAGENT_FAULT=net:STEP (comma-separated list) fails the network
+    setup at STEP, so tests can prove every step is rolled back."""
+    if f"net:{step}" in os.environ.get("CGAGENT_FAULT", "").split(","):
+        raise CgagentError(f"network setup failed at {step} (CGAGENT_FAULT)", "unset CGAGENT_FAULT")

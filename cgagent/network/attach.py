@@ -23,12 +23,14 @@ from cgagent.network import (
     VXLAN_PREFIX,
     bridge,
     config,
+    fault,
     files,
     macvlan,
     net_dir,
     netns,
     nft,
     proxy,
+    underlay,
     veth,
     vxlan,
 )
@@ -151,15 +153,18 @@ def alive(att: Attachment) -> bool:
 # --- connect / disconnect
 
 def connect(owner: str, network: str, ns_path: str, pid: int | None = None, ports: list[str] | None = None,
-            hostname: str | None = None, root: str | None = None) -> Attachment:
+            hostname: str | None = None, root: str | None = None, ip: str | None = None) -> Attachment:
     validate_name(owner)
+    static = static_ip(ip)
     wanted = parse_ports(list(ports or []))
     with config.lock(root):
         if load(owner, root) is not None:
             raise CgagentError(f"{owner!r} is already connected", f"`cgagent network disconnect {owner}` first")
         net = config.load(network, root)
-        if wanted and net.driver == "macvlan":
-            raise CgagentError("-p needs a bridge or vxlan network", "macvlan workloads are reachable directly")
+        if wanted and (net.driver == "macvlan" or net.underlay):
+            raise CgagentError("-p needs a NAT bridge or vxlan network",
+                               "macvlan and underlay workloads are reachable directly")
+        check_addressing(net, static, root)
         _check_ports(wanted, root)
         if net.driver == "macvlan":
             _check_parent(net)
@@ -171,9 +176,10 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
         if first_use:   # the default network, made on first use
             config.check_default(net, root, host_facts()[1])
         ipam = ipam_for(net, root)
-        ip = ipam.allocate(owner, net.name)   # raises "network is full" with nothing made
+        # raises "network is full" / "in use" with nothing made
+        addr = ipam.reserve(static, owner, net.name) if static else ipam.allocate(owner, net.name)
         att = Attachment(owner=owner, network=net.name, driver=net.driver, netns=ns_path, pid=pid,
-                         pid_start=procs.start_time(pid) if pid else None, address=str(ip),
+                         pid_start=procs.start_time(pid) if pid else None, address=str(addr),
                          prefixlen=ipaddress.IPv4Network(net.pool).prefixlen, gateway=net.gateway,
                          ports=[list(p) for p in wanted], hostname=hostname, created=time.time())
         if net.driver != "macvlan":
@@ -186,11 +192,11 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
             if first_use:
                 config.save(net, root)
             _plumb(net, att, root)
-            nft.publish(att.port_tuples(), str(ip))
+            nft.publish(att.port_tuples(), str(addr))
             fault("publish")
             listeners = proxy.bind(loopback_ports(att.port_tuples()))
             if listeners:
-                att.proxy_pid, go_fd = proxy.start(listeners, str(ip), att.host_if)
+                att.proxy_pid, go_fd = proxy.start(listeners, str(addr), att.host_if)
                 att.proxy_start = procs.start_time(att.proxy_pid)
             fault("proxy")
             _save(att, root)   # the proxy's pid; macvlan: its MAC, how teardown finds the link inside
@@ -207,11 +213,23 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
     return att
 
 
-def fault(step: str) -> None:
-    """Test-only fault injection: CGAGENT_FAULT=net:STEP (comma-separated list) fails the network
-    setup at STEP, so tests can prove every step is rolled back."""
-    if f"net:{step}" in os.environ.get("CGAGENT_FAULT", "").split(","):
-        raise CgagentError(f"network setup failed at {step} (CGAGENT_FAULT)", "unset CGAGENT_FAULT")
+def static_ip(ip: str | None) -> ipaddress.IPv4Address | None:
+    if ip is None:
+        return None
+    try:
+        return ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise CgagentError(f"--ip {ip!r} is not an IPv4 address", "e.g. --ip 192.168.1.200") from None
+
+
+def check_addressing(net: Network, static: ipaddress.IPv4Address | None, root: str | None) -> None:
+    """An underlay hands out addresses on the LAN only from the range the user reserved for it."""
+    if not net.underlay:
+        return
+    underlay.check_ready(net, root)
+    if static is None and not net.ip_range:
+        raise CgagentError(f"underlay network {net.name!r} has no --ip-range: each workload needs --ip ADDR",
+                           "give --ip (an address of the LAN nobody else uses), or recreate it with --ip-range")
 
 
 def _random_mac() -> str:
@@ -283,7 +301,11 @@ def _plumb(net: Network, att: Attachment, root: str | None) -> None:
             vxlan.ensure(ipr, net)
         assert att.host_if and att.mac
         # the port's anti-spoofing rule goes in with the network's, before the port exists
-        br = bridge.ensure(ipr, net, root, (att.host_if, att.mac, att.address))
+        if net.underlay:
+            br = underlay.bridge_index(ipr, net)
+            nft.guard((att.host_if, att.mac, att.address))
+        else:
+            br = bridge.ensure(ipr, net, root, (att.host_if, att.mac, att.address))
         fault("bridge")
         veth.create(ipr, att.host_if, br, att.netns, att.mac)
         fault("veth")
@@ -394,18 +416,49 @@ def host_facts() -> tuple[list[str], list[str]]:
         ipr.close()
 
 
-def create_network(name: str, driver: str, subnet: str, gateway: str | None = None, parent: str | None = None,
-                   vni: int | None = None, peers: list[str] | None = None, local: str | None = None,
-                   root: str | None = None, ip_range: str | None = None) -> Network:
+def create_network(name: str, driver: str, subnet: str | None, gateway: str | None = None,
+                   parent: str | None = None, vni: int | None = None, peers: list[str] | None = None,
+                   local: str | None = None, root: str | None = None, ip_range: str | None = None,
+                   force: bool = False) -> Network:
     with config.lock(root):
         links, routes = host_facts()
+        if driver == "bridge" and parent:
+            return _create_underlay(name, parent, subnet, gateway, root, ip_range, force, links, routes)
+        if subnet is None:
+            raise CgagentError(f"--driver {driver} needs --subnet CIDR", "e.g. --subnet 10.90.0.0/24")
         net = config.validate_new(name, driver, subnet, gateway, parent, vni, list(peers or []), local, root,
                                   links, routes, ip_range)
         config.save(net, root)
     return net
 
 
+def _create_underlay(name: str, parent: str, subnet: str | None, gateway: str | None, root: str | None,
+                     ip_range: str | None, force: bool, links: list[str], routes: list[str]) -> Network:
+    ipr = netns.iproute()
+    try:
+        subnet, gateway = underlay.plan(ipr, name, parent, subnet, gateway, force)
+        host = {str(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+    finally:
+        ipr.close()
+    net = config.validate_new(name, "bridge", subnet, gateway, parent, None, [], None, root, links, routes, ip_range)
+    if net.ip_range:
+        rng = ipaddress.IPv4Network(net.ip_range)
+        for h in sorted(host):
+            if ipaddress.IPv4Address(h) in rng:
+                raise CgagentError(f"--ip-range {rng} holds this host's address {h}",
+                                   "reserve a range of the LAN that no host or DHCP server uses")
+    config.save(net, root)   # first: `network rm` finds a crashed create by it
+    try:
+        underlay.create(net, root)
+    except BaseException:
+        config.delete(net.name, root)
+        raise
+    return net
+
+
 def _devices_remove(net: Network, root: str | None) -> None:
+    if net.underlay:   # the bridge holds the host's NIC: made by `network create`, removed by `network rm` only
+        return
     ipr = netns.iproute()
     try:
         if net.driver in ("bridge", "vxlan"):
@@ -423,6 +476,8 @@ def remove_network(name: str, root: str | None = None) -> None:
         if users:
             raise CgagentError(f"network {name!r} has workloads connected: {', '.join(users)}",
                                "stop them first (or `cgagent network prune` if they are gone)")
+        if net.underlay:
+            underlay.remove(net, root)
         _devices_remove(net, root)
         ipam_for(net, root).destroy()
         config.delete(name, root)
@@ -451,7 +506,7 @@ def prune(root: str | None = None) -> list[str]:
         for net in nets:
             if net.name not in used:
                 _devices_remove(net, root)
-        ours = {a.host_if for a in atts} | {n.bridge for n in nets if n.name in used} | \
+        ours = {a.host_if for a in atts} | {n.bridge for n in nets if n.name in used or n.underlay} | \
                {n.vxlan_dev for n in nets if n.name in used and n.driver == "vxlan"}
         ipr = netns.iproute()
         try:

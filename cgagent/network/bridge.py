@@ -13,7 +13,7 @@ import ipaddress
 import os
 from typing import Any
 
-from cgagent.network import BRIDGE_PREFIX, DEFAULT_BRIDGE, net_dir, netns, nft
+from cgagent.network import BRIDGE_PREFIX, DEFAULT_BRIDGE, config, net_dir, netns, nft
 from cgagent.network.config import Network
 
 EEXIST = 17
@@ -43,8 +43,11 @@ def forwarding_on(root: str | None) -> None:
 
 
 def forwarding_restore(ipr: Any, root: str | None) -> None:
-    """The last of our bridges is gone: put ip_forward back as we found it."""
-    if any(str(lk.get("ifname")).startswith((BRIDGE_PREFIX, DEFAULT_BRIDGE)) for lk in ipr.get_links()):
+    """The last of our NAT bridges is gone: put ip_forward back as we found it (an underlay's bridge
+    never turned it on)."""
+    underlays = {n.bridge for n in config.all_networks(root) if n.underlay}
+    if any(str(lk.get("ifname")).startswith((BRIDGE_PREFIX, DEFAULT_BRIDGE)) and lk.get("ifname") not in underlays
+           for lk in ipr.get_links()):
         return
     path = _prev_file(root)
     try:

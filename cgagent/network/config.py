@@ -30,7 +30,7 @@ class Network:
     subnet: str                          # bridge/macvlan: the workloads' subnet; vxlan: the whole overlay
     gateway: str | None = None           # the address workloads route through
     bridge: str | None = None            # bridge/vxlan: the host bridge's name
-    parent: str | None = None            # macvlan: the underlay link
+    parent: str | None = None            # macvlan: the underlay link; bridge: the NIC enslaved (underlay.py)
     vni: int | None = None               # vxlan
     peers: list[str] = field(default_factory=list)   # vxlan: the other hosts' underlay addresses
     local: str | None = None             # vxlan: this host's underlay address
@@ -42,6 +42,11 @@ class Network:
     def pool(self) -> str:
         """The subnet this host hands addresses out of."""
         return self.host_subnet or self.subnet
+
+    @property
+    def underlay(self) -> bool:
+        """A bridge holding the host's NIC: workloads take addresses from the physical subnet."""
+        return self.driver == "bridge" and self.parent is not None
 
     @property
     def vxlan_dev(self) -> str:
@@ -152,7 +157,7 @@ def validate_new(name: str, driver: str, subnet: str, gateway: str | None, paren
         if net.overlaps(ipaddress.IPv4Network(other.subnet)):
             raise CgagentError(f"subnet {net} overlaps network {other.name!r} ({other.subnet})",
                                "choose a subnet that does not overlap, see `cgagent network ls`")
-    if driver != "macvlan":   # macvlan shares the parent link's subnet by design
+    if driver != "macvlan" and not (driver == "bridge" and parent):   # underlays share the parent's subnet
         for r in host_routes:
             if net.overlaps(ipaddress.IPv4Network(r)):
                 raise CgagentError(f"subnet {net} overlaps the host route {r}", "choose another --subnet")
@@ -167,6 +172,7 @@ def validate_new(name: str, driver: str, subnet: str, gateway: str | None, paren
         out.ip_range = str(rng)
     if driver == "bridge":
         out.bridge = bridge_name(name)
+        out.parent = parent
     elif driver == "macvlan":
         if not parent:
             raise CgagentError("--driver macvlan needs --parent IFACE", "e.g. --parent eth0")

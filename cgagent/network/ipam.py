@@ -85,6 +85,25 @@ class Ipam:
         raise CgagentError(f"network {network or self.net} is full: no free address in {self.first}-{self.last}",
                            "disconnect a workload, run `cgagent network prune`, or use a larger --subnet")
 
+    def reserve(self, ip: ipaddress.IPv4Address, owner: str, network: str = "") -> ipaddress.IPv4Address:
+        """A static address (--ip): taken if free, else one line naming who holds it."""
+        if ip not in self.net or ip in (self.net.network_address, self.net.broadcast_address) or ip == self.gateway:
+            raise CgagentError(f"--ip {ip} is not a free host address of {network or self.net} ({self.net})",
+                               "give an address inside the subnet, not its gateway")
+        with self._locked():
+            try:
+                fd = os.open(os.path.join(self.dir, str(ip)), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o644)
+            except FileExistsError:
+                raise CgagentError(f"--ip {ip} is in use on {network or self.net}",
+                                   "give another address (see `cgagent network ls`)") from None
+            try:
+                os.write(fd, owner.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return ip
+
     def release(self, owner: str) -> list[str]:
         """Free every address `owner` holds (idempotent). Returns them."""
         freed = []

@@ -217,6 +217,11 @@ def _guard_script(verb: str, port: str, mac: str, addr: str) -> str:
             f"{verb} element bridge {TABLE} guarded {{ {json.dumps(port)} }}\n")
 
 
+def guard(port: tuple[str, str, str]) -> None:
+    """Anti-spoofing for one (port, MAC, address) alone: an underlay's workloads need no NAT or filters."""
+    _add(_guard_script("add", *port))
+
+
 def unguard(port: str, mac: str | None = None, addr: str | None = None) -> None:
     """Forget every rule element of bridge port `port` (idempotent): the known ones in one nft run,
     else whatever the table holds for the port."""

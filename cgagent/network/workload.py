@@ -30,16 +30,20 @@ def wanted(net: str | None) -> bool:
     return bool(net) and net not in OWN_MODES
 
 
-def check(net: str, publish: list[str], root: str | None, state_dir: str | None = None) -> tuple[str, ...] | None:
-    """Validate --net/-p before anything is made. -> the spec's `publish` (None: not a bridge-like net)."""
+def check(net: str, publish: list[str], root: str | None, state_dir: str | None = None,
+          ip: str | None = None) -> tuple[str, ...] | None:
+    """Validate --net/-p/--ip before anything is made. -> the spec's `publish` (None: not a bridge-like net)."""
     from cgagent.network import attach, config
 
     if publish and (net in OWN_MODES or net.startswith("container:")):
         raise CgagentError(f"-p needs a bridge network, not --net {net}", "use --net bridge (or a network name)")
+    if ip and (net in OWN_MODES or net.startswith("container:")):
+        raise CgagentError(f"--ip needs a network, not --net {net}", "use --net NETWORK")
     if net.startswith("container:"):
         netns_of(net.partition(":")[2], state_dir)   # raises when it names no running workload
         return None
-    config.load(net, root)                           # raises "no network named"
+    network = config.load(net, root)                 # raises "no network named"
+    attach.check_addressing(network, attach.static_ip(ip), root)   # an underlay needs --ip or a range
     ports = attach.parse_ports(publish)
     attach._check_ports(ports, root)                 # a port already published: one line, nothing made
     return tuple(publish)
@@ -86,7 +90,7 @@ def prepare(spec: IsolationSpec, owner: str, state_dir: str | None = None) -> tu
     fd = netns.new_netns()
     try:
         attach.connect(owner, net, netns.fd_path(fd), ports=list(spec.publish or []),
-                       hostname=spec.hostname or None, root=root)
+                       hostname=spec.hostname or None, root=root, ip=spec.ip or None)
     except BaseException:
         os.close(fd)
         raise
