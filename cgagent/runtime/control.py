@@ -1,14 +1,17 @@
-"""Control of existing workloads: stop, rm, update (and a policy's answer to OOM kills), and the
-views `ps` and `stats` take of them (status, OOM kills and victim)."""
+"""Control of existing workloads: stop, rm, update (and a policy's answer to OOM kills), kill, wait,
+restart, and the views `ps` and `stats` take of them (status, OOM kills and victim)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
+import select
 import signal
+import time
 
 from cgagent import events, oom, procs
+from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
@@ -159,3 +162,181 @@ def _update(store: Store, host: Host, name: str, values: dict[str, object], oom_
             # between two runs, its systemd scope gone: the record is what the next scope is made from
         events.append(store.root, "update", name, resources=rec.resources)
     return rec
+
+
+# --- kill, wait, restart: the lifecycle commands docker users type
+
+def parse_signal(text: str) -> int:
+    """KILL, SIGKILL, sigterm or a number (1 .. SIGRTMAX) -> the signal's number."""
+    t = text.strip()
+    if t.isascii() and t.isdigit() and len(t) <= 3 and 1 <= int(t) <= signal.SIGRTMAX:
+        return int(t)
+    name = t.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    sig = getattr(signal.Signals, name, None) if name.isidentifier() else None
+    if not isinstance(sig, signal.Signals):
+        raise CgagentError(f"{text!r} is not a signal", f"give a name or a number, e.g. -s TERM, -s HUP or -s 9 "
+                           f"(1 to {int(signal.SIGRTMAX)})")
+    return int(sig)
+
+
+def _main_pidfd(host: Host, rec: Record, what: str) -> int:
+    """A pidfd of the workload's main process: signals through it never reach a process that took
+    the pid over after the workload's exit."""
+    if live_status(host, rec) not in ("running", "paused"):
+        raise CgagentError(f"workload {rec.name!r} is not running", f"start it again with `cgagent restart {rec.name}`"
+                           if what == "kill" else "")
+    assert rec.pid is not None
+    try:
+        fd = os.pidfd_open(rec.pid)
+    except ProcessLookupError:
+        fd = -1
+    if fd >= 0 and procs.alive(rec.pid, rec.pid_start):
+        return fd
+    if fd >= 0:
+        os.close(fd)
+    raise CgagentError(f"workload {rec.name!r} has no main process now (it is between two runs)",
+                       "try again once `cgagent ps` shows it running")
+
+
+def kill(store: Store, host: Host, name: str, sig: int) -> None:
+    """Send `sig` to the workload's main process (as `docker kill`); what follows its exit is what
+    follows any exit (its --restart policy applies)."""
+    require_root("cgagent kill")
+    fd = _main_pidfd(host, store.load(name), "kill")
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        pass   # it exited meanwhile: the signal had nothing left to do
+    finally:
+        os.close(fd)
+
+
+def wait(store: Store, host: Host, name: str) -> int | None:
+    """Block until the workload has exited for good (restarts included) and its end is recorded;
+    -> its exit code (None: ended without one, e.g. killed while no supervisor ran). Woken by
+    inotify on the record's directory and a pidfd of its supervisor, never by polling."""
+    from cgagent.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_TO, Inotify
+
+    first = store.load(name)
+    with Inotify() as ino:
+        ino.add(store.workloads, IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE)
+        while True:
+            try:
+                cur: Record | None = store.load(name)
+            except CgagentError:
+                cur = None
+            if cur is None or cur.created != first.created:
+                return _logged_exit(store, first)   # --rm: the record went with the exit
+            if cur.status == "exited":
+                return cur.exit_code
+            sup = _pidfd(cur.supervisor_pid, cur.supervisor_start)
+            if sup is None and live_status(host, cur) not in ("running", "paused"):
+                raise CgagentError(f"workload {name!r} ended without a supervisor to record how",
+                                   f"`cgagent stop {name}` records its end")
+            try:
+                select.select([ino.fd] + ([sup] if sup is not None else []), [], [])
+            finally:
+                if sup is not None:
+                    os.close(sup)
+            for _ in ino.read():
+                pass
+
+
+def _pidfd(pid: int | None, start: int | None) -> int | None:
+    if not pid:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if procs.alive(pid, start):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _logged_exit(store: Store, rec: Record) -> int | None:
+    """The exit code of a removed workload's last run, from the events log."""
+    code = None
+    for _off, ev in events.read(store.root):
+        if ev.get("kind") == "exit" and ev.get("name") == rec.name and (rec.started is None or
+                                                                        ev.get("started", rec.started) >= rec.started):
+            code = ev.get("exit_code")
+    return code if isinstance(code, int) else None
+
+
+def restart(store: Store, host: Host, name: str, timeout: float) -> None:
+    """`stop` (SIGTERM, SIGKILL after `timeout`), then start the same record again under a new
+    detached supervisor, as `docker restart`: also a workload that has exited. Its cgroup, overlay
+    and network connection are made anew from the record (limits as `update` left them); the
+    overlay's upper dir is fresh, since cgagent removes it at every exit."""
+    require_root("cgagent restart")
+    rec = store.load(name)
+    if rec.auto_remove:
+        raise CgagentError(f"workload {name!r} was run with --rm: stopping it removes it, so it cannot restart",
+                           "run it again without --rm (with --restart for restarts)")
+    if live_status(host, rec) != "exited":
+        stop(store, host, name, timeout)
+    rec, mgr = _recreate(store, host, name)
+    from cgagent.runtime.supervisor import detach
+
+    detach(store, host, rec, mgr, _back_to_exited)
+
+
+def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManager]:
+    """The cgroup and rootfs of an exited workload, made again from its record (as create() does)."""
+    from cgagent.cgroups import existing_manager
+    from cgagent.runtime.lifecycle import _slice_of
+    from cgagent.runtime.parents import remember_parents
+
+    with store.lock():
+        rec = store.load(name)
+        if rec.status != "exited" or live_status(host, rec) != "exited" or supervisor_alive(rec):
+            raise CgagentError(f"workload {name!r} was started again meanwhile", "see `cgagent ps`")
+        if rec.driver == "systemd":
+            from cgagent.cgroups.systemd import SystemdManager
+
+            assert rec.unit
+            mgr: CgroupManager = SystemdManager(host, rec.unit, _slice_of(rec))
+        else:
+            mgr = existing_manager(host, rec.driver, rec.dirs)
+        if mgr.exists():
+            raise CgagentError(f"cgroup {next(iter(rec.dirs.values()))} exists already",
+                               f"another tool made it meanwhile; `cgagent rm -f {name}` and run it again")
+        made = mgr.made_by_create()
+        rec.status, rec.pid, rec.pid_start, rec.started, rec.finished = "created", None, None, None, None
+        rec.supervisor_pid = rec.supervisor_start = rec.keeper_pid = rec.keeper_start = None
+        rec.exit_code, rec.oom_kills, rec.policy_oom_seq, rec.detached = None, 0, 0, True
+        store.save(rec)   # first, as create(): the record names what is about to be made
+        oom.forget(store, name)   # a new instance: OOMKilled is about this run, as in docker
+        clear_stop(store, name)
+        remember_parents(store, made)
+    try:
+        if rec.isolation:
+            from cgagent.isolation import rootfs
+            from cgagent.isolation.spec import IsolationSpec
+
+            rootfs.prepare(IsolationSpec.from_record(rec.isolation))
+        mgr.create()
+        mgr.set(Resources.from_dict(rec.resources))
+    except BaseException:
+        _back_to_exited(store, rec, mgr)
+        raise
+    return rec, mgr
+
+
+def _back_to_exited(store: Store, rec: Record, mgr: CgroupManager) -> None:
+    """A restart that did not start: what it made goes, the record stays (exited), as before."""
+    with contextlib.suppress(Exception):
+        mgr.destroy()
+    with contextlib.suppress(Exception):
+        teardown_isolation(rec)
+    with store.lock():
+        with contextlib.suppress(CgagentError):
+            cur = store.load(rec.name)
+            if cur.created == rec.created:
+                cur.status, cur.finished = "exited", time.time()
+                store.save(cur)
+        with contextlib.suppress(Exception):
+            prune_parents(store)
