@@ -149,11 +149,12 @@ def _host_limits(rec: Record, running: bool) -> dict[str, Any]:
         quota = None
     memory = lim.memory if running else r.memory
     return {
-        "NanoCpus": int(quota * 1000 / period) * 1000 if quota and period else 0,
+        "NanoCpus": quota * 1_000_000_000 // period if quota and period else 0,
         "CpuShares": lim.cpu_shares or 0, "CpuWeight": lim.cpu_weight or 0,
         "CpuQuota": quota or 0, "CpuPeriod": period or 0,
         "CpusetCpus": lim.cpuset_cpus or "", "CpusetMems": lim.cpuset_mems or "",
-        "Memory": memory or 0, "MemorySwap": lim.memory_swap or 0,
+        # docker's 0 = no limit (the kernel's "max", which the readers give as -1 or None)
+        "Memory": max(memory or 0, 0), "MemorySwap": max(lim.memory_swap or 0, 0),
         "PidsLimit": (lim.pids if running else r.pids_limit) or 0,
     }
 

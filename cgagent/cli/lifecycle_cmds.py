@@ -84,7 +84,7 @@ def wait(names: Names, state_dir: StateDir = None) -> None:
 
 def port(
     name: Annotated[str, typer.Argument(help="The workload.")],
-    private: Annotated[str | None, typer.Argument(help="Only this port: PORT[/tcp|udp].")] = None,
+    private: Annotated[str | None, typer.Argument(help="Only this port: PORT, PORT/tcp or PORT/udp.")] = None,
     state_dir: StateDir = None,
 ) -> None:
     """List a workload's published ports (as docker port): 80/tcp -> 0.0.0.0:8080.
