@@ -13,9 +13,11 @@ import pytest
 from cgagent.cli.gotemplate import render
 from cgagent.errors import CgagentError
 from tests.conftest import Env
+from tests.systemd_ns import CLI, SystemdNamespace
 from tests.test_network_run import Node, hosts, node, rootfs
+from tests.test_systemd_ns import cli, sdns
 
-__all__ = ["hosts", "node", "rootfs"]
+__all__ = ["cli", "hosts", "node", "rootfs", "sdns"]
 
 
 def ok(cg: Env, *args: str) -> str:
@@ -160,3 +162,27 @@ def test_bad_input_is_one_line_and_makes_nothing(cg: Env) -> None:
     for cmd in (["kill", "b"], ["top", "b"]):
         one_line_error(cg.run(*cmd), "workload 'b' is not running")
     ok(cg, "rm", "-f", "b", "once")
+
+
+def test_restart_kill_wait_under_the_systemd_driver(sdns: SystemdNamespace, cli: CLI) -> None:
+    """restart makes the scope anew (systemd removed it at the stop), with the limits the record holds."""
+    def state(name: str) -> dict[str, object]:
+        out = cli("inspect", "-f", "{{json .State}}", name)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)   # type: ignore[no-any-return]
+
+    def active(name: str) -> str:
+        return sdns.systemctl("show", "-p", "ActiveState", "--value", f"cgagent-{name}.scope").strip()
+
+    assert cli("run", "-d", "--name", "rs", "--memory", "64M", "--", "sleep", "1000").returncode == 0
+    first = state("rs")["Pid"]
+    assert cli("restart", "-t", "5", "rs").stdout == "rs\n"
+    second = state("rs")
+    assert second["Status"] == "running" and second["Pid"] != first and active("rs") == "active"
+    assert sdns.systemctl("show", "-p", "MemoryLimit", "--value", "cgagent-rs.scope").strip() == str(64 << 20)
+    assert cli("kill", "-s", "TERM", "rs").returncode == 0
+    assert cli("wait", "rs").stdout == "143\n"
+    assert active("rs") in ("inactive", "")
+    assert cli("restart", "rs").stdout == "rs\n"     # exited: started again
+    assert state("rs")["Status"] == "running" and active("rs") == "active"
+    assert cli("rm", "-f", "rs").returncode == 0

@@ -212,24 +212,15 @@ def rm(
 
 
 def _each(names: list[str], driver: str | None, state_dir: str | None, act: Callable[[Any, Any, str], None]) -> int:
-    """Apply `act` to each named workload in turn, printing each name as it is done; a name that
-    fails is reported in one line and the rest are still done (as docker does). -> exit code."""
-    from cgagent.cli.errors import full_or_read_only, report
+    """cgagent.cli.each.each with --cgroup-driver checked for each name. -> exit code."""
+    from cgagent.cli.each import each
 
     store, h = _store(state_dir), _host()
-    code = 0
-    for n in names:
-        try:
-            try:
-                _check_driver(store, [n], driver)
-                act(store, h, n)
-            except OSError as e:
-                raise full_or_read_only(e) or e from None
-        except CgagentError as e:
-            code = report(e)
-            continue
-        print(n, flush=True)
-    return code
+
+    def one(n: str) -> None:
+        _check_driver(store, [n], driver)
+        act(store, h, n)
+    return each(names, one)
 
 
 @app.command()

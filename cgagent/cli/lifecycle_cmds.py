@@ -58,12 +58,13 @@ def kill(
 
     Example: cgagent kill -s HUP web
     """
-    from cgagent.cli.app import _each
+    from cgagent.cli.each import each
     from cgagent.runtime.control import kill as do_kill
     from cgagent.runtime.control import parse_signal
 
     num = parse_signal(sig)   # before any name: a bad signal is one line and nothing is sent
-    raise typer.Exit(_each(names, None, state_dir, lambda store, h, n: do_kill(store, h, n, num)))
+    store, h = _store(state_dir), _host()
+    raise typer.Exit(each(names, lambda n: do_kill(store, h, n, num)))
 
 
 def wait(names: Names, state_dir: StateDir = None) -> None:
@@ -109,11 +110,12 @@ def restart(
 
     Example: cgagent restart web
     """
-    from cgagent.cli.app import _each
-    from cgagent.runtime.control import restart as do_restart
+    from cgagent.cli.each import each
+    from cgagent.runtime.restart import restart as do_restart
 
     if time_ < 0:
         from cgagent.errors import CgagentError
 
         raise CgagentError(f"--time {time_:g} is negative", "give the seconds to wait, e.g. -t 10")
-    raise typer.Exit(_each(names, None, state_dir, lambda store, h, n: do_restart(store, h, n, time_)))
+    store, h = _store(state_dir), _host()
+    raise typer.Exit(each(names, lambda n: do_restart(store, h, n, time_)))
