@@ -53,7 +53,11 @@ def test_go_templates() -> None:
             render(bad, data)
 
 
-def test_inspect_of_a_bridged_workload_matches_ps_lsns_and_the_network(node: Node) -> None:
+def test_inspect_of_a_bridged_workload_matches_ps_lsns_and_the_network(node: Node,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # the direct path, in the test's namespace: an agent (CGAGENT_TEST_AGENT=1) runs in the root
+    # namespace and would connect the workload there
+    monkeypatch.setenv("CGAGENT_DIRECT", "1")
     node.ok("run", *node.box("-d", "--name", "web", "--net", "bridge", "-p", "8080:80", "--", "sleep", "1000"))
     view = inspect(node.ok, "web")
     ps = json.loads(node.ok("ps", "--json"))
