@@ -228,15 +228,17 @@ def wait(store: Store, host: Host, name: str) -> int | None:
                 return _logged_exit(store, first)   # --rm: the record went with the exit
             if cur.status == "exited":
                 return cur.exit_code
-            sup = _pidfd(cur.supervisor_pid, cur.supervisor_start)
-            if sup is None and live_status(host, cur) not in ("running", "paused"):
+            # its supervisor's exit wakes us; without one (killed), the main process's exit does
+            fd = _pidfd(cur.supervisor_pid, cur.supervisor_start)
+            fd = _pidfd(cur.pid, cur.pid_start) if fd is None else fd
+            if fd is None and live_status(host, cur) not in ("running", "paused"):
                 raise CgagentError(f"workload {name!r} ended without a supervisor to record how",
                                    f"`cgagent stop {name}` records its end")
             try:
-                select.select([ino.fd] + ([sup] if sup is not None else []), [], [])
+                select.select([ino.fd] + ([fd] if fd is not None else []), [], [])
             finally:
-                if sup is not None:
-                    os.close(sup)
+                if fd is not None:
+                    os.close(fd)
             for _ in ino.read():
                 pass
 
