@@ -374,8 +374,6 @@ def main(argv: list[str]) -> int:
         return 130
 
 
-
-
 from cgagent.cli.lifecycle_cmds import kill, port, restart, top, wait  # noqa: E402
 
 for _cmd in (top, kill, wait, port, restart):
