@@ -80,7 +80,7 @@ def test_every_route(cg: Env, api: tuple[Agent, Client]) -> None:
     direct = json.loads(cg.run("ps", "--json", check=True).stdout)
     assert [{k: v for k, v in r.items() if k != "created"} for r in direct] == \
         [{k: v for k, v in r.items() if k != "created"} for r in rows]
-    rec = c.json("GET", workload_url("w"))
+    rec = c.json("GET", workload_url("w"))["Cgagent"]   # the raw record, beside the docker shape
     assert rec["name"] == "w" and rec["live_status"] == "running" and rec["cmd"][0] == "sh"
     up = c.json("POST", workload_url("w", "update"), {"cpus": "0.5"})
     assert up["resources"]["cpu_quota"] == 50000
@@ -91,7 +91,7 @@ def test_every_route(cg: Env, api: tuple[Agent, Client]) -> None:
     kinds = [json.loads(line)["kind"] for line in c.call("GET", "/v1/events", query={"name": "w"}).lines()]
     assert kinds == ["start", "update"]
     assert c.json("POST", workload_url("w", "stop"), query={"time": 5}) == {"name": "w"}
-    rec = c.json("GET", workload_url("w"))
+    rec = c.json("GET", workload_url("w"))["Cgagent"]   # the raw record, beside the docker shape
     assert rec["live_status"] == "exited" and rec["exit_code"] is not None
     assert c.json("DELETE", workload_url("w")) == {"name": "w"}
     assert c.json("GET", "/v1/ps", query={"all": True}) == []
@@ -249,9 +249,9 @@ def test_logs_follow_streams_until_the_supervisor_exits(cg: Env, api: tuple[Agen
     got = b""
     while got != b"one\n":
         got += next(chunks)
-    os.kill(c.json("GET", workload_url("l1"))["pid"], signal.SIGKILL)
+    os.kill(c.json("GET", workload_url("l1"))["State"]["Pid"], signal.SIGKILL)
     assert b"".join(chunks) == b""   # the supervisor recorded the end and exited: the stream ends
-    assert c.json("GET", workload_url("l1"))["exit_code"] == 128 + signal.SIGKILL
+    assert c.json("GET", workload_url("l1"))["State"]["ExitCode"] == 128 + signal.SIGKILL
     c.json("DELETE", workload_url("l1"))
 
 
@@ -302,7 +302,7 @@ def test_a_restarted_agent_adopts_running_workloads(cg: Env) -> None:
         for n in names:
             c.json("POST", workload_url(n, "stop"), query={"time": 10})
         for n in names:
-            rec = c.json("GET", workload_url(n))
+            rec = c.json("GET", workload_url(n))["Cgagent"]
             # sleep dies of the SIGTERM: its supervisor (not the agent) recorded the code
             assert (rec["live_status"], rec["exit_code"]) == ("exited", 128 + signal.SIGTERM)
             c.json("DELETE", workload_url(n))

@@ -71,7 +71,7 @@ def test_commands_through_the_agent_match_the_direct_path(cg: Env, ag: Agent) ->
     via, direct = cli(cg, "stop", "-t", "5", "a1"), cli(cg, "stop", "-t", "5", "d1", CGAGENT_DIRECT="1")
     assert (via.stdout, via.returncode) == ("a1\n", 0) and (direct.stdout, direct.returncode) == ("d1\n", 0)
     recs = json.loads(same(cg, "inspect", "a1", "d1").stdout)
-    assert [r["exit_code"] for r in recs] == [143, 143]
+    assert [r["State"]["ExitCode"] for r in recs] == [143, 143]
     same(cg, "events", "--json")
     assert output(cg.run("rm", "a1", "d1")) == ("a1\nd1\n", "", 0)
     same(cg, "ps", "-a")
@@ -107,7 +107,7 @@ def test_a_confined_agent_leaves_launching_to_the_direct_path(cg: Env) -> None:
         assert proc.stdout is not None and "/metrics" in proc.stdout.readline()
         p = cli(cg, "run", "-d", "--name", "c1", "--", "sleep", "1000", PYTHONPROFILEIMPORTTIME="1")
         assert output(p) == ("c1\n", "", 0) and "cgagent.runtime" in imported(p)
-        with open(f"/proc/{json.loads(same(cg, 'inspect', 'c1').stdout)[0]['pid']}/status") as f:
+        with open(f"/proc/{json.loads(same(cg, 'inspect', 'c1').stdout)[0]['State']['Pid']}/status") as f:
             assert "NoNewPrivs:\t0" in f.read()   # not the agent's child
         p = cli(cg, "stop", "-t", "5", "c1", PYTHONPROFILEIMPORTTIME="1")
         assert output(p) == ("c1\n", "", 0) and "typer" in imported(p)

@@ -189,10 +189,10 @@ class Api:
         return {"name": attach.run_detached_as(caller, fields, self.host, self.store)}
 
     def op_inspect(self, p: dict[str, str], _q: Query, _b: Any) -> Any:
-        from cgagent.api.views import record_view
+        from cgagent.api.views import inspect_view
 
         self.workload(p["name"])
-        return record_view(self.store, self.host, p["name"])
+        return inspect_view(self.store, self.host, p["name"])
 
     def op_rm(self, p: dict[str, str], q: Query, _b: Any) -> Any:
         from cgagent.runtime import remove

@@ -122,13 +122,21 @@ def ps(
 @app.command()
 def inspect(
     names: Annotated[list[str], typer.Argument(help="Workloads to show.")],
+    format_: Annotated[str | None, typer.Option("--format", "-f", help="A Go template per workload, e.g. "
+                                                "'{{.State.Pid}}' or '{{json .NetworkSettings}}'.")] = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Print workloads' records as a JSON list, each with live_status (what the kernel says now)."""
-    from cgagent.api.views import record_view
+    """Print workloads as a JSON list in docker inspect's shape (State, HostConfig with the limits the
+    kernel holds now, NetworkSettings, Mounts, Config), plus Cgroups (path per hierarchy), Namespaces
+    (inode per type, as lsns prints them) and Cgagent (the raw record).
+
+    Example: cgagent inspect --format '{{.State.Pid}} {{.NetworkSettings.IPAddress}}' web
+    """
+    from cgagent.api.views import inspect_view
+    from cgagent.cli.gotemplate import show_inspect
 
     store, h = _store(state_dir), _host()
-    print(json.dumps([record_view(store, h, n) for n in names], indent=1, sort_keys=True))
+    show_inspect([inspect_view(store, h, n) for n in names], format_)
 
 
 @app.command()
@@ -204,24 +212,15 @@ def rm(
 
 
 def _each(names: list[str], driver: str | None, state_dir: str | None, act: Callable[[Any, Any, str], None]) -> int:
-    """Apply `act` to each named workload in turn, printing each name as it is done; a name that
-    fails is reported in one line and the rest are still done (as docker does). -> exit code."""
-    from cgagent.cli.errors import full_or_read_only, report
+    """cgagent.cli.each.each with --cgroup-driver checked for each name. -> exit code."""
+    from cgagent.cli.each import each
 
     store, h = _store(state_dir), _host()
-    code = 0
-    for n in names:
-        try:
-            try:
-                _check_driver(store, [n], driver)
-                act(store, h, n)
-            except OSError as e:
-                raise full_or_read_only(e) or e from None
-        except CgagentError as e:
-            code = report(e)
-            continue
-        print(n, flush=True)
-    return code
+
+    def one(n: str) -> None:
+        _check_driver(store, [n], driver)
+        act(store, h, n)
+    return each(names, one)
 
 
 @app.command()
@@ -375,3 +374,7 @@ def main(argv: list[str]) -> int:
         return 130
 
 
+from cgagent.cli.lifecycle_cmds import kill, port, restart, top, wait  # noqa: E402
+
+for _cmd in (top, kill, wait, port, restart):
+    app.command()(_cmd)

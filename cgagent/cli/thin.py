@@ -99,11 +99,12 @@ def ps(argv: list[str]) -> int | None:
 
 def inspect(argv: list[str]) -> int | None:
     from cgagent.api.client import workload_url
+    from cgagent.cli.gotemplate import show_inspect
 
-    p = _parse(argv, {}, STATE)
+    p = _parse(argv, {}, {**STATE, "-f": "format", "--format": "format"})
     if p is None or not p[1] or (c := _client(p[0])) is None:
         return None
-    print(json.dumps([c.json("GET", workload_url(n)) for n in p[1]], indent=1, sort_keys=True))
+    show_inspect([c.json("GET", workload_url(n)) for n in p[1]], p[0].get("format"))
     return 0
 
 

@@ -1,11 +1,12 @@
-"""Control of existing workloads: stop, rm, update (and a policy's answer to OOM kills), and the
-views `ps` and `stats` take of them (status, OOM kills and victim)."""
+"""Control of existing workloads: stop, rm, update (and a policy's answer to OOM kills), kill, wait,
+restart, and the views `ps` and `stats` take of them (status, OOM kills and victim)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
+import select
 import signal
 
 from cgagent import events, oom, procs
@@ -159,3 +160,107 @@ def _update(store: Store, host: Host, name: str, values: dict[str, object], oom_
             # between two runs, its systemd scope gone: the record is what the next scope is made from
         events.append(store.root, "update", name, resources=rec.resources)
     return rec
+
+
+# --- kill, wait, restart: the lifecycle commands docker users type
+
+def parse_signal(text: str) -> int:
+    """KILL, SIGKILL, sigterm or a number (1 .. SIGRTMAX) -> the signal's number."""
+    t = text.strip()
+    if t.isascii() and t.isdigit() and len(t) <= 3 and 1 <= int(t) <= signal.SIGRTMAX:
+        return int(t)
+    name = t.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    sig = getattr(signal.Signals, name, None) if name.isidentifier() else None
+    if not isinstance(sig, signal.Signals):
+        raise CgagentError(f"{text!r} is not a signal", f"give a name or a number, e.g. -s TERM, -s HUP or -s 9 "
+                           f"(1 to {int(signal.SIGRTMAX)})")
+    return int(sig)
+
+
+def _main_pidfd(host: Host, rec: Record, what: str) -> int:
+    """A pidfd of the workload's main process: signals through it never reach a process that took
+    the pid over after the workload's exit."""
+    if live_status(host, rec) not in ("running", "paused"):
+        raise CgagentError(f"workload {rec.name!r} is not running", f"start it again with `cgagent restart {rec.name}`"
+                           if what == "kill" else "")
+    assert rec.pid is not None
+    try:
+        fd = os.pidfd_open(rec.pid)
+    except ProcessLookupError:
+        fd = -1
+    if fd >= 0 and procs.alive(rec.pid, rec.pid_start):
+        return fd
+    if fd >= 0:
+        os.close(fd)
+    raise CgagentError(f"workload {rec.name!r} has no main process now (it is between two runs)",
+                       "try again once `cgagent ps` shows it running")
+
+
+def kill(store: Store, host: Host, name: str, sig: int) -> None:
+    """Send `sig` to the workload's main process (as `docker kill`); what follows its exit is what
+    follows any exit (its --restart policy applies)."""
+    require_root("cgagent kill")
+    fd = _main_pidfd(host, store.load(name), "kill")
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        pass   # it exited meanwhile: the signal had nothing left to do
+    finally:
+        os.close(fd)
+
+
+def wait(store: Store, host: Host, name: str) -> int | None:
+    """Block until the workload has exited for good (restarts included) and its end is recorded;
+    -> its exit code (None: ended without one, e.g. killed while no supervisor ran). Woken by
+    inotify on the record's directory and a pidfd of its supervisor, never by polling."""
+    from cgagent.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_TO, Inotify
+
+    first = store.load(name)
+    with Inotify() as ino:
+        ino.add(store.workloads, IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE)
+        while True:
+            try:
+                cur: Record | None = store.load(name)
+            except CgagentError:
+                cur = None
+            if cur is None or cur.created != first.created:
+                return _logged_exit(store, first)   # --rm: the record went with the exit
+            if cur.status == "exited":
+                return cur.exit_code
+            # its supervisor's exit wakes us; without one (killed), the main process's exit does
+            fd = _pidfd(cur.supervisor_pid, cur.supervisor_start)
+            fd = _pidfd(cur.pid, cur.pid_start) if fd is None else fd
+            if fd is None and live_status(host, cur) not in ("running", "paused"):
+                raise CgagentError(f"workload {name!r} ended without a supervisor to record how",
+                                   f"`cgagent stop {name}` records its end")
+            try:
+                select.select([ino.fd] + ([fd] if fd is not None else []), [], [])
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            for _ in ino.read():
+                pass
+
+
+def _pidfd(pid: int | None, start: int | None) -> int | None:
+    if not pid:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if procs.alive(pid, start):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _logged_exit(store: Store, rec: Record) -> int | None:
+    """The exit code of a removed workload's last run, from the events log."""
+    code = None
+    for _off, ev in events.read(store.root):
+        if ev.get("kind") == "exit" and ev.get("name") == rec.name and (rec.started is None or
+                                                                        ev.get("started", rec.started) >= rec.started):
+            code = ev.get("exit_code")
+    return code if isinstance(code, int) else None

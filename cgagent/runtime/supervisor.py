@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from cgagent import events, launch, oom, procs
 from cgagent.cgroups import CgroupManager
@@ -115,6 +116,14 @@ def run_detached(req: RunRequest, host: Host, store: Store) -> str:
     """Start the workload under a supervisor (double fork, setsid) that outlives this CLI."""
     signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
     rec, mgr = create(req, host, store)
+    return detach(store, host, rec, mgr, discard)
+
+
+def detach(store: Store, host: Host, rec: Record, mgr: CgroupManager,
+           undo: Callable[[Store, Record, CgroupManager], None]) -> str:
+    """Start a created workload under a detached supervisor; `undo` takes back what was made if it
+    does not start (discard for a new run; `restart` keeps the record of an existing one)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
     r, w = os.pipe2(os.O_CLOEXEC)
     first = os.fork()
     if first == 0:
@@ -124,7 +133,7 @@ def run_detached(req: RunRequest, host: Host, store: Store) -> str:
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            code = _supervise(store, host, rec, mgr, w)
+            code = _supervise(store, host, rec, mgr, w, undo)
         except BaseException as e:
             with contextlib.suppress(OSError):   # the CLI may be gone: nobody to tell
                 os.write(w, f"err:{getattr(e, 'exit_code', 1)}:{e}".encode())
@@ -142,19 +151,20 @@ def run_detached(req: RunRequest, host: Host, store: Store) -> str:
         # the supervisor was killed before the workload ran (or while it started it): undo what is
         # ours, unless the workload runs (then `ps` shows it and `rm -f` ends it)
         if live_status(host, store.load(rec.name) if store.exists(rec.name) else rec) != "running":
-            discard(store, rec, manager(host, store.load(rec.name)) if store.exists(rec.name) else mgr)
+            undo(store, rec, manager(host, store.load(rec.name)) if store.exists(rec.name) else mgr)
         raise CgagentError("the supervisor died before starting the workload", "see the record with cgagent ps -a")
     return rec.name
 
 
-def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report: int) -> int:
+def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report: int,
+               undo: Callable[[Store, Record, CgroupManager], None]) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     log = store.open_log(rec.name)
     rec.supervisor_pid, rec.supervisor_start = os.getpid(), procs.start_time(os.getpid())
     try:
         pid = start(store, rec, mgr, stdio=(devnull, log, log))
     except BaseException:
-        discard(store, rec, mgr)
+        undo(store, rec, mgr)
         raise
     with contextlib.suppress(OSError):   # EPIPE: the CLI was killed; the workload runs all the same
         os.write(report, b"ok")

@@ -963,3 +963,30 @@ def test_fast_cgroupfs_v2_workload_is_born_in_its_cgroup(g: Guest) -> None:
     assert "cgroup.procs written" not in r.stderr, r.stderr
     assert r.stdout.split() == [f"0::{g.parent}/born", str(64 * M)], r.stdout
     assert not os.path.exists(f"{CG}{g.parent}/born")   # --rm: its cgroup went with it
+
+
+# --- lifecycle ---
+
+@pytest.mark.parametrize("driver", ["cgroupfs", "systemd"])
+def test_lifecycle_inspect_restart_kill_wait_on_v2(g: Guest, driver: str) -> None:
+    drv = ["--cgroup-driver", driver] + (["--cgroup-parent", g.parent] if driver == "cgroupfs" else [])
+    g.ok("run", "-d", *drv, "--name", "lc", "--cpus", "0.5", "--memory", "64M", "--", "sleep", "1000")
+    view = json.loads(g.ok("inspect", "lc").stdout)[0]
+    pid = view["State"]["Pid"]
+    assert pid == next(r for r in json.loads(g.ok("ps", "--json").stdout) if r["name"] == "lc")["pid"]
+    hc = view["HostConfig"]
+    assert (hc["Memory"], hc["NanoCpus"], hc["CpuQuota"]) == (64 * M, 500_000_000, 50_000)
+    with open(f"/proc/{pid}/cgroup") as f:
+        assert view["Cgroups"] == {"unified": f.read().strip().partition("0::")[2]}
+    for typ, ino in view["Namespaces"].items():
+        assert ino == os.stat(f"/proc/{pid}/ns/{typ}").st_ino
+    g.ok("update", "lc", "--memory", "96M")
+    assert g.ok("restart", "-t", "5", "lc").stdout == "lc\n"
+    again = json.loads(g.ok("inspect", "lc").stdout)[0]
+    assert again["State"]["Status"] == "running" and again["State"]["Pid"] != pid
+    assert again["HostConfig"]["Memory"] == 96 * M   # the limits the record holds now
+    g.ok("kill", "-s", "TERM", "lc")
+    assert g.ok("wait", "lc").stdout == "143\n"
+    assert g.ok("restart", "lc").stdout == "lc\n"   # exited: started again
+    assert json.loads(g.ok("inspect", "lc").stdout)[0]["State"]["Status"] == "running"
+    g.ok("rm", "-f", "lc")

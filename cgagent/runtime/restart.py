@@ -1,0 +1,97 @@
+"""`cgagent restart`: stop a workload, then start the same record again under a new detached
+supervisor (as `docker restart`; an exited workload is started again). Beside control, not in it:
+it starts workloads, so it needs the supervisor, which (through a policy's OOM answer) needs control."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from cgagent import oom
+from cgagent.cgroups import CgroupManager
+from cgagent.errors import CgagentError
+from cgagent.host import Host
+from cgagent.limits import Resources
+from cgagent.live import live_status, supervisor_alive
+from cgagent.runtime.control import stop
+from cgagent.runtime.lifecycle import teardown_isolation
+from cgagent.runtime.parents import prune_parents
+from cgagent.runtime.request import require_root
+from cgagent.runtime.stopflag import clear_stop
+from cgagent.state import Record, Store
+
+
+def restart(store: Store, host: Host, name: str, timeout: float) -> None:
+    """`stop` (SIGTERM, SIGKILL after `timeout`), then start the same record again under a new
+    detached supervisor, as `docker restart`: also a workload that has exited. Its cgroup, overlay
+    and network connection are made anew from the record (limits as `update` left them); the
+    overlay's upper dir is fresh, since cgagent removes it at every exit."""
+    require_root("cgagent restart")
+    rec = store.load(name)
+    if rec.auto_remove:
+        raise CgagentError(f"workload {name!r} was run with --rm: stopping it removes it, so it cannot restart",
+                           "run it again without --rm (with --restart for restarts)")
+    if live_status(host, rec) != "exited":
+        stop(store, host, name, timeout)
+    rec, mgr = _recreate(store, host, name)
+    from cgagent.runtime.supervisor import detach
+
+    detach(store, host, rec, mgr, _back_to_exited)
+
+
+def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManager]:
+    """The cgroup and rootfs of an exited workload, made again from its record (as create() does)."""
+    from cgagent.cgroups import existing_manager
+    from cgagent.runtime.lifecycle import _slice_of
+    from cgagent.runtime.parents import remember_parents
+
+    with store.lock():
+        rec = store.load(name)
+        if rec.status != "exited" or live_status(host, rec) != "exited" or supervisor_alive(rec):
+            raise CgagentError(f"workload {name!r} was started again meanwhile", "see `cgagent ps`")
+        if rec.driver == "systemd":
+            from cgagent.cgroups.systemd import SystemdManager
+
+            assert rec.unit
+            mgr: CgroupManager = SystemdManager(host, rec.unit, _slice_of(rec))
+        else:
+            mgr = existing_manager(host, rec.driver, rec.dirs)
+        if mgr.exists():
+            raise CgagentError(f"cgroup {next(iter(rec.dirs.values()))} exists already",
+                               f"another tool made it meanwhile; `cgagent rm -f {name}` and run it again")
+        made = mgr.made_by_create()
+        rec.status, rec.pid, rec.pid_start, rec.started, rec.finished = "created", None, None, None, None
+        rec.supervisor_pid = rec.supervisor_start = rec.keeper_pid = rec.keeper_start = None
+        rec.exit_code, rec.oom_kills, rec.policy_oom_seq, rec.detached = None, 0, 0, True
+        store.save(rec)   # first, as create(): the record names what is about to be made
+        oom.forget(store, name)   # a new instance: OOMKilled is about this run, as in docker
+        clear_stop(store, name)
+        remember_parents(store, made)
+    try:
+        if rec.isolation:
+            from cgagent.isolation import rootfs
+            from cgagent.isolation.spec import IsolationSpec
+
+            rootfs.prepare(IsolationSpec.from_record(rec.isolation))
+        mgr.create()
+        mgr.set(Resources.from_dict(rec.resources))
+    except BaseException:
+        _back_to_exited(store, rec, mgr)
+        raise
+    return rec, mgr
+
+
+def _back_to_exited(store: Store, rec: Record, mgr: CgroupManager) -> None:
+    """A restart that did not start: what it made goes, the record stays (exited), as before."""
+    with contextlib.suppress(Exception):
+        mgr.destroy()
+    with contextlib.suppress(Exception):
+        teardown_isolation(rec)
+    with store.lock():
+        with contextlib.suppress(CgagentError):
+            cur = store.load(rec.name)
+            if cur.created == rec.created:
+                cur.status, cur.finished = "exited", time.time()
+                store.save(cur)
+        with contextlib.suppress(Exception):
+            prune_parents(store)
