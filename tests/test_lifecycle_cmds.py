@@ -99,10 +99,15 @@ def test_inspect_of_a_bridged_workload_matches_ps_lsns_and_the_network(node: Nod
     assert res.returncode != 0 and res.stderr.startswith("cgagent: error: workload 'web' does not publish 81/tcp")
     assert res.stderr.count("\n") == 1
     # restart: a new namespace and connection, made from the record (the overlay and -p too)
-    assert node.ok("restart", "-t", "5", "web") == "web\n"
-    again = inspect(node.ok, "web")
-    pid2, ip2 = again["State"]["Pid"], again["NetworkSettings"]["IPAddress"]   # type: ignore[index]
-    assert pid2 != pid and again["Namespaces"]["net"] != ns["net"]   # type: ignore[index]
+    # held open, the old namespace keeps its inode: a freed one's number is reused by the next
+    old_net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        assert node.ok("restart", "-t", "5", "web") == "web\n"
+        again = inspect(node.ok, "web")
+        pid2, ip2 = again["State"]["Pid"], again["NetworkSettings"]["IPAddress"]   # type: ignore[index]
+        assert pid2 != pid and again["Namespaces"]["net"] != ns["net"]   # type: ignore[index]
+    finally:
+        os.close(old_net)
     node.host.sh(busybox, "ping", "-c", "1", "-W", "10", ip2)
     assert node.ok("port", "web") == "80/tcp -> 0.0.0.0:8080\n"
     node.ok("rm", "-f", "web")
