@@ -132,7 +132,11 @@ def _stop_agent(e: Env, p: subprocess.Popen[str]) -> None:
     # an agent that died mid-test would have let the CLI fall back to its direct path unnoticed
     alive = p.poll() is None
     p.terminate()
-    out, err = p.communicate(timeout=30)
+    try:
+        err = p.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        p.kill()   # by its PID: never left behind, and the hang is the failure
+        err = p.communicate()[1] + "\n(did not stop within 30 s of SIGTERM: killed)"
     assert alive, f"the test's agent died during the test (exit {p.returncode}): {err[-2000:]}"
     assert p.returncode == 0, f"the test's agent exited {p.returncode} on SIGTERM: {err[-2000:]}"
     assert not os.path.exists(f"{e.state_dir}/agent.sock"), "the agent left its socket behind"
