@@ -68,7 +68,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, s
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else str(e.stdout or "")
         pytest.fail(f"the agent-mode run did not finish within {TIMEOUT}s:\n{out[-3000:]}")
     if not xml.exists():
-        pytest.fail(f"the agent-mode run wrote no results (exit {res.returncode}):\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
+        pytest.fail(f"the agent-mode run wrote no results (exit {res.returncode}):\n"
+                    f"{res.stdout[-3000:]}{res.stderr[-2000:]}")
     got: dict[str, tuple[str, str]] = {}
     for case in ET.parse(xml).iter("testcase"):
         nodeid = _nodeid(case)
