@@ -7,9 +7,9 @@ makes goes through the agent's API (cgagent/cli/thin.py), and fails the test if 
 launch, dies or leaves its socket. Each test here is one of them and passes, fails or skips as it did
 in that run, with its own message. The set covers each command the thin client handles (run attached
 and detached, ps, inspect, update, stop, rm, logs -f, events), exit codes and forwarded signals,
-one-line errors, isolated workloads with images and volumes, restarts, OOM events, damaged state, and
-a run under `nsenter --net` that the agent must leave to the direct path. The whole of those files
-passes in agent mode too: `CGAGENT_TEST_AGENT=1 pytest tests/test_run.py ...` (see the report)."""
+one-line errors, isolated workloads with images and volumes, restarts, OOM events, damaged records
+(rm -f of one goes to the direct path), and runs under `nsenter --net`, which the agent must leave to
+the direct path. Whole files run so by hand: `CGAGENT_TEST_AGENT=1 pytest tests/test_run.py ...`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ CURATED = (
     "tests/test_state.py::test_a_damaged_record_is_named_and_does_not_hide_the_others[truncated]",
     "tests/test_state.py::test_events_command_survives_bad_lines",
     "tests/faults/test_damaged_state.py::test_rm_goes_on_past_names_that_fail",
+    "tests/faults/test_damaged_state.py::test_an_image_workload_with_a_damaged_record_leaves_no_overlay",
     "tests/test_network_run.py::test_run_bridge_workloads_reach_each_other_by_name_and_published_port",
 )
 
