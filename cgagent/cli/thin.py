@@ -127,9 +127,9 @@ def rm(argv: list[str]) -> int | None:
     if p is None or not p[1] or (c := _client(p[0])) is None:
         return None
     force = bool(p[0].get("force"))
-    if force and not all(_has_record(c, n) for n in p[1]):
-        # -f also reclaims what a damaged or deleted record left, found by name in the caller's image
-        # store ($CGAGENT_ROOT), which the agent does not know: the direct path does all the names
+    if force and os.environ.get("CGAGENT_ROOT") and not all(_has_record(c, n) for n in p[1]):
+        # -f also reclaims what a damaged or deleted record left, found by name in the image store:
+        # the agent looks in its own, the caller means its $CGAGENT_ROOT: the direct path does them all
         return None
     return _each(c, p[1], lambda n: c.json("DELETE", workload_url(n), query={"force": force}))
 
