@@ -115,6 +115,7 @@ def _fork() -> int:
     import lock, which keeps any new import from starting, wait for the imports under way to end."""
     import _imp
     import importlib
+    import threading
     from importlib import _bootstrap
 
     for f in (sys.stdout, sys.stderr):
@@ -122,7 +123,10 @@ def _fork() -> int:
     while True:
         _imp.acquire_lock()
         locks: dict[str, Any] = getattr(_bootstrap, "_module_locks", {})
-        busy = [n for n, ref in list(locks.items()) if (lock := ref()) is not None and getattr(lock, "count", 0) != 0]
+        # count: an int up to 3.11, a list since 3.12; empty or 0 when free
+        busy = [n for n, ref in list(locks.items())
+                if (lock := ref()) is not None and getattr(lock, "count", None)
+                and getattr(lock, "owner", None) != threading.get_ident()]   # this thread's: not waited for
         if not busy:
             break
         _imp.release_lock()
