@@ -70,6 +70,7 @@ class Env:
     state_dir: str
     parent: str                  # value for --cgroup-parent / CGAGENT_CGROUP_PARENT
     roots: list[str] = field(default_factory=list)   # absolute parent dirs, one per hierarchy
+    agent: bool = False          # an agent serves this state dir: the CLI goes through its API
 
     def env(self, **extra: str) -> dict[str, str]:
         e = dict(os.environ, CGAGENT_STATE_DIR=self.state_dir, CGAGENT_CGROUP_PARENT=self.parent)
@@ -108,13 +109,37 @@ def parent_roots(sub: str) -> list[str]:
     return sorted({os.path.normpath(f"{m}/{h.own_cgroup.get(c, '/')}/{sub}") for c, m in h.v1_mounts.items()})
 
 
+AGENT_MODE = os.environ.get("CGAGENT_TEST_AGENT") == "1"
+
+
 def _start_agent(e: Env) -> subprocess.Popen[str]:
     """CGAGENT_TEST_AGENT=1: every test's CLI calls go through an agent on its state dir (the CLI
-    suites must pass both ways; the exporter tests start their own agent and cannot run so)."""
+    suites must pass both ways; the exporter tests start their own agent and cannot run so).
+    tests/test_agent_mode.py runs a set of CLI tests so inside `make test`."""
+    from cgagent.api.server import confinement
+
+    # a confined agent declines run/stop/rm and the CLI does them directly: the tests would pass
+    # without proving anything about the agent's path
+    why = confinement()
+    assert why is None, f"CGAGENT_TEST_AGENT=1 needs an agent that can launch workloads, but {why}"
     p = subprocess.Popen(e.cmd("serve", "--listen", "127.0.0.1:0"), env=e.env(), text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert p.stdout is not None and "/metrics" in p.stdout.readline(), p.communicate(timeout=30)
     return p
+
+
+def _stop_agent(e: Env, p: subprocess.Popen[str]) -> None:
+    # an agent that died mid-test would have let the CLI fall back to its direct path unnoticed
+    alive = p.poll() is None
+    p.terminate()
+    try:
+        err = p.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        p.kill()   # by its PID: never left behind, and the hang is the failure
+        err = p.communicate()[1] + "\n(did not stop within 30 s of SIGTERM: killed)"
+    assert alive, f"the test's agent died during the test (exit {p.returncode}): {err[-2000:]}"
+    assert p.returncode == 0, f"the test's agent exited {p.returncode} on SIGTERM: {err[-2000:]}"
+    assert not os.path.exists(f"{e.state_dir}/agent.sock"), "the agent left its socket behind"
 
 
 @pytest.fixture
@@ -122,13 +147,14 @@ def cg(tmp_path: object) -> Iterator[Env]:
     if os.geteuid() != 0:
         pytest.skip("needs root to create cgroups (CI runs as root)")
     sub = f"cgagent-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    e = Env(state_dir=str(tmp_path) + "/state", parent=f"nested:{sub}", roots=parent_roots(sub))
-    agent = _start_agent(e) if os.environ.get("CGAGENT_TEST_AGENT") == "1" else None
+    e = Env(state_dir=str(tmp_path) + "/state", parent=f"nested:{sub}", roots=parent_roots(sub), agent=AGENT_MODE)
+    agent = _start_agent(e) if e.agent else None
     try:
         yield e
     finally:
-        if agent is not None:
-            agent.terminate()
-            agent.communicate(timeout=30)
-        left = [d for r in e.roots for d in _kill_and_rmdir(r)]
-        assert not left, f"cgroups left behind: {left}"
+        try:
+            if agent is not None:
+                _stop_agent(e, agent)
+        finally:
+            left = [d for r in e.roots for d in _kill_and_rmdir(r)]
+            assert not left, f"cgroups left behind: {left}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -115,7 +116,8 @@ def test_burstable_restart_runs_with_the_stepped_up_memory_once(box: Box) -> Non
     # once although both the supervisor and the agent's policy controller see the kill
     from tests.exporter_helpers import agent
 
-    with agent(box.cg):
+    # the policy controller runs in the agent: the test's own, or the one CGAGENT_TEST_AGENT=1 started
+    with contextlib.nullcontext() if box.cg.agent else agent(box.cg):
         ok(box.run("run", "-d", "--policy", "burstable", "--memory", "40M", "--name", "grow", "--",
                    "python3", "-c", "import time; x = b'1' * (80 << 20); print('up', flush=True); time.sleep(999)"))
         wait_for(lambda: record(box, "grow")["restarts"] == 1 and "up" in ok(box.run("logs", "grow")), timeout=30)
@@ -141,7 +143,9 @@ def test_oom_event_names_the_victim_the_kernel_reported(box: Box) -> None:
     finally:
         log.close()
     [ev] = evs(box, "hog", "oom_kill")
-    assert ev["kills"] == 1 and ev["source"] == "exit"
+    # without an agent the supervisor logs the kill as the workload exits; with one, the agent's OOM
+    # watcher may see the counter first: either way the kill is logged once, naming the victim
+    assert ev["kills"] == 1 and ev["source"] in ({"exit", "serve"} if box.cg.agent else {"exit"}), ev
     if not reported:
         return   # the kernel rate-limits its oom-kill records (10 per 5 s, machine-wide): nothing to carry
     [v] = ev["victims"]

@@ -1,7 +1,8 @@
 """Which test tiers ran: one summary block at the end of every pytest run (hooked from conftest.py).
 
 Tiers: the host itself (this machine's cgroup layout), (a) a real systemd in namespaces
-(tests/test_systemd_ns.py), (b) the cgroup v2 + systemd VM under qemu (tests/test_vm.py).
+(tests/test_systemd_ns.py), (b) the cgroup v2 + systemd VM under qemu (tests/test_vm.py), (c) a set
+of CLI tests run again with an agent serving each state dir (tests/test_agent_mode.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 TIERS = (
     ("(a) systemd 252 in namespaces (cgroup v1)", ("tests/test_systemd_ns.py",)),
     ("(b) cgroup v2 + systemd VM (qemu)", ("tests/test_vm.py",)),
+    ("(c) CLI tests through the agent (CGAGENT_TEST_AGENT=1)", ("tests/test_agent_mode.py",)),
 )
 
 

@@ -107,9 +107,34 @@ def _become_child(caller: Caller, stdio: list[int], conn: int) -> None:
 
 
 def _fork() -> int:
+    """os.fork, at a moment when no other thread is importing a module. The child has only this
+    thread: a module lock another thread held at fork stays held, and the child's first import of that
+    module (a concurrent `ps` importing cgagent.runtime) would wait forever. So: under the global
+    import lock, which keeps any new import from starting, wait for the imports under way to end."""
+    import _imp
+    import importlib
+    import threading
+    from importlib import _bootstrap
+
     for f in (sys.stdout, sys.stderr):
         f.flush()   # nothing of the agent's own output may be written twice
-    return os.fork()
+    while True:
+        _imp.acquire_lock()
+        locks: dict[str, Any] = getattr(_bootstrap, "_module_locks", {})
+        # count: an int up to 3.11, a list since 3.12; empty or 0 when free
+        busy = [n for n, ref in list(locks.items())
+                if (lock := ref()) is not None and getattr(lock, "count", None)
+                and getattr(lock, "owner", None) != threading.get_ident()]   # this thread's: not waited for
+        if not busy:
+            break
+        _imp.release_lock()
+        with contextlib.suppress(Exception):
+            importlib.import_module(busy[0])   # returns once the other thread's import of it ended
+    try:
+        pid = os.fork()
+    finally:
+        _imp.release_lock()   # in both: the child inherits this thread's hold (CPython reinits it so)
+    return pid
 
 
 def _request(fields: dict[str, Any], host: Any, store: Any) -> Any:

@@ -107,6 +107,25 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid, groups)
 
 
+# run, stop and rm make and tear down what a workload has in the namespaces of whoever does it
+LAUNCH_OPS = frozenset({"run", "rm", "stop"})
+LAUNCH_NAMESPACES = ("net", "mnt")
+
+
+def foreign_namespace(pid: int, proc: str = "/proc") -> str | None:
+    """The first of LAUNCH_NAMESPACES in which process `pid` is not where this agent is, or None.
+    A caller under `nsenter --net` (or in a container with the CLI) means its own bridge, paths and
+    mounts, which only the direct path gives it: the agent would make them in its own. An unknown
+    peer (pid 0: in a PID namespace the agent cannot see; /proc unreadable) counts as elsewhere."""
+    for ns in LAUNCH_NAMESPACES:
+        try:
+            if pid <= 0 or os.readlink(f"{proc}/{pid}/ns/{ns}") != os.readlink(f"{proc}/self/ns/{ns}"):
+                return ns
+        except OSError:
+            return ns
+    return None
+
+
 # what the direct path uses to launch and tear down: mounts, netns/links, chroot, device nodes, setuid
 LAUNCH_CAPS = {"CAP_SYS_ADMIN": 21, "CAP_NET_ADMIN": 12, "CAP_SYS_CHROOT": 18, "CAP_MKNOD": 27, "CAP_SETUID": 7}
 
@@ -440,6 +459,10 @@ class Handler(web.BoundedHandler):
                                                     else " (or start the agent with --api-group GROUP)"))
             url = urlsplit(self.path)
             r, params = route(self.command, url.path)
+            if r.op in LAUNCH_OPS and (ns := foreign_namespace(self.peer.pid)) is not None:
+                # 501: the CLI does it directly, in the caller's namespaces, as without an agent
+                raise ApiError(501, f"the caller is in another {ns} namespace than this agent",
+                               "run the CLI in the agent's namespaces, or without the agent (CGAGENT_DIRECT=1)")
             query = Query(url.query, QUERY.get(r.op, set()))
             body = self._body()
             if body is not None and r.method != "POST":
