@@ -9,6 +9,7 @@ import os
 import signal
 
 from cgagent import events, oom, procs
+from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
@@ -51,6 +52,7 @@ def stop(store: Store, host: Host, name: str, timeout: float) -> None:
     for p in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)
+    _thaw_if_paused(mgr, rec)   # after the signal, as docker does: it is the first thing the workload sees
     if main and not procs.wait_exit(main, timeout):
         import sys
 
@@ -58,6 +60,14 @@ def stop(store: Store, host: Host, name: str, timeout: float) -> None:
               file=sys.stderr, flush=True)
     mgr.kill()
     _settle(store, host, rec)
+
+
+def _thaw_if_paused(mgr: CgroupManager, rec: Record) -> None:
+    """A frozen process takes a signal only once thawed (v1 freezer: not even SIGKILL)."""
+    from cgagent.runtime.pause import is_paused
+
+    if is_paused(rec):
+        mgr.thaw()
 
 
 def _end_supervisor(rec: Record, timeout: float = 10.0) -> None:
@@ -94,7 +104,9 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
         if not force:
             raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
         request_stop(store, name)   # before the kill: the supervisor must not restart it
-        manager(host, rec).kill()
+        mgr = manager(host, rec)
+        mgr.kill()
+        _thaw_if_paused(mgr, rec)
         # the exit is recorded (one exit event) before the record goes; a full or read-only state
         # dir cannot hold it, and must not keep the record from going
         with contextlib.suppress(OSError, CgagentError):

@@ -6,11 +6,11 @@ import os
 
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
-from cgagent.cgroups.v1 import cpu, cpuacct, cpuset, devices, freezer, memory, pids
+from cgagent.cgroups.v1 import blkio, cpu, cpuacct, cpuset, devices, freezer, memory, pids
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
-CONTROLLERS = {m.NAME: m for m in (cpuset, cpu, cpuacct, memory, pids, freezer, devices)}
+CONTROLLERS = {m.NAME: m for m in (cpuset, cpu, cpuacct, memory, pids, freezer, devices, blkio)}
 
 
 class V1Manager(CgroupManager):
@@ -41,6 +41,9 @@ class V1Manager(CgroupManager):
             fs.write(f"{d}/cgroup.procs", pid)
 
     def set(self, r: Resources) -> None:
+        if "io" in r.controllers() and "blkio" not in self.dirs:
+            raise CgagentError("disk I/O limits need the blkio controller, which is not mounted",
+                               "mount the v1 blkio hierarchy, or drop the --blkio-*/--device-*-bps/iops options")
         for ctrl, d in self.dirs.items():
             CONTROLLERS[ctrl].apply(d, r)
 

@@ -1,0 +1,34 @@
+"""v2 freezer: cgroup.freeze (1/0) asks, cgroup.events `frozen 1` says it is done. The kernel
+notifies each change of cgroup.events (IN_MODIFY), so the wait is an event, not a poll."""
+
+from __future__ import annotations
+
+import select
+import time
+
+from cgagent.cgroups import fs
+from cgagent.errors import CgagentError
+from cgagent.inotify import IN_MODIFY, Inotify
+
+
+def is_frozen(d: str) -> bool | None:
+    """cgroup.events `frozen` (None: no such line, a kernel before 5.2)."""
+    v = fs.read_kv(f"{d}/cgroup.events").get("frozen")
+    return None if v is None else v == 1
+
+
+def set_frozen(d: str, frozen: bool, timeout: float = 10.0) -> None:
+    """Freeze or thaw and return once cgroup.events says so (a task in uninterruptible sleep can hold
+    a freeze back: bounded by `timeout`)."""
+    with Inotify() as ino:
+        ino.add(f"{d}/cgroup.events", IN_MODIFY)   # before the write: no change can be missed
+        fs.write(f"{d}/cgroup.freeze", int(frozen))
+        deadline = time.monotonic() + timeout
+        while is_frozen(d) not in (frozen, None):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CgagentError(f"{d} did not {'freeze' if frozen else 'thaw'} within {timeout:g}s",
+                                   "a process may be in uninterruptible sleep (D state); retry")
+            select.select([ino.fd], [], [], left)
+            for _ in ino.read():
+                pass
