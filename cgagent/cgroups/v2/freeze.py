@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Callable
 
 from cgagent.cgroups import fs
 from cgagent.errors import CgagentError
@@ -20,9 +21,16 @@ def is_frozen(d: str) -> bool | None:
 def set_frozen(d: str, frozen: bool, timeout: float = 10.0) -> None:
     """Freeze or thaw and return once cgroup.events says so (a task in uninterruptible sleep can hold
     a freeze back: bounded by `timeout`)."""
+    wait_frozen(d, frozen, timeout, lambda: fs.write(f"{d}/cgroup.freeze", int(frozen)))
+
+
+def wait_frozen(d: str, frozen: bool, timeout: float = 10.0, start: Callable[[], object] | None = None) -> None:
+    """Call `start` (what asks for the change: a write, or systemd's FreezeUnit), then wait until
+    cgroup.events says the cgroup is `frozen` (or thawed)."""
     with Inotify() as ino:
-        ino.add(f"{d}/cgroup.events", IN_MODIFY)   # before the write: no change can be missed
-        fs.write(f"{d}/cgroup.freeze", int(frozen))
+        ino.add(f"{d}/cgroup.events", IN_MODIFY)   # before asking: no change can be missed
+        if start is not None:
+            start()
         deadline = time.monotonic() + timeout
         while is_frozen(d) not in (frozen, None):
             left = deadline - time.monotonic()
