@@ -35,7 +35,8 @@ def _loop(size: int = 16 * MB) -> Iterator[str]:
         img = os.path.join(d, "disk.img")
         with open(img, "wb") as f:
             f.truncate(size)
-        dev = subprocess.run(["losetup", "-f", "--show", img], capture_output=True, text=True, check=True).stdout.strip()
+        r = subprocess.run(["losetup", "-f", "--show", img], capture_output=True, text=True, check=True)
+        dev = r.stdout.strip()
         try:
             yield dev
         finally:
