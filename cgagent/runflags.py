@@ -48,9 +48,10 @@ def _limit(name: str, flags: tuple[str, ...], help_: str) -> Option:
 
 
 def _io_device(name: str, what: str, example: str) -> Option:
+    zero = "" if name == "blkio_weight_device" else "; VALUE 0 removes that device's limit"
     return Option(name, ("--" + name.replace("_", "-"),), "list", "limit", name,
                   f"{what} for one block device, DEVICE:VALUE, e.g. {example} (a whole disk, not a partition; "
-                  "repeatable; on update, VALUE 0 removes that device's limit).", update=True)
+                  f"repeatable{zero}).", update=True)
 
 
 PRESERVE_FDS_HELP = "Pass fds 3..3+N-1 of the caller to the workload (all others are closed at exec)."
