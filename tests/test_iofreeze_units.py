@@ -140,3 +140,19 @@ def test_systemd_properties_per_mode() -> None:
     assert v1["BlockIOWeight"] == 300 and v1["BlockIOReadBandwidth"] == [(node, 2097152)]
     with pytest.raises(CgagentError, match="no IOPS property"):
         properties.limits(Resources(device_read_iops=(f"{maj}:{mi} 10",)), "v1")
+
+
+def test_v2_freeze_writes_and_waits_for_cgroup_events(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.freeze").write_text("0")
+    (tmp_path / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    freeze.set_frozen(str(tmp_path), True)   # the kernel already says frozen: no wait
+    assert (tmp_path / "cgroup.freeze").read_text() == "1"
+    with pytest.raises(CgagentError, match="did not thaw within"):
+        freeze.set_frozen(str(tmp_path), False, timeout=0.05)   # nothing changes cgroup.events here
+
+
+def test_v1_pause_without_a_freezer_is_one_line(tmp_path: Path) -> None:
+    from cgagent.cgroups.v1 import V1Manager
+
+    with pytest.raises(CgagentError, match="freezer controller"):
+        V1Manager({"memory": str(tmp_path)}).freeze()

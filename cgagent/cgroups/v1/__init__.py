@@ -57,12 +57,16 @@ class V1Manager(CgroupManager):
         return out
 
     def freeze(self) -> None:
-        if "freezer" in self.dirs:
-            freezer.set_state(self.dirs["freezer"], True)
+        freezer.set_state(self._freezer_dir(), True)
 
     def thaw(self) -> None:
-        if "freezer" in self.dirs:
-            freezer.set_state(self.dirs["freezer"], False)
+        freezer.set_state(self._freezer_dir(), False)
+
+    def _freezer_dir(self) -> str:
+        if "freezer" not in self.dirs:
+            raise CgagentError("pausing needs the v1 freezer controller, which is not mounted",
+                               "mount it: mount -t cgroup -o freezer cgroup /sys/fs/cgroup/freezer")
+        return self.dirs["freezer"]
 
     def kill(self) -> None:
         frozen = "freezer" in self.dirs and os.path.isdir(self.dirs["freezer"])
