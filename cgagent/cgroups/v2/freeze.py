@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 from cgagent.cgroups import fs
 from cgagent.errors import CgagentError
-from cgagent.inotify import IN_MODIFY, Inotify
 
 
 def is_frozen(d: str) -> bool | None:
@@ -27,6 +26,8 @@ def set_frozen(d: str, frozen: bool, timeout: float = 10.0) -> None:
 def wait_frozen(d: str, frozen: bool, timeout: float = 10.0, start: Callable[[], object] | None = None) -> None:
     """Call `start` (what asks for the change: a write, or systemd's FreezeUnit), then wait until
     cgroup.events says the cgroup is `frozen` (or thawed)."""
+    from cgagent.inotify import IN_MODIFY, Inotify   # ctypes: only when pausing, not on every CLI start
+
     with Inotify() as ino:
         ino.add(f"{d}/cgroup.events", IN_MODIFY)   # before asking: no change can be missed
         if start is not None:
