@@ -26,7 +26,8 @@ def set_frozen(d: str, frozen: bool, timeout: float = 10.0) -> None:
 def wait_frozen(d: str, frozen: bool, timeout: float = 10.0, start: Callable[[], object] | None = None) -> None:
     """Call `start` (what asks for the change: a write, or systemd's FreezeUnit), then wait until
     cgroup.events says the cgroup is `frozen` (or thawed)."""
-    from cgagent.inotify import IN_MODIFY, Inotify   # ctypes: only when pausing, not on every CLI start
+    # ctypes: only when pausing, not on every CLI start
+    from cgagent.inotify import IN_MODIFY, Inotify
 
     with Inotify() as ino:
         ino.add(f"{d}/cgroup.events", IN_MODIFY)   # before asking: no change can be missed
