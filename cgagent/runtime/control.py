@@ -67,7 +67,12 @@ def _thaw_if_paused(mgr: CgroupManager, rec: Record) -> None:
     from cgagent.runtime.pause import is_paused
 
     if is_paused(rec):
-        mgr.thaw()
+        try:
+            mgr.thaw()
+        except (OSError, CgagentError):
+            # v2 lets a fatal signal end a frozen task: it may be gone, its cgroup removed, already
+            if mgr.exists() and mgr.procs():
+                raise
 
 
 def _end_supervisor(rec: Record, timeout: float = 10.0) -> None:
