@@ -49,10 +49,10 @@ def stop(store: Store, host: Host, name: str, timeout: float) -> None:
     mgr = manager(host, rec)
     main = rec.pid if procs.alive(rec.pid, rec.pid_start) else None
     targets = [main] if main else mgr.procs()
+    _thaw_if_paused(mgr, rec)
     for p in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)
-    _thaw_if_paused(mgr, rec)   # after the signal, as docker does: it is the first thing the workload sees
     if main and not procs.wait_exit(main, timeout):
         import sys
 
@@ -63,7 +63,8 @@ def stop(store: Store, host: Host, name: str, timeout: float) -> None:
 
 
 def _thaw_if_paused(mgr: CgroupManager, rec: Record) -> None:
-    """A frozen process takes a signal only once thawed (v1 freezer: not even SIGKILL)."""
+    """Thawed before it is signalled: a v1 frozen task takes not even SIGKILL, and systemd 252 does not
+    finish stopping a frozen scope (the supervisor may stop it as soon as the workload dies)."""
     from cgagent.runtime.pause import is_paused
 
     if is_paused(rec):
@@ -110,8 +111,8 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
             raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
         request_stop(store, name)   # before the kill: the supervisor must not restart it
         mgr = manager(host, rec)
-        mgr.kill()
         _thaw_if_paused(mgr, rec)
+        mgr.kill()
         # the exit is recorded (one exit event) before the record goes; a full or read-only state
         # dir cannot hold it, and must not keep the record from going
         with contextlib.suppress(OSError, CgagentError):
