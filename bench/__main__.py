@@ -6,7 +6,8 @@ import importlib
 import os
 import sys
 
-ORDER = ["launch", "launches", "web", "exporter", "systemd_driver", "isolation", "seccomp", "network", "policy", "oom"]
+ORDER = ["launch", "launches", "web", "exporter", "systemd_driver", "isolation", "seccomp", "network", "policy",
+         "oom", "iofreeze"]
 
 
 def main() -> int:

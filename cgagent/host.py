@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 from cgagent.units import parse_cpu_list
 
-V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices")
-V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids")
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices", "blkio")
+V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids", "io")
+# used when present, not reported missing: disk I/O control is an addition, not a requirement to run
+OPTIONAL = ("blkio", "io")
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Host:
     def missing(self) -> list[str]:
         want = V2_CONTROLLERS if self.is_v2 else V1_CONTROLLERS
         have = self.usable()
-        return [c for c in want if c not in have]
+        return [c for c in want if c not in have and c not in OPTIONAL]
 
 
 def _read(path: str) -> str:

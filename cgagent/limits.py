@@ -7,6 +7,7 @@ parses the same fields with the same functions for files and the full CLI.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,9 @@ MIN_MEMORY = 6 * 1024 * 1024   # Docker's floor: below this the workload cannot 
 # pids.max above PID_MAX_LIMIT (2**22) is EINVAL on both cgroup versions
 MAX_PIDS = 1 << 22
 MIN_QUOTA_US = 1000            # the kernel refuses a smaller cpu.cfs_quota_us / cpu.max quota
+# the per-device I/O fields, each a tuple of "MAJ:MIN VALUE" (see parse_io_device)
+IO_DEVICE_FIELDS = ("blkio_weight_device", "device_read_bps", "device_write_bps", "device_read_iops",
+                    "device_write_iops")
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,20 @@ class Resources:
     cpuset_mems: str | None = None
     # device allow-list, cgagent.devrules form ("c 1:3 rwm"); None = no device control
     devices: tuple[str, ...] | None = None
+    blkio_weight: int | None = None    # 10..1000 (v1 blkio.weight / blkio.bfq.weight, v2 io.weight)
+    # per block device, "MAJ:MIN VALUE" (see parse_io_device): weight 10..1000; bytes or ops per second,
+    # 0 = no limit on that device (kept, so `update DEV:0` writes the removal)
+    blkio_weight_device: tuple[str, ...] | None = None
+    device_read_bps: tuple[str, ...] | None = None
+    device_write_bps: tuple[str, ...] | None = None
+    device_read_iops: tuple[str, ...] | None = None
+    device_write_iops: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.devices is not None and not isinstance(self.devices, tuple):   # from a JSON record
-            object.__setattr__(self, "devices", tuple(self.devices))
+        for f in ("devices", *IO_DEVICE_FIELDS):   # a JSON record has lists
+            v = getattr(self, f)
+            if v is not None and not isinstance(v, tuple):
+                object.__setattr__(self, f, tuple(v))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -57,7 +71,8 @@ class Resources:
         """The controllers these limits need."""
         need = {"cpu": (self.cpu_shares, self.cpu_weight, self.cpu_quota, self.cpu_period),
                 "memory": (self.memory, self.memory_swap), "pids": (self.pids_limit,),
-                "cpuset": (self.cpuset_cpus, self.cpuset_mems)}
+                "cpuset": (self.cpuset_cpus, self.cpuset_mems),
+                "io": (self.blkio_weight, *(getattr(self, f) for f in IO_DEVICE_FIELDS))}
         return [c for c, vals in need.items() if any(v is not None for v in vals)]
 
     @property
@@ -130,7 +145,98 @@ def field_cpuset(option: str) -> Any:
     return parse
 
 
-FIELD_PARSERS = {
+def field_blkio_weight(v: Any) -> int:
+    n = parse_int(v, "--blkio-weight")
+    if not IO_WEIGHT_MIN <= n <= IO_WEIGHT_MAX:
+        raise CgagentError(f"--blkio-weight {v} is out of range", "use 10..1000 (default 500)")
+    return n
+
+
+IO_WEIGHT_MIN, IO_WEIGHT_MAX = 10, 1000   # Docker's --blkio-weight range (blkio.weight's)
+_IO_OPTION = {"blkio_weight_device": "--blkio-weight-device", "device_read_bps": "--device-read-bps",
+              "device_write_bps": "--device-write-bps", "device_read_iops": "--device-read-iops",
+              "device_write_iops": "--device-write-iops"}
+MAX_IO_DEVICES = 64   # bounded: each device is a line in a kernel file and a systemd property entry
+
+
+def block_device(path: str, option: str, sysfs: str = "/sys") -> str:
+    """A block device node -> "MAJ:MIN", refused with one line when it is missing, not a block device,
+    or a partition (the kernel throttles and weighs whole disks only: blkg_conf_prep)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise CgagentError(f"{option} {path}: {e.strerror or 'cannot stat it'}",
+                           "give the path of a block device node, e.g. /dev/sda or /dev/loop3") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise CgagentError(f"{option} {path} is not a block device",
+                           "give a block device node such as /dev/sda (see `lsblk`)")
+    dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    if os.path.exists(f"{sysfs}/dev/block/{dev}/partition"):
+        disk = os.path.basename(os.path.dirname(os.path.realpath(f"{sysfs}/dev/block/{dev}")))
+        raise CgagentError(f"{option} {path} is a partition ({dev}); the kernel limits whole disks only",
+                           f"give the disk it is on, /dev/{disk}")
+    return dev
+
+
+def parse_io_device(field: str, v: Any) -> tuple[str, int]:
+    """One "DEV:VALUE" of a per-device I/O option -> ("MAJ:MIN", value); DEV is a path or MAJ:MIN."""
+    option = _IO_OPTION[field]
+    if not isinstance(v, str) or len(v) > 4096:
+        raise CgagentError(f"{option} must be a string DEVICE:VALUE", f"give e.g. {option} /dev/sda:10mb")
+    dev, sep, raw = v.rpartition(":")
+    if not sep or not dev:
+        raise CgagentError(f"{option} {v!r} is not DEVICE:VALUE", f"give e.g. {option} /dev/sda:10mb")
+    if field == "blkio_weight_device":
+        n = parse_int(raw, option)
+        if not IO_WEIGHT_MIN <= n <= IO_WEIGHT_MAX:
+            raise CgagentError(f"{option} {v} is out of range", "give a weight of 10..1000, e.g. /dev/sda:200")
+    elif field.endswith("_bps"):
+        n = parse_bytes(raw, option)
+        if n < 0:
+            raise CgagentError(f"{option} {v}: a rate cannot be unlimited here", "give 0 to remove the limit")
+    else:
+        n = parse_int(raw, option)
+        if n < 0:
+            raise CgagentError(f"{option} {v} is negative", "give operations per second, or 0 to remove the limit")
+    return block_device(dev, option), n
+
+
+def _io_device_field(field: str) -> Any:
+    def parse(v: Any) -> tuple[str, ...]:
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, list | tuple) or len(items) > MAX_IO_DEVICES:
+            raise CgagentError(f"{_IO_OPTION[field]} takes at most {MAX_IO_DEVICES} DEVICE:VALUE entries",
+                               "give fewer devices")
+        out: dict[str, int] = {}
+        for item in items:
+            dev, n = parse_io_device(field, item)
+            out[dev] = n   # the last one given for a device wins, as for every other option
+        return tuple(f"{d} {n}" for d, n in out.items())
+    return parse
+
+
+def io_devices(entries: tuple[str, ...] | None) -> list[tuple[int, int, int]]:
+    """("MAJ:MIN VALUE", ...) -> [(major, minor, value)]."""
+    out = []
+    for e in entries or ():
+        dev, _, n = e.partition(" ")
+        major, _, minor = dev.partition(":")
+        out.append((int(major), int(minor), int(n)))
+    return out
+
+
+def merge_io_devices(base: tuple[str, ...] | None, change: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """`update`: a device given replaces that device's entry; the others stay."""
+    if change is None:
+        return base
+    out = {e.partition(" ")[0]: e for e in base or ()}
+    out.update({e.partition(" ")[0]: e for e in change})
+    return tuple(out.values())
+
+
+FIELD_PARSERS: dict[str, Any] = {
     "cpus": field_cpus,
     "cpu_shares": field_shares,
     "cpu_weight": field_weight,
@@ -140,6 +246,8 @@ FIELD_PARSERS = {
     "pids_limit": field_pids,
     "cpuset_cpus": field_cpuset("--cpuset-cpus"),
     "cpuset_mems": field_cpuset("--cpuset-mems"),
+    "blkio_weight": field_blkio_weight,
+    **{f: _io_device_field(f) for f in IO_DEVICE_FIELDS},
 }
 
 
@@ -209,4 +317,6 @@ def plan(values: dict[str, Any], host: Host, base: Resources | None = None) -> R
         cpuset_cpus=values.get("cpuset_cpus", base.cpuset_cpus),
         cpuset_mems=values.get("cpuset_mems", base.cpuset_mems),
         devices=base.devices,
+        blkio_weight=values.get("blkio_weight", base.blkio_weight),
+        **{f: merge_io_devices(getattr(base, f), values.get(f)) for f in IO_DEVICE_FIELDS},
     )

@@ -47,6 +47,13 @@ def _limit(name: str, flags: tuple[str, ...], help_: str) -> Option:
     return Option(name, flags, "value", "limit", name, help_, update=True)
 
 
+def _io_device(name: str, what: str, example: str) -> Option:
+    zero = "" if name == "blkio_weight_device" else "; VALUE 0 removes that device's limit"
+    return Option(name, ("--" + name.replace("_", "-"),), "list", "limit", name,
+                  f"{what} for one block device, DEVICE:VALUE, e.g. {example} (a whole disk, not a partition; "
+                  f"repeatable{zero}).", update=True)
+
+
 PRESERVE_FDS_HELP = "Pass fds 3..3+N-1 of the caller to the workload (all others are closed at exec)."
 DEVICE_HELP = ("Give the workload a host device: HOST[:CTR][:rwm], e.g. /dev/loop3 (node made in its /dev, "
                "allowed in its device cgroup; repeatable).")
@@ -69,6 +76,13 @@ OPTIONS: tuple[Option, ...] = (
     _limit("pids_limit", ("--pids-limit",), "Most processes/threads at once (-1 = unlimited)."),
     _limit("cpuset_cpus", ("--cpuset-cpus",), "CPUs allowed, e.g. 0-1 or 0,2."),
     _limit("cpuset_mems", ("--cpuset-mems",), "Memory nodes allowed, e.g. 0."),
+    _limit("blkio_weight", ("--blkio-weight",),
+           "Relative disk I/O weight 10..1000 (blkio.weight / blkio.bfq.weight on v1, io.weight on v2)."),
+    _io_device("blkio_weight_device", "Relative I/O weight 10..1000", "/dev/sda:200"),
+    _io_device("device_read_bps", "Read rate limit in bytes per second (units as --memory)", "/dev/sda:10mb"),
+    _io_device("device_write_bps", "Write rate limit in bytes per second", "/dev/sda:10mb"),
+    _io_device("device_read_iops", "Read operations per second limit", "/dev/sda:1000"),
+    _io_device("device_write_iops", "Write operations per second limit", "/dev/sda:1000"),
     Option("name", ("--name",), "value", "request", "name", "Workload name (default: generated)."),
     Option("detach", ("--detach", "-d"), "flag", "request", "detach", "Run in the background under a supervisor."),
     Option("rm", ("--rm",), "flag", "request", "auto_remove", "Remove the record when the workload exits."),

@@ -41,6 +41,13 @@ class ResourceSpec(BaseModel):
     pids_limit: Annotated[int | None, _field("pids_limit")] = None
     cpuset_cpus: Annotated[str | None, _field("cpuset_cpus")] = None
     cpuset_mems: Annotated[str | None, _field("cpuset_mems")] = None
+    blkio_weight: Annotated[int | None, _field("blkio_weight")] = None
+    # lists of "DEVICE:VALUE", stored as ("MAJ:MIN VALUE", ...) once the device is resolved
+    blkio_weight_device: Annotated[tuple[str, ...] | None, _field("blkio_weight_device")] = None
+    device_read_bps: Annotated[tuple[str, ...] | None, _field("device_read_bps")] = None
+    device_write_bps: Annotated[tuple[str, ...] | None, _field("device_write_bps")] = None
+    device_read_iops: Annotated[tuple[str, ...] | None, _field("device_read_iops")] = None
+    device_write_iops: Annotated[tuple[str, ...] | None, _field("device_write_iops")] = None
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> ResourceSpec:

@@ -25,6 +25,7 @@ from exporters.collectors import Collector, Scrape
 from exporters.collectors.agent import Agent
 from exporters.collectors.cpu import CpuThrottling
 from exporters.collectors.cpuacct import CpuUsage
+from exporters.collectors.freezer import Freezer
 from exporters.collectors.memory import Memory
 from exporters.collectors.oom import Oom
 from exporters.collectors.pids import Pids
@@ -44,6 +45,7 @@ COLLECTORS: dict[str, Callable[[], Collector]] = {
     "oom": Oom,
     "policy": PolicyActions,
     "agent": Agent,
+    "freezer": Freezer,
 }
 
 

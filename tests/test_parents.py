@@ -23,7 +23,7 @@ def test_v2_remembers_the_bits_it_enables_above_the_first_dir_it_makes(tmp_path:
     root = _root(tmp_path)
     made = V2Manager({"": str(root / "a" / "b" / "web")}, mount=str(root)).made_by_create()
     assert made.dirs == [str(root / "a" / "b"), str(root / "a")]
-    assert made.subtree == [(str(root), str(root / "a"), ["cpu", "cpuset"])]
+    assert made.subtree == [(str(root), str(root / "a"), ["cpu", "cpuset", "io"])]
     (root / "a").mkdir()   # it exists already: nothing of ours above it to undo
     assert V2Manager({"": str(root / "a" / "web")}, mount=str(root)).made_by_create().empty()
 
@@ -40,7 +40,7 @@ def test_prune_reverts_the_bits_once_their_dir_is_gone(tmp_path: Path) -> None:
     parents.prune(store)
     assert not (root / "a").exists()
     # a plain file stands in for subtree_control here: the last write is what the kernel got last
-    assert (root / "cgroup.subtree_control").read_text() == "-cpuset"
+    assert (root / "cgroup.subtree_control").read_text() == "-io"
     assert parents.load(store).empty()
 
 

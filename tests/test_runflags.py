@@ -27,7 +27,9 @@ GOOD: dict[str, str] = {
     "ip": "192.0.2.5", "env": "A=1", "user": "1000:1000", "workdir": "/", "cap_add": "NET_ADMIN", "cap_drop": "ALL",
     "security_opt": "seccomp=unconfined", "device": "/dev/null", "device_cgroup_rule": "c 1:3 rwm",
     "root": "{tmp}/images", "restart": "on-failure:3", "policy": "burstable", "policy_dir": "{tmp}",
-    "preserve_fds": "1",
+    "preserve_fds": "1", "blkio_weight": "300", "blkio_weight_device": "/dev/loop0:200",
+    "device_read_bps": "/dev/loop0:2mb", "device_write_bps": "/dev/loop0:1m", "device_read_iops": "/dev/loop0:100",
+    "device_write_iops": "/dev/loop0:50",
 }
 # an option that needs another one to be valid
 NEEDS = {"memory_swap": ["--memory", "64M"]}
@@ -121,7 +123,9 @@ def test_repeatable_options_keep_every_value_in_order(doors: Any, tmp_path: Path
 BAD = [["--cpus", "0"], ["--memory", "1K"], ["--memory-swap", "1G"], ["--cpu-shares", "1", "--cpu-weight", "5"],
        ["--preserve-fds", "x"], ["--restart", "sometimes"], ["--policy", "no-such-policy"],
        ["--device-cgroup-rule", "z 1:1 r"], ["--rootfs", "/nonexistent-xyz"], ["--root", "/tmp"],
-       ["--name", "eq", "nosuchimage:1", "--", "true"]]
+       ["--name", "eq", "nosuchimage:1", "--", "true"], ["--blkio-weight", "5"],
+       ["--device-read-bps", "/dev/null:1mb"], ["--device-write-iops", "/nonexistent-xyz:10"],
+       ["--device-read-bps", "/dev/loop0"]]
 
 
 @pytest.mark.parametrize("args", BAD, ids=[" ".join(a) for a in BAD])

@@ -516,3 +516,70 @@ def test_slice_name_systemd_cannot_place_is_refused_first(sdns: SystemdNamespace
     _one_line_error(cli("run", "--name", "rej", "--cgroup-parent", "a--b.slice", "--", "sleep", "1000"),
                     "is not a valid slice name", "systemd-escape --path")
     _nothing_of(sdns, cli, "rej")
+
+
+# --- iofreeze: disk I/O limits as BlockIO* properties (v1), pause/unpause through the freezer we joined
+
+@pytest.fixture
+def io_node(sdns: SystemdNamespace, cli: CLI, tmp_path: Any) -> Iterator[tuple[str, str]]:
+    """-> (a node in the instance's /dev for a loop device over the test's own file, its MAJ:MIN)."""
+    from tests.security.devkit import loop_device
+
+    node = f"/dev/cgagent-iotest-{os.urandom(4).hex()}"
+    with loop_device(str(tmp_path), 16 * M) as (_dev, major, minor):
+        try:
+            _ok(sdns.run(["mknod", node, "b", str(major), str(minor)]))
+            yield node, f"{major}:{minor}"
+        finally:
+            sdns.run(["rm", "-f", node])
+
+
+def test_systemd_v1_io_limits_are_blockio_properties_and_land(sdns: SystemdNamespace, cli: CLI,
+                                                             io_node: tuple[str, str]) -> None:
+    node, majmin = io_node
+    _ok(cli("run", "-d", "--name", "io", "--device-read-bps", f"{node}:2mb", "--device-write-bps", f"{node}:1mb",
+            "--", "sh", "-c", f"dd if={node} of=/dev/null bs=1M count=4 iflag=direct; exec sleep 1000"))
+    unit = "cgagent-io.scope"
+    assert sdns.unit_property(unit, "BlockIOReadBandwidth") == f"{node} {2 * M}"
+    assert sdns.unit_property(unit, "BlockIOWriteBandwidth") == f"{node} {M}"
+    rec = cli.record("io")
+    assert _cg(sdns, rec, "blkio", "blkio.throttle.read_bps_device").split() == [majmin, str(2 * M)]
+    _wait("4 MiB read, counted by the kernel", lambda: json.loads(cli("stats", "io", "--json", "--interval", "0.1")
+                                                                   .stdout)[0]["io_read_bytes"] >= 4 * M)
+    _ok(cli("update", "io", "--device-read-bps", f"{node}:0"))
+    assert _cg(sdns, rec, "blkio", "blkio.throttle.read_bps_device").strip() == ""
+    sdns.systemctl("daemon-reload")   # systemd re-applies the unit's properties: the limit stays removed
+    assert _cg(sdns, rec, "blkio", "blkio.throttle.read_bps_device").strip() == ""
+    assert _cg(sdns, rec, "blkio", "blkio.throttle.write_bps_device").split() == [majmin, str(M)]
+    _ok(cli("rm", "-f", "io"))
+    _one_line_error(cli("run", "--name", "iops", "--device-read-iops", f"{node}:10", "--", "true"),
+                    "no IOPS property")
+    _nothing_of(sdns, cli, "iops")
+
+
+def test_systemd_v1_pause_freezes_cpu_and_paused_workloads_stop_and_go(sdns: SystemdNamespace, cli: CLI) -> None:
+    busy = "import time\nwhile True: pass\n"
+    _ok(cli("run", "-d", "--name", "fz", "--", sys.executable, "-c", busy))
+    rec = cli.record("fz")
+
+    def usage() -> int:
+        return int(_cg(sdns, rec, "cpuacct", "cpuacct.usage"))
+
+    _wait("CPU use", lambda: usage() > 0)
+    _ok(cli("pause", "fz"))
+    assert _cg(sdns, rec, "freezer", "freezer.state") == "FROZEN"
+    assert {r["name"]: r for r in json.loads(cli("ps", "--json").stdout)}["fz"]["status"] == "paused"
+    frozen_at = usage()
+    time.sleep(2)   # the interval over which a frozen cgroup's CPU counter must not move
+    assert usage() == frozen_at
+    _ok(cli("unpause", "fz"))
+    _wait("CPU use again", lambda: usage() > frozen_at)
+    _ok(cli("pause", "fz"))
+    _ok(cli("rm", "-f", "fz"))   # KillUnit on a frozen v1 cgroup: thawed so the SIGKILL lands
+    _nothing_of(sdns, cli, "fz")
+    _ok(cli("run", "-d", "--name", "fs", "--", "sleep", "1000"))
+    _ok(cli("pause", "fs"))
+    r = cli("stop", "-t", "30", "fs")
+    _ok(r)
+    assert "SIGKILL" not in r.stderr and cli.record("fs")["exit_code"] == 143, r.stderr
+    _ok(cli("rm", "fs"))

@@ -41,7 +41,7 @@ def tree(tmp: Path, subtree: str = "memory pids") -> Path:
 def test_create_enables_controllers_down_its_own_path(tmp_path: Path) -> None:
     w = tree(tmp_path)
     V2Manager({"": str(w)}, mount=str(tmp_path)).create()
-    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +cpuset"
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +cpuset +io"
     assert (tmp_path / "cgagent" / "cgroup.subtree_control").read_text() == "+cpu +cpuset +memory +pids"
 
 

@@ -14,6 +14,7 @@ _JSON = {"flag": "boolean", "value": "string", "list": "array"}
 # the CLI's own: where its records are (the agent has one store) and fds only a direct run can pass
 _NOT_IN_API = ("state_dir", "preserve_fds")
 LIMIT_FIELDS = tuple(o.name for o in OPTIONS if o.lands == "limit" and o.update)
+LIMIT_TYPES = {o.name: _JSON[o.kind] for o in OPTIONS if o.name in LIMIT_FIELDS}   # per-device ones: arrays
 # the caller's context, which a host workload inherits on the direct path: its environment and directory
 CONTEXT_FIELDS = {"environ": "object", "cwd": "string"}
 RUN_FIELDS: dict[str, str] = {**{o.name: _JSON[o.kind] for o in OPTIONS if o.name not in _NOT_IN_API},

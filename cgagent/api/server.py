@@ -223,11 +223,11 @@ class Api:
         return {"name": p["name"]}
 
     def op_update(self, p: dict[str, str], _q: Query, body: Any) -> Any:
-        from cgagent.api.runreq import LIMIT_FIELDS, check_fields, limits
+        from cgagent.api.runreq import LIMIT_TYPES, check_fields, limits
         from cgagent.runtime import update
 
         # in the direct path's order: the values first, then the workload
-        values = limits(check_fields(body, dict.fromkeys(LIMIT_FIELDS, "string"), "update request"))
+        values = limits(check_fields(body, LIMIT_TYPES, "update request"))
         if not values:
             raise CgagentError("no limit given", "add at least one, e.g. --cpus 0.2")
         self.workload(p["name"])

@@ -10,6 +10,7 @@ from typing import Any
 from cgagent.host import Host
 from cgagent.limits import Resources
 from cgagent.runtime import live_status, oom_kills, oom_victim
+from cgagent.runtime.pause import is_paused
 from cgagent.state import Record, Store
 from cgagent.units import format_bytes
 
@@ -29,11 +30,14 @@ def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
         if status == "exited" and not all_:
             continue
         r = Resources.from_dict(rec.resources)
+        running = status == "running"
+        if running and is_paused(rec):
+            status = "paused"
         rows.append({
-            "name": rec.name, "status": status, "pid": rec.pid if status == "running" else None,
+            "name": rec.name, "status": status, "pid": rec.pid if running else None,
             "cpus": f"{r.cpus:g}" if r.cpus else None,
             "memory": format_bytes(r.memory) if r.memory is not None else None,
-            "pids_limit": _pids_limit(rec, r) if status == "running" else r.pids_limit,
+            "pids_limit": _pids_limit(rec, r) if running else r.pids_limit,
             "oom_kills": oom_kills(store, rec),
             "exit_code": rec.exit_code if status == "exited" else None,
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created)),

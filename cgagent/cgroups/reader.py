@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import CpuUsage, Limits, MemoryUsage, Pressure, Stats, Throttling
+from cgagent.cgroups.stats import CpuUsage, IoUsage, Limits, MemoryUsage, Pressure, Stats, Throttling
 
 if TYPE_CHECKING:   # only its type: ctypes is not for every CLI start that reads a cgroup
     from cgagent.inotify import Inotify
@@ -104,6 +104,19 @@ class Reader(ABC):
     def pids(self) -> int | None:
         """Tasks in the cgroup now."""
 
+    def io(self) -> IoUsage:
+        """Bytes and operations read and written, over all block devices."""
+        return IoUsage()
+
+    def io_limits(self) -> dict[str, dict[str, int]]:
+        """The per-device I/O limits the kernel holds: Resources field (device_read_bps...) ->
+        {"MAJ:MIN": value}; a device without a limit is absent."""
+        return {}
+
+    def frozen(self) -> bool | None:
+        """Is the cgroup frozen (paused) now? None: no freezer here."""
+        return None
+
     def pressure(self) -> dict[str, Pressure]:
         """PSI totals per resource (cpu, memory, io) where the kernel keeps them."""
         return {}
@@ -178,6 +191,8 @@ class Reader(ABC):
                     for f in _LIMIT_FIELDS[p]:
                         setattr(s.limits, f, getattr(part, f))
         s.pressure = _unless_gone(self.pressure, s.pressure)
+        s.io = _unless_gone(self.io, s.io)
+        s.frozen = _unless_gone(self.frozen, None)
         return s
 
 

@@ -65,6 +65,16 @@ class Limits:
 
 
 @dataclass(slots=True)
+class IoUsage:
+    """Disk I/O done, summed over block devices (v1 blkio.throttle.io_service*, v2 io.stat)."""
+
+    read_bytes: int | None = None
+    write_bytes: int | None = None
+    read_ops: int | None = None
+    write_ops: int | None = None
+
+
+@dataclass(slots=True)
 class Pressure:
     """PSI totals in µs (v2 only)."""
 
@@ -83,6 +93,8 @@ class Stats:
     limits: Limits = field(default_factory=Limits)
     pressure: dict[str, Pressure] = field(default_factory=dict)
     oom_kills: int | None = None        # the kernel's count of OOM kills in this cgroup
+    io: IoUsage = field(default_factory=IoUsage)
+    frozen: bool | None = None          # paused (freezer); None where there is no freezer
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -289,6 +289,32 @@ app.add_typer(policy_app, name="policy")
 
 
 @app.command()
+def pause(
+    names: Annotated[list[str], typer.Argument(help="Workloads to pause.")],
+    state_dir: StateDir = None,
+) -> None:
+    """Freeze every process of the workloads (cgroup freezer; systemd FreezeUnit): they keep their memory
+    and use no CPU until `cgagent unpause`. `ps` shows them as paused; `stop` and `rm -f` still work.
+
+    Example: cgagent pause web; cgagent ps; cgagent unpause web
+    """
+    from cgagent.runtime.pause import pause as do_pause
+
+    raise typer.Exit(_each(names, None, state_dir, do_pause))
+
+
+@app.command()
+def unpause(
+    names: Annotated[list[str], typer.Argument(help="Workloads to unpause.")],
+    state_dir: StateDir = None,
+) -> None:
+    """Thaw paused workloads: their processes run on where they stopped. Example: cgagent unpause web"""
+    from cgagent.runtime.pause import unpause as do_unpause
+
+    raise typer.Exit(_each(names, None, state_dir, do_unpause))
+
+
+@app.command()
 def serve(
     listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT to serve /metrics and /healthz on "
                                                "(default 127.0.0.1:9730).")] = None,

@@ -147,7 +147,9 @@ def update(argv: list[str]) -> int | None:
     from cgagent.api.client import workload_url
     from cgagent.runflags import OPTIONS
 
-    p = _parse(argv, {}, {**STATE, **{f: o.name for o in OPTIONS if o.lands == "limit" and o.update for f in o.flags}})
+    # a repeatable (per-device) limit is left to the full CLI, which keeps every value
+    values = {f: o.name for o in OPTIONS if o.lands == "limit" and o.update and o.kind == "value" for f in o.flags}
+    p = _parse(argv, {}, {**STATE, **values})
     if p is None or len(p[1]) != 1 or (c := _client(p[0])) is None:
         return None
     limits = {k: v for k, v in p[0].items() if k != "state_dir"}

@@ -66,6 +66,8 @@ def stats_rows(host: Host, recs: list[Record], before: dict[str, Any], after: di
             "nr_periods": th.periods, "nr_throttled": th.throttled_periods,
             "throttled_seconds": th.throttled_ns / 1e9 if th.throttled_ns is not None else None,
             "oom_kills": max(rec.oom_kills, s1.oom_kills or 0),
+            "io_read_bytes": s1.io.read_bytes, "io_write_bytes": s1.io.write_bytes,
+            "io_read_ops": s1.io.read_ops, "io_write_ops": s1.io.write_ops,
         })
         rows.append(row)
     return rows
@@ -79,11 +81,14 @@ def _display(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d["throttled_percent"] = "-" if r["throttled_percent"] is None else f"{r['throttled_percent']}%"
         d["memory"] = f"{format_bytes(r['memory_usage'])} / {format_bytes(r['memory_limit'])}"
         d["pids"] = f"{r['pids']} / {'max' if r['pids_limit'] in (None, -1) else r['pids_limit']}"
+        d["block_io"] = ("-" if r["io_read_bytes"] is None else
+                         f"{format_bytes(r['io_read_bytes'])} / {format_bytes(r['io_write_bytes'])}")
         out.append(d)
     return out
 
 
-COLS = ["name", "cpu_percent", "cpu_limit", "throttled_percent", "memory", "memory_percent", "pids", "oom_kills"]
+COLS = ["name", "cpu_percent", "cpu_limit", "throttled_percent", "memory", "memory_percent", "pids", "block_io",
+        "oom_kills"]
 
 
 def stats(host: Host, store: Store, names: list[str], watch: bool, interval: float, as_json: bool) -> None:

@@ -10,6 +10,7 @@ import select
 import signal
 
 from cgagent import events, oom, procs
+from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
@@ -49,6 +50,7 @@ def stop(store: Store, host: Host, name: str, timeout: float) -> None:
     mgr = manager(host, rec)
     main = rec.pid if procs.alive(rec.pid, rec.pid_start) else None
     targets = [main] if main else mgr.procs()
+    _thaw_if_paused(mgr, rec)
     for p in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)
@@ -59,6 +61,20 @@ def stop(store: Store, host: Host, name: str, timeout: float) -> None:
               file=sys.stderr, flush=True)
     mgr.kill()
     _settle(store, host, rec)
+
+
+def _thaw_if_paused(mgr: CgroupManager, rec: Record) -> None:
+    """Thawed before it is signalled: a v1 frozen task takes not even SIGKILL, and systemd 252 does not
+    finish stopping a frozen scope (the supervisor may stop it as soon as the workload dies)."""
+    from cgagent.runtime.pause import is_paused
+
+    if is_paused(rec):
+        try:
+            mgr.thaw()
+        except (OSError, CgagentError):
+            # v2 lets a fatal signal end a frozen task: it may be gone, its cgroup removed, already
+            if mgr.exists() and mgr.procs():
+                raise
 
 
 def _end_supervisor(rec: Record, timeout: float = 10.0) -> None:
@@ -95,7 +111,9 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
         if not force:
             raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
         request_stop(store, name)   # before the kill: the supervisor must not restart it
-        manager(host, rec).kill()
+        mgr = manager(host, rec)
+        _thaw_if_paused(mgr, rec)
+        mgr.kill()
         # the exit is recorded (one exit event) before the record goes; a full or read-only state
         # dir cannot hold it, and must not keep the record from going
         with contextlib.suppress(OSError, CgagentError):

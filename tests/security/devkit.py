@@ -15,14 +15,15 @@ APPLETS = ("sh", "cat", "dd", "mknod", "head", "wc", "echo", "ls", "sleep", "tes
 
 
 @contextlib.contextmanager
-def loop_device(directory: str) -> Iterator[tuple[str, int, int]]:
-    """A loop device over a 1 MiB file in `directory` that starts with CANARY -> (path, major,
+def loop_device(directory: str, size: int = 1024 * 1024) -> Iterator[tuple[str, int, int]]:
+    """A loop device over a `size`-byte file in `directory` that starts with CANARY -> (path, major,
     minor). Always detached on the way out."""
     if shutil.which("losetup") is None:
         raise RuntimeError("losetup (util-linux) is needed to make the test's own block device")
     backing = os.path.join(directory, "disk.img")
     with open(backing, "wb") as f:
-        f.write(CANARY + b"\0" * (1024 * 1024 - len(CANARY)))
+        f.write(CANARY)
+        f.truncate(size)
     r = subprocess.run(["losetup", "-f", "--show", backing], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     dev = r.stdout.strip()

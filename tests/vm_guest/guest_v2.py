@@ -990,3 +990,64 @@ def test_lifecycle_inspect_restart_kill_wait_on_v2(g: Guest, driver: str) -> Non
     assert g.ok("restart", "lc").stdout == "lc\n"   # exited: started again
     assert json.loads(g.ok("inspect", "lc").stdout)[0]["State"]["Status"] == "running"
     g.ok("rm", "-f", "lc")
+
+
+# --- iofreeze ---
+# Issue 12 items 1-2 on cgroup v2 under both drivers: io.max (IOReadBandwidthMax...) on a loop device
+# over the test's own file, io.stat counting the bytes; pause/unpause through cgroup.freeze / FreezeUnit.
+
+
+@pytest.fixture
+def io_loop(g: Guest, tmp_path: Any) -> Iterator[tuple[Guest, str, str]]:
+    from tests.security.devkit import loop_device
+
+    with loop_device(str(tmp_path), 16 * M) as (dev, major, minor):
+        yield g, dev, f"{major}:{minor}"
+
+
+def _io_max(g: Guest, name: str, majmin: str) -> str:
+    return next((ln for ln in g.file(name, "io.max").splitlines() if ln.startswith(f"{majmin} ")), "")
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_iofreeze_io_max_lands_counts_and_update_0_removes_it(io_loop: tuple[Guest, str, str], driver: str) -> None:
+    g, dev, majmin = io_loop
+    g.ok("run", "-d", *_drv(g, driver), "--name", "io", "--device-read-bps", f"{dev}:2mb",
+         "--device-write-iops", f"{dev}:50", "--", "sh", "-c",
+         f"dd if={dev} of=/dev/null bs=1M count=4 iflag=direct; exec sleep 1000")
+    assert _io_max(g, "io", majmin) == f"{majmin} rbps={2 * M} wbps=max riops=max wiops=50"
+    if driver == "systemd":
+        assert prop("cgagent-io.scope", "IOReadBandwidthMax").endswith(f" {2 * M}")
+    wait_for("4 MiB read, counted in io.stat",
+             lambda: json.loads(g.ok("stats", "io", "--json", "--interval", "0.1").stdout)[0]["io_read_bytes"] >= 4 * M)
+    g.ok("update", "io", "--device-read-bps", f"{dev}:0")
+    assert _io_max(g, "io", majmin) == f"{majmin} rbps=max wbps=max riops=max wiops=50"
+    g.ok("update", "io", "--device-write-iops", f"{dev}:0")
+    assert _io_max(g, "io", majmin) == ""   # no limit left: the kernel drops the line
+    g.ok("rm", "-f", "io")
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_iofreeze_pause_freezes_cpu_and_paused_workloads_stop_and_go(g: Guest, driver: str) -> None:
+    g.ok("run", "-d", *_drv(g, driver), "--name", "fz", "--", sys.executable, "-c", "while True: pass")
+
+    def usage() -> int:
+        return kv(f"{g.record('fz')['dirs']['']}/cpu.stat")["usage_usec"]
+
+    wait_for("CPU use", lambda: usage() > 0)
+    g.ok("pause", "fz")
+    assert "frozen 1" in g.file("fz", "cgroup.events").splitlines()
+    assert {r["name"]: r for r in json.loads(g.ok("ps", "--json").stdout)}["fz"]["status"] == "paused"
+    frozen_at = usage()
+    time.sleep(2)   # the interval over which a frozen cgroup's CPU counter must not move
+    assert usage() == frozen_at
+    g.ok("unpause", "fz")
+    assert "frozen 0" in g.file("fz", "cgroup.events").splitlines()
+    wait_for("CPU use again", lambda: usage() > frozen_at)
+    g.ok("pause", "fz")
+    g.ok("rm", "-f", "fz")
+    g.ok("run", "-d", *_drv(g, driver), "--name", "fs", "--", "sleep", "1000")
+    g.ok("pause", "fs")
+    r = g.ok("stop", "-t", "30", "fs")
+    assert "SIGKILL" not in r.stderr and g.record("fs")["exit_code"] == 143, r.stderr
+    g.ok("rm", "fs")

@@ -244,7 +244,14 @@ class SystemdManager(CgroupManager):
 
     def _freezer(self, method: str) -> None:
         if self.mode == "v2":
-            self._bus().call(method, "s", (self.unit,))
+            from cgagent.cgroups.v2.freeze import wait_frozen
+
+            # systemd may answer before the kernel has finished: cgroup.events says when it has
+            try:
+                wait_frozen(self.dirs[""], method == "FreezeUnit",
+                            start=lambda: self._bus().call(method, "s", (self.unit,)))
+            finally:
+                self.close()
         elif "freezer" in self.dirs:   # v1: the freezer hierarchy we joined (systemd has no v1 freezer)
             fs_mgr = self._fs()
             fs_mgr.freeze() if method == "FreezeUnit" else fs_mgr.thaw()

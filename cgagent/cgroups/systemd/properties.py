@@ -4,6 +4,8 @@ v1: CPUShares, CPUQuotaPerSecUSec, CPUQuotaPeriodUSec, MemoryLimit, TasksMax (cp
     systemd property on v1; SystemdManager writes that hierarchy, which systemd leaves alone).
 v2: CPUWeight, CPUQuotaPerSecUSec, CPUQuotaPeriodUSec, MemoryMax, MemorySwapMax, TasksMax,
     AllowedCPUs, AllowedMemoryNodes.
+Disk I/O: IOWeight, IODeviceWeight, IO{Read,Write}{BandwidthMax,IOPSMax} on v2; BlockIOWeight,
+    BlockIODeviceWeight, BlockIO{Read,Write}Bandwidth on v1 (which has no IOPS property).
 Every limit goes through systemd (never written to cgroupfs behind its back), so a daemon-reload
 re-applies the same values instead of reverting them.
 """
@@ -16,7 +18,7 @@ from typing import Any
 from cgagent import convert
 from cgagent.cgroups.systemd import devices
 from cgagent.errors import CgagentError
-from cgagent.limits import Resources
+from cgagent.limits import Resources, io_devices
 from cgagent.units import parse_cpu_list
 
 Property = tuple[str, tuple[str, Any]]
@@ -106,10 +108,59 @@ def _cpuset(r: Resources, v2: bool) -> list[Property]:
     return out
 
 
+# Resources field -> (v2 property, v1 property or None: systemd has no v1 IOPS limit)
+_IO_DEVICE_PROPS = {"blkio_weight_device": ("IODeviceWeight", "BlockIODeviceWeight"),
+                    "device_read_bps": ("IOReadBandwidthMax", "BlockIOReadBandwidth"),
+                    "device_write_bps": ("IOWriteBandwidthMax", "BlockIOWriteBandwidth"),
+                    "device_read_iops": ("IOReadIOPSMax", None),
+                    "device_write_iops": ("IOWriteIOPSMax", None)}
+
+
+def device_node(major: int, minor: int) -> str:
+    """A path systemd resolves to the device (it stats it): udev's /dev/block/MAJ:MIN link, else a
+    node in /dev with that number (a /dev without udev, as in a container)."""
+    import os
+    import stat
+
+    link = f"/dev/block/{major}:{minor}"
+    if os.path.exists(link):
+        return link
+    with os.scandir("/dev") as it:
+        for e in it:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISBLK(st.st_mode) and os.major(st.st_rdev) == major and os.minor(st.st_rdev) == minor:
+                return e.path
+    raise CgagentError(f"no node for block device {major}:{minor} in /dev, which systemd needs to name it",
+                       "create the node, or use --cgroup-driver cgroupfs")
+
+
+def _io(r: Resources, v2: bool) -> list[Property]:
+    out: list[Property] = []
+    if r.blkio_weight is not None:
+        out.append(("IOWeight" if v2 else "BlockIOWeight", ("t", r.blkio_weight)))
+    for field, (p2, p1) in _IO_DEVICE_PROPS.items():
+        entries = io_devices(getattr(r, field))
+        if not entries:
+            continue
+        if not v2 and p1 is None:
+            raise CgagentError(f"--{field.replace('_', '-')} is not supported by the systemd driver on cgroup v1 "
+                               "(systemd has no IOPS property for blkio)", "use --cgroup-driver cgroupfs")
+        # a limit of 0 is "none": systemd's "infinity" (it writes rbps=max, or 0 on v1, for it)
+        weight = field == "blkio_weight_device"
+        out.append((p2 if v2 else str(p1), ("a(st)", [(device_node(ma, mi), n if weight or n else convert.UNLIMITED_U64)
+                                                    for ma, mi, n in entries])))
+    if out:
+        out.append(("IOAccounting" if v2 else "BlockIOAccounting", ("b", True)))
+    return out
+
+
 def limits(r: Resources, mode: str) -> list[Property]:
     """The unit properties for the limits in `r` (fields left None are not sent)."""
     v2 = mode == "v2"
-    out = _cpu(r, v2) + _memory(r, v2) + _cpuset(r, v2)
+    out = _cpu(r, v2) + _memory(r, v2) + _cpuset(r, v2) + _io(r, v2)
     if r.pids_limit is not None:
         out.append(("TasksMax", ("t", convert.systemd_tasks_max(r.pids_limit))))
     return out + devices.properties(r)

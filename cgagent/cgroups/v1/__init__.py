@@ -6,11 +6,11 @@ import os
 
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
-from cgagent.cgroups.v1 import cpu, cpuacct, cpuset, devices, freezer, memory, pids
+from cgagent.cgroups.v1 import blkio, cpu, cpuacct, cpuset, devices, freezer, memory, pids
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
-CONTROLLERS = {m.NAME: m for m in (cpuset, cpu, cpuacct, memory, pids, freezer, devices)}
+CONTROLLERS = {m.NAME: m for m in (cpuset, cpu, cpuacct, memory, pids, freezer, devices, blkio)}
 
 
 class V1Manager(CgroupManager):
@@ -41,6 +41,9 @@ class V1Manager(CgroupManager):
             fs.write(f"{d}/cgroup.procs", pid)
 
     def set(self, r: Resources) -> None:
+        if "io" in r.controllers() and "blkio" not in self.dirs:
+            raise CgagentError("disk I/O limits need the blkio controller, which is not mounted",
+                               "mount the v1 blkio hierarchy, or drop the --blkio-*/--device-*-bps/iops options")
         for ctrl, d in self.dirs.items():
             CONTROLLERS[ctrl].apply(d, r)
 
@@ -54,12 +57,16 @@ class V1Manager(CgroupManager):
         return out
 
     def freeze(self) -> None:
-        if "freezer" in self.dirs:
-            freezer.set_state(self.dirs["freezer"], True)
+        freezer.set_state(self._freezer_dir(), True)
 
     def thaw(self) -> None:
-        if "freezer" in self.dirs:
-            freezer.set_state(self.dirs["freezer"], False)
+        freezer.set_state(self._freezer_dir(), False)
+
+    def _freezer_dir(self) -> str:
+        if "freezer" not in self.dirs:
+            raise CgagentError("pausing needs the v1 freezer controller, which is not mounted",
+                               "mount it: mount -t cgroup -o freezer cgroup /sys/fs/cgroup/freezer")
+        return self.dirs["freezer"]
 
     def kill(self) -> None:
         frozen = "freezer" in self.dirs and os.path.isdir(self.dirs["freezer"])

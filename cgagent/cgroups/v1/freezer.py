@@ -22,3 +22,14 @@ def set_state(d: str, frozen: bool, timeout: float = 5.0) -> None:
     while fs.read(f"{d}/freezer.state").strip() != want and time.monotonic() < deadline:
         fs.write(f"{d}/freezer.state", want)
         time.sleep(0.001)
+
+
+def is_frozen(d: str) -> bool | None:
+    """FROZEN (FREEZING is not yet: some task still runs). None: the directory has no freezer."""
+    try:
+        return fs.read(f"{d}/freezer.state").strip() == "FROZEN"
+    except FileNotFoundError:
+        from cgagent.cgroups.reader import gone_check
+
+        gone_check(d)
+        return None

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups.reader import LIMIT_PARTS, OomNotifier, Reader
-from cgagent.cgroups.stats import CpuUsage, Limits, MemoryUsage, Throttling
-from cgagent.cgroups.v1 import cpu, cpuacct, cpuset, memory, pids
+from cgagent.cgroups.stats import CpuUsage, IoUsage, Limits, MemoryUsage, Throttling
+from cgagent.cgroups.v1 import blkio, cpu, cpuacct, cpuset, freezer, memory, pids
 from cgagent.inotify import Inotify
 
 _LIMIT_FILES = {"cpu": ("cpu", cpu.LIMIT_FILES), "cpuset": ("cpuset", cpuset.LIMIT_FILES),
@@ -40,6 +40,18 @@ class V1Reader(Reader):
     def pids(self) -> int | None:
         d = self.dirs.get("pids")
         return None if d is None else pids.current(d)
+
+    def io(self) -> IoUsage:
+        d = self.dirs.get("blkio")
+        return IoUsage() if d is None else blkio.usage(d)
+
+    def io_limits(self) -> dict[str, dict[str, int]]:
+        d = self.dirs.get("blkio")
+        return {} if d is None else blkio.throttle_rules(d)
+
+    def frozen(self) -> bool | None:
+        d = self.dirs.get("freezer")
+        return None if d is None else freezer.is_frozen(d)
 
     def limits(self, *parts: str) -> Limits:
         out = Limits()

@@ -7,11 +7,11 @@ import os
 from cgagent.cgroups import fs
 from cgagent.cgroups.manager import CgroupManager
 from cgagent.cgroups.parents import Made
-from cgagent.cgroups.v2 import cpu, cpuset, devices, memory, pids
+from cgagent.cgroups.v2 import cpu, cpuset, devices, freeze, io, memory, pids
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
 
-CONTROLLERS = (cpu, cpuset, memory, pids)
+CONTROLLERS = (cpu, cpuset, memory, pids, io)
 
 
 class V2Manager(CgroupManager):
@@ -100,10 +100,10 @@ class V2Manager(CgroupManager):
         return out
 
     def freeze(self) -> None:
-        fs.write(f"{self.dir}/cgroup.freeze", 1)
+        freeze.set_frozen(self.dir, True)
 
     def thaw(self) -> None:
-        fs.write(f"{self.dir}/cgroup.freeze", 0)
+        freeze.set_frozen(self.dir, False)
 
     def kill(self) -> None:
         if os.path.exists(f"{self.dir}/cgroup.kill"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups.reader import LIMIT_PARTS, OomNotifier, Reader
-from cgagent.cgroups.stats import CpuUsage, Limits, MemoryUsage, Pressure, Throttling
-from cgagent.cgroups.v2 import cpu, cpuset, memory, pids, psi
+from cgagent.cgroups.stats import CpuUsage, IoUsage, Limits, MemoryUsage, Pressure, Throttling
+from cgagent.cgroups.v2 import cpu, cpuset, freeze, io, memory, pids, psi
 from cgagent.inotify import IN_MODIFY, Inotify
 
 _LIMIT_FILES = {"cpu": cpu.LIMIT_FILES, "cpuset": (), "memory": memory.LIMIT_FILES,
@@ -39,6 +39,15 @@ class V2Reader(Reader):
 
     def pids(self) -> int | None:
         return pids.current(self.d)
+
+    def io(self) -> IoUsage:
+        return io.usage(self.d)
+
+    def io_limits(self) -> dict[str, dict[str, int]]:
+        return io.max_rules(self.d)
+
+    def frozen(self) -> bool | None:
+        return freeze.is_frozen(self.d)
 
     def pressure(self) -> dict[str, Pressure]:
         return psi.read(self.d)
