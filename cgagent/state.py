@@ -254,6 +254,18 @@ class Store:
     def log_path(self, name: str) -> str:
         return os.path.join(self.logs, f"{validate_name(name)}.log")
 
+    def read_log(self, name: str) -> tuple[Record, str] | None:
+        """The workload's record and its output file's path, for `logs` (CLI or API); None: a
+        detached workload that has written nothing yet. A foreground run's output went to its terminal."""
+        rec = self.load(name)
+        path = self.log_path(name)
+        if not os.path.exists(path):
+            if not rec.detached:
+                raise CgagentError(f"workload {name!r} ran in the foreground: its output went to the terminal",
+                                   "run it with -d to keep its output for `cgagent logs`")
+            return None
+        return rec, path
+
     def open_log(self, name: str) -> int:
         """The detached workload's output file, for appending (0600: its output may hold secrets)."""
         self.ensure()

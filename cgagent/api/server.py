@@ -337,13 +337,10 @@ def log_stream(store: Store, name: str, follow: bool, client: socket.socket) -> 
     from cgagent import procs
     from cgagent.inotify import IN_MODIFY
 
-    rec = store.load(name)
-    path = store.log_path(name)
-    if not os.path.exists(path):
-        if not rec.detached:
-            raise CgagentError(f"workload {name!r} ran in the foreground: its output went to the terminal",
-                               "run it with -d to keep its output for `cgagent logs`")
+    found = store.read_log(name)
+    if found is None:
         return
+    rec, path = found
     with open(path, "rb") as f:
         yield b""   # checked: the answer is 200 from here on
         yield from iter(lambda: f.read(65536), b"")

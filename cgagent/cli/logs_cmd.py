@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from cgagent.errors import CgagentError
-
 
 def logs(
     name: Annotated[str, typer.Argument(help="The workload.")],
@@ -27,13 +25,10 @@ def logs(
     from cgagent.state import Store
 
     store = Store(state_dir)
-    rec = store.load(name)
-    path = store.log_path(name)
-    if not os.path.exists(path):
-        if not rec.detached:
-            raise CgagentError(f"workload {name!r} ran in the foreground: its output went to the terminal",
-                               "run it with -d to keep its output for `cgagent logs`")
+    found = store.read_log(name)
+    if found is None:
         return
+    rec, path = found
     out = sys.stdout.buffer
     with open(path, "rb") as f:
         _copy(f, out)
