@@ -36,6 +36,11 @@ def _connection(path: str, timeout: float | None) -> Any:
                 s.settimeout(CONNECT_TIMEOUT)
                 s.connect(path)
                 s.settimeout(timeout)
+            except (ConnectionRefusedError, FileNotFoundError):
+                # the agent stopped (or was killed) since it was found: nothing was sent, so the
+                # direct path can do it all, as with no agent
+                s.close()
+                raise Declined(path) from None
             except BaseException:
                 s.close()
                 raise

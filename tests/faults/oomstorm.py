@@ -32,8 +32,10 @@ STATE = os.environ.get("CGAGENT_STATE_DIR", "/run/cgagent")
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    # direct: serve (the agent) is what this storm kills, as the OOM kills' recorder; a CLI call that
+    # goes through an agent SIGKILLed mid-call fails with one line by design (tests/test_agent_cli.py)
     return subprocess.run([sys.executable, "-m", "cgagent", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, "CGAGENT_DIRECT": "1", **(env or {})})
 
 
 def record(name: str) -> dict[str, Any]:
