@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cgagent import events, launch, oom, procs
 from cgagent.cgroups import CgroupManager, new_manager
@@ -25,6 +25,9 @@ from cgagent.runtime.parents import prune_parents, remember_parents
 from cgagent.runtime.request import RunRequest, parse_restart, require_root, select_driver
 from cgagent.runtime.stopflag import clear_stop
 from cgagent.state import Damaged, Record, Store, validate_name
+
+if TYPE_CHECKING:
+    from cgagent.isolation.spec import IsolationSpec
 
 # --- the keeper (systemd driver): systemd removes a scope's cgroup as soon as its last process has
 # exited, before anyone could read the OOM counter in it, and no kernel counter outlives a v1 memory
@@ -112,17 +115,23 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
         fault("record")
         remember_parents(store, made)
     try:
-        if req.isolation is not None:
-            from cgagent.isolation import rootfs
-
-            rootfs.prepare(req.isolation)
-        mgr.create()
-        mgr.set(req.resources)
+        make(mgr, req.isolation, req.resources)
         fault("cgroup")
     except BaseException:
         discard(store, rec, mgr)
         raise
     return rec, mgr
+
+
+def make(mgr: CgroupManager, isolation: IsolationSpec | None, resources: Resources) -> None:
+    """Make what a saved record names: the root of an isolated run, the cgroup and its limits (a run,
+    or a restart from the record). The caller undoes it on failure."""
+    if isolation is not None:
+        from cgagent.isolation import rootfs
+
+        rootfs.prepare(isolation)
+    mgr.create()
+    mgr.set(resources)
 
 
 def discard(store: Store, rec: Record, mgr: CgroupManager) -> None:

@@ -14,7 +14,7 @@ from cgagent.host import Host
 from cgagent.limits import Resources
 from cgagent.live import live_status, supervisor_alive
 from cgagent.runtime.control import stop
-from cgagent.runtime.lifecycle import teardown_isolation
+from cgagent.runtime.lifecycle import make, teardown_isolation
 from cgagent.runtime.parents import prune_parents
 from cgagent.runtime.request import require_root
 from cgagent.runtime.stopflag import clear_stop
@@ -68,13 +68,12 @@ def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManage
         clear_stop(store, name)
         remember_parents(store, made)
     try:
+        spec = None
         if rec.isolation:
-            from cgagent.isolation import rootfs
             from cgagent.isolation.spec import IsolationSpec
 
-            rootfs.prepare(IsolationSpec.from_record(rec.isolation))
-        mgr.create()
-        mgr.set(Resources.from_dict(rec.resources))
+            spec = IsolationSpec.from_record(rec.isolation)
+        make(mgr, spec, Resources.from_dict(rec.resources))
     except BaseException:
         _back_to_exited(store, rec, mgr)
         raise
