@@ -45,24 +45,15 @@ def receive_stdio(sock: socket.socket) -> list[int] | None:
     return None
 
 
-def _close_listeners(keep: set[int]) -> None:
-    """In the forked supervisor: the agent's listening sockets and the caller's connection go, so that
-    a restarted agent can bind again and the caller sees the agent's end, not ours."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd < 3 or fd in keep:
-            continue
-        try:
-            s = socket.socket(fileno=fd)
-        except OSError:
-            continue   # not a socket
-        try:
-            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                s.close()
-                continue
-        except OSError:
-            pass
-        s.detach()
+def _close_inherited(keep: set[int]) -> None:
+    """In a process forked from the agent: every fd of the agent's goes (its listening sockets, other
+    callers' connections, its files). A restarted agent can bind again, the caller sees the agent's
+    end and not ours, and nothing of the agent's is reachable from the request (`-w /proc/self/fd/N`)."""
+    fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):   # the listing's own fd is already gone
+                os.close(fd)
 
 
 class Caller(NamedTuple):   # not a dataclass: dataclasses (inspect, ast) cost a thin client ~6 ms
@@ -89,7 +80,7 @@ class Caller(NamedTuple):   # not a dataclass: dataclasses (inspect, ast) cost a
             os.environ.update(self.environ)
 
 
-def _become_child(caller: Caller, stdio: list[int], conn: int) -> None:
+def _become_child(caller: Caller, stdio: list[int], keep: set[int] | None = None) -> None:
     """In a process just forked from a request's thread: stdio, session, signals and context of its own."""
     from cgagent.api.stderr import real_stderr
 
@@ -97,10 +88,7 @@ def _become_child(caller: Caller, stdio: list[int], conn: int) -> None:
     os.setsid()   # the agent's terminal signals (if it has one) are not the caller's
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
-    for fd in {*stdio, conn}:
-        if fd > 2:
-            os.close(fd)
-    _close_listeners(set())
+    _close_inherited(keep or set())
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     caller.enter()
@@ -157,7 +145,7 @@ def run_detached_as(caller: Caller, fields: dict[str, Any], host: Any, store: An
             os.close(out_r)
             os.close(err_r)
             null = os.open(os.devnull, os.O_RDWR)
-            _become_child(caller, [null, null, err_w], -1)
+            _become_child(caller, [null, null, err_w], {out_w})
             from cgagent.runtime import run_detached
 
             name = run_detached(_request(fields, host, store), host, store)
@@ -195,15 +183,14 @@ def run_detached_as(caller: Caller, fields: dict[str, Any], host: Any, store: An
     raise CgagentError("the agent's run process failed", "see the agent's log", 1)
 
 
-def spawn_supervisor(caller: Caller, fields: dict[str, Any], host: Any, store: Any, stdio: list[int],
-                     conn: int) -> int:
+def spawn_supervisor(caller: Caller, fields: dict[str, Any], host: Any, store: Any, stdio: list[int]) -> int:
     """Fork the foreground run's supervisor with `stdio` as its 0, 1, 2; -> its pid."""
     pid = _fork()
     if pid != 0:
         return pid
     code = 1
     try:
-        _become_child(caller, stdio, conn)
+        _become_child(caller, stdio)
         from cgagent.runtime import run_foreground
 
         code = run_foreground(_request(fields, host, store), host, store)

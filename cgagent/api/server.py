@@ -545,7 +545,7 @@ class Handler(web.BoundedHandler):
             return
         api = self.server.api
         try:
-            pid = attach.spawn_supervisor(a.caller, a.fields, api.host, api.store, fds, self.connection.fileno())
+            pid = attach.spawn_supervisor(a.caller, a.fields, api.host, api.store, fds)
         finally:
             for fd in fds:
                 os.close(fd)

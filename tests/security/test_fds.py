@@ -76,9 +76,13 @@ ESCAPE = "echo X > canary && echo WROTE; ls ../.. && echo LISTED; true"
 
 
 def test_workdir_through_a_leaked_fd_is_refused(box: Box, canary: Path) -> None:
-    """runc's exploit: the working directory (an image's WorkingDir or -w) set to /proc/self/fd/7."""
+    """runc's exploit: the working directory (an image's WorkingDir or -w) set to /proc/self/fd/7.
+    Direct, fd 7 is the caller's leaked directory: entered, then refused as outside the root. Through
+    the agent, the process that sets the workload up has no fd 7 at all (none of the agent's either)."""
     r = leaking(box, 7, canary, "run", "--rm", "-w", "/proc/self/fd/7", IMG, "--", "sh", "-c", ESCAPE)
-    assert r.returncode != 0 and "outside the workload's root" in r.stderr, (r.stdout, r.stderr)
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    assert ("outside the workload's root" in r.stderr
+            or "No such file or directory: '/proc/self/fd/7'" in r.stderr), r.stderr
     refused(r.stdout, canary)
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert box.containers() == []
