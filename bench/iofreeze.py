@@ -60,7 +60,8 @@ def _parent_dirs(sub: str) -> list[str]:
     return sorted(set(resolve_dirs(hostmod.detect(), f"nested:{sub}", "x").values()), key=len)
 
 
-def pause_cgroupfs() -> None:
+def pause_cgroupfs(driver: str = "cgroupfs") -> None:
+    """`driver` systemd: on a host whose PID 1 is systemd (the v2 VM), its default slice."""
     from cgagent import host as hostmod
     from cgagent.live import manager
     from cgagent.state import Store
@@ -68,6 +69,9 @@ def pause_cgroupfs() -> None:
     sub = f"cgagent-bench-pause-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as state:
         env = _env(state, f"nested:{sub}")
+        if driver == "systemd":
+            env.pop("CGAGENT_CGROUP_PARENT")
+            env["CGAGENT_CGROUP_DRIVER"] = "systemd"
         try:
             _cli(env, "run", "-d", "--name", "p", "--", sys.executable, "-c", "while True: pass")
             h = hostmod.detect()
@@ -79,7 +83,7 @@ def pause_cgroupfs() -> None:
                 mgr.thaw()
                 inproc.append(time.perf_counter() - t0)
             cli = [_cli(env, "pause", "p") + _cli(env, "unpause", "p") for _ in range(ROUNDS // 3)]
-            print(f"pause+unpause, cgroupfs driver ({h.mode}), a busy workload:")
+            print(f"pause+unpause, {driver} driver ({h.mode}), a busy workload:")
             print(f"  {'freeze()+thaw() in-process':34} {summary(inproc)}")
             print(f"  {'cgagent pause + cgagent unpause':34} {summary(cli)}")
         finally:
@@ -188,7 +192,10 @@ def main() -> None:
         print("skipped: needs root")
         return
     pause_cgroupfs()
-    pause_systemd()
+    if os.path.isdir("/run/systemd/system"):   # PID 1 is systemd: its own scopes, not a nested one
+        pause_cgroupfs("systemd")
+    else:
+        pause_systemd()
     with _loop() as dev:
         controller_cost(dev)
         read_timed(dev)
