@@ -43,6 +43,12 @@ def _loop(size: int = 16 * MB) -> Iterator[str]:
             subprocess.run(["losetup", "-d", dev], capture_output=True)
 
 
+def _parent(sub: str) -> str:
+    # v2 allows no processes beside child cgroups: below the caller's own cgroup (a systemd service
+    # in the VM) the kernel refuses to delegate controllers, so there the bench's tree is top-level
+    return f"/{sub}" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else f"nested:{sub}"
+
+
 def _env(state: str, parent: str) -> dict[str, str]:
     return dict(os.environ, CGAGENT_STATE_DIR=state, CGAGENT_CGROUP_PARENT=parent, CGAGENT_CGROUP_DRIVER="cgroupfs")
 
@@ -57,7 +63,7 @@ def _parent_dirs(sub: str) -> list[str]:
     from cgagent import host as hostmod
     from cgagent.cgroups import resolve_dirs
 
-    return sorted(set(resolve_dirs(hostmod.detect(), f"nested:{sub}", "x").values()), key=len)
+    return sorted(set(resolve_dirs(hostmod.detect(), _parent(sub), "x").values()), key=len)
 
 
 def pause_cgroupfs(driver: str = "cgroupfs") -> None:
@@ -68,7 +74,7 @@ def pause_cgroupfs(driver: str = "cgroupfs") -> None:
 
     sub = f"cgagent-bench-pause-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as state:
-        env = _env(state, f"nested:{sub}")
+        env = _env(state, _parent(sub))
         if driver == "systemd":
             env.pop("CGAGENT_CGROUP_PARENT")
             env["CGAGENT_CGROUP_DRIVER"] = "systemd"
@@ -140,7 +146,7 @@ def controller_cost(dev: str) -> None:
     io_name = "io" if h.is_v2 else "blkio"
 
     def once(io: bool, i: int) -> float:
-        dirs = resolve_dirs(h, f"nested:{sub}", f"w{i}")
+        dirs = resolve_dirs(h, _parent(sub), f"w{i}")
         if not io and not h.is_v2:
             dirs.pop("blkio", None)
         mgr = manager_for(h, dirs)
@@ -173,7 +179,7 @@ def controller_cost(dev: str) -> None:
 def read_timed(dev: str) -> None:
     sub = f"cgagent-bench-rd-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as state:
-        env = _env(state, f"nested:{sub}")
+        env = _env(state, _parent(sub))
         dd = ["--", "dd", f"if={dev}", "of=/dev/null", "bs=1M", "count=8", "iflag=direct"]
         try:
             limited = _cli(env, "run", "--rm", "--device-read-bps", f"{dev}:2mb", *dd)
