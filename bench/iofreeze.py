@@ -66,7 +66,7 @@ def _parent_dirs(sub: str) -> list[str]:
     return sorted(set(resolve_dirs(hostmod.detect(), _parent(sub), "x").values()), key=len)
 
 
-def pause_cgroupfs(driver: str = "cgroupfs") -> None:
+def pause_host(driver: str = "cgroupfs") -> None:
     """`driver` systemd: on a host whose PID 1 is systemd (the v2 VM), its default slice."""
     from cgagent import host as hostmod
     from cgagent.live import manager
@@ -197,9 +197,9 @@ def main() -> None:
     if os.geteuid() != 0:
         print("skipped: needs root")
         return
-    pause_cgroupfs()
+    pause_host()
     if os.path.isdir("/run/systemd/system"):   # PID 1 is systemd: its own scopes, not a nested one
-        pause_cgroupfs("systemd")
+        pause_host("systemd")
     else:
         pause_systemd()
     with _loop() as dev:

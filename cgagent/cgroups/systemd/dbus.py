@@ -107,7 +107,6 @@ class Systemd:
     def __init__(self, kind: str | None = None, socket_path: str | None = None) -> None:
         self.timeout = timeout()
         self.retry = min(retry_after(), self.timeout)
-        self.resent = 0   # calls sent again and jobs looked up after a silence (tests read it)
         want = kind or os.environ.get("CGAGENT_SYSTEMD_BUS", "auto")
         private = socket_path or os.environ.get("CGAGENT_SYSTEMD_SOCKET") or PRIVATE_SOCKET
         if want == "auto":
@@ -115,7 +114,6 @@ class Systemd:
         if want not in ("private", "system"):
             raise CgagentError(f"CGAGENT_SYSTEMD_BUS={want!r} is not a bus kind", "use private, system or auto")
         self.kind = want
-        self._private = private
         self.where = private if want == "private" else _system_bus_path()
         self.conn = self._open()
         self._subscribed = False
@@ -184,7 +182,6 @@ class Systemd:
         return reply
 
     def _reconnect(self) -> None:
-        self.resent += 1
         self.conn.close()
         self.conn = self._open()
         self._subscribed = False
@@ -241,10 +238,9 @@ class Systemd:
     def _job_ended(self, job_path: str, method: str, unit: str) -> str | None:
         """No JobRemoved yet: ask on a new connection (this one may be the one that hears nothing).
         None while systemd still has the job; else its result, read off the unit it was for."""
-        self.resent += 1
         _trace(f"no JobRemoved for {method} {unit} in {self.retry:g}s: looked the job up")
         try:
-            with Systemd(self.kind, self._private) as probe:
+            with Systemd(self.kind, self.where if self.kind == "private" else None) as probe:
                 probe.timeout = probe.retry = self.retry
                 try:
                     probe.get(job_path, "Job", "State")
@@ -261,6 +257,7 @@ class Systemd:
             raise
         except CgagentError:
             return None   # the new connection heard nothing either: wait on, up to the deadline
+
 
 def _trace(line: str) -> None:
     # CGAGENT_SYSTEMD_TRACE=FILE: where the VM tier counts the silences this module made up for
