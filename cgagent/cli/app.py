@@ -112,7 +112,7 @@ def _ended_by_dashes(cmd: Any, ctx: Any, args: list[str]) -> bool:
 @_table_options(update_only=False)
 def run(
     ctx: typer.Context,
-    cmd: Annotated[list[str], typer.Argument(metavar="IMAGE [CMD]... | -- CMD...", help=(
+    cmd: Annotated[list[str], typer.Argument(metavar="IMAGE [CMD] | -- CMD", help=(
         "An image and the command to run in it (default: the image's); or, after --, a command of the host "
         "(or of --rootfs)."))],
     **values: Any,

@@ -375,7 +375,7 @@ def _not_an_image(image: str, cmd: list[str], store: Any) -> CgagentError:
     words = "".join(c if c.isprintable() else "?" for c in " ".join([image, *cmd])[:61])
     words = words if len(words) <= 60 else words[:57] + "..."
     if which(image) is not None:
-        return CgagentError(f"{image!r} is a command of the host, not an image in {store.root}",
+        return CgagentError(f"{image!r} is a command of the host, not an image",
                             f"run it on the host with `cgagent run -- {words}`, or in an image with "
                             f"`cgagent run IMAGE {words}`")
     return CgagentError(f"no image {image!r} in {store.root}",
