@@ -101,6 +101,10 @@ def test_run_exit_codes_on_the_host(box: Box, nonexec: str, tmp_path: Path) -> N
     assert "cannot execute" in one_error_line(box.run("run", "--rm", "--", str(tmp_path)), 126)
     assert "command not found" in one_error_line(box.run("run", "--rm", "--", "no-such-cmd-xyz"), 127)
     assert "command not found" in one_error_line(box.run("run", "--rm", "--", str(tmp_path / "absent")), 127)
+    # detached runs too (through the agent: its API answers with the same codes)
+    assert "cannot execute" in one_error_line(box.run("run", "-d", "--", nonexec), 126)
+    assert "command not found" in one_error_line(box.run("run", "-d", "--", "no-such-cmd-xyz"), 127)
+    one_error_line(box.run("run", "-d", "--memory", "1K", "--", "true"), 125)
     assert ps_json(box) == []   # refused before anything was made
 
 
@@ -110,7 +114,10 @@ def test_run_exit_codes_in_an_image(box: Box) -> None:
     one_error_line(box.run("run", "--rm", "no-such-image:1"), 125)
     assert "cannot execute" in one_error_line(box.run("run", "--rm", IMG, "/etc/passwd"), 126)
     assert "command not found" in one_error_line(box.run("run", "--rm", IMG, "no-such-cmd"), 127)
-    assert box.containers() == []
+    for name, cmd, code in (("d126", "/etc/passwd", 126), ("d127", "no-such-cmd", 127)):
+        one_error_line(box.run("run", "-d", "--name", name, IMG, cmd), code)
+    one_error_line(box.run("run", "-d", "no-such-image:1"), 125)
+    assert box.containers() == [] and ps_json(box) == []
 
 
 @pytest.fixture
