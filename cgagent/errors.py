@@ -20,8 +20,8 @@ class CgagentError(Exception):
 
 # `run` and `exec` exit as Docker's do, so that a script can tell whose failure it was: the workload's
 # own code; 126 when its command exists but cannot be executed; 127 when it is not found; 125 for any
-# error of cgagent's own (bad usage or input, a refused request), where other commands exit 2 (a
-# workload may exit 1 or 2 itself, never 125 by accident of cgagent).
+# error of cgagent's own (bad usage or input, a refused request). Other commands exit 2 for those, a
+# code that workloads use themselves (`sh -c 'exit 2'`, grep, diff), where 125 is Docker's and rare.
 OWN_ERROR = 125
 CANNOT_INVOKE = 126
 NOT_FOUND = 127
