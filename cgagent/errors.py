@@ -18,6 +18,20 @@ class CgagentError(Exception):
         return f"{self.problem}: {self.fix}" if self.fix else self.problem
 
 
+# `run` and `exec` exit as Docker's do, so that a script can tell whose failure it was: the workload's
+# own code; 126 when its command exists but cannot be executed; 127 when it is not found; 125 for any
+# error of cgagent's own (bad usage or input, a refused request). Other commands exit 2 for those, a
+# code that workloads use themselves (`sh -c 'exit 2'`, grep, diff), where 125 is Docker's and rare.
+OWN_ERROR = 125
+CANNOT_INVOKE = 126
+NOT_FOUND = 127
+
+
+def run_code(code: int) -> int:
+    """The exit code of a `run`/`exec` that failed with a CgagentError of `code`."""
+    return code if code in (CANNOT_INVOKE, NOT_FOUND) else OWN_ERROR
+
+
 def report(e: CgagentError) -> int:
     """Print `e` as the one line users see (after its findings, if it carries some); -> the exit code.
     Here, not in the CLI, so that the agent's parts (the policy controller run alone) print the same."""

@@ -7,7 +7,7 @@ import os
 import signal
 from collections.abc import Callable
 
-from cgagent.errors import CgagentError
+from cgagent.errors import CANNOT_INVOKE, NOT_FOUND, CgagentError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
@@ -23,6 +23,17 @@ def which(cmd: str, path: str | None = None) -> str | None:
         if os.access(full, os.X_OK) and not os.path.isdir(full):
             return full
     return None
+
+
+def require_command(name: str, path: str | None = None) -> None:
+    """Refuse, before anything is made, a command exec would refuse: not found (127), or there but
+    not executable (126: a directory, a file without x permission), as a shell and Docker tell them."""
+    if which(name, path) is not None:
+        return
+    if "/" in name and os.path.exists(name):
+        why = "it is a directory" if os.path.isdir(name) else "permission denied"
+        raise CgagentError(f"cannot execute {name}: {why}", "give an executable file", exit_code=CANNOT_INVOKE)
+    raise CgagentError(f"command not found: {name}", "check the name and PATH", exit_code=NOT_FOUND)
 
 
 MAX_PRESERVE_FDS = 1024
@@ -202,11 +213,11 @@ def _exec_failure(cmd: list[str], msg: str) -> None:
     if stage == "setup":
         raise CgagentError(f"could not set up the workload: {text}", "see `cgagent doctor`")
     if code == errno.ENOENT:
-        raise CgagentError(f"command not found: {cmd[0]}", "check the name and PATH", exit_code=127)
+        raise CgagentError(f"command not found: {cmd[0]}", "check the name and PATH", exit_code=NOT_FOUND)
     if code in (errno.EACCES, errno.ENOEXEC, errno.EPERM):
         raise CgagentError(f"cannot execute {cmd[0]}: {os.strerror(code)}",
-                           "check its permissions and format", exit_code=126)
-    raise CgagentError(f"cannot execute {cmd[0]}: {text or 'unknown error'}", "", exit_code=126)
+                           "check its permissions and format", exit_code=CANNOT_INVOKE)
+    raise CgagentError(f"cannot execute {cmd[0]}: {text or 'unknown error'}", "", exit_code=CANNOT_INVOKE)
 
 
 def exit_code(status: int) -> int:

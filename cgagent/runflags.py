@@ -139,11 +139,16 @@ MAX_VALUES = 4096
 MAX_VALUE_LEN = 128 * 1024
 
 
-def split_image(cmd: list[str]) -> tuple[str | None, list[str]]:
-    """`IMAGE -- CMD...` -> (IMAGE, CMD); anything else is a host command (no image)."""
-    if len(cmd) >= 2 and cmd[1] == "--":
-        return cmd[0], cmd[2:]
-    return None, cmd
+def split_image(words: list[str]) -> tuple[str | None, list[str]]:
+    """The words after run's options (with the `--` that ended them, if one did) -> (IMAGE or None,
+    the command). The one grammar of every front door, Docker's: the first word is an IMAGE, the rest
+    its command (`IMAGE -- CMD...` as well); only `-- CMD...` names a command of the host (or of
+    --rootfs). A bare word is never looked up on the host's PATH: it is an image, or an error."""
+    if words[:1] == ["--"]:
+        return None, words[1:]
+    if not words:
+        return None, []
+    return words[0], words[2:] if words[1:2] == ["--"] else words[1:]
 
 
 def given(values: Mapping[str, Any]) -> Iterator[tuple[Option, Any]]:

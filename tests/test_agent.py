@@ -51,7 +51,7 @@ def api(cg: Env) -> Iterator[tuple[Agent, Client]]:
 
 
 def run_body(cg: Env, name: str, *cmd: str, **extra: Any) -> dict[str, Any]:
-    return {"cmd": list(cmd), "detach": True, "name": name, "cgroup_parent": cg.parent, **extra}
+    return {"cmd": ["--", *cmd], "detach": True, "name": name, "cgroup_parent": cg.parent, **extra}
 
 
 def one_line_error(r: Response, status: int) -> str:

@@ -142,7 +142,7 @@ def test_foreground_runs_through_the_agent(cg: Env, ag: Agent) -> None:
                                 capture_output=True, text=True, timeout=60)
         assert output(via) == output(direct), args
         assert "cgagent.runtime" not in imported(via) and "cgagent.api.attach" in imported(via)
-    assert output(direct)[2] == 2 and output(via)[0] == ""
+    assert output(direct)[2] == 125 and output(via)[0] == ""
 
 
 @pytest.mark.parametrize("direct", [False, True])

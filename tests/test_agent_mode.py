@@ -35,6 +35,8 @@ CURATED = (
     "tests/test_isolation.py::test_volumes_and_read_only_root",
     "tests/test_isolation.py::test_rm_f_cleans_up_after_the_cli_is_killed",
     "tests/test_exec.py::test_exec_into_a_host_workload_joins_its_cgroup",
+    "tests/test_run_grammar.py::test_an_image_named_as_a_host_command_runs_in_the_image",
+    "tests/test_run_grammar.py::test_run_exit_codes_in_an_image",
     "tests/test_supervisor.py::test_on_failure_restarts_n_times_with_doubling_backoff",
     "tests/test_supervisor.py::test_logs_and_restart_errors_are_one_line",
     "tests/test_supervisor.py::test_stop_says_when_it_had_to_kill",

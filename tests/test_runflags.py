@@ -5,6 +5,7 @@ line and exit code. The launch itself is replaced by capturing the request: noth
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_both_doors_build_the_same_request(doors: Any, tmp_path: Path, capsys: p
     fast, full = doors("fast", argv, capsys), doors("typer", argv, capsys)
     assert fast == full
     if name in FAILS:
-        assert fast[0] == 2 and fast[2] is None and len(fast[1].splitlines()) == 1, fast
+        assert fast[0] == 125 and fast[2] is None and len(fast[1].splitlines()) == 1, fast
     else:
         assert fast[0] == 0 and fast[2] is not None, fast
 
@@ -133,7 +134,7 @@ def test_both_doors_refuse_bad_values_alike(doors: Any, capsys: pytest.CaptureFi
     argv = args if "--" in args else [*args, "--", "true"]
     fast = doors("fast", argv, capsys)
     assert fast == doors("typer", argv, capsys)
-    assert fast[0] != 0 and fast[2] is None and len(fast[1].splitlines()) == 1, fast
+    assert fast[0] == 125 and fast[2] is None and len(fast[1].splitlines()) == 1, fast
 
 
 ENV_CASES = [o for o in OPTIONS if o.env]
@@ -221,3 +222,59 @@ def test_fast_path_builds_without_typer_pydantic_or_rich() -> None:
     r = subprocess.run([sys.executable, "-c", code, "--cpus", "0.5", "-m", "64M", "--rm", "--", "true"],
                        capture_output=True, text=True, check=True)
     assert r.stdout.split() == ["[]"], r.stdout + r.stderr
+
+
+# --- the grammar of the words after the options (issue 13), the same through every door
+
+@pytest.fixture(scope="module")
+def true_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image store holding the test image under the name `true`, which is also a host command."""
+    from tests import images
+
+    base = tmp_path_factory.mktemp("grammar")
+    images.busybox_layout(str(base / "oci"))
+    r = subprocess.run([sys.executable, "-m", "cgagent", "image", "import", str(base / "oci"), "--name", "true"],
+                       env={**os.environ, "CGAGENT_ROOT": str(base / "store")}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return str(base / "store")
+
+
+WORDS = [(["true"], "true", None), (["true", "hostname", "-s"], "true", ["hostname", "-s"]),
+         (["true", "--", "hostname"], "true", ["hostname"]), (["--", "true", "x"], None, ["true", "x"]),
+         (["--", "true", "--", "x"], None, ["true", "--", "x"])]
+
+
+@pytest.mark.parametrize(("words", "image", "cmd"), WORDS, ids=[" ".join(w) for w, _i, _c in WORDS])
+def test_every_door_reads_the_words_alike(doors: Any, true_image: str, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str], words: list[str], image: str | None,
+                                          cmd: list[str] | None) -> None:
+    from cgagent import host
+    from cgagent.api.runreq import request
+
+    monkeypatch.setenv("CGAGENT_ROOT", true_image)
+    argv = ["--name", "eq", "--net", "none", *words] if image else ["--name", "eq", *words]
+    fast = doors("fast", argv, capsys)
+    assert fast[0] == 0, fast
+    assert fast == doors("typer", argv, capsys)
+    clustered = doors("typer", ["-dc", "512", *argv], capsys)   # clustered short flags: typer's door only
+    assert fastrun.parse(["-dc", "512", *argv]) is None and clustered[0] == 0, clustered
+    req = fast[2][0]
+    assert (req.isolation.image_ref if req.isolation else None) == (image and "true")
+    assert req.cmd == (cmd if cmd is not None else ["sh", "-c", "echo default-cmd"])
+    assert clustered[2][0].cmd == req.cmd and clustered[2][0].detach
+    # the API's "cmd" is the same words
+    values = {"name": "eq", "net": "none"} if image else {"name": "eq"}
+    api = request({**values, "cmd": words}, host.detect(), str(true_image))
+    assert api.cmd == req.cmd and (api.isolation is None) == (req.isolation is None)
+
+
+@pytest.mark.parametrize("argv", [["echo", "x"], ["-dc", "512", "echo", "x"], ["--name", "--", "echo"]])
+def test_a_host_word_without_dashes_is_refused_by_every_door(doors: Any, capsys: pytest.CaptureFixture[str],
+                                                             argv: list[str]) -> None:
+    fast = doors("fast", argv, capsys) if fastrun.parse(argv) else None
+    full = doors("typer", argv, capsys)
+    assert full[0] == 125 and full[2] is None and len(full[1].splitlines()) == 1, full
+    assert fast is None or fast == full
+    if argv[0] != "--name":   # `--name --`: a `--` that is an option's value ends nothing (a bad name)
+        assert "'echo' is a command of the host" in full[1] and "`cgagent run -- echo" in full[1], full

@@ -185,19 +185,19 @@ def run_detached_as(caller: Caller, fields: dict[str, Any], host: Any, store: An
 
 def spawn_supervisor(caller: Caller, fields: dict[str, Any], host: Any, store: Any, stdio: list[int]) -> int:
     """Fork the foreground run's supervisor with `stdio` as its 0, 1, 2; -> its pid."""
+    from cgagent.errors import OWN_ERROR, report, run_code
+
     pid = _fork()
     if pid != 0:
         return pid
-    code = 1
+    code = OWN_ERROR
     try:
         _become_child(caller, stdio)
         from cgagent.runtime import run_foreground
 
         code = run_foreground(_request(fields, host, store), host, store)
     except CgagentError as e:
-        from cgagent.errors import report
-
-        code = report(e)
+        code = run_code(report(e))
     except KeyboardInterrupt:
         code = 130
     except BaseException:

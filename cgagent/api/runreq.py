@@ -57,7 +57,8 @@ def request(body: Any, host: Host, state_root: str) -> Any:
     caller's context (environment, directory): env defaults are the caller's."""
     f = check_fields(body, RUN_FIELDS, "run request")
     if not f.get("cmd"):
-        raise CgagentError("the run request has no command", "give \"cmd\": [\"program\", \"arg\", ...]")
+        raise CgagentError("the run request has no command",
+                           "give \"cmd\": [\"IMAGE\", \"arg\", ...], or [\"--\", \"program\", ...] on the host")
     image, cmd = split_image(list(f["cmd"]))
     values = {k: v for k, v in f.items() if k not in ("cmd", *CONTEXT_FIELDS)}
     return build({**values, "state_dir": state_root}, cmd, host, image)

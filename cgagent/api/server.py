@@ -199,13 +199,18 @@ class Api:
     def op_run(self, _p: dict[str, str], _q: Query, body: Any) -> Any:
         from cgagent.api import attach
         from cgagent.api.runreq import RUN_FIELDS, check_fields
+        from cgagent.errors import run_code
 
         self.launcher("run")
-        fields = check_fields(body, RUN_FIELDS, "run request")
-        caller = attach.Caller.of(fields)
-        if not fields.get("detach"):
-            return Attach(fields, caller)
-        return {"name": attach.run_detached_as(caller, fields, self.host, self.store)}
+        try:
+            fields = check_fields(body, RUN_FIELDS, "run request")
+            caller = attach.Caller.of(fields)
+            if not fields.get("detach"):
+                return Attach(fields, caller)
+            return {"name": attach.run_detached_as(caller, fields, self.host, self.store)}
+        except CgagentError as e:
+            e.exit_code = run_code(e.exit_code)   # what `cgagent run` exits with: Docker's codes
+            raise
 
     def op_inspect(self, p: dict[str, str], _q: Query, _b: Any) -> Any:
         from cgagent.api.views import inspect_view

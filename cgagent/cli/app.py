@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from cgagent.cli import options
 from cgagent.errors import CgagentError
@@ -79,22 +80,57 @@ def _check_driver(store: Any, names: list[str], driver: str | None) -> None:
                                "drop --cgroup-driver: each workload keeps the driver it was run with")
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+class _RunCommand(TyperCommand):
+    """`run`, whose words must keep the `--` that ended its options (click drops it): `-- CMD` is a
+    host command, `CMD` an image (cgagent.runflags.split_image)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta[_DASHED] = _ended_by_dashes(self, ctx, args)
+        return super().parse_args(ctx, args)
+
+
+_DASHED = "cgagent.run.dashed"
+
+
+def _ended_by_dashes(cmd: Any, ctx: Any, args: list[str]) -> bool:
+    """Whether click's parser ends `args`' options at a `--` (not at a word, nor at a `--` given as an
+    option's value: then what comes before it lacks that value, and does not parse on its own)."""
+    from typer._click import exceptions as click_exc
+
+    try:
+        opts, rest, _order = cmd.make_parser(ctx).parse_args(args=list(args))
+        n = len(args) - len(opts.get("cmd") or ()) - len(rest)   # the parser also fills the `cmd` argument
+        if n == 0 or args[n - 1] != "--":
+            return False
+        cmd.make_parser(ctx).parse_args(args=list(args[:n - 1]))
+    except click_exc.UsageError:
+        return False   # super().parse_args says what is wrong
+    return True
+
+
+@app.command(cls=_RunCommand, context_settings={"allow_interspersed_args": False})
 @_table_options(update_only=False)
 def run(
-    cmd: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
+    ctx: typer.Context,
+    cmd: Annotated[list[str], typer.Argument(metavar="IMAGE [CMD] | -- CMD", help=(
+        "An image and the command to run in it (default: the image's); or, after --, a command of the host "
+        "(or of --rootfs)."))],
     **values: Any,
 ) -> None:
-    """Run CMD in its own cgroup with limits; with IMAGE before --, isolated in its own namespaces on an
-    overlay of the image. Foreground runs pass its exit code through.
+    """Run IMAGE's command (or CMD) isolated in its own namespaces on an overlay of the image, as
+    `docker run IMAGE [CMD]` does; `run -- CMD` runs a command of the host (or of --rootfs) instead,
+    with its limits only. A first word is never looked up on the host's PATH: it names an image.
+
+    Exit codes, as Docker's: the workload's own; 125 when cgagent itself fails (usage, bad input);
+    126 when the command cannot be executed; 127 when it is not found.
+
+    Example: cgagent run --rm --hostname box busybox sh -c 'hostname; ps'
 
     Example: cgagent run --cpus 0.5 --memory 256M --name web -- python3 -m http.server
-
-    Example: cgagent run --rm --hostname box busybox:latest -- sh -c 'hostname; ps'
     """
     from cgagent.cli import fastrun
 
-    image, cmd = options.split_image(cmd)
+    image, cmd = options.split_image(["--", *cmd] if ctx.meta.get(_DASHED) else cmd)
     raise typer.Exit(fastrun.execute(fastrun.Parsed(values, cmd, image)))
 
 
@@ -376,24 +412,30 @@ def version() -> None:
 def main(argv: list[str]) -> int:
     from typer._click import exceptions as click_exc  # typer >= 0.29 vendors click (pyproject pins it)
 
+    from cgagent.errors import run_code
+
+    def own(code: int) -> int:
+        """cgagent's own failure: `run` and `exec` exit with Docker's codes (cgagent.errors.run_code)."""
+        return run_code(code) if argv[:1] in (["run"], ["exec"]) else code
+
     try:
         rv = app(args=argv, prog_name="cgagent", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except CgagentError as e:
         from cgagent.cli.errors import report
 
-        return report(e)
+        return own(report(e))
     except OSError as e:
         from cgagent.cli.errors import full_or_read_only, report
 
         err = full_or_read_only(e)
         if err is None:
             raise
-        return report(err)
+        return own(report(err))
     except click_exc.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "cgagent"
         print(f"cgagent: error: {e.format_message()} (see `{cmd} --help`)", file=sys.stderr)
-        return 2
+        return own(2)
     except typer.Abort:
         return 130
     except KeyboardInterrupt:

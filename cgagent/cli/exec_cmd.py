@@ -22,6 +22,9 @@ def exec_(
 ) -> None:
     """Run CMD inside a running workload: its cgroup, its namespaces, its root, its privileges.
 
+    Exit codes, as `run`'s and Docker's: the command's own; 125 when cgagent itself fails (usage, bad
+    input, no such workload); 126 when the command cannot be executed; 127 when it is not found.
+
     Example: cgagent exec web -- ps
     """
     from cgagent import host

@@ -1,7 +1,7 @@
 """`cgagent run` without typer, rich or pydantic on the path: a launcher must start fast.
 
 The parser is generated from cgagent.runflags.OPTIONS, as the typer command is. It takes the plain
-forms (`--opt value`, `--opt=value`, flags, then `--` or the first non-option and the command);
+forms (`--opt value`, `--opt=value`, flags, then `-- CMD` or `IMAGE [CMD]`: runflags.split_image);
 anything else (--help, unknown options, clustered short flags) returns None and the full typer CLI
 takes over, which reports usage errors.
 """
@@ -31,8 +31,7 @@ def parse(argv: list[str]) -> Parsed | None:
     while i < len(argv):
         a = argv[i]
         if a == "--" or not a.startswith("-") or a == "-":
-            # as click: `--` ends the options; IMAGE -- CMD may follow it or the options directly
-            out.image, out.cmd = split_image(argv[i + 1:] if a == "--" else argv[i:])
+            out.image, out.cmd = split_image(argv[i:])   # `--` ends the options, and says: a host command
             return out if out.cmd or out.image else None
         key, eq, val = a.partition("=")
         opt = BY_FLAG.get(key)
@@ -63,9 +62,9 @@ def main(argv: list[str]) -> int | None:
     try:
         return execute(parsed)
     except CgagentError as e:
-        from cgagent.cli.errors import report
+        from cgagent.errors import report, run_code
 
-        return report(e)
+        return run_code(report(e))
 
 
 def execute(p: Parsed) -> int:

@@ -224,7 +224,7 @@ def request_body(p: Any) -> dict[str, Any] | None:
     the agent builds the request in them, so that env defaults and relative paths mean what they
     mean here. None: too large to send (a huge environment)."""
     body: dict[str, Any] = {k: v for k, v in p.values.items() if k != "state_dir"}
-    body["cmd"] = [p.image, "--", *p.cmd] if p.image else list(p.cmd)
+    body["cmd"] = [p.image, "--", *p.cmd] if p.image else ["--", *p.cmd]   # as runflags.split_image reads them
     try:
         body["cwd"] = os.getcwd()
     except OSError:
@@ -249,18 +249,19 @@ def main(argv: list[str]) -> int | None:
     if cmd is None or "-h" in argv or "--help" in argv:
         return None
     from cgagent.api.client import Declined
+    from cgagent.errors import report, run_code
+
+    def own(code: int) -> int:
+        """cgagent's own failure: `run` exits with Docker's codes, as on the direct path."""
+        return run_code(code) if cmd is run else code
 
     try:
         return cmd(argv[1:])
     except Declined:
         return None   # before anything was done: the direct path does it all
     except CgagentError as e:
-        from cgagent.cli.errors import report
-
-        return report(e)
+        return own(report(e))
     except ConnectionError as e:
         # the agent went away mid-call (stopped or restarted): say so; the workload keeps its supervisor
-        from cgagent.cli.errors import report
-
-        return report(CgagentError(f"the agent closed the connection ({e})",
-                                   "run the command again (without an agent it runs directly)", 1))
+        return own(report(CgagentError(f"the agent closed the connection ({e})",
+                                       "run the command again (without an agent it runs directly)", 1)))

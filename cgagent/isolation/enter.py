@@ -31,8 +31,7 @@ def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_ad
     signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
     spec = from_record(isolation)
     if spec is None:  # a host workload: only its cgroup to join
-        if launch.which(cmd[0]) is None:
-            raise CgagentError(f"command not found: {cmd[0]}", "check the name and PATH", exit_code=127)
+        launch.require_command(cmd[0])
         return launch.wait_forwarding(launch.spawn(cmd, mgr.join, keep_fds=keep_fds))
     seccomp.machine()
     target = namespaces.init_pid(mgr.procs())

@@ -292,7 +292,12 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
 
     rootfs = opts.get("rootfs")
     if image and rootfs:
-        raise CgagentError("both an IMAGE and --rootfs were given", "use one of them")
+        raise CgagentError(f"both an IMAGE ({image!r}) and --rootfs were given",
+                           "use one of them: `cgagent run --rootfs DIR -- CMD` runs CMD in DIR")
+    store = ImageStore(opts.get("root"))
+    img = store.find(image) if image else None
+    if image and img is None:   # first: a mistaken first word is told as such, whatever else is wrong
+        raise _not_an_image(image, cmd, store)
     # Docker's default: isolated workloads get a bridged network. CGAGENT_DEFAULT_NET changes the
     # default for a host (the test suite sets none, so only tests inside their own netns bridge).
     net = opts.get("net") or os.environ.get("CGAGENT_DEFAULT_NET") or "bridge"
@@ -302,11 +307,9 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
         from cgagent.network.workload import check
 
         publish = check(net, list(opts.get("publish") or []), opts.get("root"), ip=ip or None)
-    store = ImageStore(opts.get("root"))
     config: dict[str, Any] = {}
     source: dict[str, Any] = {}   # the image's fields, or --rootfs's
-    if image:
-        img = store.get(image)
+    if img is not None:
         missing = [d for d in img.layers if not store.has_layer(d)]
         if missing:
             raise CgagentError(f"image {image!r} is missing layer {missing[0]}", "re-import it")
@@ -322,7 +325,7 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     entry = list(config.get("Entrypoint") or [])
     argv = entry + (cmd if cmd else list(config.get("Cmd") or []))
     if not argv:
-        raise CgagentError("no command given and the image has none", "put the command after --")
+        raise CgagentError("no command given and the image has none", "give it after the image: cgagent run IMAGE CMD")
     env = list(config.get("Env") or [DEFAULT_ENV_PATH])
     hostname = opts.get("hostname") or name_hint[:63]
     env.append(f"HOSTNAME={hostname}")
@@ -350,24 +353,34 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
 
 def for_run(image: str | None, cmd: list[str], opts: dict[str, Any],
             name: str | None) -> tuple[list[str], str | None, IsolationSpec | None]:
-    """The CLI's entry: -> (command, workload name, the spec or None for a plain host run)."""
-    if image is None and not opts.get("rootfs") and cmd and "/" not in cmd[0]:
-        from cgagent.launch import which
-
-        if which(cmd[0]) is None:  # `run IMG [CMD...]` without --: an image when no host command has the name
-            from cgagent.images.store import ImageStore
-
-            if ImageStore(opts.get("root")).find(cmd[0]) is not None:
-                image, cmd = cmd[0], cmd[1:]
+    """The CLI's entry: -> (command, workload name, the spec or None for a plain host run). `image`
+    and `cmd` as cgagent.runflags.split_image made them of the words after the options."""
     if image is None and not wanted(opts):
         if opts.get("root"):
-            raise CgagentError("--root is only used with an IMAGE", "put the image before --: run IMG -- CMD")
+            raise CgagentError("--root is only used with an IMAGE",
+                               "give the image first: cgagent run --root DIR IMAGE CMD")
         return cmd, name, None
     from cgagent.state import validate_name
 
     name = validate_name(name) if name else f"w-{os.urandom(4).hex()}"
     argv, spec = build(image, cmd, opts, name)
     return argv, name, spec
+
+
+def _not_an_image(image: str, cmd: list[str], store: Any) -> CgagentError:
+    """An IMAGE that names no imported image, in one line with the spelling that runs the word on the
+    host: a first word is an image (Docker's grammar), never looked up on the host's PATH."""
+    from cgagent.launch import which
+
+    words = "".join(c if c.isprintable() else "?" for c in " ".join([image, *cmd])[:61])
+    words = words if len(words) <= 60 else words[:57] + "..."
+    if which(image) is not None:
+        return CgagentError(f"{image!r} is a command of the host, not an image",
+                            f"run it on the host with `cgagent run -- {words}`, or in an image with "
+                            f"`cgagent run IMAGE {words}`")
+    return CgagentError(f"no image {image!r} in {store.root}",
+                        f"import it with `cgagent image import PATH --name {image}` (see `cgagent images`); "
+                        f"a command of the host goes after --: `cgagent run -- {words}`")
 
 
 def env_dict(spec: IsolationSpec) -> dict[str, str]:

@@ -93,8 +93,8 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
         raise CgagentError("no command given", "put the command after --, e.g. cgagent run -- sleep 10")
     if parse_restart(req.restart)[0] != "no" and req.auto_remove:
         raise CgagentError("--rm and --restart exclude each other", "drop one of them")
-    if not req.isolation and launch.which(req.cmd[0]) is None:
-        raise CgagentError(f"command not found: {req.cmd[0]}", "check the name and PATH", exit_code=127)
+    if not req.isolation:
+        launch.require_command(req.cmd[0])
     mgr = new_manager(host, driver, req.parent, name)
     dirs = mgr.dirs
     resources = mgr.effective(req.resources)   # systemd rounds the CPU quota: record what the kernel holds

@@ -114,7 +114,7 @@ def test_hostile_yaml_in_a_policy_dir_fails_fast(cg: Env, tmp_path: object, text
 
     for run in (cg.run, lambda *a: typer_run(cg, *a)):
         r = run("run", "--name", "never", "--policy", name, "--policy-dir", d, "--", "true")
-        assert r.returncode == 2 and "Traceback" not in r.stderr and expect in r.stderr, r.stderr
+        assert r.returncode == 125 and "Traceback" not in r.stderr and expect in r.stderr, r.stderr
     _nothing_left(cg)
 
     # the agent reports the file and serves anyway (the controller ignores an invalid policy file)
@@ -147,5 +147,5 @@ def test_policy_file_that_never_ends_is_refused(cg: Env, tmp_path: object, kind:
     r = cg.run("policy", "check", path, timeout=30)
     assert r.returncode == 2 and "Traceback" not in r.stderr and f"{path}:0: (file): {expect}" in r.stderr, r.stderr
     r = cg.run("run", "--name", "never", "--policy", "endless", "--policy-dir", d, "--", "true", timeout=30)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and expect in r.stderr, r.stderr
+    assert r.returncode == 125 and "Traceback" not in r.stderr and expect in r.stderr, r.stderr
     _nothing_left(cg)
