@@ -375,6 +375,20 @@ def events(
 
 
 @app.command()
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.")],
+) -> None:
+    """Print the shell completion script: commands, options, workload, image and network names.
+
+    Example: source <(cgagent completion bash)   # or in ~/.bashrc; zsh: source <(cgagent completion zsh)
+    after compinit; fish: cgagent completion fish > ~/.config/fish/completions/cgagent.fish
+    """
+    from cgagent.cli.completion import script
+
+    print(script(shell))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     from cgagent import __version__
@@ -383,8 +397,16 @@ def version() -> None:
 
 
 def main(argv: list[str]) -> int:
+    import os
+
     from typer._click import exceptions as click_exc  # typer >= 0.29 vendors click (pyproject pins it)
 
+    from cgagent.cli.completion import COMPLETE_VAR
+
+    if instruction := os.environ.get(COMPLETE_VAR):   # the completion script asks for words
+        from cgagent.cli.completion import answer
+
+        return answer(instruction)
     try:
         rv = app(args=argv, prog_name="cgagent", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
