@@ -385,7 +385,7 @@ def completion(
     """
     from cgagent.cli.completion import script
 
-    print(script(shell))
+    print(script(app, shell))
 
 
 @app.command()
@@ -406,7 +406,7 @@ def main(argv: list[str]) -> int:
     if instruction := os.environ.get(COMPLETE_VAR):   # the completion script asks for words
         from cgagent.cli.completion import answer
 
-        return answer(instruction)
+        return answer(app, instruction)
     try:
         rv = app(args=argv, prog_name="cgagent", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

@@ -82,11 +82,9 @@ def _attach(cmd: Any, group: str = "") -> None:
                 p._custom_shell_complete = fn
 
 
-def command() -> Any:
-    """The full CLI's click command tree, with the name completions in place."""
+def command(app: Any) -> Any:
+    """The full CLI's (typer APP's) click command tree, with the name completions in place."""
     import typer.main
-
-    from cgagent.cli.app import app
 
     cmd = typer.main.get_command(app)
     _attach(cmd)
@@ -99,17 +97,17 @@ def _classes() -> None:
     completion_init()
 
 
-def script(shell: str) -> str:
+def script(app: Any, shell: str) -> str:
     from typer._click.shell_completion import get_completion_class
 
     _classes()
     cls = get_completion_class(shell) if shell in SHELLS else None
     if cls is None:
         raise CgagentError(f"no completion for shell {shell!r}", f"use one of {', '.join(SHELLS)}")
-    return str(cls(command(), {}, "cgagent", COMPLETE_VAR).source())
+    return str(cls(command(app), {}, "cgagent", COMPLETE_VAR).source())
 
 
-def answer(instruction: str) -> int:
+def answer(app: Any, instruction: str) -> int:
     """What the scripts ask (complete_bash ...); click's documented spelling (bash_source, as
     `_CGAGENT_COMPLETE=bash_source cgagent`) is taken too: typer reads it the other way round."""
     from typer.completion import shell_complete
@@ -118,4 +116,4 @@ def answer(instruction: str) -> int:
     if first in SHELLS:
         instruction = f"{rest}_{first}"
     _classes()
-    return int(shell_complete(command(), {}, "cgagent", COMPLETE_VAR, instruction))
+    return int(shell_complete(command(app), {}, "cgagent", COMPLETE_VAR, instruction))
