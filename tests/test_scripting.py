@@ -147,6 +147,7 @@ def test_bash_completion_completes_commands_options_and_workload_names(webapp: E
     assert "completion" in ask("cgagent", "comp")
     assert ask("cgagent", "network", "rm", "brid") == ["bridge"]
     assert ask("cgagent", "ps", "--f") == ["--filter", "--format"]
+    assert ask("cgagent", "completion", "z") == ["zsh"]
 
 
 def test_zsh_completion_loads_and_completes_a_workload_name(webapp: Env) -> None:

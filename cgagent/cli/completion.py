@@ -61,11 +61,16 @@ def run_words(ctx: Any, param: Any, incomplete: str) -> list[str]:
     return images(ctx, param, incomplete) if not ctx.params.get(param.name) else []
 
 
+def shells(_ctx: Any, _param: Any, incomplete: str) -> list[str]:
+    return [s for s in SHELLS if s.startswith(incomplete)]
+
+
 # (group, command or "*", parameter name) -> what completes it
 VALUES: dict[tuple[str, str, str], Complete] = {
     ("", "*", "name"): workloads, ("", "*", "names"): workloads, ("", "run", "cmd"): run_words,
     ("", "run", "net"): networks, ("image", "rm", "refs"): images,
     ("network", "rm", "names"): networks, ("network", "connect", "network"): networks,
+    ("", "completion", "shell"): shells,
 }
 NOT_WORKLOADS = {("", "completion")}
 
