@@ -336,6 +336,40 @@ class Store:
         return good
 
 
+def parse_tail(value: str | None) -> int | None:
+    """`logs --tail`'s value: a line count, or all (None), as docker takes it."""
+    if value is None or value == "all":
+        return None
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
+        raise CgagentError(f"--tail {value!r} is not a number of lines", "give --tail N (N >= 0) or --tail all")
+    return int(value)
+
+
+def seek_tail(f: Any, lines: int | None) -> None:
+    """Put the log F at the start of its last LINES lines (a last line without its newline counts),
+    reading back from the end a block at a time: a long log is never read whole."""
+    if lines is None:
+        return
+    end = f.seek(0, os.SEEK_END)
+    if lines == 0:
+        return
+    pos, seen = end, 0
+    while pos > 0:
+        start = max(0, pos - 65536)
+        f.seek(start)
+        chunk = f.read(pos - start)
+        i = len(chunk)
+        while (i := chunk.rfind(b"\n", 0, i)) >= 0:
+            # the newline that ends the file ends the last line: the others each begin a later line
+            if start + i != end - 1:
+                seen += 1
+                if seen == lines:
+                    f.seek(start + i + 1)
+                    return
+        pos = start
+    f.seek(0)
+
+
 def full_or_read_only(e: OSError) -> CgagentError | None:
     """A write that failed because the state dir's filesystem is full or read-only, wherever it was
     made: the one line that says so (other OSErrors are bugs and keep their traceback)."""

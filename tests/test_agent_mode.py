@@ -50,6 +50,9 @@ CURATED = (
     "tests/security/test_fds.py::test_workdir_through_a_leaked_fd_is_refused",
     "tests/security/test_fds.py::test_run_foreground_does_not_inherit_fds[isolated]",
     "tests/security/test_fds.py::test_run_detached_does_not_inherit_fds[host]",
+    # ps -q/--filter/--format and logs --tail through the thin client
+    "tests/test_scripting.py::test_ps_for_scripts",
+    "tests/test_scripting.py::test_logs_tail",
 )
 
 TIMEOUT = 600   # the set takes ~1-2 min on a loaded 2-CPU machine; a hang must not stall the suite

@@ -161,7 +161,7 @@ def test_update_changes_quota_live(cg: Env) -> None:
     used, periods, throttled = quota_window(cg, "tune", throttled=5)
     assert throttled >= 5, f"{throttled} throttled of {periods} periods"
     assert_within_quota(used, periods, 0.2)
-    assert json.loads(cg.run("ps", "--json").stdout)[0]["cpus"] == "0.2"
+    assert json.loads(cg.run("ps", "--json").stdout)[0]["cpus"] == 0.2
     assert cg.run("rm", "-f", "tune").returncode == 0
 
 

@@ -113,8 +113,8 @@ def test_rounded_quota_agrees_in_record_stats_and_cgroupfs(sdns: SystemdNamespac
     assert _cg(sdns, rec, "cpu", "cpu.cfs_quota_us") == "34000"
     assert rec["resources"]["cpu_quota"] == 34000
     stats = json.loads(cli("stats", "--json", "rq").stdout)[0]
-    assert stats["cpu_limit"] == "0.34"
-    assert json.loads(cli("ps", "--json").stdout)[0]["cpus"] == "0.34"
+    assert stats["cpu_limit"] == 0.34
+    assert json.loads(cli("ps", "--json").stdout)[0]["cpus"] == 0.34
     sdns.systemctl("daemon-reload")
     assert _cg(sdns, rec, "cpu", "cpu.cfs_quota_us") == "34000"
 
@@ -418,9 +418,9 @@ def test_restarts_keep_limits_updated_live_also_in_a_remade_scope(sdns: SystemdN
     _ok(cli("update", "upr", "--cpus", "0.5", "--memory", "128M"))
     unit = "cgagent-upr.scope"
     first_keeper = cli.record("upr")["keeper_pid"]
-    want = (str(128 * M), str(128 * M), "50000", "128.0MiB")
+    want = (str(128 * M), str(128 * M), "50000", 128 * M)
 
-    def views() -> tuple[str, str, str, str]:
+    def views() -> tuple[str, str, str, int]:
         rec = cli.record("upr")
         ps = {r["name"]: r for r in json.loads(cli("ps", "-a", "--json").stdout)}["upr"]
         return (sdns.unit_property(unit, "MemoryLimit"), _cg(sdns, rec, "memory", "memory.limit_in_bytes"),

@@ -249,9 +249,12 @@ class Api:
         return {"name": p["name"]}
 
     def op_logs(self, p: dict[str, str], q: Query, _b: Any) -> Any:
+        from cgagent.state import parse_tail
+
         self.workload(p["name"])
+        tail = parse_tail(q.get("tail"))
         return Stream("application/octet-stream", lambda client: log_stream(self.store, p["name"], q.flag("follow"),
-                                                                            client))
+                                                                            client, tail))
 
     def op_events(self, _p: dict[str, str], q: Query, _b: Any) -> Any:
         name = q.get("name")
@@ -294,7 +297,7 @@ class Query:
         return n
 
 
-QUERY = {"ps": {"all"}, "rm": {"force"}, "stop": {"time"}, "logs": {"follow"}, "events": {"name", "follow"}}
+QUERY = {"ps": {"all"}, "rm": {"force"}, "stop": {"time"}, "logs": {"follow", "tail"}, "events": {"name", "follow"}}
 
 
 @dataclass(frozen=True)
@@ -336,17 +339,20 @@ def _watching(paths: list[tuple[str, int]], fds: list[int], client: socket.socke
         ino.close()
 
 
-def log_stream(store: Store, name: str, follow: bool, client: socket.socket) -> Generator[bytes, None, None]:
-    """The workload's log (as `cgagent logs [-f]`): what is there, then, with follow, what its
-    supervisor writes until it exits."""
+def log_stream(store: Store, name: str, follow: bool, client: socket.socket,
+               tail: int | None = None) -> Generator[bytes, None, None]:
+    """The workload's log (as `cgagent logs [-f] [--tail N]`): what is there (its last TAIL lines),
+    then, with follow, what its supervisor writes until it exits."""
     from cgagent import procs
     from cgagent.inotify import IN_MODIFY
+    from cgagent.state import seek_tail
 
     found = store.read_log(name)
     if found is None:
         return
     rec, path = found
     with open(path, "rb") as f:
+        seek_tail(f, tail)
         yield b""   # checked: the answer is 200 from here on
         yield from iter(lambda: f.read(65536), b"")
         if not follow or not procs.alive(rec.supervisor_pid, rec.supervisor_start):

@@ -12,13 +12,12 @@ from cgagent.limits import Resources
 from cgagent.runtime import live_status, oom_kills, oom_victim
 from cgagent.runtime.pause import is_paused
 from cgagent.state import Record, Store
-from cgagent.units import format_bytes
 
 
 def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
     from cgagent import prune
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for left in prune.find(store, host):
         # damaged: a record that does not parse; orphaned: a cgroup of cgagent's with no record
         if left.kind in ("damaged", "orphaned") and (all_ or left.pids):
@@ -35,15 +34,18 @@ def ps_rows(host: Host, store: Store, all_: bool) -> list[dict[str, Any]]:
             status = "paused"
         rows.append({
             "name": rec.name, "status": status, "pid": rec.pid if running else None,
-            "cpus": f"{r.cpus:g}" if r.cpus else None,
-            "memory": format_bytes(r.memory) if r.memory is not None else None,
+            # machine units (CPUs, bytes, RFC 3339 UTC) as stats --json and inspect: the table makes them human
+            "cpus": r.cpus or None,
+            "memory": r.memory,
             "pids_limit": _pids_limit(rec, r) if running else r.pids_limit,
             "oom_kills": oom_kills(store, rec),
             "exit_code": rec.exit_code if status == "exited" else None,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created)),
+            "created": rfc3339(rec.created),
             "command": " ".join(rec.cmd), "cgroup": rec.cgroup, "driver": rec.driver,
             "image": (rec.isolation or {}).get("image_ref") or (rec.isolation or {}).get("rootfs"),
             "restarts": rec.restarts, "oom_victim": oom_victim(store, rec),
+            # labels come with run --label; a record from before it has none
+            "labels": dict(getattr(rec, "labels", None) or {}),
         })
     return rows
 

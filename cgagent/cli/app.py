@@ -137,22 +137,29 @@ def run(
 @app.command()
 def ps(
     all_: Annotated[bool, typer.Option("--all", "-a", help="Show exited workloads too.")] = False,
-    as_json: Json = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the names.")] = False,
+    filter_: Annotated[list[str] | None, typer.Option(
+        "--filter", help="name=PART, status=STATUS or label=KEY[=VALUE]; repeatable (the values of one key "
+        "are alternatives, labels must all match).")] = None,
+    format_: Annotated[str | None, typer.Option("--format", help="A Go template per workload over --json's "
+                                                "fields, e.g. '{{.Name}} {{.Status}} {{.Memory}}'.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (bytes, CPUs as numbers, RFC 3339 UTC "
+                                          "times) instead of a table.")] = False,
     cgroup_driver: DriverOf = None,
     state_dir: StateDir = None,
 ) -> None:
-    """List workloads: status from the kernel, limits, OOM kills (the kernel's counter)."""
+    """List workloads: status from the kernel, limits, OOM kills (the kernel's counter).
+
+    Example: cgagent ps -a --filter status=exited --format '{{.Name}} {{.ExitCode}}'
+    """
     from cgagent.api.views import ps_rows
-    from cgagent.cli import views
+    from cgagent.cli import psview
 
     _check_driver(None, [], cgroup_driver)
+    psview.parse_filters(filter_ or [])   # a bad filter is refused before the workloads are read
     rows = [r for r in ps_rows(_host(), _store(state_dir), all_)
             if cgroup_driver is None or r.get("driver") == cgroup_driver]
-    if as_json:
-        print(json.dumps(rows, indent=1))
-    else:
-        views.print_table(rows, ["name", "status", "pid", "cpus", "memory", "pids_limit", "oom_kills",
-                                 "exit_code", "created", "command"])
+    psview.show(rows, quiet=quiet, filters=filter_, fmt=format_, as_json=as_json)
 
 
 @app.command()
@@ -179,6 +186,8 @@ def inspect(
 def stats(
     name: Annotated[list[str] | None, typer.Argument(help="Workloads to show (default: all running).")] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second until Ctrl-C.")] = False,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="One sample and exit (the default; as docker "
+                                            "stats --no-stream, it overrides --watch).")] = False,
     interval: Annotated[float, typer.Option(help="Sampling interval for rates, seconds.")] = 0.5,
     as_json: Json = False,
     cgroup_driver: DriverOf = None,
@@ -196,7 +205,7 @@ def stats(
         names = [r.name for r in store.all() if r.driver == cgroup_driver and live_status(h, r) == "running"]
         if not names:
             return
-    views.stats(h, store, names, watch, interval, as_json)
+    views.stats(h, store, names, watch and not no_stream, interval, as_json)
 
 
 @app.command()
@@ -402,6 +411,20 @@ def events(
 
 
 @app.command()
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.")],
+) -> None:
+    """Print the shell completion script: commands, options, workload, image and network names.
+
+    Example: source <(cgagent completion bash)   # or in ~/.bashrc; zsh: source <(cgagent completion zsh)
+    after compinit; fish: cgagent completion fish > ~/.config/fish/completions/cgagent.fish
+    """
+    from cgagent.cli.completion import script
+
+    print(script(app, shell))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     from cgagent import __version__
@@ -410,7 +433,16 @@ def version() -> None:
 
 
 def main(argv: list[str]) -> int:
+    import os
+
     from typer._click import exceptions as click_exc  # typer >= 0.29 vendors click (pyproject pins it)
+
+    from cgagent.cli.completion import COMPLETE_VAR
+
+    if instruction := os.environ.get(COMPLETE_VAR):   # the completion script asks for words
+        from cgagent.cli.completion import answer
+
+        return answer(app, instruction)
 
     from cgagent.errors import run_code
 

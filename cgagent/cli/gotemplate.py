@@ -14,11 +14,12 @@ _PATH = re.compile(r"^\.(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)?
 _FIX = "use Go-template paths of inspect's output, e.g. --format '{{.State.Pid}}' or '{{json .NetworkSettings}}'"
 
 
-def render(template: str, data: Any) -> str:
+def render(template: str, data: Any, what: str = "inspect's output") -> str:
+    """WHAT names the data in errors (its fields are what a template can name)."""
     out, pos = [], 0
     for m in _ACTION.finditer(template):
         out.append(template[pos:m.start()])
-        out.append(_action(m.group(1), data))
+        out.append(_action(m.group(1), data, what))
         pos = m.end()
     rest = template[pos:]
     if "{{" in rest or "}}" in rest:
@@ -26,14 +27,14 @@ def render(template: str, data: Any) -> str:
     return "".join(out) + rest
 
 
-def _action(act: str, data: Any) -> str:
+def _action(act: str, data: Any, what: str) -> str:
     words = _split(act)
     if len(words) == 1:
-        return go_string(lookup(words[0], data))
+        return go_string(lookup(words[0], data, what))
     if words[0] == "json" and len(words) == 2:
-        return json.dumps(lookup(words[1], data))
+        return json.dumps(lookup(words[1], data, what))
     if words[0] == "index" and len(words) >= 3:
-        v = lookup(words[1], data)
+        v = lookup(words[1], data, what)
         for key in words[2:]:
             v = _index(v, key, words[1])
         return go_string(v)
@@ -45,13 +46,14 @@ def _split(act: str) -> list[str]:
     return re.findall(r'"(?:[^"\\]|\\.)*"|\S+', act)
 
 
-def lookup(path: str, data: Any) -> Any:
+def lookup(path: str, data: Any, what: str = "inspect's output") -> Any:
     if not _PATH.match(path):
         raise CgagentError(f"--format: {path!r} is not a field path", _FIX)
     v = data
     for part in path.split(".")[1:] if path != "." else []:
         if not isinstance(v, dict) or part not in v:
-            raise CgagentError(f"--format: {path} names no field of inspect's output (no {part!r} there)", _FIX)
+            raise CgagentError(f"--format: {path} names no field of {what} (no {part!r} there)",
+                               f"use the fields of {what}")
         v = v[part]
     return v
 

@@ -14,16 +14,19 @@ def logs(
     name: Annotated[str, typer.Argument(help="The workload.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the workload ends for good "
                                          "(its supervisor exits).")] = False,
+    tail: Annotated[str | None, typer.Option("--tail", "-n", help="Only the last N lines (then, with -f, what "
+                                             "follows); N or all.")] = None,
     state_dir: Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STATE_DIR",
                                                   help="Where records live (default /run/cgagent).")] = None,
 ) -> None:
     """Print a detached workload's output (stdout and stderr, in order).
 
-    Example: cgagent logs -f web
+    Example: cgagent logs -f --tail 20 web
     """
     from cgagent import procs
-    from cgagent.state import Store
+    from cgagent.state import Store, parse_tail, seek_tail
 
+    lines = parse_tail(tail)
     store = Store(state_dir)
     found = store.read_log(name)
     if found is None:
@@ -31,6 +34,7 @@ def logs(
     rec, path = found
     out = sys.stdout.buffer
     with open(path, "rb") as f:
+        seek_tail(f, lines)
         _copy(f, out)
         if not follow or not procs.alive(rec.supervisor_pid, rec.supervisor_start):
             return

@@ -20,8 +20,10 @@ from cgagent.errors import CgagentError
 Parsed = tuple[dict[str, Any], list[str]]
 
 
-def _parse(argv: list[str], flags: dict[str, str], values: dict[str, str]) -> Parsed | None:
-    """-> (options by name, positional args), or None for anything unexpected (the full CLI decides)."""
+def _parse(argv: list[str], flags: dict[str, str], values: dict[str, str],
+           repeated: frozenset[str] = frozenset()) -> Parsed | None:
+    """-> (options by name, positional args; a REPEATED option's values as a list), or None for
+    anything unexpected (the full CLI decides)."""
     opts: dict[str, Any] = {}
     pos: list[str] = []
     i = 0
@@ -42,7 +44,10 @@ def _parse(argv: list[str], flags: dict[str, str], values: dict[str, str]) -> Pa
                         return None
                     i += 1
                     val = argv[i]
-                opts[values[key]] = val
+                if values[key] in repeated:
+                    opts.setdefault(values[key], []).append(val)
+                else:
+                    opts[values[key]] = val
             else:
                 return None
         i += 1
@@ -82,18 +87,19 @@ def _each(client: Any, names: list[str], act: Callable[[str], Any]) -> int:
 
 
 def ps(argv: list[str]) -> int | None:
-    p = _parse(argv, {"-a": "all", "--all": "all", "--json": "json"}, STATE)
-    if p is None or p[1] or (c := _client(p[0])) is None:
+    from cgagent.cli import psview
+
+    p = _parse(argv, {"-a": "all", "--all": "all", "--json": "json", "-q": "quiet", "--quiet": "quiet"},
+               {**STATE, "--filter": "filter", "--format": "format"}, frozenset({"filter"}))
+    if p is None or p[1]:
         return None
     opts = p[0]
+    psview.parse_filters(opts.get("filter", []))   # a bad filter is refused before the agent is asked
+    if (c := _client(opts)) is None:
+        return None
     rows = c.json("GET", "/v1/ps", query={"all": bool(opts.get("all"))})
-    if opts.get("json"):
-        print(json.dumps(rows, indent=1))
-    else:
-        from cgagent.cli.views import print_table
-
-        print_table(rows, ["name", "status", "pid", "cpus", "memory", "pids_limit", "oom_kills",
-                           "exit_code", "created", "command"])
+    psview.show(rows, quiet=bool(opts.get("quiet")), filters=opts.get("filter"), fmt=opts.get("format"),
+                as_json=bool(opts.get("json")))
     return 0
 
 
@@ -162,12 +168,17 @@ def update(argv: list[str]) -> int | None:
 
 def logs(argv: list[str]) -> int | None:
     from cgagent.api.client import workload_url
+    from cgagent.state import parse_tail
 
-    p = _parse(argv, {"-f": "follow", "--follow": "follow"}, STATE)
-    if p is None or len(p[1]) != 1 or (c := _client(p[0])) is None:
+    p = _parse(argv, {"-f": "follow", "--follow": "follow"}, {**STATE, "--tail": "tail", "-n": "tail"})
+    if p is None or len(p[1]) != 1:
         return None
+    parse_tail(p[0].get("tail"))   # refused here as on the direct path, before the agent is asked
+    if (c := _client(p[0])) is None:
+        return None
+    query = {"follow": bool(p[0].get("follow")), "tail": p[0].get("tail")}
     out = sys.stdout.buffer
-    for chunk in c.call("GET", workload_url(p[1][0], "logs"), query={"follow": bool(p[0].get("follow"))}).chunks():
+    for chunk in c.call("GET", workload_url(p[1][0], "logs"), query=query).chunks():
         out.write(chunk)
         out.flush()
     return 0

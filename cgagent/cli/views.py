@@ -58,7 +58,7 @@ def stats_rows(host: Host, recs: list[Record], before: dict[str, Any], after: di
         lim, mem, th = s1.limits, s1.memory, s1.throttling
         q, p = lim.cpu_quota_us, lim.cpu_period_us
         row.update({
-            "cpu_limit": f"{q / p:g}" if q and q > 0 and p else "unlimited",
+            "cpu_limit": q / p if q and q > 0 and p else None,   # CPUs; null: unlimited
             "memory_usage": mem.usage, "memory_limit": lim.memory,
             "memory_percent": round(100 * mem.usage / lim.memory, 1)
             if mem.usage is not None and lim.memory and lim.memory > 0 else None,
@@ -78,6 +78,7 @@ def _display(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         d = dict(r)
         d["cpu_percent"] = "-" if r["cpu_percent"] is None else f"{r['cpu_percent']}%"
+        d["cpu_limit"] = "unlimited" if r["cpu_limit"] is None else f"{r['cpu_limit']:g}"
         d["throttled_percent"] = "-" if r["throttled_percent"] is None else f"{r['throttled_percent']}%"
         d["memory"] = f"{format_bytes(r['memory_usage'])} / {format_bytes(r['memory_limit'])}"
         d["pids"] = f"{r['pids']} / {'max' if r['pids_limit'] in (None, -1) else r['pids_limit']}"

@@ -403,7 +403,7 @@ def test_restarts_keep_limits_updated_live(g: Guest, driver: str) -> None:
         except (OSError, StopIteration):
             return False   # between two runs
         unit_ok = driver == "cgroupfs" or prop("cgagent-upr.scope", "MemoryMax") == str(128 * M)
-        return unit_ok and files == (str(128 * M), "50000 100000", "128.0MiB")
+        return unit_ok and files == (str(128 * M), "50000 100000", 128 * M)
 
     for i in range(3):
         start = g.record("upr")["restarts"]
