@@ -466,6 +466,10 @@ def main(argv: list[str]) -> int:
         return own(report(err))
     except click_exc.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "cgagent"
+        if isinstance(e, click_exc.NoSuchOption) and e.ctx is not None:
+            from cgagent.cli.suggest import suggest
+
+            e.possibilities = suggest(e.option_name, (o for p in e.ctx.command.params for o in p.opts))
         print(f"cgagent: error: {e.format_message()} (see `{cmd} --help`)", file=sys.stderr)
         return own(2)
     except typer.Abort:
