@@ -50,6 +50,9 @@ class AgentOptions:
     policy_dirs: list[str] | None = None
     api_socket: str | None = None        # default <state dir>/agent.sock
     api_group: str | None = None         # a group name or number whose members may call the API
+    telemetry_path: str = "/metrics"
+    log_level: str = "info"              # debug, info, warn or error (node_exporter's --log.level)
+    collectors: list[str] | None = None  # None: every registered collector
 
 
 def resolve_group(spec: str | None) -> int | None:
@@ -88,8 +91,10 @@ def run(opts: AgentOptions) -> int:
     store = Store(opts.state_dir)
     h = hostmod.detect()
     _raise_fd_limit()
-    exporter = Exporter(Options(host=h, state_dir=store.root, watch=opts.watch, per_cpu=opts.per_cpu))
-    server = web.MetricsServer(exporter, listen=opts.listen, web_config=cfg)
+    web.setup_logging(opts.log_level)
+    exporter = Exporter(Options(host=h, state_dir=store.root, watch=opts.watch, per_cpu=opts.per_cpu,
+                                collectors=opts.collectors))
+    server = web.MetricsServer(exporter, listen=opts.listen, web_config=cfg, telemetry_path=opts.telemetry_path)
     sock = opts.api_socket or socket_path(store.root)
     try:
         api = ApiServer(Api(store, h, group), sock, group)
@@ -111,8 +116,9 @@ def run(opts: AgentOptions) -> int:
     server.start()
     api.start()
     covered = "workloads in " + store.root + "".join(f", cgroups under {w}" for w in opts.watch)
-    print(f"cgagent serve: scrape {server.url}/metrics ({covered}; cgroup {h.mode})", flush=True)
-    print(f"  prometheus.yml: scrape_configs: [{{job_name: cgagent, scheme: {server.url.split(':')[0]}, "
+    print(f"cgagent serve: scrape {server.url}{opts.telemetry_path} ({covered}; cgroup {h.mode})", flush=True)
+    path = "" if opts.telemetry_path == "/metrics" else f"metrics_path: {opts.telemetry_path}, "
+    print(f"  prometheus.yml: scrape_configs: [{{job_name: cgagent, scheme: {server.url.split(':')[0]}, {path}"
           f"static_configs: [{{targets: ['{server.url.split('//')[1]}']}}]}}]", flush=True)
     print(f"  API: curl --unix-socket {sock} http://x/v1/ps", flush=True)
     try:

@@ -6,8 +6,8 @@ and renders its own text format fast (`render()`); exporters.web serves whicheve
 
 from __future__ import annotations
 
+import logging
 import resource
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +34,8 @@ from exporters.collectors.psi import Pressure
 from exporters.collectors.spec import Spec
 from exporters.exposition import Family, LabelSet, render, to_client
 from exporters.targets import Discovery
+
+log = logging.getLogger("cgagent.exporter")
 
 COLLECTORS: dict[str, Callable[[], Collector]] = {
     "memory": Memory,
@@ -66,7 +68,7 @@ class Exporter:
         self.store = store
         self.discovery = Discovery(opts.host, store, opts.watch)
         self.oom = Totals(store.root) if store else None
-        self.collectors = [COLLECTORS[n]() for n in (opts.collectors or COLLECTORS)]
+        self.collectors = [COLLECTORS[n]() for n in (COLLECTORS if opts.collectors is None else opts.collectors)]
         self.errors_total: dict[str, int] = {c.name: 0 for c in self.collectors}
         self.errors_total["discovery"] = 0
         self._labels = {n: LabelSet({"collector": n}) for n in self.errors_total}
@@ -155,8 +157,7 @@ def _run(c: Collector, sc: Scrape) -> tuple[str, list[Family], float]:
         sc.error(c.name, None, e)
         if (c.name, type(e)) not in _warned:   # a bug, not a cgroup's state: say it once
             _warned.add((c.name, type(e)))
-            print(f"cgagent: warning: collector {c.name} failed: {type(e).__name__}: {e}", file=sys.stderr,
-                  flush=True)
+            log.warning("collector %s failed: %s: %s", c.name, type(e).__name__, e)
         fams = []
     return c.name, fams, time.perf_counter() - t
 

@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Protocol, Self, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, cast
 from urllib.parse import parse_qs, urlsplit
 
 from cgagent.errors import CgagentError
@@ -70,11 +70,46 @@ AUTH_CACHE_SIZE = 64
 # bcrypt (Go's and pyca's since 5.0) refuses passwords longer than this rather than silently truncating
 BCRYPT_MAX_PASSWORD = 72
 
-INDEX_HTML = b"""<!doctype html>
+INDEX_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>cgagent</title></head>
 <body><h1>cgagent</h1>
-<p><a href="/metrics">Metrics</a> &middot; <a href="/healthz">Health</a></p></body></html>
+<p><a href="{path}">Metrics</a> &middot; <a href="/healthz">Health</a></p></body></html>
 """
+
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (the agent swaps in a per-thread capture later)."""
+
+    @property
+    def stream(self) -> Any:
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def setup_logging(level: str) -> None:
+    """The agent's log lines (`cgagent: warn: ...`) on stderr, from `level` (--log.level) up."""
+    root = logging.getLogger("cgagent")
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
+        h = _Stderr()
+        h.setFormatter(_Format())
+        root.addHandler(h)
+    root.setLevel(LOG_LEVELS[level])
+    root.propagate = False
+
+
+class _Format(logging.Formatter):
+    names: ClassVar[dict[int, str]] = {v: k for k, v in LOG_LEVELS.items()}   # as --log.level spells it
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"cgagent: {self.names.get(record.levelno, record.levelname.lower())}: {record.getMessage()}"
 
 
 class Collectable(Protocol):
@@ -513,12 +548,13 @@ class _Handler(BoundedHandler):
         if not self._authorized():
             return
         url = urlsplit(self.path)
-        if url.path == "/metrics":
+        m = self.server.metrics
+        if url.path == m.telemetry_path:
             self._metrics(parse_qs(url.query))
         elif url.path == "/healthz":
             self._send(200, b"ok\n")
         elif url.path == "/":
-            self._send(200, INDEX_HTML, "text/html; charset=utf-8")
+            self._send(200, m.index_html, "text/html; charset=utf-8")
         else:
             self._send(404, b"Not Found\n")
 
@@ -538,12 +574,16 @@ class _Handler(BoundedHandler):
             encoder, content_type = choose_encoder(accept)
         if "name[]" in params and hasattr(registry, "restricted_registry"):
             registry = registry.restricted_registry(params["name[]"])
+        t0 = time.perf_counter()
         try:
             body = encoder(registry)
         except Exception as e:
             # collectors are meant to absorb their own errors; if one escapes, say so instead of a reset
             self._send(500, f"error collecting metrics: {type(e).__name__}: {e}\n".encode())
+            log.error("scrape failed: %s: %s", type(e).__name__, e)
             return
+        peer = self.client_address[0] if isinstance(self.client_address, tuple) else "-"
+        log.debug("scrape from %s: %d bytes in %.3f s", peer, len(body), time.perf_counter() - t0)
         extra = []
         if gzip_accepted(self.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=6)
@@ -752,9 +792,14 @@ class MetricsServer(ConnectionLoop):
     `max_connections` defaults to connection_bound() (from the fd limit at construction)."""
 
     def __init__(self, registry: Collectable, listen: str = DEFAULT_LISTEN,
-                 web_config: WebConfig | None = None, max_connections: int | None = None) -> None:
+                 web_config: WebConfig | None = None, max_connections: int | None = None,
+                 telemetry_path: str = "/metrics") -> None:
+        import html
+
         self.registry = registry
         self.listen = listen
+        self.telemetry_path = telemetry_path
+        self.index_html = INDEX_HTML.format(path=html.escape(telemetry_path)).encode()
         self.web_config = web_config
         self.ssl_context: ssl.SSLContext | None = web_config.ssl_context() if web_config else None
         self.users: dict[str, bytes] = {
@@ -791,7 +836,7 @@ class MetricsServer(ConnectionLoop):
                    errno.EADDRNOTAVAIL: "the address is not on this machine",
                    errno.EACCES: "permission denied"}.get(e.errno or 0, e.strerror or str(e))
             raise CgagentError(f"cannot listen on {listen} ({why})",
-                               "choose another --listen address or stop the process using it") from None
+                               "choose another --web.listen-address or stop the process using it") from None
         self._httpd.metrics = self
         self._serve(self._httpd, max_connections)
 

@@ -1,4 +1,4 @@
-"""What both dashboards share: the provisioned datasource, the variables, the OOM-kill annotation
+"""What both dashboards share: the datasource variable, the variables, the OOM-kill annotation
 and small panel helpers. Every PromQL expression is a plain string here so that the live test
 (tests/test_dashboards_live.py) can evaluate exactly what Grafana would send."""
 
@@ -8,9 +8,13 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import prometheus
 from grafana_foundation_sdk.models import dashboard as model
 
-# grafana/provisioning/datasources/cgagent.yaml creates the datasource with this uid.
-DATASOURCE_UID = "cgagent-prometheus"
-DATASOURCE = model.DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
+# Every panel, target, annotation and variable queries the datasource the `datasource` variable selects,
+# never a fixed uid: the dashboards import into any Grafana (the import dialog asks for DS_PROMETHEUS, see
+# generate.IMPORT_INPUTS) and, provisioned, they pick the default or first Prometheus datasource, which the
+# user can switch at the top of the dashboard.
+DATASOURCE_VARIABLE = "datasource"
+DATASOURCE_INPUT = "DS_PROMETHEUS"
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
 
 FLEET_UID = "cgagent-fleet"
 WORKLOAD_UID = "cgagent-workload"
@@ -39,8 +43,18 @@ def _label_variable(name: str, label: str, query_text: str, help_text: str) -> d
             .current(model.VariableOption(selected=True, text=["All"], value=["$__all"])))
 
 
-def variables() -> list[dash.QueryVariable]:
+def datasource_variable() -> dash.DatasourceVariable:
+    # on import, Grafana replaces ${DS_PROMETHEUS} with the datasource picked in the dialog; provisioned
+    # (no import step), the value matches no datasource and Grafana falls back to the default one
+    chosen = f"${{{DATASOURCE_INPUT}}}"
+    return (dash.DatasourceVariable(DATASOURCE_VARIABLE).label("Data source").type("prometheus")
+            .description("Prometheus that scrapes cgagent.")
+            .current(model.VariableOption(selected=True, text=chosen, value=chosen)))
+
+
+def variables() -> list[dash.QueryVariable | dash.DatasourceVariable]:
     return [
+        datasource_variable(),
         _label_variable("job", "Job", "label_values(cgagent_build_info, job)",
                         "Prometheus job(s) scraping cgagent."),
         _label_variable("instance", "Instance", 'label_values(cgagent_build_info{job=~"$job"}, instance)',
@@ -91,12 +105,12 @@ def cpu_used(window: str) -> str:
     return f'sum by ({BY}) (rate(container_cpu_usage_seconds_total{{cpu="total", {WORKLOAD}}}[{window}]))'
 
 
-# CPU limit in cores: CFS quota / period (both µs). Unlimited quota: no series.
-CPU_LIMIT = (f"sum by ({BY}) (container_spec_cpu_quota{{{WORKLOAD}}}"
+# CPU limit in cores: CFS quota / period (both µs). Unlimited quota (absent or 0): no series.
+CPU_LIMIT = (f"sum by ({BY}) ((container_spec_cpu_quota{{{WORKLOAD}}} > 0)"
              f" / container_spec_cpu_period{{{WORKLOAD}}})")
 
-# Working set over the memory limit. Unlimited memory: no series.
+# Working set over the memory limit. Unlimited memory (limit absent or 0): no series, never +Inf.
 MEMORY_RATIO = (f"sum by ({BY}) (container_memory_working_set_bytes{{{WORKLOAD}}})"
-                f" / sum by ({BY}) (container_spec_memory_limit_bytes{{{WORKLOAD}}})")
+                f" / sum by ({BY}) (container_spec_memory_limit_bytes{{{WORKLOAD}}} > 0)")
 
 LEGEND = "{{name}} ({{instance}})"

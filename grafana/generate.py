@@ -15,13 +15,20 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
 from grafana import fleet, workload
-from grafana.common import annotation_extras
+from grafana.common import DATASOURCE_INPUT, annotation_extras
 
 DASHBOARDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboards")
 DASHBOARDS: dict[str, Callable[[], dash.Dashboard]] = {
     "cgagent-fleet.json": fleet.build,
     "cgagent-workload.json": workload.build,
 }
+
+
+# What Grafana's "Export for sharing externally" adds: the import dialog asks for a Prometheus datasource
+# and substitutes it for ${DS_PROMETHEUS} (the datasource variable's initial value).
+IMPORT_INPUTS = [{"name": DATASOURCE_INPUT, "label": "Prometheus", "description": "Prometheus that scrapes cgagent",
+                  "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}]
+IMPORT_REQUIRES = [{"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}]
 
 
 def render(build: Callable[[], dash.Dashboard]) -> str:
@@ -32,6 +39,8 @@ def render(build: Callable[[], dash.Dashboard]) -> str:
     for a in model.get("annotations", {}).get("list", []):
         if a.get("expr"):
             a.update(annotation_extras())
+    model["__inputs"] = IMPORT_INPUTS
+    model["__requires"] = IMPORT_REQUIRES
     return json.dumps(model, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 

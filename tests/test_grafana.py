@@ -51,7 +51,9 @@ def _targets(d: dict[str, Any]) -> list[dict[str, Any]]:
     return [t for p in d["panels"] for t in p.get("targets", [])]
 
 
-def test_every_query_uses_the_provisioned_datasource() -> None:
+def test_every_query_uses_the_datasource_variable_and_imports_anywhere() -> None:
+    # no fixed uid: the `datasource` variable (type prometheus) selects it, and __inputs makes Grafana's
+    # import dialog ask for one (its answer replaces ${DS_PROMETHEUS})
     with open(os.path.join(GRAFANA, "provisioning", "datasources", "cgagent.yaml")) as f:
         prov = yaml.safe_load(f)
     assert prov["apiVersion"] == 1
@@ -59,11 +61,16 @@ def test_every_query_uses_the_provisioned_datasource() -> None:
     assert ds["type"] == "prometheus" and ds["access"] == "proxy" and ds["url"].startswith("http")
     for name in _committed():
         d = _load(name)
+        [var] = [v for v in d["templating"]["list"] if v["type"] == "datasource"]
+        assert (var["name"], var["query"], var["current"]["value"]) == ("datasource", "prometheus", "${DS_PROMETHEUS}")
+        assert [i["name"] for i in d["__inputs"]] == ["DS_PROMETHEUS"]
+        assert d["__inputs"][0]["type"] == "datasource" and d["__inputs"][0]["pluginId"] == "prometheus"
         refs = [p["datasource"] for p in d["panels"] if p["type"] != "row"]
         refs += [t["datasource"] for t in _targets(d)]
         refs += [a["datasource"] for a in d["annotations"]["list"]]
-        refs += [v["datasource"] for v in d["templating"]["list"]]
-        assert refs and all(r == {"type": "prometheus", "uid": ds["uid"]} for r in refs), name
+        refs += [v["datasource"] for v in d["templating"]["list"] if v["type"] != "datasource"]
+        assert refs and all(r == {"type": "prometheus", "uid": "${datasource}"} for r in refs), name
+        assert ds["uid"] not in json.dumps(d), f"{name} names the provisioned datasource's uid"
 
 
 def test_dashboard_provider_loads_json_files_from_a_directory() -> None:
@@ -79,7 +86,7 @@ def test_dashboards_have_the_required_shape() -> None:
     for d in (fleet, detail):
         ids = [p["id"] for p in d["panels"]]
         assert len(ids) == len(set(ids)) and 0 not in ids, "Grafana needs unique panel ids"
-        assert [v["name"] for v in d["templating"]["list"]] == ["job", "instance", "workload"]
+        assert [v["name"] for v in d["templating"]["list"]] == ["datasource", "job", "instance", "workload"]
         [oom] = d["annotations"]["list"]
         assert "container_oom_events_total" in oom["expr"] and oom["titleFormat"]
         assert all(t["expr"] and t["refId"] for t in _targets(d))

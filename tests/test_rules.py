@@ -80,3 +80,27 @@ def test_kubernetes_scrape_config_is_valid() -> None:
         pytest.skip("this promtool was built without Kubernetes service discovery (Debian's prometheus "
                     "package drops it); the config is checked where promtool has it")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+JOB = "cgagent"   # the job name the README's scrape config and deploy/prometheus/*.yml set
+
+
+def test_every_selector_names_our_job() -> None:
+    # a Prometheus that also scrapes cAdvisor/kubelets has the same series names under other jobs
+    import re
+
+    with open(RULES) as f:
+        exprs = [r["expr"] for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+    raw = [(m.group(1), m.group(2) or "") for e in exprs
+           for m in re.finditer(r"(?<![\w:])(container_\w+|up)\b(\{[^}]*\})?", e)]
+    assert raw
+    assert [name for name, sel in raw if f'job="{JOB}"' not in sel] == []
+
+
+def test_scrape_configs_and_readme_use_the_rules_job() -> None:
+    for config in ("prometheus-static.yml", "prometheus-file-sd.yml", "prometheus-kubernetes.yml"):
+        with open(os.path.join(PROM_DIR, config)) as f:
+            assert [j["job_name"] for j in yaml.safe_load(f)["scrape_configs"]] == [JOB], config
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert f"job_name: {JOB}" in readme and f"cadvisorSelector: 'job=\"{JOB}\"'" in readme

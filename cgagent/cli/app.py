@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from cgagent.cli import options
+from cgagent.cli import options, serveflags
 from cgagent.errors import CgagentError
 
 app = typer.Typer(
@@ -359,10 +359,10 @@ def unpause(
     raise typer.Exit(_each(names, None, state_dir, do_unpause))
 
 
-@app.command()
+@app.command(cls=serveflags.ServeCommand)
+@serveflags.add_flags
 def serve(
-    listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT to serve /metrics and /healthz on "
-                                               "(default 127.0.0.1:9730).")] = None,
+    ctx: typer.Context,
     web_config_file: Annotated[str | None, typer.Option(
         "--web.config.file", help="TLS / client-certificate / basic-auth config (Prometheus exporter-toolkit format).")
     ] = None,
@@ -379,12 +379,18 @@ def serve(
     api_group: Annotated[str | None, typer.Option(
         "--api-group", envvar="CGAGENT_API_GROUP", help="Let this group's members call the API too (the socket "
         "becomes 0660 and theirs; membership is root-equivalent, as the docker group's).")] = None,
+    **flags: Any,
 ) -> None:
     """Serve Prometheus metrics of every workload (and --watch-cgroup trees); log OOM kills as they happen;
     apply the workloads' policies (throttling and OOM responses) live; serve the local API (run, ps,
     inspect, update, stop, rm, logs, events) that the CLI uses when the agent runs.
 
+    Flags as node_exporter's: --web.listen-address (alias --listen), --web.telemetry-path, --log.level,
+    --version, and --collector.NAME / --no-collector.NAME for each collector.
+
     Example: cgagent serve --watch-cgroup /system.slice   # then scrape http://127.0.0.1:9730/metrics
+
+    Example: cgagent serve --web.listen-address :9730 --no-collector.psi --log.level warn
 
     Example: curl --unix-socket /run/cgagent/agent.sock http://x/v1/ps
     """
@@ -392,9 +398,12 @@ def serve(
     from exporters.serve import serve as do_serve
     from exporters.web import DEFAULT_LISTEN
 
+    serveflags.check(flags["telemetry_path"], flags["log_level"])
     startup_prune()   # connections of workloads that died while no agent ran
-    raise typer.Exit(do_serve(listen or DEFAULT_LISTEN, web_config_file, watch_cgroup or [], per_cpu,
-                              state_dir, policy_dir, api_socket, api_group))
+    raise typer.Exit(do_serve(flags["listen"] or DEFAULT_LISTEN, web_config_file, watch_cgroup or [], per_cpu,
+                              state_dir, policy_dir, api_socket, api_group,
+                              telemetry_path=flags["telemetry_path"], log_level=flags["log_level"],
+                              collectors=serveflags.enabled_collectors(ctx)))
 
 
 @app.command()
