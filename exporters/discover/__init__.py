@@ -1,0 +1,88 @@
+"""Who a cgroup belongs to: the container runtimes' own records on disk name the containers found
+under a --watch-cgroup root, as cAdvisor and the kubelet name them (`name`, `image`, `container`,
+`pod`, `namespace`, `container_label_*`).
+
+Read at scrape time from the files each runtime writes, never through its API: no daemon is asked
+and none is needed. One module per runtime, registered in RUNTIMES; each recognises its own cgroup
+names and reads its own metadata through a `files.Files` cache (a file is re-read only when its stat
+changes, bounded in size, opened without following a symlink below the runtime's root). Anything
+missing or malformed leaves the cgroup its cgroup-derived name: discovery never fails a scrape.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from exporters.discover import containerd, crio, docker, podman, systemd
+from exporters.discover.files import Files
+from exporters.discover.meta import CONTAINER, NOT_A_CONTAINER, Meta, is_id
+
+__all__ = ["Meta", "Namer", "Roots"]
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where each runtime keeps its records: the runtimes' defaults, or CGAGENT_*_ROOT for tests and
+    for hosts that moved them (e.g. docker's data-root)."""
+    podman: str = "/var/lib/containers/storage"              # graphroot: <driver>-containers/containers.json
+    docker: str = "/var/lib/docker"                          # containers/<id>/config.v2.json
+    containerd: str = "/run/containerd"                      # io.containerd.runtime.v2.task/<ns>/<id>/config.json
+    crio: str = "/run/containers/storage"                    # runroot: <driver>-containers/<id>/userdata/config.json
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Roots:
+        d = cls()
+        return cls(podman=env.get("CGAGENT_PODMAN_ROOT", d.podman), docker=env.get("CGAGENT_DOCKER_ROOT", d.docker),
+                   containerd=env.get("CGAGENT_CONTAINERD_ROOT", d.containerd),
+                   crio=env.get("CGAGENT_CRIO_ROOT", d.crio))
+
+
+class Namer:
+    """Meta of a watched cgroup from its path; one instance per exporter (it holds the file cache)."""
+
+    def __init__(self, roots: Roots | None = None) -> None:
+        self.roots = roots or Roots.from_env()
+        self.files = Files()
+        r = self.roots
+        self.podman = podman.Podman(self.files, r.podman)
+        self.docker = docker.Docker(self.files, r.docker)
+        self.containerd = containerd.Containerd(self.files, r.containerd)
+        self.crio = crio.Crio(self.files, r.crio)
+        # a bare id (cgroupfs driver: /docker/<id>, /kubepods/<qos>/pod<uid>/<id>): the first that knows it
+        self.bare = (self.docker, self.containerd, self.crio)
+
+    def begin(self) -> None:
+        """A new scrape: each metadata file is stat'ed at most once in it."""
+        self.files.begin()
+
+    def end(self) -> None:
+        """Forget the files no cgroup of this scrape asked for (removed containers do not pile up)."""
+        self.files.end()
+
+    def meta(self, cid: str, leaf: bool) -> Meta:
+        parent, _, last = cid.rstrip("/").rpartition("/")
+        for rt in (self.podman, self.docker, self.containerd, self.crio):
+            m = rt.meta(last, parent)
+            if m is not None:
+                return m
+        if is_id(last) and ("kubepods" in parent or parent.rpartition("/")[2] == "docker"):
+            for rt in self.bare:
+                m = rt.lookup(last)
+                if m is not None:
+                    return m
+            return Meta(last, container=CONTAINER)
+        unit = systemd.meta(last, leaf)
+        if unit is not None:
+            return unit
+        return Meta(last or "/", container=NOT_A_CONTAINER, pod_uid=_pod_uid(last))
+
+
+def _pod_uid(last: str) -> str:
+    """The pod UID of a kubelet pod cgroup (`pod<uid>` with cgroupfs, `kubepods-<qos>-pod<uid>.slice` with
+    systemd, where the UID's dashes became underscores), or ""."""
+    if last.endswith(".slice"):
+        tail = last[:-6].rpartition("-")[2]
+        return tail[3:].replace("_", "-") if tail.startswith("pod") else ""
+    return last[3:] if last.startswith("pod") and len(last) > 3 else ""

@@ -1,0 +1,56 @@
+"""podman (libpod): `<parent>/libpod-<id>` with the cgroupfs manager (parent /libpod_parent by default),
+`machine.slice/libpod-<id>.scope` with systemd; its monitor conmon sits in `<parent>/conmon` or
+`libpod-conmon-<id>.scope`. Name and image come from containers/storage's containers.json under
+the graph root: `names[0]`, and the `image-name` podman writes into the entry's `metadata` (a JSON
+string). podman keeps labels only in its database (bolt or sqlite): they are not exported."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from exporters.discover.files import Files
+from exporters.discover.meta import NOT_A_CONTAINER, Meta, strip, text
+
+DRIVERS = ("overlay", "vfs", "btrfs", "zfs", "devmapper", "aufs")   # containers/storage's <driver>-containers
+MAX_STORE = 64 << 20        # containers.json lists every container of the store (~600 bytes each)
+
+
+def parse_store(doc: Any) -> dict[str, Meta]:
+    out: dict[str, Meta] = {}
+    for c in doc if isinstance(doc, list) else []:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), str):
+            continue
+        names = c.get("names")
+        name = text(names[0]) if isinstance(names, list) and names else ""
+        image = ""
+        if isinstance(c.get("metadata"), str):
+            try:
+                md = json.loads(c["metadata"][:65536])
+                image = text(md.get("image-name")) if isinstance(md, dict) else ""
+            except ValueError:
+                pass
+        if name:
+            out[c["id"]] = Meta(name, image)
+    return out
+
+
+class Podman:
+    def __init__(self, files: Files, root: str) -> None:
+        self.files = files
+        self.root = root
+
+    def meta(self, last: str, parent: str) -> Meta | None:
+        if strip("libpod-conmon-", last, ".scope"):
+            return Meta(last, container=NOT_A_CONTAINER)
+        cid = strip("libpod-", last, ".scope") or strip("libpod-", last)
+        if cid is None:
+            return None
+        return self.lookup(cid) or Meta(last)
+
+    def lookup(self, cid: str) -> Meta | None:
+        for d in DRIVERS:
+            store = self.files.get(self.root, f"{d}-containers/containers.json", parse_store, MAX_STORE)
+            if store and cid in store:
+                return store[cid]
+        return None
