@@ -12,6 +12,7 @@ missing or malformed leaves the cgroup its cgroup-derived name: discovery never 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from exporters.discover.files import Files
 from exporters.discover.meta import CONTAINER, NOT_A_CONTAINER, Meta, is_id
 
 __all__ = ["Meta", "Namer", "Roots"]
+
+_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -73,16 +76,18 @@ class Namer:
                 if m is not None:
                     return m
             return Meta(last, container=CONTAINER)
+        uid = _pod_uid(last)
+        if uid:
+            return Meta(last, container=NOT_A_CONTAINER, pod_uid=uid)
         unit = systemd.meta(last, leaf)
         if unit is not None:
             return unit
-        return Meta(last or "/", container=NOT_A_CONTAINER, pod_uid=_pod_uid(last))
+        return Meta(last or "/", container=NOT_A_CONTAINER)
 
 
 def _pod_uid(last: str) -> str:
     """The pod UID of a kubelet pod cgroup (`pod<uid>` with cgroupfs, `kubepods-<qos>-pod<uid>.slice` with
     systemd, where the UID's dashes became underscores), or ""."""
     if last.endswith(".slice"):
-        tail = last[:-6].rpartition("-")[2]
-        return tail[3:].replace("_", "-") if tail.startswith("pod") else ""
-    return last[3:] if last.startswith("pod") and len(last) > 3 else ""
+        last = last[:-6].rpartition("-")[2].replace("_", "-")
+    return last[3:] if last.startswith("pod") and _UID.fullmatch(last[3:]) else ""
