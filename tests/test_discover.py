@@ -109,7 +109,8 @@ def test_runtime_containers_are_named_and_pods_labelled(tmp_path: Path) -> None:
             ("db", "docker.io/library/mariadb:11", "db")
     # parents, slices, QoS cgroups, runtimes' monitors and units with children: container=""
     for parent in ("/", "/docker", "/kubepods", "/kubepods/burstable", "/kubepods.slice", "/machine.slice",
-                   "/system.slice", "/libpod_parent", "/libpod_parent/conmon", f"/machine.slice/libpod-conmon-{H('6')}.scope",
+                   "/system.slice", "/libpod_parent", "/libpod_parent/conmon",
+                   f"/machine.slice/libpod-conmon-{H('6')}.scope",
                    "/user.slice/user-1000.slice/user@1000.service"):
         assert got[parent]["container"] == "", parent
     assert got["/system.slice/cron.service"]["container"] == "cron.service"
