@@ -17,6 +17,8 @@ from cgagent.state import Record
 from exporters import targets
 from exporters.discover import Roots, files
 from exporters.targets import Discovery
+from tests.conftest import Env
+from tests.exporter_helpers import agent, parse
 from tests.test_exporter_values import v2_host
 
 RUNTIMES = Path(__file__).parent / "fixtures" / "runtimes"
@@ -195,3 +197,12 @@ def test_a_watched_cgroup_that_does_not_exist_is_one_line_error(tmp_path: Path) 
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "/no-such-cgroup-here: no such cgroup" in lines[0] and "--discover" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "a.sock").exists()
+
+
+def test_serve_discover_covers_the_whole_host(cg: Env) -> None:
+    """`serve --discover` watches /: the root cgroup is exported and, grouping all others, is not a container."""
+    with agent(cg, "--discover") as srv:
+        got = parse(srv.text())
+    root = {dict(ls)["container"] for n, ls in got
+            if n == "container_cpu_usage_seconds_total" and dict(ls)["id"] == "/"}
+    assert root == {""}
