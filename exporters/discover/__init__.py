@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from exporters.discover import containerd, crio, docker, podman, systemd
@@ -22,6 +22,7 @@ from exporters.discover.meta import CONTAINER, NOT_A_CONTAINER, Meta, is_id
 
 __all__ = ["Meta", "Namer", "Roots"]
 
+Lookup = Callable[[str], Meta | None]
 _UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -56,26 +57,46 @@ class Namer:
         # a bare id (cgroupfs driver: /docker/<id>, /kubepods/<qos>/pod<uid>/<id>): the first that knows it
         self.bare = (self.docker, self.containerd, self.crio)
 
+        self._plans: dict[tuple[str, bool], Meta | tuple[tuple[Lookup, ...], str, Meta]] = {}
+        self._used: dict[tuple[str, bool], Meta | tuple[tuple[Lookup, ...], str, Meta]] = {}
+
     def begin(self) -> None:
         """A new scrape: each metadata file is stat'ed at most once in it."""
         self.files.begin()
+        self._used = {}
 
     def end(self) -> None:
-        """Forget the files no cgroup of this scrape asked for (removed containers do not pile up)."""
+        """Forget the files and cgroups this scrape did not see (removed containers do not pile up)."""
         self.files.end()
+        self._plans = self._used
 
     def meta(self, cid: str, leaf: bool) -> Meta:
-        parent, _, last = cid.rstrip("/").rpartition("/")
-        for rt in (self.podman, self.docker, self.containerd, self.crio):
-            m = rt.meta(last, parent)
+        """The cgroup's Meta: what its path says is worked out once (a cache), its runtime's file is
+        looked at (one lstat when unchanged) every scrape."""
+        k = (cid, leaf)
+        plan = self._plans.get(k)
+        if plan is None:
+            plan = self._plan(cid, leaf)
+        self._used[k] = plan
+        if isinstance(plan, Meta):
+            return plan
+        lookups, ctr, fallback = plan
+        for lookup in lookups:
+            m = lookup(ctr)
             if m is not None:
                 return m
+        return fallback
+
+    def _plan(self, cid: str, leaf: bool) -> Meta | tuple[tuple[Lookup, ...], str, Meta]:
+        parent, _, last = cid.rstrip("/").rpartition("/")
+        for rt in (self.podman, self.docker, self.containerd, self.crio):
+            m = rt.match(last)
+            if isinstance(m, Meta):
+                return m
+            if m is not None:
+                return (rt.lookup,), m, Meta(last)
         if is_id(last) and ("kubepods" in parent or parent.rpartition("/")[2] == "docker"):
-            for rt in self.bare:
-                m = rt.lookup(last)
-                if m is not None:
-                    return m
-            return Meta(last, container=CONTAINER)
+            return tuple(rt.lookup for rt in self.bare), last, Meta(last, container=CONTAINER)
         uid = _pod_uid(last)
         if uid:
             return Meta(last, container=NOT_A_CONTAINER, pod_uid=uid)

@@ -22,11 +22,8 @@ class Containerd:
         self.files = files
         self.root = root
 
-    def meta(self, last: str, parent: str) -> Meta | None:
-        cid = strip("cri-containerd-", last, ".scope")
-        if cid is None:
-            return None
-        return self.lookup(cid) or Meta(last)
+    def match(self, last: str) -> Meta | str | None:
+        return strip("cri-containerd-", last, ".scope")
 
     def lookup(self, cid: str) -> Meta | None:
         for ns in NAMESPACES:

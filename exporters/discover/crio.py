@@ -19,13 +19,10 @@ class Crio:
         self.files = files
         self.root = root
 
-    def meta(self, last: str, parent: str) -> Meta | None:
+    def match(self, last: str) -> Meta | str | None:
         if strip("crio-conmon-", last, ".scope"):
             return Meta(last, container=NOT_A_CONTAINER)
-        cid = strip("crio-", last, ".scope") or strip("crio-", last)
-        if cid is None:
-            return None
-        return self.lookup(cid) or Meta(last)
+        return strip("crio-", last, ".scope") or strip("crio-", last)
 
     def lookup(self, cid: str) -> Meta | None:
         for d in DRIVERS:

@@ -29,11 +29,8 @@ class Docker:
         self.files = files
         self.root = root
 
-    def meta(self, last: str, parent: str) -> Meta | None:
-        cid = strip("docker-", last, ".scope")
-        if cid is None:
-            return None
-        return self.lookup(cid) or Meta(last)
+    def match(self, last: str) -> Meta | str | None:
+        return strip("docker-", last, ".scope")
 
     def lookup(self, cid: str) -> Meta | None:
         return self.files.get(self.root, f"containers/{cid}/config.v2.json", parse_config)

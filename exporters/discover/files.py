@@ -42,7 +42,7 @@ class Files:
             return self._seen[k]  # type: ignore[no-any-return]
         val: T | None = None
         try:
-            st = os.stat(os.path.join(root, rel), follow_symlinks=False)
+            st = os.stat(f"{root}/{rel}", follow_symlinks=False)
         except (OSError, ValueError):
             st = None
         if st is not None and stat.S_ISREG(st.st_mode):

@@ -40,13 +40,10 @@ class Podman:
         self.files = files
         self.root = root
 
-    def meta(self, last: str, parent: str) -> Meta | None:
+    def match(self, last: str) -> Meta | str | None:
         if strip("libpod-conmon-", last, ".scope"):
             return Meta(last, container=NOT_A_CONTAINER)
-        cid = strip("libpod-", last, ".scope") or strip("libpod-", last)
-        if cid is None:
-            return None
-        return self.lookup(cid) or Meta(last)
+        return strip("libpod-", last, ".scope") or strip("libpod-", last)
 
     def lookup(self, cid: str) -> Meta | None:
         for d in DRIVERS:
