@@ -122,8 +122,9 @@ class Discovery:
     # --- watched roots
 
     def _watched(self, root: str, seen: set[str]) -> list[Target]:
-        found = [f for f in tree.below(self.host, root) if f.id not in seen]
-        parents = {f.id.rpartition("/")[0] or "/" for f in found}
+        every = tree.below(self.host, root)
+        parents = {f.id.rpartition("/")[0] or "/" for f in every}
+        found = [f for f in every if f.id not in seen]
         metas = [self.namer.meta(f.id, f.id not in parents) for f in found]
         # a pod cgroup is named by its members' records: the pod and namespace they carry
         pods = {m.pod_uid: m for m in metas if m.pod and m.pod_uid}

@@ -54,6 +54,8 @@ CGROUPS = [
     "/libpod_parent/conmon",
     f"/libpod_parent/libpod-{H('6')}",
     "/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service",
+    f"/libpod_parent/{H('0')}/libpod-{H('6')}",       # a podman pod (cgroupfs): a bare id, a parent
+    f"/custom/{H('d')}",                               # docker run --cgroup-parent /custom
 ]
 
 
@@ -113,8 +115,10 @@ def test_runtime_containers_are_named_and_pods_labelled(tmp_path: Path) -> None:
     for parent in ("/", "/docker", "/kubepods", "/kubepods/burstable", "/kubepods.slice", "/machine.slice",
                    "/system.slice", "/libpod_parent", "/libpod_parent/conmon",
                    f"/machine.slice/libpod-conmon-{H('6')}.scope",
-                   "/user.slice/user-1000.slice/user@1000.service"):
+                   "/user.slice/user-1000.slice/user@1000.service", f"/libpod_parent/{H('0')}"):
         assert got[parent]["container"] == "", parent
+    assert got[f"/libpod_parent/{H('0')}/libpod-{H('6')}"]["name"] == "db"
+    assert got[f"/custom/{H('d')}"]["container"] == "web"
     assert got["/system.slice/cron.service"]["container"] == "cron.service"
     assert got["/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service"]["name"] == "foo.service"
 

@@ -88,15 +88,18 @@ class Namer:
         return fallback
 
     def _plan(self, cid: str, leaf: bool) -> Meta | tuple[tuple[Lookup, ...], str, Meta]:
-        parent, _, last = cid.rstrip("/").rpartition("/")
+        last = cid.rstrip("/").rpartition("/")[2]
         for rt in (self.podman, self.docker, self.containerd, self.crio):
             m = rt.match(last)
             if isinstance(m, Meta):
                 return m
             if m is not None:
                 return (rt.lookup,), m, Meta(last)
-        if is_id(last) and ("kubepods" in parent or parent.rpartition("/")[2] == "docker"):
-            return tuple(rt.lookup for rt in self.bare), last, Meta(last, container=CONTAINER)
+        if is_id(last):
+            # cgroupfs drivers name a container's cgroup by its bare id (/docker/<id>, --cgroup-parent
+            # /any/<id>, /kubepods/<qos>/pod<uid>/<id>); a podman pod's cgroup is a bare id too, a parent
+            return tuple(rt.lookup for rt in self.bare), last, \
+                Meta(last, container=CONTAINER if leaf else NOT_A_CONTAINER)
         uid = _pod_uid(last)
         if uid:
             return Meta(last, container=NOT_A_CONTAINER, pod_uid=uid)

@@ -13,7 +13,7 @@ from exporters.discover.files import Files
 from exporters.discover.meta import NOT_A_CONTAINER, Meta, strip, text
 
 DRIVERS = ("overlay", "vfs", "btrfs", "zfs", "devmapper", "aufs")   # containers/storage's <driver>-containers
-MAX_STORE = 64 << 20        # containers.json lists every container of the store (~600 bytes each)
+MAX_STORE = 16 << 20        # containers.json lists every container of the store (~600 bytes each)
 
 
 def parse_store(doc: Any) -> dict[str, Meta]:
