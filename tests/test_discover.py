@@ -56,6 +56,7 @@ CGROUPS = [
     "/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service",
     f"/libpod_parent/{H('0')}/libpod-{H('6')}",       # a podman pod (cgroupfs): a bare id, a parent
     f"/custom/{H('d')}",                               # docker run --cgroup-parent /custom
+    f"/machine.slice/libpod-{H('4')}.scope",           # no image-name in its metadata: images.json names it
 ]
 
 
@@ -118,6 +119,7 @@ def test_runtime_containers_are_named_and_pods_labelled(tmp_path: Path) -> None:
                    "/user.slice/user-1000.slice/user@1000.service", f"/libpod_parent/{H('0')}"):
         assert got[parent]["container"] == "", parent
     assert got[f"/libpod_parent/{H('0')}/libpod-{H('6')}"]["name"] == "db"
+    assert got[f"/machine.slice/libpod-{H('4')}.scope"]["image"] == "docker.io/library/mariadb:11"
     assert got[f"/custom/{H('d')}"]["container"] == "web"
     assert got["/system.slice/cron.service"]["container"] == "cron.service"
     assert got["/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service"]["name"] == "foo.service"

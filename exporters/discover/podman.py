@@ -2,10 +2,12 @@
 `machine.slice/libpod-<id>.scope` with systemd; its monitor conmon sits in `<parent>/conmon` or
 `libpod-conmon-<id>.scope`. Name and image come from containers/storage's containers.json under
 the graph root: `names[0]`, and the `image-name` podman writes into the entry's `metadata` (a JSON
-string). podman keeps labels only in its database (bolt or sqlite): they are not exported."""
+string), else the first name of its `image` id in images.json. podman keeps labels only in its
+database (bolt or sqlite): they are not exported."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -16,8 +18,10 @@ DRIVERS = ("overlay", "vfs", "btrfs", "zfs", "devmapper", "aufs")   # containers
 MAX_STORE = 16 << 20        # containers.json lists every container of the store (~600 bytes each)
 
 
-def parse_store(doc: Any) -> dict[str, Meta]:
-    out: dict[str, Meta] = {}
+def parse_store(doc: Any) -> dict[str, tuple[Meta, str]]:
+    """containers.json: id -> (Meta, image id); the image's name is in the entry's metadata when
+    podman made the container (buildah's and others' entries have only the image id)."""
+    out: dict[str, tuple[Meta, str]] = {}
     for c in doc if isinstance(doc, list) else []:
         if not isinstance(c, dict) or not isinstance(c.get("id"), str):
             continue
@@ -31,7 +35,16 @@ def parse_store(doc: Any) -> dict[str, Meta]:
             except ValueError:
                 pass
         if name:
-            out[c["id"]] = Meta(name, image)
+            out[c["id"]] = (Meta(name, image), text(c.get("image")))
+    return out
+
+
+def parse_images(doc: Any) -> dict[str, str]:
+    """images.json: image id -> its first name."""
+    out: dict[str, str] = {}
+    for i in doc if isinstance(doc, list) else []:
+        if isinstance(i, dict) and isinstance(i.get("id"), str) and isinstance(i.get("names"), list) and i["names"]:
+            out[i["id"]] = text(i["names"][0])
     return out
 
 
@@ -49,5 +62,9 @@ class Podman:
         for d in DRIVERS:
             store = self.files.get(self.root, f"{d}-containers/containers.json", parse_store, MAX_STORE)
             if store and cid in store:
-                return store[cid]
+                m, image_id = store[cid]
+                if m.image or not image_id:
+                    return m
+                images = self.files.get(self.root, f"{d}-images/images.json", parse_images, MAX_STORE)
+                return dataclasses.replace(m, image=(images or {}).get(image_id, ""))
         return None
