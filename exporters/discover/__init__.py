@@ -4,8 +4,9 @@ under a --watch-cgroup root, as cAdvisor and the kubelet name them (`name`, `ima
 
 Read at scrape time from the files each runtime writes, never through its API: no daemon is asked
 and none is needed. One module per runtime, registered in RUNTIMES; each recognises its own cgroup
-names and reads its own metadata through a `files.Files` cache (a file is re-read only when its stat
-changes, bounded in size, opened without following a symlink below the runtime's root). Anything
+names (`match`) and reads its own metadata (`lookup`) through a `files.Files` cache (a file is
+re-read only when its stat changes, bounded in size, opened without following a symlink below the
+runtime's root). Anything
 missing or malformed leaves the cgroup its cgroup-derived name: discovery never fails a scrape.
 """
 
@@ -15,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from exporters.discover import containerd, crio, docker, podman, systemd
 from exporters.discover.files import Files
@@ -23,6 +25,22 @@ from exporters.discover.meta import CONTAINER, NOT_A_CONTAINER, Meta, is_id
 __all__ = ["Meta", "Namer", "Roots"]
 
 Lookup = Callable[[str], Meta | None]
+
+
+class Runtime(Protocol):
+    def match(self, last: str) -> Meta | str | None:
+        """This runtime's cgroup (by the last path component): its container id, a Meta when the name
+        alone says all (e.g. its monitor's scope), or None when the cgroup is not this runtime's."""
+
+    def lookup(self, cid: str) -> Meta | None:
+        """The container's Meta from the runtime's records, None when they do not know it."""
+
+
+# Every runtime, under its Roots field, in the order a cgroup's name is tested against them.
+RUNTIMES: tuple[tuple[str, Callable[[Files, str], Runtime]], ...] = (
+    ("podman", podman.Podman), ("docker", docker.Docker), ("containerd", containerd.Containerd), ("crio", crio.Crio))
+# Those whose cgroupfs driver names a container's cgroup by its bare id: asked in this order.
+BARE = ("docker", "containerd", "crio")
 _UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -49,14 +67,8 @@ class Namer:
     def __init__(self, roots: Roots | None = None) -> None:
         self.roots = roots or Roots.from_env()
         self.files = Files()
-        r = self.roots
-        self.podman = podman.Podman(self.files, r.podman)
-        self.docker = docker.Docker(self.files, r.docker)
-        self.containerd = containerd.Containerd(self.files, r.containerd)
-        self.crio = crio.Crio(self.files, r.crio)
-        # a bare id (cgroupfs driver: /docker/<id>, /kubepods/<qos>/pod<uid>/<id>): the first that knows it
-        self.bare = (self.docker, self.containerd, self.crio)
-
+        self.runtimes = {n: make(self.files, getattr(self.roots, n)) for n, make in RUNTIMES}
+        self.bare = tuple(self.runtimes[n].lookup for n in BARE)
         self._plans: dict[tuple[str, bool], Meta | tuple[tuple[Lookup, ...], str, Meta]] = {}
         self._used: dict[tuple[str, bool], Meta | tuple[tuple[Lookup, ...], str, Meta]] = {}
 
@@ -89,7 +101,7 @@ class Namer:
 
     def _plan(self, cid: str, leaf: bool) -> Meta | tuple[tuple[Lookup, ...], str, Meta]:
         last = cid.rstrip("/").rpartition("/")[2]
-        for rt in (self.podman, self.docker, self.containerd, self.crio):
+        for rt in self.runtimes.values():
             m = rt.match(last)
             if isinstance(m, Meta):
                 return m
@@ -98,7 +110,7 @@ class Namer:
         if is_id(last):
             # cgroupfs drivers name a container's cgroup by its bare id (/docker/<id>, --cgroup-parent
             # /any/<id>, /kubepods/<qos>/pod<uid>/<id>); a podman pod's cgroup is a bare id too, a parent
-            return tuple(rt.lookup for rt in self.bare), last, \
+            return self.bare, last, \
                 Meta(last, container=CONTAINER if leaf else NOT_A_CONTAINER)
         uid = _pod_uid(last)
         if uid:
