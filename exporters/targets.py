@@ -16,6 +16,7 @@ from cgagent.host import Host
 from cgagent.state import Damaged, Record, Store, warn_damaged
 from exporters.discover import Meta, Namer, Roots
 from exporters.discover import cgagent as own
+from exporters.discover.meta import utf8
 from exporters.exposition import LabelSet
 
 
@@ -25,10 +26,10 @@ def labels(cid: str, name: str, policy: str, meta: Meta | None = None) -> LabelS
     CPUThrottlingHigh (container!="", id/name/image summed away) and every sum(...{container!=""})
     count each CPU second once. A pod member's `container` is its name in the pod spec."""
     m = meta or Meta(name)
-    out = {"id": cid, "name": name}
+    out = {"id": utf8(cid), "name": utf8(name)}
     if m.image:
         out["image"] = m.image
-    out["container"] = name if m.container is None else m.container
+    out["container"] = out["name"] if m.container is None else m.container
     if m.pod:
         out["pod"] = m.pod
         out["namespace"] = m.namespace

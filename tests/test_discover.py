@@ -152,10 +152,17 @@ def test_hostile_files_are_not_followed_or_read_whole(tmp_path: Path) -> None:
     many = {f"k{i:03}.dots-and/slashes": "v" * 5000 for i in range(200)}
     (cont / H("8") / "config.v2.json").write_text(
         '{"Name": "/labelled", "Config": {"Image": "i", "Labels": ' + json.dumps(many) + "}}")
-    ids = "12478"
-    got = discovered(host_tree(tmp_path, [f"/docker/{H(c)}" for c in ids]), roots(base))
+    (cont / H("b")).mkdir()   # lone surrogates: valid JSON, not encodable as UTF-8
+    (cont / H("b") / "config.v2.json").write_text(
+        r'{"Name": "/s\ud800x", "Config": {"Image": "i\udfff", "Labels": {"k": "\ud83d"}}}')
+    ids = "12478b"
+    found = Discovery(v2_host(host_tree(tmp_path, [f"/docker/{H(c)}" for c in ids])), None, ["/"],
+                      roots=roots(base)).targets([])
+    got = {t.id: t.labels.values for t in found}
+    assert all(t.labels.text.encode() for t in found)   # the exposition is UTF-8
     for c in "1247":
         assert got[f"/docker/{H(c)}"]["name"] == H(c), c
+    assert (got[f"/docker/{H('b')}"]["name"], got[f"/docker/{H('b')}"]["image"]) == ("s?x", "i?")
     lab = got[f"/docker/{H('8')}"]
     keys = [k for k in lab if k.startswith("container_label_")]
     assert lab["name"] == "labelled" and len(keys) == 64
@@ -212,3 +219,11 @@ def test_serve_discover_covers_the_whole_host(cg: Env) -> None:
     root = {dict(ls)["container"] for n, ls in got
             if n == "container_cpu_usage_seconds_total" and dict(ls)["id"] == "/"}
     assert root == {""}
+
+
+def test_a_cgroup_name_that_is_not_utf8_does_not_fail_the_scrape(tmp_path: Path) -> None:
+    """A delegated user may name a cgroup with any bytes; its labels are still valid UTF-8."""
+    mount = host_tree(tmp_path, ["/user.slice"])
+    os.mkdir(os.fsencode(mount / "user.slice") + b"/bad\xff.scope")
+    (t,) = [t for t in Discovery(v2_host(mount), None, ["/"]).targets([]) if t.id.startswith("/user.slice/")]
+    assert t.labels.text.encode() and t.labels.values["name"] == "bad?.scope"

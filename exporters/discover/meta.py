@@ -39,7 +39,15 @@ def strip(prefix: str, last: str, suffix: str = "") -> str | None:
 
 
 def text(v: object) -> str:
-    return v[:MAX_VALUE] if isinstance(v, str) else ""
+    """A string from a runtime's file as a label value: cut, and valid UTF-8 (JSON's "\\ud800" escapes
+    decode to lone surrogates that would fail the whole exposition's encoding)."""
+    return utf8(v[:MAX_VALUE]) if isinstance(v, str) else ""
+
+
+def utf8(v: str) -> str:
+    """`v` with what UTF-8 cannot encode (surrogates: from JSON escapes, or a file name's undecodable
+    bytes as os.scandir returns them) as "?"."""
+    return v if v.isascii() else v.encode("utf-8", "replace").decode("utf-8")
 
 
 def label_items(labels: object) -> tuple[tuple[str, str], ...]:
@@ -51,7 +59,7 @@ def label_items(labels: object) -> tuple[tuple[str, str], ...]:
     for k in sorted(k for k in labels if isinstance(k, str))[:MAX_LABELS]:
         v = labels[k]
         if isinstance(v, str):
-            out.setdefault("container_label_" + _INVALID.sub("_", k[:MAX_VALUE]), v[:MAX_VALUE])
+            out.setdefault("container_label_" + _INVALID.sub("_", k[:MAX_VALUE]), text(v))
     return tuple(out.items())
 
 
