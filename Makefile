@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := python3-venv prometheus runc busybox-static bubblewrap iproute2 procps nftables systemd dbus openssl util-linux tini
+APT_PKGS := python3-venv prometheus runc busybox-static bubblewrap iproute2 procps nftables systemd dbus openssl util-linux tini podman zsh fish
 STAMP_APT := $(VENV)/.apt-stamp
 # Only for the cgroup v2 + systemd VM test tier (`make test-vm-image`): `make test` does not need them.
 VM_APT_PKGS := qemu-system-x86 debootstrap busybox-static e2fsprogs kmod

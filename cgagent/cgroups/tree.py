@@ -51,6 +51,14 @@ def walk(base: str) -> dict[str, int]:
     return out
 
 
+def exists(host: Host, root: str) -> bool:
+    """`root` is a cgroup in at least one hierarchy the exporter reads."""
+    if host.is_v2:
+        return os.path.isdir(os.path.normpath(f"{host.v2_mount or '/sys/fs/cgroup'}/{_rel(host, '', root)}"))
+    return any(os.path.isdir(os.path.normpath(f"{host.v1_mounts[c]}/{_rel(host, c, root)}"))
+               for c in V1_READ if c in host.v1_mounts)
+
+
 def below(host: Host, root: str) -> list[Found]:
     """`root` (a cgroup path, or nested:...) and every cgroup below it, sorted by path."""
     if host.is_v2:

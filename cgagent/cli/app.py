@@ -368,6 +368,9 @@ def serve(
     ] = None,
     watch_cgroup: Annotated[list[str] | None, typer.Option(
         "--watch-cgroup", help="Also export this cgroup and all below it (e.g. /system.slice); repeatable.")] = None,
+    discover: Annotated[bool, typer.Option("--discover", help="Export every cgroup of the host, named by its "
+                                           "runtime (podman, docker, containerd, CRI-O, systemd): --watch-cgroup /.")
+                        ] = False,
     per_cpu: Annotated[bool, typer.Option("--per-cpu", help="Export per-CPU usage series too (cgroup v1).")] = False,
     state_dir: StateDir = None,
     policy_dir: Annotated[list[str] | None, typer.Option(
@@ -400,7 +403,8 @@ def serve(
 
     serveflags.check(flags["telemetry_path"], flags["log_level"])
     startup_prune()   # connections of workloads that died while no agent ran
-    raise typer.Exit(do_serve(flags["listen"] or DEFAULT_LISTEN, web_config_file, watch_cgroup or [], per_cpu,
+    watch = (watch_cgroup or []) + (["/"] if discover else [])
+    raise typer.Exit(do_serve(flags["listen"] or DEFAULT_LISTEN, web_config_file, watch, per_cpu,
                               state_dir, policy_dir, api_socket, api_group,
                               telemetry_path=flags["telemetry_path"], log_level=flags["log_level"],
                               collectors=serveflags.enabled_collectors(ctx)))
