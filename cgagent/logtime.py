@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import contextlib
 import datetime
 import os
 import re
@@ -36,6 +37,10 @@ def start_stamper(log_path: str, idx_path: str) -> None:
     if os.fork() != 0:
         return
     try:
+        with contextlib.suppress(OSError, AttributeError):   # `ps -o comm` tells it from the supervisor
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(15, b"cgagent-stamp", 0, 0, 0)   # PR_SET_NAME
         _stamp(log_path, idx_path, parent)
     finally:
         os._exit(0)
