@@ -138,11 +138,12 @@ class Index:
 
     def refresh(self) -> None:
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self._read)
-                raw = f.read()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            return
+            return   # none (yet, or a workload older than the index): readers use the log's mtime
+        with os.fdopen(fd, "rb") as f:
+            f.seek(self._read)
+            raw = f.read()
         raw = raw[:len(raw) - len(raw) % ENTRY.size]
         self._read += len(raw)
         a = array.array("Q", raw)
@@ -154,9 +155,6 @@ class Index:
     def time_at(self, end: int) -> int | None:
         """The time of the bytes before `end`: the first entry whose size reaches it."""
         k = bisect.bisect_left(self.sizes, end)
-        if k == len(self.sizes):
-            self.refresh()
-            k = bisect.bisect_left(self.sizes, end)
         return self.times[k] if k < len(self.sizes) else None
 
     def size_before(self, t_ns: int) -> int:
@@ -193,6 +191,8 @@ class LogReader:
         """What is there now, 64 KiB at a time; with timestamps a last line without its newline
         waits for it (until `final`: the writer is gone). A line over MAX_LINE is cut there, as
         docker cuts its lines at 16 KiB."""
+        if self.index is not None:
+            self.index.refresh()   # once a call, not once a line: a log without entries has many lines
         while data := self.f.read(65536):
             if not self.timestamps:
                 yield data
