@@ -147,3 +147,23 @@ def test_parse_since_forms() -> None:
     assert parse_since("1714557600.5") == 1714557600 * 10**9 + 500_000_000
     assert stamp(1714557600 * 10**9 + 123) == b"2024-05-01T10:00:00.000000123Z "
     assert parse_since(None) is None
+
+
+def test_reader_gives_a_line_the_time_of_the_entry_that_covers_its_end(tmp_path: Path) -> None:
+    """An entry made mid-line (the size ends inside a line) stamps only the lines ended by then;
+    bytes no entry covers take the log's mtime; a last line without its newline gets one."""
+    from cgagent.logtime import ENTRY, LogReader
+
+    log, idx = tmp_path / "m.log", tmp_path / "m.idx"
+    log.write_bytes(b"aa\nbb" + b"b\ncc\n" + b"dd")
+    idx.write_bytes(ENTRY.pack(5, 10**18) + ENTRY.pack(10, 2 * 10**18))
+    os.utime(log, ns=(3 * 10**18, 3 * 10**18))
+    with open(log, "rb") as f:
+        out = b"".join(LogReader(f, str(idx), True).chunks(final=True))
+    assert out == (b"2001-09-09T01:46:40.000000000Z aa\n2033-05-18T03:33:20.000000000Z bbb\n"
+                   b"2033-05-18T03:33:20.000000000Z cc\n2065-01-24T05:20:00.000000000Z dd\n")
+    with open(log, "rb") as f:
+        r = LogReader(f, str(idx), True)
+        r.seek_since(10**18 + 1)   # the line that goes on past the first entry is kept whole
+        assert b"".join(r.chunks(final=False)) == (b"2033-05-18T03:33:20.000000000Z bbb\n"
+                                                   b"2033-05-18T03:33:20.000000000Z cc\n")
