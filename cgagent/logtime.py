@@ -62,6 +62,9 @@ def _stamp(log_path: str, idx_path: str, parent: int) -> None:
     last_size, last_t = 0, 0
     if size >= ENTRY.size:
         last_size, last_t = ENTRY.unpack(os.pread(idx, ENTRY.size, size - size % ENTRY.size - ENTRY.size))
+    if last_size > os.fstat(log).st_size:   # an index left by an earlier workload of this name
+        os.ftruncate(idx, 0)
+        last_size = 0
     ended = False
     while True:
         st = os.fstat(log)
