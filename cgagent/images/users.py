@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from cgagent.errors import CgagentError
 from cgagent.faults import fault
-from cgagent.state import Store, atomic_write
+from cgagent.state import Damaged, Store, atomic_write
 
 if TYPE_CHECKING:   # imported when an image is at hand: a host `run` does not pay for it
     from cgagent.images.store import Image, ImageStore
@@ -53,9 +53,10 @@ class User:
         """Does the record this entry names still exist (the same workload, using this image)?"""
         try:
             rec = Store(self.state_dir).load(self.name)
-        except CgagentError as e:
-            # Damaged (unreadable, not a file, too big) is not proof the workload is gone: keep it
-            return not str(e).startswith("no workload named")
+        except Damaged:   # unreadable, not a file, too big: no proof the workload is gone
+            return True
+        except CgagentError:   # no record by that name
+            return False
         return rec.created == self.created and (rec.isolation or {}).get("image") == self.image
 
 
