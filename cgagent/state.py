@@ -3,6 +3,7 @@
 Layout under the state dir (default /run/cgagent):
   workloads/<name>.json   the record
   logs/<name>.log         output of detached workloads
+  logs/<name>.idx         (log size, time) entries: when its lines were written (cgagent.logtime)
   lock                    flock() for create/update/finalise
 
 Records, logs and the events log hold `-e` values and command lines: the dirs are 0700 and the
@@ -254,6 +255,10 @@ class Store:
     def log_path(self, name: str) -> str:
         return os.path.join(self.logs, f"{validate_name(name)}.log")
 
+    def index_path(self, name: str) -> str:
+        """When each part of the log was written (cgagent.logtime), for `logs --since/--timestamps`."""
+        return os.path.join(self.logs, f"{validate_name(name)}.idx")
+
     def read_log(self, name: str) -> tuple[Record, str] | None:
         """The workload's record and its output file's path, for `logs` (CLI or API); None: a
         detached workload that has written nothing yet. A foreground run's output went to its terminal."""
@@ -304,7 +309,7 @@ class Store:
         return parse_record(name, path, raw)
 
     def delete(self, name: str) -> None:
-        for p in (self.path(name), self.log_path(name)):
+        for p in (self.path(name), self.log_path(name), self.index_path(name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 

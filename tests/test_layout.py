@@ -38,7 +38,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "cgagent.launch", "cgagent.live", "cgagent.oom", "policies.*")),
     ("base", ("cgagent", "cgagent.state", "cgagent.units", "cgagent.errors", "cgagent.limits", "cgagent.host",
               "cgagent.convert", "cgagent.spec", "cgagent.devrules", "cgagent.events",
-              "cgagent.faults", "cgagent.procs", "cgagent.kmsg", "cgagent.inotify", "cgagent.yamlbound")),
+              "cgagent.faults", "cgagent.procs", "cgagent.kmsg", "cgagent.inotify", "cgagent.yamlbound",
+              "cgagent.logtime")),
 )
 
 

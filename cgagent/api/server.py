@@ -249,12 +249,13 @@ class Api:
         return {"name": p["name"]}
 
     def op_logs(self, p: dict[str, str], q: Query, _b: Any) -> Any:
+        from cgagent.logtime import parse_since
         from cgagent.state import parse_tail
 
         self.workload(p["name"])
-        tail = parse_tail(q.get("tail"))
+        tail, since, stamps = parse_tail(q.get("tail")), parse_since(q.get("since")), q.flag("timestamps")
         return Stream("application/octet-stream", lambda client: log_stream(self.store, p["name"], q.flag("follow"),
-                                                                            client, tail))
+                                                                            client, tail, since, stamps))
 
     def op_events(self, _p: dict[str, str], q: Query, _b: Any) -> Any:
         name = q.get("name")
@@ -297,7 +298,8 @@ class Query:
         return n
 
 
-QUERY = {"ps": {"all"}, "rm": {"force"}, "stop": {"time"}, "logs": {"follow", "tail"}, "events": {"name", "follow"}}
+QUERY = {"ps": {"all"}, "rm": {"force"}, "stop": {"time"}, "logs": {"follow", "tail", "since", "timestamps"},
+         "events": {"name", "follow"}}
 
 
 @dataclass(frozen=True)
@@ -340,11 +342,13 @@ def _watching(paths: list[tuple[str, int]], fds: list[int], client: socket.socke
 
 
 def log_stream(store: Store, name: str, follow: bool, client: socket.socket,
-               tail: int | None = None) -> Generator[bytes, None, None]:
-    """The workload's log (as `cgagent logs [-f] [--tail N]`): what is there (its last TAIL lines),
-    then, with follow, what its supervisor writes until it exits."""
+               tail: int | None = None, since: int | None = None,
+               timestamps: bool = False) -> Generator[bytes, None, None]:
+    """The workload's log (as `cgagent logs [-f] [--tail N] [--since T] [--timestamps]`): what is
+    there (its last TAIL lines), then, with follow, what its supervisor writes until it exits."""
     from cgagent import procs
     from cgagent.inotify import IN_MODIFY
+    from cgagent.logtime import LogReader
     from cgagent.state import seek_tail
 
     found = store.read_log(name)
@@ -353,20 +357,24 @@ def log_stream(store: Store, name: str, follow: bool, client: socket.socket,
     rec, path = found
     with open(path, "rb") as f:
         seek_tail(f, tail)
+        reader = LogReader(f, store.index_path(name), timestamps)
+        reader.seek_since(since)
         yield b""   # checked: the answer is 200 from here on
-        yield from iter(lambda: f.read(65536), b"")
-        if not follow or not procs.alive(rec.supervisor_pid, rec.supervisor_start):
+        live = follow and procs.alive(rec.supervisor_pid, rec.supervisor_start)
+        yield from reader.chunks(final=not live)
+        if not live:
             return
         assert rec.supervisor_pid is not None
         try:
             sup = os.pidfd_open(rec.supervisor_pid)
         except ProcessLookupError:
-            yield from iter(lambda: f.read(65536), b"")
+            yield from reader.chunks(final=True)
             return
         try:
             for ready in _watching([(path, IN_MODIFY)], [sup], client):
-                yield from iter(lambda: f.read(65536), b"")
-                if sup in ready:   # the supervisor is gone: nothing more will be written
+                # the supervisor is gone: nothing more will be written
+                yield from reader.chunks(final=sup in ready)
+                if sup in ready:
                     return
         finally:
             os.close(sup)

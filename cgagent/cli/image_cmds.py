@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from cgagent.errors import CgagentError
-
 image_app = typer.Typer(help="Manage images: import OCI layouts or rootfs tarballs, list, remove.",
                         no_args_is_help=True)
 
@@ -45,24 +43,25 @@ def import_(
 
 @image_app.command("rm")
 def rm(
-    refs: Annotated[list[str], typer.Argument(help="Image names or ids.")],
+    refs: Annotated[list[str], typer.Argument(help="Image names (NAME:TAG) or ids.")],
+    force: Annotated[bool, typer.Option("--force", "-f", help="Remove the tag even while workloads use "
+                                        "the image (it stays, untagged); with an id: all its tags.")] = False,
     root: Root = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Remove images (refused while a workload record uses one) and the layers nothing else uses."""
+    """Remove a tag; the image and the layers nothing else uses go with its last tag, unless a
+    workload of any state dir still uses it (then refused, or with -f kept untagged).
+
+    Example: cgagent image rm busybox:1.36
+    """
     from cgagent.images.store import ImageStore
-    from cgagent.state import Store
+    from cgagent.images.users import remove
 
     store = ImageStore(root)
     for ref in refs:
         with store.lock():
-            img = store.get(ref)
-            users = [r.name for r in Store(state_dir).all() if (r.isolation or {}).get("image") == img.id]
-            if users:
-                raise CgagentError(f"image {ref!r} is used by workload(s) {', '.join(users)}",
-                                   f"remove them first: cgagent rm -f {' '.join(users)}")
-            store.delete_image(img)
-        print(img.id)
+            lines = remove(store, ref, force, state_dir)
+        print("\n".join(lines))
 
 
 def images(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import select
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
+
+if TYPE_CHECKING:
+    from cgagent.logtime import LogReader
 
 
 def logs(
@@ -16,17 +19,22 @@ def logs(
                                          "(its supervisor exits).")] = False,
     tail: Annotated[str | None, typer.Option("--tail", "-n", help="Only the last N lines (then, with -f, what "
                                              "follows); N or all.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only lines written since then: an RFC 3339 time "
+                                              "(2024-05-01T10:00:00Z), Unix seconds, or a duration (10m).")] = None,
+    timestamps: Annotated[bool, typer.Option("--timestamps", "-t", help="Begin each line with the time it was "
+                                             "written (RFC 3339 UTC, nanoseconds).")] = False,
     state_dir: Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STATE_DIR",
                                                   help="Where records live (default /run/cgagent).")] = None,
 ) -> None:
     """Print a detached workload's output (stdout and stderr, in order).
 
-    Example: cgagent logs -f --tail 20 web
+    Example: cgagent logs -f --tail 20 --since 10m --timestamps web
     """
     from cgagent import procs
+    from cgagent.logtime import LogReader, parse_since
     from cgagent.state import Store, parse_tail, seek_tail
 
-    lines = parse_tail(tail)
+    lines, since_ns = parse_tail(tail), parse_since(since)
     store = Store(state_dir)
     found = store.read_log(name)
     if found is None:
@@ -35,8 +43,11 @@ def logs(
     out = sys.stdout.buffer
     with open(path, "rb") as f:
         seek_tail(f, lines)
-        _copy(f, out)
-        if not follow or not procs.alive(rec.supervisor_pid, rec.supervisor_start):
+        reader = LogReader(f, store.index_path(name), timestamps)
+        reader.seek_since(since_ns)
+        live = follow and procs.alive(rec.supervisor_pid, rec.supervisor_start)
+        _copy(reader, out, final=not live)
+        if not live:
             return
         assert rec.supervisor_pid is not None
         from cgagent.inotify import IN_MODIFY, Inotify
@@ -46,23 +57,23 @@ def logs(
         try:
             sup = os.pidfd_open(rec.supervisor_pid)
         except ProcessLookupError:
-            _copy(f, out)
+            _copy(reader, out, final=True)
             return
         try:
             while True:
                 ready = select.select([ino.fd, sup], [], [])[0]
                 for _ in ino.read():
                     pass
-                _copy(f, out)
-                if sup in ready:   # the supervisor is gone: nothing more will be written
-                    _copy(f, out)
+                # the supervisor is gone: nothing more will be written
+                _copy(reader, out, final=sup in ready)
+                if sup in ready:
                     return
         finally:
             os.close(sup)
             ino.close()
 
 
-def _copy(f: object, out: object) -> None:
-    while chunk := f.read(65536):  # type: ignore[attr-defined]
-        out.write(chunk)  # type: ignore[attr-defined]
-    out.flush()  # type: ignore[attr-defined]
+def _copy(reader: LogReader, out: BinaryIO, final: bool) -> None:
+    for chunk in reader.chunks(final):
+        out.write(chunk)
+    out.flush()

@@ -168,15 +168,20 @@ def update(argv: list[str]) -> int | None:
 
 def logs(argv: list[str]) -> int | None:
     from cgagent.api.client import workload_url
+    from cgagent.logtime import parse_since
     from cgagent.state import parse_tail
 
-    p = _parse(argv, {"-f": "follow", "--follow": "follow"}, {**STATE, "--tail": "tail", "-n": "tail"})
+    p = _parse(argv, {"-f": "follow", "--follow": "follow", "-t": "timestamps", "--timestamps": "timestamps"},
+               {**STATE, "--tail": "tail", "-n": "tail", "--since": "since"})
     if p is None or len(p[1]) != 1:
         return None
     parse_tail(p[0].get("tail"))   # refused here as on the direct path, before the agent is asked
+    since = parse_since(p[0].get("since"))
     if (c := _client(p[0])) is None:
         return None
-    query = {"follow": bool(p[0].get("follow")), "tail": p[0].get("tail")}
+    # a duration is counted back from now HERE: the agent's clock reads the same, its "now" is later
+    query = {"follow": bool(p[0].get("follow")), "tail": p[0].get("tail"), "timestamps": bool(p[0].get("timestamps")),
+             "since": None if since is None else f"{since // 10**9}.{since % 10**9:09d}"}
     out = sys.stdout.buffer
     for chunk in c.call("GET", workload_url(p[1][0], "logs"), query=query).chunks():
         out.write(chunk)

@@ -13,6 +13,7 @@ from cgagent import events, oom, procs
 from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
 from cgagent.host import Host
+from cgagent.images import users as image_users
 from cgagent.limits import Resources
 from cgagent.live import live_status, manager, supervisor_alive
 from cgagent.runtime.lifecycle import finish, teardown_isolation
@@ -129,6 +130,7 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
         manager(host, rec).destroy()
         teardown_isolation(rec)
         store.delete(name)
+        image_users.release(rec.isolation, store.root, name, rec.created)
         oom.forget(store, name)
         clear_stop(store, name)
         prune_parents(store)

@@ -19,6 +19,7 @@ from cgagent.cgroups import CgroupManager, new_manager
 from cgagent.errors import CgagentError
 from cgagent.faults import fault
 from cgagent.host import Host
+from cgagent.images import users as image_users
 from cgagent.limits import Resources
 from cgagent.live import keeper_alive, manager
 from cgagent.runtime.parents import prune_parents, remember_parents
@@ -111,7 +112,8 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
                      isolation=req.isolation.to_record() if req.isolation is not None else {},
                      preserve_fds=req.preserve_fds)
         made = mgr.made_by_create()
-        store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
+        with image_users.claimed(rec.isolation, store.root, rec.name, rec.created):
+            store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
         fault("record")
         remember_parents(store, made)
     try:
@@ -144,6 +146,7 @@ def discard(store: Store, rec: Record, mgr: CgroupManager) -> None:
         with contextlib.suppress(Exception):
             prune_parents(store)
         store.delete(rec.name)
+        image_users.release(rec.isolation, store.root, rec.name, rec.created)
         oom.forget(store, rec.name)
 
 
@@ -288,6 +291,7 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
             clear_stop(store, name)
             if rec.auto_remove:
                 store.delete(name)
+                image_users.release(rec.isolation, store.root, name, rec.created)
                 oom.forget(store, name)
             else:
                 store.save(rec)

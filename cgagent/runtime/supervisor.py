@@ -205,6 +205,9 @@ def shim_main(store: Store, host: Host, name: str, pid: int) -> int:
     if rec.supervisor_pid != os.getpid():
         raise CgagentError(f"workload {name!r} has another supervisor", "")
     assert rec.pid is not None
+    from cgagent.logtime import start_stamper
+
+    start_stamper(store.log_path(name), store.index_path(name))   # for `logs --since/--timestamps`
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     log = store.open_log(name)
     code = _wait_restarting(store, host, rec, manager(host, rec), rec.pid, (devnull, log, log))

@@ -1,0 +1,169 @@
+"""`logs --since T` and `logs --timestamps` (issue 13 item 5): each line's time comes from the index the
+supervisor's stamper writes beside the log; lines written before and after a known point in time."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cgagent.logtime import parse_since, stamp
+from tests.conftest import Env
+from tests.isolated import wait_for
+
+CLOCK_REALTIME_COARSE = 5   # linux/time.h; Python names it only on some builds
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{9})Z (.*)$")
+
+
+def ok(cg: Env, *args: str) -> str:
+    r = cg.run(*args)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout
+
+
+def parse(line: str) -> tuple[int, str]:
+    m = STAMP.match(line)
+    assert m, line
+    dt = datetime.datetime.fromisoformat(m[1]).replace(tzinfo=datetime.UTC)
+    return int(dt.timestamp()) * 10**9 + int(m[2]), m[3]
+
+
+def rfc3339(t_ns: int) -> str:
+    return stamp(t_ns).decode().strip()
+
+
+@pytest.fixture
+def split(cg: Env, tmp_path: Path) -> Iterator[tuple[Env, int]]:
+    """A detached workload that wrote `before1..3`, then (after the time T this yields) `after1..2`
+    and a last line without its newline, then exited. -> (cg, T)."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    os.mkfifo(ready)
+    os.mkfifo(go)
+    script = (f"echo before1; echo before2 >&2; echo before3; echo > {ready}; read x < {go}; "
+              "echo after1; echo after2 >&2; printf tail")
+    ok(cg, "run", "-d", "--name", "w", "--", "sh", "-c", script)
+    try:
+        with open(ready) as f:   # the before lines are all written once the workload opens this
+            f.read()
+        idx, log = Path(cg.state_dir) / "logs" / "w.idx", Path(cg.state_dir) / "logs" / "w.log"
+        size = log.stat().st_size
+
+        def stamped() -> bool:   # polling: the stamper's write is in another process's inotify loop
+            raw = idx.read_bytes() if idx.exists() else b""
+            return len(raw) >= 16 and struct.unpack("<QQ", raw[-16:])[0] >= size
+        wait_for(stamped)
+        t = time.time_ns()   # after every before line's write (their times are the log's mtime then)
+        # the kernel stamps mtime from its coarse clock: the after lines must come after a tick past T
+        while time.clock_gettime_ns(CLOCK_REALTIME_COARSE) <= t:
+            pass
+        with open(go, "w") as f:
+            f.write("x\n")
+        assert ok(cg, "wait", "w") == "0\n"
+        yield cg, t
+    finally:
+        cg.run("rm", "-f", "w")
+
+
+def test_timestamps_are_rfc3339_utc_monotonic_and_split_at_t(split: tuple[Env, int]) -> None:
+    cg, t = split
+    out = ok(cg, "logs", "--timestamps", "w")
+    assert out.endswith("tail\n")   # the last line is given its newline, as docker does
+    rows = [parse(line) for line in out.splitlines()]
+    texts = [text for _, text in rows]
+    assert texts == ["before1", "before2", "before3", "after1", "after2", "tail"]
+    times = [tt for tt, _ in rows]
+    assert times == sorted(times)
+    assert all(tt <= t for tt in times[:3]) and all(tt > t for tt in times[3:]), (times, t)
+    assert ok(cg, "logs", "w") == "before1\nbefore2\nbefore3\nafter1\nafter2\ntail"   # raw, as written
+    assert ok(cg, "logs", "-t", "--tail", "2", "w").splitlines()[0].endswith("Z after2")
+
+
+def test_since_filters_by_rfc3339_unix_seconds_and_duration(split: tuple[Env, int]) -> None:
+    cg, t = split
+    after = "after1\nafter2\ntail"
+    assert ok(cg, "logs", "--since", rfc3339(t + 1), "w") == after
+    assert ok(cg, "logs", "--since", f"{(t + 1) // 10**9}.{(t + 1) % 10**9:09d}", "w") == after
+    assert ok(cg, "logs", "--since", "1h", "w").startswith("before1\n")
+    assert ok(cg, "logs", "--since", "2000-01-01T00:00:00+02:00", "w").startswith("before1\n")
+    assert ok(cg, "logs", "--since", rfc3339(time.time_ns() + 10**9), "w") == ""
+    assert ok(cg, "logs", "--since", rfc3339(t + 1), "--tail", "1", "w") == "tail"
+    assert ok(cg, "logs", "--since", rfc3339(t + 1), "--tail", "all", "-t", "w").count("Z after") == 2
+    r = cg.run("logs", "--since", "yesterday", "w")
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "RFC 3339" in r.stderr, r.stderr
+
+
+def test_follow_with_timestamps_streams_stamped_lines(cg: Env, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    ok(cg, "run", "-d", "--name", "f", "--", "sh", "-c", f"echo one; read x < {go}; echo two; echo three")
+    try:
+        p = cg.popen("logs", "-f", "--timestamps", "f", stdout=subprocess.PIPE)
+        assert p.stdout is not None
+        first = p.stdout.readline()
+        with open(go, "w") as f:
+            f.write("x\n")
+        rest = p.stdout.read()
+        assert p.wait(timeout=60) == 0
+        rows = [parse(line) for line in (first + rest).splitlines()]
+        assert [text for _, text in rows] == ["one", "two", "three"]
+        assert [tt for tt, _ in rows] == sorted(tt for tt, _ in rows)
+    finally:
+        cg.run("rm", "-f", "f")
+
+
+def test_the_stamper_ends_with_its_supervisor_and_rm_removes_the_index(cg: Env) -> None:
+    ok(cg, "run", "-d", "--name", "s", "--", "sh", "-c", "echo hi")
+    assert ok(cg, "wait", "s") == "0\n"
+    idx = Path(cg.state_dir) / "logs" / "s.idx"
+    assert idx.stat().st_size % 16 == 0 and idx.stat().st_size >= 16
+
+    def nobody_holds_it() -> bool:   # polling: a process's exit after its parent's has no event here
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(idx) for fd in os.listdir(f"/proc/{pid}/fd")):
+                    return False
+            except OSError:
+                continue
+        return True
+    wait_for(nobody_holds_it)
+    ok(cg, "rm", "s")
+    assert not idx.exists()
+
+
+def test_parse_since_forms() -> None:
+    now = 1_700_000_000 * 10**9
+    assert parse_since("10m", now) == now - 600 * 10**9
+    assert parse_since("1h30m", now) == now - 5400 * 10**9
+    assert parse_since("1.5s", now) == now - 1_500_000_000
+    assert parse_since("2024-05-01T10:00:00.000000123Z") == 1714557600 * 10**9 + 123
+    assert parse_since("2024-05-01T12:00:00+02:00") == 1714557600 * 10**9
+    assert parse_since("1714557600.5") == 1714557600 * 10**9 + 500_000_000
+    assert stamp(1714557600 * 10**9 + 123) == b"2024-05-01T10:00:00.000000123Z "
+    assert parse_since(None) is None
+
+
+def test_reader_gives_a_line_the_time_of_the_entry_that_covers_its_end(tmp_path: Path) -> None:
+    """An entry made mid-line (the size ends inside a line) stamps only the lines ended by then;
+    bytes no entry covers take the log's mtime; a last line without its newline gets one."""
+    from cgagent.logtime import ENTRY, LogReader
+
+    log, idx = tmp_path / "m.log", tmp_path / "m.idx"
+    log.write_bytes(b"aa\nbb" + b"b\ncc\n" + b"dd")
+    idx.write_bytes(ENTRY.pack(5, 10**18) + ENTRY.pack(10, 2 * 10**18))
+    os.utime(log, ns=(3 * 10**18, 3 * 10**18))
+    with open(log, "rb") as f:
+        out = b"".join(LogReader(f, str(idx), True).chunks(final=True))
+    assert out == (b"2001-09-09T01:46:40.000000000Z aa\n2033-05-18T03:33:20.000000000Z bbb\n"
+                   b"2033-05-18T03:33:20.000000000Z cc\n2065-01-24T05:20:00.000000000Z dd\n")
+    with open(log, "rb") as f:
+        r = LogReader(f, str(idx), True)
+        r.seek_since(10**18 + 1)   # the line that goes on past the first entry is kept whole
+        assert b"".join(r.chunks(final=False)) == (b"2033-05-18T03:33:20.000000000Z bbb\n"
+                                                   b"2033-05-18T03:33:20.000000000Z cc\n")
