@@ -106,7 +106,7 @@ def test_restarts_keep_limits_updated_live(box: Box) -> None:
         with open(f"{rec['dirs']['memory']}/memory.limit_in_bytes") as f:
             assert int(f.read()) == 128 << 20, i
         [row] = [r for r in ps_json(box) if r["name"] == "upr"]
-        assert row["memory"] == "128.0MiB" and rec["resources"]["cpu_quota"] == 50000, (i, row)
+        assert row["memory"] == 128 << 20 and rec["resources"]["cpu_quota"] == 50000, (i, row)
     ok(box.run("rm", "-f", "upr"))
     assert ps_json(box) == [] and evs(box, "upr", "exit") and len(evs(box, "upr", "exit")) == 1
 
