@@ -23,10 +23,13 @@ from cgagent.oom import Totals
 from cgagent.state import Store
 from exporters.collectors import Collector, Scrape
 from exporters.collectors.agent import Agent
+from exporters.collectors.blkio import Blkio
 from exporters.collectors.cpu import CpuThrottling
 from exporters.collectors.cpuacct import CpuUsage
 from exporters.collectors.freezer import Freezer
+from exporters.collectors.lifecycle import Lifecycle
 from exporters.collectors.memory import Memory
+from exporters.collectors.network import Network
 from exporters.collectors.oom import Oom
 from exporters.collectors.pids import Pids
 from exporters.collectors.policy import PolicyActions
@@ -46,6 +49,9 @@ COLLECTORS: dict[str, Callable[[], Collector]] = {
     "policy": PolicyActions,
     "agent": Agent,
     "freezer": Freezer,
+    "lifecycle": Lifecycle,
+    "network": Network,
+    "blkio": Blkio,
 }
 
 
