@@ -17,7 +17,7 @@ class Lifecycle:
     name = "lifecycle"
 
     def __init__(self) -> None:
-        self.kept: dict[tuple[object, ...], float | None] = {}
+        self.starts: dict[tuple[object, ...], float | None] = {}
 
     def collect(self, scrape: Scrape) -> list[Family]:
         seen = Family("container_last_seen", "gauge", "Last time a container was seen by the exporter")
@@ -25,21 +25,21 @@ class Lifecycle:
                        "Start time of the container since unix epoch in seconds.")
         now = float(int(time.time()))   # whole seconds, as cAdvisor
         started = {r.name: r.started or r.created for r in scrape.records}
-        kept: dict[tuple[object, ...], float | None] = {}
+        starts: dict[tuple[object, ...], float | None] = {}
         for t in scrape.targets:
             seen.add(t.labels, now)
             if t.workload is not None and started.get(t.workload):
-                kept[t.key] = started[t.workload]
-            elif t.key in self.kept:
-                kept[t.key] = self.kept[t.key]
+                starts[t.key] = started[t.workload]
+            elif t.key in self.starts:
+                starts[t.key] = self.starts[t.key]
             else:
                 try:
-                    kept[t.key] = t.reader.created()
+                    starts[t.key] = t.reader.created()
                 except READ_ERRORS as e:
                     scrape.error(self.name, t, e)
                     continue
-            s = kept[t.key]
+            s = starts[t.key]
             if s is not None:
                 start.add(t.labels, float(int(s)))
-        self.kept = kept   # only this scrape's cgroups: removed ones do not pile up
+        self.starts = starts   # only this scrape's cgroups: removed ones do not pile up
         return [seen, start]

@@ -1,6 +1,8 @@
 """Network traffic of containers with their own network namespace (cAdvisor's container_network_*
 counters, label `interface`), read inside that namespace: /proc/<pid>/net/dev of one process of the
-cgroup shows the devices of that process's namespace. A cgroup whose processes share the agent's (or
+cgroup shows the devices of that process's namespace. The process: a workload's main process (its
+record's pid, as cAdvisor takes a container's init: a helper in the cgroup may sit in another
+namespace), else the first one the cgroup lists. A cgroup whose processes share the agent's (or
 PID 1's) namespace has no series: each would repeat the host's counters. Each namespace is read once
 per scrape, however many cgroups share it (a pod's containers share the sandbox's); `lo` is left out,
 as cAdvisor does."""
@@ -72,9 +74,11 @@ class Network:
     def collect(self, scrape: Scrape) -> list[Family]:
         fams = [Family(f"container_network_{d}_{w}_total", "counter", h) for d, w, h, _c in FIELDS]
         by_ns: dict[int, Counters | None] = {}
+        main = {r.name: r.pid for r in scrape.records if r.pid}
         for t in scrape.targets:
             try:
-                pid = t.reader.a_pid()
+                pid = main.get(t.workload) if t.workload is not None else None
+                pid = pid or t.reader.a_pid()
             except READ_ERRORS as e:
                 scrape.error(self.name, t, e)
                 continue
