@@ -19,6 +19,7 @@ from exporters.registry import Exporter, Options
 from tests.conftest import Env
 from tests.exporter_helpers import Samples, end, parse, poll, value
 from tests.netkit import Host, make_host, wire
+from tests.security import devkit
 
 # serves `n` bytes to each connection; "ready" once listening
 SERVER = """
@@ -113,18 +114,8 @@ def loop_device(tmp_path: Path) -> Iterator[str]:
     """A loop device over a 64 MiB file of the test's: the only block device it writes to."""
     if os.geteuid() != 0:
         pytest.skip("needs root for a loop device")
-    backing = tmp_path / "disk.img"
-    with open(backing, "wb") as f:
-        f.truncate(64 << 20)
-    r = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(backing)], capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        pytest.skip(f"no loop device: {r.stderr.strip()}")
-    dev = r.stdout.strip()
-    try:
+    with devkit.loop_device(str(tmp_path), 64 << 20) as (dev, _major, _minor):
         yield dev
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def test_direct_writes_show_in_fs_writes_bytes(cg: Env, loop_device: str, tmp_path: Path) -> None:
