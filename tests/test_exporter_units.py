@@ -16,8 +16,8 @@ NET_DEV = (
     "Inter-|   Receive                                                |  Transmit\n"
     " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier "
     "compressed\n"
-    "    lo:    1234      10    0    0    0     0          0         0     1234      10    0    0    0     0       0 0\n"
-    "  eth0: 5242880    3600    1    2    0     0          0         0   190000    1800    3    4    0     0       0 0\n"
+    "    lo:    1234      10    0    0    0     0          0         0     1234      10    0    0    0     0      0 0\n"
+    "  eth0: 5242880    3600    1    2    0     0          0         0   190000    1800    3    4    0     0      0 0\n"
     "vethabcdef@if3:  7 8 9 10 0 0 0 0 11 12 13 14 0 0 0 0\n")
 
 def test_net_dev_counters_per_interface_without_lo() -> None:
