@@ -95,8 +95,8 @@ def cpu_used(window: str) -> str:
 CPU_LIMIT = (f"sum by ({BY}) (container_spec_cpu_quota{{{WORKLOAD}}}"
              f" / container_spec_cpu_period{{{WORKLOAD}}})")
 
-# Working set over the memory limit. Unlimited memory: no series.
+# Working set over the memory limit. Unlimited memory (limit 0, as cAdvisor): no series.
 MEMORY_RATIO = (f"sum by ({BY}) (container_memory_working_set_bytes{{{WORKLOAD}}})"
-                f" / sum by ({BY}) (container_spec_memory_limit_bytes{{{WORKLOAD}}})")
+                f" / (sum by ({BY}) (container_spec_memory_limit_bytes{{{WORKLOAD}}}) > 0)")
 
 LEGEND = "{{name}} ({{instance}})"
