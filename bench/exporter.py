@@ -164,13 +164,21 @@ def read_files_recorded(exp: Exporter) -> list[str]:
         seen.append(f"/proc/{pid}/net/dev")
         return orig_net(pid)
 
+    orig_first = fs.first_proc
+
+    def rec_first(d: str) -> int | None:
+        seen.append(f"{d}/cgroup.procs")
+        return orig_first(d)
+
     fs.read = rec
     network._read_net_dev = rec_net
+    fs.first_proc = rec_first
     try:
         exp.render()
     finally:
         fs.read = orig
         network._read_net_dev = orig_net
+        fs.first_proc = orig_first
     return seen
 
 

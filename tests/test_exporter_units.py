@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cgagent.cgroups import fs
 from cgagent.cgroups.readers import reader_for
 from cgagent.cgroups.stats import DeviceIo
 from cgagent.convert import weight_to_cadvisor_shares
@@ -81,3 +82,12 @@ def test_created_is_the_earliest_mtime_of_dirs_and_birth_file(tmp_path: Path) ->
     os.utime(v2, (1300, 1300))
     assert reader_for({"": str(v2)}).created() == 1200
     assert reader_for({"": str(tmp_path / "gone")}).created() is None
+
+
+def test_a_pid_is_the_first_listed_and_none_when_empty(tmp_path: Path) -> None:
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("".join(f"{p}\n" for p in range(4242, 9000)))   # a root cgroup lists thousands
+    assert reader_for({"": str(tmp_path)}).a_pid() == 4242
+    procs.write_text("")
+    assert reader_for({"": str(tmp_path)}).a_pid() is None
+    assert fs.first_proc(str(tmp_path / "gone")) is None

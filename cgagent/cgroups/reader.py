@@ -148,8 +148,7 @@ class Reader(ABC):
         One hierarchy is enough: on v1 a cgroup's processes are in its directory of every hierarchy
         it has one in."""
         for d in self.dirs.values():
-            pids = fs.procs(d)
-            return pids[0] if pids else None
+            return fs.first_proc(d)
         return None
 
     # --- limits
