@@ -35,7 +35,7 @@ from exporters.collectors.pids import Pids
 from exporters.collectors.policy import PolicyActions
 from exporters.collectors.psi import Pressure
 from exporters.collectors.spec import Spec
-from exporters.exposition import Family, LabelSet, render, to_client
+from exporters.exposition import Family, LabelSet, render_bytes, to_client
 from exporters.targets import Discovery
 
 COLLECTORS: dict[str, Callable[[], Collector]] = {
@@ -130,8 +130,8 @@ class Exporter:
             ls = self._labels[name] = LabelSet({"collector": name})
         return ls
 
-    def render(self) -> bytes:
-        body = render(self.scrape()).encode()
+    def render(self) -> bytes | bytearray:
+        body = render_bytes(self.scrape())
         if self.opts.process_metrics:
             body += generate_latest(self._process)
         return body
