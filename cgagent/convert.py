@@ -32,6 +32,14 @@ def weight_to_shares(weight: int) -> int:
     return max(SHARES_MIN, min(SHARES_MAX, weight * SHARES_DEFAULT // WEIGHT_DEFAULT))
 
 
+def weight_to_cadvisor_shares(weight: int) -> int:
+    """cpu.weight -> the cpu.shares cAdvisor reports on v2 (container_spec_cpu_shares): the inverse of
+    runc's former linear shares->weight map, 2 + (weight-1)*262142/9999 (100 -> 2597, not 1024), so
+    dashboards see the value cAdvisor would show for the same cgroup."""
+    weight = max(WEIGHT_MIN, min(WEIGHT_MAX, weight))
+    return SHARES_MIN + (weight - WEIGHT_MIN) * (SHARES_MAX - SHARES_MIN) // (WEIGHT_MAX - WEIGHT_MIN)
+
+
 def cpus_to_quota(cpus: float, period_us: int = DEFAULT_PERIOD_US) -> int:
     """`--cpus 0.5` at a 100 ms period -> 50000 µs quota (Docker's NanoCPUs arithmetic)."""
     return round(cpus * period_us)

@@ -23,16 +23,19 @@ from cgagent.oom import Totals
 from cgagent.state import Store
 from exporters.collectors import Collector, Scrape
 from exporters.collectors.agent import Agent
+from exporters.collectors.blkio import Blkio
 from exporters.collectors.cpu import CpuThrottling
 from exporters.collectors.cpuacct import CpuUsage
 from exporters.collectors.freezer import Freezer
+from exporters.collectors.lifecycle import Lifecycle
 from exporters.collectors.memory import Memory
+from exporters.collectors.network import Network
 from exporters.collectors.oom import Oom
 from exporters.collectors.pids import Pids
 from exporters.collectors.policy import PolicyActions
 from exporters.collectors.psi import Pressure
 from exporters.collectors.spec import Spec
-from exporters.exposition import Family, LabelSet, render, to_client
+from exporters.exposition import Family, LabelSet, render_bytes, to_client
 from exporters.targets import Discovery
 
 log = logging.getLogger("cgagent.exporter")
@@ -48,6 +51,9 @@ COLLECTORS: dict[str, Callable[[], Collector]] = {
     "policy": PolicyActions,
     "agent": Agent,
     "freezer": Freezer,
+    "lifecycle": Lifecycle,
+    "network": Network,
+    "blkio": Blkio,
 }
 
 
@@ -126,8 +132,8 @@ class Exporter:
             ls = self._labels[name] = LabelSet({"collector": name})
         return ls
 
-    def render(self) -> bytes:
-        body = render(self.scrape()).encode()
+    def render(self) -> bytes | bytearray:
+        body = render_bytes(self.scrape())
         if self.opts.process_metrics:
             body += generate_latest(self._process)
         return body

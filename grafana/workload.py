@@ -83,7 +83,7 @@ def build() -> dash.Dashboard:
                          [(f"max by ({BY}) (container_oom_events_total{{{WORKLOAD}}})", LEGEND)], span=8, height=8))
     d = d.with_panel(graph("Memory limit hits", "Times usage reached the limit per second (v1 memory.failcnt, "
                            "v2 memory.events max): reclaim ran, an OOM kill may follow.",
-                           [(_rate("container_memory_limit_hits_total"), LEGEND)], "none", span=8))
+                           [(_rate("container_memory_failcnt"), LEGEND)], "none", span=8))
 
     d = d.with_row(dash.Row("Pressure (PSI, cgroup v2)"))
     for res in ("cpu", "memory", "io"):

@@ -22,7 +22,12 @@ def parse(text: str) -> Samples:
     out: Samples = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
+            name = s.name
+            # the parser names a counter's samples NAME_total; cAdvisor's container_memory_failcnt
+            # has no suffix and Prometheus stores it as written: key it as it is exposed
+            if fam.type == "counter" and name == f"{fam.name}_total" and f"\n{name}" not in f"\n{text}":
+                name = fam.name
+            out[(name, frozenset(s.labels.items()))] = s.value
     return out
 
 

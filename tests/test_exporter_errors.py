@@ -102,5 +102,5 @@ def test_malformed_stat_files(tmp_path: Path) -> None:
         assert value(s, "container_memory_usage_bytes", name="cron.service") is None
         assert value(s, "container_memory_usage_bytes", name="ssh.service") == 8388608
         assert value(s, "container_threads", name="ssh.service") == 5
-        assert value(s, "container_spec_cpu_weight", name="cron.service") == 100
+        assert value(s, "container_spec_cpu_shares", name="cron.service") == 2597   # weight 100, as cAdvisor
         assert value(s, "container_memory_usage_bytes", name="system.slice") is not None

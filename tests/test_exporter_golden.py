@@ -16,12 +16,16 @@ import pytest
 from cgagent import events
 from cgagent.host import Host
 from cgagent.state import Record, Store
+from exporters.collectors import blkio
 from exporters.registry import Exporter, Options
 from tests.test_exporter_values import FIXTURE, v2_host
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
-VARYING = ("cgagent_scrape_duration_seconds{", "cgagent_build_info{")
-V1_HIERARCHIES = {"cpu": "cpu,cpuacct", "cpuacct": "cpu,cpuacct", "memory": "memory", "pids": "pids"}
+VARYING = ("cgagent_scrape_duration_seconds{", "cgagent_build_info{",
+           # wall-clock now, and directory mtimes of the fixture trees (tests/test_exporter_lifecycle.py)
+           "container_last_seen{", "container_start_time_seconds{")
+V1_HIERARCHIES = {"cpu": "cpu,cpuacct", "cpuacct": "cpu,cpuacct", "memory": "memory", "pids": "pids",
+                  "blkio": "blkio"}
 UNLIMITED_V1 = "9223372036854771712"   # PAGE_COUNTER_MAX pages in bytes: v1's "no limit"
 
 
@@ -38,12 +42,19 @@ def v1_files(i: int, quota: str = "50000", mem_limit: str = "268435456") -> dict
             "memory.usage_in_bytes": str(50 << 20 | i), "memory.max_usage_in_bytes": str(60 << 20 | i),
             "memory.failcnt": str(3 * i), "memory.limit_in_bytes": mem_limit,
             "memory.memsw.limit_in_bytes": UNLIMITED_V1,
+            "memory.soft_limit_in_bytes": UNLIMITED_V1 if i % 2 else str(64 << 20),
             "memory.stat": (f"cache {4096 * i}\nrss {8192 * i}\nmapped_file 0\ninactive_file {1024 * i}\n"
                             f"total_cache {40960 * i}\ntotal_rss {81920 * i}\ntotal_inactive_file {10240 * i}\n"
-                            "total_active_file 0\n"),
+                            f"total_active_file 0\nswap {512 * i}\ntotal_swap {5120 * i}\n"),
             "memory.oom_control": f"oom_kill_disable 0\nunder_oom 0\noom_kill {i - 1}\n",
         },
         "pids": {"pids.current": str(4 * i), "pids.max": "max" if i % 2 else str(100 * i)},
+        "blkio": {"blkio.throttle.io_service_bytes_recursive": (
+                      f"8:0 Read {4096 * i}\n8:0 Write {8192 * i}\n8:0 Sync {4096 * i}\n8:0 Async {8192 * i}\n"
+                      f"8:0 Discard 0\n8:0 Total {12288 * i}\n7:3 Read 0\n7:3 Write {1 << 20}\n"
+                      f"Total {12288 * i + (1 << 20)}"),
+                  "blkio.throttle.io_serviced_recursive": (f"8:0 Read {i}\n8:0 Write {2 * i}\n8:0 Total {3 * i}\n"
+                                                           f"7:3 Read 0\n7:3 Write 16\nTotal {3 * i + 16}")},
     }
 
 
@@ -61,6 +72,13 @@ def v1_tree(root: Path) -> Host:
                 (d / name).write_text(text + "\n")
     return Host(mode="hybrid", v1_mounts={c: str(root / h) for c, h in V1_HIERARCHIES.items()},
                 own_cgroup=dict.fromkeys(V1_HIERARCHIES, "/"))
+
+
+def sys_dev_block(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Device names from a fixture /sys/dev/block (8:0 is sda; 7:3 has no entry: its number stays)."""
+    (root / "8:0").mkdir(parents=True)
+    (root / "8:0" / "uevent").write_text("MAJOR=8\nMINOR=0\nDEVNAME=sda\nDEVTYPE=disk\n")
+    monkeypatch.setattr(blkio, "SYS_DEV_BLOCK", str(root))
 
 
 def store_with(root: Path, rec: Record) -> Store:
@@ -91,7 +109,8 @@ def check(name: str, got: str) -> None:
 
 
 @pytest.mark.parametrize("per_cpu", [False, True], ids=["total", "per-cpu"])
-def test_v1_tree_output_is_unchanged(tmp_path: Path, per_cpu: bool) -> None:
+def test_v1_tree_output_is_unchanged(tmp_path: Path, per_cpu: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys_dev_block(tmp_path / "sys", monkeypatch)
     host = v1_tree(tmp_path / "cg")
     dirs = {c: str(tmp_path / "cg" / h / "cgagent/w1") for c, h in V1_HIERARCHIES.items()}
     store = store_with(tmp_path / "state", Record(name="w1", cmd=["w"], driver="cgroupfs", mode="v1", dirs=dirs,
@@ -102,7 +121,8 @@ def test_v1_tree_output_is_unchanged(tmp_path: Path, per_cpu: bool) -> None:
     check(f"v1-{'per-cpu' if per_cpu else 'total'}.prom", text(exp))
 
 
-def test_v2_tree_output_is_unchanged(tmp_path: Path) -> None:
+def test_v2_tree_output_is_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys_dev_block(tmp_path / "sys", monkeypatch)
     store = store_with(tmp_path / "state", Record(name="web", cmd=["web"], driver="cgroupfs", mode="v2",
                                                   dirs={"": str(FIXTURE / "cgagent/web")}, cgroup="/cgagent/web",
                                                   status="running", policy="batch", created=1.0, pid=1))

@@ -137,6 +137,10 @@ def test_events_show_limit_changes(cg: Env) -> None:
     end(cg, "upd")
 
 
+# cAdvisor series whose names promtool's lint rejects (a counter without `_total`)
+CADVISOR_LINT_EXCEPTIONS = frozenset({"container_memory_failcnt"})
+
+
 def test_exposition_passes_promtool_lint(cg: Env) -> None:
     assert cg.run("run", "-d", "--name", "lint", "--cpus", "0.5", "--memory", "64M", "--pids-limit", "20",
                   "--", "sleep", "1000").returncode == 0
@@ -145,7 +149,10 @@ def test_exposition_passes_promtool_lint(cg: Env) -> None:
     s = parse(text)
     assert value(s, "container_memory_usage_bytes", name="lint") is not None
     assert value(s, "container_cpu_usage_seconds_total", name="lint", cpu="cpu00") is not None
-    assert promtool_check_metrics(text) == []
+    assert value(s, "container_cpu_usage_seconds_total", name="lint", cpu="total") is None   # never both
+    # cAdvisor's names win over the lint where they disagree (dashboards query them as they are);
+    # every other finding, and any on cgagent_*, fails
+    assert [f for f in promtool_check_metrics(text) if f.split()[0] not in CADVISOR_LINT_EXCEPTIONS] == []
     end(cg, "lint")
 
 

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from cgagent import host as hostmod
+from cgagent.convert import weight_to_cadvisor_shares
 from cgagent.host import Host
 from cgagent.oomwatch import OomWatcher
 from cgagent.state import Record, Store
@@ -37,6 +38,11 @@ def scrape(exp: Exporter) -> Samples:
 
 # --- this host (cgroup v1 / hybrid): a running workload, frozen so its counters hold still
 
+def _v1_limit(n: int | None) -> int | None:
+    """v1's "unlimited" is a huge page-counter value: cAdvisor (and so cgagent) reports 0."""
+    return None if n is None else 0 if n >= 1 << 62 else n
+
+
 def v1_expected(dirs: dict[str, str]) -> dict[str, float | None]:
     cpu, acct, mem, pids = dirs["cpu"], dirs["cpuacct"], dirs["memory"], dirs["pids"]
     st, ticks, ms = kv(f"{cpu}/cpu.stat"), kv(f"{acct}/cpuacct.stat"), kv(f"{mem}/memory.stat")
@@ -54,11 +60,14 @@ def v1_expected(dirs: dict[str, str]) -> dict[str, float | None]:
         "container_memory_rss": ms["total_rss"],
         "container_memory_cache": ms["total_cache"],
         "container_memory_max_usage_bytes": num(f"{mem}/memory.max_usage_in_bytes"),
-        "container_memory_limit_hits_total": num(f"{mem}/memory.failcnt"),
+        "container_memory_failcnt": num(f"{mem}/memory.failcnt"),
+        "container_memory_swap": ms.get("total_swap"),
         "container_spec_cpu_shares": num(f"{cpu}/cpu.shares"),
         "container_spec_cpu_quota": quota if quota > 0 else None,
         "container_spec_cpu_period": num(f"{cpu}/cpu.cfs_period_us"),
         "container_spec_memory_limit_bytes": num(f"{mem}/memory.limit_in_bytes"),
+        "container_spec_memory_swap_limit_bytes": _v1_limit(num(f"{mem}/memory.memsw.limit_in_bytes")),
+        "container_spec_memory_reservation_limit_bytes": _v1_limit(num(f"{mem}/memory.soft_limit_in_bytes")),
         "container_threads": num(f"{pids}/pids.current"),
         "container_threads_max": num(f"{pids}/pids.max"),
         "container_oom_events_total": 0,
@@ -100,6 +109,8 @@ def test_values_equal_kernel_files_for_a_running_workload(cg: Env) -> None:
         percpu = [int(x) / 1e9 for x in f.read().split()]
     for i, secs in enumerate(percpu):
         assert value(per, "container_cpu_usage_seconds_total", name="w", cpu=f"cpu{i:02d}") == secs
+    # ...and then without the total: sum() over the family must not count the CPU time twice
+    assert value(per, "container_cpu_usage_seconds_total", name="w", cpu="total") is None
     assert value(got, "cgagent_workloads", state="running") == 1
     # limits are kept between scrapes until the kernel reports a write to their file
     assert cg.run("update", "w", "--cpus", "0.25", "--memory", "80M", "--pids-limit", "30").returncode == 0
@@ -136,14 +147,14 @@ def v2_expected(d: Path) -> dict[str, float | None]:
         "container_memory_rss": ms["anon"],
         "container_memory_cache": ms["file"],
         "container_memory_max_usage_bytes": num(f"{d}/memory.peak"),
-        "container_memory_limit_hits_total": ev["max"],
-        "container_spec_cpu_shares": None,
-        "container_spec_cpu_weight": num(f"{d}/cpu.weight"),
+        "container_memory_failcnt": ev["max"],
+        "container_spec_cpu_shares": weight_to_cadvisor_shares(num(f"{d}/cpu.weight")),
+        "container_spec_cpu_weight": None,
         "container_spec_cpu_quota": None if quota == "max" else int(quota),
         "container_spec_cpu_period": int(period),
-        "container_spec_memory_limit_bytes": None if mem_max == "max" else int(mem_max),
+        "container_spec_memory_limit_bytes": 0 if mem_max == "max" else int(mem_max),
         "container_threads": num(f"{d}/pids.current"),
-        "container_threads_max": None if pids_max == "max" else int(pids_max),
+        "container_threads_max": 0 if pids_max == "max" else int(pids_max),
     }
     for res in ("cpu", "memory", "io"):
         totals = {ln.split()[0]: int(ln.split("total=")[1]) for ln in (d / f"{res}.pressure").read_text().splitlines()}
@@ -193,10 +204,10 @@ def test_v2_limit_changes_show_on_the_next_scrape(tmp_path: Path) -> None:
     (mount / "system.slice/ssh.service/cpu.weight").write_text("300\n")
     (mount / "system.slice/ssh.service/pids.max").write_text("max\n")
     got = scrape(exp)
-    assert value(got, "container_threads_max", name="ssh.service") is None
+    assert value(got, "container_threads_max", name="ssh.service") == 0
     assert value(got, "container_spec_cpu_quota", name="ssh.service") == 20000
     assert value(got, "container_spec_cpu_period", name="ssh.service") == 50000
-    assert value(got, "container_spec_cpu_weight", name="ssh.service") == 300
+    assert value(got, "container_spec_cpu_shares", name="ssh.service") == weight_to_cadvisor_shares(300) == 7840
 
 
 def test_v2_oom_watcher_logs_memory_events_changes(tmp_path: Path) -> None:

@@ -73,7 +73,8 @@ def test_v2_oom_notifier_reports_a_change_of_the_counter(v2: Path) -> None:
 def test_v2_limit_files_are_those_that_exist(v2: Path) -> None:
     r = reader_for({"": str(v2)})
     assert r.limit_files("pids") == [f"{v2}/pids.max"]
-    assert r.limit_files("cpu", "memory") == [f"{v2}/cpu.weight", f"{v2}/cpu.max", f"{v2}/memory.max"]
+    assert r.limit_files("cpu", "memory") == [f"{v2}/cpu.weight", f"{v2}/cpu.max", f"{v2}/memory.max",
+                                             f"{v2}/memory.min"]
     (v2 / "cpu.weight.nice").write_text("0\n")
     assert f"{v2}/cpu.weight.nice" in r.limit_files("cpu")
 
@@ -121,7 +122,7 @@ def test_v1_reads_each_hierarchy(v1: dict[str, str]) -> None:
     assert (th.periods, th.throttled_periods, th.throttled_ns) == (400, 28, 493827156)
     m = r.memory(swap=True)
     assert (m.usage, m.max_usage, m.rss, m.cache, m.inactive_file, m.limit_hits, m.swap) == (
-        50 << 20 | 4, 60 << 20 | 4, 327680, 163840, 40960, 12, None)   # no swap accounting in memory.stat
+        50 << 20 | 4, 60 << 20 | 4, 327680, 163840, 40960, 12, 20480)   # total_swap: with descendants
     lim = r.limits()
     assert (lim.cpu_shares, lim.cpu_weight, lim.cpu_quota_us, lim.cpu_period_us) == (4096, None, 50000, 100000)
     assert (lim.memory, lim.memory_swap, lim.pids) == (268435456, -1, 400)   # PAGE_COUNTER_MAX is -1

@@ -157,6 +157,20 @@ def procs(dirpath: str) -> list[int]:
         return []
 
 
+def first_proc(dirpath: str) -> int | None:
+    """The first process cgroup.procs lists, reading one small block (a root cgroup lists thousands)."""
+    try:
+        fd = _open(os.path.join(dirpath, "cgroup.procs"))
+    except FileNotFoundError:
+        return None
+    try:
+        head = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    line = head.split(b"\n", 1)[0]
+    return int(line) if line and (b"\n" in head or len(head) < 64) else None
+
+
 def kill_all(pids: list[int]) -> None:
     """SIGKILL each pid; ones already gone are fine (they exited on their own)."""
     import signal

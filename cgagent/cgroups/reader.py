@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import CpuUsage, IoUsage, Limits, MemoryUsage, Pressure, Stats, Throttling
+from cgagent.cgroups.stats import CpuUsage, DeviceIo, IoUsage, Limits, MemoryUsage, Pressure, Stats, Throttling
 
 if TYPE_CHECKING:   # only its type: ctypes is not for every CLI start that reads a cgroup
     from cgagent.inotify import Inotify
@@ -68,6 +68,9 @@ class Reader(ABC):
 
     mode: ClassVar[str]
     OOM_FILE: ClassVar[str]   # the one file holding the `oom_kill` counter: decided here, per mode
+    # a file the kernel makes with the cgroup and rarely rewrites: its mtime is the creation time
+    # (the directory's mtime moves whenever a child cgroup is made)
+    BIRTH_FILE: ClassVar[str]
 
     def __init__(self, dirs: dict[str, str]) -> None:
         self.dirs = dirs
@@ -108,6 +111,10 @@ class Reader(ABC):
         """Bytes and operations read and written, over all block devices."""
         return IoUsage()
 
+    def io_devices(self) -> list[DeviceIo]:
+        """Disk I/O per block device (this cgroup and its descendants), in the kernel's order."""
+        return []
+
     def io_limits(self) -> dict[str, dict[str, int]]:
         """The per-device I/O limits the kernel holds: Resources field (device_read_bps...) ->
         {"MAJ:MIN": value}; a device without a limit is absent."""
@@ -120,6 +127,29 @@ class Reader(ABC):
     def pressure(self) -> dict[str, Pressure]:
         """PSI totals per resource (cpu, memory, io) where the kernel keeps them."""
         return {}
+
+    # --- identity
+
+    def created(self) -> float | None:
+        """When the cgroup was made (unix seconds), derived as cAdvisor does for cgroups it has no
+        runtime record of: the earliest mtime of its directories and of their BIRTH_FILE.
+        None: the cgroup is gone."""
+        times = []
+        for d in dict.fromkeys(self.dirs.values()):
+            for p in (d, f"{d}/{self.BIRTH_FILE}"):
+                try:
+                    times.append(os.stat(p).st_mtime)
+                except FileNotFoundError:
+                    pass
+        return min(times) if times else None
+
+    def a_pid(self) -> int | None:
+        """One process of this cgroup itself (not of its descendants); None when it holds none.
+        One hierarchy is enough: on v1 a cgroup's processes are in its directory of every hierarchy
+        it has one in."""
+        for d in self.dirs.values():
+            return fs.first_proc(d)
+        return None
 
     # --- limits
 
@@ -204,6 +234,6 @@ def _unless_gone(read: Callable[[], T], default: T) -> T:
 
 
 _LIMIT_FIELDS = {"cpu": ("cpu_shares", "cpu_weight", "cpu_quota_us", "cpu_period_us"),
-                 "cpuset": ("cpuset_cpus", "cpuset_mems"), "memory": ("memory",), "swap": ("memory_swap",),
-                 "pids": ("pids",)}
+                 "cpuset": ("cpuset_cpus", "cpuset_mems"), "memory": ("memory", "memory_reservation"),
+                 "swap": ("memory_swap",), "pids": ("pids",)}
 _CONTROLLER = {"cpu": "cpu", "cpuset": "cpuset", "memory": "memory", "swap": "memory", "pids": "pids"}

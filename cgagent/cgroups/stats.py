@@ -61,6 +61,7 @@ class Limits:
     cpuset_mems: str | None = None
     memory: int | None = None
     memory_swap: int | None = None
+    memory_reservation: int | None = None   # v1 memory.soft_limit_in_bytes, v2 memory.min (as cAdvisor)
     pids: int | None = None
 
 
@@ -72,6 +73,18 @@ class IoUsage:
     write_bytes: int | None = None
     read_ops: int | None = None
     write_ops: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIo:
+    """Disk I/O done on one block device (MAJ:MIN), as the kernel splits it per device."""
+
+    major: int
+    minor: int
+    read_bytes: int = 0
+    write_bytes: int = 0
+    read_ops: int = 0
+    write_ops: int = 0
 
 
 @dataclass(slots=True)

@@ -10,9 +10,9 @@ from cgagent.cgroups import _rel
 from cgagent.host import Host
 
 # The v1 hierarchies the readers report from (cpuset/freezer/... hold nothing they read).
-V1_READ = ("cpu", "cpuacct", "memory", "pids")
+V1_READ = ("cpu", "cpuacct", "memory", "pids", "blkio")
 # The hierarchy whose path is a cgroup's `id`, the same order Record.cgroup is computed in.
-V1_ID_ORDER = ("cpu", "memory", "pids", "cpuacct")
+V1_ID_ORDER = ("cpu", "memory", "pids", "cpuacct", "blkio")
 
 
 class Found(NamedTuple):

@@ -1,5 +1,6 @@
-"""CPU usage: total (cpu="total"; per-CPU series only with --per-cpu, where the kernel splits it),
-user and system seconds."""
+"""CPU usage: cpu="total", or with --per-cpu the per-CPU series alone (cpu="cpu00"...) where the kernel
+splits usage (v1); never both in one family (sum() would count it twice), as cAdvisor. User and system
+seconds."""
 
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ class CpuUsage(PerCgroup[stats.CpuUsage]):
 
     def emit(self, t: Target, u: stats.CpuUsage, fams: list[Family], scrape: Scrape) -> None:
         usage, user, system = fams
-        if u.total_ns is not None:
-            usage.add(t.labels.extend("cpu", "total"), u.total_ns / NS)
         if scrape.per_cpu and u.per_cpu_ns:
             for i, ns in enumerate(u.per_cpu_ns):
                 usage.add(t.labels.extend("cpu", f"cpu{i:02d}"), ns / NS)
+        elif u.total_ns is not None:   # v2 has no per-CPU split: the total, as cAdvisor does
+            usage.add(t.labels.extend("cpu", "total"), u.total_ns / NS)
         add(user, t, u.user_ns, NS)
         add(system, t, u.system_ns, NS)

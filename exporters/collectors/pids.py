@@ -21,7 +21,8 @@ class Pids(PerCgroup[Counts]):
     def families(self) -> list[Family]:
         return [
             Family("container_threads", "gauge", "Number of threads running inside the container (pids.current)."),
-            Family("container_threads_max", "gauge", "Maximum number of threads allowed (pids.max; unset = no limit)."),
+            Family("container_threads_max", "gauge",
+                   "Maximum number of threads allowed inside the container, infinity if value is zero."),
         ]
 
     def collect(self, scrape: Scrape) -> list[Family]:
@@ -44,5 +45,5 @@ class Pids(PerCgroup[Counts]):
     def emit(self, t: Target, p: Counts, fams: list[Family], scrape: Scrape) -> None:
         current, limit = fams
         add(current, t, p[0])
-        if p[1] is not None and p[1] >= 0:
-            add(limit, t, p[1])
+        if p[1] is not None:   # unlimited (-1) is 0, as cAdvisor has it
+            add(limit, t, max(p[1], 0))

@@ -1051,3 +1051,48 @@ def test_iofreeze_pause_freezes_cpu_and_paused_workloads_stop_and_go(g: Guest, d
     r = g.ok("stop", "-t", "30", "fs")
     assert "SIGKILL" not in r.stderr and g.record("fs")["exit_code"] == 143, r.stderr
     g.ok("rm", "fs")
+
+# --- series ---
+# Issue 11 items 3-4 on cgroup v2: io.stat per device -> container_fs_*/container_blkio_device_usage_total,
+# cpu.weight -> cAdvisor's container_spec_cpu_shares, unlimited limits as 0, lifecycle series.
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_series_v2_io_stat_and_cadvisor_spec(io_loop: tuple[Guest, str, str], driver: str) -> None:
+    from cgagent import host as hostmod
+    from cgagent.convert import weight_to_cadvisor_shares
+    from exporters.registry import Exporter, Options
+
+    g, dev, majmin = io_loop
+    done = f"{g.state}/series-dd-done"
+    g.ok("run", "-d", *_drv(g, driver), "--name", "sio", "--", "sh", "-c",
+         f"dd if=/dev/zero of={dev} bs=1M count=12 oflag=direct 2>/dev/null && touch {done} && exec sleep 1000")
+    wait_for("dd finished", lambda: os.path.exists(done), timeout=120)
+    cid = g.record("sio")["cgroup"]
+    exp = Exporter(Options(host=hostmod.detect(), state_dir=g.state, process_metrics=False))
+    try:
+        text = exp.render().decode()
+    finally:
+        exp.close()
+    major, minor = majmin.split(":")
+
+    def sample(name: str, *labels: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'id="{cid}"' in line and all(lb in line for lb in labels):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no {name}{labels} for {cid}")
+
+    written = sample("container_fs_writes_bytes_total", f'device="{dev}"')
+    assert written >= 12 * M
+    assert sample("container_blkio_device_usage_total", f'device="{dev}"', f'major="{major}"', f'minor="{minor}"',
+                  'operation="Write"') == written
+    assert sample("container_fs_writes_total", f'device="{dev}"') >= 12
+    assert sample("container_spec_cpu_shares") == weight_to_cadvisor_shares(int(g.file("sio", "cpu.weight")))
+    assert "container_spec_cpu_weight" not in text
+    assert sample("container_spec_memory_limit_bytes") == 0    # no --memory: memory.max "max"
+    assert sample("container_threads_max") == (0 if g.file("sio", "pids.max").strip() == "max"
+                                               else int(g.file("sio", "pids.max")))
+    assert sample("container_last_seen") > 0 and sample("container_start_time_seconds") > 0
+    assert not [ln for ln in text.splitlines() if ln.startswith("container_cpu_usage_seconds_total{")
+                and 'cpu="total"' not in ln]   # v2: no per-CPU split, the total only
+    g.ok("rm", "-f", "sio")

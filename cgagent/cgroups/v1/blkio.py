@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import IoUsage
+from cgagent.cgroups.stats import DeviceIo, IoUsage
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources, io_devices
 
@@ -20,6 +20,8 @@ LIMIT_FILES = tuple(THROTTLE_FILES.values())
 # BFQ's files first: with the BFQ scheduler CFQ's do not exist (kernel 5.0 removed CFQ)
 _WEIGHT_FILES = (("blkio.bfq.weight", "blkio.bfq.weight_device"), ("blkio.weight", "blkio.weight_device"))
 _STAT_FILES = ("blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_serviced_recursive")
+# kernels before 4.14 (or with the throttle stats off) keep only the cgroup's own counters
+_LOCAL_STAT_FILES = ("blkio.throttle.io_service_bytes", "blkio.throttle.io_serviced")
 
 
 def _weight_files(d: str) -> tuple[str, str]:
@@ -68,6 +70,38 @@ def usage(d: str) -> IoUsage:
     if ops is not None:
         out.read_ops, out.write_ops = ops
     return out
+
+
+def _per_device(path: str) -> dict[tuple[int, int], tuple[int, int]] | None:
+    """(major, minor) -> (Read, Write) from a `MAJ:MIN Op N` file; None when it is missing."""
+    try:
+        text = fs.read(path)
+    except FileNotFoundError:
+        return None
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or parts[1] not in ("Read", "Write"):
+            continue   # Sync/Async/Discard/Total lines, and the trailing "Total N"
+        major, _, minor = parts[0].partition(":")
+        key = (int(major), int(minor))
+        rd, wr = out.get(key, (0, 0))
+        out[key] = (rd + int(parts[2]), wr) if parts[1] == "Read" else (rd, wr + int(parts[2]))
+    return out
+
+
+def per_device(d: str) -> list[DeviceIo]:
+    """Bytes and operations per device, this cgroup and its descendants (the *_recursive files;
+    the cgroup's own where the kernel has no recursive ones)."""
+    for files in (_STAT_FILES, _LOCAL_STAT_FILES):
+        nbytes = _per_device(f"{d}/{files[0]}")
+        if nbytes is not None:
+            ops = _per_device(f"{d}/{files[1]}") or {}
+            break
+    else:
+        return []
+    return [DeviceIo(mj, mn, *nbytes.get((mj, mn), (0, 0)), *ops.get((mj, mn), (0, 0)))
+            for mj, mn in dict.fromkeys([*nbytes, *ops])]
 
 
 def throttle_rules(d: str) -> dict[str, dict[str, int]]:

@@ -10,7 +10,7 @@ from cgagent.limits import Resources
 
 NAME = "memory"
 OOM_FILE = "memory.oom_control"   # `oom_kill N` (kernel 4.13+); also the file an OOM eventfd is bound to
-LIMIT_FILES = ("memory.limit_in_bytes",)
+LIMIT_FILES = ("memory.limit_in_bytes", "memory.soft_limit_in_bytes")
 SWAP_LIMIT_FILES = ("memory.memsw.limit_in_bytes",)
 _STAT_KEYS = ("total_rss", "rss", "total_cache", "cache", "total_inactive_file", "inactive_file")
 _SWAP_KEYS = ("total_swap", "swap")
@@ -58,6 +58,11 @@ def limit(d: str) -> int | None:
     if n is None:
         gone_check(d)
     return n
+
+
+def reservation(d: str) -> int | None:
+    """The soft limit (--memory-reservation); -1 unlimited."""
+    return _unlimited(fs.read_int(f"{d}/memory.soft_limit_in_bytes"))
 
 
 def swap_limit(d: str) -> int | None:

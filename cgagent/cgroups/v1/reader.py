@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups.reader import LIMIT_PARTS, OomNotifier, Reader
-from cgagent.cgroups.stats import CpuUsage, IoUsage, Limits, MemoryUsage, Throttling
+from cgagent.cgroups.stats import CpuUsage, DeviceIo, IoUsage, Limits, MemoryUsage, Throttling
 from cgagent.cgroups.v1 import blkio, cpu, cpuacct, cpuset, freezer, memory, pids
 from cgagent.inotify import Inotify
 
@@ -18,6 +18,7 @@ _LIMIT_FILES = {"cpu": ("cpu", cpu.LIMIT_FILES), "cpuset": ("cpuset", cpuset.LIM
 class V1Reader(Reader):
     mode = "v1"
     OOM_FILE = memory.OOM_FILE
+    BIRTH_FILE = "cgroup.clone_children"
 
     def dir(self, controller: str) -> str | None:
         return self.dirs.get(controller)
@@ -45,6 +46,10 @@ class V1Reader(Reader):
         d = self.dirs.get("blkio")
         return IoUsage() if d is None else blkio.usage(d)
 
+    def io_devices(self) -> list[DeviceIo]:
+        d = self.dirs.get("blkio")
+        return [] if d is None else blkio.per_device(d)
+
     def io_limits(self) -> dict[str, dict[str, int]]:
         d = self.dirs.get("blkio")
         return {} if d is None else blkio.throttle_rules(d)
@@ -66,6 +71,7 @@ class V1Reader(Reader):
         if d is not None:
             if "memory" in want:
                 out.memory = memory.limit(d)
+                out.memory_reservation = memory.reservation(d)
             if "swap" in want:
                 out.memory_swap = memory.swap_limit(d)
         d = self.dirs.get("pids")

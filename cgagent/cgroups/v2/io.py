@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import IoUsage
+from cgagent.cgroups.stats import DeviceIo, IoUsage
 from cgagent.limits import Resources, io_devices
 
 NAME = "io"
@@ -44,6 +44,23 @@ def usage(d: str) -> IoUsage:
                 total[k] += int(v)
     return IoUsage(read_bytes=total["rbytes"], write_bytes=total["wbytes"], read_ops=total["rios"],
                    write_ops=total["wios"])
+
+
+def per_device(d: str) -> list[DeviceIo]:
+    """io.stat per device ("MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=.."); [] without
+    the io controller."""
+    try:
+        text = fs.read(f"{d}/io.stat")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        dev, *kvs = line.split()
+        major, _, minor = dev.partition(":")
+        st = dict(kv.partition("=")[::2] for kv in kvs)
+        out.append(DeviceIo(int(major), int(minor), int(st.get("rbytes", 0)), int(st.get("wbytes", 0)),
+                            int(st.get("rios", 0)), int(st.get("wios", 0))))
+    return out
 
 
 def max_rules(d: str) -> dict[str, dict[str, int]]:

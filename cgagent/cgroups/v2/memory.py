@@ -13,7 +13,7 @@ NAME = "memory"
 # `oom_kill N` of this cgroup and its descendants (memory.events.local would leave the descendants
 # out: a workload's own sub-cgroups are part of it); inotify reports each change of it
 OOM_FILE = "memory.events"
-LIMIT_FILES = ("memory.max",)
+LIMIT_FILES = ("memory.max", "memory.min")
 SWAP_LIMIT_FILES = ("memory.max", "memory.swap.max")
 
 
@@ -54,6 +54,11 @@ def limit(d: str) -> int | None:
     if n is None:
         gone_check(d)
     return n
+
+
+def reservation(d: str) -> int | None:
+    """memory.min, which cAdvisor reports as the reservation on v2; None without the controller."""
+    return fs.read_int(f"{d}/memory.min")
 
 
 def swap_limit(d: str, memory: int | None) -> int | None:

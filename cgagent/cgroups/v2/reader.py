@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups.reader import LIMIT_PARTS, OomNotifier, Reader
-from cgagent.cgroups.stats import CpuUsage, IoUsage, Limits, MemoryUsage, Pressure, Throttling
+from cgagent.cgroups.stats import CpuUsage, DeviceIo, IoUsage, Limits, MemoryUsage, Pressure, Throttling
 from cgagent.cgroups.v2 import cpu, cpuset, freeze, io, memory, pids, psi
 from cgagent.inotify import IN_MODIFY, Inotify
 
@@ -17,6 +17,7 @@ _LIMIT_FILES = {"cpu": cpu.LIMIT_FILES, "cpuset": (), "memory": memory.LIMIT_FIL
 class V2Reader(Reader):
     mode = "v2"
     OOM_FILE = memory.OOM_FILE
+    BIRTH_FILE = "cgroup.type"   # cAdvisor takes cgroup.events, whose mtime moves with every (un)populate
 
     def __init__(self, dirs: dict[str, str]) -> None:
         super().__init__(dirs)
@@ -43,6 +44,9 @@ class V2Reader(Reader):
     def io(self) -> IoUsage:
         return io.usage(self.d)
 
+    def io_devices(self) -> list[DeviceIo]:
+        return io.per_device(self.d)
+
     def io_limits(self) -> dict[str, dict[str, int]]:
         return io.max_rules(self.d)
 
@@ -61,10 +65,11 @@ class V2Reader(Reader):
             cpuset.limits(self.d, out)
         if "memory" in want or "swap" in want:
             out.memory = memory.limit(self.d)
+            out.memory_reservation = memory.reservation(self.d)
             if "swap" in want:
                 out.memory_swap = memory.swap_limit(self.d, out.memory)
             if "memory" not in want:
-                out.memory = None
+                out.memory = out.memory_reservation = None
         if "pids" in want:
             out.pids = pids.limit(self.d)
         return out
