@@ -15,8 +15,6 @@ import termios
 import time
 from collections.abc import Callable, Iterator
 
-import pytest
-
 PROMPT = rb"# "
 # typed into the workload's shell: its terminal, its devpts (its own ptys only), no master among its
 # fds, the window size after the resize, then an exit code of its own
@@ -76,8 +74,8 @@ class Term:
         os.close(self.slave)
 
 
-@pytest.fixture
-def terms() -> Iterator[list[Term]]:
+def closing() -> Iterator[list[Term]]:
+    """For a test module's `terms` fixture: the Terms a test appends are closed after it."""
     made: list[Term] = []
     yield made
     for t in made:

@@ -7,12 +7,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 
+import pytest
+
+from tests import ptyterm
 from tests.conftest import Env
 from tests.isolated import IMG, Box, ok, ps_json, wait_for
 from tests.ptyterm import PROMPT, Term, shell_session
 
-pytest_plugins = ("tests.isolated_fixtures", "tests.ptyterm")  # box, image_store; terms
+pytest_plugins = ("tests.isolated_fixtures",)  # the box and image_store fixtures
+
+
+@pytest.fixture
+def terms() -> Iterator[list[Term]]:
+    yield from ptyterm.closing()
 
 
 def test_run_it_gives_an_image_shell_its_own_terminal(box: Box, terms: list[Term]) -> None:
