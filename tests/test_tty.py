@@ -95,4 +95,10 @@ def test_tty_usage_errors(box: Box) -> None:
     assert r.returncode == 125 and "use -dit" in r.stderr
     r = box.run("run", "-t", "--restart", "always", IMG, "sh")
     assert r.returncode == 125 and "--restart" in r.stderr
+    r = box.run("run", "-t", "--rm", IMG, "nosuch")
+    assert r.returncode == 127 and "nosuch" in r.stderr, r.stderr
+    ok(box.run("run", "-d", "--name", "plain", IMG, "--", "sleep", "1000"))
+    r = box.run("attach", "plain")
+    assert r.returncode != 0 and "has no terminal" in r.stderr
+    ok(box.run("rm", "-f", "plain"))
     assert not ps_json(box)
