@@ -59,6 +59,14 @@ def test_run_dit_then_attach_and_detach_with_ctrl_p_ctrl_q(box: Box, terms: list
     ok(box.run("rm", "bg"))
 
 
+def test_the_master_stays_out_even_where_fds_are_preserved(box: Box, terms: list[Term]) -> None:
+    # --preserve-fds keeps fds 3.. open across exec: the master, opened in the workload's process, is
+    # closed there before exec (and close-on-exec besides), or the workload could read its own keyboard
+    t = Term(box.cg.cmd("run", "-it", "--rm", "--preserve-fds", "20", IMG, "sh"), box.env())
+    terms.append(t)
+    shell_session(t)
+
+
 def test_terminal_restored_when_the_cli_is_signalled(box: Box, terms: list[Term]) -> None:
     # SIGTERM to the CLI goes on to the workload (its trap answers); the CLI ends with its code
     t = Term(box.cg.cmd("run", "-it", "--rm", IMG, "sh", "-c",
