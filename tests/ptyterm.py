@@ -15,7 +15,7 @@ import termios
 import time
 from collections.abc import Callable, Iterator
 
-PROMPT = rb"# "
+PROMPT = rb"[#$] "   # root's or a user's shell
 # typed into the workload's shell: its terminal, its devpts (its own ptys only), no master among its
 # fds, the window size after the resize, then an exit code of its own
 CHECKS = (b"echo pts-$(ls /dev/pts | tr '\\n' ,); echo masters-$(ls -l /proc/$$/fd | grep -c ptmx); "

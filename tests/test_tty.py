@@ -24,8 +24,9 @@ def terms() -> Iterator[list[Term]]:
     yield from ptyterm.closing()
 
 
-def test_run_it_gives_an_image_shell_its_own_terminal(box: Box, terms: list[Term]) -> None:
-    t = Term(box.cg.cmd("run", "-it", "--rm", IMG, "sh"), box.env())
+@pytest.mark.parametrize("opts", [[], ["--init"], ["--userns", "--user", "1000"]], ids=["plain", "init", "userns"])
+def test_run_it_gives_an_image_shell_its_own_terminal(box: Box, terms: list[Term], opts: list[str]) -> None:
+    t = Term(box.cg.cmd("run", "-it", "--rm", *opts, IMG, "sh"), box.env())
     terms.append(t)
     shell_session(t)
 
