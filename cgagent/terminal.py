@@ -157,7 +157,7 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def _read(fd: int) -> bytes:
-    """b'' at the end: EOF, or EIO on a master whose slaves are all closed."""
+    """b'' at the end: EOF, or EIO (a master whose slaves are all closed, a terminal hung up)."""
     try:
         return os.read(fd, CHUNK)
     except OSError as e:
@@ -173,12 +173,28 @@ def _reaped(pid: int) -> int | None:
     return exit_code(status) if wpid == pid else None
 
 
-def _drain(master: int, out: int) -> None:
+class Output:
+    """The caller's stdout; once it fails (the terminal hung up, a closed pipe) the workload's output
+    is read and dropped, so that the workload never blocks on a full pty and its exit is still seen."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def write(self, data: bytes) -> None:
+        if self.fd is None:
+            return
+        try:
+            write_all(self.fd, data)
+        except OSError:
+            self.fd = None
+
+
+def _drain(master: int, out: Output) -> None:
     """What the workload wrote before it ended (bounded: a leftover process may write on)."""
     for _ in range(64):
         if not select.select([master], [], [], 0)[0] or not (data := _read(master)):
             return
-        write_all(out, data)
+        out.write(data)
 
 
 def proxy(pid: int, master: int, stdin: bool) -> int:
@@ -189,6 +205,7 @@ def proxy(pid: int, master: int, stdin: bool) -> int:
         sigs_wanted = (*PROXIED, signal.SIGWINCH, signal.SIGCHLD)
         with wakeups(sigs_wanted) as sigs, raw(0) if stdin else contextlib.nullcontext():
             inputs = [master, sigs] + ([0] if stdin else [])
+            out = Output(1)
             while (code := _reaped(pid)) is None:
                 ready = select.select(inputs, [], [])[0]
                 for s in pending(sigs):
@@ -199,16 +216,16 @@ def proxy(pid: int, master: int, stdin: bool) -> int:
                             os.kill(pid, s)
                 if master in ready:
                     if data := _read(master):
-                        write_all(1, data)
+                        out.write(data)
                     else:
                         inputs.remove(master)   # the workload is ending: its exit comes as SIGCHLD
                 if 0 in ready:
-                    if data := os.read(0, CHUNK):
+                    if data := _read(0):
                         write_all(master, data)
                     else:
                         inputs.remove(0)
             if master in inputs:
-                _drain(master, 1)
+                _drain(master, out)
             return code
     finally:
         os.close(master)
@@ -301,7 +318,8 @@ def _serve(master: int, lis: socket.socket, log: int) -> None:
             data = _read(master)
             if not data:
                 return   # the workload's last process has closed its terminal
-            write_all(log, data)
+            with contextlib.suppress(OSError):   # a full disk must not hang up the workload's terminal
+                write_all(log, data)
             if client is not None:
                 try:
                     client.sendall(data)
@@ -376,7 +394,7 @@ def attach(path: str) -> bool:
                         return False
                     write_all(1, data)
                 if 0 in ready:
-                    data = os.read(0, CHUNK)
+                    data = _read(0)
                     if not data:
                         inputs.remove(0)
                         continue
