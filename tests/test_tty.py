@@ -97,6 +97,15 @@ def test_run_it_host_command_gets_a_host_pty(cg: Env, terms: list[Term]) -> None
     shell_session(t, isolated=False)
 
 
+def test_exec_it_into_a_host_workload(cg: Env, terms: list[Term]) -> None:
+    r = cg.run("run", "-d", "--name", "hostwl", "--", "sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    t = Term(cg.cmd("exec", "-it", "hostwl", "sh"), cg.env(PS1="# "))
+    terms.append(t)
+    shell_session(t, isolated=False)
+    assert cg.run("rm", "-f", "hostwl").returncode == 0
+
+
 def test_tty_usage_errors(box: Box) -> None:
     r = box.run("run", "-it", "--rm", IMG, "true", stdin=subprocess.DEVNULL)
     assert r.returncode == 125 and "the input device is not a TTY" in r.stderr
