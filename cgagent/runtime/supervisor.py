@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cgagent import events, launch, oom, procs
 from cgagent.cgroups import CgroupManager
@@ -23,6 +23,9 @@ from cgagent.runtime.lifecycle import create, discard, finish, start, start_mana
 from cgagent.runtime.request import RunRequest, parse_restart
 from cgagent.runtime.stopflag import stop_requested
 from cgagent.state import Damaged, Record, Store
+
+if TYPE_CHECKING:   # a run without -t never loads termios & co.
+    from cgagent.terminal import Console
 
 
 def run_foreground(req: RunRequest, host: Host, store: Store) -> int:
@@ -201,7 +204,7 @@ def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report
     return shim_main(store, host, rec.name, pid)   # no interpreter to exec: supervise from here
 
 
-def _console(rec: Record) -> Any:
+def _console(rec: Record) -> Console | None:
     if not rec.tty:
         return None
     from cgagent.terminal import Console
