@@ -85,6 +85,11 @@ OPTIONS: tuple[Option, ...] = (
     _io_device("device_write_iops", "Write operations per second limit", "/dev/sda:1000"),
     Option("name", ("--name",), "value", "request", "name", "Workload name (default: generated)."),
     Option("detach", ("--detach", "-d"), "flag", "request", "detach", "Run in the background under a supervisor."),
+    Option("interactive", ("--interactive", "-i"), "flag", "request", "interactive",
+           "Keep stdin open for the workload (with -t: your keys go to its terminal)."),
+    Option("tty", ("--tty", "-t"), "flag", "request", "tty",
+           "Give it a terminal of its own (a pty; isolated: /dev/pts/0 of its own devpts), e.g. -it for a shell; "
+           "-dit keeps it for `cgagent attach`."),
     Option("rm", ("--rm",), "flag", "request", "auto_remove", "Remove the record when the workload exits."),
     Option("cgroup_parent", ("--cgroup-parent",), "value", "request", "parent",
            "Parent cgroup: an absolute path (default /cgagent) or a systemd slice, the same place under either "
@@ -191,6 +196,15 @@ def limit_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return parse_fields({o.key: v for o, v in given(values) if o.lands == "limit"})
 
 
+def _check_tty(req: Mapping[str, Any], restart: str) -> None:
+    if req.get("detach") and req.get("interactive") and not req.get("tty"):
+        raise CgagentError("-d -i without -t: `cgagent attach` needs a terminal to attach to",
+                           "use -dit (or drop -i)")
+    if req.get("tty") and restart != "no":
+        raise CgagentError("-t with --restart is not supported: a restarted workload would need a new terminal",
+                           "drop --restart, or -t")
+
+
 def build(values: Mapping[str, Any], cmd: list[str], host: Host, image: str | None = None,
           environ: Mapping[str, str] | None = None) -> RunRequest:
     """Option name -> raw value (as typed on the command line; flags True, repeatable options lists),
@@ -226,10 +240,12 @@ def build(values: Mapping[str, Any], cmd: list[str], host: Host, image: str | No
     from cgagent.state import validate_name
 
     parse_restart(restart or "no")   # refused here, before anything is made, as a bad limit is
+    _check_tty(req, restart or "no")
     if name:
         validate_name(name)
     return RunRequest(cmd=cmd, resources=with_rules(resources, isolation, extra.get("device_rules")), name=name,
                       isolation=isolation, policy=req.get("policy"), parent=req.get("parent") or "/cgagent",
                       driver=req.get("driver") or None, detach=bool(req.get("detach")),
                       auto_remove=bool(req.get("auto_remove")), restart=restart or "no",
-                      preserve_fds=preserve_fds(req.get("preserve_fds")))
+                      preserve_fds=preserve_fds(req.get("preserve_fds")), tty=bool(req.get("tty")),
+                      interactive=bool(req.get("interactive")))

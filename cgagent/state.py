@@ -173,6 +173,7 @@ class Record:
     keeper_start: int | None = None
     policy_oom_seq: int = 0              # OOM kills of this instance its policy has answered (see oom.py seq)
     preserve_fds: int = 0                # --preserve-fds: fds 3.. the workload inherits from the caller
+    tty: bool = False                    # -t: a pty of its own (detached: served at Store.tty_path)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"
@@ -259,6 +260,10 @@ class Store:
         """When each part of the log was written (cgagent.logtime), for `logs --since/--timestamps`."""
         return os.path.join(self.logs, f"{validate_name(name)}.idx")
 
+    def tty_path(self, name: str) -> str:
+        """The attach socket of a detached workload with a terminal (`run -dit`)."""
+        return os.path.join(self.logs, f"{validate_name(name)}.tty")
+
     def read_log(self, name: str) -> tuple[Record, str] | None:
         """The workload's record and its output file's path, for `logs` (CLI or API); None: a
         detached workload that has written nothing yet. A foreground run's output went to its terminal."""
@@ -309,7 +314,7 @@ class Store:
         return parse_record(name, path, raw)
 
     def delete(self, name: str) -> None:
-        for p in (self.path(name), self.log_path(name), self.index_path(name)):
+        for p in (self.path(name), self.log_path(name), self.index_path(name), self.tty_path(name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests import ptyterm
+from tests.ptyterm import Term, shell_session
 from tests.systemd_ns import CLI, SYSTEMD, SystemdNamespace, running
 
 M = 1024 * 1024
@@ -597,3 +599,28 @@ def test_systemd_v1_pause_freezes_cpu_and_paused_workloads_stop_and_go(sdns: Sys
     _ok(r)
     assert "SIGKILL" not in r.stderr and cli.record("fs")["exit_code"] == 143, r.stderr
     _ok(cli("rm", "fs"))
+
+
+# --- pty: -it and -dit + attach under the systemd driver (a keeper in the scope, the supervisor a shim)
+
+@pytest.fixture
+def terms() -> Iterator[list[Term]]:
+    yield from ptyterm.closing()
+
+
+def test_run_it_and_attach_under_the_systemd_driver(sdns: SystemdNamespace, cli: CLI, terms: list[Term]) -> None:
+    t = Term(sdns._enter() + cli.argv("run", "-it", "--rm", "--", "sh"), {**cli.env, "PS1": "# "},
+             prepare=sdns._join)
+    terms.append(t)
+    shell_session(t, isolated=False)
+    _ok(cli("run", "-dit", "--name", "tt", "--", "sh"))
+    assert _units(sdns) == ["cgagent-tt.scope"]
+    a = Term(sdns._enter() + cli.argv("attach", "tt"), cli.env, rows=30, cols=100, prepare=sdns._join)
+    terms.append(a)
+    a.send(b"stty size; echo at-$((40+2))\r")
+    a.expect(rb"30 100\r\n")
+    a.expect(rb"at-42\r\n")
+    a.send(b"\x10\x11")
+    assert a.wait() == 0 and a.restored()
+    assert cli.record("tt")["status"] == "running"
+    _ok(cli("rm", "-f", "tt"))

@@ -11,8 +11,9 @@ from cgagent.host import Host
 from cgagent.runflags import OPTIONS, build, limit_values, split_image
 
 _JSON = {"flag": "boolean", "value": "string", "list": "array"}
-# the CLI's own: where its records are (the agent has one store) and fds only a direct run can pass
-_NOT_IN_API = ("state_dir", "preserve_fds")
+# the CLI's own: where its records are (the agent has one store), fds only a direct run can pass, and
+# the caller's terminal (-i/-t runs take the direct path: cgagent.cli.thin)
+_NOT_IN_API = ("state_dir", "preserve_fds", "interactive", "tty")
 LIMIT_FIELDS = tuple(o.name for o in OPTIONS if o.lands == "limit" and o.update)
 LIMIT_TYPES = {o.name: _JSON[o.kind] for o in OPTIONS if o.name in LIMIT_FIELDS}   # per-device ones: arrays
 # the caller's context, which a host workload inherits on the direct path: its environment and directory

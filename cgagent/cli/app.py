@@ -318,6 +318,9 @@ app.add_typer(image_app, name="image")
 from cgagent.cli.exec_cmd import exec_  # noqa: E402
 
 app.command("exec", context_settings={"allow_interspersed_args": False})(exec_)
+from cgagent.cli.attach_cmd import attach  # noqa: E402
+
+app.command("attach")(attach)
 
 from cgagent.cli.logs_cmd import logs  # noqa: E402
 

@@ -33,6 +33,9 @@ def parse(argv: list[str]) -> Parsed | None:
         if a == "--" or not a.startswith("-") or a == "-":
             out.image, out.cmd = split_image(argv[i:])   # `--` ends the options, and says: a host command
             return out if out.cmd or out.image else None
+        if _cluster(a, out.values):   # -it, -dit: short flags together, as click takes them
+            i += 1
+            continue
         key, eq, val = a.partition("=")
         opt = BY_FLAG.get(key)
         if opt is None or (eq and (opt.kind == "flag" or not key.startswith("--"))):
@@ -51,6 +54,18 @@ def parse(argv: list[str]) -> Parsed | None:
                 out.values[opt.name] = val
         i += 1
     return None
+
+
+def _cluster(a: str, values: dict[str, Any]) -> bool:
+    """`-dit` as `-d -i -t` when every letter is a short flag (a letter taking a value: typer decides)."""
+    if a[:2] == "--" or len(a) < 3:
+        return False
+    opts = [o for c in a[1:] if (o := BY_FLAG.get("-" + c)) is not None and o.kind == "flag"]
+    if len(opts) != len(a) - 1:
+        return False
+    for o in opts:
+        values[o.name] = True
+    return True
 
 
 def main(argv: list[str]) -> int | None:

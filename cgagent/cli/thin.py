@@ -211,8 +211,8 @@ def run(argv: list[str]) -> int | None:
     from cgagent.cli import fastrun
 
     parsed = fastrun.parse(argv)
-    if parsed is None or parsed.values.get("preserve_fds"):
-        return None   # fds beyond stdio are passed only by the direct path
+    if parsed is None or any(parsed.values.get(k) for k in ("preserve_fds", "tty", "interactive")):
+        return None   # fds beyond stdio, and the caller's terminal, are the direct path's
     body = request_body(parsed)
     if body is None or (c := _client(parsed.values)) is None:
         return None

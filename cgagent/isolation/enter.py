@@ -12,7 +12,7 @@ import os
 import signal
 import warnings  # noqa: F401  os.execvpe imports it lazily; after chroot that would fail
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cgagent import launch
 from cgagent.cgroups import CgroupManager
@@ -22,17 +22,29 @@ from cgagent.isolation.child import _relay
 from cgagent.isolation.spec import env_dict, from_record
 from cgagent.isolation.syscalls import CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, prctl
 
+if TYPE_CHECKING:
+    from cgagent.terminal import Console
+
 
 def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_add: list[str], user: str | None,
-        workdir: str | None, keep_fds: int = 0) -> int:
-    """Foreground exec; returns the command's exit code (shell convention). `isolation`: the record's."""
+        workdir: str | None, keep_fds: int = 0, tty: bool = False, interactive: bool = False) -> int:
+    """Foreground exec; returns the command's exit code (shell convention). `isolation`: the record's.
+    With `tty` (-t) the command gets a pty opened inside the workload (its /dev/pts), `interactive`
+    (-i) sends the caller's keys to it."""
     if not cmd:
         raise CgagentError("no command given", "put the command after --, e.g. cgagent exec web -- sh")
+    console = None
+    if tty:
+        from cgagent import terminal
+
+        terminal.check_input(interactive)
+        console = terminal.Console(terminal.caller_size())
     signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
     spec = from_record(isolation)
     if spec is None:  # a host workload: only its cgroup to join
         launch.require_command(cmd[0])
-        return launch.wait_forwarding(launch.spawn(cmd, mgr.join, keep_fds=keep_fds))
+        own = console.wrap(None) if console is not None else None
+        return _wait(launch.spawn(cmd, mgr.join, keep_fds=keep_fds, child_setup=own), console, interactive)
     seccomp.machine()
     target = namespaces.init_pid(mgr.procs())
     if target is None:
@@ -66,9 +78,18 @@ def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_ad
         security.apply(list(spec.caps), user if user is not None else spec.user, spec.seccomp, env)
 
     try:
-        pid = launch.spawn(cmd, mgr.join, env=env, child_setup=setup, keep_fds=keep_fds)
+        pid = launch.spawn(cmd, mgr.join, env=env, child_setup=console.wrap(setup) if console else setup,
+                           keep_fds=keep_fds)
     finally:
         for fd, _t in fds + user_ns:
             os.close(fd)
         os.close(root)
-    return launch.wait_forwarding(pid)
+    return _wait(pid, console, interactive)
+
+
+def _wait(pid: int, console: Console | None, interactive: bool) -> int:
+    if console is None:
+        return launch.wait_forwarding(pid)
+    from cgagent import terminal
+
+    return terminal.proxy(pid, console.receive(), interactive)

@@ -29,6 +29,7 @@ from cgagent.state import Damaged, Record, Store, validate_name
 
 if TYPE_CHECKING:
     from cgagent.isolation.spec import IsolationSpec
+    from cgagent.terminal import Console
 
 # --- the keeper (systemd driver): systemd removes a scope's cgroup as soon as its last process has
 # exited, before anyone could read the OOM counter in it, and no kernel counter outlives a v1 memory
@@ -110,7 +111,7 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
                      detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
                      unit=getattr(mgr, "unit", None), restart=req.restart,
                      isolation=req.isolation.to_record() if req.isolation is not None else {},
-                     preserve_fds=req.preserve_fds)
+                     preserve_fds=req.preserve_fds, tty=req.tty)
         made = mgr.made_by_create()
         with image_users.claimed(rec.isolation, store.root, rec.name, rec.created):
             store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
@@ -164,7 +165,10 @@ def teardown_isolation(rec: Record) -> None:
             rootfs.teardown(spec)   # the overlay dirs go even if the network part fails
 
 
-def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, int] | None = None) -> int:
+def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, int] | None = None,
+          console: Console | None = None) -> int:
+    """Start the recorded workload; its pid. With `console` (-t), its stdio is a pty of its own, whose
+    master the caller receives with console.receive() (then `stdio` is not used)."""
     env, setup, netfd, spec = None, None, None, None
     if rec.isolation:
         from cgagent.isolation.child import make_setup
@@ -176,6 +180,9 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         spec = spec.with_files(files)
         fault("network")
         env, setup = make_setup(spec, netfd)
+    if console is not None:
+        setup, stdio = console.wrap(setup), None
+
     def place(pid: int, born: bool = False) -> None:
         # Runs while the child waits: the record names the pid before the workload runs a single
         # instruction of its own, so nothing it does can be observed ahead of its record.
@@ -190,6 +197,8 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
     except BaseException:
         if netfd is not None:
             os.close(netfd)
+        if console is not None:
+            console.close()
         raise
     if spec is not None:
         network.started(spec, rec.name, pid, netfd)

@@ -30,6 +30,8 @@ class RunRequest:
     isolation: IsolationSpec | None = None    # image/--rootfs runs: cgagent.isolation.spec.build
     restart: str = "no"                        # no | on-failure[:N] | always
     preserve_fds: int = 0                      # fds 3 .. 3+N-1 the workload inherits (--preserve-fds)
+    tty: bool = False                          # -t: a pty of its own (cgagent.terminal)
+    interactive: bool = False                  # -i: the caller's stdin goes to it
 
 
 def parse_restart(text: str) -> tuple[str, int | None]:

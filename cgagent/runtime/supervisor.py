@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cgagent import events, launch, oom, procs
 from cgagent.cgroups import CgroupManager
@@ -23,19 +24,34 @@ from cgagent.runtime.request import RunRequest, parse_restart
 from cgagent.runtime.stopflag import stop_requested
 from cgagent.state import Damaged, Record, Store
 
+if TYPE_CHECKING:   # a run without -t never loads termios & co.
+    from cgagent.terminal import Console
+
 
 def run_foreground(req: RunRequest, host: Host, store: Store) -> int:
+    console = None
+    if req.tty:   # a plain run never imports termios & co.
+        from cgagent import terminal
+
+        terminal.check_input(req.interactive)
+        console = terminal.Console(terminal.caller_size())
     signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
     rec, mgr = create(req, host, store)
     watch_kmsg()
     # this CLI is the workload's supervisor until it exits; `stop` waits for it to record the exit
     rec.supervisor_pid, rec.supervisor_start = os.getpid(), procs.start_time(os.getpid())
     try:
-        pid = start(store, rec, mgr)
+        pid = start(store, rec, mgr, console=console)
+        master = console.receive() if console is not None else -1
     except BaseException:
         discard(store, rec, mgr)
         raise
-    code = _wait_restarting(store, host, rec, mgr, pid, None)
+    if console is not None:   # -t excludes --restart (cgagent.runflags)
+        from cgagent import terminal
+
+        code = terminal.proxy(pid, master, req.interactive)
+    else:
+        code = _wait_restarting(store, host, rec, mgr, pid, None)
     finish(store, host, rec.name, code)
     return code
 
@@ -162,7 +178,10 @@ def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report
     log = store.open_log(rec.name)
     rec.supervisor_pid, rec.supervisor_start = os.getpid(), procs.start_time(os.getpid())
     try:
-        pid = start(store, rec, mgr, stdio=(devnull, log, log))
+        console = _console(rec)
+        pid = start(store, rec, mgr, stdio=(devnull, log, log), console=console)
+        if console is not None:
+            _serve_terminal(store, rec.name, console.receive(), log)
     except BaseException:
         undo(store, rec, mgr)
         raise
@@ -183,6 +202,30 @@ def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report
         os.execv(sys.executable, [sys.executable, "-m", "cgagent.shim", "--state-dir", store.root,
                                   "--pid", str(pid), rec.name])
     return shim_main(store, host, rec.name, pid)   # no interpreter to exec: supervise from here
+
+
+def _console(rec: Record) -> Console | None:
+    if not rec.tty:
+        return None
+    from cgagent.terminal import Console
+
+    return Console(None)   # `attach` sends its size
+
+
+def _serve_terminal(store: Store, name: str, master: int, log: int) -> None:
+    """-dit: a process of the supervisor's holds the master and serves it for `cgagent attach`,
+    listening before `run` returns so that an attach right after it finds the socket."""
+    from cgagent import terminal
+
+    path = store.tty_path(name)
+    try:
+        lis = terminal.listen(path)
+        try:
+            terminal.serve(master, lis, log, path)
+        finally:
+            lis.close()
+    finally:
+        os.close(master)
 
 
 def shim_main(store: Store, host: Host, name: str, pid: int) -> int:

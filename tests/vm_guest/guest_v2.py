@@ -1096,3 +1096,43 @@ def test_series_v2_io_stat_and_cadvisor_spec(io_loop: tuple[Guest, str, str], dr
     assert not [ln for ln in text.splitlines() if ln.startswith("container_cpu_usage_seconds_total{")
                 and 'cpu="total"' not in ln]   # v2: no per-CPU split, the total only
     g.ok("rm", "-f", "sio")
+
+# --- pty ---
+# Issue 13 item 2 on cgroup v2 with the systemd driver: `run -it` and `exec -it` give an image's shell a
+# pty of its own devpts (/dev/pts/0), resizes reach it, the caller's terminal is restored; `run -dit`
+# + `attach` + Ctrl-P Ctrl-Q leave it running.
+
+from tests import ptyterm  # noqa: E402
+from tests.ptyterm import Term, shell_session  # noqa: E402
+
+
+@pytest.fixture
+def terms() -> Iterator[list[Term]]:
+    yield from ptyterm.closing()
+
+
+def _pty_env(box: Box) -> dict[str, str]:
+    return dict(os.environ, CGAGENT_STATE_DIR=box.g.state, CGAGENT_ROOT=box.store, CGAGENT_DEFAULT_NET="none")
+
+
+def test_pty_run_exec_attach_under_systemd_on_v2(box: Box, terms: list[Term]) -> None:
+    cgagent = [sys.executable, "-m", "cgagent"]
+    drv = ("--cgroup-driver", "systemd")
+    t = Term([*cgagent, "run", "-it", "--rm", *drv, "busybox:test", "sh"], _pty_env(box))
+    terms.append(t)
+    shell_session(t)
+    box.ok("run", "-d", "--name", "ptyx", *drv, "busybox:test", "--", "sleep", "1000")
+    x = Term([*cgagent, "exec", "-it", "ptyx", "sh"], _pty_env(box))
+    terms.append(x)
+    shell_session(x)
+    box.ok("rm", "-f", "ptyx")
+    box.ok("run", "-dit", "--name", "ptya", *drv, "busybox:test", "sh")
+    a = Term([*cgagent, "attach", "ptya"], _pty_env(box), rows=30, cols=100)
+    terms.append(a)
+    a.send(b"stty size; echo at-$((40+2))\r")
+    a.expect(rb"30 100\r\n")
+    a.expect(rb"at-42\r\n")
+    a.send(b"\x10\x11")
+    assert a.wait() == 0 and a.restored()
+    assert box.g.record("ptya")["status"] == "running" and scopes() == ["cgagent-ptya.scope"]
+    box.ok("rm", "-f", "ptya")

@@ -1,0 +1,122 @@
+"""-i/-t: `run -it`, `exec -it`, `run -dit` + `attach`, driven through a real pty as a user's terminal
+would: the CLI's controlling terminal is the slave of a pty this test holds the master of. Every wait
+reads until an expected marker, with a deadline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests import ptyterm
+from tests.conftest import Env
+from tests.isolated import IMG, Box, ok, ps_json, wait_for
+from tests.ptyterm import PROMPT, Term, shell_session
+
+pytest_plugins = ("tests.isolated_fixtures",)  # the box and image_store fixtures
+
+
+@pytest.fixture
+def terms() -> Iterator[list[Term]]:
+    yield from ptyterm.closing()
+
+
+@pytest.mark.parametrize("opts", [[], ["--init"], ["--userns", "--user", "1000"]], ids=["plain", "init", "userns"])
+def test_run_it_gives_an_image_shell_its_own_terminal(box: Box, terms: list[Term], opts: list[str]) -> None:
+    t = Term(box.cg.cmd("run", "-it", "--rm", *opts, IMG, "sh"), box.env())
+    terms.append(t)
+    shell_session(t)
+
+
+def test_exec_it_opens_a_terminal_inside_a_running_workload(box: Box, terms: list[Term]) -> None:
+    ok(box.run("run", "-d", "--name", "target", IMG, "--", "sleep", "1000"))
+    wait_for(lambda: any(r["name"] == "target" and r["status"] == "running" for r in ps_json(box)))
+    t = Term(box.cg.cmd("exec", "-it", "target", "sh"), box.env())
+    terms.append(t)
+    shell_session(t)
+    ok(box.run("rm", "-f", "target"))
+
+
+def test_run_dit_then_attach_and_detach_with_ctrl_p_ctrl_q(box: Box, terms: list[Term]) -> None:
+    ok(box.run("run", "-dit", "--name", "bg", IMG, "sh"))
+    t = Term(box.cg.cmd("attach", "bg"), box.env())
+    terms.append(t)
+    t.send(b"echo at-$((40+2))\r")
+    t.expect(rb"at-42\r\n")
+    t.send(b"\x10\x11")                      # Ctrl-P Ctrl-Q: the client goes, the workload stays
+    assert t.wait() == 0
+    assert t.restored()
+    assert [r["status"] for r in ps_json(box) if r["name"] == "bg"] == ["running"]
+    again = Term(box.cg.cmd("attach", "bg"), box.env(), rows=30, cols=100)
+    terms.append(again)
+    again.send(b"stty size; exit 4\r")       # attach sends its size first; `exit` ends the workload
+    again.expect(rb"30 100\r\n")
+    assert again.wait() == 0
+    assert again.restored()
+    wait_for(lambda: [r["exit_code"] for r in ps_json(box) if r["name"] == "bg"] == [4])
+    ok(box.run("rm", "bg"))
+
+
+def test_the_master_stays_out_even_where_fds_are_preserved(box: Box, terms: list[Term]) -> None:
+    # --preserve-fds keeps fds 3.. open across exec: the master, opened in the workload's process, is
+    # closed there before exec (and close-on-exec besides), or the workload could read its own keyboard
+    t = Term(box.cg.cmd("run", "-it", "--rm", "--preserve-fds", "20", IMG, "sh"), box.env())
+    terms.append(t)
+    shell_session(t)
+
+
+def test_terminal_restored_when_the_cli_is_signalled(box: Box, terms: list[Term]) -> None:
+    # SIGTERM to the CLI goes on to the workload (its trap answers); the CLI ends with its code
+    t = Term(box.cg.cmd("run", "-it", "--rm", IMG, "sh", "-c",
+                        "trap 'exit 7' TERM; echo ready; sleep 1000 & wait $!"), box.env())
+    terms.append(t)
+    t.expect(rb"ready\r\n")
+    assert not t.restored()   # raw mode while it runs
+    t.proc.send_signal(signal.SIGTERM)
+    assert t.wait() == 7
+    assert t.restored()
+
+
+def test_terminal_restored_when_the_workload_is_killed(box: Box, terms: list[Term]) -> None:
+    t = Term(box.cg.cmd("run", "-it", "--name", "victim", IMG, "sh"), box.env())
+    terms.append(t)
+    t.expect(PROMPT)
+    pid = next(r["pid"] for r in ps_json(box) if r["name"] == "victim")
+    os.kill(int(str(pid)), signal.SIGKILL)
+    assert t.wait() == 128 + signal.SIGKILL
+    assert t.restored()
+    ok(box.run("rm", "victim"))
+
+
+def test_run_it_host_command_gets_a_host_pty(cg: Env, terms: list[Term]) -> None:
+    t = Term(cg.cmd("run", "-it", "--rm", "--", "sh"), cg.env(PS1="# "))
+    terms.append(t)
+    shell_session(t, isolated=False)
+
+
+def test_exec_it_into_a_host_workload(cg: Env, terms: list[Term]) -> None:
+    r = cg.run("run", "-d", "--name", "hostwl", "--", "sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    t = Term(cg.cmd("exec", "-it", "hostwl", "sh"), cg.env(PS1="# "))
+    terms.append(t)
+    shell_session(t, isolated=False)
+    assert cg.run("rm", "-f", "hostwl").returncode == 0
+
+
+def test_tty_usage_errors(box: Box) -> None:
+    r = box.run("run", "-it", "--rm", IMG, "true", stdin=subprocess.DEVNULL)
+    assert r.returncode == 125 and "the input device is not a TTY" in r.stderr
+    r = box.run("run", "-di", IMG, "sh")
+    assert r.returncode == 125 and "use -dit" in r.stderr
+    r = box.run("run", "-t", "--restart", "always", IMG, "sh")
+    assert r.returncode == 125 and "--restart" in r.stderr
+    r = box.run("run", "-t", "--rm", IMG, "nosuch")
+    assert r.returncode == 127 and "nosuch" in r.stderr, r.stderr
+    ok(box.run("run", "-d", "--name", "plain", IMG, "--", "sleep", "1000"))
+    r = box.run("attach", "plain")
+    assert r.returncode != 0 and "has no terminal" in r.stderr
+    ok(box.run("rm", "-f", "plain"))
+    assert not ps_json(box)
