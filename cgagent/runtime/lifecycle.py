@@ -14,13 +14,14 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from cgagent import events, launch, oom, procs
+from cgagent import events, launch, oom, procopts, procs
 from cgagent.cgroups import CgroupManager, new_manager
 from cgagent.errors import CgagentError
 from cgagent.faults import fault
 from cgagent.host import Host
 from cgagent.limits import Resources
 from cgagent.live import keeper_alive, manager
+from cgagent.procopts import HostProcess
 from cgagent.runtime.parents import prune_parents, remember_parents
 from cgagent.runtime.request import RunRequest, parse_restart, require_root, select_driver
 from cgagent.runtime.stopflag import clear_stop
@@ -109,7 +110,10 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
                      detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
                      unit=getattr(mgr, "unit", None), restart=req.restart,
                      isolation=req.isolation.to_record() if req.isolation is not None else {},
-                     preserve_fds=req.preserve_fds)
+                     preserve_fds=req.preserve_fds, labels=dict(req.labels),
+                     ulimits=[list(u) for u in req.ulimits], stop_signal=req.stop_signal,
+                     stop_timeout=req.stop_timeout,
+                     process=req.host_process.to_record() if req.host_process is not None else {})
         made = mgr.made_by_create()
         store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
         fault("record")
@@ -163,6 +167,7 @@ def teardown_isolation(rec: Record) -> None:
 
 def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, int] | None = None) -> int:
     env, setup, netfd, spec = None, None, None, None
+    host: HostProcess | None = None
     if rec.isolation:
         from cgagent.isolation.child import make_setup
         from cgagent.isolation.spec import IsolationSpec
@@ -173,6 +178,10 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         spec = spec.with_files(files)
         fault("network")
         env, setup = make_setup(spec, netfd)
+    elif rec.process:
+        host = HostProcess.from_record(rec.process)
+        env = procopts.host_env(host)
+    setup = procopts.child_setup(tuple((str(n), int(s), int(h)) for n, s, h in rec.ulimits), host, setup)
     def place(pid: int, born: bool = False) -> None:
         # Runs while the child waits: the record names the pid before the workload runs a single
         # instruction of its own, so nothing it does can be observed ahead of its record.
