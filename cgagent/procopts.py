@@ -226,7 +226,10 @@ def child_setup(ulimits: tuple[tuple[str, int, int], ...], host: HostProcess | N
 
     def setup() -> list[str] | None:
         for name, soft, hard in ulimits:
-            resource.setrlimit(ULIMITS[name], (soft, hard))
+            try:
+                resource.setrlimit(ULIMITS[name], (soft, hard))
+            except (ValueError, OSError) as e:   # above the hard limit without CAP_SYS_RESOURCE
+                raise ValueError(f"--ulimit {name}: {e}") from None
         if ids is not None:
             uid, gid, groups, _ = ids
             os.setgroups(groups)

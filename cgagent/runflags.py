@@ -253,7 +253,7 @@ def build(values: Mapping[str, Any], cmd: list[str], host: Host, image: str | No
     cmd, name, isolation = for_run(image, list(cmd), iso, req.get("name"))
     stop_signal = req.get("stop_signal")
     if stop_signal is None and isolation is not None and isolation.image is not None:
-        stop_signal = _image_stop_signal(isolation.store, isolation.image)
+        stop_signal = _image_stop_signal(isolation.store, isolation.image, image)
     host_process = procopts.host_process(iso) if isolation is None else None
     from cgagent.devrules import with_rules
     from cgagent.runtime import RunRequest, parse_restart
@@ -271,10 +271,17 @@ def build(values: Mapping[str, Any], cmd: list[str], host: Host, image: str | No
                       stop_timeout=stop_timeout, host_process=host_process)
 
 
-def _image_stop_signal(root: str, image_id: str) -> str | None:
+def _image_stop_signal(root: str, image_id: str, ref: str | None) -> str | None:
     """The image's StopSignal, when its config has one (Docker honours it unless --stop-signal)."""
+    from cgagent import procopts
     from cgagent.images.store import ImageStore
 
     img = ImageStore(root).find(image_id)
     sig = img.config.get("StopSignal") if img is not None else None
-    return sig if isinstance(sig, str) and sig else None
+    if sig is None or sig == "":
+        return None
+    try:
+        return procopts.parse_signal(str(sig))
+    except CgagentError:
+        raise CgagentError(f"image {ref!r} has the StopSignal {str(sig)[:40]!r}, which is not a signal",
+                           "give one with --stop-signal, e.g. --stop-signal SIGTERM") from None
