@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from cgagent.errors import CgagentError
@@ -156,13 +155,14 @@ def with_env(base: Mapping[str, str], entries: list[str] | tuple[str, ...]) -> d
     return out
 
 
-@dataclass(frozen=True)
 class HostProcess:
-    """How a host command runs (-e, -w, -u, --init); stored in the record as a dict."""
-    env: tuple[str, ...] = ()
-    workdir: str = ""
-    user: str = ""
-    init: bool = False
+    """How a host command runs (-e, -w, -u, --init); stored in the record as a dict. A plain class:
+    a dataclass's or NamedTuple's generated code costs the fast path time."""
+
+    __slots__ = ("env", "init", "user", "workdir")
+
+    def __init__(self, env: tuple[str, ...] = (), workdir: str = "", user: str = "", init: bool = False) -> None:
+        self.env, self.workdir, self.user, self.init = env, workdir, user, init
 
     def to_record(self) -> dict[str, Any]:
         return {"env": list(self.env), "workdir": self.workdir, "user": self.user, "init": self.init}
@@ -172,6 +172,11 @@ class HostProcess:
         env = d.get("env") or []
         return cls(tuple(str(e) for e in env) if isinstance(env, list) else (), str(d.get("workdir") or ""),
                    str(d.get("user") or ""), bool(d.get("init")))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HostProcess) and self.to_record() == other.to_record()
+
+    __hash__ = None  # type: ignore[assignment]   # mutable, as a dataclass without frozen
 
 
 def host_user(text: str) -> tuple[int, int, list[int], str | None]:
@@ -216,7 +221,7 @@ def child_setup(ulimits: tuple[tuple[str, int, int], ...], host: HostProcess | N
     """launch.spawn's child_setup: the limits, then (a host command) the user and directory, or (an
     isolated run) `then`, its own setup. Everything the child needs is resolved here, in the parent,
     so that a bad user is told before anything is made and the child only makes system calls."""
-    if not ulimits and (host is None or host == HostProcess(env=host.env)):
+    if not ulimits and (host is None or not (host.user or host.workdir or host.init)):
         return then
     import resource
 
@@ -259,15 +264,18 @@ def host_process(opts: Mapping[str, Any]) -> HostProcess | None:
     """-e, -w, -u, --init of a host command (runflags' isolation options, which a host run takes
     too) -> its HostProcess, checked now: a missing user, directory or tini is told before anything
     is made. None when none was given."""
-    hp = HostProcess(env=tuple(opts.get("env") or ()), workdir=str(opts.get("workdir") or ""),
+    # a bare KEY takes the caller's value now: the supervisor (or the agent) that starts the command
+    # later need not have the caller's environment
+    env = tuple(f"{k}={v}" for k, v in with_env({}, list(opts.get("env") or ())).items())
+    hp = HostProcess(env=env, workdir=str(opts.get("workdir") or ""),
                      user=str(opts.get("user") or ""), init=bool(opts.get("init")))
-    if hp == HostProcess():
+    if not (hp.env or hp.workdir or hp.user or hp.init):
         return None
     if hp.workdir:
         wd = os.path.abspath(hp.workdir)   # the caller's directory is not the supervisor's
         if not os.path.isdir(wd):
             raise CgagentError(f"-w {hp.workdir}: not a directory on this host", "give an existing directory")
-        hp = HostProcess(hp.env, wd, hp.user, hp.init)
+        hp.workdir = wd
     if hp.user:
         host_user(hp.user)
     if hp.init:
