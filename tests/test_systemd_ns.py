@@ -597,3 +597,24 @@ def test_systemd_v1_pause_freezes_cpu_and_paused_workloads_stop_and_go(sdns: Sys
     _ok(r)
     assert "SIGKILL" not in r.stderr and cli.record("fs")["exit_code"] == 143, r.stderr
     _ok(cli("rm", "fs"))
+
+
+# --- flagsrt ---
+def test_ulimit_user_and_stop_signal_under_the_systemd_driver(sdns: SystemdNamespace, cli: CLI) -> None:
+    """The child sets its rlimits and user before exec, while systemd makes its scope: both hold in
+    the scope, and `stop` sends the workload's --stop-signal there too."""
+    sdns.run(["rm", "-f", "/tmp/rt-ready"])
+    _ok(cli("run", "-d", "--name", "rt", "--ulimit", "nofile=100:200", "-u", "65534:65534", "--stop-signal",
+            "SIGUSR1", "--", "sh", "-c", 'trap "exit 7" USR1; touch /tmp/rt-ready; sleep 1000 & wait'))
+    rec = cli.record("rt")
+    assert rec["unit"] == "cgagent-rt.scope" and "cgagent-rt.scope" in _units(sdns)
+    _wait("the trap", lambda: sdns.run(["test", "-e", "/tmp/rt-ready"]).returncode == 0)
+    limits = sdns.run(["cat", f"/proc/{rec['pid']}/limits"]).stdout
+    assert "Max open files            100                  200" in limits, limits
+    assert sdns.run(["stat", "-c", "%u", f"/proc/{rec['pid']}"]).stdout.strip() == "65534"
+    _ok(cli("stop", "rt"))
+    assert cli.record("rt")["exit_code"] == 7   # SIGUSR1 reached the trap (SIGTERM: 143)
+    assert "cgagent-rt.scope" not in _units(sdns)
+    sdns.run(["rm", "-f", "/tmp/rt-ready"])
+    _ok(cli("rm", "rt"))
+    _nothing_of(sdns, cli, "rt")
