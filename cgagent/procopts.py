@@ -69,6 +69,18 @@ def _signum(text: str) -> int | None:
     return int(v) if v is not None else None
 
 
+def ulimits_from_record(v: object) -> tuple[tuple[str, int, int], ...]:
+    """Record.ulimits ([[name, soft, hard], ...]) back; a malformed one is one line, not a traceback."""
+    try:
+        out = tuple((str(n), int(s), int(h)) for n, s, h in v)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        out = (("", 0, 0),)
+    if not all(n in ULIMITS for n, _s, _h in out):
+        raise CgagentError("the record's ulimits are not [name, soft, hard] entries",
+                           "remove the workload with `cgagent rm -f NAME` and run it again")
+    return out
+
+
 def parse_signal(text: str) -> str:
     """--stop-signal TERM | SIGTERM | 15 | SIGRTMIN+3 -> its name: SIGTERM, SIGRTMIN+3."""
     num = _signum(text)

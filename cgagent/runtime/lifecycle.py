@@ -181,7 +181,7 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
     elif rec.process:
         host = HostProcess.from_record(rec.process)
         env = procopts.host_env(host)
-    setup = procopts.child_setup(tuple((str(n), int(s), int(h)) for n, s, h in rec.ulimits), host, setup)
+    setup = procopts.child_setup(procopts.ulimits_from_record(rec.ulimits), host, setup)
     def place(pid: int, born: bool = False) -> None:
         # Runs while the child waits: the record names the pid before the workload runs a single
         # instruction of its own, so nothing it does can be observed ahead of its record.
