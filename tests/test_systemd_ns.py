@@ -602,7 +602,8 @@ def test_systemd_v1_pause_freezes_cpu_and_paused_workloads_stop_and_go(sdns: Sys
 # --- flagsrt ---
 def test_ulimit_user_and_stop_signal_under_the_systemd_driver(sdns: SystemdNamespace, cli: CLI) -> None:
     """The child sets its rlimits and user before exec, while systemd makes its scope: both hold in
-    the scope, and `stop` sends the workload's --stop-signal there too."""
+    the scope; `stop` sends the workload's --stop-signal there too, and so does systemd when the
+    scope is stopped behind cgagent's back (KillSignal, TimeoutStopUSec of the scope)."""
     sdns.run(["rm", "-f", "/tmp/rt-ready"])
     _ok(cli("run", "-d", "--name", "rt", "--ulimit", "nofile=100:200", "-u", "65534:65534", "--stop-signal",
             "SIGUSR1", "--", "sh", "-c", 'trap "exit 7" USR1; touch /tmp/rt-ready; sleep 1000 & wait'))
@@ -618,3 +619,14 @@ def test_ulimit_user_and_stop_signal_under_the_systemd_driver(sdns: SystemdNames
     sdns.run(["rm", "-f", "/tmp/rt-ready"])
     _ok(cli("rm", "rt"))
     _nothing_of(sdns, cli, "rt")
+    _ok(cli("run", "-d", "--name", "rt2", "--stop-signal", "USR1", "--stop-timeout", "30", "--", "sh", "-c",
+            'trap "exit 7" USR1; touch /tmp/rt-ready; sleep 1000 & wait'))
+    assert sdns.unit_property("cgagent-rt2.scope", "KillSignal") == "10"
+    assert sdns.unit_property("cgagent-rt2.scope", "TimeoutStopUSec") == "30s"
+    _wait("the trap", lambda: sdns.run(["test", "-e", "/tmp/rt-ready"]).returncode == 0)
+    sdns.systemctl("stop", "cgagent-rt2.scope")
+    _wait("the exit", lambda: cli.record("rt2")["status"] == "exited")
+    assert cli.record("rt2")["exit_code"] == 7
+    sdns.run(["rm", "-f", "/tmp/rt-ready"])
+    _ok(cli("rm", "rt2"))
+    _nothing_of(sdns, cli, "rt2")

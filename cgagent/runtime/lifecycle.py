@@ -221,6 +221,9 @@ def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] 
     keeper = _spawn_keeper()
     try:
         mgr.keeper = keeper   # type: ignore[attr-defined]
+        if rec.stop_signal or rec.stop_timeout is not None:   # `systemctl stop` of the scope does as `stop`
+            mgr.stop = (procopts.signal_number(rec.stop_signal),  # type: ignore[attr-defined]
+                        procopts.DEFAULT_STOP_TIMEOUT if rec.stop_timeout is None else rec.stop_timeout)
         mgr.apply(pid)
     except BaseException:
         os.kill(keeper, signal.SIGKILL)
