@@ -1051,3 +1051,29 @@ def test_iofreeze_pause_freezes_cpu_and_paused_workloads_stop_and_go(g: Guest, d
     r = g.ok("stop", "-t", "30", "fs")
     assert "SIGKILL" not in r.stderr and g.record("fs")["exit_code"] == 143, r.stderr
     g.ok("rm", "fs")
+
+
+# --- flagsrt ---
+
+@pytest.mark.parametrize("driver", ["cgroupfs", "systemd"])
+def test_flagsrt_ulimit_user_and_stop_signal_on_v2(g: Guest, driver: str, tmp_path: Any) -> None:
+    """--ulimit and -u hold in the workload (born in its cgroup on v2 with cgroupfs, or moved into a
+    scope), and `stop` sends --stop-signal; with systemd the scope's KillSignal is that signal too."""
+    drv = ["--cgroup-driver", driver] + (["--cgroup-parent", g.parent] if driver == "cgroupfs" else [])
+    ready = f"{tmp_path}/ready"
+    os.chmod(str(tmp_path), 0o777)   # nobody writes the ready file
+    g.ok("run", "-d", *drv, "--name", "frt", "--ulimit", "nofile=100:200", "-u", "65534:65534",
+         "--stop-signal", "USR1", "--", "sh", "-c", f'trap "exit 7" USR1; touch {ready}; sleep 1000 & wait')
+    pid = g.record("frt")["pid"]
+    with open(f"/proc/{pid}/limits") as f:
+        assert "Max open files            100                  200" in f.read()
+    assert os.stat(f"/proc/{pid}").st_uid == 65534
+    if driver == "systemd":
+        assert prop("cgagent-frt.scope", "KillSignal") == "10"
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ready):   # polling: nothing announces that a trap is set
+        assert time.monotonic() < deadline, "the workload never got ready"
+        time.sleep(0.05)
+    g.ok("stop", "frt")
+    assert g.record("frt")["exit_code"] == 7
+    g.ok("rm", "frt")
