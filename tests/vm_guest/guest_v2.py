@@ -1056,12 +1056,11 @@ def test_iofreeze_pause_freezes_cpu_and_paused_workloads_stop_and_go(g: Guest, d
 # --- flagsrt ---
 
 @pytest.mark.parametrize("driver", ["cgroupfs", "systemd"])
-def test_flagsrt_ulimit_user_and_stop_signal_on_v2(g: Guest, driver: str, tmp_path: Any) -> None:
+def test_flagsrt_ulimit_user_and_stop_signal_on_v2(g: Guest, driver: str) -> None:
     """--ulimit and -u hold in the workload (born in its cgroup on v2 with cgroupfs, or moved into a
     scope), and `stop` sends --stop-signal; with systemd the scope's KillSignal is that signal too."""
     drv = ["--cgroup-driver", driver] + (["--cgroup-parent", g.parent] if driver == "cgroupfs" else [])
-    ready = f"{tmp_path}/ready"
-    os.chmod(str(tmp_path), 0o777)   # nobody writes the ready file
+    ready = f"/tmp/flagsrt-ready-{driver}-{os.getpid()}"   # /tmp: where nobody may write it
     g.ok("run", "-d", *drv, "--name", "frt", "--ulimit", "nofile=100:200", "-u", "65534:65534",
          "--stop-signal", "USR1", "--", "sh", "-c", f'trap "exit 7" USR1; touch {ready}; sleep 1000 & wait')
     pid = g.record("frt")["pid"]
@@ -1076,4 +1075,5 @@ def test_flagsrt_ulimit_user_and_stop_signal_on_v2(g: Guest, driver: str, tmp_pa
         time.sleep(0.05)
     g.ok("stop", "frt")
     assert g.record("frt")["exit_code"] == 7
+    os.unlink(ready)
     g.ok("rm", "frt")
