@@ -139,6 +139,8 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
     The signals the caller waits for (WAITED) must already be blocked; the child unblocks them.
     Raises CgagentError (exit 127/126) when the command cannot be executed.
     """
+    if child_setup is not None:   # a setup may change user (-u): import while the files are readable
+        import cgagent.isolation.syscalls  # noqa: F401
     r, w = os.pipe2(os.O_CLOEXEC)        # child -> parent: exec failure reason; EOF = exec happened
     go_r, go_w = os.pipe2(os.O_CLOEXEC)  # parent -> child: "you are in your cgroup now"
     pid, in_place = _fork_into(into)

@@ -14,7 +14,14 @@ from typing import Any
 from cgagent import convert
 from cgagent.errors import CgagentError
 from cgagent.host import Host
-from cgagent.units import format_bytes, format_cpu_list, parse_bytes, parse_cpu_list, parse_int, parse_number
+from cgagent.units import (
+    flag_bytes,
+    format_cpu_list,
+    parse_bytes,
+    parse_cpu_list,
+    parse_int,
+    parse_number,
+)
 
 MIN_MEMORY = 6 * 1024 * 1024   # Docker's floor: below this the workload cannot even start
 # pids.max above PID_MAX_LIMIT (2**22) is EINVAL on both cgroup versions
@@ -263,13 +270,13 @@ def _check_swap(memory: int | None, swap: int | None, memory_given: bool, swap_g
         return
     mem = "--memory" if memory_given else "the workload's memory limit"
     if memory is None or memory < 0:
-        raise CgagentError(f"--memory-swap {format_bytes(swap)} needs a memory limit (it is memory plus swap), "
+        raise CgagentError(f"--memory-swap {flag_bytes(swap)} needs a memory limit (it is memory plus swap), "
                            f"and {'--memory is unlimited' if memory_given else 'the workload has none'}",
                            "give --memory too, e.g. --memory 256M --memory-swap 512M")
     if swap < memory:
         what = "--memory-swap" if swap_given else "the workload's --memory-swap"
-        raise CgagentError(f"{what} {format_bytes(swap)} is smaller than {mem} {format_bytes(memory)}",
-                           f"give --memory-swap of at least {format_bytes(memory)} (memory plus swap), "
+        raise CgagentError(f"{what} {flag_bytes(swap)} is smaller than {mem} {flag_bytes(memory)}",
+                           f"give --memory-swap of at least {flag_bytes(memory)} (memory plus swap), "
                            "or -1 for unlimited swap")
 
 

@@ -112,12 +112,15 @@ OPTIONS: tuple[Option, ...] = (
            "\\[IP:]HOSTPORT:CTRPORT\\[/tcp|udp] on a bridge network (repeatable); 127.0.0.1: the host only."),
     Option("ip", ("--ip",), "value", "iso", "ip",
            "A static IPv4 address on --net NETWORK (an underlay network without --ip-range needs one)."),
-    Option("init", ("--init",), "flag", "iso", "init", "Run tini as PID 1 (reaps, forwards signals)."),
+    Option("init", ("--init",), "flag", "iso", "init",
+           "Run the command under tini (reaps, forwards signals): PID 1 of an isolated run, a subreaper on the host."),
     Option("userns", ("--userns",), "flag", "iso", "userns",
            "Map root inside to host uid/gid 100000+ (a user namespace; image layers are mounted idmapped)."),
-    Option("env", ("--env", "-e"), "list", "iso", "env", "Set KEY=VALUE inside (repeatable)."),
-    Option("user", ("--user", "-u"), "value", "iso", "user", "USER[:GROUP] or UID[:GID] inside."),
-    Option("workdir", ("--workdir", "-w"), "value", "iso", "workdir", "Working directory inside."),
+    Option("env", ("--env", "-e"), "list", "iso", "env",
+           "Set KEY=VALUE (a bare KEY: the caller's value) in the workload's environment (repeatable)."),
+    Option("user", ("--user", "-u"), "value", "iso", "user",
+           "USER[:GROUP] or UID[:GID] the command runs as (a host command: a user of the host's /etc/passwd)."),
+    Option("workdir", ("--workdir", "-w"), "value", "iso", "workdir", "Working directory of the command."),
     Option("cap_add", ("--cap-add",), "list", "iso", "cap_add", "Add a capability (or ALL)."),
     Option("cap_drop", ("--cap-drop",), "list", "iso", "cap_drop", "Drop a capability (or ALL)."),
     Option("security_opt", ("--security-opt",), "list", "iso", "security_opt",
@@ -127,13 +130,29 @@ OPTIONS: tuple[Option, ...] = (
     Option("root", ("--root",), "value", "iso", "root",
            "Image store root (default $CGAGENT_ROOT or /var/lib/cgagent)."),
     Option("restart", ("--restart",), "value", "request", "restart",
-           "no (default), on-failure[:N] or always: the supervisor restarts it, with backoff."),
+           "no (default), on-failure[:N], always or unless-stopped: the supervisor restarts it, with backoff "
+           "(unless-stopped: as always, and a workload `cgagent stop` ended stays stopped)."),
     Option("policy", ("--policy",), "value", "request", "policy",
            "Start from this policy's limits (options given here override them); `cgagent serve` applies its "
            "behaviour."),
     Option("policy_dir", ("--policy-dir",), "list", "build", "policy_dirs",
            "Also look for policies in this directory (repeatable)."),
     Option("preserve_fds", ("--preserve-fds",), "value", "request", "preserve_fds", PRESERVE_FDS_HELP),
+    # --- process and lifecycle (cgagent.procopts)
+    Option("entrypoint", ("--entrypoint",), "value", "iso", "entrypoint",
+           "Override the image's Entrypoint with this program (CMD words are its arguments); \"\" clears it."),
+    Option("env_file", ("--env-file",), "list", "build", "env_files",
+           "Read KEY=VALUE lines (# comments; a bare KEY: the caller's value) into the environment; -e wins."),
+    Option("label", ("--label", "-l"), "list", "request", "labels",
+           "Set a label KEY=VALUE on the workload (repeatable): inspect, ps --filter label=, the exporter."),
+    Option("label_file", ("--label-file",), "list", "build", "label_files",
+           "Read labels from a file of KEY=VALUE lines; --label wins."),
+    Option("ulimit", ("--ulimit",), "list", "request", "ulimits",
+           "Resource limit NAME=SOFT\\[:HARD] (setrlimit before exec), e.g. nofile=1024:4096; -1 = unlimited."),
+    Option("stop_signal", ("--stop-signal",), "value", "request", "stop_signal",
+           "Signal `stop` sends first (default SIGTERM, or the image's StopSignal), e.g. SIGINT."),
+    Option("stop_timeout", ("--stop-timeout",), "value", "request", "stop_timeout",
+           "Seconds `stop` waits after the stop signal before SIGKILL (default 10; stop -t overrides)."),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -232,9 +251,24 @@ def build(values: Mapping[str, Any], cmd: list[str], host: Host, image: str | No
         if not restart and not req.get("auto_remove"):
             restart = policy_restart   # the policy's, unless --restart (or --rm, which excludes it) is given
     resources = plan(limits, host)
+    from cgagent import procopts
+
+    iso = placed["iso"]
+    files = [e for f in extra.get("env_files") or [] for e in procopts.read_kv_file(f, "--env-file")]
+    if files:
+        iso["env"] = files + list(iso.get("env") or [])   # Docker's order: -e overrides the files
+    labels = procopts.parse_labels([kv for f in extra.get("label_files") or []
+                                    for kv in procopts.read_kv_file(f, "--label-file")]
+                                   + list(req.get("labels") or []))
+    ulimits = procopts.parse_ulimits(list(req.get("ulimits") or []))
+    stop_timeout = None if req.get("stop_timeout") is None else procopts.parse_stop_timeout(req["stop_timeout"])
     from cgagent.isolation.spec import for_run
 
-    cmd, name, isolation = for_run(image, list(cmd), placed["iso"], req.get("name"))
+    cmd, name, isolation = for_run(image, list(cmd), iso, req.get("name"))
+    stop_signal = req.get("stop_signal")
+    if stop_signal is None and isolation is not None and isolation.image is not None:
+        stop_signal = _image_stop_signal(isolation.store, isolation.image, image)
+    host_process = procopts.host_process(iso) if isolation is None else None
     from cgagent.devrules import with_rules
     from cgagent.runtime import RunRequest, parse_restart
     from cgagent.state import validate_name
@@ -247,5 +281,23 @@ def build(values: Mapping[str, Any], cmd: list[str], host: Host, image: str | No
                       isolation=isolation, policy=req.get("policy"), parent=req.get("parent") or "/cgagent",
                       driver=req.get("driver") or None, detach=bool(req.get("detach")),
                       auto_remove=bool(req.get("auto_remove")), restart=restart or "no",
-                      preserve_fds=preserve_fds(req.get("preserve_fds")), tty=bool(req.get("tty")),
+                      preserve_fds=preserve_fds(req.get("preserve_fds")), labels=labels,
+                      ulimits=ulimits, stop_signal=procopts.parse_signal(stop_signal) if stop_signal else "",
+                      stop_timeout=stop_timeout, host_process=host_process, tty=bool(req.get("tty")),
                       interactive=bool(req.get("interactive")))
+
+
+def _image_stop_signal(root: str, image_id: str, ref: str | None) -> str | None:
+    """The image's StopSignal, when its config has one (Docker honours it unless --stop-signal)."""
+    from cgagent import procopts
+    from cgagent.images.store import ImageStore
+
+    img = ImageStore(root).find(image_id)
+    sig = img.config.get("StopSignal") if img is not None else None
+    if sig is None or sig == "":
+        return None
+    try:
+        return procopts.parse_signal(str(sig))
+    except CgagentError:
+        raise CgagentError(f"image {ref!r} has the StopSignal {str(sig)[:40]!r}, which is not a signal",
+                           "give one with --stop-signal, e.g. --stop-signal SIGTERM") from None

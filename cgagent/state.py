@@ -167,13 +167,18 @@ class Record:
     policy: str | None = None
     unit: str | None = None              # systemd driver: the scope's name
     isolation: dict[str, Any] = field(default_factory=dict)  # image runs: see cgagent.isolation.spec
-    restart: str = "no"                  # no | on-failure[:N] | always (the supervisor applies it)
+    restart: str = "no"                  # no | on-failure[:N] | always | unless-stopped (the supervisor)
     restarts: int = 0                    # how many times the supervisor restarted it
     keeper_pid: int | None = None        # systemd driver: holds the scope until its OOM counter is read
     keeper_start: int | None = None
     policy_oom_seq: int = 0              # OOM kills of this instance its policy has answered (see oom.py seq)
     preserve_fds: int = 0                # --preserve-fds: fds 3.. the workload inherits from the caller
     tty: bool = False                    # -t: a pty of its own (detached: served at Store.tty_path)
+    labels: dict[str, str] = field(default_factory=dict)   # --label / --label-file
+    ulimits: list[list[Any]] = field(default_factory=list)   # --ulimit: [name, soft, hard] (-1 unlimited)
+    stop_signal: str = ""                # --stop-signal or the image's StopSignal; empty: SIGTERM
+    stop_timeout: float | None = None    # --stop-timeout; None: `stop`'s default (10 s)
+    process: dict[str, Any] = field(default_factory=dict)    # a host command's -e/-w/-u/--init (procopts)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"

@@ -92,6 +92,15 @@ def format_bytes(n: int | None) -> str:
     return f"{n}B"
 
 
+def flag_bytes(n: int) -> str:
+    """A byte count in the units a size option takes (512M, 1G, 1536M): in the largest unit that holds
+    it exactly, so a message repeats a size as the user typed it (not 512.0MiB, not 536870912)."""
+    for unit in "ptgmk":
+        if n and n % _MULT[unit] == 0:
+            return f"{n // _MULT[unit]}{unit.upper()}"
+    return str(n)
+
+
 def parse_cpu_list(value: str, option: str) -> list[int]:
     """`0-2,5` -> [0, 1, 2, 5] (the kernel's cpuset list format). Every number is checked against
     MAX_CPU_ID before a range is expanded."""

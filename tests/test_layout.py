@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("mechanisms", ("cgagent.cgroups.*", "cgagent.isolation.*", "cgagent.network.*", "cgagent.images.*",
                     "cgagent.launch", "cgagent.live", "cgagent.oom", "cgagent.terminal", "policies.*")),
     ("base", ("cgagent", "cgagent.state", "cgagent.units", "cgagent.errors", "cgagent.limits", "cgagent.host",
-              "cgagent.convert", "cgagent.spec", "cgagent.devrules", "cgagent.events",
+              "cgagent.convert", "cgagent.spec", "cgagent.devrules", "cgagent.events", "cgagent.procopts",
               "cgagent.faults", "cgagent.procs", "cgagent.kmsg", "cgagent.inotify", "cgagent.yamlbound",
               "cgagent.logtime")),
 )

@@ -32,6 +32,9 @@ GOOD: dict[str, str] = {
     "device_read_bps": "/dev/loop0:2mb", "device_write_bps": "/dev/loop0:1m", "device_read_iops": "/dev/loop0:100",
     "device_write_iops": "/dev/loop0:50",
 }
+# process and lifecycle (cgagent.procopts); {tmp}/kv is a KEY=VALUE file the fixture makes
+GOOD.update({"entrypoint": "/bin/sh", "env_file": "{tmp}/kv", "label": "tier=web", "label_file": "{tmp}/kv",
+             "ulimit": "nofile=100:200", "stop_signal": "SIGINT", "stop_timeout": "3"})
 # an option that needs another one to be valid
 NEEDS = {"memory_swap": ["--memory", "64M"]}
 # expected to fail, identically through both doors
@@ -42,6 +45,7 @@ FAILS = {"publish", "ip"}   # -p (--ip) needs a bridge network (a network), and 
 def doors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """-> door(kind, argv) -> (exit code, stderr, captured (RunRequest, state dir) or None)."""
     (tmp_path / "rootfs").mkdir()
+    (tmp_path / "kv").write_text("# a comment\nA=1\n")
     monkeypatch.setenv("CGAGENT_STATE_DIR", str(tmp_path / "state"))
     for o in OPTIONS:
         if o.env and o.env != "CGAGENT_STATE_DIR":

@@ -624,3 +624,34 @@ def test_run_it_and_attach_under_the_systemd_driver(sdns: SystemdNamespace, cli:
     assert a.wait() == 0 and a.restored()
     assert cli.record("tt")["status"] == "running"
     _ok(cli("rm", "-f", "tt"))
+# --- flagsrt ---
+def test_ulimit_user_and_stop_signal_under_the_systemd_driver(sdns: SystemdNamespace, cli: CLI) -> None:
+    """The child sets its rlimits and user before exec, while systemd makes its scope: both hold in
+    the scope; `stop` sends the workload's --stop-signal there too, and so does systemd when the
+    scope is stopped behind cgagent's back (KillSignal, TimeoutStopUSec of the scope)."""
+    sdns.run(["rm", "-f", "/tmp/rt-ready"])
+    _ok(cli("run", "-d", "--name", "rt", "--ulimit", "nofile=100:200", "-u", "65534:65534", "--stop-signal",
+            "SIGUSR1", "--", "sh", "-c", 'trap "exit 7" USR1; touch /tmp/rt-ready; sleep 1000 & wait'))
+    rec = cli.record("rt")
+    assert rec["unit"] == "cgagent-rt.scope" and "cgagent-rt.scope" in _units(sdns)
+    _wait("the trap", lambda: sdns.run(["test", "-e", "/tmp/rt-ready"]).returncode == 0)
+    limits = sdns.run(["cat", f"/proc/{rec['pid']}/limits"]).stdout
+    assert "Max open files            100                  200" in limits, limits
+    assert sdns.run(["stat", "-c", "%u", f"/proc/{rec['pid']}"]).stdout.strip() == "65534"
+    _ok(cli("stop", "rt"))
+    assert cli.record("rt")["exit_code"] == 7   # SIGUSR1 reached the trap (SIGTERM: 143)
+    assert "cgagent-rt.scope" not in _units(sdns)
+    sdns.run(["rm", "-f", "/tmp/rt-ready"])
+    _ok(cli("rm", "rt"))
+    _nothing_of(sdns, cli, "rt")
+    _ok(cli("run", "-d", "--name", "rt2", "--stop-signal", "USR1", "--stop-timeout", "30", "--", "sh", "-c",
+            'trap "exit 7" USR1; touch /tmp/rt-ready; sleep 1000 & wait'))
+    assert sdns.unit_property("cgagent-rt2.scope", "KillSignal") == "10"
+    assert sdns.unit_property("cgagent-rt2.scope", "TimeoutStopUSec") == "30s"
+    _wait("the trap", lambda: sdns.run(["test", "-e", "/tmp/rt-ready"]).returncode == 0)
+    sdns.systemctl("stop", "cgagent-rt2.scope")
+    _wait("the exit", lambda: cli.record("rt2")["status"] == "exited")
+    assert cli.record("rt2")["exit_code"] == 7
+    sdns.run(["rm", "-f", "/tmp/rt-ready"])
+    _ok(cli("rm", "rt2"))
+    _nothing_of(sdns, cli, "rt2")

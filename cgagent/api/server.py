@@ -242,10 +242,10 @@ class Api:
     def op_stop(self, p: dict[str, str], q: Query, _b: Any) -> Any:
         from cgagent.runtime import stop
 
-        timeout = q.number("time", 10.0)
+        timeout = q.number("time", -1.0)   # absent: the workload's --stop-timeout
         self.launcher("stop")
         self.workload(p["name"])
-        stop(self.store, self.host, p["name"], timeout)
+        stop(self.store, self.host, p["name"], timeout if timeout >= 0 else None)
         return {"name": p["name"]}
 
     def op_logs(self, p: dict[str, str], q: Query, _b: Any) -> Any:

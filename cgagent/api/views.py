@@ -117,8 +117,10 @@ def inspect_view(store: Store, host: Host, name: str) -> dict[str, Any]:
             "NetworkMode": spec.net if spec is not None else "host",
             "RestartPolicy": {"Name": mode, "MaximumRetryCount": int(most) if most else 0},
             "AutoRemove": rec.auto_remove, "ReadonlyRootfs": bool(spec and spec.read_only),
-            "Init": bool(spec and spec.init), "CapAdd": list(spec.caps) if spec is not None else None,
+            "Init": bool(spec.init if spec is not None else rec.process.get("init")),
+            "CapAdd": list(spec.caps) if spec is not None else None,
             "PortBindings": _ports(spec, rec.name),
+            "Ulimits": [{"Name": n, "Soft": s, "Hard": h} for n, s, h in rec.ulimits],
         },
         "Mounts": [{"Type": "bind", "Source": v.host, "Destination": v.target, "Mode": "ro" if v.read_only else "",
                     "RW": not v.read_only, "Propagation": "rprivate"} for v in (spec.volumes if spec else ())],
@@ -127,13 +129,25 @@ def inspect_view(store: Store, host: Host, name: str) -> dict[str, Any]:
             "Image": (spec.image_ref or spec.rootfs or "") if spec is not None else "",
             "Cmd": rec.cmd, "Env": list(spec.env) if spec is not None else [],
             "WorkingDir": spec.workdir if spec is not None else "",
-            "Labels": {"cgagent.policy": rec.policy} if rec.policy else {},
+            "Labels": {**rec.labels, **({"cgagent.policy": rec.policy} if rec.policy else {})},
+            "StopSignal": rec.stop_signal or "SIGTERM", "StopTimeout": rec.stop_timeout,
+            **_host_process(rec, spec),
         },
         "NetworkSettings": _network(spec, rec.name, pid),
         "Cgroups": _cgroup_paths(host, rec),
         "Namespaces": namespace_inodes(pid) if pid else {},
         "Cgagent": {**asdict(rec), "live_status": status},
     }
+
+
+def _host_process(rec: Record, spec: Any) -> dict[str, Any]:
+    """A host command's -u, -e, -w (an isolated run's are in its spec, shown above)."""
+    if spec is not None or not rec.process:
+        return {}
+    from cgagent.procopts import HostProcess
+
+    hp = HostProcess.from_record(rec.process)
+    return {"User": hp.user, "Env": list(hp.env), "WorkingDir": hp.workdir}
 
 
 def _host_limits(rec: Record, running: bool) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typer.core import TyperCommand
 
 from cgagent.cli import options, serveflags
 from cgagent.errors import CgagentError
+from cgagent.procopts import STOP_TIME_HELP
 
 app = typer.Typer(
     name="cgagent",
@@ -232,11 +233,12 @@ def update(
 @app.command()
 def stop(
     names: Annotated[list[str], typer.Argument(help="Workloads to stop.")],
-    time_: Annotated[float, typer.Option("--time", "-t", help="Seconds to wait after SIGTERM before SIGKILL.")] = 10,
+    time_: Annotated[float | None, typer.Option("--time", "-t", help=STOP_TIME_HELP)] = None,
     cgroup_driver: DriverOf = None,
     state_dir: StateDir = None,
 ) -> None:
-    """SIGTERM the workload, SIGKILL what is left after --time seconds."""
+    """Send the workload its stop signal (--stop-signal of run, default SIGTERM), SIGKILL what is left
+    after --time seconds."""
     from cgagent.runtime import stop as do_stop
 
     raise typer.Exit(_each(names, cgroup_driver, state_dir, lambda store, h, n: do_stop(store, h, n, time_)))

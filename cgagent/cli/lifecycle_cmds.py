@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cgagent.cli import options
+from cgagent.procopts import STOP_TIME_HELP
 
 StateDir = Annotated[str | None, typer.Option("--state-dir", envvar="CGAGENT_STATE_DIR", help=options.STATE_DIR_HELP)]
 Names = Annotated[list[str], typer.Argument(help="Workloads (one or more names).")]
@@ -100,7 +101,7 @@ def port(
 
 def restart(
     names: Names,
-    time_: Annotated[float, typer.Option("--time", "-t", help="Seconds to wait after SIGTERM before SIGKILL.")] = 10,
+    time_: Annotated[float | None, typer.Option("--time", "-t", help=STOP_TIME_HELP)] = None,
     state_dir: StateDir = None,
 ) -> None:
     """Stop each workload (if it runs) and start it again from its record, detached, as docker
@@ -113,7 +114,7 @@ def restart(
     from cgagent.cli.each import each
     from cgagent.runtime.restart import restart as do_restart
 
-    if time_ < 0:
+    if time_ is not None and time_ < 0:
         from cgagent.errors import CgagentError
 
         raise CgagentError(f"--time {time_:g} is negative", "give the seconds to wait, e.g. -t 10")

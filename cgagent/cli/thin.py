@@ -120,11 +120,11 @@ def stop(argv: list[str]) -> int | None:
     p = _parse(argv, {}, {**STATE, "-t": "time", "--time": "time"})
     if p is None or not p[1] or (c := _client(p[0])) is None:
         return None
-    try:
-        t = float(p[0].get("time", 10))
+    try:   # no -t: the workload's own --stop-timeout
+        query = {"time": f"{float(p[0]['time']):g}"} if "time" in p[0] else {}
     except ValueError:
         return None
-    return _each(c, p[1], lambda n: c.json("POST", workload_url(n, "stop"), query={"time": f"{t:g}"}))
+    return _each(c, p[1], lambda n: c.json("POST", workload_url(n, "stop"), query=query))
 
 
 def rm(argv: list[str]) -> int | None:

@@ -18,7 +18,7 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json")
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
-RUN_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User")
+RUN_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "StopSignal")
 MAX_INDEX_DEPTH = 8
 
 

@@ -35,8 +35,9 @@ NETS = ("none", "host")
 USERNS_BASE, USERNS_SIZE = 100000, 65536   # --userns: root inside is uid/gid 100000 on the host
 DEFAULT_ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # options that only make sense with an image or --rootfs
-ISOLATION_KEYS = ("rootfs", "read_only", "volumes", "hostname", "net", "publish", "ip", "init", "userns", "env", "user",
-                  "workdir", "cap_add", "cap_drop", "security_opt", "devices")
+# (-e, -w, -u and --init are not among them: a host command takes them too, cgagent.procopts)
+ISOLATION_KEYS = ("rootfs", "read_only", "volumes", "hostname", "net", "publish", "ip", "userns",
+                  "cap_add", "cap_drop", "security_opt", "devices", "entrypoint")
 VOLUME_OPTS = ("ro", "rw", "dev", "nodev")
 
 
@@ -323,7 +324,11 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     else:
         raise CgagentError("isolation options need an IMAGE or --rootfs", "e.g. cgagent run --hostname x IMG -- sh")
     entry = list(config.get("Entrypoint") or [])
-    argv = entry + (cmd if cmd else list(config.get("Cmd") or []))
+    image_cmd = list(config.get("Cmd") or [])
+    if opts.get("entrypoint") is not None:   # Docker's: a new entrypoint drops the image's Cmd too
+        entry = [opts["entrypoint"]] if opts["entrypoint"] else []
+        image_cmd = image_cmd if not entry else []
+    argv = entry + (cmd if cmd else image_cmd)
     if not argv:
         raise CgagentError("no command given and the image has none", "give it after the image: cgagent run IMAGE CMD")
     env = list(config.get("Env") or [DEFAULT_ENV_PATH])

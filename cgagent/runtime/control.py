@@ -16,6 +16,7 @@ from cgagent.host import Host
 from cgagent.images import users as image_users
 from cgagent.limits import Resources
 from cgagent.live import live_status, manager, supervisor_alive
+from cgagent.procopts import DEFAULT_STOP_TIMEOUT, signal_number
 from cgagent.runtime.lifecycle import finish, teardown_isolation
 from cgagent.runtime.parents import prune_parents
 from cgagent.runtime.request import require_root
@@ -36,9 +37,14 @@ def oom_victim(store: Store, rec: Record) -> str | None:
     return f"{v.get('comm')} (pid {v.get('pid')}, anon-rss {v.get('anon_rss_kb')} kB)"
 
 
-def stop(store: Store, host: Host, name: str, timeout: float) -> None:
+def stop(store: Store, host: Host, name: str, timeout: float | None = None) -> None:
+    """The workload's stop signal (--stop-signal, default SIGTERM) to its main process, SIGKILL to all
+    after `timeout` seconds (default: its --stop-timeout, else 10)."""
     require_root("cgagent stop")
     rec = store.load(name)
+    if timeout is None:
+        timeout = rec.stop_timeout if rec.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
+    sig = signal_number(rec.stop_signal)
     try:
         request_stop(store, name)   # no restart after this
     except OSError:
@@ -54,11 +60,12 @@ def stop(store: Store, host: Host, name: str, timeout: float) -> None:
     _thaw_if_paused(mgr, rec)
     for p in targets:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGTERM)
+            os.kill(p, sig)
     if main and not procs.wait_exit(main, timeout):
         import sys
 
-        print(f"cgagent: {name} did not exit within {timeout:g}s of SIGTERM; killed it (SIGKILL)",
+        print(f"cgagent: {name} did not exit within {timeout:g}s of {rec.stop_signal or 'SIGTERM'}; "
+              "killed it (SIGKILL)",
               file=sys.stderr, flush=True)
     mgr.kill()
     _settle(store, host, rec)

@@ -14,7 +14,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from cgagent import events, launch, oom, procs
+from cgagent import events, launch, oom, procopts, procs
 from cgagent.cgroups import CgroupManager, new_manager
 from cgagent.errors import CgagentError
 from cgagent.faults import fault
@@ -22,6 +22,7 @@ from cgagent.host import Host
 from cgagent.images import users as image_users
 from cgagent.limits import Resources
 from cgagent.live import keeper_alive, manager
+from cgagent.procopts import HostProcess
 from cgagent.runtime.parents import prune_parents, remember_parents
 from cgagent.runtime.request import RunRequest, parse_restart, require_root, select_driver
 from cgagent.runtime.stopflag import clear_stop
@@ -111,7 +112,11 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
                      detached=req.detach, auto_remove=req.auto_remove, policy=req.policy,
                      unit=getattr(mgr, "unit", None), restart=req.restart,
                      isolation=req.isolation.to_record() if req.isolation is not None else {},
-                     preserve_fds=req.preserve_fds, tty=req.tty)
+                     preserve_fds=req.preserve_fds, labels=dict(req.labels),
+                     ulimits=[list(u) for u in req.ulimits], stop_signal=req.stop_signal,
+                     stop_timeout=req.stop_timeout,
+                     process=req.host_process.to_record() if req.host_process is not None else {},
+                     tty=req.tty)
         made = mgr.made_by_create()
         with image_users.claimed(rec.isolation, store.root, rec.name, rec.created):
             store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
@@ -170,6 +175,7 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
     """Start the recorded workload; its pid. With `console` (-t), its stdio is a pty of its own, whose
     master the caller receives with console.receive() (then `stdio` is not used)."""
     env, setup, netfd, spec = None, None, None, None
+    host: HostProcess | None = None
     if rec.isolation:
         from cgagent.isolation.child import make_setup
         from cgagent.isolation.spec import IsolationSpec
@@ -180,6 +186,10 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         spec = spec.with_files(files)
         fault("network")
         env, setup = make_setup(spec, netfd)
+    elif rec.process:
+        host = HostProcess.from_record(rec.process)
+        env = procopts.host_env(host)
+    setup = procopts.child_setup(procopts.ulimits_from_record(rec.ulimits), host, setup)
     if console is not None:
         setup, stdio = console.wrap(setup), None
 
@@ -224,6 +234,9 @@ def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] 
     keeper = _spawn_keeper()
     try:
         mgr.keeper = keeper   # type: ignore[attr-defined]
+        if rec.stop_signal or rec.stop_timeout is not None:   # `systemctl stop` of the scope does as `stop`
+            mgr.stop = (procopts.signal_number(rec.stop_signal),  # type: ignore[attr-defined]
+                        procopts.DEFAULT_STOP_TIMEOUT if rec.stop_timeout is None else rec.stop_timeout)
         mgr.apply(pid)
     except BaseException:
         os.kill(keeper, signal.SIGKILL)

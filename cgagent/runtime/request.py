@@ -4,7 +4,7 @@ cgroup driver, and the root check every operation that writes cgroups makes firs
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cgagent.errors import CgagentError
@@ -13,6 +13,7 @@ from cgagent.limits import Resources
 
 if TYPE_CHECKING:   # a plain host run never loads the isolation package
     from cgagent.isolation.spec import IsolationSpec
+    from cgagent.procopts import HostProcess
 
 DRIVERS = ("cgroupfs", "systemd")
 
@@ -32,16 +33,22 @@ class RunRequest:
     preserve_fds: int = 0                      # fds 3 .. 3+N-1 the workload inherits (--preserve-fds)
     tty: bool = False                          # -t: a pty of its own (cgagent.terminal)
     interactive: bool = False                  # -i: the caller's stdin goes to it
+    labels: dict[str, str] = field(default_factory=dict)           # --label, --label-file
+    ulimits: tuple[tuple[str, int, int], ...] = ()                 # --ulimit: (name, soft, hard)
+    stop_signal: str = ""                      # --stop-signal (or the image's); empty: SIGTERM
+    stop_timeout: float | None = None          # --stop-timeout; None: stop's default
+    host_process: HostProcess | None = None    # a host command's -e, -w, -u, --init
 
 
 def parse_restart(text: str) -> tuple[str, int | None]:
-    """Docker's --restart: no | on-failure[:N] | always -> (mode, most restarts or None)."""
+    """Docker's --restart: no | on-failure[:N] | always | unless-stopped -> (mode, most restarts or None)."""
     mode, _, num = text.partition(":")
-    if mode in ("no", "always") and not num:
+    if mode in ("no", "always", "unless-stopped") and not num:
         return mode, None
     if mode == "on-failure" and (not num or (num.isascii() and num.isdigit() and len(num) <= 9 and int(num) > 0)):
         return mode, int(num) if num else None
-    raise CgagentError(f"--restart {text!r} is not a restart policy", "use no, on-failure, on-failure:N or always")
+    raise CgagentError(f"--restart {text!r} is not a restart policy",
+                       "use no, on-failure, on-failure:N, always or unless-stopped")
 
 
 def require_root(action: str) -> None:

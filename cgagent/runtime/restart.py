@@ -21,8 +21,8 @@ from cgagent.runtime.stopflag import clear_stop
 from cgagent.state import Record, Store
 
 
-def restart(store: Store, host: Host, name: str, timeout: float) -> None:
-    """`stop` (SIGTERM, SIGKILL after `timeout`), then start the same record again under a new
+def restart(store: Store, host: Host, name: str, timeout: float | None = None) -> None:
+    """`stop` (its stop signal, SIGKILL after `timeout`), then start the same record again under a new
     detached supervisor, as `docker restart`: also a workload that has exited. Its cgroup, overlay
     and network connection are made anew from the record (limits as `update` left them); the
     overlay's upper dir is fresh, since cgagent removes it at every exit."""

@@ -68,7 +68,7 @@ def _should_restart(store: Store, rec: Record, code: int) -> bool:
     if mode == "no" or stop_requested(store, rec.name):
         return False
     # on-failure: only a non-zero exit, and at most N restarts
-    return mode == "always" or (code != 0 and (most is None or rec.restarts < most))
+    return mode in ("always", "unless-stopped") or (code != 0 and (most is None or rec.restarts < most))
 
 
 def _reload(store: Store, rec: Record) -> bool:

@@ -1136,3 +1136,28 @@ def test_pty_run_exec_attach_under_systemd_on_v2(box: Box, terms: list[Term]) ->
     assert a.wait() == 0 and a.restored()
     assert box.g.record("ptya")["status"] == "running" and scopes() == ["cgagent-ptya.scope"]
     box.ok("rm", "-f", "ptya")
+
+# --- flagsrt ---
+
+@pytest.mark.parametrize("driver", ["cgroupfs", "systemd"])
+def test_flagsrt_ulimit_user_and_stop_signal_on_v2(g: Guest, driver: str) -> None:
+    """--ulimit and -u hold in the workload (born in its cgroup on v2 with cgroupfs, or moved into a
+    scope), and `stop` sends --stop-signal; with systemd the scope's KillSignal is that signal too."""
+    drv = ["--cgroup-driver", driver] + (["--cgroup-parent", g.parent] if driver == "cgroupfs" else [])
+    ready = f"/tmp/flagsrt-ready-{driver}-{os.getpid()}"   # /tmp: where nobody may write it
+    g.ok("run", "-d", *drv, "--name", "frt", "--ulimit", "nofile=100:200", "-u", "65534:65534",
+         "--stop-signal", "USR1", "--", "sh", "-c", f'trap "exit 7" USR1; touch {ready}; sleep 1000 & wait')
+    pid = g.record("frt")["pid"]
+    with open(f"/proc/{pid}/limits") as f:
+        assert "Max open files            100                  200" in f.read()
+    assert os.stat(f"/proc/{pid}").st_uid == 65534
+    if driver == "systemd":
+        assert prop("cgagent-frt.scope", "KillSignal") == "10"
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ready):   # polling: nothing announces that a trap is set
+        assert time.monotonic() < deadline, "the workload never got ready"
+        time.sleep(0.05)
+    g.ok("stop", "frt")
+    assert g.record("frt")["exit_code"] == 7
+    os.unlink(ready)
+    g.ok("rm", "frt")

@@ -72,6 +72,8 @@ class SystemdManager(CgroupManager):
         # a process of cgagent's own in the scope (cgagent.runtime), so that systemd does not remove
         # the scope's cgroup before its OOM counter is read: not one of the workload's processes
         self.keeper: int | None = None
+        # --stop-signal/--stop-timeout (cgagent.runtime): what `systemctl stop` of the scope sends and waits
+        self.stop: tuple[int, float] | None = None
         self.cgroup_path = os.path.normpath(f"{slice_path(slice_)}/{unit}")   # systemd's ControlGroup
         super().__init__(dirs if dirs is not None else _dirs_for(host, self.cgroup_path, existing_only=False))
 
@@ -184,6 +186,8 @@ class SystemdManager(CgroupManager):
                                  self.slice, pid) + properties.limits(self.effective(self._pending), self.mode)
         if self.keeper is not None:
             props = [("PIDs", ("au", [pid, self.keeper])) if k == "PIDs" else (k, v) for k, v in props]
+        if self.stop is not None:
+            props += [("KillSignal", ("i", self.stop[0])), ("TimeoutStopUSec", ("t", int(self.stop[1] * 1e6)))]
         bus = self._bus()
         self.owned = True   # from here a scope may exist: cleanup must stop it
         try:
