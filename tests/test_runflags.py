@@ -32,6 +32,9 @@ GOOD: dict[str, str] = {
     "device_read_bps": "/dev/loop0:2mb", "device_write_bps": "/dev/loop0:1m", "device_read_iops": "/dev/loop0:100",
     "device_write_iops": "/dev/loop0:50",
 }
+# flagsiso
+GOOD.update(tmpfs="/run:size=1m", mount="type=tmpfs,target=/scratch,tmpfs-size=1m", pid="host", ipc="host",
+            dns="192.0.2.53", add_host="db:192.0.2.10")
 # an option that needs another one to be valid
 NEEDS = {"memory_swap": ["--memory", "64M"]}
 # expected to fail, identically through both doors

@@ -34,7 +34,8 @@ def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_ad
         launch.require_command(cmd[0])
         return launch.wait_forwarding(launch.spawn(cmd, mgr.join, keep_fds=keep_fds))
     seccomp.machine()
-    target = namespaces.init_pid(mgr.procs())
+    procs = mgr.procs()
+    target = namespaces.top_pid(procs) if spec.pid == "host" else namespaces.init_pid(procs)
     if target is None:
         raise CgagentError("the workload's PID 1 is gone", "see `cgagent ps -a`")
     env = env_dict(spec)

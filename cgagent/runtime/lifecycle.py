@@ -172,7 +172,7 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         netfd, files = network.prepare(spec, rec.name, store.root)   # connected before the fork
         spec = spec.with_files(files)
         fault("network")
-        env, setup = make_setup(spec, netfd)
+        env, setup = make_setup(spec, netfd, store.root)
     def place(pid: int, born: bool = False) -> None:
         # Runs while the child waits: the record names the pid before the workload runs a single
         # instruction of its own, so nothing it does can be observed ahead of its record.
