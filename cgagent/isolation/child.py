@@ -103,6 +103,7 @@ def make_setup(spec: IsolationSpec, join_net: int | None = None,
     seccomp.machine()   # an architecture the filter has no table for: refused here, in one line
     join_ipc = _ipc_path(spec, state_dir)
     env = env_dict(spec)
+    caps = security.usable(spec)
     init = spec.init
     if init and not os.path.isfile(TINI):
         raise CgagentError(f"--init needs tini, and {TINI} is missing",
@@ -138,7 +139,7 @@ def make_setup(spec: IsolationSpec, join_net: int | None = None,
         if user_fd is not None:  # last: from here on, root is root of this user namespace only
             setns(user_fd, CLONE_NEWUSER)
             os.close(user_fd)
-        security.apply(list(spec.caps), spec.user, spec.seccomp, env, exec_unreadable=init)
+        security.apply(caps, spec.user, spec.seccomp, env, exec_unreadable=init)
         if relayed:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid cleared it
         if not init:

@@ -64,7 +64,7 @@ def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_ad
         namespaces.join(user_ns)   # last: it gives up our power over the other namespaces
         os.chdir(workdir or spec.workdir or "/")
         security.check_cwd()
-        security.apply(list(spec.caps), user if user is not None else spec.user, spec.seccomp, env)
+        security.apply(security.usable(spec), user if user is not None else spec.user, spec.seccomp, env)
 
     try:
         pid = launch.spawn(cmd, mgr.join, env=env, child_setup=setup, keep_fds=keep_fds)

@@ -8,6 +8,7 @@ in the workload's new mount namespace, so every mount dies with the namespace, e
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 from cgagent.isolation import userns
@@ -173,7 +174,10 @@ def _mount_tmpfs(t: Tmpfs) -> None:
     flags = 0
     for w in words:
         flags |= TMPFS_FLAGS.get(w, 0)
-    os.makedirs(t.target, exist_ok=True)
+    try:
+        os.makedirs(t.target, exist_ok=True)
+    except FileExistsError:   # a file, or a link to nothing inside the root (a host path, say)
+        raise OSError(errno.ENOTDIR, f"--tmpfs {t.target} is not a directory inside the workload's root") from None
     mount("tmpfs", t.target, "tmpfs", flags, ",".join(w for w in words if w not in TMPFS_FLAGS) or None)
 
 
