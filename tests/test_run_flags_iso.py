@@ -142,8 +142,8 @@ def test_privileged_gives_every_capability_no_seccomp_all_devices_and_writable_s
         ln.split()[4] == "/proc/sys" for ln in info.splitlines()) else True
     if os.path.isdir("/sys/fs/cgroup/devices"):   # cgroup v1: the workload's own list, from its cgroup namespace
         assert {"c *:* rwm", "b *:* rwm"} <= set(devs.splitlines()), devs   # every char and block device
-    host_nodes = {e.name for e in os.scandir("/dev")
-                  if stat.S_ISCHR(e.stat(follow_symlinks=False).st_mode) or stat.S_ISBLK(e.stat(follow_symlinks=False).st_mode)}
+    modes = {e.name: e.stat(follow_symlinks=False).st_mode for e in os.scandir("/dev")}
+    host_nodes = {n for n, m in modes.items() if stat.S_ISCHR(m) or stat.S_ISBLK(m)}
     assert host_nodes <= set(ls), host_nodes - set(ls)
 
 
@@ -178,7 +178,8 @@ def _ns(pid: int | str, kind: str) -> str:
 
 
 def test_pid_host_sees_the_hosts_processes_in_its_own_mount_namespace(box: Box) -> None:
-    out = ok(box.sh("cat /proc/1/comm; readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt; echo $$", "--pid", "host"))
+    out = ok(box.sh("cat /proc/1/comm; readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt; echo $$",
+                    "--pid", "host"))
     comm, pidns, mntns, me = out.split()
     assert comm == Path("/proc/1/comm").read_text().strip()
     assert pidns == _ns("self", "pid") and mntns != _ns("self", "mnt") and me != "1"
