@@ -147,6 +147,15 @@ def test_privileged_gives_every_capability_no_seccomp_all_devices_and_writable_s
     assert host_nodes <= set(ls), host_nodes - set(ls)
 
 
+def test_privileged_opens_the_tests_own_loop_device_and_only_then(box: Box, tmp_path: Path) -> None:
+    from tests.security.devkit import CANARY, EPERM, loop_device, read_cmd
+
+    with loop_device(str(tmp_path)) as (dev, major, minor):
+        assert CANARY.decode() in ok(box.sh(read_cmd(dev), "--privileged"))   # the host's node, allowed
+        r = box.sh(f"mknod /dev/d b {major} {minor}; {read_cmd('/dev/d')}", "--security-opt", "seccomp=unconfined")
+        assert CANARY.decode() not in r.stdout and EPERM in r.stdout, r.stdout
+
+
 def test_without_privileged_the_defaults_hold(box: Box) -> None:
     st, info, devs, ls = _probe(box)
     assert status(st, "CapEff") == "00000000a80425fb" and status(st, "Seccomp") == "2"   # Docker's 14
