@@ -15,7 +15,8 @@ What each one means to the kernel:
 - --ipc host|private|container:NAME: no IPC namespace / one of its own (the default) / NAME's.
 - --dns, --add-host: the nameservers of its /etc/resolv.conf and extra lines of its /etc/hosts.
 
-All of it is validated here, before anything is made; every list is bounded.
+All of it is validated here, before anything is made; every list is bounded. The results are plain
+tuples, which cgagent.isolation.spec (the one caller) puts in its dataclasses.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import os
 import re
 
 from cgagent.errors import CgagentError
-from cgagent.isolation.spec import IdMap, Tmpfs, Volume, volume
+
+TmpfsT = tuple[str, str]          # (target, options): spec.Tmpfs
+BindT = tuple[str, str, bool, str]   # (host path, target, read-only, the option's text for messages)
 
 MAX_TMPFS = 64
 MAX_DNS = 3            # glibc's MAXNS: more nameserver lines are ignored by the resolver
@@ -54,13 +57,13 @@ def _target(path: str, what: str) -> str:
     return norm
 
 
-def tmpfs_options(opts: list[str], userns: IdMap | None, what: str) -> str:
+def tmpfs_options(opts: list[str], userns_base: int | None, what: str) -> str:
     """OPTS (comma words) -> the canonical option string of a Tmpfs: the flag words, then tmpfs data.
     Docker's defaults: nosuid, nodev, noexec, mode 1777; with --userns owned by root inside."""
     flags = {w: w for w in TMPFS_DEFAULT}   # kept word per family (ro, noexec, nosuid, nodev)
     data: dict[str, str] = {"mode": "1777"}
-    if userns is not None:
-        data.update(uid=str(userns.base), gid=str(userns.base))
+    if userns_base is not None:
+        data.update(uid=str(userns_base), gid=str(userns_base))
     for o in opts:
         key, eq, val = o.partition("=")
         if not eq and key in TMPFS_FLAGS:
@@ -78,26 +81,26 @@ def tmpfs_options(opts: list[str], userns: IdMap | None, what: str) -> str:
     return ",".join([*flags.values(), *(f"{k}={v}" for k, v in data.items())])
 
 
-def tmpfs(specs: list[str], userns: IdMap | None) -> tuple[Tmpfs, ...]:
+def tmpfs(specs: list[str], userns_base: int | None) -> tuple[TmpfsT, ...]:
     """--tmpfs PATH[:OPTS] (repeatable)."""
-    out = []
+    out: list[TmpfsT] = []
     for spec in specs:
         path, _, opts = spec.partition(":")
         what = f"--tmpfs {spec[:80]!r}"
-        out.append(Tmpfs(_target(path, what), tmpfs_options(opts.split(",") if opts else [], userns, what)))
+        out.append((_target(path, what), tmpfs_options(opts.split(",") if opts else [], userns_base, what)))
     return out_bounded(out, "--tmpfs")
 
 
-def out_bounded(items: list[Tmpfs], what: str) -> tuple[Tmpfs, ...]:
+def out_bounded(items: list[TmpfsT], what: str) -> tuple[TmpfsT, ...]:
     if len(items) > MAX_TMPFS:
         raise CgagentError(f"{len(items)} {what} mounts are too many", f"give at most {MAX_TMPFS}")
     return tuple(items)
 
 
-def mounts(specs: list[str], userns: IdMap | None) -> tuple[tuple[Volume, ...], tuple[Tmpfs, ...]]:
+def mounts(specs: list[str], userns_base: int | None) -> tuple[tuple[BindT, ...], tuple[TmpfsT, ...]]:
     """--mount type=bind|tmpfs,source=...,target=...,readonly,... -> (the binds, the tmpfs mounts)."""
-    binds: list[Volume] = []
-    tmpfss: list[Tmpfs] = []
+    binds: list[BindT] = []
+    tmpfss: list[TmpfsT] = []
     for spec in specs:
         what = f"--mount {spec[:80]!r}"
         fields: dict[str, str] = {}
@@ -131,10 +134,10 @@ def mounts(specs: list[str], userns: IdMap | None) -> tuple[tuple[Volume, ...], 
         if kind == "bind":
             if "source" not in fields:
                 raise CgagentError(f"{what}: no source", "add source=HOSTDIR (an absolute path of the host)")
-            binds.append(volume(fields["source"], target, ro, False, what))
+            binds.append((fields["source"], target, ro, what))
             continue
         opts = (["ro"] if ro else []) + [f"{k[6:]}={v}" for k, v in fields.items()]   # tmpfs-size -> size
-        tmpfss.append(Tmpfs(_target(target, what), tmpfs_options(opts, userns, what)))
+        tmpfss.append((_target(target, what), tmpfs_options(opts, userns_base, what)))
     return tuple(binds), out_bounded(tmpfss, "--mount type=tmpfs")
 
 

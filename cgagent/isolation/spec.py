@@ -384,7 +384,8 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     userns_map = IdMap(USERNS_BASE, USERNS_SIZE) if opts.get("userns") else None
     from cgagent.isolation import flags
 
-    binds, mount_tmpfs = flags.mounts(list(opts.get("mounts") or []), userns_map)
+    base = userns_map.base if userns_map is not None else None
+    binds, mount_tmpfs = flags.mounts(list(opts.get("mounts") or []), base)
     privileged = opts.get("privileged") is True
     if privileged and userns_map is not None:
         raise CgagentError("--privileged and --userns exclude each other",
@@ -396,14 +397,16 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     use_seccomp = seccomp_enabled(list(opts.get("security_opt") or []))   # checked even when privileged
     spec = IsolationSpec(
         store=store.root, container_dir=os.path.join(store.containers, f"{name_hint}-{os.urandom(4).hex()}"),
-        read_only=bool(opts.get("read_only")), volumes=volumes(list(opts.get("volumes") or [])) + binds,
+        read_only=bool(opts.get("read_only")), volumes=volumes(list(opts.get("volumes") or [])) + tuple(
+            volume(host, target, ro, False, what) for host, target, ro, what in binds),
         hostname=hostname, net=net, publish=publish, ip=ip, init=bool(opts.get("init")), env=tuple(env),
         userns=userns_map, devices=devices(list(opts.get("devices") or []), userns_map),
         user=str(opts.get("user") or config.get("User") or ""), workdir=str(opts.get("workdir") or
                                                                             config.get("WorkingDir") or "/"),
         caps=tuple(caps(["ALL"] * privileged + list(opts.get("cap_add") or []), list(opts.get("cap_drop") or []))),
         seccomp=use_seccomp and not privileged,
-        tmpfs=flags.tmpfs(list(opts.get("tmpfs") or []), userns_map) + mount_tmpfs, privileged=privileged,
+        tmpfs=tuple(Tmpfs(*t) for t in flags.tmpfs(list(opts.get("tmpfs") or []), base) + mount_tmpfs),
+        privileged=privileged,
         pid=flags.pid_mode(opts.get("pid")), ipc=flags.ipc_mode(opts.get("ipc")), dns=dns, extra_hosts=hosts,
         **source)
     return argv, spec
