@@ -104,7 +104,8 @@ def test_tmpfs_through_a_symlink_resolves_inside_the_root(box: Box, tmp_path: Pa
     ["--mount", "type=bind,target=/data"], ["--mount", "type=bind,source=/tmp,target=/d,bind-propagation=shared"],
     ["--mount", "type=tmpfs,target=/a,source=/b"], ["--pid", "container:x"], ["--ipc", "shared"],
     ["--dns", "999.1.1.1"], ["--dns", "1.1.1.1", "--dns", "1.1.1.2", "--dns", "1.1.1.3", "--dns", "1.1.1.4"],
-    ["--add-host", "db"], ["--add-host", "d b:1.2.3.4"], ["--add-host", "db:not-an-ip"],
+    ["--add-host", "db"], ["--add-host", "d b:1.2.3.4"], ["--add-host", "db\n:1.2.3.4"],
+    ["--tmpfs", "/r:size=1m\n"], ["--add-host", "db:not-an-ip"],
     ["--privileged", "--userns"], ["--tmpfs", "/x"] * 65,
 ])
 def test_bad_values_are_one_line_and_leave_nothing(box: Box, cg: Env, args: list[str]) -> None:
@@ -216,6 +217,24 @@ def test_ipc_host_private_and_container(box: Box) -> None:
     assert ok(box.sh("readlink /proc/self/ns/ipc", "--ipc", "container:ipc-a")).strip() == a_ipc
     ok(box.run("rm", "-f", "ipc-a"))
     one_line_error(box.run("run", "--rm", "--ipc", "container:ipc-a", IMG, "--", "true"), "no workload named")
+
+
+def test_ipc_host_shares_the_hosts_dev_shm(box: Box) -> None:
+    name = f"cgagent-flagsiso-{os.getpid()}"
+    with open(f"/dev/shm/{name}", "w") as f:   # the test's own file
+        f.write("shared\n")
+    try:
+        assert ok(box.sh(f"cat /dev/shm/{name}", "--ipc", "host")) == "shared\n"
+        assert box.sh(f"cat /dev/shm/{name}").returncode != 0   # private: a /dev/shm of its own
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+
+
+def test_tmpfs_under_userns_belongs_to_root_inside_and_pid_host_with_init(box: Box) -> None:
+    out = ok(box.sh("stat -c '%u %g %a' /run; touch /run/x && echo wrote", "--userns", "--tmpfs", "/run"))
+    assert out.split("\n")[:2] == ["0 0 1777", "wrote"], out
+    out = ok(box.sh("cat /proc/$PPID/comm; echo $$", "--pid", "host", "--init"))
+    assert out.split()[0] == "init" and out.split()[1] != "1", out   # tini (/dev/init), not PID 1
 
 
 def _children(pid: int) -> list[int]:

@@ -73,7 +73,7 @@ def tmpfs_options(opts: list[str], userns_base: int | None, what: str) -> str:
                 flags[family] = key
             continue
         pat = TMPFS_DATA.get(key)
-        if not eq or pat is None or not pat.match(val):
+        if not eq or pat is None or not pat.fullmatch(val):
             raise CgagentError(f"{what}: option {o!r} is not supported",
                                "use ro, rw, exec, noexec, suid, nosuid, dev, nodev, size=64m, mode=1777, uid=N, "
                                "gid=N or nr_inodes=N")
@@ -185,7 +185,7 @@ def add_hosts(specs: list[str]) -> tuple[str, ...]:
     out = []
     for s in specs:
         name, sep, ip = s.partition(":")
-        if not sep or not _HOSTNAME.match(name):
+        if not sep or not _HOSTNAME.fullmatch(name):
             raise CgagentError(f"--add-host {s[:80]!r} is not NAME:IP", "e.g. --add-host db:192.0.2.10")
         if ip.startswith("[") and ip.endswith("]"):
             ip = ip[1:-1]
