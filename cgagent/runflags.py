@@ -153,6 +153,23 @@ OPTIONS: tuple[Option, ...] = (
            "Signal `stop` sends first (default SIGTERM, or the image's StopSignal), e.g. SIGINT."),
     Option("stop_timeout", ("--stop-timeout",), "value", "request", "stop_timeout",
            "Seconds `stop` waits after the stop signal before SIGKILL (default 10; stop -t overrides)."),
+    # --- flagsiso: isolation options (cgagent.isolation.flags says what each is to the kernel)
+    Option("tmpfs", ("--tmpfs",), "list", "iso", "tmpfs",
+           "Mount a tmpfs at PATH inside: PATH\\[:OPTS], OPTS size=64m, mode=1777, uid=, gid=, nr_inodes=, ro, "
+           "exec, suid, dev (default nosuid,nodev,noexec, mode 1777; repeatable)."),
+    Option("mount", ("--mount",), "list", "iso", "mounts",
+           "Docker's long form: type=bind,source=HOSTDIR,target=PATH\\[,readonly] or "
+           "type=tmpfs,target=PATH\\[,tmpfs-size=64m,tmpfs-mode=1777,readonly] (repeatable; no named volumes)."),
+    Option("privileged", ("--privileged",), "flag", "iso", "privileged",
+           "Give the workload the host: every capability, no seccomp filter, every device, writable /sys and "
+           "/proc. Root inside is root of the machine."),
+    Option("pid", ("--pid",), "value", "iso", "pid",
+           "host: share the host's pid namespace (it sees and, as root, can signal the host's processes)."),
+    Option("ipc", ("--ipc",), "value", "iso", "ipc",
+           "IPC namespace: private (default), host (and the host's /dev/shm) or container:NAME."),
+    Option("dns", ("--dns",), "list", "iso", "dns", "A nameserver of its /etc/resolv.conf (repeatable, at most 3)."),
+    Option("add_host", ("--add-host",), "list", "iso", "add_host",
+           "Add NAME:IP to its /etc/hosts (repeatable)."),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}

@@ -35,6 +35,9 @@ GOOD: dict[str, str] = {
 # process and lifecycle (cgagent.procopts); {tmp}/kv is a KEY=VALUE file the fixture makes
 GOOD.update({"entrypoint": "/bin/sh", "env_file": "{tmp}/kv", "label": "tier=web", "label_file": "{tmp}/kv",
              "ulimit": "nofile=100:200", "stop_signal": "SIGINT", "stop_timeout": "3"})
+# flagsiso
+GOOD.update(tmpfs="/run:size=1m", mount="type=tmpfs,target=/scratch,tmpfs-size=1m", pid="host", ipc="host",
+            dns="192.0.2.53", add_host="db:192.0.2.10")
 # an option that needs another one to be valid
 NEEDS = {"memory_swap": ["--memory", "64M"]}
 # expected to fail, identically through both doors

@@ -24,6 +24,7 @@ from cgagent.errors import CgagentError
 from cgagent.isolation import namespaces, rootfs, seccomp, security, userns
 from cgagent.isolation.spec import IsolationSpec, env_dict
 from cgagent.isolation.syscalls import (
+    CLONE_NEWIPC,
     CLONE_NEWNET,
     CLONE_NEWPID,
     CLONE_NEWUSER,
@@ -86,11 +87,23 @@ def _install_init(src: int) -> None:
     mount(None, INIT_PATH, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def make_setup(spec: IsolationSpec, join_net: int | None = None) -> tuple[dict[str, str], Setup]:
+def _ipc_path(spec: IsolationSpec, state_dir: str | None) -> str | None:
+    """--ipc container:NAME: the path of NAME's IPC namespace, found now (a missing NAME is one line)."""
+    if not spec.ipc.startswith("container:"):
+        return None
+    from cgagent.network.workload import ns_of
+
+    return ns_of(spec.ipc.partition(":")[2], state_dir, "ipc", "--ipc")
+
+
+def make_setup(spec: IsolationSpec, join_net: int | None = None,
+               state_dir: str | None = None) -> tuple[dict[str, str], Setup]:
     """-> (the environment to exec with, the child_setup for launch.spawn). `join_net`: the fd of the
     network namespace cgagent.network prepared (bridge, a named network, container:NAME)."""
     seccomp.machine()   # an architecture the filter has no table for: refused here, in one line
+    join_ipc = _ipc_path(spec, state_dir)
     env = env_dict(spec)
+    caps = security.usable(spec)
     init = spec.init
     if init and not os.path.isfile(TINI):
         raise CgagentError(f"--init needs tini, and {TINI} is missing",
@@ -101,12 +114,20 @@ def make_setup(spec: IsolationSpec, join_net: int | None = None) -> tuple[dict[s
             setns(join_net, CLONE_NEWNET)
         # made here, where /proc still shows our pid namespace (the helper's maps are written by pid)
         user_fd = userns.make(spec.userns) if spec.userns else None
-        unshare(CLONE_NEWPID)
-        pid = os.fork()
-        if pid != 0:
-            _relay(pid)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        unshare(namespaces.flags(spec.net))
+        # --pid host: no namespace, so no PID 1 and no relay: this process runs the command, and outlives
+        # its caller as a host command does (the death signal ties PID 1 to its relay only)
+        relayed = spec.pid != "host"
+        if relayed:
+            unshare(CLONE_NEWPID)
+            pid = os.fork()
+            if pid != 0:
+                _relay(pid)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if join_ipc is not None:
+            fd = os.open(join_ipc, os.O_RDONLY | os.O_CLOEXEC)
+            setns(fd, CLONE_NEWIPC)
+            os.close(fd)
+        unshare(namespaces.flags(spec.net, spec.ipc))
         sethostname(spec.hostname or "cgagent")
         tini = os.open(TINI, os.O_RDONLY | os.O_CLOEXEC) if init else -1   # while the host's files are in view
         rootfs.enter(spec, user_fd)
@@ -118,10 +139,13 @@ def make_setup(spec: IsolationSpec, join_net: int | None = None) -> tuple[dict[s
         if user_fd is not None:  # last: from here on, root is root of this user namespace only
             setns(user_fd, CLONE_NEWUSER)
             os.close(user_fd)
-        security.apply(list(spec.caps), spec.user, spec.seccomp, env, exec_unreadable=init)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid cleared it
+        security.apply(caps, spec.user, spec.seccomp, env, exec_unreadable=init)
+        if relayed:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid cleared it
         if not init:
             return None
+        if spec.pid == "host":   # not PID 1: tini reaps as the children's subreaper
+            return [INIT_PATH, "-s", "--"]
         return [INIT_PATH, "--"]   # tini: PID 1, reaps orphans, forwards signals, passes the exit status on
 
     return env, setup

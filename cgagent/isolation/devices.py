@@ -9,16 +9,49 @@ import stat
 from collections.abc import Sequence
 
 from cgagent.isolation.spec import Device
-from cgagent.isolation.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_STRICTATIME, mount
+from cgagent.isolation.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_STRICTATIME, mount, move_mount
 
 NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
 LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
          ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
 
 
-def setup_dev(dev: str = "/dev", extra: Sequence[Device] = ()) -> None:
+MAX_HOST_DEVICES = 4096
+SKIP = ("pts", "shm", "mqueue")   # the workload's own instances
+
+
+def host_devices(dev: str = "/dev") -> tuple[Device, ...]:
+    """--privileged: the host's device nodes (not followed through symlinks), as Docker gives them."""
+    out: list[Device] = []
+    todo = [dev]
+    while todo and len(out) < MAX_HOST_DEVICES:
+        d = todo.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            rel = os.path.relpath(e.path, dev)
+            if rel in SKIP:
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                todo.append(e.path)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                out.append(Device(f"/dev/{rel}", "c" if stat.S_ISCHR(st.st_mode) else "b", os.major(st.st_rdev),
+                                  os.minor(st.st_rdev), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, ""))
+    return tuple(out[:MAX_HOST_DEVICES])
+
+
+def setup_dev(dev: str = "/dev", extra: Sequence[Device] = (), shm: int | None = None,
+              host: Sequence[Device] = ()) -> None:
     """Called inside the new root, after /proc is mounted. `extra`: the --device nodes
-    (cgagent.devrules.device), made after the standard ones."""
+    (cgagent.devrules.device), made after the standard ones. `shm`: a detached tree to attach at
+    /dev/shm in place of a fresh tmpfs (--ipc host). `host`: nodes made where nothing is yet
+    (--privileged)."""
     os.makedirs(dev, exist_ok=True)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k")
     for name, major, minor in NODES:
@@ -28,7 +61,11 @@ def setup_dev(dev: str = "/dev", extra: Sequence[Device] = ()) -> None:
     os.mkdir(f"{dev}/pts", 0o755)
     mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
     os.mkdir(f"{dev}/shm", 0o1777)
-    mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    if shm is not None:
+        move_mount(shm, f"{dev}/shm")
+        os.close(shm)
+    else:
+        mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
     os.mkdir(f"{dev}/mqueue", 0o755)
     with contextlib.suppress(OSError):  # the IPC namespace's own message queues
         mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -36,6 +73,10 @@ def setup_dev(dev: str = "/dev", extra: Sequence[Device] = ()) -> None:
         os.symlink(target, f"{dev}/{name}")
     for d in extra:
         make_node(dev, d)
+    for d in host:
+        if not os.path.lexists(d.path.replace("/dev", dev, 1)):
+            with contextlib.suppress(OSError):   # a name the standard /dev has as a directory or link
+                make_node(dev, d)
 
 
 def make_node(dev: str, d: Device) -> None:

@@ -46,7 +46,8 @@ def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_ad
         own = console.wrap(None) if console is not None else None
         return _wait(launch.spawn(cmd, mgr.join, keep_fds=keep_fds, child_setup=own), console, interactive)
     seccomp.machine()
-    target = namespaces.init_pid(mgr.procs())
+    procs = mgr.procs()
+    target = namespaces.top_pid(procs) if spec.pid == "host" else namespaces.init_pid(procs)
     if target is None:
         raise CgagentError("the workload's PID 1 is gone", "see `cgagent ps -a`")
     env = env_dict(spec)
@@ -75,7 +76,7 @@ def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_ad
         namespaces.join(user_ns)   # last: it gives up our power over the other namespaces
         os.chdir(workdir or spec.workdir or "/")
         security.check_cwd()
-        security.apply(list(spec.caps), user if user is not None else spec.user, spec.seccomp, env)
+        security.apply(security.usable(spec), user if user is not None else spec.user, spec.seccomp, env)
 
     try:
         pid = launch.spawn(cmd, mgr.join, env=env, child_setup=console.wrap(setup) if console else setup,

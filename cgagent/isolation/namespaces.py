@@ -23,9 +23,12 @@ JOIN_ORDER = (("cgroup", CLONE_NEWCGROUP), ("ipc", CLONE_NEWIPC), ("uts", CLONE_
               ("pid", CLONE_NEWPID), ("mnt", CLONE_NEWNS))
 
 
-def flags(net: str) -> int:
-    """Namespaces the workload's PID 1 unshares (pid is unshared one step earlier, before the fork)."""
-    f = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP
+def flags(net: str, ipc: str = "") -> int:
+    """Namespaces the workload's PID 1 unshares (pid is unshared one step earlier, before the fork).
+    `ipc`: "" its own, host or container:NAME (joined by setns, not unshared)."""
+    f = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWCGROUP
+    if not ipc:
+        f |= CLONE_NEWIPC
     if net == "none":
         f |= CLONE_NEWNET
     return f
@@ -60,6 +63,24 @@ def join(fds: list[tuple[int, int]]) -> None:
     for fd, nstype in fds:
         setns(fd, nstype)
         os.close(fd)
+
+
+def top_pid(candidates: list[int]) -> int | None:
+    """A --pid host workload's first process: the one of `candidates` in a mount namespace other than
+    ours (not a systemd scope's keeper) whose parent is not one of them."""
+    inside = set(candidates)
+    ours = os.stat("/proc/self/ns/mnt").st_ino
+    for pid in sorted(candidates):
+        try:
+            if os.stat(f"/proc/{pid}/ns/mnt").st_ino == ours:
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid not in inside:
+            return pid
+    return None
 
 
 def init_pid(candidates: list[int]) -> int | None:

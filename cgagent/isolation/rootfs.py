@@ -8,12 +8,13 @@ in the workload's new mount namespace, so every mount dies with the namespace, e
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 from cgagent.isolation import userns
-from cgagent.isolation.devices import setup_dev
+from cgagent.isolation.devices import host_devices, setup_dev
 from cgagent.isolation.security import MASKED_PATHS, READONLY_PATHS
-from cgagent.isolation.spec import IsolationSpec, Volume
+from cgagent.isolation.spec import IsolationSpec, Tmpfs, Volume
 from cgagent.isolation.syscalls import (
     MNT_DETACH,
     MOUNT_ATTR_NODEV,
@@ -138,34 +139,63 @@ def _bind_ro(path: str, extra: int = 0) -> None:
     mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | extra)
 
 
-def _mount_sys(cgroups: list[tuple[str, str, str]]) -> None:
+def _mount_sys(cgroups: list[tuple[str, str, str]], writable: bool = False) -> None:
+    """/sys and the cgroup filesystem, read-only unless `writable` (--privileged only)."""
+    ro = 0 if writable else MS_RDONLY
     os.makedirs("/sys", exist_ok=True)
-    mount("sysfs", "/sys", "sysfs", MS_RDONLY | PROC_FLAGS)
+    mount("sysfs", "/sys", "sysfs", ro | PROC_FLAGS)
     cg = "/sys/fs/cgroup"
-    if not os.path.isdir(cg) or _mount_unified(cg, cgroups):
+    if not os.path.isdir(cg) or _mount_unified(cg, cgroups, ro):
         return
     mount("cgroup", cg, "tmpfs", PROC_FLAGS, "mode=755")
     for name, fstype, data in cgroups:
         os.makedirs(f"{cg}/{name}", 0o755, exist_ok=True)   # a shadowed mount of the same name may be listed too
         with contextlib.suppress(OSError):  # in our cgroup namespace: the hierarchy is rooted at our cgroup
-            mount("cgroup", f"{cg}/{name}", fstype, MS_RDONLY | PROC_FLAGS, data or None)
-    mount(None, cg, None, MS_REMOUNT | MS_RDONLY | PROC_FLAGS, "mode=755")
+            mount("cgroup", f"{cg}/{name}", fstype, ro | PROC_FLAGS, data or None)
+    mount(None, cg, None, MS_REMOUNT | ro | PROC_FLAGS, "mode=755")
 
 
-def _mount_unified(cg: str, cgroups: list[tuple[str, str, str]]) -> bool:
+def _mount_unified(cg: str, cgroups: list[tuple[str, str, str]], ro: int = MS_RDONLY) -> bool:
     """v2 host: cgroup2 itself, read-only, at /sys/fs/cgroup. Mounted from inside the workload's cgroup
     namespace it is rooted at the workload's own cgroup, so runtimes that size themselves from it (the
     JVM, Go, .NET, Node) read their limits at /sys/fs/cgroup/memory.max, as under Docker and podman."""
     if not any(name == "" for name, _fstype, _data in cgroups):
         return False
-    mount("cgroup2", cg, "cgroup2", MS_RDONLY | PROC_FLAGS)
+    mount("cgroup2", cg, "cgroup2", ro | PROC_FLAGS)
     return True
 
 
-def _mount_volumes(vols: list[tuple[int, bool, str, bool]]) -> None:
-    """Attach the detached bind trees cloned before pivot_root. Targets resolve inside the new root,
-    so a symlink in the image cannot point a volume at a host path."""
-    for fd, is_dir, ctr, ro in vols:
+TMPFS_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+
+
+def _mount_tmpfs(t: Tmpfs) -> None:
+    """--tmpfs: its option string's flag words are mount flags, the rest tmpfs's data (size=, mode=)."""
+    words = t.options.split(",") if t.options else []
+    flags = 0
+    for w in words:
+        flags |= TMPFS_FLAGS.get(w, 0)
+    try:
+        os.makedirs(t.target, exist_ok=True)
+    except FileExistsError:   # a file, or a link to nothing inside the root (a host path, say)
+        raise OSError(errno.ENOTDIR, f"--tmpfs {t.target} is not a directory inside the workload's root") from None
+    mount("tmpfs", t.target, "tmpfs", flags, ",".join(w for w in words if w not in TMPFS_FLAGS) or None)
+
+
+def _depth(path: str) -> int:
+    return path.rstrip("/").count("/")
+
+
+def _mount_volumes(vols: list[tuple[int, bool, str, bool]], tmpfss: tuple[Tmpfs, ...] = ()) -> None:
+    """Attach the detached bind trees cloned before pivot_root, and mount the tmpfs ones, parents
+    before children (-v /a and --tmpfs /a/b: the tmpfs lands on the volume, as Docker sorts them).
+    Targets resolve inside the new root (the old one is detached), so a symlink in the image cannot
+    point a mount at a host path."""
+    mounts: list[tuple[int, bool, str, bool] | Tmpfs] = [*vols, *tmpfss]
+    for m in sorted(mounts, key=lambda m: _depth(m.target if isinstance(m, Tmpfs) else m[2])):
+        if isinstance(m, Tmpfs):
+            _mount_tmpfs(m)
+            continue
+        fd, is_dir, ctr, ro = m
         if is_dir:
             os.makedirs(ctr, exist_ok=True)
         else:
@@ -206,13 +236,17 @@ def enter(spec: IsolationSpec, userns_fd: int | None = None) -> None:
     """Build the workload's filesystem view and switch into it."""
     cgroups = host_cgroup_mounts()
     vols = [(_volume_tree(v), os.path.isdir(v.host), v.target, v.read_only) for v in spec.volumes]
+    # --ipc host: the host's /dev/shm (POSIX shared memory) with its IPC namespace, as Docker does
+    shm = open_tree_clone("/dev/shm") if spec.ipc == "host" and os.path.isdir("/dev/shm") else None
+    host = host_devices() if spec.privileged else ()   # --privileged: the host's device nodes, listed now
     pivot(mount_root(spec, userns_fd))
     os.makedirs("/proc", exist_ok=True)
     mount("proc", "/proc", "proc", PROC_FLAGS)
-    _mount_volumes(vols)
-    setup_dev("/dev", spec.devices)
-    _mount_sys(cgroups)
-    _mask()
+    _mount_volumes(vols, spec.tmpfs)
+    setup_dev("/dev", spec.devices, shm, host)
+    _mount_sys(cgroups, writable=spec.privileged)
+    if not spec.privileged:   # --privileged: /proc as the host has it, as Docker leaves it
+        _mask()
     workdir = spec.workdir or "/"
     os.makedirs(workdir, exist_ok=True)
     if spec.read_only:

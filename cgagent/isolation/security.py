@@ -10,7 +10,7 @@ import errno
 import os
 
 from cgagent.isolation import seccomp
-from cgagent.isolation.spec import CAP_NUMBERS
+from cgagent.isolation.spec import CAP_NUMBERS, IsolationSpec
 from cgagent.isolation.syscalls import (
     PR_CAP_AMBIENT,
     PR_CAP_AMBIENT_CLEAR_ALL,
@@ -31,6 +31,19 @@ def cap_mask(names: list[str]) -> int:
     for n in names:
         mask |= 1 << CAP_NUMBERS[n]
     return mask
+
+
+def usable(spec: IsolationSpec) -> list[str]:
+    """The capabilities the workload gets: its spec's; for --privileged, every one this process holds
+    (a capability we lack cannot be given, and "all" means all of the host's here)."""
+    if not spec.privileged:
+        return list(spec.caps)
+    held = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapPrm:"):
+                held = int(line.split()[1], 16)
+    return [c for c in spec.caps if held & cap_mask([c])]
 
 
 def drop_bounding(keep: int) -> None:

@@ -32,12 +32,16 @@ CAP_NUMBERS = {n: i for i, n in enumerate((
     "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
     "CHECKPOINT_RESTORE"))}
 NETS = ("none", "host")
+PRIVILEGED_RULES = ("c *:* rwm", "b *:* rwm")
 USERNS_BASE, USERNS_SIZE = 100000, 65536   # --userns: root inside is uid/gid 100000 on the host
 DEFAULT_ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # options that only make sense with an image or --rootfs
 # (-e, -w, -u and --init are not among them: a host command takes them too, cgagent.procopts)
 ISOLATION_KEYS = ("rootfs", "read_only", "volumes", "hostname", "net", "publish", "ip", "userns",
-                  "cap_add", "cap_drop", "security_opt", "devices", "entrypoint")
+                  "cap_add", "cap_drop", "security_opt", "devices", "entrypoint", "tmpfs", "mounts", "privileged",
+                  "pid", "ipc", "dns", "add_host")
+# the run option each of them comes from, for "needs an IMAGE" messages (the others: --KEY)
+ISOLATION_FLAGS = {"volumes": "-v", "devices": "--device", "mounts": "--mount", "add_host": "--add-host"}
 VOLUME_OPTS = ("ro", "rw", "dev", "nodev")
 
 
@@ -58,6 +62,23 @@ class Volume:
         if not isinstance(v, list) or len(v) not in (3, 4) or not all(isinstance(x, str) for x in v[:2]):
             raise _bad("volumes", "an entry is not [host, container, read-only(, dev)]")
         return cls(v[0], v[1], bool(v[2]), bool(v[3]) if len(v) > 3 else False)
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    """--tmpfs PATH[:OPTS]: a tmpfs at `target`; `options` as cgagent.isolation.flags.tmpfs_options
+    made them (mount flags and tmpfs data in one comma list, e.g. nosuid,nodev,noexec,size=1m,mode=1777)."""
+    target: str
+    options: str
+
+    def to_record(self) -> list[str]:
+        return [self.target, self.options]
+
+    @classmethod
+    def from_record(cls, v: object) -> Tmpfs:
+        if not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, str) for x in v):
+            raise _bad("tmpfs", "an entry is not [path, options]")
+        return cls(v[0], v[1])
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,12 @@ class IsolationSpec:
     workdir: str = "/"
     caps: tuple[str, ...] = ()          # the capabilities it keeps (all others are dropped)
     seccomp: bool = True
+    tmpfs: tuple[Tmpfs, ...] = ()       # --tmpfs, --mount type=tmpfs
+    privileged: bool = False            # --privileged: see cgagent.isolation.flags
+    pid: str = ""                       # "" (a pid namespace of its own) | host
+    ipc: str = ""                       # "" (private) | host | container:NAME
+    dns: tuple[str, ...] = ()           # --dns: nameservers of its resolv.conf
+    extra_hosts: tuple[str, ...] = ()   # --add-host NAME:IP lines of its hosts file
 
     def with_files(self, files: Mapping[str, str]) -> IsolationSpec:
         """The spec with host files bind-mounted over paths inside (cgagent.network's hosts and
@@ -131,8 +158,9 @@ class IsolationSpec:
 
     @property
     def device_rules(self) -> list[str]:
-        """The device cgroup rules its --device nodes need (cgagent.devrules.with_rules)."""
-        return [d.rule for d in self.devices]
+        """The device cgroup rules its --device nodes need (cgagent.devrules.with_rules); every
+        device, read, write and mknod, for --privileged (Docker's `a *:* rwm`)."""
+        return [d.rule for d in self.devices] + (list(PRIVILEGED_RULES) if self.privileged else [])
 
     def to_record(self) -> dict[str, Any]:
         """The record's dict, in the shape the untyped code wrote: optional keys only when used."""
@@ -152,6 +180,9 @@ class IsolationSpec:
             out["publish"] = list(self.publish)
         if self.ip:
             out["ip"] = self.ip
+        extra = {"tmpfs": [t.to_record() for t in self.tmpfs], "privileged": self.privileged, "pid": self.pid,
+                 "ipc": self.ipc, "dns": list(self.dns), "extra_hosts": list(self.extra_hosts)}
+        out.update((k, v) for k, v in extra.items() if v)   # absent when unused: old readers see old records
         return out
 
     @classmethod
@@ -174,7 +205,11 @@ class IsolationSpec:
             userns=IdMap(int(m["base"]), int(m["size"])) if m else None,
             devices=tuple(Device.from_record(x) for x in _list(d.get("devices"), "devices")),
             user=str(d.get("user") or ""), workdir=str(d.get("workdir") or "/"),
-            caps=_strings(d.get("caps"), "caps"), seccomp=bool(d.get("seccomp", True)))
+            caps=_strings(d.get("caps"), "caps"), seccomp=bool(d.get("seccomp", True)),
+            tmpfs=tuple(Tmpfs.from_record(t) for t in _list(d.get("tmpfs"), "tmpfs")),
+            # only the JSON value true turns it on: nothing else a record may hold means "the host"
+            privileged=d.get("privileged") is True, pid=str(d.get("pid") or ""), ipc=str(d.get("ipc") or ""),
+            dns=_strings(d.get("dns"), "dns"), extra_hosts=_strings(d.get("extra_hosts"), "extra_hosts"))
 
 
 def from_record(d: Mapping[str, Any] | None) -> IsolationSpec | None:
@@ -231,6 +266,17 @@ def caps(add: list[str], drop: list[str]) -> list[str]:
     return sorted(have, key=CAP_NUMBERS.__getitem__)
 
 
+def volume(host: str, ctr: str, ro: bool, dev: bool, what: str) -> Volume:
+    """One bind of host path `host` at `ctr` inside (-v, --mount type=bind), checked."""
+    if not os.path.isabs(host) or not os.path.isabs(ctr):
+        raise CgagentError(f"{what}: both paths must be absolute", "e.g. -v /srv/data:/data")
+    if not os.path.exists(host):
+        raise CgagentError(f"{what}: {host} does not exist", "create it first")
+    if os.path.normpath(ctr) == "/":
+        raise CgagentError(f"{what}: cannot mount over the root", "choose a directory inside")
+    return Volume(os.path.realpath(host), os.path.normpath(ctr), ro, dev)
+
+
 def volumes(specs: list[str]) -> tuple[Volume, ...]:
     out: list[Volume] = []
     for v in specs:
@@ -239,20 +285,13 @@ def volumes(specs: list[str]) -> tuple[Volume, ...]:
         if len(parts) not in (2, 3) or any(o not in VOLUME_OPTS for o in opts):
             raise CgagentError(f"-v {v!r} is not HOST:CONTAINER[:OPTIONS]",
                                "e.g. -v /srv/data:/data:ro (options: ro, rw, dev, nodev, comma-separated)")
-        host, ctr = parts[0], parts[1]
-        if not os.path.isabs(host) or not os.path.isabs(ctr):
-            raise CgagentError(f"-v {v!r}: both paths must be absolute", "e.g. -v /srv/data:/data")
-        if not os.path.exists(host):
-            raise CgagentError(f"-v {v!r}: {host} does not exist", "create it first")
-        if os.path.normpath(ctr) == "/":
-            raise CgagentError(f"-v {v!r}: cannot mount over the root", "choose a directory inside")
         ro = dev = False
         for o in opts:   # the last of ro/rw and of dev/nodev counts
             if o in ("ro", "rw"):
                 ro = o == "ro"
             else:
                 dev = o == "dev"
-        out.append(Volume(os.path.realpath(host), os.path.normpath(ctr), ro, dev))
+        out.append(volume(parts[0], parts[1], ro, dev, f"-v {v!r}"))
     return tuple(out)
 
 
@@ -322,7 +361,11 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
             raise CgagentError(f"--rootfs {rootfs} is not a directory", "give the root filesystem's directory")
         source = {"rootfs": os.path.realpath(rootfs)}
     else:
-        raise CgagentError("isolation options need an IMAGE or --rootfs", "e.g. cgagent run --hostname x IMG -- sh")
+        key = next((k for k in ISOLATION_KEYS if opts.get(k)), "hostname")
+        flag = ISOLATION_FLAGS.get(key, "--" + key.replace("_", "-"))
+        raise CgagentError(f"{flag}: isolation options need an IMAGE or --rootfs",
+                           f"give an image: cgagent run {flag} ... IMAGE CMD (or --rootfs DIR -- CMD); "
+                           "a host command runs without isolation")
     entry = list(config.get("Entrypoint") or [])
     image_cmd = list(config.get("Cmd") or [])
     if opts.get("entrypoint") is not None:   # Docker's: a new entrypoint drops the image's Cmd too
@@ -344,15 +387,33 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_ENV_PATH)
     userns_map = IdMap(USERNS_BASE, USERNS_SIZE) if opts.get("userns") else None
+    from cgagent.isolation import flags
+
+    base = userns_map.base if userns_map is not None else None
+    binds, mount_tmpfs = flags.mounts(list(opts.get("mounts") or []), base)
+    privileged = opts.get("privileged") is True
+    if privileged and userns_map is not None:
+        raise CgagentError("--privileged and --userns exclude each other",
+                           "drop one: --privileged gives the workload the host, --userns takes root away")
+    dns, hosts = flags.dns(list(opts.get("dns") or [])), flags.add_hosts(list(opts.get("add_host") or []))
+    if (dns or hosts) and net.startswith("container:"):
+        raise CgagentError(f"--dns and --add-host do not go with --net {net} (its files are {net[10:]}'s)",
+                           f"give them to {net[10:]} instead")
+    use_seccomp = seccomp_enabled(list(opts.get("security_opt") or []))   # checked even when privileged
     spec = IsolationSpec(
         store=store.root, container_dir=os.path.join(store.containers, f"{name_hint}-{os.urandom(4).hex()}"),
-        read_only=bool(opts.get("read_only")), volumes=volumes(list(opts.get("volumes") or [])),
+        read_only=bool(opts.get("read_only")), volumes=volumes(list(opts.get("volumes") or [])) + tuple(
+            volume(host, target, ro, False, what) for host, target, ro, what in binds),
         hostname=hostname, net=net, publish=publish, ip=ip, init=bool(opts.get("init")), env=tuple(env),
         userns=userns_map, devices=devices(list(opts.get("devices") or []), userns_map),
         user=str(opts.get("user") or config.get("User") or ""), workdir=str(opts.get("workdir") or
                                                                             config.get("WorkingDir") or "/"),
-        caps=tuple(caps(list(opts.get("cap_add") or []), list(opts.get("cap_drop") or []))),
-        seccomp=seccomp_enabled(list(opts.get("security_opt") or [])), **source)
+        caps=tuple(caps(["ALL"] * privileged + list(opts.get("cap_add") or []), list(opts.get("cap_drop") or []))),
+        seccomp=use_seccomp and not privileged,
+        tmpfs=tuple(Tmpfs(*t) for t in flags.tmpfs(list(opts.get("tmpfs") or []), base) + mount_tmpfs),
+        privileged=privileged,
+        pid=flags.pid_mode(opts.get("pid")), ipc=flags.ipc_mode(opts.get("ipc")), dns=dns, extra_hosts=hosts,
+        **source)
     return argv, spec
 
 

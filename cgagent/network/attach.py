@@ -59,6 +59,8 @@ class Attachment:
     created: float = 0.0
     proxy_pid: int | None = None         # the loopback ports' relay (proxy.py)
     proxy_start: int | None = None
+    dns: list[str] = field(default_factory=list)           # --dns: its resolv.conf's nameservers
+    extra_hosts: list[str] = field(default_factory=list)   # --add-host: lines of its hosts file
 
     def port_tuples(self) -> list[tuple[str, int, int, str]]:
         return [(str(p[0]), int(p[1]), int(p[2]), str(p[3]) if len(p) > 3 else nft.ANY) for p in self.ports]
@@ -153,7 +155,8 @@ def alive(att: Attachment) -> bool:
 # --- connect / disconnect
 
 def connect(owner: str, network: str, ns_path: str, pid: int | None = None, ports: list[str] | None = None,
-            hostname: str | None = None, root: str | None = None, ip: str | None = None) -> Attachment:
+            hostname: str | None = None, root: str | None = None, ip: str | None = None,
+            dns: list[str] | None = None, extra_hosts: list[str] | None = None) -> Attachment:
     validate_name(owner)
     static = static_ip(ip)
     wanted = parse_ports(list(ports or []))
@@ -181,7 +184,8 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
         att = Attachment(owner=owner, network=net.name, driver=net.driver, netns=ns_path, pid=pid,
                          pid_start=procs.start_time(pid) if pid else None, address=str(addr),
                          prefixlen=ipaddress.IPv4Network(net.pool).prefixlen, gateway=net.gateway,
-                         ports=[list(p) for p in wanted], hostname=hostname, created=time.time())
+                         ports=[list(p) for p in wanted], hostname=hostname, created=time.time(),
+                         dns=list(dns or []), extra_hosts=list(extra_hosts or []))
         if net.driver != "macvlan":
             att.host_if = VETH_PREFIX + os.urandom(4).hex()
             att.mac = _random_mac()
@@ -317,7 +321,7 @@ def _plumb(net: Network, att: Attachment, root: str | None) -> None:
 
 def _write_files(att: Attachment, root: str | None) -> None:
     d = etc_dir(att.owner, root)
-    files.write_in_place(os.path.join(d, "resolv.conf"), files.resolv_conf())
+    files.write_in_place(os.path.join(d, "resolv.conf"), files.resolv_conf(dns=att.dns))
 
 
 def _names(a: Attachment) -> list[str]:
@@ -330,7 +334,7 @@ def _refresh_hosts(network: str, root: str | None) -> None:
     for a in members:
         others = [(str(b.address), _names(b)) for b in members if b.owner != a.owner]
         files.write_in_place(os.path.join(etc_dir(a.owner, root), "hosts"),
-                             files.hosts((str(a.address), _names(a)), others))
+                             files.hosts((str(a.address), _names(a)), others, a.extra_hosts))
 
 
 def _teardown(att: Attachment, net: Network | None, root: str | None) -> None:

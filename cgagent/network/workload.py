@@ -51,6 +51,11 @@ def check(net: str, publish: list[str], root: str | None, state_dir: str | None 
 
 def netns_of(name: str, state_dir: str | None = None) -> str:
     """The network namespace path of running workload `name`."""
+    return ns_of(name, state_dir)
+
+
+def ns_of(name: str, state_dir: str | None = None, ns: str = "net", opt: str = "--net") -> str:
+    """The path of namespace `ns` of running workload `name` (`opt` names the option that asked)."""
     from cgagent import host as hostmod
     from cgagent import procs
     from cgagent.live import live_status, manager
@@ -60,19 +65,19 @@ def netns_of(name: str, state_dir: str | None = None) -> str:
     try:
         rec = store.load(name)
     except CgagentError:
-        raise CgagentError(f"--net container:{name}: no workload named {name!r}",
+        raise CgagentError(f"{opt} container:{name}: no workload named {name!r}",
                            "give a running workload's name (see `cgagent ps`)") from None
     h = hostmod.detect()
     if live_status(h, rec) != "running":
-        raise CgagentError(f"--net container:{name}: workload {name!r} is not running", "start it first")
+        raise CgagentError(f"{opt} container:{name}: workload {name!r} is not running", "start it first")
     cands = manager(h, rec).procs()
     from cgagent.isolation.namespaces import init_pid
 
     pid = init_pid(cands) or (rec.pid if procs.alive(rec.pid, rec.pid_start) else None) or \
         (cands[0] if cands else None)
     if pid is None:
-        raise CgagentError(f"--net container:{name}: workload {name!r} has no process", "start it again")
-    return f"/proc/{pid}/ns/net"
+        raise CgagentError(f"{opt} container:{name}: workload {name!r} has no process", "start it again")
+    return f"/proc/{pid}/ns/{ns}"
 
 
 def prepare(spec: IsolationSpec, owner: str, state_dir: str | None = None) -> tuple[int | None, dict[str, str]]:
@@ -81,7 +86,12 @@ def prepare(spec: IsolationSpec, owner: str, state_dir: str | None = None) -> tu
     hosts and resolv.conf). Connects `owner` to its network."""
     net = spec.net
     if not wanted(net):
-        return None, {}
+        if not (spec.dns or spec.extra_hosts) or not spec.container_dir:
+            return None, {}
+        from cgagent.network import files
+
+        # --dns/--add-host without a connection: files of its own, in its container dir
+        return None, files.for_workload(os.path.join(spec.container_dir, "etc"), net, spec.dns, spec.extra_hosts)
     from cgagent.network import attach, netns
 
     if net.startswith("container:"):
@@ -90,7 +100,8 @@ def prepare(spec: IsolationSpec, owner: str, state_dir: str | None = None) -> tu
     fd = netns.new_netns()
     try:
         attach.connect(owner, net, netns.fd_path(fd), ports=list(spec.publish or []),
-                       hostname=spec.hostname or None, root=root, ip=spec.ip or None)
+                       hostname=spec.hostname or None, root=root, ip=spec.ip or None, dns=list(spec.dns),
+                       extra_hosts=list(spec.extra_hosts))
     except BaseException:
         os.close(fd)
         raise

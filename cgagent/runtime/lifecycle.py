@@ -185,7 +185,7 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         netfd, files = network.prepare(spec, rec.name, store.root)   # connected before the fork
         spec = spec.with_files(files)
         fault("network")
-        env, setup = make_setup(spec, netfd)
+        env, setup = make_setup(spec, netfd, store.root)
     elif rec.process:
         host = HostProcess.from_record(rec.process)
         env = procopts.host_env(host)

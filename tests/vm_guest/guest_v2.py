@@ -1161,3 +1161,30 @@ def test_flagsrt_ulimit_user_and_stop_signal_on_v2(g: Guest, driver: str) -> Non
     assert g.record("frt")["exit_code"] == 7
     os.unlink(ready)
     g.ok("rm", "frt")
+
+# --- flagsiso ---
+# --privileged and --tmpfs on cgroup v2 under both drivers: the device BPF program / DeviceAllow= let
+# the test's own loop device open under --privileged only; the cgroup2 mount is writable only then.
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_flagsiso_privileged_opens_every_device_and_a_writable_cgroup(
+        devbox: tuple[Guest, str, tuple[str, int, int]], driver: str) -> None:
+    from tests.security.devkit import CANARY, EPERM, read_cmd
+
+    g, root, (dev, _major, _minor) = devbox
+    base = ("run", "--rm", *_drv(g, driver), "--net", "none", "--rootfs", root)
+    probe = (f"{read_cmd(dev)}; echo ---; busybox grep Seccomp: /proc/self/status; "   # devkit's root: few applets
+             "busybox mkdir /sys/fs/cgroup/sub 2>/dev/null && echo CGWRITE; busybox rmdir /sys/fs/cgroup/sub; true")
+    r = g.ok(*base, "--privileged", "--", "sh", "-c", probe)
+    assert CANARY.decode() in r.stdout and "Seccomp:\t0" in r.stdout and "CGWRITE" in r.stdout, r.stdout
+    r = g.ok(*base, "--security-opt", "seccomp=unconfined", "--", "sh", "-c", f"mknod /dev/d b {_major} {_minor}; "
+             f"{read_cmd('/dev/d')}; busybox mkdir /sys/fs/cgroup/sub 2>/dev/null && echo CGWRITE; true")
+    assert CANARY.decode() not in r.stdout and EPERM in r.stdout and "CGWRITE" not in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_flagsiso_tmpfs_size_and_flags(devbox: tuple[Guest, str, tuple[str, int, int]], driver: str) -> None:
+    g, root, _loop = devbox
+    r = g.ok("run", "--rm", *_drv(g, driver), "--net", "none", "--rootfs", root, "--tmpfs", "/run:size=1m",
+             "--", "sh", "-c", "busybox grep ' /run ' /proc/self/mountinfo")
+    assert "nosuid,nodev,noexec" in r.stdout and "size=1024k" in r.stdout, r.stdout
