@@ -21,6 +21,7 @@ from cgagent.isolation import namespaces, seccomp, security
 from cgagent.isolation.child import _relay
 from cgagent.isolation.spec import env_dict, from_record
 from cgagent.isolation.syscalls import CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, prctl
+from cgagent.procopts import with_env
 
 if TYPE_CHECKING:
     from cgagent.terminal import Console
@@ -50,13 +51,7 @@ def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_ad
     target = namespaces.top_pid(procs) if spec.pid == "host" else namespaces.init_pid(procs)
     if target is None:
         raise CgagentError("the workload's PID 1 is gone", "see `cgagent ps -a`")
-    env = env_dict(spec)
-    for e in env_add:
-        k, eq, v = e.partition("=")
-        if eq:
-            env[k] = v
-        elif k in os.environ:
-            env[k] = os.environ[k]
+    env = with_env(env_dict(spec), env_add)
     fds = namespaces.open_namespaces(target)
     root = os.open(f"/proc/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     user_ns = [(os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC), CLONE_NEWUSER)] \
