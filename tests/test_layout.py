@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("agent", ("cgagent.agent.*", "cgagent.api.*", "cgagent.oomwatch", "exporters.*", "policies.controller")),
     ("runtime", ("cgagent.runtime.*", "cgagent.runflags", "cgagent.shim", "cgagent.prune", "policies.memory_step")),
     ("mechanisms", ("cgagent.cgroups.*", "cgagent.isolation.*", "cgagent.network.*", "cgagent.images.*",
-                    "cgagent.launch", "cgagent.live", "cgagent.oom", "policies.*")),
+                    "cgagent.launch", "cgagent.live", "cgagent.oom", "cgagent.zygote", "policies.*")),
     ("base", ("cgagent", "cgagent.state", "cgagent.units", "cgagent.errors", "cgagent.limits", "cgagent.host",
               "cgagent.convert", "cgagent.spec", "cgagent.devrules", "cgagent.events",
               "cgagent.faults", "cgagent.procs", "cgagent.kmsg", "cgagent.inotify", "cgagent.yamlbound")),

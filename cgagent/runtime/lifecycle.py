@@ -14,7 +14,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from cgagent import events, launch, oom, procs
+from cgagent import events, launch, oom, procs, zygote
 from cgagent.cgroups import CgroupManager, new_manager
 from cgagent.errors import CgagentError
 from cgagent.faults import fault
@@ -115,6 +115,8 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
         fault("record")
         remember_parents(store, made)
     try:
+        # a pooled cgroup with a zygote in it becomes this one (cgagent.zygote): its mkdir is a no-op then
+        zygote.claim(dirs, usable=not req.detach and req.isolation is None and not req.preserve_fds)
         make(mgr, req.isolation, req.resources)
         fault("cgroup")
     except BaseException:
@@ -183,7 +185,8 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
     try:
         # cgroupfs on v2: the child is created in its cgroup (no cgroup.procs write, see launch.py)
         pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup, keep_fds=rec.preserve_fds,
-                           into=mgr.clone_target(), born=lambda p: place(p, born=True))
+                           into=mgr.clone_target(), born=lambda p: place(p, born=True),
+                           parked=zygote.taker(mgr.dirs) if setup is None else None)
     except BaseException:
         if netfd is not None:
             os.close(netfd)
