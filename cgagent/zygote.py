@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:   # the direct path asks claim() too: it must not pay for socket's import
     import socket
@@ -102,9 +102,11 @@ def claim(dirs: dict[str, str], usable: bool) -> bool:
     return True
 
 
-def taker(dirs: dict[str, str]) -> Callable[[list[str], dict[str, str] | None, tuple[int, int, int] | None,
-                                             int, int], int] | None:
-    """For launch.spawn: the zygote that waits in `dirs` (claimed by this process), else None."""
+def taker(dirs: dict[str, str], isolation: dict[str, Any] | None = None, netfd: int | None = None
+          ) -> Callable[[list[str], dict[str, str] | None, tuple[int, int, int] | None, int, int], int] | None:
+    """For launch.spawn: the zygote that waits in `dirs` (claimed by this process), else None. An
+    isolated run's zygote makes its child_setup itself (cgagent.isolation.child.make_setup) from the
+    spec's record and the network namespace's fd: the same closure spawn's child would have run."""
     s = _slot
     if s is None or not s.claimed or s.dirs != dirs or s.owner != os.getpid():
         return None
@@ -116,8 +118,10 @@ def taker(dirs: dict[str, str]) -> Callable[[list[str], dict[str, str] | None, t
         import socket
 
         global _slot
-        job = {"cmd": cmd, "env": dict(os.environ) if env is None else env, "cwd": os.getcwd()}
-        fds = array.array("i", [w, go_r, *(stdio if stdio is not None else (0, 1, 2))])
+        job = {"cmd": cmd, "env": dict(os.environ) if env is None else env, "cwd": os.getcwd(),
+               "isolation": isolation}
+        fds = array.array("i", [w, go_r, *(stdio if stdio is not None else (0, 1, 2)),
+                                *([netfd] if netfd is not None else [])])
         s.sock.sendmsg([json.dumps(job).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
         s.sock.close()
         _slot = None   # the workload's now: its supervisor waits for it, its cgroup is the workload's
@@ -161,22 +165,30 @@ def _zygote(sock: socket.socket) -> None:
     _close_all_but({sock.fileno()})
     fds = array.array("i")
     try:
-        msg, anc, flags, _ = sock.recvmsg(MAX_JOB, socket.CMSG_SPACE(5 * fds.itemsize))
+        msg, anc, flags, _ = sock.recvmsg(MAX_JOB, socket.CMSG_SPACE(6 * fds.itemsize))
     except OSError:
         return
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    if not msg or len(fds) != 5 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+    if not msg or len(fds) not in (5, 6) or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
         return
     sock.close()
     from cgagent import launch
 
     job = json.loads(msg)
     w, go_r, *stdio = fds
+    env, setup = job["env"], None
     try:
         os.chdir(job["cwd"])
-    except OSError as e:
-        os.write(w, f"setup:{e.errno}:cannot enter {job['cwd']}: {e.strerror}".encode())
+        if job.get("isolation") is not None:
+            from cgagent.isolation.child import make_setup
+            from cgagent.isolation.spec import IsolationSpec
+
+            env, setup = make_setup(IsolationSpec.from_record(job["isolation"]), stdio[3] if len(stdio) > 3 else None)
+    except BaseException as e:
+        os.write(w, f"setup:{getattr(e, 'errno', 0) or 0}:{e}".encode())
         os._exit(127)
-    launch.child(job["cmd"], job["env"], (stdio[0], stdio[1], stdio[2]), None, 0, w, go_r)
+    # as spawn's caller has them (the isolation's relay waits for them); the child unblocks them
+    signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
+    launch.child(job["cmd"], env, (stdio[0], stdio[1], stdio[2]), setup, 0, w, go_r)

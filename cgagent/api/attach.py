@@ -21,10 +21,12 @@ import select
 import signal
 import socket
 import sys
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from cgagent.api.launcher import Launched, Launcher, Op
 from cgagent.errors import CgagentError
+
+if TYPE_CHECKING:   # the agent's side: not for the thin client, which imports this module for run_attached
+    from cgagent.api.launcher import Launched, Launcher, Op
 
 PROTOCOL = "cgagent-stdio"
 MAX_LINE = 64

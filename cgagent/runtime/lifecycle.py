@@ -116,7 +116,7 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
         remember_parents(store, made)
     try:
         # a pooled cgroup with a zygote in it becomes this one (cgagent.zygote): its mkdir is a no-op then
-        zygote.claim(dirs, usable=not req.detach and req.isolation is None and not req.preserve_fds)
+        zygote.claim(dirs, usable=not req.detach and not req.preserve_fds)
         make(mgr, req.isolation, req.resources)
         fault("cgroup")
     except BaseException:
@@ -186,7 +186,7 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         # cgroupfs on v2: the child is created in its cgroup (no cgroup.procs write, see launch.py)
         pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup, keep_fds=rec.preserve_fds,
                            into=mgr.clone_target(), born=lambda p: place(p, born=True),
-                           parked=zygote.taker(mgr.dirs) if setup is None else None)
+                           parked=zygote.taker(mgr.dirs, spec.to_record() if spec else None, netfd))
     except BaseException:
         if netfd is not None:
             os.close(netfd)
