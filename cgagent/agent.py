@@ -93,8 +93,9 @@ def run(opts: AgentOptions) -> int:
     # the launcher forks the launches' processes: forked first, while this process has one thread
     # and every module a launch needs (cgagent.api.launcher)
     preload()
-    attach.sweep(h, store)   # pool cgroups a killed agent left
-    forker = Launcher.fork(attach.ops(h, store), park=lambda: attach.park(h, store))
+    pool = attach.Pool(h, store)
+    pool.sweep()   # pool cgroups a killed agent left
+    forker = Launcher.fork(attach.ops(h, store), park=pool.park, look=pool.look)
     try:
         exporter = Exporter(Options(host=h, state_dir=store.root, watch=opts.watch, per_cpu=opts.per_cpu))
         server = web.MetricsServer(exporter, listen=opts.listen, web_config=cfg)

@@ -109,20 +109,69 @@ def _request(fields: dict[str, Any], host: Any, store: Any) -> Any:
     return request(fields, host, store.root)
 
 
-def park(host: Any, store: Any) -> None:
-    """In a runner the launcher forks ahead of a request, on cgroup v1 with the cgroupfs driver: a
-    pool cgroup in the default parent with a zygote in it (cgagent.zygote). Only in a parent that
-    exists (one a workload made, or the admin's): the pool never makes parents."""
-    from cgagent import zygote
-    from cgagent.api.runreq import request
-    from cgagent.cgroups import new_manager
-    from cgagent.runtime import select_driver
+class Pool:
+    """The launcher's pool cgroups (cgagent.zygote), on cgroup v1 with the cgroupfs driver, in the
+    default parent (the agent's environment's). The pool makes that parent (remembered as a
+    workload's parents are, pruned once the pool is gone) only once the launcher has seen it exist,
+    that is once a workload was made there: an agent that launched nothing makes no cgroup."""
 
-    req = request({"cmd": ["--", "true"]}, host, store.root)   # the defaults, from the agent's environment
-    if select_driver(host, req.driver) != "cgroupfs":
-        return
-    mgr = new_manager(host, "cgroupfs", req.parent, pool_name(store) + os.urandom(4).hex())
-    if mgr.mode == "v1" and mgr.made_by_create().empty():
+    def __init__(self, host: Any, store: Any) -> None:
+        self.host, self.store = host, store
+        self.parent: str | None = None
+        self.dirs: dict[str, str] | None = None
+        self.seen = False
+
+    def _probe(self) -> dict[str, str] | None:
+        from cgagent.api.runreq import request
+        from cgagent.cgroups import new_manager
+        from cgagent.runtime import select_driver
+
+        if self.dirs is None:
+            req = request({"cmd": ["--", "true"]}, self.host, self.store.root)   # the agent's defaults
+            if select_driver(self.host, req.driver) != "cgroupfs":
+                return None
+            mgr = new_manager(self.host, "cgroupfs", req.parent, "x")
+            if mgr.mode != "v1":
+                return None   # v2: clone3(CLONE_INTO_CGROUP) needs no pool (cgagent.launch)
+            self.parent, self.dirs = req.parent, mgr.dirs
+        return self.dirs
+
+    def look(self) -> None:
+        """In the launcher, before it forks a runner."""
+        with contextlib.suppress(Exception):
+            dirs = self._probe()
+            here = dirs is not None and all(os.path.isdir(os.path.dirname(d)) for d in dirs.values())
+            self.seen = self.seen or here
+
+    def sweep(self) -> None:
+        """At the agent's start: remove the pool cgroups a killed agent (or runner) of this state dir
+        left in the default parent (its own only: their names carry the state dir's hash)."""
+        from cgagent.cgroups import manager_for
+
+        with contextlib.suppress(Exception):   # nothing to sweep, or not ours to: the launches go on
+            dirs = self._probe()
+            if dirs is None:
+                return
+            prefix = pool_name(self.store)
+            names = {n for d in dirs.values() if os.path.isdir(os.path.dirname(d))
+                     for n in os.listdir(os.path.dirname(d)) if n.startswith(prefix)}
+            for n in names:
+                with contextlib.suppress(Exception):
+                    manager_for(self.host, {c: os.path.join(os.path.dirname(d), n) for c, d in dirs.items()}).destroy()
+
+    def park(self) -> None:
+        """In a runner the launcher forked ahead of its request."""
+        from cgagent import zygote
+        from cgagent.cgroups import new_manager
+        from cgagent.runtime.parents import remember_parents
+
+        if not self.seen or self.parent is None:
+            return
+        mgr = new_manager(self.host, "cgroupfs", self.parent, pool_name(self.store) + os.urandom(4).hex())
+        made = mgr.made_by_create()
+        if not made.empty():
+            with self.store.lock():
+                remember_parents(self.store, made)
         zygote.park(mgr.dirs, mgr.create, mgr.apply)
 
 
@@ -133,25 +182,6 @@ def pool_name(store: Any) -> str:
     from cgagent import zygote
 
     return zygote.POOL_PREFIX + hashlib.sha256(store.root.encode()).hexdigest()[:8] + "-"
-
-
-def sweep(host: Any, store: Any) -> None:
-    """Remove the pool cgroups a killed agent (or runner) of this state dir left in the default parent."""
-    from cgagent.api.runreq import request
-    from cgagent.cgroups import manager_for, new_manager
-    from cgagent.runtime import select_driver
-
-    with contextlib.suppress(Exception):   # nothing to sweep, or not ours to: the launches go on
-        req = request({"cmd": ["--", "true"]}, host, store.root)
-        if select_driver(host, req.driver) != "cgroupfs":
-            return
-        probe = new_manager(host, "cgroupfs", req.parent, "x").dirs
-        prefix = pool_name(store)
-        names = {n for d in probe.values() if os.path.isdir(os.path.dirname(d))
-                 for n in os.listdir(os.path.dirname(d)) if n.startswith(prefix)}
-        for n in names:
-            with contextlib.suppress(Exception):
-                manager_for(host, {c: os.path.join(os.path.dirname(d), n) for c, d in probe.items()}).destroy()
 
 
 def ops(host: Any, store: Any) -> dict[str, Op]:

@@ -87,10 +87,12 @@ class Launcher:
         self.ctl = ctl
 
     @classmethod
-    def fork(cls, ops: dict[str, Op], park: Callable[[], None] | None = None) -> Launcher:
+    def fork(cls, ops: dict[str, Op], park: Callable[[], None] | None = None,
+             look: Callable[[], None] | None = None) -> Launcher:
         """Fork the launcher. Only while this process has one thread: the point of it. `park` runs
         in each runner forked ahead of a request (at idle): what it prepares (cgagent.zygote) the
-        request may use."""
+        request may use; `look` runs in the launcher before each such fork (what it learns, the
+        runner inherits)."""
         if len(os.listdir("/proc/self/task")) != 1:
             raise RuntimeError("the launcher must be forked before the agent starts any thread")
         ours, theirs = socket.socketpair(socket.AF_UNIX, SEQPACKET)
@@ -101,7 +103,7 @@ class Launcher:
             code = 0
             try:
                 ours.close()
-                _Launcher(theirs, ops, park).serve()
+                _Launcher(theirs, ops, park, look).serve()
             except BaseException:
                 import traceback
 
@@ -153,10 +155,12 @@ class _Runner(NamedTuple):
 
 
 class _Launcher:
-    def __init__(self, ctl: socket.socket, ops: dict[str, Op], park: Callable[[], None] | None) -> None:
+    def __init__(self, ctl: socket.socket, ops: dict[str, Op], park: Callable[[], None] | None,
+                 look: Callable[[], None] | None) -> None:
         self.ctl = ctl
         self.ops = ops
         self.park = park
+        self.look = look
         self.children: dict[int, tuple[int, socket.socket | None]] = {}   # pidfd -> (pid, reply)
         self.pool: list[_Runner] = []
 
@@ -199,6 +203,8 @@ class _Launcher:
         return True
 
     def fork_runner(self) -> _Runner:
+        if self.look is not None:
+            self.look()
         ours, theirs = socket.socketpair(socket.AF_UNIX, SEQPACKET)
         pid = os.fork()
         if pid == 0:
