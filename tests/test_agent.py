@@ -343,3 +343,28 @@ def test_pool_cgroups_are_never_workloads_and_go_with_a_killed_agent(cg: Env) ->
     finally:
         a.stop()
     cg.run("rm", "-f", "keep", check=True)
+
+
+def test_prune_removes_the_pool_cgroups_a_crash_left_and_no_live_one(cg: Env) -> None:
+    from cgagent import host as hostmod
+    from cgagent.cgroups import fs
+    from cgagent.zygote import POOL_PREFIX
+
+    if hostmod.detect().is_v2:
+        pytest.skip("the pool is for cgroup v1")
+    cg.run("run", "-d", "--name", "keep", "--", "sleep", "300", check=True)
+    with agent(cg):
+        def settled() -> list[str] | None:   # both runners' pools made, each with its zygote in it
+            ds = _pools(cg)
+            roots = [r for r in cg.roots if os.path.isdir(r)]
+            return ds if len(ds) == 2 * len(roots) and all(fs.procs(d) for d in ds) else None
+
+        live = poll(settled, 30)
+        assert isinstance(live, list), _pools(cg)
+        left = [os.path.join(r, POOL_PREFIX + "00000000-dead") for r in cg.roots if os.path.isdir(r)]
+        for d in left:   # as a SIGKILLed runner leaves it: empty
+            os.mkdir(d)
+        out = cg.run("prune", check=True).stdout
+        assert all(not os.path.exists(d) for d in left) and all(d in out for d in left), out
+        assert all(os.path.isdir(d) for d in live), out   # each holds its zygote: its agent's
+    cg.run("rm", "-f", "keep", check=True)
