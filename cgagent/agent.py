@@ -77,6 +77,8 @@ def _raise_fd_limit() -> None:
 def run(opts: AgentOptions) -> int:
     """Serve until SIGTERM or SIGINT; -> exit code."""
     from cgagent import host as hostmod
+    from cgagent.api import attach
+    from cgagent.api.launcher import Launcher
     from cgagent.api.server import Api, ApiServer, socket_path
     from cgagent.api.stderr import install_stderr_capture
     from cgagent.oomwatch import OomWatcher
@@ -92,14 +94,26 @@ def run(opts: AgentOptions) -> int:
     h = hostmod.detect()
     _raise_fd_limit()
     web.setup_logging(opts.log_level)
-    exporter = Exporter(Options(host=h, state_dir=store.root, watch=opts.watch, per_cpu=opts.per_cpu,
-                                collectors=opts.collectors))
-    server = web.MetricsServer(exporter, listen=opts.listen, web_config=cfg, telemetry_path=opts.telemetry_path)
+    # the launcher forks the launches' processes: forked first, while this process has one thread
+    # and every module a launch needs (cgagent.api.launcher)
+    preload()
+    pool = attach.Pool(h, store)
+    pool.sweep()   # pool cgroups a killed agent left
+    forker = Launcher.fork(attach.ops(h, store), park=pool.park, look=pool.look)
+    try:
+        exporter = Exporter(Options(host=h, state_dir=store.root, watch=opts.watch, per_cpu=opts.per_cpu,
+                                    collectors=opts.collectors))
+        server = web.MetricsServer(exporter, listen=opts.listen, web_config=cfg,
+                                   telemetry_path=opts.telemetry_path)
+    except BaseException:
+        forker.stop()
+        raise
     sock = opts.api_socket or socket_path(store.root)
     try:
-        api = ApiServer(Api(store, h, group), sock, group)
+        api = ApiServer(Api(store, h, group, forker=forker), sock, group)
     except BaseException:
         server.shutdown()
+        forker.stop()
         raise
     policy_ctl = policy_controller.start(store.root, h, opts.policy_dirs)   # applies the workloads' policies live
     watcher = OomWatcher(store).start()
@@ -112,7 +126,6 @@ def run(opts: AgentOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     install_stderr_capture()
-    preload()
     server.start()
     api.start()
     covered = "workloads in " + store.root + "".join(f", cgroups under {w}" for w in opts.watch)
@@ -130,6 +143,11 @@ def run(opts: AgentOptions) -> int:
         watcher.stop()
         exporter.close()
         policy_ctl.stop()
+        forker.stop()   # its pool cgroups are gone when it has ended: the parents they kept may go now
+        from cgagent.runtime import prune_parents
+
+        with contextlib.suppress(Exception), store.lock():
+            prune_parents(store)
     print("cgagent serve: stopped", file=sys.stderr, flush=True)
     return 0
 

@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 from collections.abc import Callable
+from typing import NoReturn
 
 from cgagent.errors import CANNOT_INVOKE, NOT_FOUND, CgagentError
 
@@ -124,15 +125,56 @@ def _fork_into(into: str | None) -> tuple[int, bool]:
         os.close(fd)   # in the child too: its exec would close it, its setup has no use for it
 
 
+def child(cmd: list[str], env: dict[str, str] | None, stdio: tuple[int, int, int] | None,
+          child_setup: Callable[[], list[str] | None] | None, keep_fds: int, w: int, go_r: int) -> NoReturn:
+    """spawn's child (or a zygote, cgagent.zygote): wait for "go", set up, exec; never returns.
+    Exec failures are written to `w` for the parent."""
+    stage = "setup"
+    try:
+        if os.read(go_r, 1) != b"1":
+            os._exit(125)
+        argv = cmd
+        if child_setup is not None:
+            wrapper = child_setup()
+            if wrapper:
+                stage = "exec"
+                _check_command(cmd[0], (env if env is not None else os.environ).get("PATH"))
+                argv = [*wrapper, *cmd]
+        stage = "exec"
+        if stdio is not None:
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+        for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *FORWARDED):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        # imported here: a host run pays for ctypes in the child only; an isolated child has it already
+        from cgagent.isolation.syscalls import cloexec_from
+
+        cloexec_from(3 + keep_fds)   # last: the exec-failure pipe `w` is already close-on-exec
+        if env is None:
+            os.execvp(argv[0], argv)
+        else:
+            os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        os.write(w, f"{stage}:{e.errno}:{e}".encode())
+    except BaseException as e:
+        os.write(w, f"{stage}:0:{e}".encode())
+    os._exit(127)
+
+
 def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, int] | None = None,
           env: dict[str, str] | None = None, child_setup: Callable[[], list[str] | None] | None = None,
-          keep_fds: int = 0, into: str | None = None, born: Callable[[int], None] | None = None) -> int:
+          keep_fds: int = 0, into: str | None = None, born: Callable[[int], None] | None = None,
+          parked: Callable[[list[str], dict[str, str] | None, tuple[int, int, int] | None, int, int], int]
+          | None = None) -> int:
     """Fork; let `place(pid)` put the child in its cgroup (cgroupfs write, or a systemd scope) while
     it waits; then the child runs `child_setup` and execs `cmd`, or `cmd` behind the program that
     child_setup returned (an init: `[init, --]`).
 
     With `into` (a cgroup v2 directory) the child is created inside it when the kernel can
     (clone_into); then `born(pid)` runs instead of `place(pid)`, the child waiting all the same.
+    With `parked` (cgagent.zygote.taker) no fork: a zygote already in the cgroup is handed the
+    command and the pipes, and runs the child's part (`born` as well).
 
     Only fds 0-2 and 3 .. 3+keep_fds-1 (--preserve-fds) survive the exec: anything else the caller
     leaked (a directory fd of the host reached as /proc/self/fd/N: CVE-2024-21626) is closed.
@@ -143,41 +185,18 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
         import cgagent.isolation.syscalls  # noqa: F401
     r, w = os.pipe2(os.O_CLOEXEC)        # child -> parent: exec failure reason; EOF = exec happened
     go_r, go_w = os.pipe2(os.O_CLOEXEC)  # parent -> child: "you are in your cgroup now"
-    pid, in_place = _fork_into(into)
+    try:
+        pid, in_place = (parked(cmd, env, stdio, w, go_r), True) if parked is not None else _fork_into(into)
+    except BaseException:
+        for fd in (r, w, go_r, go_w):
+            os.close(fd)
+        raise
     if pid == 0:  # child: no Python-level cleanup may run here, so every path ends in exec or _exit
-        stage = "setup"
         try:
             os.close(r)
             os.close(go_w)
-            if os.read(go_r, 1) != b"1":
-                os._exit(125)
-            argv = cmd
-            if child_setup is not None:
-                wrapper = child_setup()
-                if wrapper:
-                    stage = "exec"
-                    _check_command(cmd[0], (env if env is not None else os.environ).get("PATH"))
-                    argv = [*wrapper, *cmd]
-            stage = "exec"
-            if stdio is not None:
-                for target, fd in enumerate(stdio):
-                    os.dup2(fd, target)
-            for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *FORWARDED):
-                signal.signal(s, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            # imported here: a host run pays for ctypes in the child only; an isolated child has it already
-            from cgagent.isolation.syscalls import cloexec_from
-
-            cloexec_from(3 + keep_fds)   # last: the exec-failure pipe `w` is already close-on-exec
-            if env is None:
-                os.execvp(argv[0], argv)
-            else:
-                os.execvpe(argv[0], argv, env)
-        except OSError as e:
-            os.write(w, f"{stage}:{e.errno}:{e}".encode())
-        except BaseException as e:
-            os.write(w, f"{stage}:0:{e}".encode())
-        os._exit(127)
+        finally:
+            child(cmd, env, stdio, child_setup, keep_fds, w, go_r)
     os.close(w)
     os.close(go_r)
     try:

@@ -36,7 +36,7 @@ SCOPE_PREFIX = "cgagent-"
 
 @dataclass
 class Leftover:
-    kind: str                    # damaged | orphaned | overlay | temp | flag
+    kind: str                    # damaged | orphaned | overlay | temp | flag | pool
     name: str | None             # the workload it belonged to
     what: str                    # a path, or a workload's cgroup
     undo: Callable[[], None] = field(repr=False, default=lambda: None)
@@ -170,6 +170,24 @@ def find(store: Store, host: Host, only: str | None = None, image_root: str | No
             out.append(Leftover("orphaned", n, what, _destroy(host, dirs, unit), _procs(host, dirs)))
     out += _overlays(good, names, image_root)
     out += _temp_and_flags(store, valid | damaged.keys(), only)
+    if only is None:
+        out += _pools(parents)
+    return out
+
+
+def _pools(parents: set[str]) -> list[Leftover]:
+    """The agent's pool cgroups (cgagent.zygote) that a killed agent left: without a process. A live
+    one holds its zygote, and is its agent's to remove."""
+    from cgagent.cgroups import fs
+    from cgagent.zygote import POOL_PREFIX
+
+    out = []
+    for p in sorted(parents):
+        with contextlib.suppress(OSError):
+            for n in sorted(os.listdir(p)):
+                d = os.path.join(p, n)
+                if n.startswith(POOL_PREFIX) and os.path.isdir(d) and not fs.procs(d):
+                    out.append(Leftover("pool", None, d, partial(os.rmdir, d)))
     return out
 
 
@@ -234,7 +252,7 @@ def remove(store: Store, items: list[Leftover]) -> list[str]:
     """Undo each, cgroups (the running processes) first, then files; -> lines of what failed.
     The caller holds store.lock() since before find(): a `run` cannot then make a record and a
     cgroup in between that would look like a leftover."""
-    order = {"orphaned": 0, "overlay": 1, "damaged": 2, "temp": 3, "flag": 4}
+    order = {"orphaned": 0, "pool": 0, "overlay": 1, "damaged": 2, "temp": 3, "flag": 4}
     failed = []
     from cgagent.runtime.parents import prune_parents
     from cgagent.runtime.stopflag import clear_stop, request_stop

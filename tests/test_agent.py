@@ -18,7 +18,7 @@ import pytest
 from cgagent.api import server
 from cgagent.api.client import Client, Response, workload_url
 from tests.conftest import Env
-from tests.exporter_helpers import Agent, agent, value
+from tests.exporter_helpers import Agent, agent, poll, value
 
 pytestmark = [pytest.mark.root]
 
@@ -313,3 +313,58 @@ def test_the_clients_default_state_dir_is_the_stores() -> None:
     from cgagent.api import client
 
     assert client.DEFAULT_STATE_DIR == state.DEFAULT_STATE_DIR
+
+
+# --- fastlaunch: the launcher's pool cgroups (cgagent.zygote) on cgroup v1
+
+def _pools(cg: Env) -> list[str]:
+    from cgagent.zygote import POOL_PREFIX
+
+    return [os.path.join(r, n) for r in cg.roots if os.path.isdir(r)
+            for n in os.listdir(r) if n.startswith(POOL_PREFIX)]
+
+
+def test_pool_cgroups_are_never_workloads_and_go_with_a_killed_agent(cg: Env) -> None:
+    from cgagent import host as hostmod
+
+    if hostmod.detect().is_v2:
+        pytest.skip("the pool is for cgroup v1 (v2 launches with clone3(CLONE_INTO_CGROUP))")
+    a = Agent(cg)
+    try:
+        cg.run("run", "-d", "--name", "keep", "--", "sleep", "300", check=True)   # the parent exists now
+        assert poll(lambda: _pools(cg), 30), "the launcher made no pool cgroup at idle"
+        r = cg.run("run", "--rm", "--name", "fg", "--", "cat", "/proc/self/cgroup", check=True)
+        # the pool cgroup it ran in was renamed to the workload's before it ran
+        assert any(ln.endswith("/fg") for ln in r.stdout.splitlines()) and "pool" not in r.stdout, r.stdout
+        rows = Client(server.socket_path(cg.state_dir)).json("GET", "/v1/ps", query={"all": True})
+        assert [row["name"] for row in rows] == ["keep"]
+        a.proc.send_signal(signal.SIGKILL)   # its launcher sees the end of its socket: the pool goes
+        assert poll(lambda: not _pools(cg), 30), _pools(cg)
+    finally:
+        a.stop()
+    cg.run("rm", "-f", "keep", check=True)
+
+
+def test_prune_removes_the_pool_cgroups_a_crash_left_and_no_live_one(cg: Env) -> None:
+    from cgagent import host as hostmod
+    from cgagent.cgroups import fs
+    from cgagent.zygote import POOL_PREFIX
+
+    if hostmod.detect().is_v2:
+        pytest.skip("the pool is for cgroup v1")
+    cg.run("run", "-d", "--name", "keep", "--", "sleep", "300", check=True)
+    with agent(cg):
+        def settled() -> list[str] | None:   # both runners' pools made, each with its zygote in it
+            ds = _pools(cg)
+            roots = [r for r in cg.roots if os.path.isdir(r)]
+            return ds if len(ds) == 2 * len(roots) and all(fs.procs(d) for d in ds) else None
+
+        live = poll(settled, 30)
+        assert isinstance(live, list), _pools(cg)
+        left = [os.path.join(r, POOL_PREFIX + "00000000-dead") for r in cg.roots if os.path.isdir(r)]
+        for d in left:   # as a SIGKILLed runner leaves it: empty
+            os.mkdir(d)
+        out = cg.run("prune", check=True).stdout
+        assert all(not os.path.exists(d) for d in left) and all(d in out for d in left), out
+        assert all(os.path.isdir(d) for d in live), out   # each holds its zygote: its agent's
+    cg.run("rm", "-f", "keep", check=True)

@@ -6,7 +6,8 @@ agent refuses is answered as any other (JSON error). Else it answers `101 Switch
 caller then sends one byte "F" carrying its fds 0, 1 and 2, and afterwards a line "N\\n" for each
 signal N it receives; the agent answers one line "exit CODE\\n" when the workload's supervisor ends.
 
-The supervisor is a process forked from the agent (its modules loaded: no interpreter start-up) that
+The supervisor is a process that the agent's launcher forks (cgagent.api.launcher: single-threaded,
+the agent's modules loaded, no interpreter start-up); it
 does what the direct path's `cgagent run` does, in its own session, with the caller's fds as its
 stdio: its errors reach the caller's stderr as one line, as they would directly. Should the agent go
 away meanwhile, the supervisor goes on and records the exit (`cgagent ps -a` shows it)."""
@@ -20,9 +21,12 @@ import select
 import signal
 import socket
 import sys
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cgagent.errors import CgagentError
+
+if TYPE_CHECKING:   # the agent's side: not for the thin client, which imports this module for run_attached
+    from cgagent.api.launcher import Launched, Launcher, Op
 
 PROTOCOL = "cgagent-stdio"
 MAX_LINE = 64
@@ -49,6 +53,9 @@ def _close_inherited(keep: set[int]) -> None:
     """In a process forked from the agent: every fd of the agent's goes (its listening sockets, other
     callers' connections, its files). A restarted agent can bind again, the caller sees the agent's
     end and not ours, and nothing of the agent's is reachable from the request (`-w /proc/self/fd/N`)."""
+    from cgagent import zygote
+
+    keep = keep | zygote.held_fds()   # the runner's zygote: the launch may use it (cgagent.zygote)
     fds = [int(n) for n in os.listdir("/proc/self/fd")]
     for fd in fds:
         if fd > 2 and fd not in keep:
@@ -94,37 +101,6 @@ def _become_child(caller: Caller, stdio: list[int], keep: set[int] | None = None
     caller.enter()
 
 
-def _fork() -> int:
-    """os.fork, at a moment when no other thread is importing a module. The child has only this
-    thread: a module lock another thread held at fork stays held, and the child's first import of that
-    module (a concurrent `ps` importing cgagent.runtime) would wait forever. So: under the global
-    import lock, which keeps any new import from starting, wait for the imports under way to end."""
-    import _imp
-    import importlib
-    import threading
-    from importlib import _bootstrap
-
-    for f in (sys.stdout, sys.stderr):
-        f.flush()   # nothing of the agent's own output may be written twice
-    while True:
-        _imp.acquire_lock()
-        locks: dict[str, Any] = getattr(_bootstrap, "_module_locks", {})
-        # count: an int up to 3.11, a list since 3.12; empty or 0 when free
-        busy = [n for n, ref in list(locks.items())
-                if (lock := ref()) is not None and getattr(lock, "count", None)
-                and getattr(lock, "owner", None) != threading.get_ident()]   # this thread's: not waited for
-        if not busy:
-            break
-        _imp.release_lock()
-        with contextlib.suppress(Exception):
-            importlib.import_module(busy[0])   # returns once the other thread's import of it ended
-    try:
-        pid = os.fork()
-    finally:
-        _imp.release_lock()   # in both: the child inherits this thread's hold (CPython reinits it so)
-    return pid
-
-
 def _request(fields: dict[str, Any], host: Any, store: Any) -> Any:
     """The run request, built in the caller's context: the defaults that come from the environment
     (CGAGENT_DEFAULT_NET, CGAGENT_ROOT, PATH, `-e NAME`) and relative paths are the caller's."""
@@ -133,36 +109,101 @@ def _request(fields: dict[str, Any], host: Any, store: Any) -> Any:
     return request(fields, host, store.root)
 
 
-def run_detached_as(caller: Caller, fields: dict[str, Any], host: Any, store: Any) -> str:
+class Pool:
+    """The launcher's pool cgroups (cgagent.zygote), on cgroup v1 with the cgroupfs driver, in the
+    default parent (the agent's environment's). The pool makes that parent (remembered as a
+    workload's parents are, pruned once the pool is gone) only once the launcher has seen it exist,
+    that is once a workload was made there: an agent that launched nothing makes no cgroup."""
+
+    def __init__(self, host: Any, store: Any) -> None:
+        self.host, self.store = host, store
+        self.parent: str | None = None
+        self.dirs: dict[str, str] | None = None
+        self.seen = False
+
+    def _probe(self) -> dict[str, str] | None:
+        from cgagent.api.runreq import request
+        from cgagent.cgroups import new_manager
+        from cgagent.runtime import select_driver
+
+        if self.dirs is None:
+            req = request({"cmd": ["--", "true"]}, self.host, self.store.root)   # the agent's defaults
+            if select_driver(self.host, req.driver) != "cgroupfs":
+                return None
+            mgr = new_manager(self.host, "cgroupfs", req.parent, "x")
+            if mgr.mode != "v1":
+                return None   # v2: clone3(CLONE_INTO_CGROUP) needs no pool (cgagent.launch)
+            self.parent, self.dirs = req.parent, mgr.dirs
+        return self.dirs
+
+    def look(self) -> None:
+        """In the launcher, before it forks a runner."""
+        with contextlib.suppress(Exception):
+            dirs = self._probe()
+            here = dirs is not None and all(os.path.isdir(os.path.dirname(d)) for d in dirs.values())
+            self.seen = self.seen or here
+
+    def sweep(self) -> None:
+        """At the agent's start: remove the pool cgroups a killed agent (or runner) of this state dir
+        left in the default parent (its own only: their names carry the state dir's hash)."""
+        from cgagent.cgroups import manager_for
+
+        with contextlib.suppress(Exception):   # nothing to sweep, or not ours to: the launches go on
+            dirs = self._probe()
+            if dirs is None:
+                return
+            prefix = pool_name(self.store)
+            names = {n for d in dirs.values() if os.path.isdir(os.path.dirname(d))
+                     for n in os.listdir(os.path.dirname(d)) if n.startswith(prefix)}
+            for n in names:
+                with contextlib.suppress(Exception):
+                    manager_for(self.host, {c: os.path.join(os.path.dirname(d), n) for c, d in dirs.items()}).destroy()
+
+    def park(self) -> None:
+        """In a runner the launcher forked ahead of its request."""
+        from cgagent import zygote
+        from cgagent.cgroups import new_manager
+        from cgagent.runtime.parents import remember_parents
+
+        if not self.seen or self.parent is None:
+            return
+        mgr = new_manager(self.host, "cgroupfs", self.parent, pool_name(self.store) + os.urandom(4).hex())
+        made = mgr.made_by_create()
+        if not made.empty():
+            with self.store.lock():
+                remember_parents(self.store, made)
+        zygote.park(mgr.dirs, mgr.create, mgr.apply)
+
+
+def pool_name(store: Any) -> str:
+    """The pool cgroups' names of the agent on `store` begin with this: a sweep removes its own only."""
+    import hashlib
+
+    from cgagent import zygote
+
+    return zygote.POOL_PREFIX + hashlib.sha256(store.root.encode()).hexdigest()[:8] + "-"
+
+
+def ops(host: Any, store: Any) -> dict[str, Op]:
+    """What the launcher (cgagent.api.launcher) runs in the processes it forks."""
+    return {"detached": lambda fields, fds: _detached(fields, fds, host, store),
+            "attached": lambda fields, fds: _attached(fields, fds, host, store)}
+
+
+def run_detached_as(launcher: Launcher, fields: dict[str, Any]) -> str:
     """runtime.run_detached in a process of the caller's context; what it prints on stderr is
     printed here (the request's capture takes it to the caller). -> the workload's name."""
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = _fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(out_r)
-            os.close(err_r)
-            null = os.open(os.devnull, os.O_RDWR)
-            _become_child(caller, [null, null, err_w], {out_w})
-            from cgagent.runtime import run_detached
-
-            name = run_detached(_request(fields, host, store), host, store)
-            os.write(out_w, b"ok:" + name.encode())
-            code = 0
-        except CgagentError as e:
-            os.write(out_w, f"err:{e.exit_code}:{e}".encode())
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-            os._exit(code)
-    os.close(out_w)
-    os.close(err_w)
+    try:
+        child = launcher.launch("detached", fields, [err_w, out_w])
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
     try:
         with os.fdopen(err_r, "rb") as err:
             printed = err.read(64 * 1024).decode(errors="replace")
@@ -171,7 +212,8 @@ def run_detached_as(caller: Caller, fields: dict[str, Any], host: Any, store: An
             msg += chunk
     finally:
         os.close(out_r)
-        os.waitpid(pid, 0)
+        child.exit_code()
+        child.close()
     if printed:
         sys.stderr.write(printed)
     text = msg.decode(errors="replace")
@@ -183,16 +225,40 @@ def run_detached_as(caller: Caller, fields: dict[str, Any], host: Any, store: An
     raise CgagentError("the agent's run process failed", "see the agent's log", 1)
 
 
-def spawn_supervisor(caller: Caller, fields: dict[str, Any], host: Any, store: Any, stdio: list[int]) -> int:
-    """Fork the foreground run's supervisor with `stdio` as its 0, 1, 2; -> its pid."""
+def _detached(fields: dict[str, Any], fds: list[int], host: Any, store: Any) -> int:
+    err_w, out_w = fds
+    code = 1
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        _become_child(Caller.of(fields), [null, null, err_w], {out_w})
+        from cgagent.runtime import run_detached
+
+        name = run_detached(_request(fields, host, store), host, store)
+        os.write(out_w, b"ok:" + name.encode())
+        code = 0
+    except CgagentError as e:
+        os.write(out_w, f"err:{e.exit_code}:{e}".encode())
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+    return code
+
+
+def spawn_supervisor(launcher: Launcher, fields: dict[str, Any], stdio: list[int]) -> Launched:
+    """Have the launcher fork the foreground run's supervisor with `stdio` as its 0, 1, 2."""
+    return launcher.launch("attached", fields, stdio)
+
+
+def _attached(fields: dict[str, Any], stdio: list[int], host: Any, store: Any) -> int:
     from cgagent.errors import OWN_ERROR, report, run_code
 
-    pid = _fork()
-    if pid != 0:
-        return pid
     code = OWN_ERROR
     try:
-        _become_child(caller, stdio)
+        _become_child(Caller.of(fields), stdio)
         from cgagent.runtime import run_foreground
 
         code = run_foreground(_request(fields, host, store), host, store)
@@ -208,41 +274,41 @@ def spawn_supervisor(caller: Caller, fields: dict[str, Any], host: Any, store: A
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
-        os._exit(code)
+    return code
 
 
-def relay(sock: socket.socket, pid: int) -> None:
+def relay(sock: socket.socket, child: Launched) -> None:
     """Forward the caller's signal lines to the supervisor until it exits; send its exit code."""
-    from cgagent.launch import FORWARDED, exit_code
+    from cgagent.launch import FORWARDED
 
-    pidfd = os.pidfd_open(pid)
     buf = b""
     listening = True
-    try:
-        while True:
-            ready: list[int] = select.select([pidfd, sock.fileno()] if listening else [pidfd], [], [])[0]
-            if sock.fileno() in ready:
-                try:
-                    data = sock.recv(MAX_LINE)
-                except OSError:
-                    data = b""
-                if not data:
-                    listening = False   # the caller is gone: the supervisor still records the end
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip().isdigit() and int(line) in FORWARDED:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, int(line))
-                if len(buf) > MAX_LINE:
-                    listening = False   # not our protocol: stop reading it
-            if pidfd in ready:
-                code = exit_code(os.waitpid(pid, 0)[1])
-                with contextlib.suppress(OSError):
-                    sock.sendall(f"exit {code}\n".encode())
-                return
-    finally:
-        os.close(pidfd)
+    while True:
+        watched = [child.reply.fileno(), sock.fileno()] if listening else [child.reply.fileno()]
+        ready: list[int] = select.select(watched, [], [])[0]
+        if sock.fileno() in ready:
+            try:
+                data = sock.recv(MAX_LINE)
+            except OSError:
+                data = b""
+            if not data:
+                listening = False   # the caller is gone: the supervisor still records the end
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip().isdigit() and int(line) in FORWARDED:
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(child.pidfd, int(line))
+            if len(buf) > MAX_LINE:
+                listening = False   # not our protocol: stop reading it
+        if child.reply.fileno() in ready:
+            code = child.exit_code()
+            if code is None:
+                raise CgagentError("the agent's launcher went away while the workload ran",
+                                   "see `cgagent ps -a`", 1)
+            with contextlib.suppress(OSError):
+                sock.sendall(f"exit {code}\n".encode())
+            return
 
 
 # --- the caller's side
@@ -252,6 +318,10 @@ def run_attached(path: str, body: dict[str, Any]) -> int:
     import json
 
     from cgagent.api.client import Declined
+
+    # now, before the workload exists: what it writes on our stderr must not interleave with what
+    # an import prints there (python -X importtime)
+    from cgagent.launch import FORWARDED
 
     data = json.dumps(body).encode()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -279,19 +349,17 @@ def run_attached(path: str, body: dict[str, Any]) -> int:
                 raise CgagentError(f"the agent answered {status_line!r} to a foreground run",
                                    "see the agent's log", 1) from None
         s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
-        return _wait_exit(s)
+        return _wait_exit(s, FORWARDED)
     finally:
         s.close()
 
 
-def _wait_exit(s: socket.socket) -> int:
-    from cgagent.launch import FORWARDED
-
+def _wait_exit(s: socket.socket, forwarded: tuple[signal.Signals, ...]) -> int:
     def forward(signum: int, _frame: Any) -> None:
         with contextlib.suppress(OSError):
             s.sendall(f"{signum}\n".encode())
 
-    old = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    old = {sig: signal.signal(sig, forward) for sig in forwarded}
     try:
         buf = b""
         while b"\n" not in buf:

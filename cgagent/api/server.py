@@ -157,11 +157,13 @@ def confinement(status: str = "/proc/self/status") -> str | None:
 class Api:
     """The operations, each on today's runtime functions (the CLI's direct path calls the same)."""
 
-    def __init__(self, store: Store, host: Host, group: int | None, confined: str | None = None) -> None:
+    def __init__(self, store: Store, host: Host, group: int | None, confined: str | None = None,
+                 forker: Any = None) -> None:
         self.store = store
         self.host = host
         self.group = group
         self.confined = confined if confined is not None else confinement()
+        self.forker = forker   # the launcher process (cgagent.api.launcher): run needs one
 
     def launcher(self, what: str) -> None:
         """run, stop and rm make, kill and tear down what a workload has (mounts, namespaces, links):
@@ -170,6 +172,9 @@ class Api:
         if self.confined:
             raise ApiError(501, f"this agent cannot {what} workloads ({self.confined})",
                            "use the CLI without the agent (CGAGENT_DIRECT=1), or run the agent unconfined")
+        if what == "run" and self.forker is None:
+            raise ApiError(501, "this agent has no launcher process",
+                           "use the CLI without the agent (CGAGENT_DIRECT=1)")
 
     def allowed(self, peer: Peer) -> bool:
         if peer.uid in (0, os.geteuid()):
@@ -204,10 +209,9 @@ class Api:
         self.launcher("run")
         try:
             fields = check_fields(body, RUN_FIELDS, "run request")
-            caller = attach.Caller.of(fields)
             if not fields.get("detach"):
-                return Attach(fields, caller)
-            return {"name": attach.run_detached_as(caller, fields, self.host, self.store)}
+                return Attach(fields)
+            return {"name": attach.run_detached_as(self.forker, fields)}
         except CgagentError as e:
             e.exit_code = run_code(e.exit_code)   # what `cgagent run` exits with: Docker's codes
             raise
@@ -307,7 +311,6 @@ class Attach:
     """A foreground run (its fields checked): the connection becomes its stdio channel (attach.py)."""
 
     fields: dict[str, Any]
-    caller: Any
 
 
 @dataclass(frozen=True)
@@ -562,13 +565,15 @@ class Handler(web.BoundedHandler):
         fds = attach.receive_stdio(self.connection)
         if fds is None:
             return
-        api = self.server.api
         try:
-            pid = attach.spawn_supervisor(a.caller, a.fields, api.host, api.store, fds)
+            child = attach.spawn_supervisor(self.server.api.forker, a.fields, fds)
         finally:
             for fd in fds:
                 os.close(fd)
-        attach.relay(self.connection, pid)
+        try:
+            attach.relay(self.connection, child)
+        finally:
+            child.close()
 
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _dispatch
 

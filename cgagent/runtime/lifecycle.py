@@ -14,7 +14,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from cgagent import events, launch, oom, procopts, procs
+from cgagent import events, launch, oom, procopts, procs, zygote
 from cgagent.cgroups import CgroupManager, new_manager
 from cgagent.errors import CgagentError
 from cgagent.faults import fault
@@ -123,6 +123,11 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
         fault("record")
         remember_parents(store, made)
     try:
+        # a pooled cgroup with a zygote in it becomes this one (cgagent.zygote): its mkdir is a no-op then
+        # (a zygote takes argv, env and stdio, and makes an isolation's setup itself: nothing that
+        # needs more in the child (ulimits, a host command's user/dir/init, a terminal) uses one)
+        zygote.claim(dirs, usable=not req.detach and not req.preserve_fds and not req.ulimits
+                     and req.host_process is None and not req.tty)
         make(mgr, req.isolation, req.resources)
         fault("cgroup")
     except BaseException:
@@ -186,7 +191,8 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         spec = spec.with_files(files)
         fault("network")
         env, setup = make_setup(spec, netfd, store.root)
-    elif rec.process:
+    isolation_only = setup
+    if rec.process and not rec.isolation:
         host = HostProcess.from_record(rec.process)
         env = procopts.host_env(host)
     setup = procopts.child_setup(procopts.ulimits_from_record(rec.ulimits), host, setup)
@@ -200,10 +206,15 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         keeper = None if born else _place(rec, mgr, pid)
         _record_started(store, rec, mgr, pid, keeper)
 
+    parked = None
+    if setup is isolation_only and console is None:
+        parked = zygote.taker(mgr.dirs, spec.to_record() if spec else None, netfd, store.root)
+    else:
+        zygote.discard()   # claimed for a run that needs more in its child: the zygote goes, unused
     try:
         # cgroupfs on v2: the child is created in its cgroup (no cgroup.procs write, see launch.py)
         pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup, keep_fds=rec.preserve_fds,
-                           into=mgr.clone_target(), born=lambda p: place(p, born=True))
+                           into=mgr.clone_target(), born=lambda p: place(p, born=True), parked=parked)
     except BaseException:
         if netfd is not None:
             os.close(netfd)

@@ -1,0 +1,196 @@
+"""Launches without a cgroup migration on cgroup v1 (issue 14, ../shared/notes/launch-path.md).
+
+Moving a task into a cgroup (a `cgroup.procs` write) waits for an RCU grace period after a quiet
+spell: ~16 ms, most of a launch. A process forked inside its cgroup is never moved. So the agent's
+parked request runners (cgagent.api.launcher) each hold, at idle, a cgroup of their own in the
+default parent (a "pool" cgroup, named POOL_PREFIX...) with a zygote in it: a child of theirs, moved
+in then, that waits on a socket. A launch that can use it (a host run whose cgroup is in the same
+parent, supervised by the runner itself) renames the pool cgroup to the workload's name (cgroup v1
+allows a rename within the parent) instead of making one, writes the limits, and hands the zygote
+argv, environment, directory and stdio (SCM_RIGHTS): the zygote execs the workload where it is,
+as launch.spawn's child would have. Anything else discards the pool cgroup (its zygote exits on
+the socket's EOF, the directory is removed). A pool cgroup is never a workload: nothing records it,
+and a crash leaves one that the next agent start (or `cgagent prune`) removes by its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:   # the direct path asks claim() too: it must not pay for socket's import
+    import socket
+
+POOL_PREFIX = ".cgagent-pool-"
+MAX_JOB = 256 * 1024
+
+
+class _Slot:
+    def __init__(self, dirs: dict[str, str], pid: int, sock: socket.socket) -> None:
+        self.dirs = dirs
+        self.pid = pid
+        self.sock = sock
+        self.owner = os.getpid()
+        self.claimed = False
+
+
+_slot: _Slot | None = None
+
+
+def _unique(dirs: dict[str, str]) -> list[str]:
+    return list(dict.fromkeys(dirs.values()))   # controllers mounted together share a directory: one each
+
+
+def _close_all_but(keep: set[int]) -> None:
+    for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):   # the listing's own fd is already gone
+                os.close(fd)
+
+
+def park(dirs: dict[str, str], make: Callable[[], None], place: Callable[[int], None]) -> None:
+    """Make the pool cgroup `dirs` (`make`), fork this process's zygote and move it in (`place`)."""
+    import socket
+
+    global _slot
+    make()
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            mine.close()
+            _zygote(theirs)
+        finally:
+            os._exit(125)
+    theirs.close()
+    _slot = _Slot(dict(dirs), pid, mine)
+    try:
+        place(pid)
+    except BaseException:
+        discard()
+        raise
+
+
+def claim(dirs: dict[str, str], usable: bool) -> bool:
+    """Rename this process's pool cgroup to `dirs` (a new workload's, in the same parent): True when
+    done. False (the pool cgroup discarded) when there is none, it is not `usable` for this launch,
+    or it is in another parent."""
+    s = _slot
+    if s is None or s.claimed or s.owner != os.getpid():
+        return False
+    same = usable and s.dirs.keys() == dirs.keys() and all(
+        os.path.dirname(s.dirs[c]) == os.path.dirname(dirs[c]) for c in dirs)
+    renamed: list[str] = []
+    if same:
+        try:
+            for c in dirs:
+                if s.dirs[c] not in renamed:   # a directory shared by controllers: once
+                    os.rename(s.dirs[c], dirs[c])
+                    renamed.append(s.dirs[c])
+        except OSError:
+            for c in dirs:   # back to where discard() looks for them
+                if s.dirs[c] in renamed and os.path.isdir(dirs[c]):
+                    with contextlib.suppress(OSError):
+                        os.rename(dirs[c], s.dirs[c])
+            same = False
+    if not same:
+        discard()
+        return False
+    s.dirs, s.claimed = dict(dirs), True
+    return True
+
+
+def taker(dirs: dict[str, str], isolation: dict[str, Any] | None = None, netfd: int | None = None,
+          state_dir: str | None = None
+          ) -> Callable[[list[str], dict[str, str] | None, tuple[int, int, int] | None, int, int], int] | None:
+    """For launch.spawn: the zygote that waits in `dirs` (claimed by this process), else None. An
+    isolated run's zygote makes its child_setup itself (cgagent.isolation.child.make_setup) from the
+    spec's record and the network namespace's fd: the same closure spawn's child would have run."""
+    s = _slot
+    if s is None or not s.claimed or s.dirs != dirs or s.owner != os.getpid():
+        return None
+
+    def take(cmd: list[str], env: dict[str, str] | None, stdio: tuple[int, int, int] | None,
+             w: int, go_r: int) -> int:
+        import array
+        import json
+        import socket
+
+        global _slot
+        job = {"cmd": cmd, "env": dict(os.environ) if env is None else env, "cwd": os.getcwd(),
+               "isolation": isolation, "state_dir": state_dir}
+        fds = array.array("i", [w, go_r, *(stdio if stdio is not None else (0, 1, 2)),
+                                *([netfd] if netfd is not None else [])])
+        s.sock.sendmsg([json.dumps(job).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        s.sock.close()
+        _slot = None   # the workload's now: its supervisor waits for it, its cgroup is the workload's
+        return s.pid
+
+    return take
+
+
+def held_fds() -> set[int]:
+    """The fds this process must keep for its zygote (when it closes what it inherited)."""
+    s = _slot
+    return {s.sock.fileno()} if s is not None and s.owner == os.getpid() else set()
+
+
+def discard() -> None:
+    """Give up this process's pool cgroup, if it has one unclaimed: the zygote ends (EOF on its
+    socket), then the directories go."""
+    global _slot
+    s = _slot
+    if s is None or s.owner != os.getpid():
+        return
+    _slot = None
+    s.sock.close()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(s.pid, 0)
+    if not s.claimed:   # a claimed one is the workload's: its own cleanup removes it
+        for d in sorted(_unique(s.dirs), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+
+def _zygote(sock: socket.socket) -> None:
+    """Wait for a job (or EOF: discarded), then become the workload: launch's child code, here."""
+    import array
+    import json
+    import signal
+    import socket
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the agent's terminal is not ours while we wait
+    os.setsid()
+    _close_all_but({sock.fileno()})
+    fds = array.array("i")
+    try:
+        msg, anc, flags, _ = sock.recvmsg(MAX_JOB, socket.CMSG_SPACE(6 * fds.itemsize))
+    except OSError:
+        return
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if not msg or len(fds) not in (5, 6) or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        return
+    sock.close()
+    from cgagent import launch
+
+    job = json.loads(msg)
+    w, go_r, *stdio = fds
+    env, setup = job["env"], None
+    try:
+        os.chdir(job["cwd"])
+        if job.get("isolation") is not None:
+            from cgagent.isolation.child import make_setup
+            from cgagent.isolation.spec import IsolationSpec
+
+            env, setup = make_setup(IsolationSpec.from_record(job["isolation"]), stdio[3] if len(stdio) > 3 else None,
+                                    job.get("state_dir"))
+    except BaseException as e:
+        os.write(w, f"setup:{getattr(e, 'errno', 0) or 0}:{e}".encode())
+        os._exit(127)
+    # as spawn's caller has them (the isolation's relay waits for them); the child unblocks them
+    signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
+    launch.child(job["cmd"], env, (stdio[0], stdio[1], stdio[2]), setup, 0, w, go_r)
