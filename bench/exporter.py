@@ -112,6 +112,21 @@ def host_layout(n: int, meta: str) -> tuple[list[str], list[str]]:
     return sorted(rels + leaves, key=lambda r: (r.count("/"), r)), leaves
 
 
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values`, for this process's Exporter and the agent it starts."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _write_json(path: str, data: object) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -240,9 +255,12 @@ def run_size(h: Host, n: int, scrapes: int, whole_host: bool = False) -> dict[st
     with contextlib.ExitStack() as stack:
         state = stack.enter_context(tempfile.TemporaryDirectory(prefix="cgagent-bench-"))
         if whole_host:
-            # TODO(discover): point the runtime discovery at f"{state}/meta" (Docker, podman,
-            # containerd metadata written by host_layout) once exporters.targets has the hook
-            rels, leaves = host_layout(n, f"{state}/meta")
+            # the runtimes' records host_layout writes, where the discovery looks (exporters.discover.Roots)
+            meta = f"{state}/meta"
+            stack.enter_context(_env({"CGAGENT_DOCKER_ROOT": f"{meta}/docker",
+                                      "CGAGENT_PODMAN_ROOT": f"{meta}/containers/storage",
+                                      "CGAGENT_CONTAINERD_ROOT": f"{meta}/containerd"}))
+            rels, leaves = host_layout(n, meta)
             parents = stack.enter_context(cgroups(h, sub, n, rels))
             stack.enter_context(netns_workloads(parents, leaves, NETNS))
         else:

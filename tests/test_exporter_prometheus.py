@@ -79,7 +79,8 @@ def test_watcher_logs_oom_while_the_workload_keeps_running(cg: Env) -> None:
     """The OOM kills a child; the workload lives on, so only the agent's watcher can report it now."""
     with agent(cg) as srv:
         script = f"{' '.join(ALLOC[:2])} '{ALLOC[2]}'; exec sleep 1000"
-        r = cg.run("run", "-d", "--name", "survivor", "--memory", "64M", "--", "sh", "-c", script)
+        r = cg.run("run", "-d", "--name", "survivor", "--label", "team=a", "--memory", "64M", "--", "sh", "-c",
+                   script)
         assert r.returncode == 0, r.stderr
         assert poll(lambda: value(srv.samples(), "container_oom_events_total", name="survivor") == 1, 20)
         evs = oom_events(cg, "survivor")
@@ -88,7 +89,8 @@ def test_watcher_logs_oom_while_the_workload_keeps_running(cg: Env) -> None:
         assert [w["status"] for w in ps if w["name"] == "survivor"] == ["running"]
         # the supervisor reads the same kernel counter at exit: it must not count the kill again
         end(cg, "survivor")
-        assert value(srv.samples(), "container_oom_events_total", name="survivor") == 1
+        # gone, its count stays one series under the labels it had (container_label_*, image)
+        assert value(srv.samples(), "container_oom_events_total", name="survivor", container_label_team="a") == 1
     assert sum(int(e["kills"]) for e in oom_events(cg, "survivor")) == 1  # type: ignore[call-overload]
 
 

@@ -11,6 +11,11 @@ from exporters.targets import labels
 class Oom:
     name = "oom"
 
+    def __init__(self) -> None:
+        # a workload's labels as last exported (image, container_label_*): a removed workload's
+        # count stays one series, not a new one without them (after an agent restart: rebuilt)
+        self._last: dict[str, LabelSet] = {}
+
     def collect(self, scrape: Scrape) -> list[Family]:
         events = Family("container_oom_events_total", "counter", "Count of out of memory events observed for the "
                         "container (kept per workload name across agent restarts and removal).")
@@ -26,6 +31,8 @@ class Oom:
                 events.add(t.labels, n)
                 kills.add(LabelSet({"name": t.workload}), n)
                 done.add(t.workload)
+                if n:
+                    self._last[t.workload] = t.labels
                 continue
             if not t.reader.has("memory"):
                 continue
@@ -39,7 +46,8 @@ class Oom:
         if totals is not None:
             for name in sorted(counts.keys() - done):
                 # the workload is gone: its count stays, under the labels it last had
-                ls = labels(totals.cgroup.get(name, ""), name, totals.policy.get(name, ""))
+                ls = self._last.get(name) or labels(totals.cgroup.get(name, ""), name, totals.policy.get(name, ""))
                 events.add(ls, counts[name])
                 kills.add(LabelSet({"name": name}), counts[name])
+            self._last = {k: v for k, v in self._last.items() if k in counts}
         return [events, kills]
