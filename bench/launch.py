@@ -1,6 +1,7 @@
 """Launch latency (issue 2): `cgagent run -- /bin/true` beside `python3 -c pass` and `runc run` of a
 busybox bundle with the same limits, in one run. The agent's own cost is its time minus Python's
-start-up; the target is that it does not exceed runc's whole time."""
+start-up; the target is that it does not exceed runc's whole time. BENCH_BASELINE=DIR (a checkout of
+an earlier commit) adds that tree's `cgagent run` to the same interleaved rounds."""
 
 from __future__ import annotations
 
@@ -50,6 +51,14 @@ def main() -> None:
         PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"]),
         "cgagent run -- /bin/true": lambda: time_cmd(cgagent, env=env),
     }
+    base = os.environ.get("BENCH_BASELINE")
+    if base:
+        # "no slower than before": the same run from a checkout of an earlier commit (e.g. `git worktree
+        # add /tmp/base REV`), both started as `python -m cgagent` from their own tree, interleaved
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        argv = [sys.executable, "-m", "cgagent", *cgagent[1:]]
+        cases["python -m cgagent, this tree"] = lambda: time_cmd(argv, env=env, cwd=here)
+        cases[f"python -m cgagent, {base}"] = lambda: time_cmd(argv, env=env, cwd=base)
     have_runc = shutil.which("runc") is not None
     runc_root = f"{tmp}/runc-state"
     if have_runc:

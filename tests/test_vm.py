@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shlex
 import subprocess
 import xml.etree.ElementTree as ET
@@ -27,7 +28,7 @@ export CGAGENT_SYSTEMD_TIMEOUT=120
 export CGAGENT_SYSTEMD_TRACE=/mnt/job/out/systemd-retries.txt
 cd /mnt/project
 echo "guest: $(uname -r), $(systemctl --version | head -1), boot $(cut -d' ' -f1 /proc/uptime)s"
-python3 -m pytest -p no:cacheprovider -q -rA --durations=5 {guest} {select} --junitxml=/mnt/job/out/junit.xml
+python3 -m pytest -p no:cacheprovider -v -rA --durations=5 {guest} {select} --junitxml=/mnt/job/out/junit.xml
 rc=$?
 echo "guest: D-Bus silences made up for: $(cat /mnt/job/out/systemd-retries.txt 2>/dev/null | wc -l)"
 # the guest's journal outlives the VM: what systemd said around a failure
@@ -55,6 +56,14 @@ def _guest_tests() -> list[str]:
     return [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
 
 
+_RESULT = re.compile(r"^\S*::(test_\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b", re.M)
+
+
+def partial_results(log: str) -> list[tuple[str, str]]:
+    """(case, outcome) of each guest test pytest -v reported in the guest's log."""
+    return _RESULT.findall(log)
+
+
 @pytest.fixture(scope="module")
 def guest_results(tmp_path_factory: Any) -> dict[str, tuple[str, str]]:
     job = tmp_path_factory.mktemp("vmjob")
@@ -66,19 +75,31 @@ def guest_results(tmp_path_factory: Any) -> dict[str, tuple[str, str]]:
     r = subprocess.run([VM, "run", ROOT, str(job)], capture_output=True, text=True, env=env,
                        timeout=int(env["CGAGENT_VM_TIMEOUT"]) + 120)
     junit = job / "out" / "junit.xml"
-    if not junit.exists():
-        console = (job / "out" / "console.log").read_text(errors="replace")[-4000:] \
-            if (job / "out" / "console.log").exists() else ""
-        pytest.fail(f"the VM produced no results (rc {r.returncode}): {r.stderr}\n{console}")
     # one entry per guest function: its parametrized cases ("name[driver]") folded together
     cases: dict[str, list[tuple[str, str]]] = {}
-    for case in ET.parse(junit).iter("testcase"):
-        outcome, text = "passed", ""
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                outcome = "skipped" if child.tag == "skipped" else "failed"
-                text = f"{case.get('name', '')}: " + (child.get("message") or "") + "\n" + (child.text or "")
-        cases.setdefault(case.get("name", "").split("[")[0], []).append((outcome, text))
+    if not junit.exists():
+        # the VM timed out or died: what finished is in the guest's -v log; the rest did not run
+        console = (job / "out" / "console.log").read_text(errors="replace")[-4000:] \
+            if (job / "out" / "console.log").exists() else ""
+        log = (job / "out" / "log").read_text(errors="replace") if (job / "out" / "log").exists() else ""
+        done = partial_results(log)
+        if not done:
+            pytest.fail(f"the VM produced no results (rc {r.returncode}): {r.stderr}\n{console}")
+        for case, outcome in done:
+            text = f"{case}: {outcome} in the guest (its traceback was lost with the VM: see {job}/out/log)"
+            cases.setdefault(case.split("[")[0], []).append(
+                ("passed" if outcome == "PASSED" else "skipped" if outcome == "SKIPPED" else "failed", text))
+        for name in _guest_tests():
+            cases.setdefault(name, [("failed", f"{name}: did not finish before the VM stopped (rc {r.returncode}, "
+                                     f"CGAGENT_VM_TIMEOUT {env['CGAGENT_VM_TIMEOUT']} s)\n{console[-1500:]}")])
+    else:
+        for case in ET.parse(junit).iter("testcase"):
+            outcome, text = "passed", ""
+            for child in case:
+                if child.tag in ("failure", "error", "skipped"):
+                    outcome = "skipped" if child.tag == "skipped" else "failed"
+                    text = f"{case.get('name', '')}: " + (child.get("message") or "") + "\n" + (child.text or "")
+            cases.setdefault(case.get("name", "").split("[")[0], []).append((outcome, text))
     out: dict[str, tuple[str, str]] = {}
     for name, got in cases.items():
         # the guest's journal.txt and its PID 1 diagnostics (pid1-, timeout-, stall-*.txt) stay in the job dir
