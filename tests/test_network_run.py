@@ -199,3 +199,35 @@ def test_run_whose_network_setup_fails_leaves_nothing_and_the_next_run_is_whole(
     assert "10.89.0.0/16" in node.host.sh("nft", "list", "set", "ip", "cgagent", "masq").stdout
     assert node.host.fetch(None, "127.0.0.1", 8080) == "hello-from-web"
     node.ok("rm", "-f", "web")
+
+
+def test_a_bridged_workloads_download_shows_in_its_network_series(node: Node, tmp_path: object) -> None:
+    """Issue 11: a --net bridge workload downloads N bytes from a server in its host's namespace;
+    container_network_receive_bytes_total, read in the workload's own namespace, is at least N."""
+    from cgagent import host as hostmod
+    from exporters.registry import Exporter, Options
+    from tests.exporter_helpers import parse, poll, value
+
+    n = 5 << 20
+    www, out = os.path.join(str(tmp_path), "www"), os.path.join(str(tmp_path), "out")
+    os.makedirs(www)
+    os.makedirs(out)
+    with open(os.path.join(www, "blob"), "wb") as f:
+        f.write(b"x" * n)
+    srv = subprocess.Popen([*node.host.enter(), sys.executable, "-u", "-m", "http.server", "--bind", "0.0.0.0",
+                            "--directory", www, "8099"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    node.host.procs.append(srv)
+    assert srv.stdout is not None and srv.stdout.readline().startswith("Serving HTTP")
+    node.ok("run", *node.box("-d", "--name", "dl", "--net", "bridge", "-v", f"{out}:/out", "--", "sh", "-c",
+                             "wget -q -O /out/blob.tmp http://10.89.0.1:8099/blob && mv /out/blob.tmp /out/blob; "
+                             "exec sleep 1000"))
+    assert poll(lambda: os.path.exists(os.path.join(out, "blob")), 60), "the download did not finish"
+    assert os.path.getsize(os.path.join(out, "blob")) == n
+    exp = Exporter(Options(host=hostmod.detect(), state_dir=node.cg.state_dir, process_metrics=False))
+    try:
+        s = parse(exp.render().decode())
+    finally:
+        exp.close()
+    got = value(s, "container_network_receive_bytes_total", name="dl", interface="eth0")
+    assert got is not None and got >= n, got
+    assert value(s, "container_network_receive_bytes_total", name="dl", interface="lo") is None
