@@ -792,7 +792,7 @@ def test_v2sd_doctor_ps_stats_update_tell_the_truth(g: Guest) -> None:
     assert g.file("tr", "memory.swap.max") == str(64 * M) and g.file("tr", "memory.max") == str(64 * M)
     r = g("update", "tr", "--memory-swap", "32M")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert "--memory-swap 32.0MiB is smaller than the workload's memory limit 64.0MiB: give --memory-swap" in r.stderr
+    assert "--memory-swap 32M is smaller than the workload's memory limit 64M: give --memory-swap" in r.stderr
     r = g("update", "tp", "--memory-swap", "64M")
     assert r.returncode == 2 and "the workload has none: give --memory too" in r.stderr, r.stderr
 
