@@ -279,9 +279,14 @@ def build(values: Mapping[str, Any], cmd: list[str], host: Host, image: str | No
                                    + list(req.get("labels") or []))
     ulimits = procopts.parse_ulimits(list(req.get("ulimits") or []))
     stop_timeout = None if req.get("stop_timeout") is None else procopts.parse_stop_timeout(req["stop_timeout"])
-    from cgagent.isolation.spec import for_run
+    from cgagent.isolation import ISOLATION_KEYS
 
-    cmd, name, isolation = for_run(image, list(cmd), iso, req.get("name"))
+    if image is None and not iso.get("root") and not any(iso.get(k) for k in ISOLATION_KEYS):
+        cmd, name, isolation = list(cmd), req.get("name"), None   # a host run: no spec to import
+    else:
+        from cgagent.isolation.spec import for_run
+
+        cmd, name, isolation = for_run(image, list(cmd), iso, req.get("name"))
     stop_signal = req.get("stop_signal")
     if stop_signal is None and isolation is not None and isolation.image is not None:
         stop_signal = _image_stop_signal(isolation.store, isolation.image, image)

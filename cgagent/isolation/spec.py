@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cgagent.errors import CgagentError
+from cgagent.isolation import ISOLATION_KEYS
 
 # Docker's default capability set
 DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP",
@@ -35,11 +36,6 @@ NETS = ("none", "host")
 PRIVILEGED_RULES = ("c *:* rwm", "b *:* rwm")
 USERNS_BASE, USERNS_SIZE = 100000, 65536   # --userns: root inside is uid/gid 100000 on the host
 DEFAULT_ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# options that only make sense with an image or --rootfs
-# (-e, -w, -u and --init are not among them: a host command takes them too, cgagent.procopts)
-ISOLATION_KEYS = ("rootfs", "read_only", "volumes", "hostname", "net", "publish", "ip", "userns",
-                  "cap_add", "cap_drop", "security_opt", "devices", "entrypoint", "tmpfs", "mounts", "privileged",
-                  "pid", "ipc", "dns", "add_host")
 # the run option each of them comes from, for "needs an IMAGE" messages (the others: --KEY)
 ISOLATION_FLAGS = {"volumes": "-v", "devices": "--device", "mounts": "--mount", "add_host": "--add-host"}
 VOLUME_OPTS = ("ro", "rw", "dev", "nodev")
