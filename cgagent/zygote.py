@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:   # the direct path asks claim() too: it must not pay for socket's import
     import socket
 
+    from cgagent.state import Record
+
 POOL_PREFIX = ".cgagent-pool-"
 MAX_JOB = 256 * 1024
 
@@ -71,6 +73,14 @@ def park(dirs: dict[str, str], make: Callable[[], None], place: Callable[[int], 
     except BaseException:
         discard()
         raise
+
+
+def fits(rec: Record) -> bool:
+    """Whether a zygote can launch `rec`: it takes argv, env and stdio, and makes an isolation's setup
+    itself, in a run supervised by this process; nothing that needs more in the child (ulimits, a
+    host command's user/dir/init, inherited fds, a terminal) or a supervisor of its own. One answer
+    for claim()'s caller and taker()'s, so a claimed zygote is never left unused (or the reverse)."""
+    return not (rec.detached or rec.preserve_fds or rec.ulimits or rec.process or rec.tty)
 
 
 def claim(dirs: dict[str, str], usable: bool) -> bool:

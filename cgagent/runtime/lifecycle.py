@@ -124,10 +124,7 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
         remember_parents(store, made)
     try:
         # a pooled cgroup with a zygote in it becomes this one (cgagent.zygote): its mkdir is a no-op then
-        # (a zygote takes argv, env and stdio, and makes an isolation's setup itself: nothing that
-        # needs more in the child (ulimits, a host command's user/dir/init, a terminal) uses one)
-        zygote.claim(dirs, usable=not req.detach and not req.preserve_fds and not req.ulimits
-                     and req.host_process is None and not req.tty)
+        zygote.claim(dirs, usable=zygote.fits(rec))
         make(mgr, req.isolation, req.resources)
         fault("cgroup")
     except BaseException:
@@ -191,7 +188,6 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         spec = spec.with_files(files)
         fault("network")
         env, setup = make_setup(spec, netfd, store.root)
-    isolation_only = setup
     if rec.process and not rec.isolation:
         host = HostProcess.from_record(rec.process)
         env = procopts.host_env(host)
@@ -207,10 +203,10 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         _record_started(store, rec, mgr, pid, keeper)
 
     parked = None
-    if setup is isolation_only and console is None:
+    if zygote.fits(rec):   # as create() decided: then the setup is the isolation's alone, no console
         parked = zygote.taker(mgr.dirs, spec.to_record() if spec else None, netfd, store.root)
     else:
-        zygote.discard()   # claimed for a run that needs more in its child: the zygote goes, unused
+        zygote.discard()   # this process's pool cgroup, if any, has no use here: the zygote goes
     try:
         # cgroupfs on v2: the child is created in its cgroup (no cgroup.procs write, see launch.py)
         pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup, keep_fds=rec.preserve_fds,
