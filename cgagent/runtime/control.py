@@ -13,11 +13,10 @@ from cgagent import events, oom, procs
 from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
 from cgagent.host import Host
-from cgagent.images import users as image_users
 from cgagent.limits import Resources
 from cgagent.live import live_status, manager, supervisor_alive
 from cgagent.procopts import DEFAULT_STOP_TIMEOUT, signal_number
-from cgagent.runtime.lifecycle import finish, teardown_isolation
+from cgagent.runtime.lifecycle import finish, forget, teardown_isolation
 from cgagent.runtime.parents import prune_parents
 from cgagent.runtime.request import require_root
 from cgagent.runtime.stopflag import clear_stop, request_stop
@@ -136,9 +135,7 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
         oom.note(store, rec, oom.read_rec_counter(rec), "rm")
         manager(host, rec).destroy()
         teardown_isolation(rec)
-        store.delete(name)
-        image_users.release(rec.isolation, store.root, name, rec.created)
-        oom.forget(store, name)
+        forget(store, rec)
         clear_stop(store, name)
         prune_parents(store)
 

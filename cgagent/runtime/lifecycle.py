@@ -153,9 +153,15 @@ def discard(store: Store, rec: Record, mgr: CgroupManager) -> None:
     with store.lock():
         with contextlib.suppress(Exception):
             prune_parents(store)
-        store.delete(rec.name)
-        image_users.release(rec.isolation, store.root, rec.name, rec.created)
-        oom.forget(store, rec.name)
+        forget(store, rec)
+
+
+def forget(store: Store, rec: Record) -> None:
+    """Drop a workload that is gone (cgroup and isolation already removed): its record, then its hold
+    on its image, then its OOM history. Under the store's lock."""
+    store.delete(rec.name)
+    image_users.release(rec.isolation, store.root, rec.name, rec.created)
+    oom.forget(store, rec.name)
 
 
 def teardown_isolation(rec: Record) -> None:
@@ -319,9 +325,7 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
                               started=rec.started)
             clear_stop(store, name)
             if rec.auto_remove:
-                store.delete(name)
-                image_users.release(rec.isolation, store.root, name, rec.created)
-                oom.forget(store, name)
+                forget(store, rec)
             else:
                 store.save(rec)
         prune_parents(store)
