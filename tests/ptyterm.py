@@ -96,3 +96,17 @@ def shell_session(t: Term, isolated: bool = True) -> None:
     t.expect(rb"50 132\r\n")
     assert t.wait() == 3
     assert t.restored()
+
+
+def attach_session(argv: list[str], env: dict[str, str], terms: list[Term],
+                   prepare: Callable[[], None] | None = None) -> None:
+    """`attach` (argv) to a `run -dit` shell from a terminal of another size: the shell sees ours and
+    answers, then Ctrl-P Ctrl-Q detaches: the CLI exits 0 with our settings restored. Whether the
+    workload runs on is the caller's to check. The Term goes into `terms` (closed after the test)."""
+    a = Term(argv, env, rows=30, cols=100, prepare=prepare)
+    terms.append(a)
+    a.send(b"stty size; echo at-$((40+2))\r")   # the sum: the echo of the typed line cannot match
+    a.expect(rb"30 100\r\n")
+    a.expect(rb"at-42\r\n")
+    a.send(b"\x10\x11")
+    assert a.wait() == 0 and a.restored()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests import ptyterm
-from tests.ptyterm import Term, shell_session
+from tests.ptyterm import Term, attach_session, shell_session
 from tests.systemd_ns import CLI, SYSTEMD, SystemdNamespace, running
 
 M = 1024 * 1024
@@ -615,13 +615,7 @@ def test_run_it_and_attach_under_the_systemd_driver(sdns: SystemdNamespace, cli:
     shell_session(t, isolated=False)
     _ok(cli("run", "-dit", "--name", "tt", "--", "sh"))
     assert _units(sdns) == ["cgagent-tt.scope"]
-    a = Term(sdns._enter() + cli.argv("attach", "tt"), cli.env, rows=30, cols=100, prepare=sdns._join)
-    terms.append(a)
-    a.send(b"stty size; echo at-$((40+2))\r")
-    a.expect(rb"30 100\r\n")
-    a.expect(rb"at-42\r\n")
-    a.send(b"\x10\x11")
-    assert a.wait() == 0 and a.restored()
+    attach_session(sdns._enter() + cli.argv("attach", "tt"), cli.env, terms, prepare=sdns._join)
     assert cli.record("tt")["status"] == "running"
     _ok(cli("rm", "-f", "tt"))
 # --- flagsrt ---

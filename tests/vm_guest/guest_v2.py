@@ -1103,7 +1103,7 @@ def test_series_v2_io_stat_and_cadvisor_spec(io_loop: tuple[Guest, str, str], dr
 # + `attach` + Ctrl-P Ctrl-Q leave it running.
 
 from tests import ptyterm  # noqa: E402
-from tests.ptyterm import Term, shell_session  # noqa: E402
+from tests.ptyterm import Term, attach_session, shell_session  # noqa: E402
 
 
 @pytest.fixture
@@ -1127,13 +1127,7 @@ def test_pty_run_exec_attach_under_systemd_on_v2(box: Box, terms: list[Term]) ->
     shell_session(x)
     box.ok("rm", "-f", "ptyx")
     box.ok("run", "-dit", "--name", "ptya", *drv, "busybox:test", "sh")
-    a = Term([*cgagent, "attach", "ptya"], _pty_env(box), rows=30, cols=100)
-    terms.append(a)
-    a.send(b"stty size; echo at-$((40+2))\r")
-    a.expect(rb"30 100\r\n")
-    a.expect(rb"at-42\r\n")
-    a.send(b"\x10\x11")
-    assert a.wait() == 0 and a.restored()
+    attach_session([*cgagent, "attach", "ptya"], _pty_env(box), terms)
     assert box.g.record("ptya")["status"] == "running" and scopes() == ["cgagent-ptya.scope"]
     box.ok("rm", "-f", "ptya")
 
