@@ -88,11 +88,12 @@ class Launcher:
 
     @classmethod
     def fork(cls, ops: dict[str, Op], park: Callable[[], None] | None = None,
-             look: Callable[[], None] | None = None) -> Launcher:
+             look: Callable[[], None] | None = None, prepare: Callable[[], None] | None = None) -> Launcher:
         """Fork the launcher. Only while this process has one thread: the point of it. `park` runs
         in each runner forked ahead of a request (at idle): what it prepares (cgagent.zygote) the
         request may use; `look` runs in the launcher before each such fork (what it learns, the
-        runner inherits)."""
+        runner inherits); `prepare` runs once in the launcher, first (what a launch imports: loaded
+        there, not in the agent, whose memory it would only grow)."""
         if len(os.listdir("/proc/self/task")) != 1:
             raise RuntimeError("the launcher must be forked before the agent starts any thread")
         ours, theirs = socket.socketpair(socket.AF_UNIX, SEQPACKET)
@@ -103,6 +104,8 @@ class Launcher:
             code = 0
             try:
                 ours.close()
+                if prepare is not None:
+                    prepare()
                 _Launcher(theirs, ops, park, look).serve()
             except BaseException:
                 import traceback
