@@ -72,6 +72,7 @@ class Discovery:
                                    "give an existing cgroup path (e.g. /system.slice), or --discover for the "
                                    "whole host")
         self.namer = Namer(roots)
+        self.tree = tree.Watched(host)
         self._cache: dict[tuple[object, ...], Target] = {}
         self._records: dict[str, tuple[tuple[int, int], Record | None]] = {}
 
@@ -123,7 +124,7 @@ class Discovery:
     # --- watched roots
 
     def _watched(self, root: str, seen: set[str]) -> list[Target]:
-        every = tree.below(self.host, root)
+        every = self.tree.below(root)
         parents = {f.id.rpartition("/")[0] or "/" for f in every}
         found = [f for f in every if f.id not in seen]
         metas = [self.namer.meta(f.id, f.id not in parents) for f in found]
@@ -145,6 +146,9 @@ class Discovery:
             t = Target(cid, name, policy, dirs, workload, meta, gen)
             t.key = key
         return t
+
+    def close(self) -> None:
+        self.tree.close()
 
     def targets(self, recs: list[Record]) -> list[Target]:
         out = self._workload_targets(recs)
