@@ -39,6 +39,10 @@ def preload() -> None:
         from cgagent.network.netns import _iproute_class
 
         _iproute_class()
+    with contextlib.suppress(Exception):   # libnftables and its libraries (dlopen: ~2 ms a bridged run)
+        from cgagent.network import libnft
+
+        libnft.library()
 
 
 @dataclass

@@ -31,6 +31,7 @@ import subprocess
 from typing import Any
 
 from cgagent.errors import CgagentError
+from cgagent.network import libnft
 
 TABLE = "cgagent"
 ANY = "0.0.0.0"
@@ -98,15 +99,22 @@ table ip {TABLE} {{
 _IP_SETS = ("bridges", "overlays", "intra", "masq", "internal", "ports", "ports_at")
 
 
-def _run(args: list[str], script: str | None = None) -> subprocess.CompletedProcess[str]:
+def _run(cmd: str, json_out: bool = False) -> libnft.Result:
+    """`cmd` (an nft script) through libnftables in this process, else through the `nft` program."""
+    lib = libnft.library()
+    if lib is not None:
+        return lib.run(cmd, json_out)
+    # a listing as arguments: `nft -f -` answers 0 and nothing for a table that does not exist
+    args = ["-j", *cmd.split()] if json_out else ["-f", "-"]
     try:
-        return subprocess.run(["nft", *args], input=script, capture_output=True, text=True)
+        p = subprocess.run(["nft", *args], input=None if json_out else cmd, capture_output=True, text=True)
     except FileNotFoundError:
         raise CgagentError("nft is not installed", "install nftables (apt-get install nftables)") from None
+    return libnft.Result(p.returncode, p.stdout, p.stderr)
 
 
-def _nft(script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = _run(["-f", "-"], script)
+def _nft(script: str, check: bool = True) -> libnft.Result:
+    res = _run(script)
     if check and res.returncode != 0:
         raise CgagentError(f"nft failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else '?'}",
                            "see `nft list table ip cgagent`")
@@ -115,7 +123,7 @@ def _nft(script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def _snapshot(family: str = "ip") -> dict[str, list[Any]] | None:
     """set/map name -> its elements, in one `nft -j list table`; None when the table does not exist."""
-    res = _run(["-j", "list", "table", family, TABLE])
+    res = _run(f"list table {family} {TABLE}", json_out=True)
     if res.returncode != 0:
         return None
     out: dict[str, list[Any]] = {}
@@ -310,5 +318,5 @@ def check_installed() -> None:
     """Before anything is made: a missing nft is one line, not a half-made network."""
     import shutil
 
-    if shutil.which("nft") is None:
+    if libnft.library() is None and shutil.which("nft") is None:
         raise CgagentError("nft is not installed", "install nftables (apt-get install nftables)")
