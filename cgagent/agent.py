@@ -26,7 +26,8 @@ PRELOAD = ("cgagent.runtime", "cgagent.runtime.supervisor", "cgagent.launch", "c
            "cgagent.cgroups.v1.reader", "cgagent.cgroups.v2", "cgagent.cgroups.v2.reader", "cgagent.api.attach",
            "cgagent.api.runreq", "cgagent.isolation.spec", "cgagent.isolation.syscalls", "cgagent.isolation.child",
            "cgagent.isolation.rootfs", "cgagent.isolation.namespaces", "cgagent.network.workload",
-           "cgagent.network.attach", "cgagent.network.config", "cgagent.network.netns")
+           "cgagent.network.attach", "cgagent.network.config", "cgagent.network.netns", "cgagent.images.store",
+           "cgagent.isolation.flags")
 
 
 def preload() -> None:
