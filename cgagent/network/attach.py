@@ -313,7 +313,7 @@ def _plumb(net: Network, att: Attachment, root: str | None) -> None:
         fault("bridge")
         veth.create(ipr, att.host_if, br, att.netns, att.mac)
         fault("veth")
-        veth.configure_inside(att.netns, "eth0", att.address, att.prefixlen, att.gateway)
+        veth.configure_inside(att.netns, "eth0", att.address, att.prefixlen, att.gateway, mac=att.mac)
         fault("inside")
     finally:
         ipr.close()

@@ -16,7 +16,9 @@ def create(ipr: Any, host_name: str, bridge_idx: int, ns_path: str, mac: str, in
     """The pair, `inner` (with MAC `mac`, which the anti-spoofing rule names) inside the namespace."""
     fd = netns.open_ns(ns_path)
     try:
-        ipr.link("add", ifname=host_name, kind="veth", peer={"ifname": inner, "net_ns_fd": fd, "address": mac})
+        # on the bridge and up as it is born: one request, where add + lookup + set were three
+        ipr.link("add", ifname=host_name, kind="veth", master=bridge_idx, state="up",
+                 peer={"ifname": inner, "net_ns_fd": fd, "address": mac})
     except Exception as e:
         if getattr(e, "code", None) == EEXIST:
             raise CgagentError(f"the workload already has an interface named {inner}",
@@ -26,13 +28,15 @@ def create(ipr: Any, host_name: str, bridge_idx: int, ns_path: str, mac: str, in
         import os
 
         os.close(fd)
-    idx = ipr.link_lookup(ifname=host_name)[0]
-    ipr.link("set", index=idx, master=bridge_idx, state="up")
+
+
+LOOPBACK_INDEX = 1   # lo is interface 1 in every network namespace
 
 
 def configure_inside(ns_path: str, ifname: str, address: str, prefixlen: int, gateway: str | None,
-                     rename_to: str | None = None) -> str:
-    """Inside the workload: (rename,) address, up, lo up, default route. -> the interface's MAC."""
+                     rename_to: str | None = None, mac: str | None = None) -> str:
+    """Inside the workload: (rename,) address, up, lo up, default route. -> the interface's MAC
+    (`mac` when the caller gave it one, else asked)."""
     ipr = netns.iproute(ns_path)
     try:
         idx = ipr.link_lookup(ifname=ifname)[0]
@@ -40,13 +44,10 @@ def configure_inside(ns_path: str, ifname: str, address: str, prefixlen: int, ga
             ipr.link("set", index=idx, ifname=rename_to)
         ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
         ipr.link("set", index=idx, state="up")
-        lo = ipr.link_lookup(ifname="lo")
-        if lo:
-            ipr.link("set", index=lo[0], state="up")
+        ipr.link("set", index=LOOPBACK_INDEX, state="up")
         if gateway:
             ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
-        mac = ipr.get_links(idx)[0].get("address")
-        return str(mac)
+        return mac or str(ipr.get_links(idx)[0].get("address"))
     finally:
         ipr.close()
 
