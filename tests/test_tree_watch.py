@@ -3,11 +3,16 @@ taken again only when the kernel reports a cgroup made, removed or renamed (real
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 from cgagent import host as hostmod
 from cgagent.cgroups import tree
 from tests.conftest import Env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ids(found: list[tree.Found]) -> list[tuple[str, tuple[tuple[str, str], ...], int]]:
@@ -68,3 +73,48 @@ def test_without_inotify_every_call_lists_again(cg: Env) -> None:
     assert w.listings == k
     assert _ids(w.below(cg.parent)) != first and w.listings == 2 * k
     w.close()
+
+
+CHILD = r"""
+import json, sys
+from cgagent import host as hostmod
+from cgagent.cgroups import tree
+with open("/proc/sys/user/max_inotify_watches", "w") as f:   # this user namespace's own limit
+    f.write("3")
+h, root = hostmod.detect(), sys.argv[1]
+w = tree.Watched(h)
+ids = lambda found: [f.id for f in found]
+for _ in range(2):
+    print(json.dumps({"same": ids(w.below(root)) == ids(tree.below(h, root)), "n": len(w.below(root)),
+                      "watching": w._in is not None}), flush=True)
+    sys.stdin.readline()   # the test makes one more cgroup
+"""
+
+
+def test_past_the_watch_limit_every_call_lists_again(cg: Env) -> None:
+    """In a user namespace whose inotify watch limit is 3, far fewer than the cgroups below the root:
+    the listing stays complete and follows a new cgroup, with no watch kept."""
+    h = hostmod.detect()
+    for r in cg.roots:
+        for x in "abcde":
+            os.makedirs(f"{r}/{x}", exist_ok=True)
+    p = subprocess.Popen(["unshare", "-U", "-r", sys.executable, "-c", CHILD, cg.parent], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        assert p.stdin is not None and p.stdout is not None
+        first = json.loads(p.stdout.readline())
+        for r in cg.roots:
+            os.mkdir(f"{r}/f")
+        p.stdin.write("\n")
+        p.stdin.flush()
+        second = json.loads(p.stdout.readline())
+        p.stdin.write("\n")
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    n = len(tree.below(h, cg.parent))
+    assert first == {"same": True, "n": n - 1, "watching": False}
+    assert second == {"same": True, "n": n, "watching": False}

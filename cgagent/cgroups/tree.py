@@ -123,8 +123,8 @@ class Watched:
 
     A directory is watched before it is looked at, so a child made during a listing is either in it or
     reported. A directory already watched (same path, same inode, its watch still alive) is not added
-    again, so a listing after a change costs what walk() costs. Without inotify, or past the kernel's
-    watch limit, a base is listed on every call: the result is the same, only slower."""
+    again, so a listing after a change costs what walk() costs. Without inotify, or once past the
+    user's watch limit, every call lists again: the result is the same, only slower."""
 
     MASK = (inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO
             | inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_ONLYDIR | inotify.IN_DONT_FOLLOW)
@@ -193,14 +193,19 @@ class Watched:
                 wd = ino.add(path, self.MASK)
             except (FileNotFoundError, NotADirectoryError):
                 raise
-            except OSError:   # ENOSPC: the watch limit; this base is listed every time
+            except OSError:   # ENOSPC: the user's watch limit
                 complete = False
                 return
             self._bases.setdefault(wd, set()).add(base)
             self._wd[(base, rel)] = wd
 
         out = walk(base, prepare)
-        if out and complete:
+        if not complete:
+            # past the limit: stop watching at all (every watch given back to the user's budget)
+            # rather than retry thousands of watches on every scrape; from now on, walk() each time
+            self.close()
+            return out
+        if out:
             self._fresh[base] = self._last[base] = out
         else:
             self._last.pop(base, None)
@@ -212,6 +217,11 @@ class Watched:
         if self._in is not None:
             self._in.close()
             self._in = None
+        self._use = False
+        self._bases.clear()
+        self._wd.clear()
+        self._fresh.clear()
+        self._last.clear()
 
     def __del__(self) -> None:   # an Exporter dropped without close() must not keep an instance
         self.close()
