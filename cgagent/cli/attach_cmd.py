@@ -15,7 +15,8 @@ def attach(
                                                   help="Where records live (default /run/cgagent).")] = None,
 ) -> None:
     """Attach your terminal to a detached workload's (`run -dit`): your keys go to it, its output and
-    window size follow yours. Ctrl-P Ctrl-Q detaches and leaves it running; when it ends, so does attach.
+    window size follow yours. Ctrl-P Ctrl-Q detaches and leaves it running (exit code 0); when it
+    ends, so does attach, with the workload's exit code (as docker attach).
 
     Example: cgagent run -dit --name box busybox sh; cgagent attach box
     """
@@ -38,3 +39,9 @@ def attach(
                            "only root or the workload's user may attach; see `cgagent ps`") from None
     if detached:
         print(f"\r\ndetached from {name} (it runs on)\r", flush=True)
+        return
+    from cgagent.runtime.control import wait
+
+    # its terminal closed: it is ending, for good (-t excludes --restart)
+    code = wait(store, host.detect(), name)
+    raise typer.Exit(1 if code is None else code)
