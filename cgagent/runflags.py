@@ -164,7 +164,8 @@ OPTIONS: tuple[Option, ...] = (
            "Give the workload the host: every capability, no seccomp filter, every device, writable /sys and "
            "/proc. Root inside is root of the machine."),
     Option("pid", ("--pid",), "value", "iso", "pid",
-           "host: share the host's pid namespace (it sees and, as root, can signal the host's processes)."),
+           "Pid namespace: private (default), host (it sees and, as root, can signal the host's processes) "
+           "or container:NAME (NAME's processes, NAME's PID 1 as init)."),
     Option("ipc", ("--ipc",), "value", "iso", "ipc",
            "IPC namespace: private (default), host (and the host's /dev/shm) or container:NAME."),
     Option("dns", ("--dns",), "list", "iso", "dns", "A nameserver of its /etc/resolv.conf (repeatable, at most 3)."),

@@ -102,7 +102,7 @@ def test_tmpfs_through_a_symlink_resolves_inside_the_root(box: Box, tmp_path: Pa
     ["--tmpfs", "run"], ["--tmpfs", "/"], ["--tmpfs", "/run:size=lots"], ["--tmpfs", "/run:uid=-1"],
     ["--tmpfs", "/run:bind"], ["--mount", "type=volume,source=vol,target=/data"], ["--mount", "type=tmpfs"],
     ["--mount", "type=bind,target=/data"], ["--mount", "type=bind,source=/tmp,target=/d,bind-propagation=shared"],
-    ["--mount", "type=tmpfs,target=/a,source=/b"], ["--pid", "container:x"], ["--ipc", "shared"],
+    ["--mount", "type=tmpfs,target=/a,source=/b"], ["--pid", "shared"], ["--pid", "container:"], ["--ipc", "shared"],
     ["--dns", "999.1.1.1"], ["--dns", "1.1.1.1", "--dns", "1.1.1.2", "--dns", "1.1.1.3", "--dns", "1.1.1.4"],
     ["--add-host", "db"], ["--add-host", "d b:1.2.3.4"], ["--add-host", "db\n:1.2.3.4"],
     ["--tmpfs", "/r:size=1m\n"], ["--add-host", "db:not-an-ip"],
@@ -204,6 +204,32 @@ def test_pid_host_workload_takes_exec_and_stop(box: Box) -> None:
     assert ok(box.run("exec", "ph", "--", "hostname")).strip() == "ph-box"   # its namespaces, not the host's
     ok(box.run("rm", "-f", "ph"))
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_pid_container_joins_the_named_workloads_pid_namespace(box: Box) -> None:
+    """--pid container:NAME: NAME's processes in view, NAME's PID 1 as init, exec enters it, NAME's end
+    ends it; a workload in the host's pid namespace is refused, never joined."""
+    host_pid = _ns("self", "pid")
+    ok(box.run("run", "-d", "--name", "pc-a", IMG, "--", "sleep", "600"))
+    pid = int(next(w for w in ps_json(box) if w["name"] == "pc-a")["pid"])   # type: ignore[call-overload]
+    wait_for(lambda: any(_ns(p, "pid") != host_pid for p in _children(pid)))
+    a_pid = next(_ns(p, "pid") for p in _children(pid) if _ns(p, "pid") != host_pid)
+    out = ok(box.sh("readlink /proc/self/ns/pid; tr '\\0' ' ' < /proc/1/cmdline; echo; echo $$",
+                    "--pid", "container:pc-a")).split("\n")
+    assert out[0] == a_pid and out[1].strip() == "sleep 600" and out[2] != "1", out
+    ok(box.run("run", "-d", "--name", "pc-b", "--pid", "container:pc-a", IMG, "--", "sleep", "601"))
+    seen = ok(box.run("exec", "pc-b", "--", "sh", "-c", "readlink /proc/self/ns/pid; ps -o args"))
+    assert seen.split("\n")[0] == a_pid and "sleep 600" in seen and "sleep 601" in seen, seen
+    out = ok(box.sh("cat /proc/$PPID/comm; echo $$", "--pid", "container:pc-a", "--init")).split()
+    assert out[0] == "init" and out[1] != "1", out   # tini as the children's subreaper
+    ok(box.run("rm", "-f", "pc-a"))   # the kernel ends a pid namespace with its PID 1
+    assert ok(box.run("wait", "pc-b")).strip() == "137"
+    ok(box.run("rm", "pc-b"))
+    ok(box.run("run", "-d", "--name", "pc-h", "--pid", "host", IMG, "--", "sleep", "600"))
+    one_line_error(box.run("run", "--rm", "--pid", "container:pc-h", IMG, "--", "true"),
+                   "runs in the host's pid namespace")
+    ok(box.run("rm", "-f", "pc-h"))
+    one_line_error(box.run("run", "--rm", "--pid", "container:pc-h", IMG, "--", "true"), "no workload named")
 
 
 def test_ipc_host_private_and_container(box: Box) -> None:

@@ -96,12 +96,29 @@ def _ipc_path(spec: IsolationSpec, state_dir: str | None) -> str | None:
     return ns_of(spec.ipc.partition(":")[2], state_dir, "ipc", "--ipc")
 
 
+def _pid_ns(spec: IsolationSpec, state_dir: str | None) -> int | None:
+    """--pid container:NAME: an fd of NAME's pid namespace, opened now (a missing NAME is one line).
+    Never the host's: a process of NAME outside its namespace (its relay) must not lead there."""
+    if not spec.pid.startswith("container:"):
+        return None
+    from cgagent.network.workload import ns_of
+
+    name = spec.pid.partition(":")[2]
+    fd = os.open(ns_of(name, state_dir, "pid", "--pid"), os.O_RDONLY | os.O_CLOEXEC)
+    if os.fstat(fd).st_ino == os.stat("/proc/self/ns/pid").st_ino:
+        os.close(fd)
+        raise CgagentError(f"--pid container:{name}: {name!r} runs in the host's pid namespace (--pid host)",
+                           "use --pid host, or name a workload with a pid namespace of its own")
+    return fd
+
+
 def make_setup(spec: IsolationSpec, join_net: int | None = None,
                state_dir: str | None = None) -> tuple[dict[str, str], Setup]:
     """-> (the environment to exec with, the child_setup for launch.spawn). `join_net`: the fd of the
     network namespace cgagent.network prepared (bridge, a named network, container:NAME)."""
     seccomp.machine()   # an architecture the filter has no table for: refused here, in one line
     join_ipc = _ipc_path(spec, state_dir)
+    join_pid = _pid_ns(spec, state_dir)
     env = env_dict(spec)
     caps = security.usable(spec)
     init = spec.init
@@ -117,8 +134,12 @@ def make_setup(spec: IsolationSpec, join_net: int | None = None,
         # --pid host: no namespace, so no PID 1 and no relay: this process runs the command, and outlives
         # its caller as a host command does (the death signal ties PID 1 to its relay only)
         relayed = spec.pid != "host"
-        if relayed:
+        if join_pid is not None:   # NAME's namespace for our child: its PID 1 is the init there
+            setns(join_pid, CLONE_NEWPID)
+            os.close(join_pid)
+        elif relayed:
             unshare(CLONE_NEWPID)
+        if relayed:
             pid = os.fork()
             if pid != 0:
                 _relay(pid)
@@ -144,7 +165,7 @@ def make_setup(spec: IsolationSpec, join_net: int | None = None,
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of uid cleared it
         if not init:
             return None
-        if spec.pid == "host":   # not PID 1: tini reaps as the children's subreaper
+        if spec.pid:   # host or container:NAME: not PID 1, so tini reaps as the children's subreaper
             return [INIT_PATH, "-s", "--"]
         return [INIT_PATH, "--"]   # tini: PID 1, reaps orphans, forwards signals, passes the exit status on
 

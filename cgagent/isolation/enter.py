@@ -48,7 +48,7 @@ def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_ad
         return _wait(launch.spawn(cmd, mgr.join, keep_fds=keep_fds, child_setup=own), console, interactive)
     seccomp.machine()
     procs = mgr.procs()
-    target = namespaces.top_pid(procs) if spec.pid == "host" else namespaces.init_pid(procs)
+    target = namespaces.top_pid(procs) if spec.pid else namespaces.init_pid(procs)   # host, container:
     if target is None:
         raise CgagentError("the workload's PID 1 is gone", "see `cgagent ps -a`")
     env = with_env(env_dict(spec), env_add)

@@ -12,6 +12,8 @@ What each one means to the kernel:
   flag itself turns it on (spec.IsolationSpec.from_record reads nothing else as "on").
 - --pid host: no pid namespace: the workload sees (and, as root with CAP_KILL, can signal) the
   host's processes; it keeps its own mount, UTS, IPC, cgroup and network namespaces.
+- --pid container:NAME: NAME's pid namespace (setns before the fork): it sees NAME's processes and
+  NAME's PID 1 is its init; it ends when NAME does, as the kernel ends a namespace with its PID 1.
 - --ipc host|private|container:NAME: no IPC namespace / one of its own (the default) / NAME's.
 - --dns, --add-host: the nameservers of its /etc/resolv.conf and extra lines of its /etc/hosts.
 
@@ -141,12 +143,26 @@ def mounts(specs: list[str], userns_base: int | None) -> tuple[tuple[BindT, ...]
     return tuple(binds), out_bounded(tmpfss, "--mount type=tmpfs")
 
 
+def _container(value: str) -> str | None:
+    """`container:NAME` with a valid NAME -> itself; anything else -> None."""
+    kind, _, name = value.partition(":")
+    if kind == "container" and name:
+        from cgagent.state import validate_name
+
+        validate_name(name)
+        return f"container:{name}"
+    return None
+
+
 def pid_mode(value: str | None) -> str:
     if not value or value == "private":
         return ""
     if value == "host":
         return "host"
-    raise CgagentError(f"--pid {value!r} is not supported", "use --pid host (the host's pid namespace)")
+    if (joined := _container(value)) is not None:
+        return joined
+    raise CgagentError(f"--pid {value!r} is not supported",
+                       "use private (the default), host or container:NAME")
 
 
 def ipc_mode(value: str | None) -> str:
@@ -154,12 +170,8 @@ def ipc_mode(value: str | None) -> str:
         return ""
     if value == "host":
         return "host"
-    kind, _, name = value.partition(":")
-    if kind == "container" and name:
-        from cgagent.state import validate_name
-
-        validate_name(name)
-        return f"container:{name}"
+    if (joined := _container(value)) is not None:
+        return joined
     raise CgagentError(f"--ipc {value!r} is not supported", "use private (the default), host or container:NAME")
 
 

@@ -65,15 +65,26 @@ def join(fds: list[tuple[int, int]]) -> None:
         os.close(fd)
 
 
-def top_pid(candidates: list[int]) -> int | None:
-    """A --pid host workload's first process: the one of `candidates` in a mount namespace other than
-    ours (not a systemd scope's keeper) whose parent is not one of them."""
-    inside = set(candidates)
-    ours = os.stat("/proc/self/ns/mnt").st_ino
+def _others(candidates: list[int], ns: str) -> list[int]:
+    """The `candidates` whose namespace `ns` is not ours, in pid order."""
+    ours = os.stat(f"/proc/self/ns/{ns}").st_ino
+    out = []
     for pid in sorted(candidates):
         try:
-            if os.stat(f"/proc/{pid}/ns/mnt").st_ino == ours:
-                continue
+            if os.stat(f"/proc/{pid}/ns/{ns}").st_ino != ours:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def top_pid(candidates: list[int]) -> int | None:
+    """The first process of a workload that is not its pid namespace's PID 1 (--pid host, --pid
+    container:NAME): the one of `candidates` in a mount namespace other than ours (not a systemd
+    scope's keeper, not a relay) whose parent is not in such a namespace too."""
+    inside = set(_others(candidates, "mnt"))
+    for pid in sorted(inside):
+        try:
             with open(f"/proc/{pid}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
@@ -81,6 +92,12 @@ def top_pid(candidates: list[int]) -> int | None:
         if ppid not in inside:
             return pid
     return None
+
+
+def inner_pid(candidates: list[int]) -> int | None:
+    """A process of the workload in a pid namespace other than ours, or None (--pid host)."""
+    found = _others(candidates, "pid")
+    return found[0] if found else None
 
 
 def init_pid(candidates: list[int]) -> int | None:

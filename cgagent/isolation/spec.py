@@ -139,7 +139,7 @@ class IsolationSpec:
     seccomp: bool = True
     tmpfs: tuple[Tmpfs, ...] = ()       # --tmpfs, --mount type=tmpfs
     privileged: bool = False            # --privileged: see cgagent.isolation.flags
-    pid: str = ""                       # "" (a pid namespace of its own) | host
+    pid: str = ""                       # "" (a pid namespace of its own) | host | container:NAME
     ipc: str = ""                       # "" (private) | host | container:NAME
     dns: tuple[str, ...] = ()           # --dns: nameservers of its resolv.conf
     extra_hosts: tuple[str, ...] = ()   # --add-host NAME:IP lines of its hosts file
