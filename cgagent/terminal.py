@@ -156,10 +156,53 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _read(fd: int) -> bytes:
-    """b'' at the end: EOF, or EIO (a master whose slaves are all closed, a terminal hung up)."""
+class Backlog:
+    """Bytes owed to a non-blocking fd (the workload's master, the attach socket), written as it
+    takes them: the copy loops never block on a write. A workload that writes back what it reads
+    (cat, an editor, a paste into a shell) blocks on its output while its input is full; had cgagent
+    blocked writing that input, it would never read that output, and the terminal hung. Past LIMIT
+    the loop stops reading where the bytes come from (backpressure), so the backlog stays bounded."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.dead = False
+        os.set_blocking(fd, False)
+
+    def full(self) -> bool:
+        return len(self.buf) >= self.LIMIT
+
+    def add(self, data: bytes) -> None:
+        if not self.dead:
+            self.buf += data
+            self.flush()
+
+    def flush(self) -> None:
+        while self.buf:
+            try:
+                n = os.write(self.fd, self.buf)
+            except BlockingIOError:
+                return
+            except OSError:   # EIO, EPIPE: the other side is gone, and what it was owed with it
+                self.buf.clear()
+                self.dead = True
+                return
+            del self.buf[:n]
+
+    def waiting(self) -> list[int]:
+        """For select's write set: the fd while something is owed to it."""
+        return [self.fd] if self.buf else []
+
+
+def _read(fd: int) -> bytes | None:
+    """b'' at the end: EOF, or EIO (a master whose slaves are all closed, a terminal hung up);
+    None: nothing after all (a non-blocking fd that select called ready)."""
     try:
         return os.read(fd, CHUNK)
+    except BlockingIOError:
+        return None
     except OSError as e:
         if e.errno == errno.EIO:
             return b""
@@ -204,10 +247,12 @@ def proxy(pid: int, master: int, stdin: bool) -> int:
     try:
         sigs_wanted = (*PROXIED, signal.SIGWINCH, signal.SIGCHLD)
         with wakeups(sigs_wanted) as sigs, raw(0) if stdin else contextlib.nullcontext():
-            inputs = [master, sigs] + ([0] if stdin else [])
+            reading, typing = [master, sigs], stdin
+            keys = Backlog(master)
             out = Output(1)
             while (code := _reaped(pid)) is None:
-                ready = select.select(inputs, [], [])[0]
+                inputs = reading + ([0] if typing and not keys.full() else [])
+                ready, writable, _ = select.select(inputs, keys.waiting(), [])
                 for s in pending(sigs):
                     if s == signal.SIGWINCH and (size := caller_size()) is not None:
                         set_size(master, size)
@@ -215,16 +260,19 @@ def proxy(pid: int, master: int, stdin: bool) -> int:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, s)
                 if master in ready:
-                    if data := _read(master):
+                    data = _read(master)
+                    if data:
                         out.write(data)
-                    else:
-                        inputs.remove(master)   # the workload is ending: its exit comes as SIGCHLD
+                    elif data is not None:
+                        reading.remove(master)   # the workload is ending: its exit comes as SIGCHLD
                 if 0 in ready:
                     if data := _read(0):
-                        write_all(master, data)
+                        keys.add(data)
                     else:
-                        inputs.remove(0)
-            if master in inputs:
+                        typing = False
+                if writable:
+                    keys.flush()
+            if master in reading:
                 _drain(master, out)
             return code
     finally:
@@ -309,15 +357,18 @@ def _allowed(conn: socket.socket) -> bool:
 def _serve(master: int, lis: socket.socket, log: int) -> None:
     client: socket.socket | None = None
     buf = b""
+    keys = Backlog(master)
     while True:
         inputs: list[int | socket.socket] = [master, lis]
-        if client is not None:
+        if client is not None and not keys.full():
             inputs.append(client)
-        ready = select.select(inputs, [], [])[0]
-        if master in ready:
-            data = _read(master)
-            if not data:
-                return   # the workload's last process has closed its terminal
+        ready, writable, _ = select.select(inputs, keys.waiting(), [])
+        if writable:
+            keys.flush()
+        data = _read(master) if master in ready else None
+        if data == b"":
+            return   # the workload's last process has closed its terminal
+        if data:
             with contextlib.suppress(OSError):   # a full disk must not hang up the workload's terminal
                 write_all(log, data)
             if client is not None:
@@ -345,7 +396,7 @@ def _serve(master: int, lis: socket.socket, log: int) -> None:
                     break
                 payload, buf = buf[3:3 + n], buf[3 + n:]
                 if kind == DATA:
-                    write_all(master, payload)
+                    keys.add(payload)
                 elif kind == RESIZE and n == 8:
                     set_size(master, payload)
 
@@ -376,32 +427,52 @@ def attach(path: str) -> bool:
     (the workload runs on); False: the workload's terminal closed (it ended)."""
     conn = connect(path)
     keys = DetachKeys()
+    conn.setblocking(False)
+    out = Backlog(conn.fileno())
     try:
         with wakeups((*PROXIED, signal.SIGWINCH)) as sigs, raw(0):
             if (size := caller_size()) is not None:
-                conn.sendall(frame(RESIZE, size))
-            inputs = [conn.fileno(), sigs, 0]
+                out.add(frame(RESIZE, size))
+            typing = True
             while True:
-                ready = select.select(inputs, [], [])[0]
+                inputs = [conn.fileno(), sigs] + ([0] if typing and not out.full() else [])
+                ready, writable, _ = select.select(inputs, out.waiting(), [])
                 for s in pending(sigs):
                     if s == signal.SIGWINCH and (size := caller_size()) is not None:
-                        conn.sendall(frame(RESIZE, size))
+                        out.add(frame(RESIZE, size))
                     elif s in PROXIED:
                         return True   # the client goes; the workload is not signalled
                 if conn.fileno() in ready:
-                    data = conn.recv(CHUNK)
-                    if not data:
+                    try:
+                        data = conn.recv(CHUNK)
+                    except BlockingIOError:
+                        data = None
+                    if data == b"":
                         return False
-                    write_all(1, data)
+                    if data:
+                        write_all(1, data)
                 if 0 in ready:
-                    data = _read(0)
-                    if not data:
-                        inputs.remove(0)
+                    got = _read(0)
+                    if not got:
+                        typing = False
                         continue
-                    send, detached = keys.feed(data)
+                    send, detached = keys.feed(got)
                     for at in range(0, len(send), 4096):
-                        conn.sendall(frame(DATA, send[at:at + 4096]))
+                        out.add(frame(DATA, send[at:at + 4096]))
                     if detached:
+                        _deliver(conn, out)
                         return True
+                if writable:
+                    out.flush()
     finally:
         conn.close()
+
+
+def _deliver(conn: socket.socket, out: Backlog) -> None:
+    """On detach: the keys typed before Ctrl-P Ctrl-Q still reach the workload, if it takes them
+    within a few seconds (a workload that reads nothing must not keep the caller's terminal)."""
+    if out.buf and not out.dead:
+        conn.setblocking(True)
+        conn.settimeout(5.0)
+        with contextlib.suppress(OSError):
+            conn.sendall(bytes(out.buf))

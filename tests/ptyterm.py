@@ -48,6 +48,32 @@ class Term:
     def send(self, data: bytes) -> None:
         os.write(self.master, data)
 
+    def paste(self, data: bytes, timeout: float = 60) -> None:
+        """Type `data` as a paste does, reading the screen meanwhile (the echo comes back while we
+        type: a writer that stopped reading would block the terminal, as a real one never does)."""
+        end = time.monotonic() + timeout
+        view = memoryview(data)
+        flags = fcntl.fcntl(self.master, fcntl.F_GETFL)
+        fcntl.fcntl(self.master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        try:
+            while view:
+                left = end - time.monotonic()
+                r, w, _ = select.select([self.master], [self.master], [], max(left, 0))
+                if left <= 0 or not (r or w):
+                    raise AssertionError(f"the paste stalled with {len(view)} of {len(data)} bytes untyped")
+                if r:
+                    try:
+                        self.out += os.read(self.master, 65536)
+                    except BlockingIOError:
+                        pass
+                if w:
+                    try:
+                        view = view[os.write(self.master, view[:4096]):]
+                    except BlockingIOError:
+                        pass
+        finally:
+            fcntl.fcntl(self.master, fcntl.F_SETFL, flags)
+
     def expect(self, pattern: bytes, timeout: float = 60) -> re.Match[bytes]:
         end = time.monotonic() + timeout
         while True:

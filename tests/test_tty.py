@@ -60,6 +60,28 @@ def test_run_dit_then_attach_and_detach_with_ctrl_p_ctrl_q(box: Box, terms: list
     ok(box.run("rm", "bg"))
 
 
+@pytest.mark.parametrize("how", ["run", "attach"])
+def test_a_large_paste_into_a_workload_that_writes_it_back(box: Box, terms: list[Term], how: str) -> None:
+    """1 MB typed at once into a workload that writes back what it reads (as cat or an editor does):
+    cgagent must read its output while it still owes it input, or both ptys fill up and the terminal
+    hangs (it did, ~120 kB in, through `run -it` and through `attach`)."""
+    script = "stty -icanon -echo; echo ready; head -c 1000000; echo; echo got-all"
+    if how == "run":
+        t = Term(box.cg.cmd("run", "-it", "--rm", IMG, "sh", "-c", script), box.env())
+    else:
+        ok(box.run("run", "-dit", "--name", "paste", IMG, "sh", "-c", f"read go; {script}"))
+        t = Term(box.cg.cmd("attach", "paste"), box.env())
+        t.send(b"\r")
+    terms.append(t)
+    t.expect(rb"ready\r\n")
+    t.paste(b"x" * 1000000)
+    t.expect(rb"got-all\r\n")
+    assert t.wait() == 0
+    assert t.restored()
+    if how == "attach":
+        ok(box.run("rm", "paste"))
+
+
 def test_the_master_stays_out_even_where_fds_are_preserved(box: Box, terms: list[Term]) -> None:
     # --preserve-fds keeps fds 3.. open across exec: the master, opened in the workload's process, is
     # closed there before exec (and close-on-exec besides), or the workload could read its own keyboard
