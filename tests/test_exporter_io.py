@@ -110,21 +110,20 @@ def test_workload_in_the_agents_namespace_has_no_network_series(cg: Env) -> None
 
 
 @pytest.fixture
-def loop_device(tmp_path: Path) -> Iterator[str]:
-    """A loop device over a 64 MiB file of the test's: the only block device it writes to."""
+def loop_device(tmp_path: Path) -> Iterator[tuple[str, int, int]]:
+    """A loop device over a 64 MiB file of the test's, the only block device it writes to: (path, major, minor)."""
     if os.geteuid() != 0:
         pytest.skip("needs root for a loop device")
-    with devkit.loop_device(str(tmp_path), 64 << 20) as (dev, _major, _minor):
-        yield dev
+    with devkit.loop_device(str(tmp_path), 64 << 20) as made:
+        yield made
 
 
-def test_direct_writes_show_in_fs_writes_bytes(cg: Env, loop_device: str, tmp_path: Path) -> None:
+def test_direct_writes_show_in_fs_writes_bytes(cg: Env, loop_device: tuple[str, int, int], tmp_path: Path) -> None:
     """dd oflag=direct of 50 MB to a block device: container_fs_writes_bytes_total{device} >= 50 MB
     and the blkio usage series agrees (v1 blkio.throttle.io_service_bytes_recursive here; the v2
     io.stat path runs in tests/vm_guest/guest_v2.py)."""
     done = tmp_path / "done"
-    st = os.stat(loop_device)
-    major, minor = str(os.major(st.st_rdev)), str(os.minor(st.st_rdev))
+    dev, major, minor = loop_device[0], str(loop_device[1]), str(loop_device[2])
     # On recent kernels (seen on 6.18) v1 blkio counts a device's I/O only once blk-throttle is active on its queue (a
     # rule, even "MAJ:MIN 0" = none, written for it in any cgroup): a fresh loop device shows "Total 0".
     # Whether an earlier test had throttled this device number must not decide the outcome, so the
@@ -135,16 +134,16 @@ def test_direct_writes_show_in_fs_writes_bytes(cg: Env, loop_device: str, tmp_pa
             with open(rule, "w") as f:
                 f.write(f"{major}:{minor} 0")
     r = cg.run("run", "-d", "--name", "dd", "--", "sh", "-c",
-               f"dd if=/dev/zero of={loop_device} bs=1M count=50 oflag=direct 2>/dev/null && "
+               f"dd if=/dev/zero of={dev} bs=1M count=50 oflag=direct 2>/dev/null && "
                f"touch {done} && exec sleep 1000")
     assert r.returncode == 0, r.stderr
     assert poll(done.exists, 120), "dd did not finish"
     s = scrape(cg)
-    got = value(s, "container_fs_writes_bytes_total", name="dd", device=loop_device)
+    got = value(s, "container_fs_writes_bytes_total", name="dd", device=dev)
     assert got is not None and got >= 50 << 20
-    assert value(s, "container_blkio_device_usage_total", name="dd", device=loop_device, major=major,
+    assert value(s, "container_blkio_device_usage_total", name="dd", device=dev, major=major,
                  minor=minor, operation="Write") == got
-    assert value(s, "container_fs_writes_total", name="dd", device=loop_device) >= 50  # type: ignore[operator]
+    assert value(s, "container_fs_writes_total", name="dd", device=dev) >= 50  # type: ignore[operator]
     end(cg, "dd")
 
 
