@@ -28,8 +28,13 @@ class Found(NamedTuple):
 Prepare = Callable[[str, str, "int | None"], None]
 
 
+# walk()'s answer for a base that does not exist: always this object (never mutated), so that a
+# hierarchy without the watched root does not make Watched assemble its listing anew at every scrape
+NOTHING: dict[str, int] = {}
+
+
 def walk(base: str, prepare: Prepare | None = None) -> dict[str, int]:
-    """Relative path -> inode of `base` ("") and every cgroup below it; {} when base does not exist.
+    """Relative path -> inode of `base` ("") and every cgroup below it; NOTHING when base does not exist.
     The inode tells a cgroup re-created under the same path apart. A cgroup directory's link count
     is 2 + its subdirectories, so a leaf costs one stat instead of a listing of its ~30 files."""
     try:
@@ -37,7 +42,7 @@ def walk(base: str, prepare: Prepare | None = None) -> dict[str, int]:
             prepare("", base, None)
         out = {"": os.stat(base).st_ino}
     except (FileNotFoundError, NotADirectoryError):
-        return {}
+        return NOTHING
     stack = [("", base)]
     while stack:
         rel, d = stack.pop()
