@@ -6,7 +6,6 @@ and renders its own text format fast (`render()`); exporters.web serves whicheve
 
 from __future__ import annotations
 
-import gc
 import logging
 import resource
 import threading
@@ -36,7 +35,7 @@ from exporters.collectors.pids import Pids
 from exporters.collectors.policy import PolicyActions
 from exporters.collectors.psi import Pressure
 from exporters.collectors.spec import Spec
-from exporters.exposition import Family, LabelSet, render_bytes, to_client
+from exporters.exposition import Family, LabelSet, render_bytes, render_chunks, to_client
 from exporters.targets import Discovery
 
 log = logging.getLogger("cgagent.exporter")
@@ -88,16 +87,8 @@ class Exporter:
             ProcessCollector(registry=self._process)
 
     def scrape(self) -> list[Family]:
-        global _frozen
         with self._lock:
-            out = self._scrape()
-            if not _frozen:
-                # what the first scrape built (targets, label sets, caches) lives as long as the agent:
-                # out of the collector's generations, a full collection no longer walks it (one took
-                # ~15 ms of a 1000-cgroup scrape)
-                _frozen = True
-                gc.freeze()
-            return out
+            return self._scrape()
 
     def _scrape(self) -> list[Family]:
         with fs.dir_fds(self._dirfds):
@@ -147,6 +138,18 @@ class Exporter:
             body += generate_latest(self._process)
         return body
 
+    def stream(self) -> Iterator[bytes]:
+        """render() in pieces, for a chunked response. The scrape happens now, so a failure is raised
+        here, before the caller has sent a byte; the text is made as the pieces are taken."""
+        fams = self.scrape()
+
+        def pieces() -> Iterator[bytes]:
+            yield from render_chunks(fams)
+            if self.opts.process_metrics:
+                yield generate_latest(self._process)
+
+        return pieces()
+
     # prometheus_client's Collector interface
     def collect(self) -> Iterator[Metric]:
         yield from to_client(self.scrape())
@@ -179,7 +182,6 @@ def _run(c: Collector, sc: Scrape) -> tuple[str, list[Family], float]:
 
 
 _warned: set[tuple[str, type]] = set()
-_frozen = False
 
 
 def build(opts: Options) -> Exporter:

@@ -593,3 +593,37 @@ def test_real_prometheus_with_wrong_password_is_down(serve: Callable[..., Metric
 
 def test_module_exports() -> None:
     assert webmod.DEFAULT_PORT == 9730
+
+
+def test_the_agents_exposition_is_streamed(tmp_path: Any) -> None:
+    """The agent's /metrics goes out chunked, as it is made (gzip'ed on the way when asked), and says
+    the same as its whole-body render; an HTTP/1.0 client, which knows no chunks, gets a length."""
+    from exporters.registry import Exporter, Options
+    from tests.test_discover import host_tree
+    from tests.test_exporter_values import v2_host
+
+    exp = Exporter(Options(host=v2_host(host_tree(tmp_path)), watch=["/"], process_metrics=False))
+    srv = MetricsServer(exp, "127.0.0.1:0", None).start()
+
+    def steady(text: bytes) -> list[bytes]:   # the scrape's own durations differ from one to the next
+        return [ln for ln in text.splitlines() if not ln.startswith(b"cgagent_scrape_duration_seconds")]
+
+    try:
+        want = steady(bytes(exp.render()))
+        assert len(want) > 50
+        code, hdrs, body = get(srv)
+        assert (code, hdrs.get("transfer-encoding"), "content-length" in hdrs) == (200, "chunked", False)
+        assert steady(body) == want
+        code, hdrs, body = get(srv, headers={"Accept-Encoding": "gzip"})
+        assert (code, hdrs.get("content-encoding"), hdrs.get("transfer-encoding")) == (200, "gzip", "chunked")
+        assert steady(gzip.decompress(body)) == want
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        assert b"Content-Length: " in head and b"chunked" not in head and steady(rest) == want
+    finally:
+        srv.shutdown()
+        exp.close()
