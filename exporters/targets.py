@@ -39,7 +39,7 @@ def labels(cid: str, name: str, policy: str, meta: Meta | None = None) -> LabelS
     return LabelSet(out)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)   # one per cgroup per scrape: no __dict__ each
 class Target:
     id: str
     name: str
@@ -168,5 +168,6 @@ class Discovery:
 
 def _key(cid: str, policy: str, workload: str | None, dirs: dict[str, str], gen: float,
          meta: Meta) -> tuple[object, ...]:
-    return (cid, policy, workload, tuple(sorted(dirs.items())), gen, meta)
+    # the directories' paths name their controllers, and each source lists them in a fixed order
+    return (cid, policy, workload, tuple(dirs.values()), gen, meta)
 

@@ -14,7 +14,7 @@ from cgagent import inotify
 from exporters.targets import Target
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)   # one per cgroup: no __dict__ each
 class Entry:
     values: Any = None
     wds: list[int] = field(default_factory=list)

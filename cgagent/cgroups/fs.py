@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -25,7 +26,8 @@ class DirFds:
         fd = self.fds.get(d)
         if fd is None and len(self.fds) < self.limit:
             try:
-                fd = self.fds[d] = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                # interned: the key is the target's own directory string (cgroups.tree), not a copy
+                fd = self.fds[sys.intern(d)] = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:
                 return None
         return fd

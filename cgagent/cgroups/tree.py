@@ -4,6 +4,7 @@ cgroups under a --watch-cgroup root (cgagent made none of them: only reading is 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -54,7 +55,8 @@ def walk(base: str, prepare: Prepare | None = None) -> dict[str, int]:
             for e in it:
                 if not e.is_dir(follow_symlinks=False):
                     continue
-                r = f"{rel}/{e.name}" if rel else e.name
+                # interned: the same relative path in every hierarchy is one string in the agent
+                r = sys.intern(f"{rel}/{e.name}" if rel else e.name)
                 try:
                     if prepare is not None:
                         prepare(r, e.path, e.inode())
@@ -96,7 +98,7 @@ def assemble(host: Host, where: dict[str, str], listings: dict[str, dict[str, in
         base = where[""]
         out = []
         for rel, ino in sorted(listings[""].items()):
-            d = os.path.join(base, rel) if rel else base
+            d = sys.intern(os.path.join(base, rel)) if rel else base
             out.append(Found(_id(d, mount), {"": d}, ino))
         return out
     # every hierarchy: with systemd on v1 a unit has a cgroup only where its accounting is on
@@ -104,7 +106,8 @@ def assemble(host: Host, where: dict[str, str], listings: dict[str, dict[str, in
     inodes: dict[str, dict[str, int]] = {}
     for c, base in where.items():
         for rel, ino in listings[c].items():
-            rels.setdefault(rel, {})[c] = os.path.join(base, rel) if rel else base
+            # interned: fs.DirFds keys its descriptors by these very strings
+            rels.setdefault(rel, {})[c] = sys.intern(os.path.join(base, rel)) if rel else base
             inodes.setdefault(rel, {})[c] = ino
     out = []
     for rel in sorted(rels):
@@ -138,8 +141,8 @@ class Watched:
         self.host = host
         self._use = use_inotify   # the instance is made on first use: instances are few per user (128)
         self._in: inotify.Inotify | None = None
-        self._bases: dict[int, set[str]] = {}        # live watch -> the bases it serves
-        self._wd: dict[tuple[str, str], int] = {}    # (base, relative path) -> its watch
+        self._bases: dict[int, tuple[str, ...]] = {}  # live watch -> the bases it serves
+        self._wd: dict[str, dict[str, int]] = {}      # base -> relative path -> its watch
         self._fresh: dict[str, dict[str, int]] = {}  # base -> listing, valid until an event for base
         self._last: dict[str, dict[str, int]] = {}   # base -> the last listing whose every dir was watched
         self._found: dict[str, tuple[dict[str, dict[str, int]], list[Found]]] = {}  # root -> below()
@@ -187,11 +190,12 @@ class Watched:
         if ino is None:
             return walk(base)
         prev = self._last.get(base, {})
+        wds = self._wd.setdefault(base, {})
         complete = True
 
         def prepare(rel: str, path: str, inode: int | None) -> None:
             nonlocal complete
-            wd = self._wd.get((base, rel))
+            wd = wds.get(rel)
             if inode is not None and prev.get(rel) == inode and wd in self._bases:
                 return   # watched since the last listing and still there
             try:
@@ -201,8 +205,10 @@ class Watched:
             except OSError:   # ENOSPC: the user's watch limit
                 complete = False
                 return
-            self._bases.setdefault(wd, set()).add(base)
-            self._wd[(base, rel)] = wd
+            serves = self._bases.get(wd, ())
+            if base not in serves:
+                self._bases[wd] = (*serves, base)
+            wds[rel] = wd
 
         out = walk(base, prepare)
         if not complete:
@@ -214,8 +220,8 @@ class Watched:
             self._fresh[base] = self._last[base] = out
         else:
             self._last.pop(base, None)
-        for key in [k for k in self._wd if k[0] == base and k[1] not in out]:
-            del self._wd[key]
+        for rel in [r for r in wds if r not in out]:
+            del wds[rel]
         return out
 
     def close(self) -> None:
