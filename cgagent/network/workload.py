@@ -141,15 +141,28 @@ def release(spec: IsolationSpec, owner: str) -> None:
 
 def startup_prune(root: str | None = None) -> None:
     """The agent's start-up: remove what workloads that died meanwhile left (only where cgagent has
-    network state at all, so a host that never used networking is not touched)."""
+    network state at all, so a host that never used networking is not touched). Done in a child
+    process: the network stack it loads (pyroute2, libnftables: ~10 MB) must not stay in the agent,
+    which never uses it again (its launcher has its own)."""
     from cgagent.network import net_dir
 
     if not os.path.isdir(os.path.join(net_dir(root), "attachments")):
         return
-    from cgagent.network.attach import prune
-
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid != 0:
+        os.waitpid(pid, 0)
+        return
+    code = 0
     try:
+        from cgagent.network.attach import prune
+
         for what in prune(root):
             print(f"cgagent: network prune: removed {what}", file=sys.stderr)
     except (CgagentError, OSError) as e:
         print(f"cgagent: warning: network prune failed: {e}", file=sys.stderr)
+    except BaseException:
+        code = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
