@@ -222,6 +222,10 @@ def test_pid_container_joins_the_named_workloads_pid_namespace(box: Box) -> None
     assert seen.split("\n")[0] == a_pid and "sleep 600" in seen and "sleep 601" in seen, seen
     out = ok(box.sh("cat /proc/$PPID/comm; echo $$", "--pid", "container:pc-a", "--init")).split()
     assert out[0] == "init" and out[1] != "1", out   # tini as the children's subreaper
+    # pc-b has no PID 1 of its own: --ipc container:pc-b finds its IPC namespace, not its relay's (the host's)
+    b_ipc = ok(box.run("exec", "pc-b", "--", "readlink", "/proc/self/ns/ipc")).strip()
+    assert b_ipc != _ns("self", "ipc")
+    assert ok(box.sh("readlink /proc/self/ns/ipc", "--ipc", "container:pc-b")).strip() == b_ipc
     ok(box.run("rm", "-f", "pc-a"))   # the kernel ends a pid namespace with its PID 1
     assert ok(box.run("wait", "pc-b")).strip() == "137"
     ok(box.run("rm", "pc-b"))
