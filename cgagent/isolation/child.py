@@ -101,14 +101,13 @@ def _pid_ns(spec: IsolationSpec, state_dir: str | None) -> int | None:
     Never the host's: a process of NAME outside its namespace (its relay) must not lead there."""
     if not spec.pid.startswith("container:"):
         return None
-    from cgagent.network.workload import ns_of
+    from cgagent.network.workload import in_host_pid_ns, ns_of
 
     name = spec.pid.partition(":")[2]
     fd = os.open(ns_of(name, state_dir, "pid", "--pid"), os.O_RDONLY | os.O_CLOEXEC)
     if os.fstat(fd).st_ino == os.stat("/proc/self/ns/pid").st_ino:
         os.close(fd)
-        raise CgagentError(f"--pid container:{name}: {name!r} runs in the host's pid namespace (--pid host)",
-                           "use --pid host, or name a workload with a pid namespace of its own")
+        raise in_host_pid_ns("--pid", name)   # its process changed since ns_of looked (pid reuse)
     return fd
 
 

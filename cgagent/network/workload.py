@@ -76,14 +76,19 @@ def ns_of(name: str, state_dir: str | None = None, ns: str = "net", opt: str = "
     if ns == "pid":   # any of its processes in a pid namespace not ours (its relay is in ours)
         pid = inner_pid(cands)
         if pid is None and cands:
-            raise CgagentError(f"{opt} container:{name}: {name!r} runs in the host's pid namespace (--pid host)",
-                               "use --pid host, or name a workload with a pid namespace of its own")
+            raise in_host_pid_ns(opt, name)
     else:   # its PID 1; a --pid host or container: workload has none: its first process (not a relay)
         pid = init_pid(cands) or top_pid(cands) or (rec.pid if procs.alive(rec.pid, rec.pid_start) else None) \
             or (cands[0] if cands else None)
     if pid is None:
         raise CgagentError(f"{opt} container:{name}: workload {name!r} has no process", "start it again")
     return f"/proc/{pid}/ns/{ns}"
+
+
+def in_host_pid_ns(opt: str, name: str) -> CgagentError:
+    """The refusal of `opt container:NAME` when NAME shares the host's pid namespace."""
+    return CgagentError(f"{opt} container:{name}: {name!r} runs in the host's pid namespace (--pid host)",
+                        "use --pid host, or name a workload with a pid namespace of its own")
 
 
 def prepare(spec: IsolationSpec, owner: str, state_dir: str | None = None) -> tuple[int | None, dict[str, str]]:
