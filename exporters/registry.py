@@ -13,9 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
-from prometheus_client.process_collector import ProcessCollector
 
 from cgagent.cgroups import fs
 from cgagent.host import Host
@@ -36,6 +34,7 @@ from exporters.collectors.policy import PolicyActions
 from exporters.collectors.psi import Pressure
 from exporters.collectors.spec import Spec
 from exporters.exposition import Family, LabelSet, render_bytes, render_chunks, to_client
+from exporters.process import Process
 from exporters.targets import Discovery
 
 log = logging.getLogger("cgagent.exporter")
@@ -82,9 +81,7 @@ class Exporter:
         # directory descriptors for openat(): half the file-descriptor budget at most
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._dirfds = fs.DirFds(limit=max(0, (soft if soft != resource.RLIM_INFINITY else 65536) // 2 - 64))
-        self._process = CollectorRegistry()
-        if opts.process_metrics:
-            ProcessCollector(registry=self._process)
+        self._process = Process() if opts.process_metrics else None
 
     def scrape(self) -> list[Family]:
         with self._lock:
@@ -124,6 +121,8 @@ class Exporter:
         for name, n in self.errors_total.items():
             errs.add(self._label(name), n)
         out += [dur, errs]
+        if self._process is not None:
+            out += self._process.families()
         return out
 
     def _label(self, name: str) -> LabelSet:
@@ -133,28 +132,16 @@ class Exporter:
         return ls
 
     def render(self) -> bytes | bytearray:
-        body = render_bytes(self.scrape())
-        if self.opts.process_metrics:
-            body += generate_latest(self._process)
-        return body
+        return render_bytes(self.scrape())
 
     def stream(self) -> Iterator[bytes]:
         """render() in pieces, for a chunked response. The scrape happens now, so a failure is raised
         here, before the caller has sent a byte; the text is made as the pieces are taken."""
-        fams = self.scrape()
-
-        def pieces() -> Iterator[bytes]:
-            yield from render_chunks(fams)
-            if self.opts.process_metrics:
-                yield generate_latest(self._process)
-
-        return pieces()
+        return render_chunks(self.scrape())
 
     # prometheus_client's Collector interface
     def collect(self) -> Iterator[Metric]:
         yield from to_client(self.scrape())
-        if self.opts.process_metrics:
-            yield from self._process.collect()
 
     def close(self) -> None:
         self._dirfds.close()

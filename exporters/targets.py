@@ -73,7 +73,7 @@ class Discovery:
                                    "whole host")
         self.namer = Namer(roots)
         self.tree = tree.Watched(host)
-        self._cache: dict[tuple[object, ...], Target] = {}
+        self._cache: dict[str, Target] = {}   # by cgroup id
         self._records: dict[str, tuple[tuple[int, int], Record | None]] = {}
 
     # --- workloads
@@ -134,15 +134,17 @@ class Discovery:
         for f, m in zip(found, metas, strict=True):
             p = pods.get(m.pod_uid) if m.pod_uid and not m.pod else None
             if p is not None:
-                m = Meta(m.name, container=m.container, pod=p.pod, namespace=p.namespace, pod_uid=m.pod_uid)
+                m = self.namer.files.derive(("pod", f.id), (m, p), _in_pod, m, p)
             out.append(self._target(f.id, m.name, "", f.dirs, None, f.gen, m))
         return out
 
     def _target(self, cid: str, name: str, policy: str, dirs: dict[str, str], workload: str | None,
                 gen: float, meta: Meta) -> Target:
         key = _key(cid, policy, workload, dirs, gen, meta)
-        t = self._cache.get(key)
-        if t is None:
+        t = self._cache.get(cid)
+        # compared element by element, identity first: an unchanged cgroup's key holds the same
+        # strings and the same Meta object (exporters.discover keeps it), so no Meta is hashed
+        if t is None or t.key != key:
             t = Target(cid, name, policy, dirs, workload, meta, gen)
             t.key = key
         return t
@@ -162,8 +164,12 @@ class Discovery:
         finally:
             self.namer.end()
         # keep exactly this scrape's targets cached: removed cgroups do not pile up
-        self._cache = {t.key: t for t in out}
+        self._cache = {t.id: t for t in out}
         return out
+
+
+def _in_pod(m: Meta, pod: Meta) -> Meta:
+    return Meta(m.name, container=m.container, pod=pod.pod, namespace=pod.namespace, pod_uid=m.pod_uid)
 
 
 def _key(cid: str, policy: str, workload: str | None, dirs: dict[str, str], gen: float,

@@ -4,6 +4,7 @@ real-kernel behaviour is in tests/test_exporter_io.py)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from cgagent.cgroups import fs
@@ -12,6 +13,7 @@ from cgagent.cgroups.stats import DeviceIo
 from cgagent.convert import weight_to_cadvisor_shares
 from exporters.collectors.blkio import device_name
 from exporters.collectors.network import parse_net_dev
+from exporters.process import Process
 
 NET_DEV = (
     "Inter-|   Receive                                                |  Transmit\n"
@@ -91,3 +93,18 @@ def test_a_pid_is_the_first_listed_and_none_when_empty(tmp_path: Path) -> None:
     procs.write_text("")
     assert reader_for({"": str(tmp_path)}).a_pid() is None
     assert fs.first_proc(str(tmp_path / "gone")) is None
+
+
+def test_process_series_as_prometheus_client_names_them_and_a_true_fd_count() -> None:
+    held = [os.open("/", os.O_PATH) for _ in range(300)]   # as DirFds holds a descriptor per cgroup
+    try:
+        fams = {f.name: f.samples for f in Process().families()}
+        listed = len(os.listdir("/proc/self/fd")) - 1   # the listing's own descriptor
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert set(fams) == {"process_virtual_memory_bytes", "process_resident_memory_bytes", "process_start_time_seconds",
+                         "process_cpu_seconds_total", "process_open_fds", "process_max_fds"}
+    assert fams["process_open_fds"][0][1] == listed >= 300
+    assert fams["process_resident_memory_bytes"][0][1] > 0 and fams["process_max_fds"][0][1] >= 300
+    assert 0 < fams["process_start_time_seconds"][0][1] <= time.time()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cgagent import inotify
+from cgagent.cgroups import fs
 from cgagent.cgroups.reader import CgroupGone
 from cgagent.cgroups.readers import reader_for
 from cgagent.cgroups.v1.cpuacct import NS_PER_TICK
@@ -157,3 +158,29 @@ def test_manager_stats_and_oom_count_come_from_the_reader(v1: dict[str, str]) ->
     assert mgr.oom_kill_count() == 3
     shutil.rmtree(v1["memory"])
     assert mgr.oom_kill_count() == 0
+
+
+def test_v1_memory_stat_without_totals_reads_the_cgroups_own_lines(v1: dict[str, str]) -> None:
+    stat = Path(v1["memory"]) / "memory.stat"
+    stat.write_text("".join(line for line in stat.read_text().splitlines(keepends=True)
+                            if not line.startswith("total_")))
+    m = reader_for(v1).memory(swap=True)
+    assert (m.rss, m.cache, m.inactive_file, m.swap) == (
+        int(_line(stat, "rss")), int(_line(stat, "cache")), int(_line(stat, "inactive_file")), int(_line(stat, "swap")))
+
+
+def test_integer_files_max_and_malformed(tmp_path: Path) -> None:
+    f = tmp_path / "x"
+    for text, want in (("max\n", -1), ("-1\n", -1), ("1234\n", 1234), ("0", 0)):
+        f.write_text(text)
+        assert fs.read_int(str(f)) == want, text
+    f.write_text("12abc\n")
+    with pytest.raises(ValueError):
+        fs.read_int(str(f))
+    assert fs.read_int(str(tmp_path / "missing")) is None
+    f.write_text("a 1\nab 2\nb 3\n")
+    assert fs.read_fields(str(f), (("b",), ("c", "ab"), ("d",))) == {"b": 3, "c": 2}
+
+
+def _line(path: Path, key: str) -> str:
+    return next(ln.split()[1] for ln in path.read_text().splitlines() if ln.split()[0] == key)

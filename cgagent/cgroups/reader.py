@@ -168,7 +168,7 @@ class Reader(ABC):
         d = self.dir("memory")
         if d is None:
             return None
-        v = fs.read_kv(f"{d}/{self.OOM_FILE}").get("oom_kill")
+        v = fs.read_fields(f"{d}/{self.OOM_FILE}", (("oom_kill",),)).get("oom_kill")
         if v is None:
             gone_check(d)
         return v

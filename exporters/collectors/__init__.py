@@ -67,23 +67,24 @@ class PerCgroup(Generic[T]):
 
     def collect(self, scrape: Scrape) -> list[Family]:
         fams = self.families()
+        controller, read, emit = self.controller, self.read, self.emit   # looked up once, not per cgroup
         for t in scrape.targets:
-            if not t.reader.has(self.controller):
+            if not t.reader.has(controller):
                 continue
             try:
-                snap = self.read(t, scrape)
+                snap = read(t, scrape)
             except READ_ERRORS as e:
                 scrape.error(self.name, t, e)
                 continue
-            self.emit(t, snap, fams, scrape)
+            emit(t, snap, fams, scrape)
         return fams
 
 
 def add(fam: Family, t: Target, value: int | float | None, per: int | None = None) -> None:
     """Add a sample when the kernel reported the value; `per` converts units (ns -> s: per=10**9).
     Division, not multiplication by 1e-9: the result is the float nearest the exact quotient."""
-    if value is not None:
-        fam.add(t.labels, value / per if per is not None else value)
+    if value is not None:   # Family.add inlined: this runs for every sample of every scrape
+        fam.samples.append((t.labels, value / per if per is not None else value))
 
 
 CollectorFactory = Callable[[], Collector]

@@ -96,6 +96,8 @@ class Namer:
         for lookup in lookups:
             m = lookup(ctr)
             if m is not None:
+                if lookup is not lookups[0]:   # a bare id: the runtime that knew it is asked first next time
+                    self._used[k] = ((lookup, *(x for x in lookups if x is not lookup)), ctr, fallback)
                 return m
         return fallback
 

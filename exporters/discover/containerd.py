@@ -5,13 +5,11 @@ io.kubernetes.cri.{container-type,sandbox-name,sandbox-namespace,sandbox-uid,con
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from typing import Any
 
 from exporters.discover import oci
 from exporters.discover.files import Files
-from exporters.discover.meta import Meta, strip
+from exporters.discover.meta import Meta, named, strip
 
 TASKS = "io.containerd.runtime.v2.task"
 NAMESPACES = ("k8s.io", "moby", "default")
@@ -27,9 +25,9 @@ class Containerd:
 
     def lookup(self, cid: str) -> Meta | None:
         for ns in NAMESPACES:
-            m = self.files.get(self.root, os.path.join(TASKS, ns, cid, "config.json"), _parse)
+            m = self.files.get(self.root, f"{TASKS}/{ns}/{cid}/config.json", _parse)
             if m is not None:
-                return dataclasses.replace(m, name=m.name or cid)
+                return m if m.name else self.files.derive(("named", cid), (m,), named, m, cid)
         return None
 
 

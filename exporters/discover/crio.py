@@ -5,12 +5,11 @@ io.kubernetes.cri-o.{Name,ImageName,ContainerType,Labels} annotations."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from exporters.discover import oci
 from exporters.discover.files import Files
-from exporters.discover.meta import NOT_A_CONTAINER, Meta, strip
+from exporters.discover.meta import NOT_A_CONTAINER, Meta, named, strip
 from exporters.discover.podman import DRIVERS
 
 
@@ -28,7 +27,7 @@ class Crio:
         for d in DRIVERS:
             m = self.files.get(self.root, f"{d}-containers/{cid}/userdata/config.json", _parse)
             if m is not None:
-                return dataclasses.replace(m, name=m.name or cid)
+                return m if m.name else self.files.derive(("named", cid), (m,), named, m, cid)
         return None
 
 

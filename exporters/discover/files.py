@@ -27,12 +27,26 @@ class Files:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str, object], tuple[tuple[int, ...], Any]] = {}
         self._seen: dict[tuple[str, str, object], Any] = {}   # this scrape's answers
+        self._derived: dict[object, tuple[tuple[object, ...], Any]] = {}
+        self._derived_seen: dict[object, tuple[tuple[object, ...], Any]] = {}
 
     def begin(self) -> None:
         self._seen = {}
+        self._derived_seen = {}
 
     def end(self) -> None:
         self._cache = {k: v for k, v in self._cache.items() if k in self._seen}
+        self._derived = self._derived_seen
+
+    def derive(self, key: object, sources: tuple[object, ...], make: Callable[..., T], *args: object) -> T:
+        """make(*args), kept while it is made from the very same `sources` (what get() returned: the same
+        object while the file is unchanged). A Meta made from a runtime's record (its name or image
+        filled in) is then the same object every scrape, which the target cache compares by identity."""
+        old = self._derived.get(key)
+        if old is None or len(old[0]) != len(sources) or any(a is not b for a, b in zip(old[0], sources, strict=True)):
+            old = (sources, make(*args))
+        self._derived_seen[key] = old
+        return old[1]
 
     def get(self, root: str, rel: str, parse: Callable[[Any], T | None], cap: int = MAX_FILE) -> T | None:
         """parse(the JSON document at root/rel), or None when it is missing, not a regular file below

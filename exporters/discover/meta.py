@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ class Meta:
     namespace: str = ""
     labels: tuple[tuple[str, str], ...] = ()   # the runtime's labels, as (sanitised key, value)
     pod_uid: str = ""                          # set on a pod cgroup (to name its pod) and on pod members
+
+
+def named(m: Meta, name: str) -> Meta:
+    return dataclasses.replace(m, name=name)
 
 
 def is_id(s: str) -> bool:

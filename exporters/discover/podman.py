@@ -66,5 +66,9 @@ class Podman:
                 if m.image or not image_id:
                     return m
                 images = self.files.get(self.root, f"{d}-images/images.json", parse_images, MAX_STORE)
-                return dataclasses.replace(m, image=(images or {}).get(image_id, ""))
+                return self.files.derive(("image", cid), (m, images), _with_image, m, images, image_id)
         return None
+
+
+def _with_image(m: Meta, images: dict[str, str] | None, image_id: str) -> Meta:
+    return dataclasses.replace(m, image=(images or {}).get(image_id, ""))

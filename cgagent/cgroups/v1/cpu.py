@@ -9,6 +9,7 @@ from cgagent.limits import Resources
 
 NAME = "cpu"
 LIMIT_FILES = ("cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us")
+_STAT_KEYS = (("nr_periods",), ("nr_throttled",), ("throttled_time",))
 
 
 def apply(d: str, r: Resources) -> None:
@@ -22,7 +23,7 @@ def apply(d: str, r: Resources) -> None:
 
 
 def throttling(d: str) -> Throttling:
-    st = fs.read_kv(f"{d}/cpu.stat")
+    st = fs.read_fields(f"{d}/cpu.stat", _STAT_KEYS)
     if not st:
         gone_check(d)
     return Throttling(st.get("nr_periods"), st.get("nr_throttled"), st.get("throttled_time"))

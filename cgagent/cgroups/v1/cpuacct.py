@@ -22,7 +22,7 @@ def usage(d: str, per_cpu: bool = False) -> CpuUsage:
     u = CpuUsage(fs.read_int(f"{d}/cpuacct.usage"))
     if u.total_ns is None:
         gone_check(d)
-    ticks = fs.read_kv(f"{d}/cpuacct.stat")
+    ticks = fs.read_fields(f"{d}/cpuacct.stat", (("user",), ("system",)))
     if "user" in ticks:
         u.user_ns = ticks["user"] * NS_PER_TICK
         u.system_ns = ticks.get("system", 0) * NS_PER_TICK

@@ -12,8 +12,9 @@ NAME = "memory"
 OOM_FILE = "memory.oom_control"   # `oom_kill N` (kernel 4.13+); also the file an OOM eventfd is bound to
 LIMIT_FILES = ("memory.limit_in_bytes", "memory.soft_limit_in_bytes")
 SWAP_LIMIT_FILES = ("memory.memsw.limit_in_bytes",)
-_STAT_KEYS = ("total_rss", "rss", "total_cache", "cache", "total_inactive_file", "inactive_file")
-_SWAP_KEYS = ("total_swap", "swap")
+# total_* include descendants, which is what a workload (with its own sub-cgroups) is
+_STAT_KEYS = (("total_rss", "rss"), ("total_cache", "cache"), ("total_inactive_file", "inactive_file"))
+_SWAP_KEYS = (("total_swap", "swap"),)
 
 
 def apply(d: str, r: Resources) -> None:
@@ -44,12 +45,11 @@ def usage(d: str, swap: bool = False) -> MemoryUsage:
         gone_check(d)
     m.limit_hits = fs.read_int(f"{d}/memory.failcnt")
     st = fs.read_fields(f"{d}/memory.stat", _STAT_KEYS + _SWAP_KEYS if swap else _STAT_KEYS)
-    # total_* include descendants, which is what a workload (with its own sub-cgroups) is.
-    m.rss = st.get("total_rss", st.get("rss"))
-    m.cache = st.get("total_cache", st.get("cache"))
-    m.inactive_file = st.get("total_inactive_file", st.get("inactive_file"))
+    m.rss = st.get("total_rss")
+    m.cache = st.get("total_cache")
+    m.inactive_file = st.get("total_inactive_file")
     if swap:
-        m.swap = st.get("total_swap", st.get("swap"))
+        m.swap = st.get("total_swap")
     return m
 
 

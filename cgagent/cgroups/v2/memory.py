@@ -36,11 +36,11 @@ def usage(d: str, swap: bool = False) -> MemoryUsage:
     m = MemoryUsage(fs.read_int(f"{d}/memory.current"), fs.read_int(f"{d}/memory.peak"))
     if m.usage is None:
         gone_check(d)
-    st = fs.read_fields(f"{d}/memory.stat", ("anon", "file", "inactive_file"))
+    st = fs.read_fields(f"{d}/memory.stat", (("anon",), ("file",), ("inactive_file",)))
     m.rss = st.get("anon")
     m.cache = st.get("file")
     m.inactive_file = st.get("inactive_file")
-    ev = fs.read_kv(f"{d}/{OOM_FILE}")
+    ev = fs.read_fields(f"{d}/{OOM_FILE}", (("max",), ("oom",), ("oom_kill",)))
     m.limit_hits = ev.get("max")
     m.oom_events = ev.get("oom")
     m.oom_kills = ev.get("oom_kill")
