@@ -136,7 +136,7 @@ def run(opts: AgentOptions) -> int:
     covered = "workloads in " + store.root + "".join(f", cgroups under {w}" for w in opts.watch)
     print(f"cgagent serve: scrape {server.url}{opts.telemetry_path} ({covered}; cgroup {h.mode})", flush=True)
     path = "" if opts.telemetry_path == "/metrics" else f"metrics_path: {opts.telemetry_path}, "
-    print(f"  prometheus.yml: scrape_configs: [{{job_name: cgagent, scheme: {server.url.split(':')[0]}, {path}"
+    print(f"  prometheus.yml: scrape_configs: [{{job_name: cadvisor, scheme: {server.url.split(':')[0]}, {path}"
           f"static_configs: [{{targets: ['{server.url.split('//')[1]}']}}]}}]", flush=True)
     print(f"  API: curl --unix-socket {sock} http://x/v1/ps", flush=True)
     try:

@@ -5,7 +5,7 @@ Tests use the `prometheus` fixture (registered in tests/conftest.py via `pytest_
 
     def test_x(prometheus):
         prom = prometheus(["127.0.0.1:9730"])
-        prom.wait_for('up{job="cgagent"} == 1')
+        prom.wait_for('up{job="cadvisor"} == 1')
 
 `promtool_check_metrics(text)` returns promtool's lint findings for an exposition (empty list = clean).
 """
@@ -30,7 +30,7 @@ import yaml
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-JOB = "cgagent"
+JOB = "cadvisor"   # the README's scrape job name (cAdvisor's, as a drop-in)
 
 
 class PromServer:
@@ -149,7 +149,7 @@ def write_config(tmp_dir: str, targets: list[str], scrape_interval: str = "1s", 
                  basic_auth: tuple[str, str] | None = None, tls_ca: str | None = None,
                  rule_files: list[str] | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None, tls_server_name: str | None = None) -> str:
-    """Write prometheus.yml for one job named `cgagent` and return its path."""
+    """Write prometheus.yml for one job named JOB and return its path."""
     job: dict[str, Any] = {
         "job_name": JOB,
         "scheme": scheme,

@@ -25,7 +25,7 @@ import yaml
 from cgagent import host as hostmod
 from tests.conftest import ROOT, Env
 from tests.exporter_helpers import agent, end, parse
-from tests.prom import PromServer
+from tests.prom import JOB, PromServer
 
 RULES = os.path.join(ROOT, "deploy", "prometheus", "cgagent.rules.yml")
 DASHBOARDS = sorted(glob.glob(os.path.join(ROOT, "grafana", "dashboards", "*.json")))
@@ -253,7 +253,7 @@ def test_psi_panels_return_data_from_a_cgroup_v2_tree(tmp_path: Any, prometheus:
         with open(os.path.join(ROOT, "grafana", "dashboards", "cgagent-workload.json")) as f:
             exprs = [(w, e) for w, e in dashboard_exprs(json.load(f)) if PSI in e]
         assert len(exprs) == 6
-        sel = {**BUILTINS, "job": "cgagent", "instance": ".+", "workload": "web"}
+        sel = {**BUILTINS, "job": JOB, "instance": ".+", "workload": "web"}
         for where, raw in exprs:
             res = prom.query(substitute(raw, sel))
             assert res and float(res[0]["value"][1]) > 0, f"{where}: {res}"
@@ -282,7 +282,7 @@ def _walk(prom: PromServer, instance: str, exposition: str) -> list[str]:
     selections = {
         "all": {"job": ".+", "instance": ".+", "workload": ".+"},
         # as Grafana renders a multi-value selection for Prometheus: regex-escaped, joined with |
-        "picked": {"job": "cgagent", "instance": re.sub(r"([.])", r"\\\\\1", instance),
+        "picked": {"job": JOB, "instance": re.sub(r"([.])", r"\\\\\1", instance),
                    "workload": "(busy|oom|pol)"},
     }
     failures: list[str] = []

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from tests.prom import PromServer, promtool_check_metrics
+from tests.prom import JOB, PromServer, promtool_check_metrics
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_prometheus_scrapes_inprocess_endpoint(prometheus: Callable[..., PromSer
     target, counter = endpoint
     prom = prometheus([target])
     res = prom.wait_for('harness_probe_total{kind="a"}')
-    assert res[0]["metric"]["job"] == "cgagent"
+    assert res[0]["metric"]["job"] == JOB
     assert float(res[0]["value"][1]) == 3.0
     ts = prom.targets()
     assert [t["health"] for t in ts] == ["up"]

@@ -82,19 +82,23 @@ def test_kubernetes_scrape_config_is_valid() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-JOB = "cgagent"   # the job name the README's scrape config and deploy/prometheus/*.yml set
+JOB = "cadvisor"   # the job name the README's scrape config and deploy/prometheus/*.yml set (cAdvisor's)
+GUARD = f'and on (job, instance) cgagent_build_info{{job="{JOB}"}}'
 
 
-def test_every_selector_names_our_job() -> None:
-    # a Prometheus that also scrapes cAdvisor/kubelets has the same series names under other jobs
+def test_every_selector_names_our_job_and_every_rule_keeps_only_cgagent_targets() -> None:
+    # a Prometheus that also scrapes cAdvisor/kubelets has the same series names under other jobs, or
+    # (a standalone cAdvisor kept beside us) under ours: only targets exporting cgagent_build_info count
     import re
 
     with open(RULES) as f:
         exprs = [r["expr"] for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
     raw = [(m.group(1), m.group(2) or "") for e in exprs
-           for m in re.finditer(r"(?<![\w:])(container_\w+|up)\b(\{[^}]*\})?", e)]
+           for m in re.finditer(r"(?<![\w:])(container_\w+|up|cgagent_build_info)\b(\{[^}]*\})?", e)]
     assert raw
     assert [name for name, sel in raw if f'job="{JOB}"' not in sel] == []
+    reading_raw = [e for e in exprs if re.search(r"(?<![\w:])container_\w+", e)]
+    assert reading_raw and [e for e in reading_raw if " ".join(e.split()).count(GUARD) != 1] == []
 
 
 def test_scrape_configs_and_readme_use_the_rules_job() -> None:

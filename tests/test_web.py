@@ -25,7 +25,7 @@ from cgagent.errors import CgagentError
 from exporters import web as webmod
 from exporters.web import DEFAULT_LISTEN, MetricsServer, parse_listen
 from exporters.webconfig import WebConfig, load_web_config
-from tests.prom import PROMTOOL, PromServer
+from tests.prom import JOB, PROMTOOL, PromServer
 
 PASSWORD = "s3cret pass"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
@@ -575,7 +575,7 @@ def test_real_prometheus_scrapes_tls_basic_auth(serve: Callable[..., MetricsServ
                                              f"  client_ca_file: {certs.ca}\n"))
     prom = prometheus([f"127.0.0.1:{srv.port}"], scheme="https", basic_auth=("prometheus", PASSWORD),
                       tls_ca=certs.ca, tls_cert=certs.client_crt, tls_key=certs.client_key)
-    res = prom.wait_for('up{job="cgagent"} == 1')
+    res = prom.wait_for(f'up{{job="{JOB}"}} == 1')
     assert float(res[0]["value"][1]) == 1.0
     assert float(prom.wait_for("cgagent_test_requests_total")[0]["value"][1]) == 7.0
     assert [t["health"] for t in prom.targets()] == ["up"]

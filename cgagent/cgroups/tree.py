@@ -201,7 +201,7 @@ class Watched:
             try:
                 wd = ino.add(path, self.MASK)
             except (FileNotFoundError, NotADirectoryError):
-                raise
+                raise   # removed since it was listed: walk() leaves it out, as it does any vanished directory
             except OSError:   # ENOSPC: the user's watch limit
                 complete = False
                 return
