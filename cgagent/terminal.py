@@ -378,13 +378,22 @@ def _serve(master: int, lis: socket.socket, log: int) -> None:
                     client.close()
                     client, buf = None, b""
         if lis in ready:
-            conn, _ = lis.accept()
+            try:
+                conn, _ = lis.accept()
+            except OSError:   # ECONNABORTED: the caller went before we took it
+                continue
             if client is not None or not _allowed(conn):
                 conn.close()   # one client at a time
             else:
                 client, buf = conn, b""
         if client is not None and client in ready:
-            data = client.recv(CHUNK)
+            try:
+                data = client.recv(CHUNK)
+            except OSError:
+                # ECONNRESET: a unix socket closed with output still unread in it (a client that
+                # detached while the workload was writing) resets its peer. It is the client's end,
+                # not the workload's: raising here ended this process, and with it the terminal
+                data = b""
             if not data:
                 client.close()
                 client, buf = None, b""
@@ -447,6 +456,8 @@ def attach(path: str) -> bool:
                         data = conn.recv(CHUNK)
                     except BlockingIOError:
                         data = None
+                    except ConnectionResetError:   # the holder went with our keys unread: it ended
+                        data = b""
                     if data == b"":
                         return False
                     if data:

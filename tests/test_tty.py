@@ -4,13 +4,18 @@ reads until an expected marker, with a deadline."""
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from cgagent import terminal
+from cgagent.state import Store
 from tests import ptyterm
 from tests.conftest import Env
 from tests.isolated import IMG, Box, ok, ps_json, wait_for
@@ -142,3 +147,48 @@ def test_tty_usage_errors(box: Box) -> None:
     assert r.returncode != 0 and "has no terminal" in r.stderr
     ok(box.run("rm", "-f", "plain"))
     assert not ps_json(box)
+
+
+def test_a_client_that_goes_with_output_unread_leaves_the_workload_running(cg: Env) -> None:
+    """A unix socket closed with data still unread in it resets its peer (ECONNRESET). A client that
+    detaches while the workload writes does exactly that to the process holding the workload's terminal,
+    which ended on it, and the workload with it (seen as a flaky attach test under the systemd driver)."""
+    r = cg.run("run", "-dit", "--name", "chatty", "--", "sh")
+    assert r.returncode == 0, r.stderr
+    path = Store(cg.state_dir).tty_path("chatty")
+    first = terminal.connect(path)
+    first.sendall(terminal.frame(terminal.DATA, b"echo one-$((0+1))\r"))
+    assert select.select([first], [], [], 30)[0], "the shell did not answer"
+    first.close()   # its answer unread: the holder's next recv on this connection is a reset
+    # One client at a time: until the holder has seen the first one go, it turns a new one away (EOF
+    # before any byte). It never tells when, so connect until one is taken; a holder that died on the
+    # reset removes its socket, and the connect fails.
+    deadline = time.monotonic() + 30
+    got = b""
+    while b"two-2" not in got:
+        assert time.monotonic() < deadline, got
+        got = _round_trip(path, b"echo two-$((1+1))\r", b"two-2", deadline)
+    assert [rec["status"] for rec in json.loads(cg.run("ps", "-a", "--json").stdout)
+            if rec["name"] == "chatty"] == ["running"]
+    assert cg.run("rm", "-f", "chatty").returncode == 0
+
+
+def _round_trip(path: str, keys: bytes, want: bytes, deadline: float) -> bytes:
+    """Type `keys` through a new attach connection; -> what came back until `want` (b"" when turned away:
+    closed at once, which with our keys unread in it is a reset)."""
+    try:
+        s = terminal.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise AssertionError(f"the process holding the workload's terminal is gone ({e})") from None
+    with s:
+        got = b""
+        try:
+            s.sendall(terminal.frame(terminal.DATA, keys))
+            while want not in got and select.select([s], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+        return got
