@@ -143,15 +143,25 @@ class Reader:
             yield ev
 
 
-def logged(state_root: str, kind: str, name: str, **match: Any) -> bool:
+def size(state_root: str) -> int:
+    """The log's length now: an offset to read what is appended later from (0: no log yet)."""
+    try:
+        return os.stat(path(state_root)).st_size
+    except OSError:
+        return 0
+
+
+def logged(state_root: str, kind: str, name: str, since: int = 0, **match: Any) -> bool:
     """Whether the log already holds a `kind` event of `name` with these field values (makes a
-    retried append idempotent)."""
+    retried append idempotent), looking from offset `since` (from the start when the log is now
+    shorter than that: replaced)."""
     return any(ev["kind"] == kind and ev["name"] == name and all(ev.get(k) == v for k, v in match.items())
-               for _off, ev in read(state_root))
+               for _off, ev in read(state_root, since))
 
 
 def read(state_root: str, offset: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset after the line, event) for each whole, valid line from `offset`."""
-    r = Reader(state_root, offset)
+    """(offset after the line, event) for each whole, valid line from `offset` (from the start when
+    the log is shorter than that now: it was replaced)."""
+    r = Reader(state_root, offset if 0 <= offset <= size(state_root) else 0)
     for ev in r.read():
         yield r.offset, ev

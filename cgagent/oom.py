@@ -93,12 +93,7 @@ def read_rec_counter(rec: Record) -> tuple[int, int] | None:
 
 def _find(store: Store, rec: Record, m: Mark) -> bool:
     """Is the event of the pending target already in the log (from the offset noted before it)?"""
-    try:
-        size = os.path.getsize(events.path(store.root))
-    except OSError:
-        return False
-    start = m.offset if m.offset <= size else 0   # the log was replaced by a shorter one
-    for _off, ev in events.read(store.root, start):
+    for _off, ev in events.read(store.root, m.offset):
         if (isinstance(ev, dict) and ev.get("kind") == "oom_kill" and ev.get("name") == rec.name
                 and ev.get("instance") == m.instance and ev.get("gen") == m.gen and ev.get("total") == m.target):
             return True
@@ -140,8 +135,7 @@ def note(store: Store, rec: Record, counter: tuple[int, int] | None, source: str
     if value <= logged:
         return done
     m.gen, m.logged, m.target = gen, logged, value
-    with contextlib.suppress(OSError):
-        m.offset = os.path.getsize(events.path(store.root))
+    m.offset = events.size(store.root)
     _save(store, rec.name, m)                       # 1. intent
     fault("oom-intent")
     new = _append(store, rec, m, source, victim)    # 2. event

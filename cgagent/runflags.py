@@ -12,31 +12,43 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from cgagent.errors import CgagentError
 
+TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
+    from typing import Any, Literal
+
     from cgagent.host import Host
     from cgagent.runtime import RunRequest
 
-# flag: present or not (bool); value: one string (the last one given wins); list: repeatable
-Kind = Literal["flag", "value", "list"]
-# where the value goes: a limit (cgagent.limits.FIELD_PARSERS key), an isolation option
-# (cgagent.isolation.spec.for_run's opts key), a RunRequest field, or used while building
-# (policy search path, device rules, the state dir the policy's memory is recalled from)
-Lands = Literal["limit", "iso", "request", "build"]
+    # flag: present or not (bool); value: one string (the last one given wins); list: repeatable
+    Kind = Literal["flag", "value", "list"]
+    # where the value goes: a limit (cgagent.limits.FIELD_PARSERS key), an isolation option
+    # (cgagent.isolation.spec.for_run's opts key), a RunRequest field, or used while building
+    # (policy search path, device rules, the state dir the policy's memory is recalled from)
+    Lands = Literal["limit", "iso", "request", "build"]
 
 
-class Option(NamedTuple):   # not a dataclass: its generated code costs the fast path milliseconds
-    name: str                 # the mapping key and typer parameter name
-    flags: tuple[str, ...]    # "--long" first, then aliases
-    kind: Kind
-    lands: Lands
-    key: str                  # field/key in the place it lands
-    help: str
-    env: str | None = None    # default when not given (empty = not set), as if the option were given
-    update: bool = False      # `cgagent update` takes it too (the live-changeable limits)
+class Option:
+    """One option of `cgagent run`. A plain class: neither a dataclass (its generated code) nor a
+    NamedTuple (typing) costs the thin client's start-up."""
+
+    __slots__ = ("env", "flags", "help", "key", "kind", "lands", "name", "update")
+
+    def __init__(self, name: str, flags: tuple[str, ...], kind: Kind, lands: Lands, key: str, help: str,
+                 env: str | None = None, update: bool = False) -> None:
+        self.name = name              # the mapping key and typer parameter name
+        self.flags = flags            # "--long" first, then aliases
+        self.kind = kind
+        self.lands = lands
+        self.key = key                # field/key in the place it lands
+        self.help = help
+        self.env = env                # default when not given (empty = not set), as if the option were given
+        self.update = update          # `cgagent update` takes it too (the live-changeable limits)
+
+    def __repr__(self) -> str:
+        return f"Option({self.name!r})"
 
     def help_text(self) -> str:
         """Help with its env var, in typer's rich markup (a literal [ needs a backslash)."""

@@ -22,7 +22,7 @@ import re
 import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from cgagent.errors import CgagentError
@@ -179,22 +179,29 @@ class Record:
     stop_signal: str = ""                # --stop-signal or the image's StopSignal; empty: SIGTERM
     stop_timeout: float | None = None    # --stop-timeout; None: `stop`'s default (10 s)
     process: dict[str, Any] = field(default_factory=dict)    # a host command's -e/-w/-u/--init (procopts)
+    # the events log's size before this instance's start event: finish() looks for its exit event
+    # from there, not through the whole log (which only grows)
+    log_offset: int = 0
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"
+        # every field holds JSON values already: no deep copy (dataclasses.asdict) on the launch path
+        return json.dumps({n: getattr(self, n) for n in _field_types()}, sort_keys=True).encode() + b"\n"
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                                       "list": (list,), "dict": (dict,), "None": (type(None),)}
 
 
+_types: dict[str, tuple[type, ...]] = {}
+
+
 def _field_types() -> dict[str, tuple[type, ...]]:
-    """Record's annotations ('int | None', 'dict[str, str]') as isinstance() tuples."""
-    out = {}
-    for f in fields(Record):
-        alts = [a.strip().partition("[")[0] for a in str(f.type).split("|")]
-        out[f.name] = tuple(t for a in alts for t in _TYPES.get(a, (object,)))
-    return out
+    """Record's annotations ('int | None', 'dict[str, str]') as isinstance() tuples, in field order."""
+    if not _types:
+        for f in fields(Record):
+            alts = [a.strip().partition("[")[0] for a in str(f.type).split("|")]
+            _types[f.name] = tuple(t for a in alts for t in _TYPES.get(a, (object,)))
+    return _types
 
 
 _REQUIRED = {f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING}

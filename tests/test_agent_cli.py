@@ -82,6 +82,20 @@ def test_without_an_agent_the_cli_is_direct(cg: Env) -> None:
     assert p.returncode == 0 and "typer" in imported(p)
 
 
+def test_a_socket_nobody_listens_on_means_direct(cg: Env) -> None:
+    """An agent killed leaves its socket file: a run (which does not probe first) and a read go direct."""
+    import socket
+
+    os.makedirs(cg.state_dir, mode=0o700)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(f"{cg.state_dir}/agent.sock")
+    s.close()   # bound, never listened on: connect is refused
+    r = cli(cg, "run", "--rm", "--", "sh", "-c", "echo hi; exit 3", PYTHONPROFILEIMPORTTIME="1")
+    assert (r.returncode, r.stdout) == (3, "hi\n") and "cgagent.runtime" in imported(r)   # it ran directly
+    p = cli(cg, "ps", PYTHONPROFILEIMPORTTIME="1")
+    assert p.returncode == 0 and "typer" in imported(p)
+
+
 def test_direct_is_forced_with_cgagent_direct(cg: Env, ag: Agent) -> None:
     p = cli(cg, "ps", PYTHONPROFILEIMPORTTIME="1", CGAGENT_DIRECT="1")
     assert p.returncode == 0 and "typer" in imported(p)
@@ -131,7 +145,7 @@ def test_confinement_reads_the_capabilities(tmp_path: object) -> None:
 
 def test_foreground_runs_through_the_agent(cg: Env, ag: Agent) -> None:
     """stdin, stdout and stderr are the caller's own (SCM_RIGHTS), the exit code comes back, errors
-    are the direct path's line and code."""
+    are the direct path's line and code; the client imports only what a launch needs."""
     for args, stdin in ((["run", "--rm", "--", "sh", "-c", "echo out; echo err >&2; exit 3"], None),
                         (["run", "--rm", "--memory", "64M", "--", "cat"], "from the caller's stdin\n"),
                         (["run", "--rm", "--", "no-such-command"], None),
@@ -141,7 +155,10 @@ def test_foreground_runs_through_the_agent(cg: Env, ag: Agent) -> None:
         direct = subprocess.run(cg.cmd(*args), env=cg.env(CGAGENT_DIRECT="1"), input=stdin,
                                 capture_output=True, text=True, timeout=60)
         assert output(via) == output(direct), args
-        assert "cgagent.runtime" not in imported(via) and "cgagent.api.attach" in imported(via)
+        mods = imported(via)
+        assert "cgagent.runtime" not in mods and "cgagent.api.runclient" in mods
+        # what a launch through the agent does not pay for (cgagent.cli.thin's doc)
+        assert not mods & {"typing", "socket", "http.client", "cgagent.api.attach"}, args
     assert output(direct)[2] == 125 and output(via)[0] == ""
 
 
@@ -176,7 +193,7 @@ def test_host_workloads_get_the_callers_environment_and_directory(cg: Env, ag: A
                                   capture_output=True, text=True, timeout=60)
                    for extra in ({"PYTHONPROFILEIMPORTTIME": "1"}, {"CGAGENT_DIRECT": "1"}))
     assert output(via) == output(direct) == (f"mine {tmp_path}\n", "", 0)
-    assert "cgagent.api.attach" in imported(via)
+    assert "cgagent.api.runclient" in imported(via)   # through the agent
     p = subprocess.run(cg.cmd("run", "-d", "--name", "envd", "--", "sh", "-c", script + "; exec sleep 1000"),
                        env=cg.env(CALLER_VAR="mine"), cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
     assert output(p) == ("envd\n", "", 0)

@@ -163,6 +163,26 @@ def test_the_oom_collector_keeps_its_series_through_bad_lines(tmp_path: Path) ->
             f.write(b"[1,2]\n")
 
 
+def test_logged_looks_from_its_offset_and_reads_a_replaced_log_whole(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    _log(tmp_path, [_oom("a", 1)])
+    end = events.size(root)
+    assert events.logged(root, "oom_kill", "a", 0, kills=1)
+    assert not events.logged(root, "oom_kill", "a", end, kills=1)   # only what came after `end`
+    assert events.logged(root, "oom_kill", "a", end + 100, kills=1)   # shorter than the offset: replaced
+
+
+def test_a_run_reads_the_events_log_only_from_its_own_start(cg: Env) -> None:
+    """The log only grows: a launch and its exit must not read its history (finish() read all of it
+    to log the exit once, a cost that grew with every event ever logged). A bad line in the history
+    is warned about by whoever reads it: nobody on the run's path does."""
+    os.makedirs(cg.state_dir, mode=0o700)
+    _log(Path(cg.state_dir), [b"not json", *[_oom("old", 1)] * 3])
+    r = cg.run("run", "--rm", "--", "true")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    assert [ev["kind"] for _off, ev in events.read(cg.state_dir) if ev["name"] != "old"] == ["start", "exit"]
+
+
 def test_events_command_survives_bad_lines(tmp_path: Path) -> None:
     _log(tmp_path, [_oom("a", 1), *BAD_LINES, b'{"time":1,"kind":"start","name":"a","cmd":5,"resources":[]}'])
     env = dict(os.environ, CGAGENT_STATE_DIR=str(tmp_path))

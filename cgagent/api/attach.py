@@ -28,8 +28,7 @@ from cgagent.errors import CgagentError
 if TYPE_CHECKING:   # the agent's side: not for the thin client, which imports this module for run_attached
     from cgagent.api.launcher import Launched, Launcher, Op
 
-PROTOCOL = "cgagent-stdio"
-MAX_LINE = 64
+from cgagent.api.runclient import MAX_LINE
 
 
 def receive_stdio(sock: socket.socket) -> list[int] | None:
@@ -309,69 +308,3 @@ def relay(sock: socket.socket, child: Launched) -> None:
             with contextlib.suppress(OSError):
                 sock.sendall(f"exit {code}\n".encode())
             return
-
-
-# --- the caller's side
-
-def run_attached(path: str, body: dict[str, Any]) -> int:
-    """Send the run request; once accepted, our stdio and then our signals; -> the workload's code."""
-    import json
-
-    from cgagent.api.client import Declined
-
-    # now, before the workload exists: what it writes on our stderr must not interleave with what
-    # an import prints there (python -X importtime)
-    from cgagent.launch import FORWARDED
-
-    data = json.dumps(body).encode()
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        s.connect(path)
-        s.sendall(b"POST /v1/workloads HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
-                  b"Connection: Upgrade\r\nUpgrade: " + PROTOCOL.encode() +
-                  f"\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-        f = s.makefile("rb", buffering=0)
-        status_line = f.readline(1024)
-        headers: dict[str, str] = {}
-        while (line := f.readline(8192)) not in (b"\r\n", b"\n", b""):
-            k, _, v = line.decode("latin-1").partition(":")
-            headers[k.strip().lower()] = v.strip()
-        parts = status_line.split()
-        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        if status == 501:
-            raise Declined("/v1/workloads")
-        if status != 101:
-            raw = f.read(int(headers.get("content-length", "0") or 0))
-            try:
-                obj = json.loads(raw)
-                raise CgagentError(str(obj["error"]), "", int(obj["exit_code"]))
-            except (ValueError, KeyError, TypeError):
-                raise CgagentError(f"the agent answered {status_line!r} to a foreground run",
-                                   "see the agent's log", 1) from None
-        s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
-        return _wait_exit(s, FORWARDED)
-    finally:
-        s.close()
-
-
-def _wait_exit(s: socket.socket, forwarded: tuple[signal.Signals, ...]) -> int:
-    def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(OSError):
-            s.sendall(f"{signum}\n".encode())
-
-    old = {sig: signal.signal(sig, forward) for sig in forwarded}
-    try:
-        buf = b""
-        while b"\n" not in buf:
-            chunk = s.recv(MAX_LINE)
-            if not chunk:
-                raise CgagentError("the agent went away while the workload ran (its supervisor records the "
-                                   "exit)", "see `cgagent ps -a`", 1)
-            buf += chunk
-        word, _, num = buf.split(b"\n", 1)[0].decode().partition(" ")
-        if word != "exit" or not num.lstrip("-").isdigit():
-            raise CgagentError(f"the agent sent {buf[:MAX_LINE]!r}", "see the agent's log", 1)
-        return int(num)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from cgagent.errors import CgagentError
+
+TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from typing import Any
 
 SOCKET_NAME = "agent.sock"   # cgagent.api.server.SOCKET_NAME (not imported: the server pulls in the exporter)
 CONNECT_TIMEOUT = 2.0
@@ -147,9 +150,14 @@ def workload_url(name: str, *rest: str) -> str:
     return "/v1/workloads/" + quote(name, safe="") + "".join("/" + r for r in rest)
 
 
+def direct() -> bool:
+    """CGAGENT_DIRECT=1: never through an agent."""
+    return os.environ.get("CGAGENT_DIRECT", "") not in ("", "0")
+
+
 def agent(state_root: str | None) -> Client | None:
     """The running agent's client, or None: no socket, nobody listening on it, or CGAGENT_DIRECT=1."""
-    if os.environ.get("CGAGENT_DIRECT", "") not in ("", "0"):
+    if direct():
         return None
     path = default_socket(state_root)
     # the C module: `socket` (enum, selectors) costs ~8 ms that a CLI with no agent to talk to would pay

@@ -550,16 +550,16 @@ class Handler(web.BoundedHandler):
             chunks.close()
 
     def _attach(self, a: Attach) -> None:
-        from cgagent.api import attach
+        from cgagent.api import attach, runclient
 
         self.close_connection = True
-        if self.headers.get("Upgrade", "").lower() != attach.PROTOCOL:
+        if self.headers.get("Upgrade", "").lower() != runclient.PROTOCOL:
             self._fail(ApiError(400, "a foreground run needs the caller's stdio",
-                                f"send \"detach\": true, or the header Upgrade: {attach.PROTOCOL}"), 400)
+                                f"send \"detach\": true, or the header Upgrade: {runclient.PROTOCOL}"), 400)
             return
         self.send_response(101)
         self.send_header("Connection", "Upgrade")
-        self.send_header("Upgrade", attach.PROTOCOL)
+        self.send_header("Upgrade", runclient.PROTOCOL)
         self.end_headers()
         self.wfile.flush()
         fds = attach.receive_stdio(self.connection)

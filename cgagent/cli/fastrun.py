@@ -8,9 +8,11 @@ takes over, which reports usage errors.
 
 from __future__ import annotations
 
-from typing import Any
-
 from cgagent.runflags import BY_FLAG, split_image
+
+TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Parsed:

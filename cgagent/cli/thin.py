@@ -1,6 +1,8 @@
 """The CLI as a thin client of a running agent: `ps`, `inspect`, `stop`, `rm`, `update`, `logs`,
 `events` and `run -d` go through its API when <state dir>/agent.sock answers, with the output and
-exit codes of the direct path. No typer, pydantic, pyroute2 or runtime on this path.
+exit codes of the direct path. No typer, pydantic, pyroute2 or runtime on this path, and no typing
+either: the modules a foreground run imports here take their annotations' names under a module-level
+`TYPE_CHECKING = False` (mypy reads it as True), which spares each `cgagent run` typing's import.
 
 main() returns None whenever the direct path should run instead: no agent (or CGAGENT_DIRECT=1), a
 command or option not handled here (--help, --cgroup-driver, a foreground run ...): the full CLI then
@@ -13,11 +15,14 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from cgagent.errors import CgagentError
 
-Parsed = tuple[dict[str, Any], list[str]]
+TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see the module doc)
+if TYPE_CHECKING:
+    from typing import Any
+
+    Parsed = tuple[dict[str, Any], list[str]]
 
 
 def _parse(argv: list[str], flags: dict[str, str], values: dict[str, str],
@@ -214,14 +219,19 @@ def run(argv: list[str]) -> int | None:
     if parsed is None or any(parsed.values.get(k) for k in ("preserve_fds", "tty", "interactive")):
         return None   # fds beyond stdio, and the caller's terminal, are the direct path's
     body = request_body(parsed)
-    if body is None or (c := _client(parsed.values)) is None:
+    if body is None:
         return None
     if not parsed.values.get("detach"):
-        if not _stdio_open():
-            return None
-        from cgagent.api.attach import run_attached
+        from cgagent.api.client import default_socket, direct
 
-        return run_attached(c.path, body)
+        if direct() or not _stdio_open():
+            return None
+        from cgagent.api.runclient import run_attached
+
+        # no probe first: a socket nobody listens on is Declined, before anything was sent
+        return run_attached(default_socket(parsed.values.get("state_dir")), body)
+    if (c := _client(parsed.values)) is None:
+        return None
     print(c.json("POST", "/v1/workloads", body)["name"])
     return 0
 

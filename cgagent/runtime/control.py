@@ -240,7 +240,7 @@ def wait(store: Store, host: Host, name: str) -> int | None:
     inotify on the record's directory and a pidfd of its supervisor, never by polling."""
     from cgagent.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_TO, Inotify
 
-    first = store.load(name)
+    seen = store.load(name)   # the latest record seen: its log_offset is nearest the exit event
     with Inotify() as ino:
         ino.add(store.workloads, IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE)
         while True:
@@ -248,10 +248,11 @@ def wait(store: Store, host: Host, name: str) -> int | None:
                 cur: Record | None = store.load(name)
             except CgagentError:
                 cur = None
-            if cur is None or cur.created != first.created:
-                return _logged_exit(store, first)   # --rm: the record went with the exit
+            if cur is None or cur.created != seen.created:
+                return _logged_exit(store, seen)   # --rm: the record went with the exit
             if cur.status == "exited":
                 return cur.exit_code
+            seen = cur
             # its supervisor's exit wakes us; without one (killed), the main process's exit does
             fd = _pidfd(cur.supervisor_pid, cur.supervisor_start)
             fd = _pidfd(cur.pid, cur.pid_start) if fd is None else fd
@@ -283,7 +284,7 @@ def _pidfd(pid: int | None, start: int | None) -> int | None:
 def _logged_exit(store: Store, rec: Record) -> int | None:
     """The exit code of a removed workload's last run, from the events log."""
     code = None
-    for _off, ev in events.read(store.root):
+    for _off, ev in events.read(store.root, rec.log_offset):
         if ev.get("kind") == "exit" and ev.get("name") == rec.name and (rec.started is None or
                                                                         ev.get("started", rec.started) >= rec.started):
             code = ev.get("exit_code")

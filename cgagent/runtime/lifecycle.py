@@ -276,6 +276,7 @@ def _record_started(store: Store, rec: Record, mgr: CgroupManager, pid: int,
             cur.keeper_pid, cur.keeper_start = keeper
         cur.supervisor_pid, cur.supervisor_start, cur.restarts = rec.supervisor_pid, rec.supervisor_start, rec.restarts
         cur.pid, cur.pid_start, cur.status, cur.started = pid, procs.start_time(pid), "running", time.time()
+        cur.log_offset = events.size(store.root)   # before this instance's start event (appended below)
         store.save(cur)
         fault("placed")
     vars(rec).update(vars(cur))
@@ -319,7 +320,7 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
             teardown_isolation(rec)
             first = rec.status != "exited"
             rec.status, rec.exit_code, rec.finished = "exited", exit_code, time.time()
-            if first and not events.logged(store.root, "exit", name, started=rec.started):
+            if first and not events.logged(store.root, "exit", name, rec.log_offset, started=rec.started):
                 # a retry after a failed save below (full disk) must not log the exit a second time
                 events.append(store.root, "exit", name, exit_code=exit_code, oom_kills=rec.oom_kills,
                               started=rec.started)
