@@ -8,13 +8,12 @@ import signal
 from collections.abc import Callable
 
 from cgagent.errors import CANNOT_INVOKE, NOT_FOUND, CgagentError
+from cgagent.signals import FORWARDED
 
 TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
     from typing import NoReturn
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 WAITED = (*FORWARDED, signal.SIGCHLD)
 
 

@@ -11,12 +11,12 @@ and exit code, wherever it comes from. Kept free of typer, pydantic and the CLI:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
 
 from cgagent.errors import CgagentError
 
 TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
     from typing import Any, Literal
 
     from cgagent.host import Host

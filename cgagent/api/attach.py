@@ -278,7 +278,7 @@ def _attached(fields: dict[str, Any], stdio: list[int], host: Any, store: Any) -
 
 def relay(sock: socket.socket, child: Launched) -> None:
     """Forward the caller's signal lines to the supervisor until it exits; send its exit code."""
-    from cgagent.launch import FORWARDED
+    from cgagent.signals import FORWARDED
 
     buf = b""
     listening = True

@@ -3,14 +3,13 @@ so that the CLI's thin path imports neither typer nor pydantic nor the runtime."
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterator
 
 from cgagent.errors import CgagentError
 
 TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from typing import Any
 
 SOCKET_NAME = "agent.sock"   # cgagent.api.server.SOCKET_NAME (not imported: the server pulls in the exporter)
@@ -59,6 +58,8 @@ class Response:
         self.status = resp.status
 
     def json(self) -> Any:
+        import json
+
         try:
             return json.loads(self.resp.read())
         finally:
@@ -104,7 +105,10 @@ class Client:
         from urllib.parse import urlencode
 
         full = url + ("?" + urlencode(q) if q else "")
-        data = None if body is None else json.dumps(body).encode()
+        import json
+
+        # bytes: a request already encoded (cgagent.api.runclient.encode)
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
         conn = _connection(self.path, self.timeout)
         try:
             conn.request(method, full, body=data,
@@ -118,6 +122,8 @@ class Client:
         r = self.raw(method, url, body, query)
         printed = r.resp.getheader(STDERR_HEADER)
         if printed and self.on_stderr is not None:
+            import json
+
             try:
                 self.on_stderr(str(json.loads(printed)))
             except ValueError:

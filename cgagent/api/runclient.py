@@ -1,18 +1,22 @@
 """The caller's side of a foreground run through the agent (the protocol: cgagent.api.attach).
 
-Everything here is on the path of every `cgagent run` while an agent runs, so it imports what that
-needs and no more: the C module `_socket` (the `socket` module's enum tables and selectors cost a
-few ms), no http.client, no probe of the socket first (a connect that fails is the answer: the
-direct path runs instead)."""
+This is the path of every `cgagent run` while an agent runs, and the agent's own cost is measured
+on it (issue 14: no more than runc's whole launch). So it loads C modules only: `_socket` and
+`_signal`, not `socket` and `signal`, whose enum tables, with `json` and the `re`, `enum`,
+`functools` and `collections` they bring, cost a launch more than its whole connection to the agent
+does. The request is encoded here (encode(): the few JSON types a request holds); an answer is
+decoded with `json` only when the agent refuses the run. There is no probe of the socket first: a
+connect that fails is the answer (the direct path runs instead)."""
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stub for the C module behind `signal`
 import _socket
-import json
-import signal
+import sys
 
 from cgagent.api.client import CONNECT_TIMEOUT, Declined
 from cgagent.errors import CgagentError
+from cgagent.signals import FORWARDED
 
 TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
@@ -21,15 +25,53 @@ if TYPE_CHECKING:
 PROTOCOL = "cgagent-stdio"
 MAX_LINE = 64          # a signal line or the exit line
 MAX_HEAD = 64 * 1024   # the agent's answer head: a few hundred bytes
+_STDIO = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2))   # SCM_RIGHTS: C ints
+
+# JSON string escapes: control characters, the quote and the backslash. Lone surrogates (an
+# environment's undecodable bytes, surrogateescape'd) become \udcXX through backslashreplace in
+# encode(), as json.dumps writes them.
+_ESCAPES = {c: f"\\u{c:04x}" for c in range(0x20)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
 
 
-def run_attached(path: str, body: dict[str, Any]) -> int:
-    """Send the run request; once accepted, our stdio and then our signals; -> the workload's code."""
-    # now, before the workload exists: what it writes on our stderr must not interleave with what
-    # an import prints there (python -X importtime)
-    from cgagent.launch import FORWARDED
+def encode(obj: Any) -> bytes:
+    """JSON for a run request: str, bool, int, None, and lists and str-keyed dicts of them (what
+    json.loads reads back equal; a test holds it to that on hostile strings)."""
+    out: list[str] = []
+    _encode(obj, out)
+    return "".join(out).encode("utf-8", "backslashreplace")
 
-    data = json.dumps(body).encode()
+
+def _encode(obj: Any, out: list[str]) -> None:
+    if isinstance(obj, str):
+        out.append('"' + obj.translate(_ESCAPES) + '"')
+    elif obj is None or isinstance(obj, bool):
+        out.append("null" if obj is None else "true" if obj else "false")
+    elif isinstance(obj, int):
+        out.append(str(int(obj)))
+    elif isinstance(obj, list | tuple):
+        out.append("[")
+        for i, v in enumerate(obj):
+            if i:
+                out.append(",")
+            _encode(v, out)
+        out.append("]")
+    elif isinstance(obj, dict):
+        out.append("{")
+        for i, (k, v) in enumerate(obj.items()):
+            if not isinstance(k, str):
+                raise TypeError(f"a request's keys are strings, not {type(k).__name__}")
+            out.append("," if i else "")
+            _encode(k, out)
+            out.append(":")
+            _encode(v, out)
+        out.append("}")
+    else:
+        raise TypeError(f"a run request holds no {type(obj).__name__}")
+
+
+def run_attached(path: str, data: bytes) -> int:
+    """Send the run request (encoded); once accepted, our stdio and then our signals; -> the
+    workload's exit code."""
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         try:
@@ -48,10 +90,8 @@ def run_attached(path: str, body: dict[str, Any]) -> int:
             raise Declined("/v1/workloads")
         if status != 101:
             raise _error(s, status_line, headers, rest)
-        import array
-
-        s.sendmsg([b"F"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
-        return _wait_exit(s, FORWARDED, rest)
+        s.sendmsg([b"F"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _STDIO)])
+        return _wait_exit(s, rest)
     finally:
         s.close()
 
@@ -75,6 +115,8 @@ def _head(s: Any) -> tuple[bytes, dict[str, str], bytes]:
 
 def _error(s: Any, status_line: bytes, headers: dict[str, str], body: bytes) -> CgagentError:
     """The agent's refusal (a JSON error with the direct path's line and exit code) as ours."""
+    import json
+
     want = min(int(headers.get("content-length", "0") or 0), MAX_HEAD)
     while len(body) < want and (chunk := s.recv(want - len(body))):
         body += chunk
@@ -85,14 +127,14 @@ def _error(s: Any, status_line: bytes, headers: dict[str, str], body: bytes) -> 
         return CgagentError(f"the agent answered {status_line!r} to a foreground run", "see the agent's log", 1)
 
 
-def _wait_exit(s: Any, forwarded: tuple[signal.Signals, ...], buf: bytes) -> int:
+def _wait_exit(s: Any, buf: bytes) -> int:
     def forward(signum: int, _frame: Any) -> None:
         try:
             s.sendall(f"{signum}\n".encode())
         except OSError:
             pass   # the agent is gone: the recv below says so
 
-    old = {sig: signal.signal(sig, forward) for sig in forwarded}
+    old = {sig: _signal.signal(sig, forward) for sig in FORWARDED}
     try:
         while b"\n" not in buf:
             chunk = s.recv(MAX_LINE)
@@ -106,4 +148,4 @@ def _wait_exit(s: Any, forwarded: tuple[signal.Signals, ...], buf: bytes) -> int
         return int(num)
     finally:
         for sig, handler in old.items():
-            signal.signal(sig, handler)
+            _signal.signal(sig, handler)

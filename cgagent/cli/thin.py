@@ -11,15 +11,14 @@ does it (and reports usage errors) exactly as without an agent.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Callable
 
 from cgagent.errors import CgagentError
 
 TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see the module doc)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     Parsed = tuple[dict[str, Any], list[str]]
@@ -167,6 +166,8 @@ def update(argv: list[str]) -> int | None:
     if not limits:
         return None   # the direct path's "no limit given"
     up = c.json("POST", workload_url(p[1][0], "update"), limits)
+    import json
+
     print(f"{up['name']}: {json.dumps(up['resources'])}")
     return 0
 
@@ -198,6 +199,8 @@ def events(argv: list[str]) -> int | None:
     p = _parse(argv, {"-f": "follow", "--follow": "follow", "--json": "json"}, STATE)
     if p is None or len(p[1]) > 1 or (c := _client(p[0])) is None:
         return None
+    import json
+
     from cgagent.cli.eventlog import format_event
 
     opts = p[0]
@@ -245,10 +248,12 @@ def _stdio_open() -> bool:
     return True
 
 
-def request_body(p: Any) -> dict[str, Any] | None:
-    """fastrun.parse's result -> the API's run request, with this process's environment and directory:
-    the agent builds the request in them, so that env defaults and relative paths mean what they
-    mean here. None: too large to send (a huge environment)."""
+def request_body(p: Any) -> bytes | None:
+    """fastrun.parse's result -> the API's run request (JSON), with this process's environment and
+    directory: the agent builds the request in them, so that env defaults and relative paths mean
+    what they mean here. None: too large to send (a huge environment)."""
+    from cgagent.api.runclient import encode
+
     body: dict[str, Any] = {k: v for k, v in p.values.items() if k != "state_dir"}
     body["cmd"] = [p.image, "--", *p.cmd] if p.image else ["--", *p.cmd]   # as runflags.split_image reads them
     try:
@@ -256,9 +261,8 @@ def request_body(p: Any) -> dict[str, Any] | None:
     except OSError:
         return None   # a removed directory: the direct path says what it says about that
     body["environ"] = dict(os.environ)
-    if len(json.dumps(body)) > MAX_BODY:
-        return None   # the direct path has no such bound
-    return body
+    data = encode(body)
+    return data if len(data) <= MAX_BODY else None   # the direct path has no such bound
 
 
 MAX_BODY = 60 * 1024   # under the agent's 64 KiB request bound
