@@ -47,8 +47,13 @@ def state_dir() -> str:
 
 def private_dir(d: str) -> None:
     """mkdir -p `d` 0700, or tighten it if an older version made it 0755."""
-    os.makedirs(d, mode=DIR_MODE, exist_ok=True)
-    st = os.stat(d)
+    try:
+        st = os.stat(d)   # the usual case, on every save: one syscall
+    except FileNotFoundError:
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        os.makedirs(d, mode=DIR_MODE, exist_ok=True)   # raises as before for a file in the way
+        st = os.stat(d)
     if st.st_mode & 0o077:
         os.chmod(d, DIR_MODE)
 
@@ -185,23 +190,21 @@ class Record:
 
     def to_json(self) -> bytes:
         # every field holds JSON values already: no deep copy (dataclasses.asdict) on the launch path
-        return json.dumps({n: getattr(self, n) for n in _field_types()}, sort_keys=True).encode() + b"\n"
+        return json.dumps({n: getattr(self, n) for n in _FIELD_TYPES}, sort_keys=True).encode() + b"\n"
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                                       "list": (list,), "dict": (dict,), "None": (type(None),)}
 
 
-_types: dict[str, tuple[type, ...]] = {}
+def _annotation_types(annotation: object) -> tuple[type, ...]:
+    """'int | None', 'dict[str, str]' ... as an isinstance() tuple."""
+    alts = [a.strip().partition("[")[0] for a in str(annotation).split("|")]
+    return tuple(t for a in alts for t in _TYPES.get(a, (object,)))
 
 
-def _field_types() -> dict[str, tuple[type, ...]]:
-    """Record's annotations ('int | None', 'dict[str, str]') as isinstance() tuples, in field order."""
-    if not _types:
-        for f in fields(Record):
-            alts = [a.strip().partition("[")[0] for a in str(f.type).split("|")]
-            _types[f.name] = tuple(t for a in alts for t in _TYPES.get(a, (object,)))
-    return _types
+# at import (the agent's launcher preloads this module: its runners inherit the table made), in field order
+_FIELD_TYPES = {f.name: _annotation_types(f.type) for f in fields(Record)}
 
 
 _REQUIRED = {f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING}
@@ -223,7 +226,7 @@ def parse_record(name: str, path: str, raw: bytes) -> Record:
         raise Damaged(name, path, f"not JSON ({e})" if raw.strip() else "empty file") from None
     if not isinstance(data, dict):
         raise Damaged(name, path, f"a JSON {type(data).__name__}, not an object")
-    types = _field_types()
+    types = _FIELD_TYPES
     missing = sorted(_REQUIRED - data.keys())
     if missing:
         raise Damaged(name, path, f"missing {', '.join(missing)}")

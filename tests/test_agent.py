@@ -345,6 +345,31 @@ def test_pool_cgroups_are_never_workloads_and_go_with_a_killed_agent(cg: Env) ->
     cg.run("rm", "-f", "keep", check=True)
 
 
+def test_runs_back_to_back_each_start_in_a_parked_pool_cgroup(cg: Env, capfd: pytest.CaptureFixture[str]) -> None:
+    """A script's loop of runs: the launcher refills its pool as each run ends, not only after 50 ms
+    without a request, so every run execs in a parked zygote (a session leader: it called setsid),
+    none pays the fork and the cgroup move (there the workload is in its runner's session). The runs
+    go from this process, ~1 ms apart: the old idle-only refill left the third one without."""
+    from cgagent import host as hostmod
+    from cgagent.api.runclient import encode, run_attached
+    from cgagent.cli import fastrun
+
+    if hostmod.detect().is_v2:
+        pytest.skip("the pool is for cgroup v1")
+    script = 'read -r _ _ _ _ _ sid _ < /proc/$$/stat; [ "$sid" = $$ ] && echo parked || echo forked'
+    p = fastrun.parse(["--rm", "--", "sh", "-c", script])
+    assert p is not None
+    data = encode({**p.values, "cmd": ["--", *p.cmd], "cwd": "/", "environ": cg.env()})
+    cg.run("run", "-d", "--name", "keep", "--", "sleep", "300", check=True)   # the pool's parent exists now
+    with agent(cg):
+        assert poll(lambda: len(_pools(cg)) == 2 * len([r for r in cg.roots if os.path.isdir(r)]), 30), _pools(cg)
+        capfd.readouterr()
+        codes = [run_attached(server.socket_path(cg.state_dir), data) for _ in range(6)]
+        out = capfd.readouterr().out
+    assert codes == [0] * 6 and out == "parked\n" * 6, out
+    cg.run("rm", "-f", "keep", check=True)
+
+
 def test_prune_removes_the_pool_cgroups_a_crash_left_and_no_live_one(cg: Env) -> None:
     from cgagent import host as hostmod
     from cgagent.cgroups import fs

@@ -149,6 +149,8 @@ class Launcher:
 
 POOL_SIZE = 2      # runners forked ahead of requests
 IDLE = 0.05        # seconds without a request before the pool is refilled (not while a launch runs)
+# ... and at once when a child ends: a foreground run is over then, and the next (a script's loop of
+# runs) comes sooner than IDLE: each would find the pool empty and pay the fork and cgroup move
 
 
 class _Runner(NamedTuple):
@@ -195,14 +197,18 @@ class _Launcher:
                 return False   # the agent is gone: our children go on without us
             if fds:
                 self.start(msg, fds)
+        ended = False
         for pidfd in ready:
             if pidfd in self.children:
                 self.reap(pidfd)
+                ended = True
             elif pidfd in parked:   # a parked runner died (killed): not one to hand a request to
                 self.pool.remove(parked[pidfd])
                 parked[pidfd].sock.close()
                 self.children[pidfd] = (parked[pidfd].pid, None)
                 self.reap(pidfd)
+        if ended and len(self.pool) < POOL_SIZE:
+            self.pool.append(self.fork_runner())   # after reap(): the exit code went first
         return True
 
     def fork_runner(self) -> _Runner:
