@@ -7,10 +7,15 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 from cgagent import host as hostmod
+
+# `cgagent` as its console script runs it (cgagent.__main__.main), with this interpreter and the
+# tree on PYTHONPATH: `python -m cgagent` would add runpy's imports, which a user's command never pays
+CGAGENT = [sys.executable, "-c", "import sys; from cgagent.__main__ import main; sys.exit(main())"]
 
 
 def time_cmd(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> float:

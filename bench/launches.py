@@ -26,7 +26,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 
-from bench.common import PYTHON, RUNC, busybox_rootfs, measure, summary, time_cmd
+from bench.common import CGAGENT, PYTHON, RUNC, busybox_rootfs, measure, summary, time_cmd
 from bench.launch import LIMITS, runc_bundle
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
@@ -58,7 +58,7 @@ def _timer(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
 
 
 def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], float]]:
-    cli = [sys.executable, "-m", "cgagent"]
+    cli = CGAGENT
     limits = ["--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"])]
     iso = ["--rootfs", f"{tmp}/rootfs"]
     argv = {"run": [*cli, "run", "--rm", *limits, "--", "/bin/true"],
