@@ -156,12 +156,18 @@ def logged(state_root: str, kind: str, name: str, since: int = 0, **match: Any) 
     retried append idempotent), looking from offset `since` (from the start when the log is now
     shorter than that: replaced)."""
     return any(ev["kind"] == kind and ev["name"] == name and all(ev.get(k) == v for k, v in match.items())
-               for _off, ev in read(state_root, since))
+               for _off, ev in read(state_root, noted(state_root, since)))
+
+
+def noted(state_root: str, offset: int) -> int:
+    """An offset noted before some event was appended, as the one to look for it from: the start
+    when the log is now shorter than that (replaced). Not for readers that fold the log as it grows
+    (they notice a replaced log themselves, by its inode, and start over)."""
+    return offset if 0 <= offset <= size(state_root) else 0
 
 
 def read(state_root: str, offset: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset after the line, event) for each whole, valid line from `offset` (from the start when
-    the log is shorter than that now: it was replaced)."""
-    r = Reader(state_root, offset if 0 <= offset <= size(state_root) else 0)
+    """(offset after the line, event) for each whole, valid line from `offset`."""
+    r = Reader(state_root, offset)
     for ev in r.read():
         yield r.offset, ev

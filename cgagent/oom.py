@@ -93,7 +93,7 @@ def read_rec_counter(rec: Record) -> tuple[int, int] | None:
 
 def _find(store: Store, rec: Record, m: Mark) -> bool:
     """Is the event of the pending target already in the log (from the offset noted before it)?"""
-    for _off, ev in events.read(store.root, m.offset):
+    for _off, ev in events.read(store.root, events.noted(store.root, m.offset)):
         if (isinstance(ev, dict) and ev.get("kind") == "oom_kill" and ev.get("name") == rec.name
                 and ev.get("instance") == m.instance and ev.get("gen") == m.gen and ev.get("total") == m.target):
             return True

@@ -284,7 +284,7 @@ def _pidfd(pid: int | None, start: int | None) -> int | None:
 def _logged_exit(store: Store, rec: Record) -> int | None:
     """The exit code of a removed workload's last run, from the events log."""
     code = None
-    for _off, ev in events.read(store.root, rec.log_offset):
+    for _off, ev in events.read(store.root, events.noted(store.root, rec.log_offset)):
         if ev.get("kind") == "exit" and ev.get("name") == rec.name and (rec.started is None or
                                                                         ev.get("started", rec.started) >= rec.started):
             code = ev.get("exit_code")
