@@ -167,11 +167,17 @@ class Pool:
         if not self.seen or self.parent is None:
             return
         mgr = new_manager(self.host, "cgroupfs", self.parent, pool_name(self.store) + os.urandom(4).hex())
-        made = mgr.made_by_create()
-        if not made.empty():
+
+        def make() -> None:
+            # as a workload's create: the look at the parents and the mkdir under one lock, so that a
+            # workload ending meanwhile cannot prune a parent this mkdir would then make unremembered
             with self.store.lock():
-                remember_parents(self.store, made)
-        zygote.park(mgr.dirs, mgr.create, mgr.apply)
+                made = mgr.made_by_create()
+                if not made.empty():
+                    remember_parents(self.store, made)
+                mgr.reserve()
+
+        zygote.park(mgr.dirs, make, mgr.apply)
 
 
 def pool_name(store: Any) -> str:

@@ -20,6 +20,15 @@ class CgroupManager(ABC):
 
     def __init__(self, dirs: dict[str, str]) -> None:
         self.dirs = dirs
+        self.reserved = False   # reserve() made the cgroup: create() has nothing left to do
+
+    def reserve(self) -> None:
+        """Called under the store lock that made_by_create() was asked under: make what a prune of
+        empty parents (another workload's end, under that lock too) could otherwise remove between
+        the look and the mkdir, after which the mkdir would make that parent again, unremembered.
+        The cgroupfs drivers make the cgroup itself; systemd's parents are systemd's (no-op there)."""
+        self.create()
+        self.reserved = True
 
     def effective(self, r: Resources) -> Resources:
         """The limits as the kernel will hold them once applied (the systemd driver rounds the

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cgagent import events, launch, oom, procopts, procs, zygote
@@ -122,15 +123,30 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
             store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
         fault("record")
         remember_parents(store, made)
+        failed = reserve_cgroup(mgr, lambda: zygote.claim(dirs, usable=zygote.fits(rec)))
     try:
-        # a pooled cgroup with a zygote in it becomes this one (cgagent.zygote): its mkdir is a no-op then
-        zygote.claim(dirs, usable=zygote.fits(rec))
+        if failed is not None:
+            raise failed
         make(mgr, req.isolation, req.resources)
         fault("cgroup")
     except BaseException:
         discard(store, rec, mgr)
         raise
     return rec, mgr
+
+
+def reserve_cgroup(mgr: CgroupManager, first: Callable[[], object] | None = None) -> BaseException | None:
+    """Under the store lock, after the look at the parents (made_by_create): make the cgroup
+    (mgr.reserve). `first`: a pooled cgroup with a zygote in it becomes this one (cgagent.zygote),
+    so the mkdir finds it made. The failure is returned, for the caller to undo outside the lock."""
+    try:
+        fault("planned")
+        if first is not None:
+            first()
+        mgr.reserve()
+    except BaseException as e:
+        return e
+    return None
 
 
 def make(mgr: CgroupManager, isolation: IsolationSpec | None, resources: Resources) -> None:
@@ -140,7 +156,8 @@ def make(mgr: CgroupManager, isolation: IsolationSpec | None, resources: Resourc
         from cgagent.isolation import rootfs
 
         rootfs.prepare(isolation)
-    mgr.create()
+    if not mgr.reserved:
+        mgr.create()
     mgr.set(resources)
 
 

@@ -14,7 +14,7 @@ from cgagent.host import Host
 from cgagent.limits import Resources
 from cgagent.live import live_status, supervisor_alive
 from cgagent.runtime.control import stop
-from cgagent.runtime.lifecycle import make, teardown_isolation
+from cgagent.runtime.lifecycle import make, reserve_cgroup, teardown_isolation
 from cgagent.runtime.parents import prune_parents
 from cgagent.runtime.request import require_root
 from cgagent.runtime.stopflag import clear_stop
@@ -67,7 +67,10 @@ def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManage
         oom.forget(store, name)   # a new instance: OOMKilled is about this run, as in docker
         clear_stop(store, name)
         remember_parents(store, made)
+        failed = reserve_cgroup(mgr)
     try:
+        if failed is not None:
+            raise failed
         spec = None
         if rec.isolation:
             from cgagent.isolation.spec import IsolationSpec

@@ -149,6 +149,10 @@ class SystemdManager(CgroupManager):
                 if ctrl in self.dirs:
                     fs.write(f"{self.dirs[ctrl]}/cgroup.procs", pid)
 
+    def reserve(self) -> None:
+        """Nothing: the parents are slices systemd makes and removes (create() asks it over D-Bus,
+        not under the store lock)."""
+
     def create(self) -> None:
         """Check that systemd answers and that the unit name is free (a failed leftover is reset)."""
         state = self._active_state()
