@@ -60,10 +60,12 @@ def forwarding_restore(ipr: Any, root: str | None) -> None:
     os.unlink(path)
 
 
-def ensure(ipr: Any, net: Network, root: str | None = None, port: tuple[str, str, str] | None = None) -> int:
+def ensure(ipr: Any, net: Network, root: str | None = None, port: nft.Port | None = None,
+           stale: tuple[nft.Port, ...] = ()) -> int:
     """Create (or find) the bridge with the gateway address, up; forwarding, NAT and filters on
     (every time: a network left half-made by a crash is completed, never used without NAT), and the
-    anti-spoofing elements of `port` (host end, MAC, address) in the same nft run. -> index."""
+    anti-spoofing elements of `port` (host end, MAC, address) in the same nft run, where those of
+    `stale` ports (gone) are forgotten. -> index."""
     assert net.bridge and net.gateway
     idx = link_index(ipr, net.bridge)
     if idx is None:
@@ -84,7 +86,8 @@ def ensure(ipr: Any, net: Network, root: str | None = None, port: tuple[str, str
                 raise
     ipr.link("set", index=idx, state="up")
     forwarding_on(root)
-    nft.add_network(net.bridge, net.pool, net.subnet, net.vxlan_dev if net.driver == "vxlan" else None, port)
+    nft.add_network(net.bridge, net.pool, net.subnet, net.vxlan_dev if net.driver == "vxlan" else None, port,
+                    stale)
     return idx
 
 

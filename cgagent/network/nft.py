@@ -143,9 +143,18 @@ def ensure_table() -> None:
         _nft(_BRIDGE_DEF + _TABLE_DEF)
 
 
-def _add(script: str) -> None:
-    """Run an `add element` script, making the tables first when they are missing: one nft run in
-    the common case (a launch pays for each)."""
+Port = tuple[str, str, str]   # a bridge port's anti-spoofing key: host end, MAC, IPv4 address
+
+
+def _add(script: str, stale: tuple[Port, ...] = ()) -> None:
+    """Run an `add element` script, making the tables first when they are missing, and forget the
+    elements of `stale` ports (gone links) in the same run: one nft run in the common case (a launch
+    pays ~10 ms for each, the kernel's wait in its commit)."""
+    forget = "".join(_guard_script("delete", *p) for p in stale)
+    if _nft(forget + script, check=False).returncode == 0:
+        return
+    for p in stale:   # one of them was forgotten already (a prune, a table made anew)
+        unguard(*p)
     if _nft(script, check=False).returncode != 0:
         ensure_table()
         _nft(script)
@@ -179,10 +188,10 @@ def subnets(name: str) -> list[str]:
 
 
 def add_network(bridge: str, pool: str | None, internal: str, overlay: str | None = None,
-                port: tuple[str, str, str] | None = None) -> None:
+                port: Port | None = None, stale: tuple[Port, ...] = ()) -> None:
     """Masquerade what leaves `pool` for anywhere outside `internal`; filter `bridge` (idempotent: `add
     element` of an existing element is no error, so a network made half-way is completed here); with
-    `port`, guard that (port, MAC, address) in the same nft run."""
+    `port`, guard that (port, MAC, address) in the same nft run, and forget `stale` ports' elements."""
     b = json.dumps(bridge)
     script = f"add element ip {TABLE} bridges {{ {b} }}\nadd element ip {TABLE} intra {{ {b} . {b} }}\n"
     script += f"add element ip {TABLE} internal {{ {internal} }}\n"
@@ -192,7 +201,7 @@ def add_network(bridge: str, pool: str | None, internal: str, overlay: str | Non
         script += f"add element ip {TABLE} overlays {{ {json.dumps(overlay)} }}\n"
     if port:
         script += _guard_script("add", *port)
-    _add(script)
+    _add(script, stale)
 
 
 def _empty(snap: dict[str, list[Any]]) -> bool:
@@ -225,9 +234,22 @@ def _guard_script(verb: str, port: str, mac: str, addr: str) -> str:
             f"{verb} element bridge {TABLE} guarded {{ {json.dumps(port)} }}\n")
 
 
-def guard(port: tuple[str, str, str]) -> None:
+def guard(port: Port, stale: tuple[Port, ...] = ()) -> None:
     """Anti-spoofing for one (port, MAC, address) alone: an underlay's workloads need no NAT or filters."""
-    _add(_guard_script("add", *port))
+    _add(_guard_script("add", *port), stale)
+
+
+def forget_ports(stale: tuple[Port, ...]) -> None:
+    """Forget the elements of ports whose links are gone, in one nft run when all are still there."""
+    if stale and _nft("".join(_guard_script("delete", *p) for p in stale), check=False).returncode != 0:
+        for p in stale:
+            unguard(*p)
+
+
+def guarded_ports() -> set[str]:
+    """Every port the bridge table holds an element of."""
+    snap = _snapshot("bridge") or {}
+    return {str(e) for e in snap.get("guarded", [])} | {str(_key_val(e)[0][0]) for e in snap.get("pairs", [])}
 
 
 def unguard(port: str, mac: str | None = None, addr: str | None = None) -> None:

@@ -1,0 +1,110 @@
+"""A workload's network end, as the kernel sees it (real links and nft tables, in a network namespace of
+the test's own): the veth pair is gone when disconnect returns, whether the kernel deleted it with the
+workload's namespace or disconnect had to (someone still held the namespace); the port's anti-spoofing
+elements stay until the next nft run (a connect's) or a prune forgets them, and no new port gets the
+name of one whose elements are still listed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+
+SCRIPT = r"""
+import json, os, sys
+from cgagent.network import attach, libnft, netns, nft
+
+root = sys.argv[1]
+ipr = netns.iproute()
+out = {}
+
+def port(owner):
+    return attach.load(owner, root).host_if
+
+def elements():
+    snap = nft._snapshot("bridge")
+    return sorted(str(e) for e in snap["guarded"]), len(snap["pairs"])
+
+def link(name):
+    return bool(ipr.link_lookup(ifname=name))
+
+# released: the namespace has no holder left when disconnect runs (a workload that ended)
+fd = netns.new_netns()
+attach.connect("one", "bridge", netns.fd_path(fd), root=root)
+one = port("one")
+os.close(fd)
+attach.disconnect("one", root)
+out["released_link"] = link(one)
+out["released_stale"] = [p[0] for p in attach._stale(root)]
+out["released_elements"] = elements()
+
+# the next connect forgets them in its own nft run
+fd = netns.new_netns()
+attach.connect("two", "bridge", netns.fd_path(fd), root=root)
+two = port("two")
+out["connect_stale"], out["connect_elements"] = attach._stale(root), elements() == ([two], 1)
+
+# held: another holder keeps the namespace (a `--net container:` workload): disconnect deletes the pair
+attach.disconnect("two", root)
+out["held_link"] = link(two)
+os.close(fd)
+out["held_stale"] = [p[0] for p in attach._stale(root)] == [two]
+
+fd = netns.new_netns()
+attach.connect("three", "bridge", netns.fd_path(fd), root=root)
+three = port("three")
+out["new_name_differs"] = three not in (one, two)
+out["never_a_listed_name"] = all(attach._port_name({"cgv%08x" % i for i in range(4)}) not in
+                                 {"cgv%08x" % i for i in range(4)} for _ in range(50))
+
+# a prune forgets any element whose link is gone (a crash lost the list), and keeps a live port's
+nft.guard(("cgvdeadbeef", "02:00:00:00:00:09", "10.9.0.9"))
+out["pruned"] = sorted(d for d in attach.prune(root) if d.startswith("rule elements"))
+out["after_prune"] = elements() == ([three], 1)
+attach.disconnect("three", root)
+os.close(fd)
+attach.prune(root)
+out["table_gone"] = nft._snapshot("bridge") is None
+
+# the library's netlink socket outlives each command: never inherited by what this process executes
+flags = {}
+for fd in os.listdir("/proc/self/fd"):
+    try:   # the listing's own fd is gone by now
+        if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+            continue
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            flags[fd] = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
+    except FileNotFoundError:
+        continue
+out["sockets_cloexec"] = bool(flags) and all(v & os.O_CLOEXEC for v in flags.values())
+pid = os.fork()
+if pid == 0:   # a forked child makes its own context: its answers are its own
+    os._exit(0 if nft._run("list tables").returncode == 0 else 1)
+out["child"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+out["parent_after_child"] = nft._run("list tables").returncode
+# everything closed (a shim becoming a fresh process) and the socket's fd number taken by a file: a
+# new context, and the file is left alone
+os.closerange(3, 1 << 16)
+taken = os.open("/dev/null", os.O_RDONLY)
+res = nft._run("list tables")
+out["after_closerange"] = res.returncode == 0 and os.readlink(f"/proc/self/fd/{taken}") == "/dev/null"
+os.write(1, json.dumps(out).encode())
+"""
+
+
+def test_a_workloads_link_is_gone_and_its_elements_go_with_the_next_nft_run() -> None:
+    with tempfile.TemporaryDirectory(prefix="cgagent-teardown-") as root:
+        r = subprocess.run(["unshare", "-n", sys.executable, "-c", SCRIPT, root], capture_output=True, text=True,
+                           timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["released_link"] is False and got["held_link"] is False
+    one = got["released_stale"][0]
+    assert got["released_stale"] == [one] and got["released_elements"] == [[one], 1]
+    assert got["connect_stale"] == [] and got["connect_elements"] is True and got["held_stale"] is True
+    assert got["new_name_differs"] is True and got["never_a_listed_name"] is True
+    assert got["pruned"] == ["rule elements of cgvdeadbeef"] and got["after_prune"] is True
+    assert got["table_gone"] is True
+    assert got["sockets_cloexec"] is True and got["child"] == 0 and got["parent_after_child"] == 0
+    assert got["after_closerange"] is True
