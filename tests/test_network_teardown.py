@@ -1,8 +1,9 @@
-"""A workload's network end, as the kernel sees it (real links and nft tables, in a network namespace of
+"""A workload's network, as the kernel sees it (real links and nft tables, in a network namespace of
 the test's own): the veth pair is gone when disconnect returns, whether the kernel deleted it with the
 workload's namespace or disconnect had to (someone still held the namespace); the port's anti-spoofing
 elements stay until the next nft run (a connect's) or a prune forgets them, and no new port gets the
-name of one whose elements are still listed."""
+name of one whose elements are still listed. The rtnetlink requests cgagent writes itself (rtnl.py)
+give what `ip` lists."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import sys
 import tempfile
 
 SCRIPT = r"""
-import json, os, sys
-from cgagent.network import attach, libnft, netns, nft
+import json, os, subprocess, sys
+from cgagent.errors import CgagentError
+from cgagent.network import attach, libnft, netns, nft, rtnl, veth
 
 root = sys.argv[1]
 ipr = netns.iproute()
@@ -28,6 +30,26 @@ def elements():
 
 def link(name):
     return bool(ipr.link_lookup(ifname=name))
+
+# the requests written by hand (rtnl) against what `ip` lists
+fd = netns.new_netns()
+attach.connect("probe", "bridge", netns.fd_path(fd), root=root)
+inside = subprocess.run(["nsenter", f"--net={netns.fd_path(fd)}", "sh", "-c", "ip -o -4 addr; ip route; ip -o link"],
+                        capture_output=True, text=True).stdout
+a = attach.load("probe", root)
+out["inside"] = (f"eth0    inet {a.address}/{a.prefixlen}" in inside and f"default via {a.gateway} dev eth0" in inside
+                 and "lo: <LOOPBACK,UP" in inside and a.mac in inside)
+with rtnl.Rtnl() as rt:
+    br = rt.link("cgagent0")
+    out["bridge"] = br is not None and bool(br[1] & rtnl.IFF_UP) and a.gateway in rt.ipv4_addresses(br[0])
+    out["missing"] = rt.link("cgvnothere")
+try:
+    veth.create("cgvsecond", br[0], netns.fd_path(fd), "02:00:00:00:00:08")
+except CgagentError as e:
+    out["second_eth0"] = str(e)
+attach.disconnect("probe", root)
+os.close(fd)
+attach.prune(root)
 
 # released: the namespace has no holder left when disconnect runs (a workload that ended)
 fd = netns.new_netns()
@@ -99,6 +121,8 @@ def test_a_workloads_link_is_gone_and_its_elements_go_with_the_next_nft_run() ->
                            timeout=120)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
+    assert got["inside"] is True and got["bridge"] is True and got["missing"] is None
+    assert got["second_eth0"].startswith("the workload already has an interface named eth0")
     assert got["released_link"] is False and got["held_link"] is False
     one = got["released_stale"][0]
     assert got["released_stale"] == [one] and got["released_elements"] == [[one], 1]

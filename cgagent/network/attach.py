@@ -332,33 +332,38 @@ def _check_parent(net: Network) -> None:
 def _plumb(net: Network, att: Attachment, root: str | None, stale: tuple[nft.Port, ...] = ()) -> None:
     """Make the links; the nft run that guards the new port forgets the `stale` ones."""
     assert att.address
-    ipr = netns.iproute()
-    try:
-        if net.driver == "macvlan":
-            assert net.parent
-            tmp = "cgt" + os.urandom(4).hex()
+    if net.driver == "macvlan":
+        assert net.parent
+        tmp = "cgt" + os.urandom(4).hex()
+        ipr = netns.iproute()
+        try:
             macvlan.create(ipr, net.parent, att.netns, tmp)
-            att.mac = veth.configure_inside(att.netns, tmp, att.address, att.prefixlen, att.gateway,
-                                            rename_to="eth0")
-            return
-        if net.driver == "vxlan":
-            vxlan.ensure(ipr, net)
-        assert att.host_if and att.mac
-        # the port's anti-spoofing rule goes in with the network's, before the port exists
-        if net.underlay:
-            br = underlay.bridge_index(ipr, net)
-            nft.guard((att.host_if, att.mac, att.address), stale)
-        else:
-            br = bridge.ensure(ipr, net, root, (att.host_if, att.mac, att.address), stale)
-        if stale:
-            _set_stale(root, ())
-        fault("bridge")
-        veth.create(ipr, att.host_if, br, att.netns, att.mac)
-        fault("veth")
-        veth.configure_inside(att.netns, "eth0", att.address, att.prefixlen, att.gateway, mac=att.mac)
-        fault("inside")
-    finally:
-        ipr.close()
+        finally:
+            ipr.close()
+        att.mac = veth.configure_renamed(att.netns, tmp, att.address, att.prefixlen, att.gateway, "eth0")
+        return
+    assert att.host_if and att.mac
+    port = (att.host_if, att.mac, att.address)
+    # the port's anti-spoofing rule goes in with the network's, before the port exists
+    if net.driver == "vxlan" or net.underlay:
+        ipr = netns.iproute()
+        try:
+            if net.driver == "vxlan":
+                vxlan.ensure(ipr, net)
+            if net.underlay:
+                br = underlay.bridge_index(ipr, net)
+                nft.guard(port, stale)
+        finally:
+            ipr.close()
+    if not net.underlay:
+        br = bridge.ensure(net, root, port, stale)
+    if stale:
+        _set_stale(root, ())
+    fault("bridge")
+    veth.create(att.host_if, br, att.netns, att.mac)
+    fault("veth")
+    veth.configure_inside(att.netns, "eth0", att.address, att.prefixlen, att.gateway)
+    fault("inside")
 
 
 def _write_files(att: Attachment, root: str | None) -> None:
@@ -390,11 +395,7 @@ def _teardown(att: Attachment, net: Network | None, root: str | None) -> None:
     if att.host_if:
         gone = False
         with contextlib.suppress(Exception):
-            ipr = netns.iproute()
-            try:
-                gone = veth.remove(ipr, att.host_if)
-            finally:
-                ipr.close()
+            gone = veth.remove(att.host_if)
         # a port that is still there stays guarded (prune removes both later); a gone one's elements
         # guard nothing and go with the next nft run (a connect's), which saves each workload's end
         # an nft commit (~10 ms of kernel waits); no new port is given a name on that list

@@ -8,10 +8,9 @@ import select
 import socket
 import struct
 import time
-from typing import Any
 
 from cgagent.errors import CgagentError
-from cgagent.network import netns
+from cgagent.network import netns, rtnl
 
 EEXIST = 17
 ENODEV = 19
@@ -21,15 +20,14 @@ ENODEV = 19
 GONE_WAIT = 0.05
 
 
-def create(ipr: Any, host_name: str, bridge_idx: int, ns_path: str, mac: str, inner: str = "eth0") -> None:
+def create(host_name: str, bridge_idx: int, ns_path: str, mac: str, inner: str = "eth0") -> None:
     """The pair, `inner` (with MAC `mac`, which the anti-spoofing rule names) inside the namespace."""
     fd = netns.open_ns(ns_path)
     try:
-        # on the bridge and up as it is born: one request, where add + lookup + set were three
-        ipr.link("add", ifname=host_name, kind="veth", master=bridge_idx, state="up",
-                 peer={"ifname": inner, "net_ns_fd": fd, "address": mac})
-    except Exception as e:
-        if getattr(e, "code", None) == EEXIST:
+        with rtnl.Rtnl() as rt:   # on the bridge and up as it is born: one request
+            rt.veth(host_name, bridge_idx, inner, fd, mac)
+    except rtnl.NetlinkError as e:
+        if e.code == EEXIST:
             raise CgagentError(f"the workload already has an interface named {inner}",
                                "connect it to one network only") from None
         raise
@@ -37,46 +35,47 @@ def create(ipr: Any, host_name: str, bridge_idx: int, ns_path: str, mac: str, in
         os.close(fd)
 
 
-LOOPBACK_INDEX = 1   # lo is interface 1 in every network namespace
+def configure_inside(ns_path: str, ifname: str, address: str, prefixlen: int, gateway: str | None) -> None:
+    """Inside the workload: address, up, lo up, default route (one sendmsg)."""
+    with rtnl.Rtnl(ns_path) as rt:
+        found = rt.link(ifname)
+        if found is None:
+            raise CgagentError(f"the workload's {ifname} vanished while it was being connected", "run it again")
+        rt.configure(found[0], address, prefixlen, gateway)
 
 
-def configure_inside(ns_path: str, ifname: str, address: str, prefixlen: int, gateway: str | None,
-                     rename_to: str | None = None, mac: str | None = None) -> str:
-    """Inside the workload: (rename,) address, up, lo up, default route. -> the interface's MAC
-    (`mac` when the caller gave it one, else asked)."""
+def configure_renamed(ns_path: str, ifname: str, address: str, prefixlen: int, gateway: str | None,
+                      rename_to: str) -> str:
+    """configure_inside() for a link that comes in under a temporary name (macvlan). -> its MAC."""
     ipr = netns.iproute(ns_path)
     try:
         idx = ipr.link_lookup(ifname=ifname)[0]
-        if rename_to:
-            ipr.link("set", index=idx, ifname=rename_to)
-        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
-        ipr.link("set", index=idx, state="up")
-        ipr.link("set", index=LOOPBACK_INDEX, state="up")
-        if gateway:
-            ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
-        return mac or str(ipr.get_links(idx)[0].get("address"))
+        ipr.link("set", index=idx, ifname=rename_to)
+        mac = str(ipr.get_links(idx)[0].get("address"))
     finally:
         ipr.close()
+    configure_inside(ns_path, rename_to, address, prefixlen, gateway)
+    return mac
 
 
-def remove(ipr: Any, host_name: str, wait: float = GONE_WAIT) -> bool:
+def remove(host_name: str, wait: float = GONE_WAIT) -> bool:
     """Make sure the pair is gone, by its host end. -> True when it is (False: the delete failed).
 
     When the workload's namespace dies with it, the kernel deletes the pair itself, within a
     millisecond or so; deleting it ourselves meanwhile costs ~20 ms (the unregister's RCU waits) and
     races the kernel's own cleanup. So: wait for the kernel's RTM_DELLINK, and delete only when it
     does not come (someone still holds the namespace)."""
-    with _LinkEvents() as events:   # subscribed before the look-up: the deletion cannot slip between
-        found = ipr.link_lookup(ifname=host_name)
-        if not found:
+    with rtnl.Rtnl() as rt, _LinkEvents() as events:   # subscribed before the look-up: no deletion slips between
+        found = rt.link(host_name)
+        if found is None:
             return True
-        idx = int(found[0])
+        idx = found[0]
         if events.deleted(idx, time.monotonic() + wait):
             return True
-    try:
-        ipr.link("del", index=idx)
-    except Exception as e:   # NetlinkError
-        return getattr(e, "code", None) == ENODEV or not ipr.link_lookup(ifname=host_name)
+        try:
+            rt.delete(idx)
+        except rtnl.NetlinkError as e:
+            return e.code == ENODEV or rt.link(host_name) is None
     return True
 
 
