@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-ORDER = ["launch", "launches", "web", "exporter", "systemd_driver", "isolation", "seccomp", "network", "policy",
+ORDER = ["launch", "launches", "vm", "web", "exporter", "systemd_driver", "isolation", "seccomp", "network", "policy",
          "oom", "iofreeze"]
 
 

@@ -28,12 +28,22 @@ from collections.abc import Callable
 
 from bench.common import CGAGENT, PYTHON, RUNC, busybox_rootfs, measure, summary, time_cmd
 from bench.launch import LIMITS, runc_bundle
+from cgagent import host as hostmod
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BWRAP = "bwrap --unshare-all (busybox)"
 MODES = ("direct", "agent")
 KINDS = ("run", "run --net none", "run --net bridge")
+
+
+# the driver a user of this host gets by default: systemd where it is PID 1 (the v2 VM), else cgroupfs
+DRIVER_SYSTEMD = hostmod.detect().init_is_systemd
+
+
+def _path(tree: str) -> str:
+    """`tree` first, then what PYTHONPATH held (the v2 VM's dependencies live there)."""
+    return os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)
 
 
 def _start_agent(cli: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
@@ -72,7 +82,7 @@ def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], fl
     base = os.environ.get("BENCH_BASELINE")
     if base:
         _compile(base, env["PYTHONPYCACHEPREFIX"])
-        benv = dict(direct, PYTHONPATH=base)
+        benv = dict(direct, PYTHONPATH=_path(base))
         cases[f"run (direct, {base})"] = lambda: time_cmd(argv["run"], env=benv, cwd=base)
     if shutil.which("runc"):
         runc_bundle(f"{tmp}/bundle", f"/{sub}")
@@ -86,7 +96,9 @@ def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], fl
 
 
 def _report(res: dict[str, list[float]]) -> None:
-    print(f"{ROUNDS} rounds, interleaved; kernel {os.uname().release}; load {os.getloadavg()[0]:.1f}")
+    cg = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "v1"
+    print(f"{ROUNDS} rounds, interleaved; kernel {os.uname().release}; cgroup {cg}, "
+          f"{'systemd' if DRIVER_SYSTEMD else 'cgroupfs'} driver; load {os.getloadavg()[0]:.1f}")
     for k, v in res.items():
         print(f"  {k:36} {summary(v)}")
     med = {k: statistics.median(v) for k, v in res.items()}
@@ -116,7 +128,9 @@ def main() -> None:
     sub = f"cgagent-bench-all-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     tmp = tempfile.mkdtemp(prefix="cgagent-bench-all-", dir="/run" if os.path.isdir("/run") else None)
     env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/state", CGAGENT_ROOT=f"{tmp}/store",
-               CGAGENT_CGROUP_PARENT=f"nested:{sub}", PYTHONPATH=ROOT, PYTHONPYCACHEPREFIX=f"{tmp}/pycache")
+               PYTHONPATH=_path(ROOT), PYTHONPYCACHEPREFIX=f"{tmp}/pycache")
+    if not DRIVER_SYSTEMD:   # the systemd driver's parent is its default slice, where --rm runs leave nothing
+        env["CGAGENT_CGROUP_PARENT"] = f"nested:{sub}"
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.pop("CGAGENT_DIRECT", None)
     busybox_rootfs(f"{tmp}/rootfs")

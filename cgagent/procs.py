@@ -6,6 +6,17 @@ import os
 import select
 
 
+def close_all_but(keep: set[int]) -> None:
+    """Close every fd of this process not in `keep` (stdio too, unless kept): what a process forked
+    from a long-lived one must not carry into what it runs."""
+    for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:   # the listing's own fd is already gone
+                pass
+
+
 def start_time(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat: with the pid, a process identity that survives pid reuse."""
     try:

@@ -20,6 +20,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cgagent import procs
+
 if TYPE_CHECKING:   # the direct path asks claim() too: it must not pay for socket's import
     import socket
 
@@ -43,13 +45,6 @@ _slot: _Slot | None = None
 
 def _unique(dirs: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(dirs.values()))   # controllers mounted together share a directory: one each
-
-
-def _close_all_but(keep: set[int]) -> None:
-    for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):   # the listing's own fd is already gone
-                os.close(fd)
 
 
 def park(dirs: dict[str, str], make: Callable[[], None], place: Callable[[int], None]) -> None:
@@ -173,7 +168,7 @@ def _zygote(sock: socket.socket) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the agent's terminal is not ours while we wait
     os.setsid()
-    _close_all_but({sock.fileno()})
+    procs.close_all_but({0, 1, 2, sock.fileno()})
     fds = array.array("i")
     try:
         msg, anc, flags, _ = sock.recvmsg(MAX_JOB, socket.CMSG_SPACE(6 * fds.itemsize))

@@ -53,13 +53,9 @@ def _close_inherited(keep: set[int]) -> None:
     callers' connections, its files). A restarted agent can bind again, the caller sees the agent's
     end and not ours, and nothing of the agent's is reachable from the request (`-w /proc/self/fd/N`)."""
     from cgagent import zygote
+    from cgagent.procs import close_all_but
 
-    keep = keep | zygote.held_fds()   # the runner's zygote: the launch may use it (cgagent.zygote)
-    fds = [int(n) for n in os.listdir("/proc/self/fd")]
-    for fd in fds:
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):   # the listing's own fd is already gone
-                os.close(fd)
+    close_all_but({0, 1, 2} | keep | zygote.held_fds())   # the runner's zygote: the launch may use it
 
 
 class Caller(NamedTuple):   # not a dataclass: dataclasses (inspect, ast) cost a thin client ~6 ms

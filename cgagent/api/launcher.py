@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from cgagent.errors import CgagentError
+from cgagent.procs import close_all_but
 
 MAX_MESSAGE = 256 * 1024   # a run request is at most 64 KiB of JSON (the API's bound)
 MAX_FDS = 8
@@ -230,7 +231,7 @@ class _Launcher:
         """A process forked ahead of its request: prepare, wait for the request, run it."""
         from cgagent import zygote
 
-        _close_all_but({0, 1, 2, sock.fileno()})   # the agent's, the launcher's, other requests'
+        close_all_but({0, 1, 2, sock.fileno()})   # the agent's, the launcher's, other requests'
         try:
             if self.park is not None:
                 with contextlib.suppress(Exception):   # nothing prepared: the launch does it all
@@ -267,7 +268,7 @@ class _Launcher:
             if pid == 0:
                 code = 125
                 try:
-                    _close_all_but({0, 1, 2, *rest})
+                    close_all_but({0, 1, 2, *rest})
                     code = self.run(msg, rest)
                 finally:
                     os._exit(code)
@@ -301,9 +302,3 @@ class _Launcher:
             os.close(r.pidfd)
         self.pool = []
 
-
-def _close_all_but(keep: set[int]) -> None:
-    for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
-        if fd not in keep:
-            with contextlib.suppress(OSError):   # the listing's own fd is already gone
-                os.close(fd)

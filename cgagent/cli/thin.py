@@ -221,19 +221,16 @@ def run(argv: list[str]) -> int | None:
     parsed = fastrun.parse(argv)
     if parsed is None or any(parsed.values.get(k) for k in ("preserve_fds", "tty", "interactive")):
         return None   # fds beyond stdio, and the caller's terminal, are the direct path's
-    body = request_body(parsed)
-    if body is None:
-        return None
     if not parsed.values.get("detach"):
         from cgagent.api.client import default_socket, direct
 
-        if direct() or not _stdio_open():
+        if direct() or not _stdio_open() or (body := request_body(parsed)) is None:
             return None
         from cgagent.api.runclient import run_attached
 
         # no probe first: a socket nobody listens on is Declined, before anything was sent
         return run_attached(default_socket(parsed.values.get("state_dir")), body)
-    if (c := _client(parsed.values)) is None:
+    if (c := _client(parsed.values)) is None or (body := request_body(parsed)) is None:
         return None
     print(c.json("POST", "/v1/workloads", body)["name"])
     return 0

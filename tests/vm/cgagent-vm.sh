@@ -23,8 +23,8 @@ case $PIP in /*) ;; *) PIP=$PWD/$PIP ;; esac   # build() changes directory
 MIRROR=${MIRROR:-$( { cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true; } \
   | awk '/^URIs:/{u=u?u:$2} /^deb /{u=u?u:$2} END{print u}')}
 # nftables/iproute2: bridge networking and published ports; busybox-static: the test images;
-# tini: the --init process
-PKGS=systemd,systemd-sysv,dbus,python3,procps,kmod,udev,nftables,iproute2,busybox-static,tini
+# tini: the --init process; runc, bubblewrap: what `make bench` compares launches with (bench/vm.py)
+PKGS=systemd,systemd-sysv,dbus,python3,procps,kmod,udev,nftables,iproute2,busybox-static,tini,runc,bubblewrap
 INITRD_MODS="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
   crc32c-intel crc32c_generic crc16 mbcache jbd2 ext4 netfs fscache 9pnet 9pnet_virtio 9p"
 PRUNE="sound drivers/gpu drivers/media drivers/infiniband drivers/net/wireless drivers/net/ethernet
