@@ -150,11 +150,9 @@ def _add(script: str, stale: tuple[Port, ...] = ()) -> None:
     """Run an `add element` script, making the tables first when they are missing, and forget the
     elements of `stale` ports (gone links) in the same run: one nft run in the common case (a launch
     pays ~10 ms for each, the kernel's wait in its commit)."""
-    forget = "".join(_guard_script("delete", *p) for p in stale)
-    if _nft(forget + script, check=False).returncode == 0:
+    if _nft(_forget_script(stale) + script, check=False).returncode == 0:
         return
-    for p in stale:   # one of them was forgotten already (a prune, a table made anew)
-        unguard(*p)
+    _forget_each(stale)   # one of them was forgotten already (a prune, a table made anew)
     if _nft(script, check=False).returncode != 0:
         ensure_table()
         _nft(script)
@@ -241,9 +239,17 @@ def guard(port: Port, stale: tuple[Port, ...] = ()) -> None:
 
 def forget_ports(stale: tuple[Port, ...]) -> None:
     """Forget the elements of ports whose links are gone, in one nft run when all are still there."""
-    if stale and _nft("".join(_guard_script("delete", *p) for p in stale), check=False).returncode != 0:
-        for p in stale:
-            unguard(*p)
+    if stale and _nft(_forget_script(stale), check=False).returncode != 0:
+        _forget_each(stale)
+
+
+def _forget_script(stale: tuple[Port, ...]) -> str:
+    return "".join(_guard_script("delete", *p) for p in stale)
+
+
+def _forget_each(stale: tuple[Port, ...]) -> None:
+    for p in stale:
+        unguard(*p)
 
 
 def guarded_ports() -> set[str]:

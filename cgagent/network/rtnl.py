@@ -11,16 +11,21 @@ prune) stays with pyroute2.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import select
 import socket
 import struct
+import time
+from collections.abc import Iterator
 
 from cgagent.network import netns
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE = 24
+RTMGRP_LINK = 1
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_DUMP = 0x300
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
@@ -62,6 +67,17 @@ def _mac(text: str) -> bytes:
     return bytes(int(x, 16) for x in text.split(":"))
 
 
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+    """(type, flags, seq, offset, length) of each netlink message in one datagram."""
+    off = 0
+    while off + _HDR.size <= len(data):
+        length, kind, flags, seq, _ = _HDR.unpack_from(data, off)
+        if length < _HDR.size:
+            return
+        yield kind, flags, seq, off, length
+        off += (length + 3) & ~3
+
+
 def _attrs(data: bytes, off: int) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     while off + _ATTR.size <= len(data):
@@ -101,11 +117,7 @@ class Rtnl:
         error = 0
         while waiting:
             data = self.sock.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, kind, flags, seq, _ = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    break
+            for kind, flags, seq, off, length in _messages(data):
                 if kind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", data, off + _HDR.size)[0]
                     error = error or code
@@ -116,7 +128,6 @@ class Rtnl:
                     answers.append((kind, data[off:off + length], _HDR.size))
                     if not flags & NLM_F_MULTI:
                         waiting.discard(seq)
-                off += (length + 3) & ~3
         if error:
             raise NetlinkError(error)
         return answers
@@ -126,7 +137,7 @@ class Rtnl:
         try:
             got = self._talk([self._msg(RTM_GETLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0) + _name(IFLA_IFNAME, name))])
         except NetlinkError as e:
-            if e.code == 19:   # ENODEV
+            if e.code == errno.ENODEV:
                 return None
             raise
         for kind, msg, off in got:
@@ -178,3 +189,39 @@ class Rtnl:
                                   _RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, 0, RTN_UNICAST, 0)
                                   + _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed)))
         self._talk(msgs)
+
+
+class LinkEvents:
+    """This namespace's link notifications (RTMGRP_LINK); a context manager. Subscribe before looking a
+    link up, and no change of it can slip between the look-up and the wait."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        try:
+            self.sock.bind((0, RTMGRP_LINK))
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def __enter__(self) -> LinkEvents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def deleted(self, index: int, deadline: float) -> bool:
+        """True once interface `index` is deleted (not merely leaving its bridge: that RTM_DELLINK is
+        AF_BRIDGE's), False at the deadline (time.monotonic()) or when events were lost (look again)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return False
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError:   # ENOBUFS: events were dropped
+                return False
+            for kind, _, _, off, length in _messages(data):
+                if kind == RTM_DELLINK and length >= _HDR.size + _IFINFO.size:
+                    family, _, idx, _, _ = _IFINFO.unpack_from(data, off + _HDR.size)
+                    if family == socket.AF_UNSPEC and idx == index:
+                        return True
