@@ -89,6 +89,23 @@ os.close(fd)
 attach.prune(root)
 out["table_gone"] = nft._snapshot("bridge") is None
 
+# the delete fails and the link stays (held namespace, the kernel refuses): the port stays guarded,
+# its elements neither forgotten nor listed as stale (before, they were removed: an open port)
+fd = netns.new_netns()
+attach.connect("four", "bridge", netns.fd_path(fd), root=root)
+four = port("four")
+real_delete = rtnl.Rtnl.delete
+def refused(self, index):
+    raise rtnl.NetlinkError(16)   # EBUSY
+rtnl.Rtnl.delete = refused
+attach.disconnect("four", root)
+rtnl.Rtnl.delete = real_delete
+out["refused_link"] = link(four)
+out["refused_guarded"] = elements() == ([four], 1) and attach._stale(root) == ()
+ipr.link("del", index=ipr.link_lookup(ifname=four)[0])
+os.close(fd)
+attach.prune(root)
+
 # the library's netlink socket outlives each command: never inherited by what this process executes
 flags = {}
 for fd in os.listdir("/proc/self/fd"):
@@ -130,5 +147,6 @@ def test_a_workloads_link_is_gone_and_its_elements_go_with_the_next_nft_run() ->
     assert got["new_name_differs"] is True and got["never_a_listed_name"] is True
     assert got["pruned"] == ["rule elements of cgvdeadbeef"] and got["after_prune"] is True
     assert got["table_gone"] is True
+    assert got["refused_link"] is True and got["refused_guarded"] is True
     assert got["sockets_cloexec"] is True and got["child"] == 0 and got["parent_after_child"] == 0
     assert got["after_closerange"] is True
