@@ -91,6 +91,7 @@ def busybox_rootfs(root: str) -> None:
 
 PYTHON = "python3 -c pass"
 RUNC = "runc run (busybox, same limits)"
+RUNC_SYSTEMD = "runc --systemd-cgroup run (the same)"
 
 
 def measure(cases: dict[str, Callable[[], float]], rounds: int, sub: str, tmp: str) -> dict[str, list[float]]:

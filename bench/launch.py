@@ -19,14 +19,16 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
 LIMITS = {"cpus": 0.5, "memory": 256 << 20, "pids": 64}
 
 
-def runc_bundle(d: str, parent: str) -> None:
+def runc_bundle(d: str, parent: str, cgroups_path: str | None = None) -> None:
+    """A busybox bundle running /bin/true with LIMITS, in cgroup `parent`/runc-bench (runc's
+    cgroupfs driver), or at `cgroups_path` as given (runc --systemd-cgroup: "SLICE:PREFIX:NAME")."""
     busybox_rootfs(f"{d}/rootfs")
     subprocess.run(["runc", "spec"], cwd=d, check=True)
     with open(f"{d}/config.json") as f:
         cfg = json.load(f)
     cfg["process"]["terminal"] = False
     cfg["process"]["args"] = ["/bin/true"]
-    cfg["linux"]["cgroupsPath"] = f"{parent}/runc-bench"
+    cfg["linux"]["cgroupsPath"] = cgroups_path or f"{parent}/runc-bench"
     cfg["linux"]["resources"].update({
         "cpu": {"quota": int(LIMITS["cpus"] * 100000), "period": 100000},
         "memory": {"limit": LIMITS["memory"]},

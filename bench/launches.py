@@ -26,7 +26,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 
-from bench.common import CGAGENT, PYTHON, RUNC, busybox_rootfs, measure, summary, time_cmd
+from bench.common import CGAGENT, PYTHON, RUNC, RUNC_SYSTEMD, busybox_rootfs, measure, summary, time_cmd
 from bench.launch import LIMITS, runc_bundle
 from cgagent import host as hostmod
 
@@ -89,6 +89,11 @@ def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], fl
         n = iter(range(10**6))
         cases[RUNC] = lambda: time_cmd(
             ["runc", "--root", f"{tmp}/runc-state", "run", "--bundle", f"{tmp}/bundle", f"bench-all-{next(n)}"])
+        if DRIVER_SYSTEMD:   # as Docker runs it on a systemd host: a transient scope per container too
+            runc_bundle(f"{tmp}/bundle-sd", "", cgroups_path=f"system.slice:{sub}:runc")
+            cases[RUNC_SYSTEMD] = lambda: time_cmd(
+                ["runc", "--systemd-cgroup", "--root", f"{tmp}/runc-state", "run", "--bundle", f"{tmp}/bundle-sd",
+                 f"bench-sd-{next(n)}"])
     if shutil.which("bwrap"):
         cases[BWRAP] = lambda: time_cmd(["bwrap", "--unshare-all", "--ro-bind", f"{tmp}/rootfs", "/",
                                          "--proc", "/proc", "--dev", "/dev", "/bin/true"])
@@ -102,16 +107,18 @@ def _report(res: dict[str, list[float]]) -> None:
     for k, v in res.items():
         print(f"  {k:36} {summary(v)}")
     med = {k: statistics.median(v) for k, v in res.items()}
-    runc = med.get(RUNC)
+    runc, runc_sd = med.get(RUNC), med.get(RUNC_SYSTEMD)
     print(f"  own cost = cgagent - {PYTHON} ({1e3 * med[PYTHON]:.1f} ms); runc's whole time "
-          + (f"{1e3 * runc:.1f} ms" if runc else "(runc not installed)"))
+          + (f"{1e3 * runc:.1f} ms" if runc else "(runc not installed)")
+          + (f", with its systemd driver {1e3 * runc_sd:.1f} ms" if runc_sd else ""))
     for kind in KINDS:
         for mode in MODES:
             own = med[f"{kind} ({mode})"] - med[PYTHON]
             verdict = "" if runc is None or mode != "agent" else ("  meets own <= runc" if own <= runc
                                                                   else "  misses own <= runc")
             print(f"    {kind + ' (' + mode + ')':34} own {1e3 * own:6.1f} ms"
-                  + (f"  = {own / runc:4.2f}x runc" if runc else "") + verdict)
+                  + (f"  = {own / runc:4.2f}x runc" if runc else "")
+                  + (f", {own / runc_sd:4.2f}x runc --systemd-cgroup" if runc_sd else "") + verdict)
     for mode in MODES:
         price = med[f"run --net bridge ({mode})"] - med[f"run --net none ({mode})"]
         print(f"  bridge - none ({mode}) {1e3 * price:6.1f} ms  target <= 20 ms: "

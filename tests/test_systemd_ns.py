@@ -649,3 +649,32 @@ def test_ulimit_user_and_stop_signal_under_the_systemd_driver(sdns: SystemdNames
     sdns.run(["rm", "-f", "/tmp/rt-ready"])
     _ok(cli("rm", "rt2"))
     _nothing_of(sdns, cli, "rt2")
+
+
+_ONE_CONNECTION = """
+import os
+from cgagent.cgroups import systemd
+with systemd.one_connection():
+    a = systemd.connection()
+    systemd.release()   # a step's own release() inside the block keeps it
+    assert systemd.connection() is a, "a second connection inside one_connection()"
+    pid = os.fork()
+    if pid == 0:   # a forked child never talks over its parent's connection
+        code = 1
+        try:
+            c = systemd.connection()
+            code = 0 if c is not a and c.unit_path("-.slice") else 2
+            systemd.release()
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, "the child used the parent's connection"
+    assert a.unit_path("-.slice"), "the child's close broke the parent's connection"
+assert a.conn.sock.fileno() == -1, "not closed at the end of one_connection()"
+print("ok")
+"""
+
+
+def test_a_workloads_steps_share_one_connection_and_a_forked_child_opens_its_own(sdns: SystemdNamespace,
+                                                                                   cli: CLI) -> None:
+    r = sdns.run([sys.executable, "-c", _ONE_CONNECTION], env={**cli.env, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -194,28 +194,36 @@ def _stop_slices(store: Store, slices: list[str]) -> list[str]:
     """Stop the slices we started once no live workload of ours is in them and they hold no process
     (stopping a slice stops what is in it: never one someone else has put something into)."""
     live = [r.cgroup for r in store.all() if r.driver == "systemd" and r.status != "exited"]
-    left = []
-    try:
-        from cgagent.cgroups.systemd.dbus import Systemd
+    left: list[str] = []
+    idle: list[str] = []
+    for s in sorted(set(slices), key=lambda x: x.count("-"), reverse=True):
+        prefix = slice_path(s).rstrip("/") + "/"
+        (left if any(c.startswith(prefix) for c in live) else idle).append(s)
+    if not idle:
+        return left
+    from cgagent.cgroups import systemd
+    from cgagent.cgroups.systemd import dbus
 
-        bus = Systemd()
+    try:
+        bus = systemd.connection()   # the workload's end may have opened it (one_connection())
     except CgagentError:
-        return list(slices)
-    with bus:
-        for s in sorted(set(slices), key=lambda x: x.count("-"), reverse=True):
-            prefix = slice_path(s).rstrip("/") + "/"
-            if any(c.startswith(prefix) for c in live):
-                left.append(s)
-                continue
+        return left + idle
+    try:
+        for s in idle:
             try:
-                if bus.unit_path(s) is None:
-                    continue
                 if bus.call("GetUnitProcesses", "s", (s,))[0]:
                     left.append(s)
                     continue
-                bus.job("StopUnit", "ss", (s, "fail"))
+                if bus.job("StopUnit", "ss", (s, "fail")) == "done":
+                    continue
+            except dbus.SystemdError as e:
+                if e.dbus_name == dbus.NO_SUCH_UNIT:
+                    continue   # not loaded: stopped and collected already
+                left.append(s)
             except CgagentError:
                 left.append(s)
             with contextlib.suppress(CgagentError):
                 bus.call("ResetFailedUnit", "s", (s,))
+    finally:
+        systemd.release()
     return left

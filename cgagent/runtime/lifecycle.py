@@ -317,7 +317,7 @@ def victims(rec: Record) -> dict[str, Any] | None:
 
 def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record | None:
     """The workload has ended: record how (OOM kills from the kernel's counter), remove its cgroup."""
-    with store.lock():
+    with store.lock(), _one_connection(host):
         try:
             rec = store.load(name)
         except Damaged as d:   # its cgroups and overlay go now; the record stays for `ps -a` to show
@@ -348,5 +348,14 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
                 store.save(rec)
         prune_parents(store)
     return rec
+
+
+def _one_connection(host: Host) -> contextlib.AbstractContextManager[None]:
+    """Where systemd may hold the scope and its slices, their end asks it over one connection."""
+    if not host.init_is_systemd:
+        return contextlib.nullcontext()
+    from cgagent.cgroups.systemd import one_connection
+
+    return one_connection()
 
 

@@ -11,8 +11,11 @@ A scope needs its PIDs when it is created, so `set()` before `apply()` only stor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from cgagent.cgroups.manager import CgroupManager
@@ -30,7 +33,67 @@ UNIT_PREFIX = "cgagent-"
 # v1 hierarchies systemd 252 does not manage (cpuacct only when not co-mounted as cpu,cpuacct)
 _UNMANAGED_V1 = ("cpuacct", "cpuset", "freezer")
 
-__all__ = ["DEFAULT_SLICE", "SystemdManager", "slice_for", "slice_path", "unit_name"]
+__all__ = ["DEFAULT_SLICE", "SystemdManager", "connection", "one_connection", "release", "slice_for", "slice_path",
+           "unit_name"]
+
+
+# --- one connection for the steps of one operation (a run's create and start; its end and the prune
+# of its slices). Not kept beyond that: systemd sends every signal of every unit to each connection
+# on its private socket, so an idle kept one would fill with messages nobody reads.
+
+class _Kept(threading.local):
+    def __init__(self) -> None:
+        self.bus: Systemd | None = None
+        self.pid = 0
+        self.holds = 0
+
+
+_kept = _Kept()
+
+
+def _mine() -> _Kept:
+    """The thread's state; in a forked child, the parent's connection is forgotten (this process's
+    copy of its fds closed: the parent's connection is untouched)."""
+    if _kept.pid != os.getpid():
+        _drop()
+        _kept.holds, _kept.pid = 0, os.getpid()
+    return _kept
+
+
+def connection() -> Systemd:
+    """This thread's connection, opened on first use and reused until release() (or the end of the
+    outermost one_connection())."""
+    kept = _mine()
+    if kept.bus is None:
+        from cgagent.cgroups.systemd.dbus import Systemd  # jeepney: only where systemd is asked
+
+        kept.bus = Systemd()
+    return kept.bus
+
+
+def release() -> None:
+    """Done with systemd for now: close the connection, unless a one_connection() around us still needs it."""
+    if _mine().holds == 0:
+        _drop()
+
+
+def _drop() -> None:
+    bus, _kept.bus = _kept.bus, None
+    if bus is not None:
+        bus.close()
+
+
+@contextlib.contextmanager
+def one_connection() -> Iterator[None]:
+    """Steps that each release() when done share one connection until the block ends (a
+    workload's end: its scope stopped, then its slices pruned)."""
+    kept = _mine()
+    kept.holds += 1
+    try:
+        yield
+    finally:
+        kept.holds -= 1
+        release()
 
 
 def unit_name(name: str) -> str:
@@ -55,6 +118,22 @@ def _dirs_for(host: Host, cgroup_path: str, existing_only: bool) -> dict[str, st
     return dirs
 
 
+def _cgroup_of(pid: int, v2: bool) -> str | None:
+    """The process's cgroup as the kernel shows it to us: v2's path, or on v1 systemd's own
+    hierarchy's (name=systemd), where a scope's path is the one systemd reports as ControlGroup."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read(65536).splitlines()
+    except OSError:
+        return None
+    want = "" if v2 else "name=systemd"
+    for line in lines:
+        _id, ctrls, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
+        if ctrls == want:
+            return path
+    return None
+
+
 class SystemdManager(CgroupManager):
     driver = "systemd"
 
@@ -68,7 +147,7 @@ class SystemdManager(CgroupManager):
         self.slice = slice_
         self.owned = owned
         self._pending = Resources()
-        self._conn: Systemd | None = None
+        self._unit_state: str | None = None   # made_by_create's look at the unit, for create()
         # a process of cgagent's own in the scope (cgagent.runtime), so that systemd does not remove
         # the scope's cgroup before its OOM counter is read: not one of the workload's processes
         self.keeper: int | None = None
@@ -84,27 +163,33 @@ class SystemdManager(CgroupManager):
     # --- connection
 
     def _bus(self) -> Systemd:
-        # jeepney is imported only here: the cgroupfs driver and `cgagent run` stay light
-        from cgagent.cgroups.systemd.dbus import Systemd
-
-        if self._conn is None:
-            self._conn = Systemd()
-        return self._conn
+        return connection()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        release()
 
     def _fs(self) -> CgroupManager:
         from cgagent.cgroups.cgroupfs import manager_for
 
         return manager_for(self.host, self.dirs)
 
-    def _active_state(self) -> str | None:
+    def _states(self, units: list[str]) -> dict[str, str]:
+        """ActiveState of each loaded unit of `units` (one ListUnitsByNames; absent = not loaded)."""
+        from cgagent.cgroups.systemd.dbus import SystemdError
+
         bus = self._bus()
-        path = bus.unit_path(self.unit)
-        return None if path is None else str(bus.get(path, "Unit", "ActiveState"))
+        try:
+            (rows,) = bus.call("ListUnitsByNames", "as", (units,))
+        except SystemdError as e:   # systemd < 230: one unit at a time
+            if e.dbus_name != "org.freedesktop.DBus.Error.UnknownMethod":
+                raise
+            out = {}
+            for u in units:
+                path = bus.unit_path(u)
+                if path is not None:
+                    out[u] = str(bus.get(path, "Unit", "ActiveState"))
+            return out
+        return {str(r[0]): str(r[3]) for r in rows if r[2] != "not-found"}
 
     # --- lifecycle
 
@@ -115,16 +200,15 @@ class SystemdManager(CgroupManager):
 
     def made_by_create(self) -> Made:
         """The slices our scope will start (its slice and the ones above it, -.slice aside) that are not
-        active yet: stopped again once no workload of ours is in them."""
-        bus = self._bus()
+        active yet: stopped again once no workload of ours is in them. The same look tells create()
+        whether the unit name is free."""
         stem = self.slice[: -len(".slice")]
         parts = stem.split("-") if stem != "-" else []
         chain = ["-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))]
+        states = self._states([self.unit, *chain])
+        self._unit_state = states.get(self.unit, "")
         out = Made()
-        for s in chain:
-            path = bus.unit_path(s)
-            if path is None or str(bus.get(path, "Unit", "ActiveState")) != "active":
-                out.slices.append(s)
+        out.slices = [s for s in chain if states.get(s) != "active"]
         return out
 
     def join(self, pid: int) -> None:
@@ -155,11 +239,13 @@ class SystemdManager(CgroupManager):
 
     def create(self) -> None:
         """Check that systemd answers and that the unit name is free (a failed leftover is reset)."""
-        state = self._active_state()
+        state, self._unit_state = self._unit_state, None
+        if state is None:   # not looked at by made_by_create()
+            state = self._states([self.unit]).get(self.unit, "")
         if state == "failed":
             self._bus().call("ResetFailedUnit", "s", (self.unit,))
-            state = self._active_state()
-        if state not in (None, "inactive"):
+            state = self._states([self.unit]).get(self.unit, "")
+        if state not in ("", "inactive"):
             raise CgagentError(f"the systemd unit {self.unit} already exists ({state})",
                                "another program owns that name: choose another --name")
 
@@ -202,10 +288,13 @@ class SystemdManager(CgroupManager):
         if result != "done":
             raise CgagentError(f"systemd could not start {self.unit}: its job ended {result!r}",
                                f"see `journalctl -u {self.unit}` and `systemctl status {self.slice}`")
-        path = bus.unit_path(self.unit)
-        if path is None:
-            raise CgagentError(f"{self.unit} ended as soon as it started", "the process exited at once")
-        self.cgroup_path = str(bus.get(path, "Scope", "ControlGroup"))
+        if _cgroup_of(pid, self.host.is_v2) != self.cgroup_path:
+            # not where the slice's name puts it (systemd in a container of its own reports paths
+            # from its root): ask systemd where the scope is
+            path = bus.unit_path(self.unit)
+            if path is None:
+                raise CgagentError(f"{self.unit} ended as soon as it started", "the process exited at once")
+            self.cgroup_path = str(bus.get(path, "Scope", "ControlGroup"))
         self.dirs = _dirs_for(self.host, self.cgroup_path, existing_only=True)
         self.close()   # the supervisor may hold this manager for days: don't keep a socket open
         if self.mode == "v1":
@@ -292,9 +381,9 @@ class SystemdManager(CgroupManager):
 
         bus = self._bus()
         try:
-            if bus.unit_path(self.unit) is not None:
+            if bus.unit_path(self.unit) is not None:   # else stopped and collected: nothing failed kept
                 bus.job("StopUnit", "ss", (self.unit, "fail"))
-            bus.call("ResetFailedUnit", "s", (self.unit,))
+                bus.call("ResetFailedUnit", "s", (self.unit,))
         except SystemdError as e:
             if e.dbus_name != NO_SUCH_UNIT:
                 raise
