@@ -653,7 +653,7 @@ def test_ulimit_user_and_stop_signal_under_the_systemd_driver(sdns: SystemdNames
 
 _ONE_CONNECTION = """
 import os
-from cgagent.cgroups import systemd
+from cgagent.cgroups.systemd import connection as systemd
 with systemd.one_connection():
     a = systemd.connection()
     systemd.release()   # a step's own release() inside the block keeps it

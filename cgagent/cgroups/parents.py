@@ -201,11 +201,11 @@ def _stop_slices(store: Store, slices: list[str]) -> list[str]:
         (left if any(c.startswith(prefix) for c in live) else idle).append(s)
     if not idle:
         return left
-    from cgagent.cgroups import systemd
     from cgagent.cgroups.systemd import dbus
+    from cgagent.cgroups.systemd.connection import connection, release
 
     try:
-        bus = systemd.connection()   # the workload's end may have opened it (one_connection())
+        bus = connection()   # the workload's end may have opened it (one_connection())
     except CgagentError:
         return left + idle
     try:
@@ -225,5 +225,5 @@ def _stop_slices(store: Store, slices: list[str]) -> list[str]:
             with contextlib.suppress(CgagentError):
                 bus.call("ResetFailedUnit", "s", (s,))
     finally:
-        systemd.release()
+        release()
     return left

@@ -354,7 +354,7 @@ def _one_connection(host: Host) -> contextlib.AbstractContextManager[None]:
     """Where systemd may hold the scope and its slices, their end asks it over one connection."""
     if not host.init_is_systemd:
         return contextlib.nullcontext()
-    from cgagent.cgroups.systemd import one_connection
+    from cgagent.cgroups.systemd.connection import one_connection
 
     return one_connection()
 

@@ -11,11 +11,8 @@ A scope needs its PIDs when it is created, so `set()` before `apply()` only stor
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import threading
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from cgagent.cgroups.manager import CgroupManager
@@ -33,67 +30,7 @@ UNIT_PREFIX = "cgagent-"
 # v1 hierarchies systemd 252 does not manage (cpuacct only when not co-mounted as cpu,cpuacct)
 _UNMANAGED_V1 = ("cpuacct", "cpuset", "freezer")
 
-__all__ = ["DEFAULT_SLICE", "SystemdManager", "connection", "one_connection", "release", "slice_for", "slice_path",
-           "unit_name"]
-
-
-# --- one connection for the steps of one operation (a run's create and start; its end and the prune
-# of its slices). Not kept beyond that: systemd sends every signal of every unit to each connection
-# on its private socket, so an idle kept one would fill with messages nobody reads.
-
-class _Kept(threading.local):
-    def __init__(self) -> None:
-        self.bus: Systemd | None = None
-        self.pid = 0
-        self.holds = 0
-
-
-_kept = _Kept()
-
-
-def _mine() -> _Kept:
-    """The thread's state; in a forked child, the parent's connection is forgotten (this process's
-    copy of its fds closed: the parent's connection is untouched)."""
-    if _kept.pid != os.getpid():
-        _drop()
-        _kept.holds, _kept.pid = 0, os.getpid()
-    return _kept
-
-
-def connection() -> Systemd:
-    """This thread's connection, opened on first use and reused until release() (or the end of the
-    outermost one_connection())."""
-    kept = _mine()
-    if kept.bus is None:
-        from cgagent.cgroups.systemd.dbus import Systemd  # jeepney: only where systemd is asked
-
-        kept.bus = Systemd()
-    return kept.bus
-
-
-def release() -> None:
-    """Done with systemd for now: close the connection, unless a one_connection() around us still needs it."""
-    if _mine().holds == 0:
-        _drop()
-
-
-def _drop() -> None:
-    bus, _kept.bus = _kept.bus, None
-    if bus is not None:
-        bus.close()
-
-
-@contextlib.contextmanager
-def one_connection() -> Iterator[None]:
-    """Steps that each release() when done share one connection until the block ends (a
-    workload's end: its scope stopped, then its slices pruned)."""
-    kept = _mine()
-    kept.holds += 1
-    try:
-        yield
-    finally:
-        kept.holds -= 1
-        release()
+__all__ = ["DEFAULT_SLICE", "SystemdManager", "slice_for", "slice_path", "unit_name"]
 
 
 def unit_name(name: str) -> str:
@@ -163,9 +100,13 @@ class SystemdManager(CgroupManager):
     # --- connection
 
     def _bus(self) -> Systemd:
+        from cgagent.cgroups.systemd.connection import connection
+
         return connection()
 
     def close(self) -> None:
+        from cgagent.cgroups.systemd.connection import release
+
         release()
 
     def _fs(self) -> CgroupManager:
