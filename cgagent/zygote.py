@@ -29,6 +29,7 @@ if TYPE_CHECKING:   # the direct path asks claim() too: it must not pay for sock
 
 POOL_PREFIX = ".cgagent-pool-"
 MAX_JOB = 256 * 1024
+PLACED = b"placed"
 
 
 class _Slot:
@@ -65,6 +66,7 @@ def park(dirs: dict[str, str], make: Callable[[], None], place: Callable[[int], 
     _slot = _Slot(dict(dirs), pid, mine)
     try:
         place(pid)
+        mine.send(PLACED)   # in its cgroup now: what it forks from here is born there too
     except BaseException:
         discard()
         raise
@@ -160,29 +162,175 @@ def discard() -> None:
 
 
 def _zygote(sock: socket.socket) -> None:
-    """Wait for a job (or EOF: discarded), then become the workload: launch's child code, here."""
-    import array
-    import json
+    """Wait for a job (or EOF: discarded), then become the workload: launch's child code, here.
+
+    Once in its cgroup, the zygote also forks the PID 1 of a new pid namespace ahead of the job
+    (_fork_pid1): an isolated run in a pid namespace of its own (the default) is handed to it, and
+    the zygote becomes its relay, as spawn's child does in cgagent.isolation.child, minus the
+    unshare and the fork at launch. Any other job ends that PID 1 first."""
     import signal
-    import socket
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the agent's terminal is not ours while we wait
     os.setsid()
     procs.close_all_but({0, 1, 2, sock.fileno()})
+    try:
+        if sock.recv(len(PLACED)) != PLACED:
+            return   # discarded before it was placed
+        pid1 = _fork_pid1(sock)
+    except OSError:
+        return
+    try:
+        job = _receive(sock)
+    except BaseException:
+        _end_pid1(pid1)
+        raise
+    if job is None:
+        _end_pid1(pid1)
+        return
+    msg, fds = job
+    if pid1 is not None and _for_pid1(_json(msg).get("isolation")):
+        _hand_over(pid1, msg, fds)
+    _end_pid1(pid1)
+    _become(msg, fds)
+
+
+def _for_pid1(iso: object) -> bool:
+    """An isolated run that the PID 1 forked ahead can be: a pid namespace of its own (not --pid host
+    or container:NAME), and nothing its setup must look up as the host's pid namespace shows it
+    (cgagent.isolation.child.make_setup): not --userns (its helper's maps are written by pid), not
+    --ipc container:NAME (NAME's processes are found in its cgroup.procs, which a process in a
+    child pid namespace sees empty)."""
+    return (isinstance(iso, dict) and not iso.get("pid") and not iso.get("userns")
+            and not str(iso.get("ipc") or "").startswith("container:"))
+
+
+def _receive(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """A job: its JSON and its fds (w, go_r, stdin, stdout, stderr[, the network namespace])."""
+    import array
+    import socket
+
     fds = array.array("i")
     try:
         msg, anc, flags, _ = sock.recvmsg(MAX_JOB, socket.CMSG_SPACE(6 * fds.itemsize))
     except OSError:
-        return
+        return None
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
     if not msg or len(fds) not in (5, 6) or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-        return
+        return None
     sock.close()
-    from cgagent import launch
+    return msg, list(fds)
+
+
+def _json(msg: bytes) -> dict[str, Any]:
+    import json
 
     job = json.loads(msg)
+    return job if isinstance(job, dict) else {}
+
+
+def _fork_pid1(sock: socket.socket) -> tuple[int, socket.socket] | None:
+    """Fork the PID 1 of a new pid namespace, which waits for a job of ours (_pid1). None when the
+    kernel refuses (a pid namespace too deep, or none left): the job then goes the usual way."""
+    import socket
+
+    from cgagent.isolation.syscalls import CLONE_NEWPID, PR_SET_PDEATHSIG, prctl, unshare
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        unshare(CLONE_NEWPID)
+        pid = os.fork()
+    except OSError:
+        _own_pid_ns()
+        mine.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        try:
+            mine.close()
+            sock.close()
+            # SIGKILL once the zygote (its relay to be) is gone; should it be gone already, the end
+            # of the socket says so (getppid() is 0 here: the parent is outside our namespace)
+            prctl(PR_SET_PDEATHSIG, 9)
+            _pid1(theirs)
+        finally:
+            os._exit(125)
+    theirs.close()
+    return pid, mine
+
+
+def _own_pid_ns() -> None:
+    """Children of ours in our own pid namespace again (after unshare(CLONE_NEWPID))."""
+    from cgagent.isolation.syscalls import CLONE_NEWPID, setns
+
+    fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd, CLONE_NEWPID)
+    finally:
+        os.close(fd)
+
+
+def _end_pid1(pid1: tuple[int, socket.socket] | None) -> None:
+    """The job is not for the PID 1 forked ahead: it ends (EOF), and our children are born in our
+    pid namespace again (a host run's children, or the isolation's own unshare, need that)."""
+    if pid1 is None:
+        return
+    pid, to = pid1
+    to.close()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    _own_pid_ns()
+
+
+def _hand_over(pid1: tuple[int, socket.socket], msg: bytes, fds: list[int]) -> None:
+    """Give the job to the PID 1 forked ahead and relay for it (never returns): the zygote is the
+    recorded pid, in the workload's network namespace too, waiting for PID 1 and exiting with its
+    status, as cgagent.isolation.child's relay does. If the hand-over fails, the job goes the usual way."""
+    import array
+    import signal
+    import socket
+
+    from cgagent import launch
+
+    pid, to = pid1
+    try:
+        to.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    except OSError:
+        return
+    code = 255
+    try:
+        if len(fds) > 5:   # first, so the relay (the recorded pid) names the namespace too
+            from cgagent.isolation.syscalls import CLONE_NEWNET, setns
+
+            setns(fds[5], CLONE_NEWNET)
+        signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
+        from cgagent.isolation.child import quiet_fds
+
+        quiet_fds()   # the caller's pipes are PID 1's alone (or `run -d` callers never see EOF)
+        code = launch.wait_forwarding(pid)
+    finally:
+        os._exit(code)
+
+
+def _pid1(sock: socket.socket) -> None:
+    """The PID 1 forked ahead: wait for the zygote's job (EOF: not ours), then become the workload."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    job = _receive(sock)
+    if job is not None:
+        _become(*job, pid_ns_made=True)
+
+
+def _become(msg: bytes, fds: list[int], pid_ns_made: bool = False) -> None:
+    """Run the job: launch's child code (never returns). `pid_ns_made`: this is PID 1 of the
+    workload's pid namespace already (its relay waits for it)."""
+    import signal
+
+    from cgagent import launch
+
+    job = _json(msg)
     w, go_r, *stdio = fds
     env, setup = job["env"], None
     try:
@@ -192,7 +340,7 @@ def _zygote(sock: socket.socket) -> None:
             from cgagent.isolation.spec import IsolationSpec
 
             env, setup = make_setup(IsolationSpec.from_record(job["isolation"]), stdio[3] if len(stdio) > 3 else None,
-                                    job.get("state_dir"))
+                                    job.get("state_dir"), pid_ns_made=pid_ns_made)
     except BaseException as e:
         os.write(w, f"setup:{getattr(e, 'errno', 0) or 0}:{e}".encode())
         os._exit(127)

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -392,4 +393,51 @@ def test_prune_removes_the_pool_cgroups_a_crash_left_and_no_live_one(cg: Env) ->
         out = cg.run("prune", check=True).stdout
         assert all(not os.path.exists(d) for d in left) and all(d in out for d in left), out
         assert all(os.path.isdir(d) for d in live), out   # each holds its zygote: its agent's
+    cg.run("rm", "-f", "keep", check=True)
+
+
+def _start_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def test_a_parked_zygote_forks_pid_1_ahead_and_host_runs_keep_the_hosts_pid_namespace(cg: Env, tmp_path: Any) -> None:
+    """The zygote forks the PID 1 of a new pid namespace once it is in its pool cgroup: an isolated
+    run is handed to that PID 1 (born before the run was asked for), and any other run ends it and
+    puts the zygote's children back in the host's pid namespace (a host workload's children are
+    born there, as without an agent)."""
+    from cgagent import host as hostmod
+    from tests import images
+
+    if hostmod.detect().is_v2:
+        pytest.skip("the pool is for cgroup v1")
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "busybox").write_bytes(open(images.BUSYBOX, "rb").read())
+    (root / "bin" / "busybox").chmod(0o755)
+    for a in ("sh", "sleep", "cat"):
+        (root / "bin" / a).symlink_to("busybox")
+
+    def parked() -> bool:   # each pool cgroup holds its zygote and the zygote's PID 1
+        pools = _pools(cg)
+        return bool(pools) and all(len(open(f"{p}/cgroup.procs").read().split()) == 2 for p in pools)
+
+    host_ns = os.readlink("/proc/self/ns/pid")
+    cg.run("run", "-d", "--name", "keep", "--", "sleep", "300", check=True)   # the pool's parent exists now
+    with agent(cg):
+        assert poll(parked, 30), _pools(cg)
+        r = cg.run("run", "--rm", "--", "sh", "-c", "readlink /proc/self/ns/pid; true", check=True)
+        assert r.stdout.strip() == host_ns, r.stdout   # sh forked readlink: in the host's namespace
+        assert poll(parked, 30), _pools(cg)
+        client = cg.popen("run", "--rm", "--name", "iso", "--rootfs", str(root), "--net", "none", "--",
+                          "sh", "-c", "echo $$; exec sleep 300", stdout=subprocess.PIPE)
+        try:
+            assert client.stdout is not None and client.stdout.readline().strip() == "1"
+            relay = json.loads(cg.run("inspect", "iso", check=True).stdout)[0]["State"]["Pid"]
+            with open(f"/proc/{relay}/task/{relay}/children") as f:
+                (pid1,) = (int(p) for p in f.read().split())
+            assert _start_ticks(pid1) <= _start_ticks(client.pid), "PID 1 was forked after the run was asked for"
+        finally:
+            cg.run("stop", "-t", "0", "iso")
+            client.wait(timeout=60)
     cg.run("rm", "-f", "keep", check=True)

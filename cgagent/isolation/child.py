@@ -46,7 +46,7 @@ INIT_PATH = "/dev/init"
 Setup = Callable[[], "list[str] | None"]
 
 
-def _quiet_fds() -> None:
+def quiet_fds() -> None:
     """A relay or reaper must not hold the caller's pipes (or `run -d` callers never see EOF)."""
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
@@ -57,7 +57,7 @@ def _quiet_fds() -> None:
 def _relay(pid: int) -> None:
     code = 255
     try:
-        _quiet_fds()
+        quiet_fds()
         code = launch.wait_forwarding(pid)
     finally:
         os._exit(code)
@@ -111,10 +111,12 @@ def _pid_ns(spec: IsolationSpec, state_dir: str | None) -> int | None:
     return fd
 
 
-def make_setup(spec: IsolationSpec, join_net: int | None = None,
-               state_dir: str | None = None) -> tuple[dict[str, str], Setup]:
+def make_setup(spec: IsolationSpec, join_net: int | None = None, state_dir: str | None = None,
+               pid_ns_made: bool = False) -> tuple[dict[str, str], Setup]:
     """-> (the environment to exec with, the child_setup for launch.spawn). `join_net`: the fd of the
-    network namespace cgagent.network prepared (bridge, a named network, container:NAME)."""
+    network namespace cgagent.network prepared (bridge, a named network, container:NAME).
+    `pid_ns_made`: the caller is PID 1 of the workload's new pid namespace already, with its relay
+    (a zygote's, cgagent.zygote): the setup neither unshares nor forks."""
     seccomp.machine()   # an architecture the filter has no table for: refused here, in one line
     join_ipc = _ipc_path(spec, state_dir)
     join_pid = _pid_ns(spec, state_dir)
@@ -133,12 +135,14 @@ def make_setup(spec: IsolationSpec, join_net: int | None = None,
         # --pid host: no namespace, so no PID 1 and no relay: this process runs the command, and outlives
         # its caller as a host command does (the death signal ties PID 1 to its relay only)
         relayed = spec.pid != "host"
-        if join_pid is not None:   # NAME's namespace for our child: its PID 1 is the init there
+        if pid_ns_made:
+            pass
+        elif join_pid is not None:   # NAME's namespace for our child: its PID 1 is the init there
             setns(join_pid, CLONE_NEWPID)
             os.close(join_pid)
         elif relayed:
             unshare(CLONE_NEWPID)
-        if relayed:
+        if relayed and not pid_ns_made:
             pid = os.fork()
             if pid != 0:
                 _relay(pid)
