@@ -318,6 +318,11 @@ def _pid1(sock: socket.socket) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(Exception):   # else the job builds it, as spawn's child does
+        from cgagent.isolation import seccomp
+        from cgagent.isolation.spec import DEFAULT_CAPS
+
+        seccomp.prepare(DEFAULT_CAPS)
     job = _receive(sock)
     if job is not None:
         _become(*job, pid_ns_made=True)
