@@ -298,19 +298,17 @@ def _hand_over(pid1: tuple[int, socket.socket], msg: bytes, fds: list[int]) -> N
         to.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
     except OSError:
         return
-    code = 255
     try:
         if len(fds) > 5:   # first, so the relay (the recorded pid) names the namespace too
             from cgagent.isolation.syscalls import CLONE_NEWNET, setns
 
             setns(fds[5], CLONE_NEWNET)
         signal.pthread_sigmask(signal.SIG_BLOCK, launch.WAITED)
-        from cgagent.isolation.child import quiet_fds
+        from cgagent.isolation.child import relay
 
-        quiet_fds()   # the caller's pipes are PID 1's alone (or `run -d` callers never see EOF)
-        code = launch.wait_forwarding(pid)
+        relay(pid)
     finally:
-        os._exit(code)
+        os._exit(255)
 
 
 def _pid1(sock: socket.socket) -> None:

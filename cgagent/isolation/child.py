@@ -46,7 +46,7 @@ INIT_PATH = "/dev/init"
 Setup = Callable[[], "list[str] | None"]
 
 
-def quiet_fds() -> None:
+def _quiet_fds() -> None:
     """A relay or reaper must not hold the caller's pipes (or `run -d` callers never see EOF)."""
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
@@ -54,10 +54,12 @@ def quiet_fds() -> None:
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
 
 
-def _relay(pid: int) -> None:
+def relay(pid: int) -> None:
+    """Be the relay of `pid` (PID 1 of the workload's pid namespace, our child) and never return: hold
+    none of the caller's fds, forward signals, exit with its status. WAITED must be blocked."""
     code = 255
     try:
-        quiet_fds()
+        _quiet_fds()
         code = launch.wait_forwarding(pid)
     finally:
         os._exit(code)
@@ -135,18 +137,17 @@ def make_setup(spec: IsolationSpec, join_net: int | None = None, state_dir: str 
         # --pid host: no namespace, so no PID 1 and no relay: this process runs the command, and outlives
         # its caller as a host command does (the death signal ties PID 1 to its relay only)
         relayed = spec.pid != "host"
-        if pid_ns_made:
-            pass
-        elif join_pid is not None:   # NAME's namespace for our child: its PID 1 is the init there
-            setns(join_pid, CLONE_NEWPID)
-            os.close(join_pid)
-        elif relayed:
-            unshare(CLONE_NEWPID)
-        if relayed and not pid_ns_made:
-            pid = os.fork()
-            if pid != 0:
-                _relay(pid)
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if not pid_ns_made:
+            if join_pid is not None:   # NAME's namespace for our child: its PID 1 is the init there
+                setns(join_pid, CLONE_NEWPID)
+                os.close(join_pid)
+            elif relayed:
+                unshare(CLONE_NEWPID)
+            if relayed:
+                pid = os.fork()
+                if pid != 0:
+                    relay(pid)
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if join_ipc is not None:
             fd = os.open(join_ipc, os.O_RDONLY | os.O_CLOEXEC)
             setns(fd, CLONE_NEWIPC)

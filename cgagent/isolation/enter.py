@@ -18,7 +18,7 @@ from cgagent import launch
 from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
 from cgagent.isolation import namespaces, seccomp, security
-from cgagent.isolation.child import _relay
+from cgagent.isolation.child import relay
 from cgagent.isolation.spec import env_dict, from_record
 from cgagent.isolation.syscalls import CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, prctl
 from cgagent.procopts import with_env
@@ -63,7 +63,7 @@ def run(mgr: CgroupManager, isolation: Mapping[str, Any], cmd: list[str], env_ad
         namespaces.join(pid_fds)   # for our children only
         child = os.fork()
         if child != 0:
-            _relay(child)
+            relay(child)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         namespaces.join(other)     # mnt last: it changes what paths mean
         os.fchdir(root)

@@ -58,17 +58,14 @@ def _dirs_for(host: Host, cgroup_path: str, existing_only: bool) -> dict[str, st
 def _cgroup_of(pid: int, v2: bool) -> str | None:
     """The process's cgroup as the kernel shows it to us: v2's path, or on v1 systemd's own
     hierarchy's (name=systemd), where a scope's path is the one systemd reports as ControlGroup."""
+    from cgagent.host import parse_self_cgroup
+
     try:
         with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read(65536).splitlines()
+            text = f.read(65536)
     except OSError:
         return None
-    want = "" if v2 else "name=systemd"
-    for line in lines:
-        _id, ctrls, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
-        if ctrls == want:
-            return path
-    return None
+    return parse_self_cgroup(text).get("" if v2 else "name=systemd")
 
 
 class SystemdManager(CgroupManager):
