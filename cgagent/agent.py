@@ -20,14 +20,16 @@ from cgagent.errors import CgagentError
 
 # What a run's supervisor (a process forked by the launcher) would import: loaded once in the launcher,
 # before its first fork, so that no launch pays for them (a fork copies them). pyroute2 included (issue
-# 14). Not in the agent itself: pyroute2 alone is ~24 MB of RSS that a scrape never uses (issue 11).
+# 14), and the systemd driver's D-Bus client (jeepney: ~150 ms a launch in the v2 VM when it was not).
+# Not in the agent itself: pyroute2 alone is ~24 MB of RSS that a scrape never uses (issue 11).
 PRELOAD = ("cgagent.runtime", "cgagent.runtime.supervisor", "cgagent.launch", "cgagent.live", "cgagent.prune",
            "cgagent.devrules", "cgagent.kmsg", "cgagent.cgroups.wait", "cgagent.cgroups.v1",
            "cgagent.cgroups.v1.reader", "cgagent.cgroups.v2", "cgagent.cgroups.v2.reader", "cgagent.api.attach",
            "cgagent.api.runreq", "cgagent.isolation.spec", "cgagent.isolation.syscalls", "cgagent.isolation.child",
            "cgagent.isolation.rootfs", "cgagent.isolation.namespaces", "cgagent.network.workload",
            "cgagent.network.attach", "cgagent.network.config", "cgagent.network.netns", "cgagent.images.store",
-           "cgagent.isolation.flags")
+           "cgagent.isolation.flags", "cgagent.cgroups.parents", "cgagent.cgroups.systemd",
+           "cgagent.cgroups.systemd.connection", "cgagent.cgroups.systemd.dbus", "cgagent.cgroups.systemd.properties")
 
 
 def preload() -> None:

@@ -19,19 +19,20 @@ SystemdError (a CgagentError that keeps the D-Bus error name for callers that br
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
+import select
 import socket
 import struct
 import termios
 import time
 from typing import Any
 
-from jeepney import DBusAddress, MatchRule, new_method_call
+from jeepney import DBusAddress, HeaderFields, MatchRule, Message, MessageType, Parser, new_method_call
 from jeepney.auth import AuthenticationError
 from jeepney.bus_messages import message_bus
-from jeepney.io.blocking import DBusConnection, DBusConnectionBase, prep_socket
-from jeepney.io.common import MessageFilters
+from jeepney.io.blocking import prep_socket
 from jeepney.wrappers import DBusErrorResponse, unwrap_msg
 
 from cgagent.errors import CgagentError
@@ -61,12 +62,94 @@ class SystemdError(CgagentError):
         self.dbus_name = dbus_name
 
 
-class _Peer(DBusConnection):  # type: ignore[misc]  # jeepney ships no type hints
-    """jeepney's DBusConnection without Hello(): there is no bus daemon behind the private socket."""
+# The D-Bus spec's bound on a message; ours are far smaller, systemd's signals too
+MAX_MESSAGE = 128 * 1024 * 1024
+
+
+class _Wire:
+    """Our end of one connection: sends calls; reads replies, errors and JobRemoved signals.
+
+    Not jeepney's blocking connection, which parses every message whole: on systemd's private socket
+    every signal of every unit comes (PropertiesChanged of the scope, its slices and their jobs, with
+    dozens of properties each), ~30 a run, and parsing them was half of a launch's CPU time in the v2
+    VM. Here a signal is framed by its length and skipped unless its header names JobRemoved; only
+    what a caller can want goes through jeepney's parser."""
 
     def __init__(self, sock: socket.socket) -> None:
-        DBusConnectionBase.__init__(self, sock)
-        self._filters = MessageFilters()
+        sock.settimeout(None)   # reads wait in select() against the caller's deadline
+        self.sock = sock
+        self.serial = 0
+        self.buf = bytearray()
+        self.parser = Parser()
+        self.removed: collections.deque[Message] = collections.deque(maxlen=1024)   # JobRemoved, unread
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, msg: Message) -> int:
+        self.serial += 1
+        self.sock.sendall(msg.serialise(serial=self.serial))
+        return self.serial
+
+    def reply(self, serial: int, timeout: float) -> Message:
+        """The reply (or error) to our message `serial`; TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._next(deadline)
+            if msg.header.message_type == MessageType.signal:
+                self.removed.append(msg)
+            elif msg.header.fields.get(HeaderFields.reply_serial) == serial:
+                return msg
+
+    def job_removed(self, timeout: float) -> Message:
+        """The next JobRemoved signal; TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.removed:
+            msg = self._next(deadline)
+            if msg.header.message_type == MessageType.signal:
+                return msg
+        return self.removed.popleft()
+
+    def _next(self, deadline: float) -> Message:
+        while True:
+            frame = self._frame(deadline)
+            if frame[1] == MessageType.signal.value and not _is_job_removed(frame):
+                continue
+            self.parser.add_data(frame)
+            msg: Message | None = self.parser.get_next_message()
+            if msg is not None:
+                return msg
+
+    def _frame(self, deadline: float) -> bytes:
+        """One whole message's bytes."""
+        while True:
+            if len(self.buf) >= 16:
+                # after endianness, type, flags and version: body length, serial, header fields' length
+                body, _serial, fields = struct.unpack_from(_order(self.buf) + "III", self.buf, 4)
+                size = 16 + fields + (-fields % 8) + body
+                if size > MAX_MESSAGE:
+                    raise OSError(f"a message of {size} bytes from systemd")
+                if len(self.buf) >= size:
+                    frame = bytes(self.buf[:size])
+                    del self.buf[:size]
+                    return frame
+            if not select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise TimeoutError
+            data = self.sock.recv(65536)
+            if not data:
+                raise OSError("systemd closed the connection")
+            self.buf += data
+
+
+def _order(buf: bytes | bytearray) -> str:
+    return "<" if buf[0] == ord("l") else ">"
+
+
+def _is_job_removed(frame: bytes) -> bool:
+    """Whether a signal's header fields hold MEMBER "JobRemoved" (field 3, signature "s", length 10)."""
+    fields = struct.unpack_from(_order(frame) + "I", frame, 12)[0]
+    mark = b"\x03\x01s\x00" + struct.pack(_order(frame) + "I", 10) + b"JobRemoved\x00"
+    return mark in frame[16:16 + fields]
 
 
 def _seconds(var: str, default: float) -> float:
@@ -123,7 +206,7 @@ class Systemd:
                             "check that systemd is PID 1 and running (systemctl is-system-running), "
                             "or use --cgroup-driver cgroupfs")
 
-    def _open(self) -> DBusConnection:
+    def _open(self) -> _Wire:
         deadline = time.monotonic() + self.timeout
         try:
             sock = prep_socket(self.where, timeout=self.timeout)
@@ -131,13 +214,12 @@ class Systemd:
             raise self._unreachable(getattr(e, "strerror", None) or str(e) or type(e).__name__) from None
         try:
             _wait_begin_consumed(sock, deadline)
-            if self.kind == "private":
-                return _Peer(sock)
-            sock.settimeout(self.timeout)  # Hello() below has no timeout of its own
-            conn = DBusConnection(sock)
-            sock.settimeout(None)
-            return conn
-        except (TimeoutError, OSError) as e:
+            wire = _Wire(sock)
+            if self.kind == "system":   # a bus daemon: say Hello first (no bus daemon behind the private socket)
+                unwrap_msg(wire.reply(wire.send(new_method_call(message_bus, "Hello")),
+                                      max(0.0, deadline - time.monotonic())))
+            return wire
+        except (TimeoutError, OSError, DBusErrorResponse) as e:
             sock.close()
             raise self._unreachable(str(e) or type(e).__name__) from None
 
@@ -175,11 +257,11 @@ class Systemd:
             text = e.data[0] if e.data and isinstance(e.data[0], str) else str(e.name)
             raise SystemdError(f"systemd refused {method}: {text}", _fix_for(e.name), str(e.name)) from None
 
-    def _exchange(self, msg: Any, method: str, wait: float) -> Any:
-        reply = self.conn.send_and_get_reply(msg, timeout=max(0.0, wait))
+    def _exchange(self, msg: Message, method: str, wait: float) -> Message:
+        serial = self.conn.send(msg)
         if lose(f"reply:{method}"):   # the test hook: as if this reply never came
-            self.conn.receive(timeout=max(0.0, wait))   # nothing more comes: TimeoutError
-        return reply
+            serial = 0                  # no reply has that serial: TimeoutError
+        return self.conn.reply(serial, max(0.0, wait))
 
     def _reconnect(self) -> None:
         self.conn.close()
@@ -214,26 +296,27 @@ class Systemd:
         ("done", "failed", "canceled", "timeout", "dependency", "skipped"). A JobRemoved that does
         not come within the retry interval is looked for on a new connection instead (_job_ended)."""
         self._subscribe()
-        rule = MatchRule(type="signal", interface=MANAGER.interface, member="JobRemoved")
-        with self.conn.filter(rule, bufsize=1024) as queue:
-            (job_path,) = self.call(method, signature, body)
-            deadline = time.monotonic() + self.timeout
-            while True:
-                left = deadline - time.monotonic()
-                try:
-                    msg = self.conn.recv_until_filtered(queue, timeout=max(0.0, min(left, self.retry)))
-                except TimeoutError:
-                    if time.monotonic() >= deadline:
-                        raise self._unreachable(f"no JobRemoved for {method} within {self.timeout:g}s") from None
-                    result = self._job_ended(job_path, method, str(body[0]))
-                    if result is not None:
-                        return result
-                    continue
-                except OSError as e:
-                    raise self._unreachable(e.strerror or str(e)) from None
-                _id, path, _unit, result = msg.body
-                if path == job_path and not lose(f"JobRemoved:{method}"):
-                    return str(result)
+        self.conn.removed.clear()   # ours can only come after the call
+        (job_path,) = self.call(method, signature, body)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                msg = self.conn.job_removed(max(0.0, min(left, self.retry)))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise self._unreachable(f"no JobRemoved for {method} within {self.timeout:g}s") from None
+                result = self._job_ended(job_path, method, str(body[0]))
+                if result is not None:
+                    return result
+                continue
+            except OSError as e:
+                raise self._unreachable(e.strerror or str(e)) from None
+            if msg.header.fields.get(HeaderFields.interface) != MANAGER.interface:
+                continue
+            _id, path, _unit, result = msg.body
+            if path == job_path and not lose(f"JobRemoved:{method}"):
+                return str(result)
 
     def _job_ended(self, job_path: str, method: str, unit: str) -> str | None:
         """No JobRemoved yet: ask on a new connection (this one may be the one that hears nothing).
