@@ -17,6 +17,16 @@ from cgagent import host as hostmod
 # tree on PYTHONPATH: `python -m cgagent` would add runpy's imports, which a user's command never pays
 CGAGENT = [sys.executable, "-c", "import sys; from cgagent.__main__ import main; sys.exit(main())"]
 
+# the driver a user of this host gets by default: systemd where it is PID 1 (the v2 VM), else cgroupfs
+DRIVER_SYSTEMD = hostmod.detect().init_is_systemd
+
+
+def parent_env(sub: str) -> dict[str, str]:
+    """The cgroup parent of a bench's cgagent runs: `sub`, nested under the bench's own cgroup, with the
+    cgroupfs driver; with the systemd driver (nested: is the cgroupfs driver's only) its default slice,
+    where --rm runs leave nothing behind."""
+    return {} if DRIVER_SYSTEMD else {"CGAGENT_CGROUP_PARENT": f"nested:{sub}"}
+
 
 def time_cmd(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> float:
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 import uuid
 
-from bench.common import PYTHON, RUNC, busybox_rootfs, measure, report_launch, time_cmd
+from bench.common import PYTHON, RUNC, busybox_rootfs, measure, parent_env, report_launch, time_cmd
 from bench.launch import LIMITS, runc_bundle
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
@@ -25,7 +25,7 @@ def main() -> None:
         return
     sub = f"cgagent-bench-iso-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     tmp = tempfile.mkdtemp(prefix="cgagent-bench-iso-")
-    env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/state", CGAGENT_CGROUP_PARENT=f"nested:{sub}",
+    env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/state", **parent_env(sub),
                CGAGENT_ROOT=f"{tmp}/store")
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure with .pyc files, as users run it
     cli = os.path.join(os.path.dirname(sys.executable), "cgagent")

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import uuid
 
-from bench.common import PYTHON, RUNC, busybox_rootfs, measure, report_launch, time_cmd
+from bench.common import PYTHON, RUNC, busybox_rootfs, measure, parent_env, report_launch, time_cmd
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
 LIMITS = {"cpus": 0.5, "memory": 256 << 20, "pids": 64}
@@ -45,7 +45,7 @@ def main() -> None:
     sub = f"cgagent-bench-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     # state on tmpfs, as the default /run/cgagent is
     tmp = tempfile.mkdtemp(prefix="cgagent-bench-", dir="/run" if os.path.isdir("/run") else None)
-    env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/state", CGAGENT_CGROUP_PARENT=f"nested:{sub}")
+    env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/state", **parent_env(sub))
     cgagent = [os.path.join(os.path.dirname(sys.executable), "cgagent"), "run", "--rm",
                "--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"]),
                "--", "/bin/true"]

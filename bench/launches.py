@@ -26,19 +26,25 @@ import tempfile
 import uuid
 from collections.abc import Callable
 
-from bench.common import CGAGENT, PYTHON, RUNC, RUNC_SYSTEMD, busybox_rootfs, measure, summary, time_cmd
+from bench.common import (
+    CGAGENT,
+    DRIVER_SYSTEMD,
+    PYTHON,
+    RUNC,
+    RUNC_SYSTEMD,
+    busybox_rootfs,
+    measure,
+    parent_env,
+    summary,
+    time_cmd,
+)
 from bench.launch import LIMITS, runc_bundle
-from cgagent import host as hostmod
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BWRAP = "bwrap --unshare-all (busybox)"
 MODES = ("direct", "agent")
 KINDS = ("run", "run --net none", "run --net bridge")
-
-
-# the driver a user of this host gets by default: systemd where it is PID 1 (the v2 VM), else cgroupfs
-DRIVER_SYSTEMD = hostmod.detect().init_is_systemd
 
 
 def _path(tree: str) -> str:
@@ -165,9 +171,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="cgagent-bench-all-", dir="/run" if os.path.isdir("/run") else None)
     run = f"{tmp}/run"   # cgagent's state dir and runc's, as /run/cgagent and /run/runc are by default
     env = dict(os.environ, CGAGENT_STATE_DIR=f"{run}/cgagent", CGAGENT_ROOT=f"{tmp}/store",
-               PYTHONPATH=_path(ROOT), PYTHONPYCACHEPREFIX=f"{tmp}/pycache")
-    if not DRIVER_SYSTEMD:   # the systemd driver's parent is its default slice, where --rm runs leave nothing
-        env["CGAGENT_CGROUP_PARENT"] = f"nested:{sub}"
+               PYTHONPATH=_path(ROOT), PYTHONPYCACHEPREFIX=f"{tmp}/pycache", **parent_env(sub))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.pop("CGAGENT_DIRECT", None)
     busybox_rootfs(f"{tmp}/rootfs")
