@@ -167,16 +167,16 @@ def child(cmd: list[str], env: dict[str, str] | None, stdio: tuple[int, int, int
 def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, int] | None = None,
           env: dict[str, str] | None = None, child_setup: Callable[[], list[str] | None] | None = None,
           keep_fds: int = 0, into: str | None = None, born: Callable[[int], None] | None = None,
-          parked: Callable[[list[str], dict[str, str] | None, tuple[int, int, int] | None, int, int], int]
-          | None = None) -> int:
+          parked: Callable[[list[str], dict[str, str] | None, tuple[int, int, int] | None, int, int],
+                           tuple[int, bool]] | None = None) -> int:
     """Fork; let `place(pid)` put the child in its cgroup (cgroupfs write, or a systemd scope) while
     it waits; then the child runs `child_setup` and execs `cmd`, or `cmd` behind the program that
     child_setup returned (an init: `[init, --]`).
 
     With `into` (a cgroup v2 directory) the child is created inside it when the kernel can
     (clone_into); then `born(pid)` runs instead of `place(pid)`, the child waiting all the same.
-    With `parked` (cgagent.zygote.taker) no fork: a zygote already in the cgroup is handed the
-    command and the pipes, and runs the child's part (`born` as well).
+    With `parked` (cgagent.zygote.taker) no fork: a zygote is handed the command and the pipes, and
+    runs the child's part; `born` runs when it is in the cgroup already, else `place`.
 
     Only fds 0-2 and 3 .. 3+keep_fds-1 (--preserve-fds) survive the exec: anything else the caller
     leaked (a directory fd of the host reached as /proc/self/fd/N: CVE-2024-21626) is closed.
@@ -188,7 +188,7 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
     r, w = os.pipe2(os.O_CLOEXEC)        # child -> parent: exec failure reason; EOF = exec happened
     go_r, go_w = os.pipe2(os.O_CLOEXEC)  # parent -> child: "you are in your cgroup now"
     try:
-        pid, in_place = (parked(cmd, env, stdio, w, go_r), True) if parked is not None else _fork_into(into)
+        pid, in_place = parked(cmd, env, stdio, w, go_r) if parked is not None else _fork_into(into)
     except BaseException:
         for fd in (r, w, go_r, go_w):
             os.close(fd)

@@ -11,6 +11,12 @@ argv, environment, directory and stdio (SCM_RIGHTS): the zygote execs the worklo
 as launch.spawn's child would have. Anything else discards the pool cgroup (its zygote exits on
 the socket's EOF, the directory is removed). A pool cgroup is never a workload: nothing records it,
 and a crash leaves one that the next agent start (or `cgagent prune`) removes by its name.
+
+Under the systemd driver on cgroup v2 there is no pool cgroup: a scope is made around processes that
+exist (StartTransientUnit's PIDs), and systemd moves them. The zygote (and the PID 1 it forks ahead)
+waits where the runner is, and a launch that can use it asks systemd to make the workload's scope
+around them (`companions`): the fork of the runner, the unshare of the pid namespace and the fork of
+its PID 1 were done at idle.
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ PLACED = b"placed"
 class _Slot:
     def __init__(self, dirs: dict[str, str], pid: int, sock: socket.socket) -> None:
         self.dirs = dirs
+        self.placed = bool(dirs)   # in a pool cgroup; else where the runner is (systemd moves it)
         self.pid = pid
         self.sock = sock
         self.owner = os.getpid()
         self.claimed = False
+        self.pid1: int | None = None   # the PID 1 forked ahead, as the zygote reported it (0: none)
 
 
 _slot: _Slot | None = None
@@ -49,7 +57,8 @@ def _unique(dirs: dict[str, str]) -> list[str]:
 
 
 def park(dirs: dict[str, str], make: Callable[[], None], place: Callable[[int], None]) -> None:
-    """Make the pool cgroup `dirs` (`make`), fork this process's zygote and move it in (`place`)."""
+    """Make the pool cgroup `dirs` (`make`), fork this process's zygote and move it in (`place`).
+    No `dirs`: no pool cgroup, the zygote stays here (the systemd driver's: see above)."""
     import socket
 
     global _slot
@@ -87,6 +96,12 @@ def claim(dirs: dict[str, str], usable: bool) -> bool:
     s = _slot
     if s is None or s.claimed or s.owner != os.getpid():
         return False
+    if not s.placed:   # nothing to rename: systemd makes the scope around the zygote (companions)
+        if not usable:
+            discard()
+            return False
+        s.dirs, s.claimed = dict(dirs), True
+        return True
     same = usable and s.dirs.keys() == dirs.keys() and all(
         os.path.dirname(s.dirs[c]) == os.path.dirname(dirs[c]) for c in dirs)
     renamed: list[str] = []
@@ -111,16 +126,18 @@ def claim(dirs: dict[str, str], usable: bool) -> bool:
 
 def taker(dirs: dict[str, str], isolation: dict[str, Any] | None = None, netfd: int | None = None,
           state_dir: str | None = None
-          ) -> Callable[[list[str], dict[str, str] | None, tuple[int, int, int] | None, int, int], int] | None:
-    """For launch.spawn: the zygote that waits in `dirs` (claimed by this process), else None. An
-    isolated run's zygote makes its child_setup itself (cgagent.isolation.child.make_setup) from the
-    spec's record and the network namespace's fd: the same closure spawn's child would have run."""
+          ) -> Callable[[list[str], dict[str, str] | None, tuple[int, int, int] | None, int, int],
+                        tuple[int, bool]] | None:
+    """For launch.spawn: the zygote claimed for `dirs` by this process, else None; it answers its pid
+    and whether it is in the cgroup already. An isolated run's zygote makes its child_setup itself
+    (cgagent.isolation.child.make_setup) from the spec's record and the network namespace's fd: the
+    same closure spawn's child would have run."""
     s = _slot
     if s is None or not s.claimed or s.dirs != dirs or s.owner != os.getpid():
         return None
 
     def take(cmd: list[str], env: dict[str, str] | None, stdio: tuple[int, int, int] | None,
-             w: int, go_r: int) -> int:
+             w: int, go_r: int) -> tuple[int, bool]:
         import array
         import json
         import socket
@@ -130,12 +147,36 @@ def taker(dirs: dict[str, str], isolation: dict[str, Any] | None = None, netfd: 
                "isolation": isolation, "state_dir": state_dir}
         fds = array.array("i", [w, go_r, *(stdio if stdio is not None else (0, 1, 2)),
                                 *([netfd] if netfd is not None else [])])
+        _pid1_of(s)   # read first: closing a unix socket with unread data resets the zygote's end
         s.sock.sendmsg([json.dumps(job).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
         s.sock.close()
         _slot = None   # the workload's now: its supervisor waits for it, its cgroup is the workload's
-        return s.pid
+        return s.pid, s.placed
 
     return take
+
+
+def companions(isolation: dict[str, Any] | None) -> list[int]:
+    """The processes that must join the workload's cgroup with the zygote claimed by this process,
+    when it is in none yet: the PID 1 forked ahead, if the job will be handed to it (_for_pid1, the
+    zygote's own test). It waits for "go" (cgagent.launch.child) as the zygote does, so it is alive
+    while the cgroup is made around them."""
+    s = _slot
+    if s is None or not s.claimed or s.placed or s.owner != os.getpid() or not _for_pid1(isolation):
+        return []
+    pid1 = _pid1_of(s)
+    return [pid1] if pid1 else []
+
+
+def _pid1_of(s: _Slot) -> int:
+    """The pid of the zygote's PID 1 forked ahead (0: none), which it sends once it has forked it."""
+    if s.pid1 is None:
+        try:
+            word = s.sock.recv(32)
+        except OSError:
+            word = b""
+        s.pid1 = int(word) if word.isdigit() else 0
+    return s.pid1
 
 
 def held_fds() -> set[int]:
@@ -177,6 +218,7 @@ def _zygote(sock: socket.socket) -> None:
         if sock.recv(len(PLACED)) != PLACED:
             return   # discarded before it was placed
         pid1 = _fork_pid1(sock)
+        sock.send(str(pid1[0] if pid1 is not None else 0).encode())   # for companions()
     except OSError:
         return
     try:

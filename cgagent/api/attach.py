@@ -105,15 +105,20 @@ def _request(fields: dict[str, Any], host: Any, store: Any) -> Any:
 
 
 class Pool:
-    """The launcher's pool cgroups (cgagent.zygote), on cgroup v1 with the cgroupfs driver, in the
-    default parent (the agent's environment's). The pool makes that parent (remembered as a
-    workload's parents are, pruned once the pool is gone) only once the launcher has seen it exist,
-    that is once a workload was made there: an agent that launched nothing makes no cgroup."""
+    """The launcher's zygotes (cgagent.zygote), for the agent's default driver and parent (its
+    environment's):
+    - cgroup v1, cgroupfs driver: each in a pool cgroup in the default parent. The pool makes that
+      parent (remembered as a workload's parents are, pruned once the pool is gone) only once the
+      launcher has seen it exist, that is once a workload was made there: an agent that launched
+      nothing makes no cgroup.
+    - cgroup v2, systemd driver: in no cgroup of their own (systemd makes a scope around them).
+    - cgroup v2, cgroupfs driver: none; clone3(CLONE_INTO_CGROUP) already creates the workload in
+      its cgroup (cgagent.launch). v1 with systemd: none either (its other hierarchies would need joining)."""
 
     def __init__(self, host: Any, store: Any) -> None:
         self.host, self.store = host, store
         self.parent: str | None = None
-        self.dirs: dict[str, str] | None = None
+        self.dirs: dict[str, str] | None = None   # the default parent's pool cgroup, as a workload's ({}: none)
         self.seen = False
 
     def _probe(self) -> dict[str, str] | None:
@@ -123,12 +128,14 @@ class Pool:
 
         if self.dirs is None:
             req = request({"cmd": ["--", "true"]}, self.host, self.store.root)   # the agent's defaults
-            if select_driver(self.host, req.driver) != "cgroupfs":
+            driver = select_driver(self.host, req.driver)
+            mgr = new_manager(self.host, driver, req.parent, "x")
+            if (driver, mgr.mode) == ("systemd", "v2"):
+                self.dirs, self.seen = {}, True
+            elif (driver, mgr.mode) == ("cgroupfs", "v1"):
+                self.parent, self.dirs = req.parent, mgr.dirs
+            else:
                 return None
-            mgr = new_manager(self.host, "cgroupfs", req.parent, "x")
-            if mgr.mode != "v1":
-                return None   # v2: clone3(CLONE_INTO_CGROUP) needs no pool (cgagent.launch)
-            self.parent, self.dirs = req.parent, mgr.dirs
         return self.dirs
 
     def look(self) -> None:
@@ -160,6 +167,9 @@ class Pool:
         from cgagent.cgroups import new_manager
         from cgagent.runtime.parents import remember_parents
 
+        if self.dirs == {} and self.seen:
+            zygote.park({}, lambda: None, lambda _pid: None)
+            return
         if not self.seen or self.parent is None:
             return
         mgr = new_manager(self.host, "cgroupfs", self.parent, pool_name(self.store) + os.urandom(4).hex())

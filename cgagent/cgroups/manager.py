@@ -21,6 +21,9 @@ class CgroupManager(ABC):
     def __init__(self, dirs: dict[str, str]) -> None:
         self.dirs = dirs
         self.reserved = False   # reserve() made the cgroup: create() has nothing left to do
+        # processes that apply() puts in the cgroup with the workload's own: where a scope is made
+        # around the processes it holds (systemd), a zygote's PID 1 forked ahead (cgagent.zygote)
+        self.also: list[int] = []
 
     def reserve(self) -> None:
         """Called under the store lock that made_by_create() was asked under: make what a prune of

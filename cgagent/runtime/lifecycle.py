@@ -227,7 +227,10 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
 
     parked = None
     if zygote.fits(rec):   # as create() decided: then the setup is the isolation's alone, no console
-        parked = zygote.taker(mgr.dirs, spec.to_record() if spec else None, netfd, store.root)
+        iso = spec.to_record() if spec else None
+        parked = zygote.taker(mgr.dirs, iso, netfd, store.root)
+        if parked is not None:   # systemd makes the scope around the zygote and these (its PID 1)
+            mgr.also = zygote.companions(iso)
     else:
         zygote.discard()   # this process's pool cgroup, if any, has no use here: the zygote goes
     try:

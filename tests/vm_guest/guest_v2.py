@@ -1182,3 +1182,52 @@ def test_flagsiso_tmpfs_size_and_flags(devbox: tuple[Guest, str, tuple[str, int,
     r = g.ok("run", "--rm", *_drv(g, driver), "--net", "none", "--rootfs", root, "--tmpfs", "/run:size=1m",
              "--", "sh", "-c", "busybox grep ' /run ' /proc/self/mountinfo")
     assert "nosuid,nodev,noexec" in r.stdout and "size=1024k" in r.stdout, r.stdout
+
+
+def _start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])   # field 22: start time, in clock ticks
+
+
+def test_v2sd_agent_runs_are_handed_a_parked_zygote_and_its_pid_1(box: Box) -> None:
+    """Through the agent (systemd driver): each parked runner holds a zygote, with the PID 1 of a new
+    pid namespace forked ahead, in no scope; a run's scope is made around them and the keeper."""
+    env = dict(os.environ, CGAGENT_STATE_DIR=box.g.state, CGAGENT_ROOT=box.store, CGAGENT_DEFAULT_NET="none")
+    env.pop("CGAGENT_DIRECT", None)
+    agent = subprocess.Popen([sys.executable, "-m", "cgagent", "serve", "--listen", "127.0.0.1:0"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    client = None
+    try:
+        assert agent.stdout is not None
+        assert any("API:" in line for line in agent.stdout), "the agent did not serve its API"
+        client = subprocess.Popen([sys.executable, "-m", "cgagent", "run", "--rm", "--name", "zy", "--memory", "64M",
+                                   "busybox:test", "--", "sleep", "1000"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        wait_for("zy running", lambda: os.path.exists(f"{box.g.state}/workloads/zy.json")
+                 and box.g.record("zy")["status"] == "running", timeout=120)
+        rec = box.g.record("zy")
+        assert rec["dirs"] == {"": f"{CG}/cgagent.slice/cgagent-zy.scope"}
+        with open(f"{rec['dirs']['']}/cgroup.procs") as f:
+            procs = sorted(int(p) for p in f.read().split())
+        own_ns = os.readlink("/proc/self/ns/pid")
+        pid1 = [p for p in procs if os.readlink(f"/proc/{p}/ns/pid") != own_ns]
+        assert sorted([rec["pid"], rec["keeper_pid"], *pid1]) == procs and len(pid1) == 1, (procs, rec)
+        # forked ahead: no later than the client that asked for the run (spawn forks it after)
+        assert _start_time(pid1[0]) <= _start_time(client.pid), "PID 1 was not forked ahead"
+        assert box.g.file("zy", "memory.max") == str(64 * M)
+        box.ok("stop", "-t", "1", "zy")
+        assert client.wait(60) in (137, 143), client.stderr   # its exit, by SIGKILL or SIGTERM, comes back
+        # a host run, and an isolated run that the PID 1 forked ahead cannot be: as without the agent
+        r = box.ok("run", "--rm", "--memory", "64M", "--", "sh", "-c", "cat /proc/self/cgroup")
+        assert r.stdout.startswith("0::/cgagent.slice/cgagent-w-") and r.stdout.strip().endswith(".scope"), r.stdout
+        r = box.ok("run", "--rm", "--pid", "host", "busybox:test", "--", "sh", "-c", "echo $$")
+        assert int(r.stdout) > 1, r.stdout
+        r = box("run", "--rm", "busybox:test", "--", "sh", "-c", "exit 7")
+        assert r.returncode == 7, r.stderr
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait(60)
+        agent.terminate()
+        agent.wait(120)
+    assert scopes() == [] and units("cgagent*.slice") == []

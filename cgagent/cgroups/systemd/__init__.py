@@ -212,8 +212,9 @@ class SystemdManager(CgroupManager):
         pid = pid or os.getpid()
         props = properties.scope(f"cgagent workload {self.unit[len(UNIT_PREFIX):-len('.scope')]}",
                                  self.slice, pid) + properties.limits(self.effective(self._pending), self.mode)
-        if self.keeper is not None:
-            props = [("PIDs", ("au", [pid, self.keeper])) if k == "PIDs" else (k, v) for k, v in props]
+        pids = [pid, *self.also, *([self.keeper] if self.keeper is not None else [])]
+        if len(pids) > 1:
+            props = [("PIDs", ("au", pids)) if k == "PIDs" else (k, v) for k, v in props]
         if self.stop is not None:
             props += [("KillSignal", ("i", self.stop[0])), ("TimeoutStopUSec", ("t", int(self.stop[1] * 1e6)))]
         bus = self._bus()
