@@ -1189,6 +1189,21 @@ def _start_time(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[19])   # field 22: start time, in clock ticks
 
 
+def _parked_pid1s(agent: int) -> list[int]:
+    """Processes in the agent's cgroup and in another pid namespace than ours."""
+    with open(f"/proc/{agent}/cgroup") as f:
+        where = f.read()
+    own, out = os.readlink("/proc/self/ns/pid"), []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/cgroup") as f:
+                if f.read() == where and os.readlink(f"/proc/{p}/ns/pid") != own:
+                    out.append(int(p))
+        except OSError:
+            pass   # ended meanwhile
+    return out
+
+
 def test_v2sd_agent_runs_are_handed_a_parked_zygote_and_its_pid_1(box: Box) -> None:
     """Through the agent (systemd driver): each parked runner holds a zygote, with the PID 1 of a new
     pid namespace forked ahead, in no scope; a run's scope is made around them and the keeper."""
@@ -1200,6 +1215,8 @@ def test_v2sd_agent_runs_are_handed_a_parked_zygote_and_its_pid_1(box: Box) -> N
     try:
         assert agent.stdout is not None
         assert any("API:" in line for line in agent.stdout), "the agent did not serve its API"
+        # at idle: both parked runners' PID 1s, each in a pid namespace of its own, in the agent's cgroup
+        wait_for("the parked PID 1s", lambda: len(_parked_pid1s(agent.pid)) == 2, timeout=120)
         client = subprocess.Popen([sys.executable, "-m", "cgagent", "run", "--rm", "--name", "zy", "--memory", "64M",
                                    "busybox:test", "--", "sleep", "1000"], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True)
