@@ -218,8 +218,12 @@ def _zygote(sock: socket.socket) -> None:
         if sock.recv(len(PLACED)) != PLACED:
             return   # discarded before it was placed
         pid1 = _fork_pid1(sock)
-        sock.send(str(pid1[0] if pid1 is not None else 0).encode())   # for companions()
     except OSError:
+        return
+    try:
+        sock.send(str(pid1[0] if pid1 is not None else 0).encode())   # for companions()
+    except OSError:   # discarded meanwhile: our PID 1 ends before we do (our cgroup is removed then)
+        _end_pid1(pid1)
         return
     try:
         job = _receive(sock)

@@ -10,6 +10,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -441,3 +442,32 @@ def test_a_parked_zygote_forks_pid_1_ahead_and_host_runs_keep_the_hosts_pid_name
             cg.run("stop", "-t", "0", "iso")
             client.wait(timeout=60)
     cg.run("rm", "-f", "keep", check=True)
+
+
+_PARK_AND_DISCARD = """
+import os, sys
+from cgagent import host as hostmod, zygote
+from cgagent.cgroups import new_manager
+h = hostmod.detect()
+left = []
+for i in range(int(sys.argv[2])):
+    mgr = new_manager(h, "cgroupfs", sys.argv[1], f"{zygote.POOL_PREFIX}t{i}")
+    zygote.park(mgr.dirs, mgr.create, mgr.apply)
+    zygote.discard()   # at once: the zygote is still forking its PID 1, or reporting it
+    left += [d for d in mgr.dirs.values() if os.path.isdir(d)]
+print(len(left), left[:3])
+"""
+
+
+def test_a_zygote_discarded_while_it_forks_its_pid_1_leaves_no_pool_cgroup(cg: Env) -> None:
+    """The agent stops (or a launch does not fit) just as a runner parked its zygote: the zygote ends
+    its PID 1 before it exits, so the runner's rmdir of the pool cgroup finds it empty. Each of the
+    30 rounds discards at once; any round whose PID 1 outlived its zygote leaves a directory."""
+    from cgagent import host as hostmod
+
+    if hostmod.detect().is_v2:
+        pytest.skip("the pool cgroup is for cgroup v1")
+    r = subprocess.run([sys.executable, "-c", _PARK_AND_DISCARD, cg.parent, "30"], env=cg.env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("0 "), r.stdout
