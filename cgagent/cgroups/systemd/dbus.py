@@ -145,11 +145,15 @@ def _order(buf: bytes | bytearray) -> str:
     return "<" if buf[0] == ord("l") else ">"
 
 
+# MEMBER "JobRemoved" as a header field (code 3, signature "s", length 10), in each byte order
+_JOB_REMOVED = {o: b"\x03\x01s\x00" + struct.pack(o + "I", 10) + b"JobRemoved\x00" for o in "<>"}
+
+
 def _is_job_removed(frame: bytes) -> bool:
-    """Whether a signal's header fields hold MEMBER "JobRemoved" (field 3, signature "s", length 10)."""
-    fields = struct.unpack_from(_order(frame) + "I", frame, 12)[0]
-    mark = b"\x03\x01s\x00" + struct.pack(_order(frame) + "I", 10) + b"JobRemoved\x00"
-    return mark in frame[16:16 + fields]
+    """Whether a signal's header fields name the member JobRemoved."""
+    order = _order(frame)
+    fields = struct.unpack_from(order + "I", frame, 12)[0]
+    return _JOB_REMOVED[order] in frame[16:16 + fields]
 
 
 def _seconds(var: str, default: float) -> float:
