@@ -31,9 +31,21 @@ def _connection(path: str, timeout: float | None) -> Any:
     import http.client
     import socket
 
+    class Interruptible(socket.socket):
+        """A blocking read (a followed stream: `logs -f`, `events -f`) that Ctrl-C ends whenever it
+        comes (cgagent.wakeup): the wait happens in select, with the wakeup fd, before the read."""
+
+        def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+            if self.gettimeout() is None:
+                from cgagent.wakeup import readable
+
+                while not readable([self.fileno()]):
+                    pass   # a signal whose handler returned: wait on
+            return super().recv_into(buffer, nbytes, flags)
+
     class UnixConnection(http.client.HTTPConnection):
         def connect(self) -> None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            s = Interruptible(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
                 s.settimeout(CONNECT_TIMEOUT)
                 s.connect(path)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import sys
 import time
 from typing import Any
 
 from cgagent import events, inotify
+from cgagent.wakeup import readable
 
 _SKIP = {"time", "kind", "name"}
 
@@ -63,7 +63,7 @@ def show(state_root: str, name: str | None, follow: bool, as_json: bool) -> None
         while True:
             for ev in reader.read():   # a replaced log is printed again from its start
                 emit(ev)
-            select.select([ino.fd], [], [])
+            readable([ino.fd])   # Ctrl-C ends it, whenever it comes
             for _ in ino.read():
                 pass
     except KeyboardInterrupt:

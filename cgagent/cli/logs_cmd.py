@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import sys
 from typing import TYPE_CHECKING, Annotated, BinaryIO
 
@@ -51,6 +50,7 @@ def logs(
             return
         assert rec.supervisor_pid is not None
         from cgagent.inotify import IN_MODIFY, Inotify
+        from cgagent.wakeup import readable
 
         ino = Inotify()
         ino.add(path, IN_MODIFY)
@@ -61,7 +61,7 @@ def logs(
             return
         try:
             while True:
-                ready = select.select([ino.fd, sup], [], [])[0]
+                ready = readable([ino.fd, sup])   # Ctrl-C ends it, whenever it comes
                 for _ in ino.read():
                     pass
                 # the supervisor is gone: nothing more will be written

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import select
 import signal
 
 from cgagent import events, oom, procs
@@ -21,6 +20,7 @@ from cgagent.runtime.parents import prune_parents
 from cgagent.runtime.request import require_root
 from cgagent.runtime.stopflag import clear_stop, request_stop
 from cgagent.state import Record, Store
+from cgagent.wakeup import readable
 
 
 def oom_kills(store: Store, rec: Record) -> int:
@@ -260,7 +260,7 @@ def wait(store: Store, host: Host, name: str) -> int | None:
                 raise CgagentError(f"workload {name!r} ended without a supervisor to record how",
                                    f"`cgagent stop {name}` records its end")
             try:
-                select.select([ino.fd] + ([fd] if fd is not None else []), [], [])
+                readable([ino.fd] + ([fd] if fd is not None else []))   # Ctrl-C ends it, whenever it comes
             finally:
                 if fd is not None:
                     os.close(fd)

@@ -7,6 +7,7 @@ never CPU accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -890,6 +891,7 @@ def _walk_one(cmd: dict[str, Any], d: str, env: dict[str, str], netns: str) -> s
     # a command to interrupt is exec'ed (nsenter, bash and the cgagent wrapper all exec): p.pid is cgagent
     line = f"exec {cmd['line']}" if ready else cmd["line"]
     argv = ["nsenter", f"--net=/run/netns/{netns}", "--", "bash", "-c", line]
+    env = dict(env, PYTHONFAULTHANDLER="1") if ready else env   # SIGABRT prints its stacks if it hangs
     p = subprocess.Popen(argv, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     if ready:
@@ -903,9 +905,18 @@ def _walk_one(cmd: dict[str, Any], d: str, env: dict[str, str], netns: str) -> s
     try:
         out, err = p.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        return f"{cmd['line']!r} did not end"
+        # where it waits: its signal masks and system call, then its Python stacks (faulthandler)
+        state = _sh(f"grep -E '^(State|Sig|Shd)' /proc/{p.pid}/status; cat /proc/{p.pid}/wchan; echo; "
+                    f"cat /proc/{p.pid}/syscall; ls -l /proc/{p.pid}/fd")
+        os.kill(p.pid, signal.SIGABRT)
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)   # whatever else it started
+        return f"{cmd['line']!r} did not end\n{state}\n=== its stderr\n{err[-4000:]}"
     if p.returncode != cmd["exit"]:
         return f"{cmd['line']!r} exited {p.returncode}, the README says {cmd['exit']}:\n{out[-1500:]}\n{err[-1500:]}"
     if cmd["output"] and cmd["output"] not in err + out:

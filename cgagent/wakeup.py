@@ -1,0 +1,53 @@
+"""Waits that a signal always ends: `readable()` is select() with a wakeup pipe among its fds.
+
+Python runs a signal's handler (Ctrl-C's KeyboardInterrupt, a SIGTERM that exits) in the main
+thread, between bytecodes. A plain blocking select() is only cut short by a signal that lands while
+the main thread is inside the system call: one that lands just before it (after the interpreter's
+last check, while select's arguments are being built) or in another thread leaves the call waiting
+for its fds, and `logs -f` on a quiet workload then ignores Ctrl-C (seen in the v2 VM's README walk).
+The C-level handler writes each signal to the wakeup fd (signal.set_wakeup_fd), whenever it comes:
+with that fd in the set, select returns and the handler runs.
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # the C module: `signal`'s enum tables are not for the thin client
+import os
+import select
+import threading
+
+_read_end: int | None = None
+
+
+def _wakeup_fd() -> int | None:
+    """The read end of this process's wakeup pipe, set up at the first call; None outside the main
+    thread (only it may set one) or when another wakeup fd is already set (cgagent.terminal's)."""
+    global _read_end
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if _read_end is None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old = _signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        if old != -1:
+            _signal.set_wakeup_fd(old)
+            os.close(r)
+            os.close(w)
+            return None
+        _read_end = r   # its write end stays open for as long as the process lives
+    return _read_end
+
+
+def readable(fds: list[int], timeout: float | None = None) -> list[int]:
+    """The fds of `fds` that are readable, waiting up to `timeout` seconds (None: for ever) for one;
+    a signal that arrives meanwhile, or had just arrived, ends the wait and has its handler run
+    (which may raise, as Ctrl-C's does). An empty answer: the timeout, or a handler that returned."""
+    wake = _wakeup_fd()
+    ready: list[int] = select.select(fds if wake is None else [*fds, wake], [], [], timeout)[0]
+    if wake is not None and wake in ready:
+        try:
+            while os.read(wake, 512):
+                pass
+        except BlockingIOError:
+            pass
+        ready.remove(wake)
+    return ready
