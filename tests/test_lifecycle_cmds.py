@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from cgagent.cli.gotemplate import render
 from cgagent.errors import CgagentError
 from tests.conftest import Env
+from tests.isolated import wait_for
 from tests.systemd_ns import CLI, SystemdNamespace
 from tests.test_network_run import Node, hosts, node, rootfs
 from tests.test_systemd_ns import cli, sdns
@@ -155,6 +157,46 @@ def test_top_kill_wait_restart(cg: Env) -> None:
     ok(cg, "kill", "job")   # KILL by default
     assert ok(cg, "wait", "job") == "137\n"
     ok(cg, "rm", "job")
+
+
+def test_restart_waits_for_a_supervisor_slower_to_finish_than_stop(cg: Env) -> None:
+    """A supervisor that finishes after `stop` gave up waiting for it (10 s; a busy systemd's D-Bus
+    jobs, seen in the v2 VM under load) made `restart` fail with "started again meanwhile". The
+    supervisor here stops itself (CGAGENT_FAULT) just before it records the end, until the test sees
+    that `stop` recorded the end instead; restart must then wait for it and start the workload."""
+    run = subprocess.run(cg.cmd("run", "-d", "--name", "slow", "--", "sleep", "1000"), capture_output=True,
+                         text=True, timeout=60, env=cg.env(CGAGENT_FAULT="stop:finishing", CGAGENT_DIRECT="1"))
+    assert run.returncode == 0, run.stderr
+    path = os.path.join(cg.state_dir, "workloads", "slow.json")
+
+    def record() -> dict[str, object]:
+        with open(path) as f:
+            return dict(json.load(f))
+
+    first = record()
+    sup = first["supervisor_pid"]
+    assert isinstance(sup, int)
+    restart = cg.popen("restart", "-t", "5", "slow", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _state(sup) == "T", timeout=60)   # the workload ended; its supervisor stopped
+        wait_for(lambda: record()["status"] == "exited", timeout=60)   # stop waited 10 s, then recorded it
+        assert restart.poll() is None, restart.communicate()
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    out, err = restart.communicate(timeout=120)
+    assert (restart.returncode, out, err) == (0, "slow\n", "")
+    again = inspect(lambda *a: ok(cg, *a), "slow")["State"]
+    assert again["Status"] == "running" and again["Pid"] != first["pid"]   # type: ignore[index]
+    assert _state(sup) in (None, "Z")   # the old supervisor has exited: one supervisor per record
+    ok(cg, "rm", "-f", "slow")
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
 
 
 def test_bad_input_is_one_line_and_makes_nothing(cg: Env) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from cgagent import oom
+from cgagent import oom, procs
 from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
 from cgagent.host import Host
@@ -19,6 +19,9 @@ from cgagent.runtime.parents import prune_parents
 from cgagent.runtime.request import require_root
 from cgagent.runtime.stopflag import clear_stop
 from cgagent.state import Record, Store
+
+# the last supervisor's end, after `stop` (which waits 10 s for it, then records the end itself)
+LAST_SUPERVISOR_WAIT = 60.0
 
 
 def restart(store: Store, host: Host, name: str, timeout: float | None = None) -> None:
@@ -33,10 +36,20 @@ def restart(store: Store, host: Host, name: str, timeout: float | None = None) -
                            "run it again without --rm (with --restart for restarts)")
     if live_status(host, rec) != "exited":
         stop(store, host, name, timeout)
+    _last_supervisor_gone(store, name)
     rec, mgr = _recreate(store, host, name)
     from cgagent.runtime.supervisor import detach
 
     detach(store, host, rec, mgr, _back_to_exited)
+
+
+def _last_supervisor_gone(store: Store, name: str) -> None:
+    """Wait for the last run's supervisor to finish its work (the record, its scope's and slice's
+    stop: D-Bus jobs a busy systemd can take seconds over, beyond `stop`'s own wait) and exit: a new
+    supervisor for the same record must not start beside it."""
+    rec = store.load(name)
+    if supervisor_alive(rec) and rec.supervisor_pid is not None:
+        procs.wait_exit(rec.supervisor_pid, LAST_SUPERVISOR_WAIT)
 
 
 def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManager]:
@@ -47,6 +60,10 @@ def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManage
 
     with store.lock():
         rec = store.load(name)
+        if supervisor_alive(rec) and rec.status == "exited":
+            raise CgagentError(f"the supervisor of {name!r}'s last run (pid {rec.supervisor_pid}) has not exited "
+                               f"within {LAST_SUPERVISOR_WAIT:g}s of its end",
+                               f"run `cgagent restart {name}` again once it has (see `cgagent ps -a`)")
         if rec.status != "exited" or live_status(host, rec) != "exited" or supervisor_alive(rec):
             raise CgagentError(f"workload {name!r} was started again meanwhile", "see `cgagent ps`")
         if rec.driver == "systemd":

@@ -254,6 +254,7 @@ def shim_main(store: Store, host: Host, name: str, pid: int) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     log = store.open_log(name)
     code = _wait_restarting(store, host, rec, manager(host, rec), rec.pid, (devnull, log, log))
+    fault("finishing")
     try:
         finish(store, host, name, code)
     except BaseException as e:
