@@ -12,29 +12,33 @@ with that fd in the set, select returns and the handler runs.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # the C module: `signal`'s enum tables are not for the thin client
+import _thread
 import os
 import select
-import threading
 
 _read_end: int | None = None
+_owner: int | None = None   # the thread that set it: the main thread, the only one a signal's handler runs in
 
 
 def _wakeup_fd() -> int | None:
     """The read end of this process's wakeup pipe, set up at the first call; None outside the main
     thread (only it may set one) or when another wakeup fd is already set (cgagent.terminal's)."""
-    global _read_end
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    if _read_end is None:
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    global _read_end, _owner
+    if _read_end is not None:
+        return _read_end if _thread.get_ident() == _owner else None
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
         old = _signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        if old != -1:
+    except ValueError:   # not the main thread
+        old = None
+    if old != -1:
+        if old is not None:
             _signal.set_wakeup_fd(old)
-            os.close(r)
-            os.close(w)
-            return None
-        _read_end = r   # its write end stays open for as long as the process lives
-    return _read_end
+        os.close(r)
+        os.close(w)
+        return None
+    _read_end, _owner = r, _thread.get_ident()   # the write end stays open for as long as the process lives
+    return r
 
 
 def readable(fds: list[int], timeout: float | None = None) -> list[int]:
