@@ -286,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return report(e)
     print(f"policy controller: watching {ctl.store.root}", flush=True)
-    stopping.wait()
+    from cgagent.wakeup import readable
+
+    while not stopping.is_set():   # not Event.wait: it misses a signal that lands just before it
+        readable([])
     ctl.stop()
     return 0
 
