@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from cgagent.errors import CgagentError
-from cgagent.wakeup import readable
+from cgagent.wakeup import until_set
 
 # What a run's supervisor (a process forked by the launcher) would import: loaded once in the launcher,
 # before its first fork, so that no launch pays for them (a fork copies them). pyroute2 included (issue
@@ -143,10 +143,7 @@ def run(opts: AgentOptions) -> int:
           f"static_configs: [{{targets: ['{server.url.split('//')[1]}']}}]}}]", flush=True)
     print(f"  API: curl --unix-socket {sock} http://x/v1/ps", flush=True)
     try:
-        # the main thread only waits for a signal, in select with the wakeup fd: a lock's wait
-        # (Event.wait) misses one that lands just before it, and the agent would not stop
-        while not stopping.is_set():
-            readable([])
+        until_set(stopping)   # the main thread only waits for a signal
     finally:
         api.shutdown()
         server.shutdown()

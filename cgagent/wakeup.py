@@ -16,6 +16,10 @@ import _thread
 import os
 import select
 
+TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from threading import Event
+
 _read_end: int | None = None
 _owner: int | None = None   # the thread that set it: the main thread, the only one a signal's handler runs in
 
@@ -55,3 +59,14 @@ def readable(fds: list[int], timeout: float | None = None) -> list[int]:
             pass
         ready.remove(wake)
     return ready
+
+
+def until_set(flag: Event) -> None:
+    """Block until a signal's handler sets `flag` (a daemon's main thread: SIGTERM, Ctrl-C). A lock's
+    wait (Event.wait) misses a signal that lands just before it; this one does not. Without a wakeup
+    fd of its own (another is set), it falls back on Event.wait."""
+    if _wakeup_fd() is None:
+        flag.wait()
+        return
+    while not flag.is_set():
+        readable([])

@@ -286,10 +286,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return report(e)
     print(f"policy controller: watching {ctl.store.root}", flush=True)
-    from cgagent.wakeup import readable
+    from cgagent.wakeup import until_set
 
-    while not stopping.is_set():   # not Event.wait: it misses a signal that lands just before it
-        readable([])
+    until_set(stopping)
     ctl.stop()
     return 0
 

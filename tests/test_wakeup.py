@@ -4,7 +4,8 @@ The CLI's `logs -f` once ignored a Ctrl-C that landed just before its select beg
 walk). That window cannot be hit on purpose, but the same miss happens for certain when the signal
 is taken by another thread: the main thread's select is then not interrupted at all. So the child
 below blocks SIGINT in its main thread, a second thread (SIGINT unblocked) sends it once the main
-thread sleeps in select, and the main thread must come out with KeyboardInterrupt.
+thread sleeps in select, and the main thread must come out with KeyboardInterrupt. until_set (the
+agent's and the policy controller's wait for SIGTERM) is held to the same: its handler only sets a flag.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 CHILD = textwrap.dedent("""
     import os, signal, sys, threading, time
-    from cgagent.wakeup import readable
+    from cgagent.wakeup import readable, until_set
 
     main_tid = threading.get_native_id()
 
     def in_select() -> bool:
-        # /proc/.../syscall: the number of the call it sleeps in (select 23, pselect6 270 on x86-64)
+        # /proc/.../syscall: the number of the call it sleeps in (x86-64: select 23, pselect6 270,
+        # poll 7, ppoll 271; futex 202: a lock's wait, as Event.wait)
         with open(f"/proc/self/task/{main_tid}/syscall") as f:
-            return f.read().split()[0] in ("23", "270", "7", "271")
+            return f.read().split()[0] in ("23", "270", "7", "271", "202")
 
     def interrupter() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
@@ -34,8 +38,14 @@ CHILD = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGINT)   # only this thread takes it
 
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
-    r, _w = os.pipe()   # nothing is ever written
     threading.Thread(target=interrupter, daemon=True).start()
+    if sys.argv[1] == "until_set":   # a daemon's wait: the handler sets a flag and returns
+        stopping = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stopping.set())
+        until_set(stopping)   # without the wakeup fd (Event.wait) this waits for ever
+        print("interrupted")
+        sys.exit()
+    r, _w = os.pipe()   # nothing is ever written
     try:
         got = readable([r])   # no timeout: without the wakeup fd this waits for ever
     except KeyboardInterrupt:
@@ -45,9 +55,10 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_a_sigint_taken_outside_the_select_still_ends_the_wait() -> None:
-    with subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) as p:
+@pytest.mark.parametrize("wait", ["readable", "until_set"])
+def test_a_sigint_taken_outside_the_select_still_ends_the_wait(wait: str) -> None:
+    with subprocess.Popen([sys.executable, "-c", CHILD, wait], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) as p:
         try:
             out, err = p.communicate(timeout=60)
         except subprocess.TimeoutExpired:
