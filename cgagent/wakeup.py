@@ -26,7 +26,7 @@ _owner: int | None = None   # the thread that set it: the main thread, the only 
 
 def _wakeup_fd() -> int | None:
     """The read end of this process's wakeup pipe, set up at the first call; None outside the main
-    thread (only it may set one) or when another wakeup fd is already set (cgagent.terminal's)."""
+    thread (only it may set one), or for good when another wakeup fd was set at that first call."""
     global _read_end, _owner
     if _read_end is not None:
         return _read_end if _thread.get_ident() == _owner else None
@@ -59,6 +59,13 @@ def readable(fds: list[int], timeout: float | None = None) -> list[int]:
             pass
         ready.remove(wake)
     return ready
+
+
+def wait_readable(fd: int) -> None:
+    """Until `fd` is readable (a blocking read on it then returns at once); a signal's handler runs
+    meanwhile, whenever the signal comes, and the wait goes on unless it raised."""
+    while not readable([fd]):
+        pass
 
 
 def until_set(flag: Event) -> None:

@@ -37,10 +37,9 @@ def _connection(path: str, timeout: float | None) -> Any:
 
         def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
             if self.gettimeout() is None:
-                from cgagent.wakeup import readable
+                from cgagent.wakeup import wait_readable
 
-                while not readable([self.fileno()]):
-                    pass   # a signal whose handler returned: wait on
+                wait_readable(self.fileno())
             return super().recv_into(buffer, nbytes, flags)
 
     class UnixConnection(http.client.HTTPConnection):

@@ -17,7 +17,7 @@ import sys
 from cgagent.api.client import CONNECT_TIMEOUT, Declined
 from cgagent.errors import CgagentError
 from cgagent.signals import FORWARDED
-from cgagent.wakeup import readable
+from cgagent.wakeup import wait_readable
 
 TYPE_CHECKING = False   # not typing's own: the thin client's path does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
@@ -140,8 +140,7 @@ def _wait_exit(s: Any, buf: bytes) -> int:
         while b"\n" not in buf:
             # the forwarding handler runs between bytecodes: a signal just before a bare recv would
             # wait for the workload's exit, so the wait is a select with the wakeup fd (cgagent.wakeup)
-            while not readable([s.fileno()]):
-                pass
+            wait_readable(s.fileno())
             chunk = s.recv(MAX_LINE)
             if not chunk:
                 raise CgagentError("the agent went away while the workload ran (its supervisor records the "
