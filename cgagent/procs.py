@@ -33,11 +33,16 @@ def alive(pid: int | None, start: int | None) -> bool:
     st = start_time(pid)
     if st is None or (start is not None and st != start):
         return False
+    return state(pid) not in (None, "Z")
+
+
+def state(pid: int) -> str | None:
+    """The process's state letter in /proc/PID/stat (R, S, D, T, Z ...); None: no such process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
+        return None
 
 
 def wait_exit(pid: int, timeout: float) -> bool:

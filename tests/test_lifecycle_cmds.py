@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from cgagent import procs
 from cgagent.cli.gotemplate import render
 from cgagent.errors import CgagentError
 from tests.conftest import Env
@@ -178,7 +179,7 @@ def test_restart_waits_for_a_supervisor_slower_to_finish_than_stop(cg: Env) -> N
     assert isinstance(sup, int)
     restart = cg.popen("restart", "-t", "5", "slow", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: _state(sup) == "T", timeout=60)   # the workload ended; its supervisor stopped
+        wait_for(lambda: procs.state(sup) == "T", timeout=60)   # the workload ended; its supervisor stopped
         wait_for(lambda: record()["status"] == "exited", timeout=60)   # stop waited 10 s, then recorded it
         assert restart.poll() is None, restart.communicate()
     finally:
@@ -187,16 +188,8 @@ def test_restart_waits_for_a_supervisor_slower_to_finish_than_stop(cg: Env) -> N
     assert (restart.returncode, out, err) == (0, "slow\n", "")
     again = inspect(lambda *a: ok(cg, *a), "slow")["State"]
     assert again["Status"] == "running" and again["Pid"] != first["pid"]   # type: ignore[index]
-    assert _state(sup) in (None, "Z")   # the old supervisor has exited: one supervisor per record
+    assert procs.state(sup) in (None, "Z")   # the old supervisor has exited: one supervisor per record
     ok(cg, "rm", "-f", "slow")
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
 
 
 def test_bad_input_is_one_line_and_makes_nothing(cg: Env) -> None:
