@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -87,6 +87,20 @@ def _diagnosed(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProce
     return r
 
 
+def _stuck(p: subprocess.Popen[str], kill: Callable[[], None]) -> tuple[str, str]:
+    """A child that does not end, looked at while stuck: its state and signal masks, wait channel,
+    system call, kernel stack, fds and sockets; then its Python stacks (faulthandler, on SIGABRT; it
+    must run with PYTHONFAULTHANDLER=1), `kill` if that does not end it. -> (that state, its stderr)."""
+    own = _sh(f"grep -E '^(State|Sig|Shd)' /proc/{p.pid}/status; cat /proc/{p.pid}/wchan; echo; "
+              f"cat /proc/{p.pid}/syscall /proc/{p.pid}/stack; ls -l /proc/{p.pid}/fd; ss -xpn | grep 'pid={p.pid},'")
+    p.send_signal(signal.SIGABRT)
+    try:
+        return own, p.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        kill()
+        return own, p.communicate()[1]
+
+
 def _run_diagnosed(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> \
         subprocess.CompletedProcess[str]:
     """subprocess.run; a call that outlives its timeout is diagnosed while still stuck: PID 1's state,
@@ -97,13 +111,7 @@ def _run_diagnosed(argv: list[str], timeout: float, env: dict[str, str] | None =
             out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             diag = pid1_diagnostics()
-            own = _sh(f"cat /proc/{p.pid}/stack; ls -l /proc/{p.pid}/fd; ss -xpn | grep 'pid={p.pid},'")
-            p.send_signal(signal.SIGABRT)   # nsenter execs: p.pid is the Python process
-            try:
-                out, err = p.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                out, err = p.communicate()
+            own, err = _stuck(p, p.kill)   # nsenter execs: p.pid is the Python process
             text = f"{argv} did not end within {timeout:g}s\n=== its stderr (Python stacks)\n{err[-6000:]}\n" \
                    f"=== its kernel stack and sockets\n{own}\n=== PID 1 diagnostics\n{diag}"
             _keep("timeout", text)
@@ -905,15 +913,7 @@ def _walk_one(cmd: dict[str, Any], d: str, env: dict[str, str], netns: str) -> s
     try:
         out, err = p.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        # where it waits: its signal masks and system call, then its Python stacks (faulthandler)
-        state = _sh(f"grep -E '^(State|Sig|Shd)' /proc/{p.pid}/status; cat /proc/{p.pid}/wchan; echo; "
-                    f"cat /proc/{p.pid}/syscall; ls -l /proc/{p.pid}/fd")
-        os.kill(p.pid, signal.SIGABRT)
-        try:
-            out, err = p.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            out, err = p.communicate()
+        state, err = _stuck(p, lambda: os.killpg(p.pid, signal.SIGKILL))
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)   # whatever else it started
         return f"{cmd['line']!r} did not end\n{state}\n=== its stderr\n{err[-4000:]}"
