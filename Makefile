@@ -24,7 +24,7 @@ $(STAMP_APT): Makefile
 
 $(STAMP_PIP): $(STAMP_APT) pyproject.toml
 	$(BIN)/pip install -q --upgrade pip >/dev/null
-	$(BIN)/pip install -q --config-settings editable_mode=compat -e '.[dev]'  # a .pth path entry: no import-hook finder at every start-up
+	$(BIN)/pip install -q -e '.[dev]'   # a .pth path entry (pyproject's package-dir): no import-hook finder
 	@touch $@
 
 deps: $(STAMP_PIP)
