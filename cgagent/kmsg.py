@@ -17,6 +17,10 @@ from typing import Any
 _KILLED = re.compile(r"Killed process (\d+) \(([^)]*)\) total-vm:(\d+)kB, anon-rss:(\d+)kB, file-rss:(\d+)kB, "
                      r"shmem-rss:(\d+)kB")
 MAX_PENDING = 256
+# The kernel counts a kill, sends SIGKILL, then prints its "Killed process" line: a killer preempted
+# in between (a loaded machine) prints it late, after the counter and even the victim's exit were
+# seen. An "oom-kill:" line read is awaited that long for its "Killed process" line, then given up.
+LINE_WAIT = 2.0
 
 
 class OomLog:
@@ -26,7 +30,8 @@ class OomLog:
             os.lseek(self.fd, 0, os.SEEK_END)   # kills from now on: older ones are not ours to explain
         except OSError:
             self.fd = -1   # not readable here (no root, a container's /dev): events carry no victims
-        self._memcg: dict[str, tuple[str, str]] = {}   # pid -> (task_memcg, comm), awaiting its Killed line
+        # pid -> (task_memcg, when read): an oom-kill line awaiting its Killed line
+        self._memcg: dict[str, tuple[str, float]] = {}
         self._victims: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=MAX_PENDING)
 
     def close(self) -> None:
@@ -49,30 +54,34 @@ class OomLog:
             if text.startswith("oom-kill:"):
                 f = dict(kv.split("=", 1) for kv in text[len("oom-kill:"):].split(",") if "=" in kv)
                 if "pid" in f and len(self._memcg) < MAX_PENDING:
-                    self._memcg[f["pid"]] = (f.get("task_memcg", ""), f.get("task", ""))
+                    self._memcg[f["pid"]] = (f.get("task_memcg", ""), time.monotonic())
             else:
                 m = _KILLED.search(text)
                 if m and m.group(1) in self._memcg:
-                    memcg, _comm = self._memcg.pop(m.group(1))
+                    memcg, _read = self._memcg.pop(m.group(1))
                     self._victims.append((memcg, {
                         "pid": int(m.group(1)), "comm": m.group(2), "total_vm_kb": int(m.group(3)),
                         "anon_rss_kb": int(m.group(4)), "file_rss_kb": int(m.group(5)),
                         "shmem_rss_kb": int(m.group(6))}))
 
-    def victims(self, cgroup: str, wait: float = 0.05) -> list[dict[str, Any]]:
+    def victims(self, cgroup: str, wait: float = LINE_WAIT) -> list[dict[str, Any]]:
         """The victims reported for `cgroup` (its path as the workload's record has it: a suffix of the
-        kernel's, which is rooted at the init cgroup namespace) since the last call. The kernel counts
-        a kill just before it prints its "Killed process" line: wait up to `wait` s for that line."""
+        kernel's, which is rooted at the init cgroup namespace) since the last call. A kill of this
+        cgroup whose "Killed process" line has not come yet is waited for, up to `wait` s after its
+        "oom-kill:" line was read (see LINE_WAIT): no wait when the kernel reported no such kill."""
         if self.fd < 0 or not cgroup:
             return []
-        deadline = time.monotonic() + wait
         while True:
             self._drain()
             if self.fd < 0:
                 return []
-            waiting = any(memcg.endswith(cgroup) for memcg, _c in self._memcg.values())
-            left = deadline - time.monotonic()
-            if not waiting or left <= 0:
+            now = time.monotonic()
+            for pid, (_cg, read) in list(self._memcg.items()):
+                if now - read > max(wait, LINE_WAIT):   # its Killed line never came: not waited for again
+                    del self._memcg[pid]
+            left = max((read + wait - now for memcg, read in self._memcg.values() if memcg.endswith(cgroup)),
+                       default=0.0)
+            if left <= 0:
                 break
             select.select([self.fd], [], [], left)
         mine = [v for memcg, v in self._victims if memcg.endswith(cgroup)]
