@@ -6,8 +6,8 @@ import importlib
 import os
 import sys
 
-ORDER = ["launch", "launches", "vm", "web", "exporter", "systemd_driver", "isolation", "seccomp", "network", "policy",
-         "oom", "iofreeze"]
+ORDER = ["launch", "launches", "launchcpu", "vm", "web", "exporter", "systemd_driver", "isolation", "seccomp",
+         "network", "policy", "oom", "iofreeze"]
 
 
 def main() -> int:

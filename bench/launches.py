@@ -13,7 +13,10 @@ BENCH_BASELINE=/path/to/another/checkout adds that tree's direct `run` to the sa
 (say, the branch before a change: "without the agent, no slower than today").
 
 Targets: with the agent, its own cost (cgagent - python3 -c pass) <= runc's whole time; --net bridge
-<= --net none + 20 ms."""
+<= --net none + 20 ms. Where systemd is PID 1, cgagent's default driver makes a transient scope per
+workload: beside runc's whole time the report gives `runc --systemd-cgroup`'s (the same work, as
+Docker runs runc on such a host), and a plain run through the agent with the cgroupfs driver
+(`run (agent, cgroupfs driver)`, like for like with runc's default driver)."""
 
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BWRAP = "bwrap --unshare-all (busybox)"
 MODES = ("direct", "agent")
 KINDS = ("run", "run --net none", "run --net bridge")
+CGROUPFS = "run (agent, cgroupfs driver)"   # on a systemd host, beside its default systemd driver
 
 
 def _path(tree: str) -> str:
@@ -52,7 +56,8 @@ def _path(tree: str) -> str:
     return os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)
 
 
-def _start_agent(cli: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+def start_agent(cli: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """`cgagent serve` with `env`, once its API listens."""
     p = subprocess.Popen([*cli, "serve", "--listen", "127.0.0.1:0"], env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert p.stdout is not None
@@ -114,6 +119,9 @@ def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], fl
     for kind in KINDS:
         for mode in MODES:
             cases[f"{kind} ({mode})"] = _timer(argv[kind], direct if mode == "direct" else env)
+    if DRIVER_SYSTEMD:   # like for like with runc's default (cgroupfs) driver: no transient unit
+        cases[CGROUPFS] = _timer([*cli, "run", "--rm", "--cgroup-driver", "cgroupfs", "--cgroup-parent", f"/{sub}",
+                                  *limits, "--", "/bin/true"], env)
     base = os.environ.get("BENCH_BASELINE")
     if base:
         _compile(base, env["PYTHONPYCACHEPREFIX"])
@@ -146,14 +154,17 @@ def _report(res: dict[str, list[float]]) -> None:
     print(f"  own cost = cgagent - {PYTHON} ({1e3 * med[PYTHON]:.1f} ms); runc's whole time "
           + (f"{1e3 * runc:.1f} ms" if runc else "(runc not installed)")
           + (f", with its systemd driver {1e3 * runc_sd:.1f} ms" if runc_sd else ""))
-    for kind in KINDS:
-        for mode in MODES:
-            own = med[f"{kind} ({mode})"] - med[PYTHON]
-            verdict = "" if runc is None or mode != "agent" else ("  meets own <= runc" if own <= runc
-                                                                  else "  misses own <= runc")
-            print(f"    {kind + ' (' + mode + ')':34} own {1e3 * own:6.1f} ms"
-                  + (f"  = {own / runc:4.2f}x runc" if runc else "")
-                  + (f", {own / runc_sd:4.2f}x runc --systemd-cgroup" if runc_sd else "") + verdict)
+    rows = [f"{kind} ({mode})" for kind in KINDS for mode in MODES] + ([CGROUPFS] if CGROUPFS in med else [])
+    for row in rows:
+        own = med[row] - med[PYTHON]
+        verdict = ""
+        if runc is not None and "(agent" in row:
+            verdict = "  meets own <= runc" if own <= runc else "  misses own <= runc"
+            if runc_sd is not None and row != CGROUPFS:   # the same driver: a transient scope each
+                verdict += "; like for like (runc --systemd-cgroup): " + ("meets" if own <= runc_sd else "misses")
+        print(f"    {row:34} own {1e3 * own:6.1f} ms"
+              + (f"  = {own / runc:4.2f}x runc" if runc else "")
+              + (f", {own / runc_sd:4.2f}x runc --systemd-cgroup" if runc_sd else "") + verdict)
     for mode in MODES:
         price = med[f"run --net bridge ({mode})"] - med[f"run --net none ({mode})"]
         print(f"  bridge - none ({mode}) {1e3 * price:6.1f} ms  target <= 20 ms: "
@@ -186,7 +197,7 @@ def main() -> None:
         os.close(fd)
         on_tmpfs = _state_on_tmpfs(run)
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        agent = _start_agent([sys.executable, "-m", "cgagent"], env)
+        agent = start_agent([sys.executable, "-m", "cgagent"], env)
         cases = _cases(tmp, sub, env)
         res = measure(cases, ROUNDS, sub, f"{run}/runc")   # warm (bridge, nft table), interleave
     finally:
