@@ -18,8 +18,8 @@ _KILLED = re.compile(r"Killed process (\d+) \(([^)]*)\) total-vm:(\d+)kB, anon-r
                      r"shmem-rss:(\d+)kB")
 MAX_PENDING = 256
 # The kernel counts a kill, sends SIGKILL, then prints its "Killed process" line: a killer preempted
-# in between (a loaded machine) prints it late, after the counter and even the victim's exit were
-# seen. An "oom-kill:" line read is awaited that long for its "Killed process" line, then given up.
+# in between (a loaded machine) prints it late, after a reader has seen the counter go up (the
+# agent's OOM watcher). An "oom-kill:" line read is awaited that long for its Killed line, then given up.
 LINE_WAIT = 2.0
 
 
