@@ -51,3 +51,12 @@ def test_suggestions_rank_typos_and_unambiguous_starts() -> None:
     assert suggest("--mem", names) == ["--memory", "--memory-swap"]
     assert suggest("--label", names) == []
     assert suggest("--", names) == []
+
+
+def test_version_as_a_flag_and_as_a_command_as_docker_has_both() -> None:
+    from cgagent import __version__
+
+    r = _unknown("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"cgagent version {__version__}\n", "")
+    r = _unknown("version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{__version__}\n", "")
