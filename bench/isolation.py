@@ -14,7 +14,7 @@ import tempfile
 import uuid
 
 from bench.common import PYTHON, RUNC, busybox_rootfs, measure, parent_env, report_launch, time_cmd
-from bench.launch import LIMITS, runc_bundle
+from bench.launch import limit_flags, runc_bundle
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
 
@@ -37,8 +37,7 @@ def main() -> None:
                    stdout=subprocess.DEVNULL)
     # --net none, as runc's bundle (a netns with lo only); and bridging here would build cgagent0 and
     # NAT rules in this machine's own netns (bench/network.py measures bridging inside its own).
-    limits = ["--net", "none", "--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]),
-              "--pids-limit", str(LIMITS["pids"])]
+    limits = ["--net", "none", *limit_flags()]
     cases = {
         PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"]),
         "cgagent run --rm IMG /bin/true": lambda: time_cmd([cli, "run", "--rm", *limits, "bench:1", "--",

@@ -19,6 +19,11 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
 LIMITS = {"cpus": 0.5, "memory": 256 << 20, "pids": 64}
 
 
+def limit_flags() -> list[str]:
+    """LIMITS as `cgagent run`'s flags (runc_bundle writes the same into runc's config)."""
+    return ["--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"])]
+
+
 def runc_bundle(d: str, parent: str, cgroups_path: str | None = None) -> None:
     """A busybox bundle running /bin/true with LIMITS, in cgroup `parent`/runc-bench (runc's
     cgroupfs driver), or at `cgroups_path` as given (runc --systemd-cgroup: "SLICE:PREFIX:NAME")."""
@@ -46,8 +51,7 @@ def main() -> None:
     # state on tmpfs, as the default /run/cgagent is
     tmp = tempfile.mkdtemp(prefix="cgagent-bench-", dir="/run" if os.path.isdir("/run") else None)
     env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/state", **parent_env(sub))
-    cgagent = [os.path.join(os.path.dirname(sys.executable), "cgagent"), "run", "--rm",
-               "--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"]),
+    cgagent = [os.path.join(os.path.dirname(sys.executable), "cgagent"), "run", "--rm", *limit_flags(),
                "--", "/bin/true"]
     cases = {
         PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"]),

@@ -32,7 +32,7 @@ from bench.common import (
     parent_env,
     remove_cgroup_tree,
 )
-from bench.launch import LIMITS, runc_bundle
+from bench.launch import limit_flags, runc_bundle
 from bench.launches import start_agent
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
@@ -124,7 +124,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="cgagent-bench-cpu-", dir="/dev/shm")   # state on tmpfs, as /run is
     env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/cgagent", CGAGENT_ROOT=f"{tmp}/store", **parent_env(sub))
     env.pop("CGAGENT_DIRECT", None)
-    limits = ["--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"])]
+    limits = limit_flags()
     run = [*CGAGENT, "run", "--rm", *limits, "--", "/bin/true"]
     n = iter(range(10**6))
     print(f"{ROUNDS} launches of each kind, back to back; kernel {os.uname().release}; "
