@@ -167,7 +167,7 @@ class Pool:
         from cgagent.cgroups import new_manager
         from cgagent.runtime.parents import remember_parents
 
-        if self.dirs == {} and self.seen:
+        if self.dirs == {}:   # systemd on v2: no pool cgroup, the zygote waits here (_probe set seen)
             zygote.park({}, lambda: None, lambda _pid: None)
             return
         if not self.seen or self.parent is None:
