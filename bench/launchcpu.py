@@ -1,5 +1,6 @@
 """Where a launch's CPU goes, per process: for N back-to-back launches of each kind (`python3 -c
-pass`, `runc run`, `runc --systemd-cgroup run` where systemd is PID 1, `cgagent run` direct and
+pass`, `runc run`, `runc --systemd-cgroup run` and `systemd-run --scope` (one transient scope with the same limits:
+systemd's own floor for a launch) where systemd is PID 1, `cgagent run` direct and
 through an agent, and on a systemd host the agent with the cgroupfs driver too), the CPU time per
 launch of the clients, the agent, its launcher with the runners it reaped (a launch's own work),
 systemd, the D-Bus daemon, journald, logind, and the whole machine (/proc/stat), beside the wall time.
@@ -32,7 +33,7 @@ from bench.common import (
     parent_env,
     remove_cgroup_tree,
 )
-from bench.launch import limit_flags, runc_bundle
+from bench.launch import LIMITS, limit_flags, runc_bundle
 from bench.launches import start_agent
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
@@ -142,6 +143,12 @@ def main() -> None:
                 runc_bundle(f"{tmp}/bundle-sd", "", cgroups_path=f"system.slice:{sub}:runc")
                 _kind("runc --systemd-cgroup run", lambda: ["runc", "--systemd-cgroup", "--root", f"{tmp}/runc", "run",
                                                             "--bundle", f"{tmp}/bundle-sd", f"sd-{next(n)}"], env, None)
+        if DRIVER_SYSTEMD and shutil.which("systemd-run"):   # the floor: one transient scope, nothing else asked
+            props = [f"MemoryMax={LIMITS['memory']}", f"CPUQuota={LIMITS['cpus'] * 100:g}%",
+                     f"TasksMax={LIMITS['pids']}"]
+            _kind("systemd-run --scope (same limits)", lambda: [
+                "systemd-run", "--quiet", "--scope", "--slice", "system.slice",
+                *(a for p in props for a in ("-p", p)), "/bin/true"], env, None)
         _kind("cgagent run (direct)", lambda: run, dict(env, CGAGENT_DIRECT="1"), None)
         agent = start_agent(CGAGENT, env)
         _kind("cgagent run (agent)", lambda: run, env, agent.pid)
