@@ -24,6 +24,11 @@ def limit_flags() -> list[str]:
     return ["--cpus", str(LIMITS["cpus"]), "--memory", str(LIMITS["memory"]), "--pids-limit", str(LIMITS["pids"])]
 
 
+def true_run(cli: list[str], *flags: str) -> list[str]:
+    """`cgagent run --rm FLAGS LIMITS -- /bin/true`, the launch the benches time (runc's bundle runs the same)."""
+    return [*cli, "run", "--rm", *flags, *limit_flags(), "--", "/bin/true"]
+
+
 def runc_bundle(d: str, parent: str, cgroups_path: str | None = None) -> None:
     """A busybox bundle running /bin/true with LIMITS, in cgroup `parent`/runc-bench (runc's
     cgroupfs driver), or at `cgroups_path` as given (runc --systemd-cgroup: "SLICE:PREFIX:NAME")."""
@@ -51,8 +56,7 @@ def main() -> None:
     # state on tmpfs, as the default /run/cgagent is
     tmp = tempfile.mkdtemp(prefix="cgagent-bench-", dir="/run" if os.path.isdir("/run") else None)
     env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/state", **parent_env(sub))
-    cgagent = [os.path.join(os.path.dirname(sys.executable), "cgagent"), "run", "--rm", *limit_flags(),
-               "--", "/bin/true"]
+    cgagent = true_run([os.path.join(os.path.dirname(sys.executable), "cgagent")])
     cases = {
         PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"]),
         "cgagent run -- /bin/true": lambda: time_cmd(cgagent, env=env),

@@ -33,7 +33,7 @@ from bench.common import (
     parent_env,
     remove_cgroup_tree,
 )
-from bench.launch import LIMITS, limit_flags, runc_bundle
+from bench.launch import LIMITS, runc_bundle, true_run
 from bench.launches import start_agent
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
@@ -125,8 +125,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="cgagent-bench-cpu-", dir="/dev/shm")   # state on tmpfs, as /run is
     env = dict(os.environ, CGAGENT_STATE_DIR=f"{tmp}/cgagent", CGAGENT_ROOT=f"{tmp}/store", **parent_env(sub))
     env.pop("CGAGENT_DIRECT", None)
-    limits = limit_flags()
-    run = [*CGAGENT, "run", "--rm", *limits, "--", "/bin/true"]
+    run = true_run(CGAGENT)
     n = iter(range(10**6))
     print(f"{ROUNDS} launches of each kind, back to back; kernel {os.uname().release}; "
           f"cgroup {'v2' if os.path.exists('/sys/fs/cgroup/cgroup.controllers') else 'v1'}, "
@@ -153,8 +152,7 @@ def main() -> None:
         agent = start_agent(CGAGENT, env)
         _kind("cgagent run (agent)", lambda: run, env, agent.pid)
         if DRIVER_SYSTEMD:   # like for like with runc's default driver
-            fs = [*CGAGENT, "run", "--rm", "--cgroup-driver", "cgroupfs", "--cgroup-parent", f"/{sub}", *limits,
-                  "--", "/bin/true"]
+            fs = true_run(CGAGENT, "--cgroup-driver", "cgroupfs", "--cgroup-parent", f"/{sub}")
             _kind("cgagent run (agent, cgroupfs driver)", lambda: fs, env, agent.pid)
     finally:
         if agent is not None:

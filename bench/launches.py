@@ -41,7 +41,7 @@ from bench.common import (
     summary,
     time_cmd,
 )
-from bench.launch import limit_flags, runc_bundle
+from bench.launch import runc_bundle, true_run
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,19 +109,17 @@ def _timer(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
 
 def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], float]]:
     cli = CGAGENT
-    limits = limit_flags()
     iso = ["--rootfs", f"{tmp}/rootfs"]
-    argv = {"run": [*cli, "run", "--rm", *limits, "--", "/bin/true"],
-            "run --net none": [*cli, "run", "--rm", *limits, *iso, "--net", "none", "--", "/bin/true"],
-            "run --net bridge": [*cli, "run", "--rm", *limits, *iso, "--net", "bridge", "--", "/bin/true"]}
+    argv = {"run": true_run(cli),
+            "run --net none": true_run(cli, *iso, "--net", "none"),
+            "run --net bridge": true_run(cli, *iso, "--net", "bridge")}
     direct = dict(env, CGAGENT_DIRECT="1")
     cases: dict[str, Callable[[], float]] = {PYTHON: lambda: time_cmd([sys.executable, "-c", "pass"])}
     for kind in KINDS:
         for mode in MODES:
             cases[f"{kind} ({mode})"] = _timer(argv[kind], direct if mode == "direct" else env)
     if DRIVER_SYSTEMD:   # like for like with runc's default (cgroupfs) driver: no transient unit
-        cases[CGROUPFS] = _timer([*cli, "run", "--rm", "--cgroup-driver", "cgroupfs", "--cgroup-parent", f"/{sub}",
-                                  *limits, "--", "/bin/true"], env)
+        cases[CGROUPFS] = _timer(true_run(cli, "--cgroup-driver", "cgroupfs", "--cgroup-parent", f"/{sub}"), env)
     base = os.environ.get("BENCH_BASELINE")
     if base:
         _compile(base, env["PYTHONPYCACHEPREFIX"])
