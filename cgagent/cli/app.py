@@ -24,18 +24,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-def _print_version(value: bool) -> None:
-    if value:
-        from cgagent import __version__
-
-        print(f"cgagent version {__version__}")
-        raise typer.Exit(0)
-
 
 @app.callback()
-def _top(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                               help="Print the version and exit (as `cgagent version`).")]
-         = False) -> None:
+def _top(version: Annotated[bool, typer.Option(
+        "--version", callback=serveflags.version_printer("cgagent version {}"), is_eager=True,
+        help="Print the version and exit (as `cgagent version`).")] = False) -> None:
     """The options before a command (typer takes them from this callback)."""
 
 

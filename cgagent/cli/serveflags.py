@@ -10,6 +10,7 @@ collectors (prometheus_client alone is ~150 ms).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -42,12 +43,17 @@ FLAGS = (
 )
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        from cgagent import __version__
+def version_printer(template: str) -> Callable[[bool], None]:
+    """An eager --version option's callback: print `template` with the version, and exit."""
 
-        print(f"cgagent, version {__version__}")
-        raise typer.Exit(0)
+    def show(value: bool) -> None:
+        if value:
+            from cgagent import __version__
+
+            print(template.format(__version__))
+            raise typer.Exit(0)
+
+    return show
 
 
 def add_flags(fn: Any) -> Any:
@@ -59,7 +65,8 @@ def add_flags(fn: Any) -> Any:
                  for f in FLAGS]
     generated.append(inspect.Parameter(
         "version", kw, default=False, annotation=Annotated[bool, typer.Option(
-            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version)]))
+            "--version", help="Print the version and exit.", is_eager=True,
+            callback=version_printer("cgagent, version {}"))]))
     sig = inspect.signature(fn, eval_str=True)
     params = [q for p in sig.parameters.values()
               for q in (generated if p.kind is inspect.Parameter.VAR_KEYWORD else [p])]
