@@ -86,10 +86,12 @@ def write_error(path: str, e: OSError, need: int) -> CgagentError:
     return CgagentError(f"cannot write {path}: {e.strerror or e}", "check the state dir's filesystem and permissions")
 
 
-def atomic_write(path: str, data: bytes, mode: int = FILE_MODE) -> None:
+def atomic_write(path: str, data: bytes, mode: int = FILE_MODE, durable: bool = True) -> None:
     """Write temp, fsync, rename, fsync the directory: a reader sees the old or the new file, whole.
     On failure the temp file is gone and the old file untouched; a full or read-only filesystem is
-    one CgagentError line."""
+    one CgagentError line. `durable=False` skips both fsyncs, for what describes kernel objects that
+    a power loss takes with it (links, addresses, counters): the rename alone keeps it whole against
+    a SIGKILL at any point, and the page cache has it for every later reader."""
     d = os.path.dirname(path)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
@@ -98,7 +100,8 @@ def atomic_write(path: str, data: bytes, mode: int = FILE_MODE) -> None:
             view = memoryview(data)
             while view:   # a short write (disk filling up) is not an error by itself: finish or fail
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path)
@@ -108,6 +111,8 @@ def atomic_write(path: str, data: bytes, mode: int = FILE_MODE) -> None:
         if e.errno in WRITE_ERRNOS:
             raise write_error(path, e, len(data) + 4096) from None
         raise
+    if not durable:
+        return
     dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)

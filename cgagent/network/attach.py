@@ -25,14 +25,11 @@ from cgagent.network import (
     config,
     fault,
     files,
-    macvlan,
     net_dir,
     netns,
     nft,
     proxy,
-    underlay,
     veth,
-    vxlan,
 )
 from cgagent.network.config import Network
 from cgagent.network.ipam import Ipam
@@ -92,9 +89,11 @@ def load(owner: str, root: str | None = None) -> Attachment | None:
 
 
 def _save(att: Attachment, root: str | None) -> None:
+    # not durable: what it names (links, an address in use, a proxy) dies with a power loss, and
+    # prune removes an attachment that a power loss tore, and the address it held
     os.makedirs(_adir(root), mode=0o755, exist_ok=True)
     atomic_write(os.path.join(_adir(root), f"{att.owner}.json"),
-                 json.dumps(asdict(att), indent=1, sort_keys=True).encode() + b"\n")
+                 json.dumps(asdict(att), indent=1, sort_keys=True).encode() + b"\n", durable=False)
 
 
 def _stale_file(root: str | None) -> str:
@@ -111,16 +110,14 @@ def _stale(root: str | None) -> tuple[nft.Port, ...]:
 
 
 def _set_stale(root: str | None, ports: tuple[nft.Port, ...]) -> None:
-    # no fsync: a list lost in a crash leaves elements of gone ports, which guard nothing, and prune
-    # finds them by listing the table
+    # not durable: a list lost in a crash leaves elements of gone ports, which guard nothing, and
+    # prune finds them by listing the table
     path = _stale_file(root)
     if not ports:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
-    with open(path + ".tmp", "w") as f:
-        json.dump([list(p) for p in ports], f)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, json.dumps([list(p) for p in ports]).encode(), durable=False)
 
 
 def _forget_stale(root: str | None) -> None:
@@ -140,6 +137,13 @@ def all_attachments(root: str | None = None) -> list[Attachment]:
             if a is not None:
                 out.append(a)
     return out
+
+
+def _unreadable(root: str | None, read: set[str]) -> list[str]:
+    """Owners whose attachment file exists but did not load (not among `read`)."""
+    with contextlib.suppress(FileNotFoundError):
+        return sorted(fn[:-5] for fn in os.listdir(_adir(root)) if fn.endswith(".json") and fn[:-5] not in read)
+    return []
 
 
 def parse_ports(specs: list[str]) -> list[tuple[str, int, int, str]]:
@@ -262,6 +266,8 @@ def check_addressing(net: Network, static: ipaddress.IPv4Address | None, root: s
     """An underlay hands out addresses on the LAN only from the range the user reserved for it."""
     if not net.underlay:
         return
+    from cgagent.network import underlay
+
     underlay.check_ready(net, root)
     if static is None and not net.ip_range:
         raise CgagentError(f"underlay network {net.name!r} has no --ip-range: each workload needs --ip ADDR",
@@ -333,6 +339,8 @@ def _plumb(net: Network, att: Attachment, root: str | None, stale: tuple[nft.Por
     """Make the links; the nft run that guards the new port forgets the `stale` ones."""
     assert att.address
     if net.driver == "macvlan":
+        from cgagent.network import macvlan
+
         assert net.parent
         tmp = "cgt" + os.urandom(4).hex()
         ipr = netns.iproute()
@@ -346,6 +354,8 @@ def _plumb(net: Network, att: Attachment, root: str | None, stale: tuple[nft.Por
     port = (att.host_if, att.mac, att.address)
     # the port's anti-spoofing rule goes in with the network's, before the port exists
     if net.driver == "vxlan" or net.underlay:
+        from cgagent.network import underlay, vxlan
+
         ipr = netns.iproute()
         try:
             if net.driver == "vxlan":
@@ -488,6 +498,8 @@ def create_network(name: str, driver: str, subnet: str | None, gateway: str | No
 
 def _create_underlay(name: str, parent: str, subnet: str | None, gateway: str | None, root: str | None,
                      ip_range: str | None, force: bool, links: list[str], routes: list[str]) -> Network:
+    from cgagent.network import underlay
+
     ipr = netns.iproute()
     try:
         subnet, gateway = underlay.plan(ipr, name, parent, subnet, gateway, force)
@@ -518,6 +530,8 @@ def _devices_remove(net: Network, root: str | None) -> None:
         if net.driver in ("bridge", "vxlan"):
             bridge.remove(ipr, net, root)
         if net.driver == "vxlan":
+            from cgagent.network import vxlan
+
             vxlan.remove(ipr, net)
     finally:
         ipr.close()
@@ -532,6 +546,8 @@ def remove_network(name: str, root: str | None = None) -> None:
                                "stop them first (or `cgagent network prune` if they are gone)")
         _forget_stale(root)
         if net.underlay:
+            from cgagent.network import underlay
+
             underlay.remove(net, root)
         _devices_remove(net, root)
         ipam_for(net, root).destroy()
@@ -549,6 +565,10 @@ def prune(root: str | None = None) -> list[str]:
     with config.lock(root):
         atts = all_attachments(root)
         owners = {a.owner for a in atts}
+        for torn in _unreadable(root, owners):   # a power loss's: not fsync'd (_save)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(_adir(root), f"{torn}.json"))
+            done.append(f"attachment {torn} (unreadable)")
         nets = config.all_networks(root)
         for net in nets:
             ipam = ipam_for(net, root)

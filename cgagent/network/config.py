@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import ipaddress
 import json
 import os
@@ -76,6 +75,8 @@ def lock(root: str | None = None) -> Iterator[None]:
 def bridge_name(name: str) -> str:
     if name == DEFAULT_NETWORK:
         return DEFAULT_BRIDGE
+    import hashlib  # here: a launch on the default network (its bridge's name is fixed) never loads it
+
     return BRIDGE_PREFIX + hashlib.sha1(name.encode()).hexdigest()[:8]   # IFNAMSIZ is 16
 
 

@@ -27,7 +27,6 @@ Loopback publishing is not done here: see proxy.py.
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 from cgagent.errors import CgagentError
@@ -105,6 +104,8 @@ def _run(cmd: str, json_out: bool = False) -> libnft.Result:
     if lib is not None:
         return lib.run(cmd, json_out)
     # a listing as arguments: `nft -f -` answers 0 and nothing for a table that does not exist
+    import subprocess  # here: only without libnftables
+
     args = ["-j", *cmd.split()] if json_out else ["-f", "-"]
     try:
         p = subprocess.run(["nft", *args], input=None if json_out else cmd, capture_output=True, text=True)
