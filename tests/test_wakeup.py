@@ -25,12 +25,17 @@ CHILD = textwrap.dedent("""
 
     def in_select() -> bool:
         # /proc/.../syscall: the number of the call it sleeps in (x86-64: select 23, pselect6 270,
-        # poll 7, ppoll 271; futex 202: a lock's wait, as Event.wait)
+        # poll 7, ppoll 271). Not futex: the main thread also sleeps in one in Thread.start and
+        # whenever it waits for the GIL, so a futex says nothing about where it is (CI of a993797
+        # sent the SIGINT while Thread.start waited, before the handler was set)
         with open(f"/proc/self/task/{main_tid}/syscall") as f:
-            return f.read().split()[0] in ("23", "270", "7", "271", "202")
+            return f.read().split()[0] in ("23", "270", "7", "271")
+
+    armed = threading.Event()   # set just before the wait: no select before it counts
 
     def interrupter() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        armed.wait()
         deadline = time.monotonic() + 60
         while not in_select():   # no event says "asleep in a system call": poll /proc with a deadline
             assert time.monotonic() < deadline
@@ -38,15 +43,18 @@ CHILD = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGINT)   # only this thread takes it
 
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
-    threading.Thread(target=interrupter, daemon=True).start()
+    stopping = threading.Event()
     if sys.argv[1] == "until_set":   # a daemon's wait: the handler sets a flag and returns
-        stopping = threading.Event()
         signal.signal(signal.SIGINT, lambda *_: stopping.set())
-        until_set(stopping)   # without the wakeup fd (Event.wait) this waits for ever
+    threading.Thread(target=interrupter, daemon=True).start()
+    if sys.argv[1] == "until_set":
+        armed.set()
+        until_set(stopping)   # it selects on the wakeup fd; a plain Event.wait (or select) waits for ever
         print("interrupted")
         sys.exit()
     r, _w = os.pipe()   # nothing is ever written
     try:
+        armed.set()
         got = readable([r])   # no timeout: without the wakeup fd this waits for ever
     except KeyboardInterrupt:
         print("interrupted")
