@@ -239,7 +239,8 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
                 att.proxy_pid, go_fd = proxy.start(listeners, str(addr), att.host_if)
                 att.proxy_start = procs.start_time(att.proxy_pid)
             fault("proxy")
-            _save(att, root)   # the proxy's pid; macvlan: its MAC, how teardown finds the link inside
+            if att.proxy_pid or net.driver == "macvlan":   # else nothing changed since the first save
+                _save(att, root)   # the proxy's pid; macvlan: its MAC, how teardown finds the link inside
             _write_files(att, root)
             _refresh_hosts(net.name, root)
             fault("files")
