@@ -66,15 +66,27 @@ class OomLog:
 
     def victims(self, cgroup: str, wait: float = LINE_WAIT) -> list[dict[str, Any]]:
         """The victims reported for `cgroup` (its path as the workload's record has it: a suffix of the
-        kernel's, which is rooted at the init cgroup namespace) since the last call. A kill of this
-        cgroup whose "Killed process" line has not come yet is waited for, up to `wait` s after its
-        "oom-kill:" line was read (see LINE_WAIT): no wait when the kernel reported no such kill."""
+        kernel's, which is rooted at the init cgroup namespace) since the last call, after settle()."""
         if self.fd < 0 or not cgroup:
             return []
+        self.settle(cgroup, wait)
+        mine = [v for memcg, v in self._victims if memcg.endswith(cgroup)]
+        if mine:
+            self._victims = collections.deque(((m, v) for m, v in self._victims if not m.endswith(cgroup)),
+                                              maxlen=MAX_PENDING)
+        return mine
+
+    def settle(self, cgroup: str, wait: float = LINE_WAIT) -> None:
+        """Read what the kernel logged; a kill of `cgroup` whose "Killed process" line has not come
+        yet is waited for, up to `wait` s after its "oom-kill:" line was read (see LINE_WAIT): no wait
+        when the kernel reported no such kill. Takes nothing: a caller that holds a lock for
+        victims() settles first, so that a late line is not waited for under it."""
+        if self.fd < 0 or not cgroup:
+            return
         while True:
             self._drain()
             if self.fd < 0:
-                return []
+                return
             now = time.monotonic()
             for pid, (_cg, read) in list(self._memcg.items()):
                 if now - read > max(wait, LINE_WAIT):   # its Killed line never came: not waited for again
@@ -82,10 +94,5 @@ class OomLog:
             left = max((read + wait - now for memcg, read in self._memcg.values() if memcg.endswith(cgroup)),
                        default=0.0)
             if left <= 0:
-                break
+                return
             select.select([self.fd], [], [], left)
-        mine = [v for memcg, v in self._victims if memcg.endswith(cgroup)]
-        if mine:
-            self._victims = collections.deque(((m, v) for m, v in self._victims if not m.endswith(cgroup)),
-                                              maxlen=MAX_PENDING)
-        return mine

@@ -39,6 +39,7 @@ class _Watch:
     name: str
     created: float        # tells a re-created workload of the same name apart
     reader: Reader
+    cgroup: str = ""      # the record's: whose kernel log lines check() reads
     notify: OomNotifier | None = None
     settle_until: float = 0.0
     running: bool = False  # the record says running: start() has saved it, only locked writers follow
@@ -172,7 +173,7 @@ class OomWatcher:
                 self.check(known)
 
     def _add(self, rec: Record) -> _Watch | None:
-        w = _Watch(rec.name, rec.created, reader_for(rec.dirs))
+        w = _Watch(rec.name, rec.created, reader_for(rec.dirs), cgroup=rec.cgroup)
         try:
             n = w.notify = w.reader.oom_notifier(self._ev_ino)
             if n.wd >= 0:
@@ -202,6 +203,8 @@ class OomWatcher:
 
     def check(self, w: _Watch) -> None:
         """Read the kernel counter and log what is new, under the lock the supervisor's finish() takes."""
+        if self._kmsg is not None:
+            self._kmsg.settle(w.cgroup)   # a late Killed line is waited for here, not under the lock
         with self.store.lock():
             try:
                 rec = self.store.load(w.name)

@@ -58,3 +58,21 @@ def test_a_killed_line_printed_late_is_waited_for() -> None:
     finally:
         log.close()
         kernel.close()
+
+
+def test_settle_waits_for_the_late_line_and_leaves_the_victim_to_victims() -> None:
+    """The agent's OOM watcher settles before it takes the store lock, so that a late line is waited
+    for outside the lock; victims() under the lock then finds the victim read, with no wait left."""
+    log, kernel = _log()
+    try:
+        kernel.send(OOM_KILL.encode())
+        late = threading.Thread(target=lambda: (time.sleep(0.3), kernel.send(KILLED.encode())))
+        late.start()
+        try:
+            log.settle("/cgagent/hog")
+        finally:
+            late.join()
+        assert [v["pid"] for v in log.victims("/cgagent/hog", wait=0)] == [4242]
+    finally:
+        log.close()
+        kernel.close()
