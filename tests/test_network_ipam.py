@@ -52,6 +52,20 @@ def test_ipam_skips_gateway_moves_cursor_and_persists(tmp_path: object) -> None:
     assert ipam.release("nobody") == []
 
 
+def test_the_cursor_is_rewritten_in_place_and_a_torn_one_is_no_cursor(tmp_path: object) -> None:
+    # in place: a launch then allocates one inode (its address's file), not two, and frees none
+    d = str(tmp_path)
+    ipam = Ipam(d, "10.201.0.0/29", "10.201.0.1")
+    ipam.allocate("a")
+    ino = os.stat(os.path.join(d, CURSOR)).st_ino
+    ipam.allocate("b")
+    assert os.stat(os.path.join(d, CURSOR)).st_ino == ino
+    assert open(os.path.join(d, CURSOR)).read() == "10.201.0.3"
+    with open(os.path.join(d, CURSOR), "w") as f:
+        f.write("10.201.")   # what a crash between the truncation and the write may leave
+    assert str(ipam.allocate("c")) == "10.201.0.4"   # from the range's start: .2 and .3 are held
+
+
 def test_ipam_full_subnet_is_one_error_and_allocates_nothing(tmp_path: object) -> None:
     d = str(tmp_path)
     ipam = Ipam(d, "10.202.0.0/30", "10.202.0.1")   # .1 gateway, .2 the only workload address

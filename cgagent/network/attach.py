@@ -110,19 +110,18 @@ def _stale(root: str | None) -> tuple[nft.Port, ...]:
 
 
 def _set_stale(root: str | None, ports: tuple[nft.Port, ...]) -> None:
-    # not durable: a list lost in a crash leaves elements of gone ports, which guard nothing, and
-    # prune finds them by listing the table
-    path = _stale_file(root)
-    if not ports:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    atomic_write(path, json.dumps([list(p) for p in ports]).encode(), durable=False)
+    # in place and kept when empty: each teardown adds a port and the next launch empties the list,
+    # and a rename or an unlink would allocate and free an inode each time. Not durable: a list a
+    # crash tore or lost leaves elements of gone ports, which guard nothing, and prune finds them
+    # by listing the table
+    files.write_in_place(_stale_file(root), json.dumps([list(p) for p in ports]))
 
 
 def _forget_stale(root: str | None) -> None:
-    nft.forget_ports(_stale(root))
-    _set_stale(root, ())
+    stale = _stale(root)
+    if stale:
+        nft.forget_ports(stale)
+        _set_stale(root, ())
 
 
 def all_attachments(root: str | None = None) -> list[Attachment]:

@@ -2,7 +2,8 @@
 
 Under <root>/ipam/<network>/: one file per allocated address (created with O_EXCL, content = owner),
 `lock` (flock serialises allocation across processes), `last_reserved_ip.0` (the cursor: the next
-allocation starts after it, so a just-released address is not handed out again at once).
+allocation starts after it, so a just-released address is not handed out again at once; rewritten
+in place, as a rename would give every launch a new inode to allocate and an old one to free).
 None of it is fsync'd: an allocation stands for an address in use by a link, which a power loss ends
 too; a file such a loss left empty names no owner alive, and prune frees its address.
 """
@@ -16,7 +17,7 @@ import os
 from collections.abc import Iterator
 
 from cgagent.errors import CgagentError
-from cgagent.state import atomic_write
+from cgagent.network.files import write_in_place
 
 CURSOR = "last_reserved_ip.0"
 LOCK = "lock"
@@ -52,8 +53,9 @@ class Ipam:
         return ip if self.first <= ip <= self.last else None
 
     def _set_cursor(self, ip: ipaddress.IPv4Address) -> None:
-        # not durable: a cursor lost in a crash only makes the next allocation start earlier
-        atomic_write(os.path.join(self.dir, CURSOR), str(ip).encode(), 0o644, durable=False)
+        # in place, not durable: a cursor a crash tore or lost only makes the next allocation start
+        # earlier (an unreadable one is no cursor)
+        write_in_place(os.path.join(self.dir, CURSOR), str(ip))
 
     def _candidates(self) -> Iterator[ipaddress.IPv4Address]:
         """Every address of the range once, starting after the cursor and wrapping around."""
