@@ -68,16 +68,37 @@ def start_agent(cli: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     raise RuntimeError("cgagent serve exited before serving its API")
 
 
-def _fstype(path: str) -> str:
-    """The filesystem type of the mount `path` is on (the longest mount point above it)."""
-    best, kind = "", ""
+def _mount_of(path: str) -> tuple[str, str]:
+    """(filesystem type, source) of the mount `path` is on (the longest mount point above it)."""
+    best, kind, source = "", "", ""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            point, fs = fields[4], fields[fields.index("-") + 1]
+            point, fs, src = fields[4], fields[fields.index("-") + 1], fields[fields.index("-") + 2]
             if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                best, kind = point, fs
-    return kind
+                best, kind, source = point, fs, src
+    return kind, source
+
+
+def _fstype(path: str) -> str:
+    return _mount_of(path)[0]
+
+
+def _store_fs(path: str) -> str:
+    """The store root's filesystem, in one line. Each launch creates and deletes files there (overlay
+    dirs, network records): on ext4 without a journal the kernel skips inodes freed in the last
+    seconds (ext4's recently_deleted(), checked only when there is no journal), so each new one costs
+    more at a launch rate. A usual /var/lib is ext4 with a journal."""
+    kind, source = _mount_of(path)
+    if kind != "ext4":
+        return f"store root on {kind}"
+    try:
+        with open(f"/sys/fs/ext4/{os.path.basename(source)}/journal_task") as f:
+            journal = f.read().strip() != "<none>"
+    except OSError:
+        return "store root on ext4"
+    return "store root on ext4 " + ("with a journal" if journal else
+                                    "WITHOUT a journal (new inodes cost more here than on a usual /var/lib)")
 
 
 def _state_on_tmpfs(run: str) -> str:
@@ -196,6 +217,7 @@ def main() -> None:
         setns(fd, CLONE_NEWNET)   # this process only has one thread: all of it is in the namespace now
         os.close(fd)
         on_tmpfs = _state_on_tmpfs(run)
+        store_fs = _store_fs(tmp)
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         agent = start_agent([sys.executable, "-m", "cgagent"], env)
         cases = _cases(tmp, sub, env)
@@ -212,6 +234,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"in network namespace {ns} (deleted)")
     print(on_tmpfs)
+    print(store_fs)
     _report(res)
 
 
