@@ -8,8 +8,12 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from cgagent.kmsg import OomLog
+
+T = TypeVar("T")
 
 OOM_KILL = ("6,1001,5000,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
             "oom_memcg=/cgagent/hog,task_memcg=/cgagent/hog,task=python3,pid=4242,uid=0\n")
@@ -25,6 +29,21 @@ def _log() -> tuple[OomLog, socket.socket]:
     log.fd = os.dup(reader.fileno())
     reader.close()
     return log, kernel
+
+
+def _killed_late(kernel: socket.socket, read: Callable[[], T]) -> T:
+    """`read()` while the kernel logs a kill whose Killed line comes 0.3 s after its oom-kill line."""
+    def killer() -> None:
+        time.sleep(0.3)
+        kernel.send(KILLED.encode())
+
+    kernel.send(OOM_KILL.encode())
+    late = threading.Thread(target=killer)
+    late.start()
+    try:
+        return read()
+    finally:
+        late.join()
 
 
 def test_a_kill_is_named_for_its_cgroup_only() -> None:
@@ -47,13 +66,7 @@ def test_a_killed_line_printed_late_is_waited_for() -> None:
     there. The victim must still be named (it was not, with a 50 ms wait, in a full run)."""
     log, kernel = _log()
     try:
-        kernel.send(OOM_KILL.encode())
-        late = threading.Thread(target=lambda: (time.sleep(0.3), kernel.send(KILLED.encode())))
-        late.start()
-        try:
-            got = log.victims("/cgagent/hog")
-        finally:
-            late.join()
+        got = _killed_late(kernel, lambda: log.victims("/cgagent/hog"))
         assert [v["pid"] for v in got] == [4242]
     finally:
         log.close()
@@ -65,13 +78,7 @@ def test_settle_waits_for_the_late_line_and_leaves_the_victim_to_victims() -> No
     for outside the lock; victims() under the lock then finds the victim read, with no wait left."""
     log, kernel = _log()
     try:
-        kernel.send(OOM_KILL.encode())
-        late = threading.Thread(target=lambda: (time.sleep(0.3), kernel.send(KILLED.encode())))
-        late.start()
-        try:
-            log.settle("/cgagent/hog")
-        finally:
-            late.join()
+        _killed_late(kernel, lambda: log.settle("/cgagent/hog"))
         assert [v["pid"] for v in log.victims("/cgagent/hog", wait=0)] == [4242]
     finally:
         log.close()
