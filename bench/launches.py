@@ -74,7 +74,8 @@ def _mount_of(path: str) -> tuple[str, str]:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            point, fs, src = fields[4], fields[fields.index("-") + 1], fields[fields.index("-") + 2]
+            dash = fields.index("-")   # the optional fields before it vary in number
+            point, fs, src = fields[4], fields[dash + 1], fields[dash + 2]
             if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
                 best, kind, source = point, fs, src
     return kind, source

@@ -150,3 +150,31 @@ def test_a_workloads_link_is_gone_and_its_elements_go_with_the_next_nft_run() ->
     assert got["refused_link"] is True and got["refused_guarded"] is True
     assert got["sockets_cloexec"] is True and got["child"] == 0 and got["parent_after_child"] == 0
     assert got["after_closerange"] is True
+
+
+def test_the_stale_list_stays_one_private_inode_and_refuses_a_symlink(tmp_path: object) -> None:
+    """Each teardown adds a port and the next launch empties the list: rewritten in place (no inode
+    allocated and freed per launch), 0600 as the records are, and never written through a symlink."""
+    import os
+    import stat
+
+    import pytest
+
+    from cgagent.network import attach
+
+    root = str(tmp_path)
+    port = ("cgv0123abcd", "02:42:0a:59:00:02", "10.89.0.2")
+    attach._set_stale(root, (port,))
+    path = attach._stale_file(root)
+    first = os.stat(path)
+    assert stat.S_IMODE(first.st_mode) == 0o600 and attach._stale(root) == (port,)
+    attach._set_stale(root, ())
+    assert os.stat(path).st_ino == first.st_ino and attach._stale(root) == ()
+    os.unlink(path)
+    target = os.path.join(root, "target")
+    with open(target, "w") as f:
+        f.write("untouched")
+    os.symlink(target, path)
+    with pytest.raises(OSError):
+        attach._set_stale(root, (port,))
+    assert open(target).read() == "untouched"

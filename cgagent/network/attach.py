@@ -33,7 +33,7 @@ from cgagent.network import (
 )
 from cgagent.network.config import Network
 from cgagent.network.ipam import Ipam
-from cgagent.state import atomic_write, validate_name
+from cgagent.state import FILE_MODE, atomic_write, validate_name
 
 PROTOS = ("tcp", "udp")
 
@@ -114,7 +114,7 @@ def _set_stale(root: str | None, ports: tuple[nft.Port, ...]) -> None:
     # and a rename or an unlink would allocate and free an inode each time. Not durable: a list a
     # crash tore or lost leaves elements of gone ports, which guard nothing, and prune finds them
     # by listing the table
-    files.write_in_place(_stale_file(root), json.dumps([list(p) for p in ports]))
+    files.write_in_place(_stale_file(root), json.dumps([list(p) for p in ports]), FILE_MODE)
 
 
 def _forget_stale(root: str | None) -> None:

@@ -13,9 +13,10 @@ MAX_HOSTS_FILE = 1 << 20   # a host file read to copy it is read this far at mos
 FALLBACK_DNS = ("8.8.8.8", "8.8.4.4")   # Docker's fallback when the host only has a loopback resolver
 
 
-def write_in_place(path: str, text: str) -> None:
+def write_in_place(path: str, text: str, mode: int = 0o644) -> None:
+    """`text` as the whole of `path`, in the same inode (created with `mode`); a symlink there is refused."""
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         data = text.encode()
         os.ftruncate(fd, 0)
