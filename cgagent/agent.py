@@ -51,6 +51,8 @@ def preload() -> None:
 
 @dataclass
 class AgentOptions:
+    """What `cgagent serve` was given: the exporter's, the API's and the controllers' settings."""
+
     listen: str
     web_config_file: str | None = None
     watch: list[str] = field(default_factory=list)

@@ -16,10 +16,13 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
 WILDCARD = -1
 # Docker's default: mknod of anything (opening it is what the list decides), the pseudo devices,
@@ -33,6 +36,8 @@ MAX_RULES = 256
 
 @dataclass(frozen=True)
 class Rule:
+    """One device cgroup rule: type, major, minor (WILDCARD for *), access."""
+
     kind: str    # "c" or "b" ("a" is expanded into both when parsed)
     major: int   # WILDCARD for *
     minor: int
@@ -144,12 +149,13 @@ def proc_devices(path: str = "/proc/devices") -> dict[tuple[str, int], str]:
     return out
 
 
-class Isolated(Protocol):
-    """An isolated run's spec as this module sees it (cgagent.isolation.spec.IsolationSpec, which
-    sits above it and so is not imported here)."""
+if TYPE_CHECKING:
+    class Isolated(Protocol):
+        """An isolated run's spec as this module sees it (cgagent.isolation.spec.IsolationSpec, which
+        sits above it and so is not imported here)."""
 
-    @property
-    def device_rules(self) -> list[str]: ...
+        @property
+        def device_rules(self) -> list[str]: ...
 
 
 def with_rules(resources: Resources, isolation: Isolated | None, extra_rules: list[str] | None) -> Resources:

@@ -16,7 +16,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 FILE = "events.jsonl"
 MAX_LINE = 1 << 20      # an event is well under 64 KiB; a longer line is damage and is skipped unread

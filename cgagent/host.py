@@ -18,6 +18,8 @@ OPTIONAL = ("blkio", "io")
 
 @dataclass
 class Host:
+    """What this machine's cgroups are: the mode, the mounts, the controllers, our own cgroup."""
+
     mode: str                                   # "v1" | "hybrid" | "v2" | "none"
     v1_mounts: dict[str, str] = field(default_factory=dict)   # controller -> mount point
     v2_mount: str | None = None                 # the cgroup2 mount point (unified or hybrid)

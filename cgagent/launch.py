@@ -149,10 +149,7 @@ def child(cmd: list[str], env: dict[str, str] | None, stdio: tuple[int, int, int
         for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *FORWARDED):
             signal.signal(s, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        # imported here: a host run pays for ctypes in the child only; an isolated child has it already
-        from cgagent.isolation.syscalls import cloexec_from
-
-        cloexec_from(3 + keep_fds)   # last: the exec-failure pipe `w` is already close-on-exec
+        _close_from(3 + keep_fds, w)   # last
         if env is None:
             os.execvp(argv[0], argv)
         else:
@@ -162,6 +159,16 @@ def child(cmd: list[str], env: dict[str, str] | None, stdio: tuple[int, int, int
     except BaseException as e:
         os.write(w, f"{stage}:0:{e}".encode())
     os._exit(127)
+
+
+def _close_from(first: int, w: int) -> None:
+    """Close every fd >= `first` but `w` (the exec-failure pipe, close-on-exec already).
+    os.closerange is one close_range(2) call (Linux 5.9), and needs neither ctypes (milliseconds of
+    import in every launch's child) nor /proc (an isolated child may have none by now)."""
+    if w >= first:
+        os.closerange(first, w)
+        first = w + 1
+    os.closerange(first, 0x7FFFFFFF)
 
 
 def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, int] | None = None,
@@ -183,8 +190,6 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
     The signals the caller waits for (WAITED) must already be blocked; the child unblocks them.
     Raises CgagentError (exit 127/126) when the command cannot be executed.
     """
-    if child_setup is not None:   # a setup may change user (-u): import while the files are readable
-        import cgagent.isolation.syscalls  # noqa: F401
     r, w = os.pipe2(os.O_CLOEXEC)        # child -> parent: exec failure reason; EOF = exec happened
     go_r, go_w = os.pipe2(os.O_CLOEXEC)  # parent -> child: "you are in your cgroup now"
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from cgagent import convert
 from cgagent.errors import CgagentError
@@ -22,6 +21,10 @@ from cgagent.units import (
     parse_int,
     parse_number,
 )
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from typing import Any
 
 MIN_MEMORY = 6 * 1024 * 1024   # Docker's floor: below this the workload cannot even start
 # pids.max above PID_MAX_LIMIT (2**22) is EINVAL on both cgroup versions

@@ -24,16 +24,21 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from cgagent import events
-from cgagent.cgroups.readers import reader_for
+from cgagent.cgroups.readers import oom_counter
 from cgagent.faults import fault
 from cgagent.state import Record, Store, validate_name
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass
 class Mark:
+    """A workload's high-water mark of logged OOM kills (see the module's docstring)."""
+
     instance: float
     gen: int = 0
     logged: int = 0
@@ -86,7 +91,7 @@ def read_rec_counter(rec: Record) -> tuple[int, int] | None:
     """The kernel counter (gen, value) of the workload's memory cgroup now, or None when it has none
     (gone). The driver's reader decides which file holds it."""
     try:
-        return reader_for(rec.dirs).oom_counter()
+        return oom_counter(rec.dirs)
     except (OSError, ValueError):
         return None
 

@@ -36,6 +36,8 @@ EVENTFD_RECHECK = 0.005
 
 @dataclass(eq=False)
 class _Watch:
+    """One watched workload: its record's identity, its cgroup's reader and its OOM notifier."""
+
     name: str
     created: float        # tells a re-created workload of the same name apart
     reader: Reader

@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from cgagent.errors import CgagentError
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from typing import Any
 
 # Docker's --ulimit names -> RLIMIT_* numbers (asm-generic, the same on x86_64 and aarch64; `resource`
 # is not imported for them: it costs the fast path start-up time)

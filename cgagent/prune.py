@@ -36,6 +36,8 @@ SCOPE_PREFIX = "cgagent-"
 
 @dataclass
 class Leftover:
+    """Something a dead or damaged workload left behind, and how to remove it."""
+
     kind: str                    # damaged | orphaned | overlay | temp | flag | pool
     name: str | None             # the workload it belonged to
     what: str                    # a path, or a workload's cgroup
@@ -77,17 +79,6 @@ def owned_parents(store: Store, host: Host, good: list[Record], started: dict[st
         for m in _mounts(host):
             out.add(os.path.dirname(os.path.normpath(f"{m}/{cg}")))
     return {p for p in out if os.path.isdir(p)}
-
-
-def cgroup_inos(dirs: dict[str, str]) -> list[int]:
-    """The inode numbers of a workload's cgroup dirs: what the start event records, so that a cgroup
-    found later under the same name is known to be that workload's and not a namesake's (another
-    state dir's workload under the same parent, say)."""
-    out = []
-    for d in sorted(set(dirs.values())):
-        with contextlib.suppress(OSError):
-            out.append(os.stat(d).st_ino)
-    return out
 
 
 def _started(store: Store) -> tuple[dict[str, set[str]], dict[str, set[int]]]:

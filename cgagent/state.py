@@ -23,9 +23,12 @@ import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
 
 from cgagent.errors import CgagentError
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_STATE_DIR = "/run/cgagent"
 DIR_MODE = 0o700
@@ -155,6 +158,8 @@ def exclusive_lock(path: str) -> Iterator[None]:
 
 @dataclass
 class Record:
+    """A workload as the store keeps it (`<state>/workloads/<name>.json`)."""
+
     name: str
     cmd: list[str]
     driver: str

@@ -24,12 +24,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from cgagent import procs
 
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:   # the direct path asks claim() too: it must not pay for socket's import
     import socket
+    from typing import Any
 
     from cgagent.state import Record
 

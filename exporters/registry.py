@@ -58,6 +58,8 @@ COLLECTORS: dict[str, Callable[[], Collector]] = {
 
 @dataclass
 class Options:
+    """What the collectors are built with: the host, the state dir, what to watch and report."""
+
     host: Host
     state_dir: str | None = None       # None: workloads are not covered (e.g. a fixture tree)
     watch: list[str] = field(default_factory=list)

@@ -41,6 +41,8 @@ def labels(cid: str, name: str, policy: str, meta: Meta | None = None) -> LabelS
 
 @dataclass(eq=False, slots=True)   # one per cgroup per scrape: no __dict__ each
 class Target:
+    """One cgroup the exporter reports: its identity, labels and directories."""
+
     id: str
     name: str
     policy: str

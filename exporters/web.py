@@ -180,6 +180,8 @@ def fd_bound(max_connections: int) -> int:
 
 @dataclass
 class _Conn:
+    """One client connection of the scrape endpoint, and when it is closed."""
+
     fd: int
     deadline: float              # while idle (not serving a request): closed when it passes
     closing: bool = False        # shut down by the reaper or an eviction; its thread is closing it

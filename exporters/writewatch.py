@@ -16,6 +16,8 @@ from exporters.targets import Target
 
 @dataclass(eq=False, slots=True)   # one per cgroup: no __dict__ each
 class Entry:
+    """What one target's watched files last read, and the watches on them."""
+
     values: Any = None
     wds: list[int] = field(default_factory=list)
     fresh: bool = False

@@ -46,6 +46,8 @@ STOP_TIMEOUT = 10.0     # oom action "stop": SIGTERM, then SIGKILL after this lo
 
 @dataclass
 class _Tracked:
+    """One workload under a policy: which instance, which policy, its throttling state."""
+
     created: float
     policy: str
     throttle: Throttle

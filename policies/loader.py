@@ -26,6 +26,8 @@ SUFFIXES = (".yaml", ".yml")
 
 @dataclass(frozen=True)
 class Problem:
+    """One thing wrong in a policy file, where it is and why."""
+
     file: str
     line: int
     field: str          # dotted path (throttling.ceiling); "(yaml)" for syntax, "(policy)" for the document
@@ -49,6 +51,8 @@ class PolicyFileError(CgagentError):
 
 @dataclass
 class Loaded:
+    """One policy file as read: the policy, or the problems that stopped it."""
+
     path: str
     policy: Policy | None = None
     problems: list[Problem] = field(default_factory=list)

@@ -16,6 +16,8 @@ EPS = 1e-9
 
 @dataclass(frozen=True)
 class Sample:
+    """The CFS counters and CPU time of a workload at one moment."""
+
     t: float             # monotonic seconds
     periods: int         # CFS enforcement periods elapsed (Reader.throttling())
     throttled: int       # of which throttled
@@ -24,6 +26,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class Decision:
+    """A change of CPU quota the throttling policy decided, and why."""
+
     action: str          # cpu_step_up | cpu_step_down
     from_cpus: float
     to_cpus: float
@@ -33,6 +37,8 @@ class Decision:
 
 @dataclass
 class Throttle:
+    """One workload's throttling policy state between two samples."""
+
     spec: ThrottlingSpec
     floor: float                       # the quota to come back down to (CPUs)
     ceiling: float                     # spec.ceiling clamped to the online CPUs

@@ -262,3 +262,27 @@ def test_stop_terminates_then_kills(cg: Env) -> None:
     assert rows[0]["status"] == "exited" and rows[0]["exit_code"] == 137
     assert not any(os.path.exists(d) for d in record(cg, "stubborn")["dirs"].values())
     assert cg.run("rm", "stubborn").returncode == 0
+
+
+# What a direct launch does not use and so must not import (issue 14: "without the agent, no slower
+# than today"). Each was on this path once; together they cost ~20 ms of an ~80 ms run: typing and
+# fractions (annotations, one size parse), the read side of the drivers (stats dataclasses, readers,
+# inotify), `stop`/`rm`/`update` (runtime.control), prune, and ctypes in the child (closing fds).
+NOT_IMPORTED_BY_A_LAUNCH = ("typing", "fractions", "cgagent.cgroups.stats", "cgagent.cgroups.reader",
+                            "cgagent.inotify", "cgagent.runtime.control", "cgagent.prune")
+
+
+def test_a_direct_launch_imports_nothing_it_does_not_use(cg: Env) -> None:
+    from cgagent import host
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "cgagent", "run", "--rm", "--cpus", "0.5",
+                        "--memory", "64M", "--pids-limit", "64", "--", "true"],
+                       env=cg.env(CGAGENT_DIRECT="1", CGAGENT_CGROUP_DRIVER="cgroupfs"), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # -X importtime reports every first import of the launcher and of the child it forks
+    loaded = {ln.rpartition("|")[2].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")}
+    assert {"cgagent.runtime.lifecycle", "cgagent.oom"} <= loaded, "not a direct launch, or nothing reported"
+    # v2 creates the child in its cgroup with clone3, which takes ctypes; v1 needs no ctypes at all
+    unused = NOT_IMPORTED_BY_A_LAUNCH + (() if host.detect().is_v2 else ("ctypes",))
+    assert not loaded & set(unused), sorted(loaded & set(unused))

@@ -54,6 +54,8 @@ class ApiError(CgagentError):
 
 @dataclass(frozen=True)
 class Route:
+    """One endpoint: its method, its OpenAPI path template and the handler that answers it."""
+
     method: str
     template: str          # OpenAPI path template, {name} for a workload's name
     op: str                # the handler method's name (Api.op_<op>) and the OpenAPI operationId
@@ -92,6 +94,8 @@ def route(method: str, path: str) -> tuple[Route, dict[str, str]]:
 
 @dataclass(frozen=True)
 class Peer:
+    """The caller at the socket's other end, as the kernel reports it (SO_PEERCRED, its groups)."""
+
     pid: int
     uid: int
     gid: int

@@ -12,6 +12,36 @@ from collections.abc import Iterator
 from cgagent.errors import CgagentError
 
 
+class CgroupGone(FileNotFoundError):
+    """A cgroup's file read as missing and its directory is gone: removed while it was read."""
+
+
+def gone_check(d: str) -> None:
+    """Called when a file that always exists with its controller was missing: was it the cgroup?"""
+    if not os.path.isdir(d):
+        raise CgroupGone(d)
+
+
+
+def oom_counter(d: str, oom_file: str) -> tuple[int, int]:
+    """Reader.oom_counter's read, given the memory directory and the mode's file holding the line
+    `oom_kill N`: (the directory's inode, N), both through one open directory."""
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        gen = os.fstat(dfd).st_ino
+        fd = os.open(oom_file, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            text = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+    for line in text.splitlines():
+        key, _, value = line.partition(b" ")
+        if key == b"oom_kill" and value.isdigit():
+            return gen, int(value)
+    raise ValueError(f"{d}: no oom_kill counter")
+
 class DirFds:
     """O_PATH descriptors of cgroup directories, so that read() can openat() a file relative to its
     directory: on cgroupfs that skips ~40% of the cost of an open. The exporter reads ~14 files in

@@ -6,10 +6,12 @@ import os
 from abc import ABC, abstractmethod
 
 from cgagent.cgroups.parents import Made
-from cgagent.cgroups.reader import Reader
-from cgagent.cgroups.readers import reader_for
-from cgagent.cgroups.stats import Stats
 from cgagent.limits import Resources
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:   # the read side is imported when read: a launch only writes (see cgagent.cgroups.stats)
+    from cgagent.cgroups.reader import Reader
+    from cgagent.cgroups.stats import Stats
 
 
 class CgroupManager(ABC):
@@ -73,6 +75,8 @@ class CgroupManager(ABC):
 
     def reader(self) -> Reader:
         """The read-only view of this cgroup (usage, limits, the OOM counter)."""
+        from cgagent.cgroups.readers import reader_for
+
         return reader_for(self.dirs)
 
     def stats(self) -> Stats:

@@ -13,7 +13,6 @@ raises ValueError; other OSErrors (EACCES) pass through."""
 from __future__ import annotations
 
 import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from cgagent.cgroups import fs
+from cgagent.cgroups.fs import CgroupGone, gone_check
 from cgagent.cgroups.stats import CpuUsage, DeviceIo, IoUsage, Limits, MemoryUsage, Pressure, Stats, Throttling
 
 if TYPE_CHECKING:   # only its type: ctypes is not for every CLI start that reads a cgroup
@@ -29,17 +29,6 @@ if TYPE_CHECKING:   # only its type: ctypes is not for every CLI start that read
 # What limits() reads and limit_files() names: any subset, in any order.
 LIMIT_PARTS = ("cpu", "cpuset", "memory", "swap", "pids")
 T = TypeVar("T")
-_OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.M)
-
-
-class CgroupGone(FileNotFoundError):
-    """A cgroup's file read as missing and its directory is gone: removed while it was read."""
-
-
-def gone_check(d: str) -> None:
-    """Called when a file that always exists with its controller was missing: was it the cgroup?"""
-    if not os.path.isdir(d):
-        raise CgroupGone(d)
 
 
 @dataclass(eq=False)
@@ -180,20 +169,7 @@ class Reader(ABC):
         d = self.dir("memory")
         if d is None:
             raise FileNotFoundError(f"{self.dirs}: no memory cgroup")
-        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            gen = os.fstat(dfd).st_ino
-            fd = os.open(self.OOM_FILE, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-            try:
-                text = os.read(fd, 4096).decode()
-            finally:
-                os.close(fd)
-        finally:
-            os.close(dfd)
-        m = _OOM_KILL.search(text)
-        if m is None:
-            raise ValueError(f"{d}: no oom_kill counter")
-        return gen, int(m.group(1))
+        return fs.oom_counter(d, self.OOM_FILE)
 
     @abstractmethod
     def oom_notifier(self, ino: Inotify) -> OomNotifier:

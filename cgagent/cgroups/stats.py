@@ -2,7 +2,10 @@
 
 One small snapshot type per kind of read (cgagent.cgroups.reader.Reader returns them); `Stats` is
 all of them at once (`stats`, the policy controller). A field is None where the kernel has no such
-file or line (controller absent, older kernel); -1 is "unlimited" for every limit."""
+file or line (controller absent, older kernel); -1 is "unlimited" for every limit.
+
+Making these classes costs a few ms of start-up (dataclass creation), and a launch writes limits
+but reads nothing: the drivers import this module inside the functions that read, not at the top."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from typing import Any
 
 @dataclass(slots=True)
 class CpuUsage:
+    """CPU time used: in all, in user and system mode, and per CPU where the kernel splits it."""
+
     total_ns: int | None = None
     user_ns: int | None = None
     system_ns: int | None = None
@@ -30,6 +35,8 @@ class Throttling:
 
 @dataclass(slots=True)
 class MemoryUsage:
+    """Memory in use and its breakdown, peak, limit hits and OOM events."""
+
     usage: int | None = None
     max_usage: int | None = None        # v1 max_usage_in_bytes, v2 memory.peak (kernel 5.19+)
     rss: int | None = None              # anonymous memory (v1 total_rss, v2 anon)

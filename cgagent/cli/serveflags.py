@@ -26,6 +26,8 @@ _META = "cgagent.collectors"   # ctx.meta key: collector name -> enabled
 
 @dataclass(frozen=True)
 class Flag:
+    """One `serve` flag, as the table defines it for the typer command and for the agent."""
+
     name: str                  # the serve() parameter
     decls: tuple[str, ...]     # first = node_exporter's spelling; the rest are aliases
     kind: type

@@ -24,6 +24,8 @@ MAX_INDEX_DEPTH = 8
 
 @dataclass
 class Layer:
+    """One layer of an image's manifest, as the layout stores it."""
+
     path: str          # the blob file, relative to the layout
     digest: str        # of the blob as stored (maybe compressed)
     size: int
@@ -33,6 +35,8 @@ class Layer:
 
 @dataclass
 class Parsed:
+    """An image read from an OCI layout: manifest, config and layers, checked against their digests."""
+
     manifest_digest: str
     manifest: bytes
     config_digest: str

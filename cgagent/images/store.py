@@ -48,6 +48,8 @@ def digest_hex(digest: str) -> str:
 
 @dataclass
 class Image:
+    """An imported image: its names, its layers (by diff_id) and the run config it carries."""
+
     id: str                                  # sha256:<config digest>
     names: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)      # diff_ids, lowest first

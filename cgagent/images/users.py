@@ -17,13 +17,15 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
 
 from cgagent.errors import CgagentError
 from cgagent.faults import fault
 from cgagent.state import Damaged, Store, atomic_write
 
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:   # imported when an image is at hand: a host `run` does not pay for it
+    from typing import Any
+
     from cgagent.images.store import Image, ImageStore
 
 MAX_ENTRY = 4096   # an entry is a few hundred bytes: a bigger file is not ours to parse

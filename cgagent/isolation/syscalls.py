@@ -44,8 +44,6 @@ SYS_PIVOT_ROOT = 41 if _MACHINE == "aarch64" else 155
 SYS_CAPSET = 91 if _MACHINE == "aarch64" else 126
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
-SYS_CLOSE_RANGE = 436   # asm-generic number: the same on x86_64 and aarch64
-CLOSE_RANGE_CLOEXEC = 4
 OPEN_TREE_CLONE = 1
 AT_RECURSIVE = 0x8000
 AT_FDCWD = -100
@@ -105,21 +103,6 @@ def move_mount(fd: int, target: str) -> None:
     """Attach the detached tree `fd` (from open_tree_clone) at `target`."""
     _check(_libc.syscall(SYS_MOVE_MOUNT, ctypes.c_int(fd), b"", ctypes.c_int(AT_FDCWD), _b(target),
                          ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount to {target}")
-
-
-def cloexec_from(first: int) -> None:
-    """Mark every fd >= `first` close-on-exec: close_range(first, ~0U, CLOSE_RANGE_CLOEXEC) (Linux 5.11),
-    else one fcntl per entry of /proc/self/fd."""
-    if _libc.syscall(SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
-                     ctypes.c_uint(CLOSE_RANGE_CLOEXEC)) == 0:
-        return
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd >= first:
-            try:
-                os.set_inheritable(fd, False)
-            except OSError:  # the listing's own directory fd, closed by now
-                pass
 
 
 def sethostname(name: str) -> None:

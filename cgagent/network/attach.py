@@ -40,6 +40,8 @@ PROTOS = ("tcp", "udp")
 
 @dataclass
 class Attachment:
+    """One workload's place on one network: its namespace, link, address and ports."""
+
     owner: str
     network: str
     driver: str

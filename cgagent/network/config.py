@@ -24,6 +24,8 @@ VXLAN_PORT = 4789
 
 @dataclass
 class Network:
+    """A defined network: its driver, subnet, gateway and the host links it uses."""
+
     name: str
     driver: str
     subnet: str                          # bridge/macvlan: the workloads' subnet; vxlan: the whole overlay

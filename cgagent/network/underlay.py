@@ -38,6 +38,8 @@ STEPS = ("ul-record", "ul-bridge", "ul-enslave", "ul-addresses", "ul-routes")
 
 @dataclass
 class Record:
+    """What enslaving a NIC to a bridge took from it (addresses, routes, link state), to give back."""
+
     network: str
     parent: str
     bridge: str

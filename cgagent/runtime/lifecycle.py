@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from cgagent import events, launch, oom, procopts, procs, zygote
 from cgagent.cgroups import CgroupManager, new_manager
@@ -29,7 +28,10 @@ from cgagent.runtime.request import RunRequest, parse_restart, require_root, sel
 from cgagent.runtime.stopflag import clear_stop
 from cgagent.state import Damaged, Record, Store, validate_name
 
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
+    from typing import Any
+
     from cgagent.isolation.spec import IsolationSpec
     from cgagent.terminal import Console
 
@@ -245,13 +247,22 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         raise
     if spec is not None:
         network.started(spec, rec.name, pid, netfd)
-    from cgagent.prune import cgroup_inos
-
     # the inodes tell `prune` which cgroups are this workload's, should its record be lost
     events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources,
-                  inos=cgroup_inos(rec.dirs))
+                  inos=_cgroup_inos(rec.dirs))
     fault("started")
     return pid
+
+
+def _cgroup_inos(dirs: dict[str, str]) -> list[int]:
+    """The inode numbers of a workload's cgroup dirs: what the start event records, so that a cgroup
+    found later under the same name is known to be that workload's and not a namesake's (another
+    state dir's workload under the same parent, say): cgagent.prune reads them."""
+    out = []
+    for d in sorted(set(dirs.values())):
+        with contextlib.suppress(OSError):
+            out.append(os.stat(d).st_ino)
+    return out
 
 
 def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] | None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
 
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:   # a plain host run never loads the isolation package
     from cgagent.isolation.spec import IsolationSpec
     from cgagent.procopts import HostProcess
@@ -20,6 +20,8 @@ DRIVERS = ("cgroupfs", "systemd")
 
 @dataclass
 class RunRequest:
+    """One run, validated: the command, its limits, its isolation and how to run it."""
+
     cmd: list[str]
     resources: Resources
     name: str | None = None

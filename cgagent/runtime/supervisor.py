@@ -11,7 +11,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from cgagent import events, launch, oom, procs
 from cgagent.cgroups import CgroupManager
@@ -24,6 +23,7 @@ from cgagent.runtime.request import RunRequest, parse_restart
 from cgagent.runtime.stopflag import stop_requested
 from cgagent.state import Damaged, Record, Store
 
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:   # a run without -t never loads termios & co.
     from cgagent.terminal import Console
 

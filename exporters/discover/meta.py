@@ -18,6 +18,8 @@ _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 @dataclass(frozen=True)
 class Meta:
+    """What a container runtime's records say of a cgroup: names, image, labels, pod."""
+
     name: str
     image: str = ""
     container: str | None = CONTAINER

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 from cgagent.cgroups.manager import CgroupManager
 from cgagent.cgroups.parents import Made, slice_path
-from cgagent.cgroups.stats import Stats
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
 
 if TYPE_CHECKING:
+    from cgagent.cgroups.stats import Stats
     from cgagent.cgroups.systemd.dbus import Systemd
 
 DEFAULT_SLICE = "cgagent.slice"

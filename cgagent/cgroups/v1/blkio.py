@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import DeviceIo, IoUsage
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources, io_devices
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import DeviceIo, IoUsage
 
 NAME = "blkio"
 # Resources field -> the throttle file; a rule "MAJ:MIN 0" deletes that device's rule
@@ -63,6 +66,8 @@ def _sum(path: str) -> tuple[int, int] | None:
 
 
 def usage(d: str) -> IoUsage:
+    from cgagent.cgroups.stats import IoUsage
+
     nbytes, ops = (_sum(f"{d}/{f}") for f in _STAT_FILES)
     out = IoUsage()
     if nbytes is not None:
@@ -93,6 +98,8 @@ def _per_device(path: str) -> dict[tuple[int, int], tuple[int, int]] | None:
 def per_device(d: str) -> list[DeviceIo]:
     """Bytes and operations per device, this cgroup and its descendants (the *_recursive files;
     the cgroup's own where the kernel has no recursive ones)."""
+    from cgagent.cgroups.stats import DeviceIo
+
     for files in (_STAT_FILES, _LOCAL_STAT_FILES):
         nbytes = _per_device(f"{d}/{files[0]}")
         if nbytes is not None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.reader import gone_check
-from cgagent.cgroups.stats import Limits, Throttling
+from cgagent.cgroups.fs import gone_check
 from cgagent.limits import Resources
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import Limits, Throttling
 
 NAME = "cpu"
 LIMIT_FILES = ("cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us")
@@ -23,6 +26,8 @@ def apply(d: str, r: Resources) -> None:
 
 
 def throttling(d: str) -> Throttling:
+    from cgagent.cgroups.stats import Throttling
+
     st = fs.read_fields(f"{d}/cpu.stat", _STAT_KEYS)
     if not st:
         gone_check(d)

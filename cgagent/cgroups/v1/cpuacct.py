@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.reader import gone_check
-from cgagent.cgroups.stats import CpuUsage
+from cgagent.cgroups.fs import gone_check
 from cgagent.limits import Resources
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import CpuUsage
 
 NAME = "cpuacct"
 NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -19,6 +22,8 @@ def apply(d: str, r: Resources) -> None:
 
 def usage(d: str, per_cpu: bool = False) -> CpuUsage:
     """Total and user/system usage; cpuacct.usage_percpu only when asked (it is the costly file)."""
+    from cgagent.cgroups.stats import CpuUsage
+
     u = CpuUsage(fs.read_int(f"{d}/cpuacct.usage"))
     if u.total_ns is None:
         gone_check(d)

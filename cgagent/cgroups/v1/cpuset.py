@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import Limits
 from cgagent.limits import Resources
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import Limits
 
 NAME = "cpuset"
 LIMIT_FILES = ("cpuset.cpus", "cpuset.mems")

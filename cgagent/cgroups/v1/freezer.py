@@ -29,7 +29,7 @@ def is_frozen(d: str) -> bool | None:
     try:
         return fs.read(f"{d}/freezer.state").strip() == "FROZEN"
     except FileNotFoundError:
-        from cgagent.cgroups.reader import gone_check
+        from cgagent.cgroups.fs import gone_check
 
         gone_check(d)
         return None

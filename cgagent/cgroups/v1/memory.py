@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.reader import gone_check
-from cgagent.cgroups.stats import MemoryUsage
+from cgagent.cgroups.fs import gone_check
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import MemoryUsage
 
 NAME = "memory"
 OOM_FILE = "memory.oom_control"   # `oom_kill N` (kernel 4.13+); also the file an OOM eventfd is bound to
@@ -40,6 +43,8 @@ def apply(d: str, r: Resources) -> None:
 
 def usage(d: str, swap: bool = False) -> MemoryUsage:
     """Usage, peak, limit hits and the memory.stat breakdown (swap in use with swap accounting only)."""
+    from cgagent.cgroups.stats import MemoryUsage
+
     m = MemoryUsage(fs.read_int(f"{d}/memory.usage_in_bytes"), fs.read_int(f"{d}/memory.max_usage_in_bytes"))
     if m.usage is None:
         gone_check(d)

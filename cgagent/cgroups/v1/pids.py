@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.reader import gone_check
+from cgagent.cgroups.fs import gone_check
 from cgagent.convert import v2_limit
 from cgagent.limits import Resources
 

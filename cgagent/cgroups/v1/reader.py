@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from cgagent.cgroups.reader import LIMIT_PARTS, OomNotifier, Reader
 from cgagent.cgroups.stats import CpuUsage, DeviceIo, IoUsage, Limits, MemoryUsage, Throttling
 from cgagent.cgroups.v1 import blkio, cpu, cpuacct, cpuset, freezer, memory, pids
-from cgagent.inotify import Inotify
+
+if TYPE_CHECKING:   # its type only: ctypes is not for every CLI start that reads a cgroup
+    from cgagent.inotify import Inotify
 
 _LIMIT_FILES = {"cpu": ("cpu", cpu.LIMIT_FILES), "cpuset": ("cpuset", cpuset.LIMIT_FILES),
                 "memory": ("memory", memory.LIMIT_FILES), "swap": ("memory", memory.SWAP_LIMIT_FILES),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from cgagent import convert
 from cgagent.cgroups import fs
-from cgagent.cgroups.reader import gone_check
-from cgagent.cgroups.stats import CpuUsage, Limits, Throttling
+from cgagent.cgroups.fs import gone_check
 from cgagent.limits import Resources
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import CpuUsage, Limits, Throttling
 
 NAME = "cpu"
 # cpu.weight.nice rewrites cpu.weight: a write to either changes the weight
@@ -39,11 +42,15 @@ def _ns(st: dict[str, int], key: str) -> int | None:
 
 
 def usage(d: str) -> CpuUsage:
+    from cgagent.cgroups.stats import CpuUsage
+
     st = _stat(d)
     return CpuUsage(_ns(st, "usage_usec"), _ns(st, "user_usec"), _ns(st, "system_usec"))
 
 
 def throttling(d: str) -> Throttling:
+    from cgagent.cgroups.stats import Throttling
+
     st = _stat(d)
     return Throttling(st.get("nr_periods"), st.get("nr_throttled"), _ns(st, "throttled_usec"))
 

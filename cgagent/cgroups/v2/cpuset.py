@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from cgagent.cgroups.stats import Limits
 from cgagent.cgroups.v1 import cpuset as v1
 from cgagent.cgroups.v1.cpuset import apply
 from cgagent.limits import Resources
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import Limits
 
 NAME = "cpuset"
 LIMIT_FILES = ("cpuset.cpus.effective", "cpuset.mems.effective")

@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.stats import DeviceIo, IoUsage
 from cgagent.limits import Resources, io_devices
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import DeviceIo, IoUsage
 
 NAME = "io"
 LIMIT_FILES = ("io.max",)
@@ -32,6 +35,8 @@ def apply(d: str, r: Resources) -> None:
 
 def usage(d: str) -> IoUsage:
     """io.stat summed over devices; all None when the controller is not enabled (no file)."""
+    from cgagent.cgroups.stats import IoUsage
+
     try:
         text = fs.read(f"{d}/io.stat")
     except FileNotFoundError:
@@ -49,6 +54,8 @@ def usage(d: str) -> IoUsage:
 def per_device(d: str) -> list[DeviceIo]:
     """io.stat per device ("MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=.."); [] without
     the io controller."""
+    from cgagent.cgroups.stats import DeviceIo
+
     try:
         text = fs.read(f"{d}/io.stat")
     except FileNotFoundError:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from cgagent import convert
 from cgagent.cgroups import fs
-from cgagent.cgroups.reader import gone_check
-from cgagent.cgroups.stats import MemoryUsage
+from cgagent.cgroups.fs import gone_check
 from cgagent.errors import CgagentError
 from cgagent.limits import Resources
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import MemoryUsage
 
 NAME = "memory"
 # `oom_kill N` of this cgroup and its descendants (memory.events.local would leave the descendants
@@ -33,6 +36,8 @@ def apply(d: str, r: Resources) -> None:
 
 def usage(d: str, swap: bool = False) -> MemoryUsage:
     """current, peak, the memory.stat breakdown and the memory.events counters (no limits)."""
+    from cgagent.cgroups.stats import MemoryUsage
+
     m = MemoryUsage(fs.read_int(f"{d}/memory.current"), fs.read_int(f"{d}/memory.peak"))
     if m.usage is None:
         gone_check(d)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from cgagent.cgroups import fs
-from cgagent.cgroups.reader import gone_check
-from cgagent.cgroups.stats import Pressure
+from cgagent.cgroups.fs import gone_check
+
+TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
+if TYPE_CHECKING:
+    from cgagent.cgroups.stats import Pressure
 
 RESOURCES = ("cpu", "memory", "io")
 
 
 def parse(text: str) -> Pressure:
+    from cgagent.cgroups.stats import Pressure
+
     p = Pressure()
     for line in text.splitlines():
         kind, *fields = line.split()
