@@ -53,9 +53,11 @@ def _close_inherited(keep: set[int]) -> None:
     callers' connections, its files). A restarted agent can bind again, the caller sees the agent's
     end and not ours, and nothing of the agent's is reachable from the request (`-w /proc/self/fd/N`)."""
     from cgagent import zygote
+    from cgagent.network import libnft
     from cgagent.procs import close_all_but
 
-    close_all_but({0, 1, 2} | keep | zygote.held_fds())   # the runner's zygote: the launch may use it
+    # the runner's zygote and nft context (made at idle, cgagent.network.attach.warm): the launch may use them
+    close_all_but({0, 1, 2} | keep | zygote.held_fds() | libnft.held_fds())
 
 
 class Caller(NamedTuple):   # not a dataclass: dataclasses (inspect, ast) cost a thin client ~6 ms
@@ -162,7 +164,17 @@ class Pool:
                     manager_for(self.host, {c: os.path.join(os.path.dirname(d), n) for c, d in dirs.items()}).destroy()
 
     def park(self) -> None:
-        """In a runner the launcher forked ahead of its request."""
+        """In a runner the launcher forked ahead of its request: its zygote, then (so that the zygote
+        holds none of its sockets) a bridged launch's first-use costs, paid now (reads only)."""
+        from cgagent.network import workload as network
+
+        try:
+            self._park_zygote()
+        finally:
+            with contextlib.suppress(Exception):
+                network.warm()
+
+    def _park_zygote(self) -> None:
         from cgagent import zygote
         from cgagent.cgroups import new_manager
         from cgagent.runtime.parents import remember_parents

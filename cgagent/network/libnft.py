@@ -107,3 +107,11 @@ def library() -> _Lib | None:
         except (OSError, AttributeError):   # not installed, or too old to have this API
             _lib = None
     return _lib
+
+
+def held_fds() -> set[int]:
+    """The sockets of this process's own context (a runner's, made at idle by nft.warm), which it keeps
+    when it closes what it inherited from the agent: else its first command would make a context again."""
+    if _lib is None or _lib.pid != os.getpid() or not _lib._usable():
+        return set()
+    return set(_lib.socks)

@@ -114,6 +114,14 @@ def _run(cmd: str, json_out: bool = False) -> libnft.Result:
     return libnft.Result(p.returncode, p.stdout, p.stderr)
 
 
+
+def warm() -> None:
+    """Make this process's libnftables context now, with a listing that changes nothing: its first
+    command costs ~1.6 ms more than the next (attach.warm). Without the library: nothing."""
+    lib = libnft.library()
+    if lib is not None:
+        lib.run("list tables")
+
 def _nft(script: str, check: bool = True) -> libnft.Result:
     res = _run(script)
     if check and res.returncode != 0:

@@ -144,6 +144,13 @@ def release(spec: IsolationSpec, owner: str) -> None:
             attach.disconnect(owner, spec.store or None)
 
 
+
+def warm(root: str | None = None) -> None:
+    """At idle, in a runner the agent's launcher forked ahead of its request: see attach.warm."""
+    from cgagent.network import attach
+
+    attach.warm(root)
+
 def startup_prune(root: str | None = None) -> None:
     """The agent's start-up: remove what workloads that died meanwhile left (only where cgagent has
     network state at all, so a host that never used networking is not touched). Done in a child
