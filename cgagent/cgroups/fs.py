@@ -22,7 +22,6 @@ def gone_check(d: str) -> None:
         raise CgroupGone(d)
 
 
-
 def oom_counter(d: str, oom_file: str) -> tuple[int, int]:
     """Reader.oom_counter's read, given the memory directory and the mode's file holding the line
     `oom_kill N`: (the directory's inode, N), both through one open directory."""
@@ -41,6 +40,7 @@ def oom_counter(d: str, oom_file: str) -> tuple[int, int]:
         if key == b"oom_kill" and value.isdigit():
             return gen, int(value)
     raise ValueError(f"{d}: no oom_kill counter")
+
 
 class DirFds:
     """O_PATH descriptors of cgroup directories, so that read() can openat() a file relative to its

@@ -255,7 +255,6 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
     return att
 
 
-
 def warm(root: str | None = None) -> None:
     """Pay, at idle, what the first bridged connect of a process pays once: the nft context and its
     first netlink exchange, and the first reads and parses of the network's files (a process forked
@@ -268,6 +267,7 @@ def warm(root: str | None = None) -> None:
     net = config.load(config.DEFAULT_NETWORK, root)
     ipam_for(net, root).entries()
     all_attachments(root)
+
 
 def static_ip(ip: str | None) -> ipaddress.IPv4Address | None:
     if ip is None:

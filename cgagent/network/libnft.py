@@ -112,6 +112,6 @@ def library() -> _Lib | None:
 def held_fds() -> set[int]:
     """The sockets of this process's own context (a runner's, made at idle by nft.warm), which it keeps
     when it closes what it inherited from the agent: else its first command would make a context again."""
-    if _lib is None or _lib.pid != os.getpid() or not _lib._usable():
+    if _lib is None or not _lib._usable():   # _usable: this process's context, its sockets still open
         return set()
     return set(_lib.socks)
