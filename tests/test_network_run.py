@@ -201,6 +201,29 @@ def test_run_whose_network_setup_fails_leaves_nothing_and_the_next_run_is_whole(
     node.ok("rm", "-f", "web")
 
 
+def test_a_runs_connection_names_its_workload_from_the_first_save(node: Node) -> None:
+    # The connection is made once the workload's process exists (while it is placed in its cgroup,
+    # which on cgroup v1 waits out an RCU grace period meanwhile). The CLI killed right after the
+    # connection (CGAGENT_FAULT=step:network, direct path) leaves an attachment that names the
+    # workload's process and namespace: its end is seen by prune; before, it named the CLI's fd
+    env = node.cg.env(CGAGENT_ROOT=node.host.root, PYTHONPATH=ROOT, CGAGENT_FAULT="step:network",
+                      CGAGENT_DIRECT="1")
+    res = subprocess.run([*node.host.enter(), sys.executable, "-m", "cgagent", "run",
+                          *node.box("--name", "cut", "--net", "bridge", "--", "true")],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    with open(os.path.join(node.host.root, "networks", "attachments", "cut.json")) as f:
+        att = json.load(f)
+    assert isinstance(att["pid"], int) and att["pid_start"] is not None, att
+    assert att["netns"] == f"/proc/{att['pid']}/ns/net", att
+    rows = json.loads(node.ok("ps", "-a", "--json"))
+    assert [r["name"] for r in rows] == ["cut"] and rows[0]["status"] != "running", rows
+    node.ok("rm", "-f", "cut")
+    assert not [ln for ln in node.host.links() if ln.startswith("cgv")], node.host.links()
+    assert not os.listdir(os.path.join(node.host.root, "networks", "attachments"))
+    assert json.loads(node.ok("ps", "-a", "--json")) == []
+
+
 def test_a_bridged_workloads_download_shows_in_its_network_series(node: Node, tmp_path: object) -> None:
     """Issue 11: a --net bridge workload downloads N bytes from a server in its host's namespace;
     container_network_receive_bytes_total, read in the workload's own namespace, is at least N."""

@@ -2,7 +2,8 @@
 the test's own): the veth pair is gone when disconnect returns, whether the kernel deleted it with the
 workload's namespace or disconnect had to (someone still held the namespace); the port's anti-spoofing
 elements stay until the next nft run (a connect's) or a prune forgets them, and no new port gets the
-name of one whose elements are still listed. The rtnetlink requests cgagent writes itself (rtnl.py)
+name of one whose elements are still listed; watched from the workload's end, the teardown concerns
+the pair that existed then. The rtnetlink requests cgagent writes itself (rtnl.py)
 give what `ip` lists."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import tempfile
 
 SCRIPT = r"""
-import json, os, subprocess, sys
+import json, os, subprocess, sys, time
 from cgagent.errors import CgagentError
 from cgagent.network import attach, libnft, netns, nft, rtnl, veth
 
@@ -106,6 +107,28 @@ ipr.link("del", index=ipr.link_lookup(ifname=four)[0])
 os.close(fd)
 attach.prune(root)
 
+# watched from the workload's end (veth.watch, as a run's finish does): remove() concerns the pair
+# that existed then. Here the kernel deletes it with its namespace and a pair of the same name is
+# made before the teardown: it is not the workload's, and stays (unwatched, remove() would wait for
+# it and delete it)
+fd = netns.new_netns()
+attach.connect("five", "bridge", netns.fd_path(fd), root=root)
+five = port("five")
+with rtnl.Rtnl() as rt, rtnl.LinkEvents() as ev:
+    idx = rt.link(five)[0]
+    attach.expect_disconnect("five", root)
+    os.close(fd)
+    out["watched_died"] = ev.deleted(idx, time.monotonic() + 30)
+    held = netns.new_netns()
+    veth.create(five, rt.link("cgagent0")[0], netns.fd_path(held), "02:00:00:00:00:0a")
+attach.disconnect("five", root)
+out["watched_namesake_kept"] = link(five)
+out["watched_closed"] = veth._watched == {}
+for i in ipr.link_lookup(ifname=five):
+    ipr.link("del", index=i)
+os.close(held)
+attach.prune(root)
+
 # the library's netlink socket outlives each command: never inherited by what this process executes
 flags = {}
 for fd in os.listdir("/proc/self/fd"):
@@ -148,6 +171,7 @@ def test_a_workloads_link_is_gone_and_its_elements_go_with_the_next_nft_run() ->
     assert got["pruned"] == ["rule elements of cgvdeadbeef"] and got["after_prune"] is True
     assert got["table_gone"] is True
     assert got["refused_link"] is True and got["refused_guarded"] is True
+    assert got["watched_died"] is True and got["watched_namesake_kept"] is True and got["watched_closed"] is True
     assert got["sockets_cloexec"] is True and got["child"] == 0 and got["parent_after_child"] == 0
     assert got["after_closerange"] is True
 

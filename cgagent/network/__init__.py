@@ -30,6 +30,11 @@ def net_dir(root: str | None = None) -> str:
     return os.path.join(state_root(root), "networks")
 
 
+def etc_dir(owner: str, root: str | None = None) -> str:
+    """Where the workload's hosts and resolv.conf live (the isolation layer bind-mounts them)."""
+    return os.path.join(net_dir(root), "etc", owner)
+
+
 def fault(step: str) -> None:
     """Test-only fault injection: CGAGENT_FAULT=net:STEP (comma-separated list) fails the network
     setup at STEP, so tests can prove every step is rolled back."""

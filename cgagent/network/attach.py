@@ -23,6 +23,7 @@ from cgagent.network import (
     VXLAN_PREFIX,
     bridge,
     config,
+    etc_dir,
     fault,
     files,
     net_dir,
@@ -45,7 +46,7 @@ class Attachment:
     owner: str
     network: str
     driver: str
-    netns: str                           # the namespace path given at connect time
+    netns: str                           # the namespace: its pid's, else the path given at connect time
     pid: int | None = None               # a process in that namespace: liveness for prune
     pid_start: int | None = None
     host_if: str | None = None           # bridge drivers: the host end of the veth pair
@@ -67,11 +68,6 @@ class Attachment:
 
 def _adir(root: str | None) -> str:
     return os.path.join(net_dir(root), "attachments")
-
-
-def etc_dir(owner: str, root: str | None = None) -> str:
-    """Where the workload's hosts and resolv.conf live (the isolation layer bind-mounts them)."""
-    return os.path.join(net_dir(root), "etc", owner)
 
 
 def ipam_for(net: Network, root: str | None = None) -> Ipam:
@@ -217,7 +213,10 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
         ipam = ipam_for(net, root)
         # raises "network is full" / "in use" with nothing made
         addr = ipam.reserve(static, owner, net.name) if static else ipam.allocate(owner, net.name)
-        att = Attachment(owner=owner, network=net.name, driver=net.driver, netns=ns_path, pid=pid,
+        # with `pid`, the namespace is that process's once it has joined it (a forked workload that
+        # waits for "go" joins the one `ns_path` names only then): the links are made through ns_path
+        att = Attachment(owner=owner, network=net.name, driver=net.driver, pid=pid,
+                         netns=f"/proc/{pid}/ns/net" if pid else ns_path,
                          pid_start=procs.start_time(pid) if pid else None, address=str(addr),
                          prefixlen=ipaddress.IPv4Network(net.pool).prefixlen, gateway=net.gateway,
                          ports=[list(p) for p in wanted], hostname=hostname, created=time.time(),
@@ -232,7 +231,7 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
             fault("record")
             if first_use:
                 config.save(net, root)
-            _plumb(net, att, root, stale)
+            _plumb(net, att, ns_path, root, stale)
             nft.publish(att.port_tuples(), str(addr))
             fault("publish")
             listeners = proxy.bind(loopback_ports(att.port_tuples()))
@@ -351,8 +350,9 @@ def _check_parent(net: Network) -> None:
         ipr.close()
 
 
-def _plumb(net: Network, att: Attachment, root: str | None, stale: tuple[nft.Port, ...] = ()) -> None:
-    """Make the links; the nft run that guards the new port forgets the `stale` ones."""
+def _plumb(net: Network, att: Attachment, ns: str, root: str | None, stale: tuple[nft.Port, ...] = ()) -> None:
+    """Make the links, the workload's end in namespace `ns`; the nft run that guards the new port
+    forgets the `stale` ones."""
     assert att.address
     if net.driver == "macvlan":
         from cgagent.network import macvlan
@@ -361,10 +361,10 @@ def _plumb(net: Network, att: Attachment, root: str | None, stale: tuple[nft.Por
         tmp = "cgt" + os.urandom(4).hex()
         ipr = netns.iproute()
         try:
-            macvlan.create(ipr, net.parent, att.netns, tmp)
+            macvlan.create(ipr, net.parent, ns, tmp)
         finally:
             ipr.close()
-        att.mac = veth.configure_renamed(att.netns, tmp, att.address, att.prefixlen, att.gateway, "eth0")
+        att.mac = veth.configure_renamed(ns, tmp, att.address, att.prefixlen, att.gateway, "eth0")
         return
     assert att.host_if and att.mac
     port = (att.host_if, att.mac, att.address)
@@ -386,9 +386,9 @@ def _plumb(net: Network, att: Attachment, root: str | None, stale: tuple[nft.Por
     if stale:
         _set_stale(root, ())
     fault("bridge")
-    veth.create(att.host_if, br, att.netns, att.mac)
+    veth.create(att.host_if, br, ns, att.mac)
     fault("veth")
-    veth.configure_inside(att.netns, "eth0", att.address, att.prefixlen, att.gateway)
+    veth.configure_inside(ns, "eth0", att.address, att.prefixlen, att.gateway)
     fault("inside")
 
 
@@ -453,14 +453,11 @@ def _teardown(att: Attachment, net: Network | None, root: str | None) -> None:
         _refresh_hosts(att.network, root)
 
 
-def set_pid(owner: str, pid: int, root: str | None = None) -> None:
-    """After the workload started: its pid becomes the liveness handle (the connect-time path may be an fd)."""
-    with config.lock(root):
-        att = load(owner, root)
-        if att is not None:
-            att.pid, att.pid_start = pid, procs.start_time(pid)
-            att.netns = f"/proc/{pid}/ns/net"
-            _save(att, root)
+def expect_disconnect(owner: str, root: str | None = None) -> None:
+    """`owner`'s workload has ended and disconnect() follows: watch for its link's end from now."""
+    att = load(owner, root)
+    if att is not None and att.host_if:
+        veth.watch(att.host_if)
 
 
 def disconnect(owner: str, root: str | None = None) -> bool:

@@ -54,19 +54,45 @@ def configure_renamed(ns_path: str, ifname: str, address: str, prefixlen: int, g
     return mac
 
 
+# host end -> (its rtnetlink socket, link events subscribed before the look-up, its index or None)
+_watched: dict[str, tuple[rtnl.Rtnl, rtnl.LinkEvents, int | None]] = {}
+
+
+def _watch(host_name: str) -> tuple[rtnl.Rtnl, rtnl.LinkEvents, int | None]:
+    rt = rtnl.Rtnl()
+    try:
+        events = rtnl.LinkEvents()   # before the look-up: a deletion after it is seen
+    except BaseException:
+        rt.sock.close()
+        raise
+    try:
+        found = rt.link(host_name)
+    except BaseException:
+        rt.sock.close()
+        events.sock.close()
+        raise
+    return rt, events, found[0] if found is not None else None
+
+
+def watch(host_name: str) -> None:
+    """Start watching for the pair's deletion now, for a later remove(host_name) in this process:
+    the kernel deletes it a few ms after the workload's namespace died (its RCU grace periods), and
+    what the caller does meanwhile (the cgroup's removal, the overlay's) is then not followed by a
+    wait of the same length. Idempotent."""
+    if host_name not in _watched:
+        _watched[host_name] = _watch(host_name)
+
+
 def remove(host_name: str, wait: float = GONE_WAIT) -> bool:
     """Make sure the pair is gone, by its host end. -> True when it is (False: the delete failed).
 
     When the workload's namespace dies with it, the kernel deletes the pair itself, within a
     millisecond or so; deleting it ourselves meanwhile costs ~20 ms (the unregister's RCU waits) and
-    races the kernel's own cleanup. So: wait for the kernel's RTM_DELLINK, and delete only when it
-    does not come (someone still holds the namespace)."""
-    with rtnl.Rtnl() as rt, rtnl.LinkEvents() as events:
-        found = rt.link(host_name)
-        if found is None:
-            return True
-        idx = found[0]
-        if events.deleted(idx, time.monotonic() + wait):
+    races the kernel's own cleanup. So: wait for the kernel's RTM_DELLINK (watched since watch()
+    when it was called), and delete only when it does not come (someone still holds the namespace)."""
+    rt, events, idx = _watched.pop(host_name) if host_name in _watched else _watch(host_name)
+    with rt, events:
+        if idx is None or events.deleted(idx, time.monotonic() + wait):
             return True
         try:
             rt.delete(idx)

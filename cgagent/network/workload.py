@@ -94,7 +94,7 @@ def in_host_pid_ns(opt: str, name: str) -> CgagentError:
 def prepare(spec: IsolationSpec, owner: str, state_dir: str | None = None) -> tuple[int | None, dict[str, str]]:
     """Before the fork: the fd of the namespace the child must join (None: the isolation layer's own
     choice), and the files to bind-mount in the workload (path inside -> file on the host: its
-    hosts and resolv.conf). Connects `owner` to its network."""
+    hosts and resolv.conf, which connect() writes before the child reads them). Connects nothing."""
     net = spec.net
     if not wanted(net):
         if not (spec.dns or spec.extra_hosts) or not spec.container_dir:
@@ -103,21 +103,27 @@ def prepare(spec: IsolationSpec, owner: str, state_dir: str | None = None) -> tu
 
         # --dns/--add-host without a connection: files of its own, in its container dir
         return None, files.for_workload(os.path.join(spec.container_dir, "etc"), net, spec.dns, spec.extra_hosts)
-    from cgagent.network import attach, netns
+    from cgagent.network import etc_dir, netns
 
     if net.startswith("container:"):
         return netns.open_ns(netns_of(net.partition(":")[2], state_dir)), {}
-    root = spec.store or None
-    fd = netns.new_netns()
-    try:
-        attach.connect(owner, net, netns.fd_path(fd), ports=list(spec.publish or []),
-                       hostname=spec.hostname or None, root=root, ip=spec.ip or None, dns=list(spec.dns),
-                       extra_hosts=list(spec.extra_hosts))
-    except BaseException:
-        os.close(fd)
-        raise
-    etc = attach.etc_dir(owner, root)
-    return fd, {"/etc/hosts": os.path.join(etc, "hosts"), "/etc/resolv.conf": os.path.join(etc, "resolv.conf")}
+    etc = etc_dir(owner, spec.store or None)
+    return netns.new_netns(), {"/etc/hosts": os.path.join(etc, "hosts"),
+                               "/etc/resolv.conf": os.path.join(etc, "resolv.conf")}
+
+
+def connect(spec: IsolationSpec, owner: str, pid: int, fd: int | None) -> None:
+    """After the fork, while the child waits for "go": connect `owner`'s namespace (`fd`, from
+    prepare) to its network, the child's pid its liveness handle from the first save on. Done here
+    rather than before the fork so that it overlaps the child's placement in its cgroup (see
+    cgagent.runtime.lifecycle.start). Raises with nothing of the connection left."""
+    if fd is None or not _connected(spec):
+        return
+    from cgagent.network import attach, netns
+
+    attach.connect(owner, spec.net, netns.fd_path(fd), pid=pid, ports=list(spec.publish or []),
+                   hostname=spec.hostname or None, root=spec.store or None, ip=spec.ip or None,
+                   dns=list(spec.dns), extra_hosts=list(spec.extra_hosts))
 
 
 def _connected(spec: IsolationSpec) -> bool:
@@ -125,14 +131,14 @@ def _connected(spec: IsolationSpec) -> bool:
     return wanted(spec.net) and not spec.net.startswith("container:")
 
 
-def started(spec: IsolationSpec, owner: str, pid: int, fd: int | None) -> None:
-    """After the fork: the workload's pid is the connection's liveness handle; our fd can go."""
-    if fd is not None:
-        os.close(fd)
+def ended(spec: IsolationSpec, owner: str) -> None:
+    """The workload has exited and release() follows after other work: the wait for its link's end
+    begins now (attach.expect_disconnect). Never raises."""
     if _connected(spec):
         from cgagent.network import attach
 
-        attach.set_pid(owner, pid, spec.store or None)
+        with contextlib.suppress(Exception):
+            attach.expect_disconnect(owner, spec.store or None)
 
 
 def release(spec: IsolationSpec, owner: str) -> None:
@@ -144,12 +150,12 @@ def release(spec: IsolationSpec, owner: str) -> None:
             attach.disconnect(owner, spec.store or None)
 
 
-
 def warm(root: str | None = None) -> None:
     """At idle, in a runner the agent's launcher forked ahead of its request: see attach.warm."""
     from cgagent.network import attach
 
     attach.warm(root)
+
 
 def startup_prune(root: str | None = None) -> None:
     """The agent's start-up: remove what workloads that died meanwhile left (only where cgagent has

@@ -30,10 +30,12 @@ from cgagent.state import Damaged, Record, Store, validate_name
 
 TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeVar
 
     from cgagent.isolation.spec import IsolationSpec
     from cgagent.terminal import Console
+
+    T = TypeVar("T")
 
 # --- the keeper (systemd driver): systemd removes a scope's cgroup as soon as its last process has
 # exited, before anyone could read the OOM counter in it, and no kernel counter outlives a v1 memory
@@ -192,9 +194,18 @@ def teardown_isolation(rec: Record) -> None:
 
         spec = for_teardown(rec.isolation)
         try:
-            network.release(spec, rec.name)   # veth, address, ports, hosts files
+            rootfs.teardown(spec)   # first: meanwhile the kernel deletes the veth pair (network.ended)
         finally:
-            rootfs.teardown(spec)   # the overlay dirs go even if the network part fails
+            network.release(spec, rec.name)   # veth, address, ports, hosts files
+
+
+def _isolation_ended(rec: Record) -> None:
+    """The workload has exited: what its teardown will wait for starts to be watched now."""
+    if rec.isolation:
+        from cgagent.isolation.spec import for_teardown
+        from cgagent.network import workload as network
+
+        network.ended(for_teardown(rec.isolation), rec.name)
 
 
 def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, int] | None = None,
@@ -209,9 +220,8 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         from cgagent.network import workload as network
 
         spec = IsolationSpec.from_record(rec.isolation)
-        netfd, files = network.prepare(spec, rec.name, store.root)   # connected before the fork
+        netfd, files = network.prepare(spec, rec.name, store.root)   # connected in place(), below
         spec = spec.with_files(files)
-        fault("network")
         env, setup = make_setup(spec, netfd, store.root)
     if rec.process and not rec.isolation:
         host = HostProcess.from_record(rec.process)
@@ -220,11 +230,25 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
     if console is not None:
         setup, stdio = console.wrap(setup), None
 
+    def connect(pid: int) -> None:
+        if spec is not None:
+            network.connect(spec, rec.name, pid, netfd)
+            fault("network")
+
     def place(pid: int, born: bool = False) -> None:
         # Runs while the child waits: the record names the pid before the workload runs a single
         # instruction of its own, so nothing it does can be observed ahead of its record.
         fault("place")
-        keeper = None if born else _place(rec, mgr, pid)
+        if born:
+            keeper = None
+            connect(pid)
+        elif rec.driver != "systemd" and spec is not None and netfd is not None:
+            # a cgroup.procs write waits out an RCU grace period (~15 ms on v1) in the kernel, with
+            # the GIL released: the connection is made meanwhile
+            keeper = _beside(lambda: _place(rec, mgr, pid), lambda: connect(pid))
+        else:
+            connect(pid)
+            keeper = _place(rec, mgr, pid)
         _record_started(store, rec, mgr, pid, keeper)
 
     parked = None
@@ -245,13 +269,41 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         if console is not None:
             console.close()
         raise
-    if spec is not None:
-        network.started(spec, rec.name, pid, netfd)
+    if netfd is not None:
+        os.close(netfd)   # the workload holds its namespace now
     # the inodes tell `prune` which cgroups are this workload's, should its record be lost
     events.append(store.root, "start", rec.name, pid=pid, cgroup=rec.cgroup, cmd=rec.cmd, resources=rec.resources,
                   inos=_cgroup_inos(rec.dirs))
     fault("started")
     return pid
+
+
+def _beside(slow: Callable[[], T], fast: Callable[[], object]) -> T:
+    """slow() in a thread of its own while fast() runs here; slow's result. Both have ended when
+    this returns or raises (the first failure: fast's, else slow's). _thread, not threading: a
+    direct launch does not import threading."""
+    import _thread
+
+    done = _thread.allocate_lock()
+    done.acquire()
+    out: list[Any] = [None, None]   # result, exception
+
+    def run() -> None:
+        try:
+            out[0] = slow()
+        except BaseException as e:
+            out[1] = e
+        finally:
+            done.release()
+
+    _thread.start_new_thread(run, ())
+    try:
+        fast()
+    finally:
+        done.acquire()   # never leave slow() running: it works on what the caller undoes next
+    if out[1] is not None:
+        raise out[1]
+    return out[0]  # type: ignore[no-any-return]
 
 
 def _cgroup_inos(dirs: dict[str, str]) -> list[int]:
@@ -342,6 +394,7 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
         except CgagentError:
             rec = None  # removed meanwhile (`rm -f`)
         if rec is not None:
+            _isolation_ended(rec)
             mgr = manager(host, rec)
             # before the cgroup goes (a systemd scope is held by its keeper until destroy() below)
             # idempotent: `serve` may have logged them already
