@@ -347,6 +347,58 @@ def test_pool_cgroups_are_never_workloads_and_go_with_a_killed_agent(cg: Env) ->
     cg.run("rm", "-f", "keep", check=True)
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _stopped_descendants(root: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    state: dict[int, str] = {}
+    for p in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if p.isdigit():
+            kids.setdefault(int(fields[1]), []).append(int(p))
+            state[int(p)] = fields[0]
+    out, todo = [], list(kids.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out += [pid] if state.get(pid) == "T" else []
+        todo += kids.get(pid, [])
+    return out
+
+
+def test_a_runs_code_reaches_the_caller_before_its_runner_has_exited(cg: Env) -> None:
+    """A runner reports its workload's code itself once its work is done (the end recorded, the
+    cgroup gone), so a run does not also wait for the runner's own exit (its memory's teardown).
+    Each runner here stops itself right after its report (CGAGENT_FAULT=stop:reported): the run
+    returns with its code all the same, and the runner is still there, stopped. (A runner takes its
+    caller's environment: the fault is set in the CLI's.)"""
+    p = subprocess.Popen(cg.cmd("serve", "--listen", "127.0.0.1:0"), env=cg.env(), text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None and "/metrics" in p.stdout.readline()
+        launcher = _children(p.pid)
+        assert poll(lambda: len(_children(launcher[0])) >= 2, 30)   # its runners, forked ahead at idle
+        r = subprocess.run(cg.cmd("run", "--rm", "--name", "quick", "--", "sh", "-c", "exit 7"),
+                           env=cg.env(CGAGENT_FAULT="stop:reported"), capture_output=True, text=True, timeout=30)
+        assert r.returncode == 7, r.stderr
+        assert cg.run("ps", "-a", "--json", check=True).stdout.strip() == "[]"
+        assert poll(lambda: _stopped_descendants(p.pid), 30)
+        assert len(_stopped_descendants(p.pid)) == 1
+    finally:
+        for pid in _stopped_descendants(p.pid):
+            os.kill(pid, signal.SIGCONT)   # it exits; the launcher reaps it
+        p.terminate()
+        p.wait(30)
+        if p.stdout is not None:
+            p.stdout.close()
+
+
 def test_runs_back_to_back_each_start_in_a_parked_pool_cgroup(cg: Env, capfd: pytest.CaptureFixture[str]) -> None:
     """A script's loop of runs: the launcher refills its pool as each run ends, not only after 50 ms
     without a request, so every run execs in a parked zygote (a session leader: it called setsid),

@@ -53,11 +53,13 @@ def _close_inherited(keep: set[int]) -> None:
     callers' connections, its files). A restarted agent can bind again, the caller sees the agent's
     end and not ours, and nothing of the agent's is reachable from the request (`-w /proc/self/fd/N`)."""
     from cgagent import zygote
+    from cgagent.api import launcher
     from cgagent.network import libnft
     from cgagent.procs import close_all_but
 
-    # the runner's zygote and nft context (made at idle, cgagent.network.attach.warm): the launch may use them
-    close_all_but({0, 1, 2} | keep | zygote.held_fds() | libnft.held_fds())
+    # the runner's zygote and nft context (made at idle, cgagent.network.attach.warm): the launch may
+    # use them; and its socket to the launcher, where it reports its code (closed on exec)
+    close_all_but({0, 1, 2} | keep | zygote.held_fds() | libnft.held_fds() | launcher.held_fds())
 
 
 class Caller(NamedTuple):   # not a dataclass: dataclasses (inspect, ast) cost a thin client ~6 ms

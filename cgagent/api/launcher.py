@@ -12,8 +12,11 @@ On the wire, a SOCK_SEQPACKET pair (each message whole or not at all, so request
 at once): the agent sends one JSON message {"op": ..., ...} carrying, over SCM_RIGHTS, the agent's end
 of a reply pair followed by the op's own fds. The launcher forks a process for it, answers on the
 reply pair "pid N" carrying a pidfd of that process (signals go through it: no pid reuse race),
-and once the process has ended "exit CODE". The launcher ends when the agent's end closes (the agent
-stopped, or was killed): the processes it forked go on (a supervisor records its workload's end).
+and once the process has ended "exit CODE". A runner forked ahead reports its code itself once its
+work is done (its workload's end recorded, its stdio closed), so that the caller does not wait for
+the runner's own exit (tearing down its memory: 1-3 ms); it is reaped all the same. The launcher
+ends when the agent's end closes (the agent stopped, or was killed): the processes it forked go on
+(a supervisor records its workload's end).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from cgagent.errors import CgagentError
+from cgagent.faults import fault
 from cgagent.procs import close_all_but
 
 MAX_MESSAGE = 256 * 1024   # a run request is at most 64 KiB of JSON (the API's bound)
@@ -149,6 +153,13 @@ class Launcher:
 # --- the launcher process
 
 POOL_SIZE = 2      # runners forked ahead of requests
+_report_fd: int | None = None   # in a runner: its socket to the launcher, where it reports its code
+
+
+def held_fds() -> set[int]:
+    """The fds a runner's request must keep (cgagent.api.attach._close_inherited): its report socket."""
+    return set() if _report_fd is None else {_report_fd}
+
 IDLE = 0.05        # seconds without a request before the pool is refilled (not while a launch runs)
 # ... and at once when a child ends: a foreground run is over then, and the next (a script's loop of
 # runs) comes sooner than IDLE: each would find the pool empty and pay the fork and cgroup move
@@ -168,6 +179,7 @@ class _Launcher:
         self.park = park
         self.look = look
         self.children: dict[int, tuple[int, socket.socket | None]] = {}   # pidfd -> (pid, reply)
+        self.reports: dict[int, tuple[socket.socket, int]] = {}   # a runner's socket -> (it, its pidfd)
         self.pool: list[_Runner] = []
 
     def serve(self) -> None:
@@ -185,7 +197,8 @@ class _Launcher:
         ctl = self.ctl.fileno()
         parked = {r.pidfd: r for r in self.pool}
         short = len(self.pool) < POOL_SIZE
-        ready: list[int] = select.select([ctl, *self.children, *parked], [], [], IDLE if short else None)[0]
+        ready: list[int] = select.select([ctl, *self.children, *parked, *self.reports], [], [],
+                                         IDLE if short else None)[0]
         if not ready:
             self.pool.append(self.fork_runner())
             return True
@@ -199,6 +212,9 @@ class _Launcher:
             if fds:
                 self.start(msg, fds)
         ended = False
+        for fd in ready:
+            if fd in self.reports:
+                self.reported(fd)
         for pidfd in ready:
             if pidfd in self.children:
                 self.reap(pidfd)
@@ -228,20 +244,29 @@ class _Launcher:
         return _Runner(pid, os.pidfd_open(pid), ours)
 
     def runner(self, sock: socket.socket) -> int:
-        """A process forked ahead of its request: prepare, wait for the request, run it."""
+        """A process forked ahead of its request: prepare, wait for the request, run it, report."""
         from cgagent import zygote
 
+        global _report_fd
+        _report_fd = sock.fileno()
         close_all_but({0, 1, 2, sock.fileno()})   # the agent's, the launcher's, other requests'
         try:
             if self.park is not None:
                 with contextlib.suppress(Exception):   # nothing prepared: the launch does it all
                     self.park()
             msg, fds = _receive(sock)
-            sock.close()
             if not msg:
                 return 0   # the launcher is gone, or dropped us
-            return self.run(msg, fds)
+            code = self.run(msg, fds) % 256   # as os._exit(code) gives it
+            null = os.open(os.devnull, os.O_RDWR)
+            for target in (0, 1, 2):   # the caller's: a pipe's reader sees its end with the code
+                os.dup2(null, target)
+            with contextlib.suppress(OSError):
+                sock.send(f"exit {code}".encode())
+            fault("reported")
+            return code
         finally:
+            sock.close()
             zygote.discard()
 
     def run(self, msg: bytes, fds: list[int]) -> int:
@@ -262,7 +287,7 @@ class _Launcher:
                 _send(runner.sock, msg, rest)
             except OSError:
                 pass   # it died meanwhile: its pidfd says so below, the request's thread sees it end
-            runner.sock.close()
+            self.reports[runner.sock.fileno()] = (runner.sock, pidfd)
         else:
             pid = os.fork()
             if pid == 0:
@@ -281,7 +306,28 @@ class _Launcher:
             pass   # the request's thread is gone: the process runs all the same, reaped below
         self.children[pidfd] = (pid, reply)
 
+    def reported(self, fd: int) -> None:
+        """A runner's own report of its code: passed on at once; its reap then sends nothing."""
+        sock, pidfd = self.reports.pop(fd)
+        try:
+            msg = sock.recv(64)
+        except OSError:
+            msg = b""
+        sock.close()
+        pid, reply = self.children[pidfd]
+        word, _, num = msg.decode(errors="replace").partition(" ")
+        if reply is None or word != "exit" or not num.isdigit():
+            return   # it ended without a report (killed): its reap tells the code
+        with contextlib.suppress(OSError):
+            reply.send(msg)
+        reply.close()
+        self.children[pidfd] = (pid, None)
+
     def reap(self, pidfd: int) -> None:
+        for fd, (sock, its) in list(self.reports.items()):
+            if its == pidfd:   # ended without a report read: the code is the kernel's
+                del self.reports[fd]
+                sock.close()
         pid, reply = self.children.pop(pidfd)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
