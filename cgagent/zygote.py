@@ -258,7 +258,9 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]] | None:
 
     fds = array.array("i")
     try:
-        msg, anc, flags, _ = sock.recvmsg(MAX_JOB, socket.CMSG_SPACE(6 * fds.itemsize))
+        # close-on-exec as they arrive, as the direct path's are: the exec-failure pipe is kept by
+        # launch.child for its exec to close, and nothing else of ours may reach the workload
+        msg, anc, flags, _ = sock.recvmsg(MAX_JOB, socket.CMSG_SPACE(6 * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
     except OSError:
         return None
     for level, kind, data in anc:

@@ -424,6 +424,22 @@ def test_runs_back_to_back_each_start_in_a_parked_pool_cgroup(cg: Env, capfd: py
     cg.run("rm", "-f", "keep", check=True)
 
 
+def test_a_workload_started_by_a_parked_zygote_inherits_no_fd(cg: Env) -> None:
+    """The zygote receives a job's fds over SCM_RIGHTS: they arrive close-on-exec, as the direct
+    path's are, so the workload has 0-2 and nothing else. Before, the exec-failure pipe's write end
+    reached it (a pipe at fd 3 or 5), and the run's start was only seen when the workload ended."""
+    from cgagent import host as hostmod
+
+    cg.run("run", "-d", "--name", "keep", "--", "sleep", "300", check=True)   # the pool's parent exists now
+    with agent(cg):
+        if not hostmod.detect().is_v2:
+            assert poll(lambda: _pools(cg), 30), "the launcher made no pool cgroup at idle"
+        r = cg.run("run", "--rm", "--", "ls", "-l", "/proc/self/fd", check=True)
+    fds = {ln.split()[8]: ln.split()[-1] for ln in r.stdout.splitlines() if ln.startswith("l")}
+    assert sorted(fds) == ["0", "1", "2", "3"] and fds["3"].endswith("/fd"), r.stdout   # 3: ls's own listing
+    cg.run("rm", "-f", "keep", check=True)
+
+
 def test_prune_removes_the_pool_cgroups_a_crash_left_and_no_live_one(cg: Env) -> None:
     from cgagent import host as hostmod
     from cgagent.cgroups import fs
