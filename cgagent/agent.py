@@ -109,7 +109,8 @@ def run(opts: AgentOptions) -> int:
     # it loads every module a launch needs before its first fork (cgagent.api.launcher)
     pool = attach.Pool(h, store)
     pool.sweep()   # pool cgroups a killed agent left
-    forker = Launcher.fork(attach.ops(h, store), park=pool.park, look=pool.look, prepare=preload)
+    forker = Launcher.fork(attach.ops(h, store), park=pool.park, look=pool.look, prepare=preload,
+                           unpark=pool.unpark)
     try:
         exporter = Exporter(Options(host=h, state_dir=store.root, watch=opts.watch, per_cpu=opts.per_cpu,
                                     collectors=opts.collectors))

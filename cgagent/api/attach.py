@@ -54,12 +54,12 @@ def _close_inherited(keep: set[int]) -> None:
     end and not ours, and nothing of the agent's is reachable from the request (`-w /proc/self/fd/N`)."""
     from cgagent import zygote
     from cgagent.api import launcher
-    from cgagent.network import libnft
+    from cgagent.network import libnft, slot
     from cgagent.procs import close_all_but
 
-    # the runner's zygote and nft context (made at idle, cgagent.network.attach.warm): the launch may
-    # use them; and its socket to the launcher, where it reports its code (closed on exec)
-    close_all_but({0, 1, 2} | keep | zygote.held_fds() | libnft.held_fds() | launcher.held_fds())
+    # the runner's zygote, nft context and connection made ahead (at idle, cgagent.network.workload.warm):
+    # the launch may use them; and its socket to the launcher, where it reports its code (closed on exec)
+    close_all_but({0, 1, 2} | keep | zygote.held_fds() | libnft.held_fds() | slot.held_fds() | launcher.held_fds())
 
 
 class Caller(NamedTuple):   # not a dataclass: dataclasses (inspect, ast) cost a thin client ~6 ms
@@ -167,7 +167,7 @@ class Pool:
 
     def park(self) -> None:
         """In a runner the launcher forked ahead of its request: its zygote, then (so that the zygote
-        holds none of its sockets) a bridged launch's first-use costs, paid now (reads only)."""
+        holds none of its sockets) a bridged launch's first-use costs and its connection, made now."""
         from cgagent.network import workload as network
 
         try:
@@ -175,6 +175,12 @@ class Pool:
         finally:
             with contextlib.suppress(Exception):
                 network.warm()
+
+    def unpark(self) -> None:
+        """In a runner whose request is done (its code reported), or that ends unused."""
+        from cgagent.network import workload as network
+
+        network.unpark()
 
     def _park_zygote(self) -> None:
         from cgagent import zygote

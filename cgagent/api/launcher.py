@@ -93,11 +93,13 @@ class Launcher:
 
     @classmethod
     def fork(cls, ops: dict[str, Op], park: Callable[[], None] | None = None,
-             look: Callable[[], None] | None = None, prepare: Callable[[], None] | None = None) -> Launcher:
+             look: Callable[[], None] | None = None, prepare: Callable[[], None] | None = None,
+             unpark: Callable[[], None] | None = None) -> Launcher:
         """Fork the launcher. Only while this process has one thread: the point of it. `park` runs
         in each runner forked ahead of a request (at idle): what it prepares (cgagent.zygote) the
-        request may use; `look` runs in the launcher before each such fork (what it learns, the
-        runner inherits); `prepare` runs once in the launcher, first (what a launch imports: loaded
+        request may use, and `unpark` removes what the request did not (once it reported its code);
+        `look` runs in the launcher before each such fork (what it learns, the runner inherits);
+        `prepare` runs once in the launcher, first (what a launch imports: loaded
         there, not in the agent, whose memory it would only grow)."""
         if len(os.listdir("/proc/self/task")) != 1:
             raise RuntimeError("the launcher must be forked before the agent starts any thread")
@@ -111,7 +113,7 @@ class Launcher:
                 ours.close()
                 if prepare is not None:
                     prepare()
-                _Launcher(theirs, ops, park, look).serve()
+                _Launcher(theirs, ops, park, look, unpark).serve()
             except BaseException:
                 import traceback
 
@@ -173,11 +175,12 @@ class _Runner(NamedTuple):
 
 class _Launcher:
     def __init__(self, ctl: socket.socket, ops: dict[str, Op], park: Callable[[], None] | None,
-                 look: Callable[[], None] | None) -> None:
+                 look: Callable[[], None] | None, unpark: Callable[[], None] | None = None) -> None:
         self.ctl = ctl
         self.ops = ops
         self.park = park
         self.look = look
+        self.unpark = unpark
         self.children: dict[int, tuple[int, socket.socket | None]] = {}   # pidfd -> (pid, reply)
         self.reports: dict[int, tuple[socket.socket, int]] = {}   # a runner's socket -> (it, its pidfd)
         self.pool: list[_Runner] = []
@@ -214,7 +217,7 @@ class _Launcher:
         ended = False
         for fd in ready:
             if fd in self.reports:
-                self.reported(fd)
+                ended = self.reported(fd) or ended   # its work is done: the next runner may be forked
         for pidfd in ready:
             if pidfd in self.children:
                 self.reap(pidfd)
@@ -268,6 +271,9 @@ class _Launcher:
         finally:
             sock.close()
             zygote.discard()
+            if self.unpark is not None:
+                with contextlib.suppress(Exception):
+                    self.unpark()
 
     def run(self, msg: bytes, fds: list[int]) -> int:
         try:
@@ -306,8 +312,9 @@ class _Launcher:
             pass   # the request's thread is gone: the process runs all the same, reaped below
         self.children[pidfd] = (pid, reply)
 
-    def reported(self, fd: int) -> None:
-        """A runner's own report of its code: passed on at once; its reap then sends nothing."""
+    def reported(self, fd: int) -> bool:
+        """A runner's own report of its code: passed on at once; its reap then sends nothing.
+        -> whether it was one."""
         sock, pidfd = self.reports.pop(fd)
         try:
             msg = sock.recv(64)
@@ -317,11 +324,12 @@ class _Launcher:
         pid, reply = self.children[pidfd]
         word, _, num = msg.decode(errors="replace").partition(" ")
         if reply is None or word != "exit" or not num.isdigit():
-            return   # it ended without a report (killed): its reap tells the code
+            return False   # it ended without a report (killed): its reap tells the code
         with contextlib.suppress(OSError):
             reply.send(msg)
         reply.close()
         self.children[pidfd] = (pid, None)
+        return True
 
     def reap(self, pidfd: int) -> None:
         for fd, (sock, its) in list(self.reports.items()):

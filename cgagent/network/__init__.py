@@ -30,6 +30,15 @@ def net_dir(root: str | None = None) -> str:
     return os.path.join(state_root(root), "networks")
 
 
+# owner of a connection made ahead by a parked runner (cgagent.network.slot): no workload name starts
+# with a dot (cgagent.state.validate_name), and no user sees one (hosts files, `network ls`)
+POOL_OWNER = ".pool-"
+
+
+def is_pool(owner: str) -> bool:
+    return owner.startswith(POOL_OWNER)
+
+
 def etc_dir(owner: str, root: str | None = None) -> str:
     """Where the workload's hosts and resolv.conf live (the isolation layer bind-mounts them)."""
     return os.path.join(net_dir(root), "etc", owner)

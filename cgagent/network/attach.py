@@ -7,6 +7,7 @@ and names everything connect makes, so disconnect and prune can always finish th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -26,6 +27,7 @@ from cgagent.network import (
     etc_dir,
     fault,
     files,
+    is_pool,
     net_dir,
     netns,
     nft,
@@ -188,8 +190,14 @@ def alive(att: Attachment) -> bool:
 
 def connect(owner: str, network: str, ns_path: str, pid: int | None = None, ports: list[str] | None = None,
             hostname: str | None = None, root: str | None = None, ip: str | None = None,
-            dns: list[str] | None = None, extra_hosts: list[str] | None = None) -> Attachment:
-    validate_name(owner)
+            dns: list[str] | None = None, extra_hosts: list[str] | None = None, pool: bool = False) -> Attachment:
+    """Connect the namespace `ns_path` to `network` for `owner`. With `pid`, that process joins it (or
+    is in it): its liveness is the connection's. `pool`: a connection made ahead by this process,
+    which holds the namespace (cgagent.network.slot), under a POOL_OWNER name; no files of its own."""
+    if pool:
+        assert is_pool(owner) and pid is None
+    else:
+        validate_name(owner)
     static = static_ip(ip)
     wanted = parse_ports(list(ports or []))
     with config.lock(root):
@@ -215,9 +223,10 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
         addr = ipam.reserve(static, owner, net.name) if static else ipam.allocate(owner, net.name)
         # with `pid`, the namespace is that process's once it has joined it (a forked workload that
         # waits for "go" joins the one `ns_path` names only then): the links are made through ns_path
-        att = Attachment(owner=owner, network=net.name, driver=net.driver, pid=pid,
+        holder = os.getpid() if pool else pid
+        att = Attachment(owner=owner, network=net.name, driver=net.driver, pid=holder,
                          netns=f"/proc/{pid}/ns/net" if pid else ns_path,
-                         pid_start=procs.start_time(pid) if pid else None, address=str(addr),
+                         pid_start=procs.start_time(holder) if holder else None, address=str(addr),
                          prefixlen=ipaddress.IPv4Network(net.pool).prefixlen, gateway=net.gateway,
                          ports=[list(p) for p in wanted], hostname=hostname, created=time.time(),
                          dns=list(dns or []), extra_hosts=list(extra_hosts or []))
@@ -241,8 +250,9 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
             fault("proxy")
             if att.proxy_pid or net.driver == "macvlan":   # else nothing changed since the first save
                 _save(att, root)   # the proxy's pid; macvlan: its MAC, how teardown finds the link inside
-            _write_files(att, root)
-            _refresh_hosts(net.name, root)
+            if not pool:
+                _write_files(att, root)
+                _refresh_hosts(net.name, root)
             fault("files")
         except BaseException:
             if go_fd is not None:
@@ -252,6 +262,37 @@ def connect(owner: str, network: str, ns_path: str, pid: int | None = None, port
         if go_fd is not None:
             proxy.go(go_fd)
     return att
+
+
+def adopt(pool_owner: str, owner: str, pid: int, hostname: str | None = None, root: str | None = None,
+          dns: list[str] | None = None, extra_hosts: list[str] | None = None) -> Attachment:
+    """`owner`'s workload (process `pid`, which joins the namespace) takes over the connection made
+    ahead under `pool_owner` (cgagent.network.slot): its record, its address, its files; the links
+    and the port's guard stay as they are. Raises, changing nothing, when that connection is gone."""
+    validate_name(owner)
+    with config.lock(root):
+        if load(owner, root) is not None:
+            raise CgagentError(f"{owner!r} is already connected", f"`cgagent network disconnect {owner}` first")
+        att = load(pool_owner, root)
+        if att is None or not att.address:
+            raise CgagentError("the network connection made ahead for this run is gone (the network was "
+                               "removed meanwhile)", "run the workload again")
+        net = config.load(att.network, root)
+        mine = dataclasses.replace(att, owner=owner, pid=pid, pid_start=procs.start_time(pid),
+                                   netns=f"/proc/{pid}/ns/net", hostname=hostname, dns=list(dns or []),
+                                   extra_hosts=list(extra_hosts or []))
+        _save(mine, root)   # first: a crash from here leaves two records of one port, both of the dead
+        try:
+            ipam_for(net, root).reown(att.address, pool_owner, owner)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(_adir(root), f"{owner}.json"))
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_adir(root), f"{pool_owner}.json"))
+        _write_files(mine, root)
+        _refresh_hosts(net.name, root)
+    return mine
 
 
 def warm(root: str | None = None) -> None:
@@ -403,7 +444,7 @@ def _names(a: Attachment) -> list[str]:
 
 def _refresh_hosts(network: str, root: str | None) -> None:
     """Every workload on `network` gets a hosts file naming all of them."""
-    members = [a for a in all_attachments(root) if a.network == network and a.address]
+    members = [a for a in all_attachments(root) if a.network == network and a.address and not is_pool(a.owner)]
     for a in members:
         others = [(str(b.address), _names(b)) for b in members if b.owner != a.owner]
         files.write_in_place(os.path.join(etc_dir(a.owner, root), "hosts"),
@@ -553,10 +594,14 @@ def _devices_remove(net: Network, root: str | None) -> None:
 def remove_network(name: str, root: str | None = None) -> None:
     with config.lock(root):
         net = config.load(name, root)
-        users = [a.owner for a in all_attachments(root) if a.network == name]
+        atts = [a for a in all_attachments(root) if a.network == name]
+        users = [a.owner for a in atts if not is_pool(a.owner)]
         if users:
             raise CgagentError(f"network {name!r} has workloads connected: {', '.join(users)}",
                                "stop them first (or `cgagent network prune` if they are gone)")
+        for a in atts:   # connections parked runners made ahead: they see theirs gone and make none
+            if is_pool(a.owner):
+                _teardown(a, net, root)
         _forget_stale(root)
         if net.underlay:
             from cgagent.network import underlay
@@ -619,5 +664,6 @@ def prune(root: str | None = None) -> list[str]:
 def usage(root: str | None = None) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for a in all_attachments(root):
-        out.setdefault(a.network, []).append(a.owner)
+        if not is_pool(a.owner):
+            out.setdefault(a.network, []).append(a.owner)
     return out

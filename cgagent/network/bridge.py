@@ -67,12 +67,8 @@ def ensure(net: Network, root: str | None = None, port: nft.Port | None = None,
     anti-spoofing elements of `port` (host end, MAC, address) in the same nft run, where those of
     `stale` ports (gone) are forgotten. -> index."""
     assert net.bridge and net.gateway
-    with rtnl.Rtnl() as rt:   # the usual case, a whole bridge: two requests (pyroute2 costs ~10 ms here)
-        found = rt.link(net.bridge)
-        whole = found is not None and found[1] & rtnl.IFF_UP and net.gateway in rt.ipv4_addresses(found[0])
-    if found is not None and whole:
-        idx = found[0]
-    else:
+    idx = _whole(net)   # the usual case: two requests (pyroute2 costs ~10 ms here)
+    if idx is None:
         ipr = netns.iproute()
         try:
             idx = _make(ipr, net)
@@ -82,6 +78,22 @@ def ensure(net: Network, root: str | None = None, port: nft.Port | None = None,
     nft.add_network(net.bridge, net.pool, net.subnet, net.vxlan_dev if net.driver == "vxlan" else None, port,
                     stale)
     return idx
+
+
+def _whole(net: Network) -> int | None:
+    """The bridge's index when it exists, is up and has the gateway address."""
+    if not net.bridge or not net.gateway:
+        return None
+    with rtnl.Rtnl() as rt:
+        found = rt.link(net.bridge)
+        if found is not None and found[1] & rtnl.IFF_UP and net.gateway in rt.ipv4_addresses(found[0]):
+            return int(found[0])
+    return None
+
+
+def whole(net: Network) -> bool:
+    """The network's bridge is there as a connect leaves it (a connection made ahead never makes it)."""
+    return _whole(net) is not None
 
 
 def _make(ipr: Any, net: Network) -> int:

@@ -115,6 +115,26 @@ class Ipam:
                     freed.append(ip)
         return freed
 
+    def reown(self, ip: str, old: str, new: str) -> None:
+        """The address `old` holds passes to `new` (a connection made ahead, taken over). Raises when
+        `old` does not hold it (any more)."""
+        path = os.path.join(self.dir, ip)
+        with self._locked():
+            try:
+                with open(path) as f:
+                    held = f.read().strip() == old
+            except FileNotFoundError:
+                held = False
+            if not held:
+                raise CgagentError(f"address {ip} is no longer held by {old}", "run the workload again")
+            tmp = f"{path}.tmp.{os.getpid()}"   # not an address: entries() skips it
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, new.encode())
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+
     def entries(self) -> dict[str, str]:
         """address -> owner for every allocated address."""
         out: dict[str, str] = {}

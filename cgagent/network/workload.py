@@ -103,13 +103,14 @@ def prepare(spec: IsolationSpec, owner: str, state_dir: str | None = None) -> tu
 
         # --dns/--add-host without a connection: files of its own, in its container dir
         return None, files.for_workload(os.path.join(spec.container_dir, "etc"), net, spec.dns, spec.extra_hosts)
-    from cgagent.network import etc_dir, netns
+    from cgagent.network import etc_dir, netns, slot
 
     if net.startswith("container:"):
         return netns.open_ns(netns_of(net.partition(":")[2], state_dir)), {}
     etc = etc_dir(owner, spec.store or None)
-    return netns.new_netns(), {"/etc/hosts": os.path.join(etc, "hosts"),
-                               "/etc/resolv.conf": os.path.join(etc, "resolv.conf")}
+    fd = slot.take(spec)   # a runner's connection made ahead, when this run wants nothing else
+    return fd if fd is not None else netns.new_netns(), {"/etc/hosts": os.path.join(etc, "hosts"),
+                                                           "/etc/resolv.conf": os.path.join(etc, "resolv.conf")}
 
 
 def connect(spec: IsolationSpec, owner: str, pid: int, fd: int | None) -> None:
@@ -119,8 +120,11 @@ def connect(spec: IsolationSpec, owner: str, pid: int, fd: int | None) -> None:
     cgagent.runtime.lifecycle.start). Raises with nothing of the connection left."""
     if fd is None or not _connected(spec):
         return
-    from cgagent.network import attach, netns
+    from cgagent.network import attach, netns, slot
 
+    if slot.taken(fd):
+        slot.claim(spec, owner, pid)
+        return
     attach.connect(owner, spec.net, netns.fd_path(fd), pid=pid, ports=list(spec.publish or []),
                    hostname=spec.hostname or None, root=spec.store or None, ip=spec.ip or None,
                    dns=list(spec.dns), extra_hosts=list(spec.extra_hosts))
@@ -151,10 +155,19 @@ def release(spec: IsolationSpec, owner: str) -> None:
 
 
 def warm(root: str | None = None) -> None:
-    """At idle, in a runner the agent's launcher forked ahead of its request: see attach.warm."""
-    from cgagent.network import attach
+    """At idle, in a runner the agent's launcher forked ahead of its request: see attach.warm; and a
+    connection made ahead (cgagent.network.slot)."""
+    from cgagent.network import attach, slot
 
     attach.warm(root)
+    slot.park(root)
+
+
+def unpark() -> None:
+    """The runner is done: what warm() made and no run took goes."""
+    from cgagent.network import slot
+
+    slot.discard()
 
 
 def startup_prune(root: str | None = None) -> None:
