@@ -34,11 +34,19 @@ def time_cmd(argv: list[str], env: dict[str, str] | None = None, cwd: str | None
     return time.perf_counter() - t0
 
 
+SETTLE = float(os.environ.get("BENCH_SETTLE", "0.1"))
+
+
 def interleaved(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Run each case once per round, in turn, so machine noise hits all of them alike."""
+    """Run each case once per round, in turn, so machine noise hits all of them alike; SETTLE
+    seconds (BENCH_SETTLE) before each, so that what a case leaves running (an agent's runner
+    removing what its run did not use, forking the next) ends before the next case is timed
+    instead of being charged to it (0: back to back, as a script's loop runs them)."""
     out: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):
         for k, f in cases.items():
+            if SETTLE:
+                time.sleep(SETTLE)
             out[k].append(f())
     return out
 

@@ -35,6 +35,7 @@ from bench.common import (
     PYTHON,
     RUNC,
     RUNC_SYSTEMD,
+    SETTLE,
     busybox_rootfs,
     measure,
     parent_env,
@@ -165,7 +166,8 @@ def _cases(tmp: str, sub: str, env: dict[str, str]) -> dict[str, Callable[[], fl
 
 def _report(res: dict[str, list[float]]) -> None:
     cg = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "v1"
-    print(f"{ROUNDS} rounds, interleaved; kernel {os.uname().release}; cgroup {cg}, "
+    print(f"{ROUNDS} rounds, interleaved, {SETTLE:g} s idle before each case (BENCH_SETTLE); "
+          f"kernel {os.uname().release}; cgroup {cg}, "
           f"{'systemd' if DRIVER_SYSTEMD else 'cgroupfs'} driver; load {os.getloadavg()[0]:.1f}")
     for k, v in res.items():
         print(f"  {k:36} {summary(v)}")
