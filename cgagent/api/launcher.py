@@ -155,16 +155,17 @@ class Launcher:
 # --- the launcher process
 
 POOL_SIZE = 2      # runners forked ahead of requests
+IDLE = 0.05        # seconds without a request before the pool is refilled (not while a launch runs)
+# ... and at once when a runner reports (or a child ends): a foreground run is over then, and the next
+# (a script's loop of runs) comes sooner than IDLE: each would find the pool empty and pay the fork
+# and cgroup move
+
 _report_fd: int | None = None   # in a runner: its socket to the launcher, where it reports its code
 
 
 def held_fds() -> set[int]:
     """The fds a runner's request must keep (cgagent.api.attach._close_inherited): its report socket."""
     return set() if _report_fd is None else {_report_fd}
-
-IDLE = 0.05        # seconds without a request before the pool is refilled (not while a launch runs)
-# ... and at once when a child ends: a foreground run is over then, and the next (a script's loop of
-# runs) comes sooner than IDLE: each would find the pool empty and pay the fork and cgroup move
 
 
 class _Runner(NamedTuple):
@@ -264,6 +265,7 @@ class _Launcher:
             null = os.open(os.devnull, os.O_RDWR)
             for target in (0, 1, 2):   # the caller's: a pipe's reader sees its end with the code
                 os.dup2(null, target)
+            os.close(null)
             with contextlib.suppress(OSError):
                 sock.send(f"exit {code}".encode())
             fault("reported")
