@@ -33,7 +33,8 @@ def alive(pid: int | None, start: int | None) -> bool:
     st = start_time(pid)
     if st is None or (start is not None and st != start):
         return False
-    return state(pid) not in (None, "Z")
+    # Z: exited, not reaped; X: being reaped (its /proc entry lasts until then): neither runs any more
+    return state(pid) not in (None, "Z", "X")
 
 
 def state(pid: int) -> str | None:
