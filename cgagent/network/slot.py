@@ -103,12 +103,10 @@ def discard() -> None:
         fd, owner, root = held
         if int(owner[len(POOL_OWNER):]) != os.getpid():
             continue   # a process forked from the runner (a detached run's supervisor): not its to remove
-        from cgagent.network import attach, veth
+        from cgagent.network import attach
 
         with contextlib.suppress(Exception):
-            att = attach.load(owner, root)
-            if att is not None and att.host_if:
-                veth.watch(att.host_if)
+            attach.expect_disconnect(owner, root)
         if fd_ours:
             os.close(fd)
         with contextlib.suppress(Exception):
