@@ -6,6 +6,8 @@ is taken by another thread: the main thread's select is then not interrupted at 
 below blocks SIGINT in its main thread, a second thread (SIGINT unblocked) sends it once the main
 thread sleeps in select, and the main thread must come out with KeyboardInterrupt. until_set (the
 agent's and the policy controller's wait for SIGTERM) is held to the same: its handler only sets a flag.
+The child installs the handler it needs: a suite started in the background by a shell without job
+control (`make test &` in a script) inherits SIGINT ignored, and Python then leaves it ignored.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ CHILD = textwrap.dedent("""
     stopping = threading.Event()
     if sys.argv[1] == "until_set":   # a daemon's wait: the handler sets a flag and returns
         signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    else:   # Ctrl-C's KeyboardInterrupt, which Python does not install when SIGINT came in ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupter, daemon=True).start()
     if sys.argv[1] == "until_set":
         armed.set()
