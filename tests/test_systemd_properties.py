@@ -88,12 +88,10 @@ def test_unset_fields_send_nothing() -> None:
 
 
 def test_scope_properties_delegate_and_no_default_dependencies() -> None:
-    p = {k: v for k, v in properties.scope("d", "cgagent.slice", 42, "v2")}
+    p = {k: v for k, v in properties.scope("d", "cgagent.slice", 42)}
     assert p["PIDs"] == ("au", [42]) and p["Slice"] == ("s", "cgagent.slice")
     assert p["Delegate"] == ("b", True) and p["DefaultDependencies"] == ("b", False)
-    assert p["CollectMode"] == ("s", "inactive-or-failed")   # v2: no failed scope left loaded, name free
-    # v1 ends a scope with StopUnit + ResetFailedUnit, and a systemd < 236 refuses CollectMode
-    assert "CollectMode" not in dict(properties.scope("d", "cgagent.slice", 42, "v1"))
+    assert p["CollectMode"] == ("s", "inactive-or-failed")   # no failed scope left loaded, name free
     assert all(p[k] == ("b", True) for k in ("CPUAccounting", "MemoryAccounting", "TasksAccounting"))
 
 
@@ -101,7 +99,7 @@ def test_start_transient_unit_message_serialises() -> None:
     # every property's D-Bus type must match its value, or jeepney (and systemd) refuse it
     r = Resources(cpu_shares=512, cpu_quota=50_000, cpu_period=100_000, memory=100 * M, memory_swap=200 * M,
                   pids_limit=10, cpuset_cpus="0", cpuset_mems="0")
-    props = properties.scope("x", "cgagent.slice", 1, "v2") + properties.limits(r, "v2")
+    props = properties.scope("x", "cgagent.slice", 1) + properties.limits(r, "v2")
     body: tuple[object, ...] = ("cgagent-x.scope", "fail", props, [])
     assert new_method_call(MANAGER, "StartTransientUnit", "ssa(sv)a(sa(sv))", body).serialise(serial=1)
     v1 = Resources(cpu_shares=512, cpu_quota=50_000, memory=100 * M, pids_limit=10)

@@ -210,9 +210,8 @@ class SystemdManager(CgroupManager):
         from cgagent.cgroups.systemd.dbus import SystemdError
 
         pid = pid or os.getpid()
-        name = self.unit[len(UNIT_PREFIX):-len(".scope")]
-        props = (properties.scope(f"cgagent workload {name}", self.slice, pid, self.mode)
-                 + properties.limits(self.effective(self._pending), self.mode))
+        props = properties.scope(f"cgagent workload {self.unit[len(UNIT_PREFIX):-len('.scope')]}",
+                                 self.slice, pid) + properties.limits(self.effective(self._pending), self.mode)
         pids = [pid, *self.also, *([self.keeper] if self.keeper is not None else [])]
         if len(pids) > 1:
             props = [("PIDs", ("au", pids)) if k == "PIDs" else (k, v) for k, v in props]
@@ -369,8 +368,8 @@ class SystemdManager(CgroupManager):
         systemd has seen the scope empty and removed its cgroup, which it does on its own: the scope
         ends and, with CollectMode=inactive-or-failed, is unloaded. The scope's end costs no D-Bus
         call, and nothing waits for systemd's work after the removal (its signals, its journal), where
-        KillUnit, GetUnit, StopUnit and ResetFailedUnit waited for all of it (a short run's end in the
-        v2 VM under emulation: ~200 ms -> ~20 ms). False where this does not apply (v1, a kernel before 5.14, no cgroup
+        KillUnit, StopUnit and ResetFailedUnit waited for all of it (~70% of a short run's scope time,
+        measured in the VM). False where this does not apply (v1, a kernel before 5.14, no cgroup
         left) or systemd did not remove the cgroup in time: remove() then asks it, as before."""
         from cgagent.cgroups import fs
         from cgagent.cgroups.wait import wait_removed

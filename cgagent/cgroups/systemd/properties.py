@@ -166,13 +166,8 @@ def limits(r: Resources, mode: str) -> list[Property]:
     return out + devices.properties(r)
 
 
-def scope(description: str, slice_: str, pid: int, mode: str) -> list[Property]:
+def scope(description: str, slice_: str, pid: int) -> list[Property]:
     """The properties every cgagent scope is created with, before its limits."""
-    # v2: unloaded once it ends, failed or not (an OOM kill fails it), so its name is free again
-    # without a ResetFailedUnit, also when it ended on its own (SystemdManager._kill_whole). v1 ends
-    # a scope with StopUnit and ResetFailedUnit, and keeps working with a systemd older than 236,
-    # which has no CollectMode.
-    collect: list[Property] = [("CollectMode", ("s", "inactive-or-failed"))] if mode == "v2" else []
     return [
         ("Description", ("s", description)),
         ("Slice", ("s", slice_)),
@@ -181,7 +176,9 @@ def scope(description: str, slice_: str, pid: int, mode: str) -> list[Property]:
         ("Delegate", ("b", True)),
         # no implicit ordering against shutdown.target etc.: the scope is ours to start and stop
         ("DefaultDependencies", ("b", False)),
-        *collect,
+        # unloaded once it ends, failed or not (an OOM kill fails it): its name is free again without
+        # a ResetFailedUnit, also when it ended on its own (see SystemdManager._kill_whole)
+        ("CollectMode", ("s", "inactive-or-failed")),
         ("CPUAccounting", ("b", True)),
         ("MemoryAccounting", ("b", True)),
         ("TasksAccounting", ("b", True)),
