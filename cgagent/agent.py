@@ -92,7 +92,6 @@ def run(opts: AgentOptions) -> int:
     from cgagent.api.launcher import Launcher
     from cgagent.api.server import Api, ApiServer, socket_path
     from cgagent.api.stderr import install_stderr_capture
-    from cgagent.cgroups.parents import keep_slices
     from cgagent.oomwatch import OomWatcher
     from cgagent.state import Store
     from exporters import web, webconfig
@@ -108,7 +107,6 @@ def run(opts: AgentOptions) -> int:
     web.setup_logging(opts.log_level)
     # the launcher forks the launches' processes: forked first, while this process has one thread;
     # it loads every module a launch needs before its first fork (cgagent.api.launcher)
-    keep_slices(True)   # until this agent stops: see cgagent.cgroups.parents
     pool = attach.Pool(h, store)
     pool.sweep()   # pool cgroups a killed agent left
     forker = Launcher.fork(attach.ops(h, store), park=pool.park, look=pool.look, prepare=preload,
@@ -158,7 +156,6 @@ def run(opts: AgentOptions) -> int:
         forker.stop()   # its pool cgroups are gone when it has ended: the parents they kept may go now
         from cgagent.runtime import prune_parents
 
-        keep_slices(False)
         with contextlib.suppress(Exception), store.lock():
             prune_parents(store)
     print("cgagent serve: stopped", file=sys.stderr, flush=True)

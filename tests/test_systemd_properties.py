@@ -91,7 +91,6 @@ def test_scope_properties_delegate_and_no_default_dependencies() -> None:
     p = {k: v for k, v in properties.scope("d", "cgagent.slice", 42)}
     assert p["PIDs"] == ("au", [42]) and p["Slice"] == ("s", "cgagent.slice")
     assert p["Delegate"] == ("b", True) and p["DefaultDependencies"] == ("b", False)
-    assert p["CollectMode"] == ("s", "inactive-or-failed")   # no failed scope left loaded, name free
     assert all(p[k] == ("b", True) for k in ("CPUAccounting", "MemoryAccounting", "TasksAccounting"))
 
 

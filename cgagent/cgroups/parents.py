@@ -141,17 +141,6 @@ def remember(store: Store, new: Made) -> None:
     atomic_write(_file(store), merged.to_json())
 
 
-# The agent keeps the slices its workloads' scopes started until it stops (its last prune): stopping
-# the slice after each run made that stop, behind systemd's work for the scope, part of every run, and
-# the next run started it again. The agent sets this before it forks its launcher.
-_keep_slices = False
-
-
-def keep_slices(keep: bool) -> None:
-    global _keep_slices
-    _keep_slices = keep
-
-
 def prune(store: Store) -> None:
     """Undo what nobody uses any more, deepest first. Caller holds the store lock."""
     known = load(store)
@@ -172,7 +161,7 @@ def prune(store: Store) -> None:
         kept = [c for c in ctrls if not _disable(level, c)]
         if kept:
             left.subtree.append((level, child, kept))
-    left.slices = known.slices if _keep_slices else _stop_slices(store, known.slices) if known.slices else []
+    left.slices = _stop_slices(store, known.slices) if known.slices else []
     if left.to_json() != known.to_json():   # each rewrite is an fsync: only when something changed
         from cgagent.state import atomic_write
 

@@ -354,30 +354,9 @@ class SystemdManager(CgroupManager):
         if not self.owned:
             return
         try:
-            if self._kill_whole(timeout):
-                return
             if self.exists() and self._fs().procs():
                 self.keeper = None   # all of them now, the keeper too
                 self.kill()   # StopUnit alone would SIGTERM and wait TimeoutStopSec (90 s)
             self.remove()
         finally:
             self.close()
-
-    def _kill_whole(self, timeout: float) -> bool:
-        """v2: kill every process of the scope at once, the keeper too (cgroup.kill), and return once
-        systemd has seen the scope empty and removed its cgroup, which it does on its own: the scope
-        ends and, with CollectMode=inactive-or-failed, is unloaded. The scope's end costs no D-Bus
-        call, and nothing waits for systemd's work after the removal (its signals, its journal), where
-        KillUnit, StopUnit and ResetFailedUnit waited for all of it (~70% of a short run's scope time,
-        measured in the VM). False where this does not apply (v1, a kernel before 5.14, no cgroup
-        left) or systemd did not remove the cgroup in time: remove() then asks it, as before."""
-        from cgagent.cgroups import fs
-        from cgagent.cgroups.wait import wait_removed
-
-        d = self.dirs.get("") if self.mode == "v2" else None
-        if d is None or not os.path.exists(f"{d}/cgroup.kill"):
-            return False
-        try:
-            return wait_removed(d, lambda: fs.write(f"{d}/cgroup.kill", 1), timeout)
-        except CgagentError:
-            return not os.path.isdir(d)   # removed while we wrote: gone all the same

@@ -176,9 +176,6 @@ def scope(description: str, slice_: str, pid: int) -> list[Property]:
         ("Delegate", ("b", True)),
         # no implicit ordering against shutdown.target etc.: the scope is ours to start and stop
         ("DefaultDependencies", ("b", False)),
-        # unloaded once it ends, failed or not (an OOM kill fails it): its name is free again without
-        # a ResetFailedUnit, also when it ended on its own (see SystemdManager._kill_whole)
-        ("CollectMode", ("s", "inactive-or-failed")),
         ("CPUAccounting", ("b", True)),
         ("MemoryAccounting", ("b", True)),
         ("TasksAccounting", ("b", True)),
