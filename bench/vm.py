@@ -14,6 +14,8 @@ import re
 import subprocess
 import tempfile
 
+from bench.common import SETTLE  # a float already: it lands in a shell line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VM = os.path.join(ROOT, "tests", "vm", "cgagent-vm.sh")
 RUN_SH = """set -u
@@ -28,13 +30,12 @@ def main() -> None:
         print("vm bench skipped: no cgroup v2 VM image (or no qemu): run `make test-vm-image`")
         return
     rounds = int(os.environ.get("BENCH_ROUNDS", "10"))
-    settle = float(os.environ.get("BENCH_SETTLE", "0.1"))   # passed on as a number: it lands in a shell line
     names = os.environ.get("BENCH_VM", "launches").split()
     if not names or not all(re.fullmatch(r"[a-z_]+", n) for n in names):
         raise ValueError("BENCH_VM names bench modules to run in the VM, e.g. BENCH_VM='launches launchcpu'")
     with tempfile.TemporaryDirectory(prefix="cgagent-bench-vm-") as job:
         with open(os.path.join(job, "run.sh"), "w") as f:
-            f.write(RUN_SH.format(rounds=rounds, settle=settle, names=" ".join(names)))
+            f.write(RUN_SH.format(rounds=rounds, settle=SETTLE, names=" ".join(names)))
         env = dict(os.environ, CGAGENT_VM_TIMEOUT=str(600 + 60 * rounds))
         rc = subprocess.run([VM, "run", ROOT, job], env=env, capture_output=True, text=True).returncode
         with open(os.path.join(job, "out", "console.log"), errors="replace") as f:
