@@ -8,6 +8,7 @@ bridge, veth, vxlan device, route, sysctl and nft table made in it along.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,6 +120,16 @@ class Host:
 
     def nft(self) -> str:
         return self.sh("nft", "list", "ruleset").stdout
+
+    def published(self) -> set[int]:
+        """The host ports cgagent's DNAT maps hold, read as elements: a substring test on the ruleset would
+        also match a veth's random name (`cgv7f580800` holds "8080")."""
+        ports = set()
+        for obj in json.loads(self.sh("nft", "-j", "list", "ruleset").stdout or "{}").get("nftables", []):
+            m = obj.get("map", {})
+            if m.get("table") == "cgagent" and m.get("name") in ("ports", "ports_at"):
+                ports |= {int(key["concat"][-1]) for key, _ in m.get("elem", [])}
+        return ports
 
     def close(self) -> None:
         for p in self.procs:

@@ -88,9 +88,10 @@ def test_run_bridge_workloads_reach_each_other_by_name_and_published_port(node: 
     assert res.returncode != 0 and res.stderr.startswith("cgagent: error: port 8080/tcp is already published")
     assert res.stderr.count("\n") == 1
     assert (node.host.links(), sorted(os.listdir(node.cg.state_dir + "/workloads"))) == before
+    assert node.host.published() == {8080}
     node.ok("rm", "-f", "alpha")
     assert not [ln for ln in node.host.links() if ln.startswith("cgv")]
-    assert "8080" not in node.host.nft()
+    assert 8080 not in node.host.published()
     ipam = os.path.join(node.host.root, "networks", "ipam", "bridge")
     assert sorted(os.listdir(ipam)) == ["last_reserved_ip.0", "lock"]
 
