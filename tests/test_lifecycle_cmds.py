@@ -192,6 +192,37 @@ def test_restart_waits_for_a_supervisor_slower_to_finish_than_stop(cg: Env) -> N
     ok(cg, "rm", "-f", "slow")
 
 
+def test_a_supervisor_finishing_after_rm_f_leaves_the_next_workload_of_that_name_alone(cg: Env) -> None:
+    """`rm -f` waits 10 s for the supervisor to record the end, then records it itself and removes the
+    record, and a new run may take the name at once. The old supervisor, slower still (a busy
+    systemd's jobs; stopped here just before it records the end), then found the new workload's
+    record by name: it recorded it exited and removed its cgroup, killing it."""
+    run = subprocess.run(cg.cmd("run", "-d", "--name", "twice", "--", "sleep", "1000"), capture_output=True,
+                         text=True, timeout=60, env=cg.env(CGAGENT_FAULT="stop:finishing", CGAGENT_DIRECT="1"))
+    assert run.returncode == 0, run.stderr
+    path = os.path.join(cg.state_dir, "workloads", "twice.json")
+
+    def record() -> dict[str, object]:
+        with open(path) as f:
+            return dict(json.load(f))
+
+    old = record()
+    sup = old["supervisor_pid"]
+    assert isinstance(sup, int)
+    try:
+        ok(cg, "rm", "-f", "twice")
+        wait_for(lambda: procs.state(sup) == "T", timeout=60)   # the old supervisor, before its finish()
+        ok(cg, "run", "-d", "--name", "twice", "--", "sleep", "1000")
+        new = record()
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    assert procs.wait_exit(sup, 60)
+    assert record() == new and new["status"] == "running"
+    assert isinstance(new["pid"], int) and procs.alive(new["pid"], new["pid_start"])   # type: ignore[arg-type]
+    assert os.path.isdir(next(iter(new["dirs"].values())))   # type: ignore[attr-defined]
+    ok(cg, "rm", "-f", "twice")
+
+
 def test_a_process_being_reaped_is_not_alive(monkeypatch: pytest.MonkeyPatch) -> None:
     """Between its exit and its reaping a process's /proc entry reads Z (not reaped) or X (being
     reaped: its parent ignores SIGCHLD, or is in waitid now). `restart` waits for the last supervisor

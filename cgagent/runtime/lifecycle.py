@@ -381,8 +381,12 @@ def victims(rec: Record) -> dict[str, Any] | None:
     return {"victims": got[-10:]} if got else None
 
 
-def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record | None:
-    """The workload has ended: record how (OOM kills from the kernel's counter), remove its cgroup."""
+def finish(store: Store, host: Host, name: str, exit_code: int | None,
+           supervisor: bool = False) -> Record | None:
+    """The workload has ended: record how (OOM kills from the kernel's counter), remove its cgroup.
+    `supervisor`: the caller is the workload's supervisor, and a record that names another is a later
+    workload of the same name (`rm -f` gave up waiting for this one after 10 s, recorded its end,
+    removed it, and a new run took the name): left alone."""
     with store.lock(), _one_connection(host):
         try:
             rec = store.load(name)
@@ -393,6 +397,8 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None) -> Record
             prune.after_exit(store, host, d, exit_code)
         except CgagentError:
             rec = None  # removed meanwhile (`rm -f`)
+        if rec is not None and supervisor and rec.supervisor_pid != os.getpid():
+            rec = None
         if rec is not None:
             _isolation_ended(rec)
             mgr = manager(host, rec)

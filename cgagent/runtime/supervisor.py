@@ -52,7 +52,7 @@ def run_foreground(req: RunRequest, host: Host, store: Store) -> int:
         code = terminal.proxy(pid, master, req.interactive)
     else:
         code = _wait_restarting(store, host, rec, mgr, pid, None)
-    finish(store, host, rec.name, code)
+    finish(store, host, rec.name, code, supervisor=True)
     return code
 
 
@@ -243,7 +243,7 @@ def shim_main(store: Store, host: Host, name: str, pid: int) -> int:
         # damaged since the workload started (the pid came in argv): supervise it to its end, then
         # finish() removes what it made and leaves the damaged record for `ps -a` to show
         code = launch.wait_forwarding(pid, reap_all=True)
-        finish(store, host, name, code)
+        finish(store, host, name, code, supervisor=True)
         return 0
     if rec.supervisor_pid != os.getpid():
         raise CgagentError(f"workload {name!r} has another supervisor", "")
@@ -256,7 +256,7 @@ def shim_main(store: Store, host: Host, name: str, pid: int) -> int:
     code = _wait_restarting(store, host, rec, manager(host, rec), rec.pid, (devnull, log, log))
     fault("finishing")
     try:
-        finish(store, host, name, code)
+        finish(store, host, name, code, supervisor=True)
     except BaseException as e:
         from cgagent.state import last_words
 
