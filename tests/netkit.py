@@ -48,6 +48,17 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=60)
 
 
+
+def dnat_ports(listed: str) -> set[int]:
+    """The host ports cgagent's DNAT maps hold in `nft -j list ruleset` output, read as elements: a
+    substring test on the ruleset would also match a veth's random name (`cgv7f580800` holds "8080")."""
+    ports: set[int] = set()
+    for obj in json.loads(listed or "{}").get("nftables", []):
+        m = obj.get("map", {})
+        if m.get("table") == "cgagent" and m.get("name") in ("ports", "ports_at"):
+            ports |= {int(key["concat"][-1]) for key, _ in m.get("elem", [])}
+    return ports
+
 @dataclass
 class Host:
     """One "host": a named network namespace with lo up, and the cgagent state root it uses."""
@@ -122,14 +133,7 @@ class Host:
         return self.sh("nft", "list", "ruleset").stdout
 
     def published(self) -> set[int]:
-        """The host ports cgagent's DNAT maps hold, read as elements: a substring test on the ruleset would
-        also match a veth's random name (`cgv7f580800` holds "8080")."""
-        ports = set()
-        for obj in json.loads(self.sh("nft", "-j", "list", "ruleset").stdout or "{}").get("nftables", []):
-            m = obj.get("map", {})
-            if m.get("table") == "cgagent" and m.get("name") in ("ports", "ports_at"):
-                ports |= {int(key["concat"][-1]) for key, _ in m.get("elem", [])}
-        return ports
+        return dnat_ports(self.sh("nft", "-j", "list", "ruleset").stdout)
 
     def close(self) -> None:
         for p in self.procs:

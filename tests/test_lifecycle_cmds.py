@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 
 import pytest
 
@@ -160,20 +161,27 @@ def test_top_kill_wait_restart(cg: Env) -> None:
     ok(cg, "rm", "job")
 
 
-def test_restart_waits_for_a_supervisor_slower_to_finish_than_stop(cg: Env) -> None:
-    """A supervisor that finishes after `stop` gave up waiting for it (10 s; a busy systemd's D-Bus
-    jobs, seen in the v2 VM under load) made `restart` fail with "started again meanwhile". The
-    supervisor here stops itself (CGAGENT_FAULT) just before it records the end, until the test sees
-    that `stop` recorded the end instead; restart must then wait for it and start the workload."""
-    run = subprocess.run(cg.cmd("run", "-d", "--name", "slow", "--", "sleep", "1000"), capture_output=True,
+def _slow_to_finish(cg: Env, name: str) -> Callable[[], dict[str, object]]:
+    """`run -d` of a workload whose supervisor stops itself (SIGSTOP) just before it records the end;
+    -> a reader of its record."""
+    run = subprocess.run(cg.cmd("run", "-d", "--name", name, "--", "sleep", "1000"), capture_output=True,
                          text=True, timeout=60, env=cg.env(CGAGENT_FAULT="stop:finishing", CGAGENT_DIRECT="1"))
     assert run.returncode == 0, run.stderr
-    path = os.path.join(cg.state_dir, "workloads", "slow.json")
+    path = os.path.join(cg.state_dir, "workloads", f"{name}.json")
 
     def record() -> dict[str, object]:
         with open(path) as f:
             return dict(json.load(f))
 
+    return record
+
+
+def test_restart_waits_for_a_supervisor_slower_to_finish_than_stop(cg: Env) -> None:
+    """A supervisor that finishes after `stop` gave up waiting for it (10 s; a busy systemd's D-Bus
+    jobs, seen in the v2 VM under load) made `restart` fail with "started again meanwhile". The
+    supervisor here stops itself (CGAGENT_FAULT) just before it records the end, until the test sees
+    that `stop` recorded the end instead; restart must then wait for it and start the workload."""
+    record = _slow_to_finish(cg, "slow")
     first = record()
     sup = first["supervisor_pid"]
     assert isinstance(sup, int)
@@ -197,17 +205,8 @@ def test_a_supervisor_finishing_after_rm_f_leaves_the_next_workload_of_that_name
     record, and a new run may take the name at once. The old supervisor, slower still (a busy
     systemd's jobs; stopped here just before it records the end), then found the new workload's
     record by name: it recorded it exited and removed its cgroup, killing it."""
-    run = subprocess.run(cg.cmd("run", "-d", "--name", "twice", "--", "sleep", "1000"), capture_output=True,
-                         text=True, timeout=60, env=cg.env(CGAGENT_FAULT="stop:finishing", CGAGENT_DIRECT="1"))
-    assert run.returncode == 0, run.stderr
-    path = os.path.join(cg.state_dir, "workloads", "twice.json")
-
-    def record() -> dict[str, object]:
-        with open(path) as f:
-            return dict(json.load(f))
-
-    old = record()
-    sup = old["supervisor_pid"]
+    record = _slow_to_finish(cg, "twice")
+    sup = record()["supervisor_pid"]
     assert isinstance(sup, int)
     try:
         ok(cg, "rm", "-f", "twice")

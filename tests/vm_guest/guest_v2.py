@@ -775,16 +775,12 @@ def _published(g: Guest, netns: str, tmp_path: Any, driver: str) -> None:
 
 
 def _dnat_ports(netns: str | None) -> set[int]:
-    """The host ports cgagent's DNAT maps hold in `netns` (None: the guest's own namespace), read as
-    elements: a substring test on the ruleset also matches a veth's random name (`cgv7f580800`)."""
+    """In `netns` (None: the guest's own namespace)."""
+    from tests.netkit import dnat_ports
+
     pre = ["ip", "netns", "exec", netns] if netns else []
-    out = subprocess.run([*pre, "nft", "-j", "list", "ruleset"], capture_output=True, text=True, timeout=30).stdout
-    ports: set[int] = set()
-    for obj in json.loads(out or "{}").get("nftables", []):
-        m = obj.get("map", {})
-        if m.get("table") == "cgagent" and m.get("name") in ("ports", "ports_at"):
-            ports |= {int(key["concat"][-1]) for key, _ in m.get("elem", [])}
-    return ports
+    return dnat_ports(subprocess.run([*pre, "nft", "-j", "list", "ruleset"], capture_output=True, text=True,
+                                     timeout=30).stdout)
 
 
 def test_v2sd_doctor_ps_stats_update_tell_the_truth(g: Guest) -> None:
