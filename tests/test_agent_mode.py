@@ -50,6 +50,10 @@ CURATED = (
     "tests/security/test_fds.py::test_workdir_through_a_leaked_fd_is_refused",
     "tests/security/test_fds.py::test_run_foreground_does_not_inherit_fds[isolated]",
     "tests/security/test_fds.py::test_run_detached_does_not_inherit_fds[host]",
+    "tests/security/test_fds.py::test_a_workload_holds_only_its_stdio[foreground-host]",
+    "tests/security/test_fds.py::test_a_workload_holds_only_its_stdio[foreground-isolated]",
+    "tests/security/test_fds.py::test_a_workload_holds_only_its_stdio[detached-host]",
+    "tests/security/test_fds.py::test_a_workload_holds_only_its_stdio[detached-isolated]",
     # ps -q/--filter/--format and logs --tail through the thin client
     "tests/test_scripting.py::test_ps_for_scripts",
     "tests/test_scripting.py::test_logs_tail",

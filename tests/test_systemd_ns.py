@@ -193,6 +193,23 @@ def test_foreground_oom_kill_is_counted_although_systemd_removes_the_scope(sdns:
         _ok(cli("rm", name))
 
 
+def test_a_workload_under_the_systemd_driver_holds_only_its_stdio(sdns: SystemdNamespace, cli: CLI) -> None:
+    """The driver's D-Bus connection, the scope's keeper and the supervisor keep their fds to
+    themselves, on run, run -d and exec (tests/security/test_fds.py has the cgroupfs paths)."""
+    script = "ls /proc/$$/fd; true"   # `; true`: the shell stays and a child lists it
+    r = cli("run", "--rm", "--", "sh", "-c", script)
+    _ok(r)
+    assert r.stdout.split() == ["0", "1", "2"], r
+    _ok(cli("run", "-d", "--name", "fds", "--", "sh", "-c", script + "; exec sleep 1000"))
+    _wait("the detached listing", lambda: len(cli("logs", "fds").stdout.split()) >= 3)
+    assert cli("logs", "fds").stdout.split() == ["0", "1", "2"]
+    r = cli("exec", "fds", "--", "sh", "-c", script)
+    _ok(r)
+    assert r.stdout.split() == ["0", "1", "2"], r
+    _ok(cli("rm", "-f", "fds"))
+    _nothing_of(sdns, cli, "fds")
+
+
 def test_stop_then_rm_remove_scope_and_cgroups(sdns: SystemdNamespace, cli: CLI) -> None:
     _ok(cli("run", "-d", "--name", "st", "--", "sleep", "1000"))
     rec = cli.record("st")

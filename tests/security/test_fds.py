@@ -128,3 +128,34 @@ def test_preserve_fds_on_exec(box: Box, tmp_path: Path) -> None:
 def test_preserve_fds_bad_value_is_one_line(box: Box, value: str) -> None:
     r = box.run("run", "--rm", "--preserve-fds", value, "--", "true")
     assert r.returncode != 0 and "--preserve-fds" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _fds_of_a_workload(b: Box, canary: Path, how: str, image: tuple[str, ...]) -> str:
+    """What the workload's shell holds (its own /proc/PID/fd, listed by a child) when the caller leaks
+    fd 7, the way `how` starts it."""
+    script = "ls /proc/$$/fd; true"   # `; true`: the shell stays, a child lists it (not ls its own)
+    if how == "foreground":
+        return ok(leaking(b, 7, canary, "run", "--rm", *image, "--", "sh", "-c", script))
+    if how == "detached":
+        ok(leaking(b, 7, canary, "run", "-d", "--name", "fds", *image, "--", "sh", "-c", script))
+        try:
+            wait_exited(b, "fds")
+            return ok(b.run("logs", "fds"))
+        finally:
+            ok(b.run("rm", "-f", "fds"))
+    ok(b.run("run", "-d", "--name", "target", *image, "--", "sleep", "1000"))
+    try:
+        wait_for(lambda: any(r["name"] == "target" and r["status"] == "running" for r in ps_json(b)))
+        return ok(leaking(b, 7, canary, "exec", "target", "--", "sh", "-c", script))
+    finally:
+        ok(b.run("rm", "-f", "target"))
+
+
+@pytest.mark.parametrize("image", [(), (IMG,)], ids=["host", "isolated"])
+@pytest.mark.parametrize("how", ["foreground", "detached", "exec"])
+def test_a_workload_holds_only_its_stdio(box: Box, canary: Path, how: str, image: tuple[str, ...]) -> None:
+    """Not only the caller's leaked fd: nothing of the CLI's, the supervisor's or (CGAGENT_TEST_AGENT=1,
+    tests/test_agent_mode.py) the agent runner's (pipes, sockets, the record's lock, a pidfd) reaches
+    the workload. A parked zygote's path has its own test (test_agent.py), which makes the pool first."""
+    out = _fds_of_a_workload(box, canary, how, image)
+    assert out.split() == ["0", "1", "2"], out

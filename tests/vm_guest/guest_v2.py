@@ -732,6 +732,23 @@ def _own_cgroup(box: Box, driver: str) -> None:
         assert scopes() == [f"cgagent-iso{driver}.scope"]
 
 
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_v2sd_a_workload_holds_only_its_stdio(box: Box, driver: str) -> None:
+    """On v2 the child is cloned into its cgroup (clone3 takes a cgroup directory fd) and a systemd
+    run holds a D-Bus connection and a keeper: none of the launcher's fds reach the workload, host or
+    isolated, started by run, run -d or exec (tests/security/test_fds.py on the host)."""
+    where = ("--cgroup-driver", "cgroupfs", "--cgroup-parent", box.g.parent) if driver == "cgroupfs" else ()
+    script = "ls /proc/$$/fd; true"   # `; true`: the shell stays and a child lists it
+    for image in ((), ("busybox:test",)):
+        assert box.ok("run", "--rm", *where, *image, "--", "sh", "-c", script).stdout.split() == ["0", "1", "2"]
+        name = f"fds{driver}{len(image)}"
+        box.ok("run", "-d", "--name", name, *where, *image, "--", "sh", "-c", script + "; exec sleep 1000")
+        wait_for("the detached listing", lambda name=name: len(box.ok("logs", name).stdout.split()) >= 3)
+        assert box.ok("logs", name).stdout.split() == ["0", "1", "2"], (driver, image)
+        assert box.ok("exec", name, "--", "sh", "-c", script).stdout.split() == ["0", "1", "2"], (driver, image)
+        box.ok("rm", "-f", name)
+
+
 def test_v2sd_isolated_escape_basics(box: Box) -> None:
     box.ok("run", "-d", "--name", "esc", "--memory", "64M", "busybox:test", "--", "sleep", "1000")
     script = ("ps -o pid,comm | tail -n +2 | wc -l; "
