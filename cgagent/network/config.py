@@ -61,6 +61,15 @@ def _dir(root: str | None) -> str:
     return os.path.join(net_dir(root), "networks")
 
 
+def _path(name: str, root: str | None) -> str:
+    return os.path.join(_dir(root), f"{name}.json")
+
+
+def made(name: str = DEFAULT_NETWORK, root: str | None = None) -> bool:
+    """Whether the network's file exists: the default network has none until its first use."""
+    return os.path.exists(_path(name, root))
+
+
 @contextlib.contextmanager
 def lock(root: str | None = None) -> Iterator[None]:
     """One lock for every change to networks and attachments on this host."""
@@ -91,7 +100,7 @@ def default_network() -> Network:
 
 def load(name: str, root: str | None = None) -> Network:
     try:
-        with open(os.path.join(_dir(root), f"{validate_name(name)}.json")) as f:
+        with open(_path(validate_name(name), root)) as f:
             return Network(**json.load(f))
     except FileNotFoundError:
         if name == DEFAULT_NETWORK:
@@ -101,12 +110,12 @@ def load(name: str, root: str | None = None) -> Network:
 
 def save(net: Network, root: str | None = None) -> None:
     os.makedirs(_dir(root), mode=0o755, exist_ok=True)
-    atomic_write(os.path.join(_dir(root), f"{net.name}.json"), net.to_json())
+    atomic_write(_path(net.name, root), net.to_json())
 
 
 def delete(name: str, root: str | None = None) -> None:
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(_dir(root), f"{name}.json"))
+        os.unlink(_path(name, root))
 
 
 def all_networks(root: str | None = None) -> list[Network]:
@@ -150,7 +159,7 @@ def validate_new(name: str, driver: str, subnet: str, gateway: str | None, paren
     validate_name(name)
     if driver not in DRIVERS:
         raise CgagentError(f"unknown network driver {driver!r}", "use --driver bridge, macvlan or vxlan")
-    if os.path.exists(os.path.join(_dir(root), f"{name}.json")):
+    if made(name, root):
         raise CgagentError(f"a network named {name!r} exists", f"choose another name, or `cgagent network rm {name}`")
     net = _subnet(subnet)
     others = all_networks(root)

@@ -34,7 +34,7 @@ def park(root: str | None = None) -> None:
     from cgagent.network import attach, bridge, config, netns
 
     r = state_root(root)
-    if _slot is not None or not os.path.exists(os.path.join(config._dir(r), f"{config.DEFAULT_NETWORK}.json")):
+    if _slot is not None or not config.made(root=r):
         return
     if not bridge.whole(config.load(config.DEFAULT_NETWORK, r)):
         return
