@@ -185,27 +185,34 @@ def forget(store: Store, rec: Record) -> None:
     oom.forget(store, rec.name)
 
 
-def teardown_isolation(rec: Record) -> None:
-    """Remove an isolated workload's upper/work dirs (its mounts died with its mount namespace)."""
+def teardown_isolation(rec: Record, spec: IsolationSpec | None = None) -> None:
+    """Remove an isolated workload's upper/work dirs (its mounts died with its mount namespace).
+    `spec`: the record's, where the caller has parsed it already."""
     if rec.isolation:
         from cgagent.isolation import rootfs
-        from cgagent.isolation.spec import for_teardown
         from cgagent.network import workload as network
 
-        spec = for_teardown(rec.isolation)
+        if spec is None:
+            from cgagent.isolation.spec import for_teardown
+
+            spec = for_teardown(rec.isolation)
         try:
             rootfs.teardown(spec)   # first: meanwhile the kernel deletes the veth pair (network.ended)
         finally:
             network.release(spec, rec.name)   # veth, address, ports, hosts files
 
 
-def _isolation_ended(rec: Record) -> None:
-    """The workload has exited: what its teardown will wait for starts to be watched now."""
-    if rec.isolation:
-        from cgagent.isolation.spec import for_teardown
-        from cgagent.network import workload as network
+def _isolation_ended(rec: Record) -> IsolationSpec | None:
+    """The workload has exited: what its teardown will wait for starts to be watched now. The
+    record's spec, for that teardown."""
+    if not rec.isolation:
+        return None
+    from cgagent.isolation.spec import for_teardown
+    from cgagent.network import workload as network
 
-        network.ended(for_teardown(rec.isolation), rec.name)
+    spec = for_teardown(rec.isolation)
+    network.ended(spec, rec.name)
+    return spec
 
 
 def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, int] | None = None,
@@ -400,14 +407,14 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None,
         if rec is not None and supervisor and rec.supervisor_pid != os.getpid():
             rec = None
         if rec is not None:
-            _isolation_ended(rec)
+            spec = _isolation_ended(rec)
             mgr = manager(host, rec)
             # before the cgroup goes (a systemd scope is held by its keeper until destroy() below)
             # idempotent: `serve` may have logged them already
             oom.note(store, rec, oom.read_rec_counter(rec), "exit", victims(rec))
             rec.oom_kills = oom.kills(store, rec)
             mgr.destroy()
-            teardown_isolation(rec)
+            teardown_isolation(rec, spec)
             first = rec.status != "exited"
             rec.status, rec.exit_code, rec.finished = "exited", exit_code, time.time()
             if first and not events.logged(store.root, "exit", name, rec.log_offset, started=rec.started):
