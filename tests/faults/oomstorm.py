@@ -67,7 +67,10 @@ class Serve:
         env = dict(os.environ)
         if fault:
             env["CGAGENT_FAULT"] = fault
-        self.proc = subprocess.Popen([sys.executable, "-m", "cgagent", "serve", "--listen", "127.0.0.1:0"],
+        # --pdeathsig: a storm SIGKILLed itself (pytest's subprocess.run does that on a lone Ctrl-C) takes
+        # its agent along instead of leaving it running
+        self.proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--",
+                                      sys.executable, "-m", "cgagent", "serve", "--listen", "127.0.0.1:0"],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         assert self.proc.stdout is not None
         m = re.search(r"(https?://\S+)/metrics", self.proc.stdout.readline())
