@@ -46,11 +46,27 @@ def state(pid: int) -> str | None:
         return None
 
 
-def wait_exit(pid: int, timeout: float) -> bool:
-    """Block until `pid` exits (any process, via pidfd) or the timeout passes. True = it exited."""
+def pidfd(pid: int | None, start: int | None) -> int | None:
+    """A pidfd of the process `pid` that started at `start` (procs.start_time), while it runs; None
+    once it has ended. Checked after the open: the fd names whoever holds the pid at that moment, and
+    a pid reused since the record was written is another process."""
+    if not pid:
+        return None
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
+        return None
+    if alive(pid, start):
+        return fd
+    os.close(fd)
+    return None
+
+
+def wait_exit(pid: int, start: int | None, timeout: float) -> bool:
+    """Block until the process `pid` that started at `start` exits, or the timeout passes. True = it
+    has exited (a reused pid is not waited for)."""
+    fd = pidfd(pid, start)
+    if fd is None:
         return True
     try:
         return bool(select.select([fd], [], [], max(0.0, timeout))[0])

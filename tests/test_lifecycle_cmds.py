@@ -206,8 +206,8 @@ def test_a_supervisor_finishing_after_rm_f_leaves_the_next_workload_of_that_name
     systemd's jobs; stopped here just before it records the end), then found the new workload's
     record by name: it recorded it exited and removed its cgroup, killing it."""
     record = _slow_to_finish(cg, "twice")
-    sup = record()["supervisor_pid"]
-    assert isinstance(sup, int)
+    sup, sup_start = record()["supervisor_pid"], record()["supervisor_start"]
+    assert isinstance(sup, int) and isinstance(sup_start, int)
     try:
         ok(cg, "rm", "-f", "twice")
         wait_for(lambda: procs.state(sup) == "T", timeout=60)   # the old supervisor, before its finish()
@@ -215,7 +215,7 @@ def test_a_supervisor_finishing_after_rm_f_leaves_the_next_workload_of_that_name
         new = record()
     finally:
         os.kill(sup, signal.SIGCONT)
-    assert procs.wait_exit(sup, 60)
+    assert procs.wait_exit(sup, sup_start, 60)
     assert record() == new and new["status"] == "running"
     assert isinstance(new["pid"], int) and procs.alive(new["pid"], new["pid_start"])   # type: ignore[arg-type]
     assert os.path.isdir(next(iter(new["dirs"].values())))   # type: ignore[attr-defined]
@@ -233,6 +233,26 @@ def test_a_process_being_reaped_is_not_alive(monkeypatch: pytest.MonkeyPatch) ->
         assert procs.alive(7, 42) is running, letter
     monkeypatch.setattr(procs, "state", lambda pid: None)
     assert procs.alive(7, 42) is False
+
+
+def test_a_pid_taken_over_by_another_process_is_not_waited_for() -> None:
+    """A record names its supervisor and main process by pid and start time: the pid may belong to
+    another process by the time `stop`, `restart`, `wait` or `logs -f` opens a pidfd on it. The pidfd
+    is checked against the start time after the open, and that stranger is not waited for."""
+    p = subprocess.Popen(["sleep", "1000"])
+    try:
+        start = procs.start_time(p.pid)
+        assert start is not None
+        assert procs.wait_exit(p.pid, start, 0.05) is False   # the recorded process, still running
+        assert procs.pidfd(p.pid, start + 1) is None
+        assert procs.wait_exit(p.pid, start + 1, 0.05) is True   # another one now holds its pid
+        fd = procs.pidfd(p.pid, start)
+        assert fd is not None
+        os.close(fd)
+    finally:
+        p.kill()
+        p.wait()
+    assert procs.wait_exit(p.pid, start, 0.05) is True
 
 
 def test_bad_input_is_one_line_and_makes_nothing(cg: Env) -> None:

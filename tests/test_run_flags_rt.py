@@ -182,9 +182,9 @@ def test_stop_sends_the_stop_signal_and_waits_the_stop_timeout(cg: Env) -> None:
 def test_restart_unless_stopped_restarts_until_stopped(cg: Env) -> None:
     ok(cg.run("run", "-d", "--name", "us", "--restart", "unless-stopped", "--", "sh", "-c", "exit 0"))
     wait_for(lambda: starts(cg, "us") >= 3)
-    sup = json.loads(Path(f"{cg.state_dir}/workloads/us.json").read_text())["supervisor_pid"]
+    rec = json.loads(Path(f"{cg.state_dir}/workloads/us.json").read_text())
     ok(cg.run("stop", "-t", "2", "us"))
-    assert procs.wait_exit(sup, 20), "the supervisor did not finish"
+    assert procs.wait_exit(rec["supervisor_pid"], rec["supervisor_start"], 20), "the supervisor did not finish"
     n = starts(cg, "us")
     view = inspect(cg.run, "us")
     assert view["State"]["Status"] == "exited" and view["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"

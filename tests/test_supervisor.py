@@ -23,7 +23,7 @@ def evs(b: Box, name: str, kind: str) -> list[dict]:  # type: ignore[type-arg]
 
 def wait_supervisor_gone(b: Box, name: str) -> None:
     rec = record(b, name)
-    assert procs.wait_exit(rec["supervisor_pid"], 20), "the supervisor did not finish"
+    assert procs.wait_exit(rec["supervisor_pid"], rec["supervisor_start"], 20), "the supervisor did not finish"
 
 
 def test_on_failure_restarts_n_times_with_doubling_backoff(box: Box) -> None:
@@ -63,9 +63,9 @@ def test_always_restarts_until_stopped(box: Box) -> None:
 def test_rm_f_while_restarting_leaves_nothing(box: Box) -> None:
     ok(box.run("run", "-d", "--name", "crashy", "--restart", "always", IMG, "--", "sh", "-c", "exit 1"))
     wait_for(lambda: len(evs(box, "crashy", "restart")) >= 3)
-    sup = record(box, "crashy")["supervisor_pid"]
+    rec = record(box, "crashy")
     ok(box.run("rm", "-f", "crashy"))
-    assert procs.wait_exit(sup, 10)
+    assert procs.wait_exit(rec["supervisor_pid"], rec["supervisor_start"], 10)
     assert ps_json(box) == [] and box.containers() == []
     assert os.listdir(f"{box.cg.state_dir}/workloads") == []
 

@@ -371,10 +371,8 @@ def log_stream(store: Store, name: str, follow: bool, client: socket.socket,
         yield from reader.chunks(final=not live)
         if not live:
             return
-        assert rec.supervisor_pid is not None
-        try:
-            sup = os.pidfd_open(rec.supervisor_pid)
-        except ProcessLookupError:
+        sup = procs.pidfd(rec.supervisor_pid, rec.supervisor_start)
+        if sup is None:   # it has exited since
             yield from reader.chunks(final=True)
             return
         try:

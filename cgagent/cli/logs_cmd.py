@@ -48,18 +48,17 @@ def logs(
         _copy(reader, out, final=not live)
         if not live:
             return
-        assert rec.supervisor_pid is not None
         from cgagent.inotify import IN_MODIFY, Inotify
         from cgagent.wakeup import readable
 
-        ino = Inotify()
-        ino.add(path, IN_MODIFY)
-        try:
-            sup = os.pidfd_open(rec.supervisor_pid)
-        except ProcessLookupError:
+        sup = procs.pidfd(rec.supervisor_pid, rec.supervisor_start)
+        if sup is None:   # it has exited since
             _copy(reader, out, final=True)
             return
+        ino = Inotify()
         try:
+            ino.add(path, IN_MODIFY)
+            _copy(reader, out, final=False)   # what was written before the watch began
             while True:
                 ready = readable([ino.fd, sup])   # Ctrl-C ends it, whenever it comes
                 for _ in ino.read():

@@ -60,7 +60,7 @@ def stop(store: Store, host: Host, name: str, timeout: float | None = None) -> N
     for p in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, sig)
-    if main and not procs.wait_exit(main, timeout):
+    if main and not procs.wait_exit(main, rec.pid_start, timeout):
         import sys
 
         print(f"cgagent: {name} did not exit within {timeout:g}s of {rec.stop_signal or 'SIGTERM'}; "
@@ -90,14 +90,14 @@ def _end_supervisor(rec: Record, timeout: float = 10.0) -> None:
         assert rec.supervisor_pid
         with contextlib.suppress(ProcessLookupError):
             os.kill(rec.supervisor_pid, signal.SIGTERM)
-        procs.wait_exit(rec.supervisor_pid, timeout)
+        procs.wait_exit(rec.supervisor_pid, rec.supervisor_start, timeout)
 
 
 def _settle(store: Store, host: Host, rec: Record) -> None:
     """After the processes are killed: let a live supervisor record the exit, else do it here."""
     if supervisor_alive(rec):
         assert rec.supervisor_pid
-        procs.wait_exit(rec.supervisor_pid, 10.0)
+        procs.wait_exit(rec.supervisor_pid, rec.supervisor_start, 10.0)
     cur = store.load(rec.name) if store.exists(rec.name) else None
     if cur is not None and cur.status != "exited":
         # the foreground CLI may still be waiting: give it the chance to record the real exit code
@@ -208,15 +208,9 @@ def _main_pidfd(host: Host, rec: Record, what: str) -> int:
     if live_status(host, rec) not in ("running", "paused"):
         raise CgagentError(f"workload {rec.name!r} is not running", f"start it again with `cgagent restart {rec.name}`"
                            if what == "kill" else "")
-    assert rec.pid is not None
-    try:
-        fd = os.pidfd_open(rec.pid)
-    except ProcessLookupError:
-        fd = -1
-    if fd >= 0 and procs.alive(rec.pid, rec.pid_start):
+    fd = procs.pidfd(rec.pid, rec.pid_start)
+    if fd is not None:
         return fd
-    if fd >= 0:
-        os.close(fd)
     raise CgagentError(f"workload {rec.name!r} has no main process now (it is between two runs)",
                        "try again once `cgagent ps` shows it running")
 
@@ -254,8 +248,8 @@ def wait(store: Store, host: Host, name: str) -> int | None:
                 return cur.exit_code
             seen = cur
             # its supervisor's exit wakes us; without one (killed), the main process's exit does
-            fd = _pidfd(cur.supervisor_pid, cur.supervisor_start)
-            fd = _pidfd(cur.pid, cur.pid_start) if fd is None else fd
+            fd = procs.pidfd(cur.supervisor_pid, cur.supervisor_start)
+            fd = procs.pidfd(cur.pid, cur.pid_start) if fd is None else fd
             if fd is None and live_status(host, cur) not in ("running", "paused"):
                 raise CgagentError(f"workload {name!r} ended without a supervisor to record how",
                                    f"`cgagent stop {name}` records its end")
@@ -266,19 +260,6 @@ def wait(store: Store, host: Host, name: str) -> int | None:
                     os.close(fd)
             for _ in ino.read():
                 pass
-
-
-def _pidfd(pid: int | None, start: int | None) -> int | None:
-    if not pid:
-        return None
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    if procs.alive(pid, start):
-        return fd
-    os.close(fd)
-    return None
 
 
 def _logged_exit(store: Store, rec: Record) -> int | None:

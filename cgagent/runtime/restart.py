@@ -49,7 +49,7 @@ def _last_supervisor_gone(store: Store, name: str) -> None:
     supervisor for the same record must not start beside it."""
     rec = store.load(name)
     if supervisor_alive(rec) and rec.supervisor_pid is not None:
-        procs.wait_exit(rec.supervisor_pid, LAST_SUPERVISOR_WAIT)
+        procs.wait_exit(rec.supervisor_pid, rec.supervisor_start, LAST_SUPERVISOR_WAIT)
 
 
 def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManager]:

@@ -112,7 +112,7 @@ def test_supervisor_survives_the_cli_killed_right_after_start(box: Box) -> None:
     assert r.returncode == -signal.SIGKILL
     wait_for(lambda: json.load(open(f"{box.cg.state_dir}/workloads/orph.json"))["status"] == "exited", 20)
     rec = json.load(open(f"{box.cg.state_dir}/workloads/orph.json"))
-    assert rec["exit_code"] == 7 and procs.wait_exit(rec["supervisor_pid"], 10)
+    assert rec["exit_code"] == 7 and procs.wait_exit(rec["supervisor_pid"], rec["supervisor_start"], 10)
     exits = [e for _o, e in events.read(box.cg.state_dir) if e["kind"] == "exit" and e["name"] == "orph"]
     assert [e["exit_code"] for e in exits] == [7]
     ok(box.run("rm", "orph"))

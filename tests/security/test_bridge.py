@@ -206,7 +206,7 @@ def test_publish_on_loopback_and_on_one_address_only(hosts: list[Host], tmp_path
     for p in list(h.procs):   # the workload and the server running in its namespace
         if p.poll() is None and os.readlink(f"/proc/{p.pid}/ns/net") == ns:
             h.kill(p.pid)
-    assert procs.wait_exit(att.proxy_pid, 20)
+    assert procs.wait_exit(att.proxy_pid, att.proxy_start, 20)
     assert _refused(h, None, "127.0.0.1", 8080)
     assert h.cgagent("network", "disconnect", "web", "client").returncode == 0
 
