@@ -95,6 +95,28 @@ def test_the_master_stays_out_even_where_fds_are_preserved(box: Box, terms: list
     shell_session(t)
 
 
+@pytest.mark.parametrize("how", ["run", "exec"])
+def test_a_terminal_workload_holds_only_its_terminal(box: Box, terms: list[Term], how: str,
+                                                    tmp_path: object) -> None:
+    """With -t the workload's 0-2 are its pty's slave, and nothing else of the caller's (a leaked fd
+    7), the CLI's, the supervisor's or the console's (the master, the socket it is passed over) is
+    open in it (tests/security/test_fds.py for the other paths)."""
+    # a pipeline, not $(...): the shell holds no pipe end while its children run
+    script = "printf FDS; ls /proc/$$/fd | tr '\\n' ' '; echo END"
+    if how == "exec":
+        ok(box.run("run", "-d", "--name", "target", IMG, "--", "sleep", "1000"))
+        wait_for(lambda: any(r["name"] == "target" and r["status"] == "running" for r in ps_json(box)))
+        argv = box.cg.cmd("exec", "-it", "target", "sh", "-c", script)
+    else:
+        argv = box.cg.cmd("run", "-it", "--rm", IMG, "sh", "-c", script)
+    t = Term(["sh", "-c", 'exec "$@" 7<"$0"', str(tmp_path), *argv], box.env())   # the caller leaks fd 7
+    terms.append(t)
+    assert t.expect(rb"FDS([0-9 ]*)END").group(1).split() == [b"0", b"1", b"2"]
+    assert t.wait() == 0
+    if how == "exec":
+        ok(box.run("rm", "-f", "target"))
+
+
 def test_terminal_restored_when_the_cli_is_signalled(box: Box, terms: list[Term]) -> None:
     # SIGTERM to the CLI goes on to the workload (its trap answers); the CLI ends with its code
     t = Term(box.cg.cmd("run", "-it", "--rm", IMG, "sh", "-c",
