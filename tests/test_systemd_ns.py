@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests import ptyterm
+from tests import probes, ptyterm
 from tests.ptyterm import Term, attach_session, shell_session
 from tests.systemd_ns import CLI, SYSTEMD, SystemdNamespace, running
 
@@ -196,7 +196,7 @@ def test_foreground_oom_kill_is_counted_although_systemd_removes_the_scope(sdns:
 def test_a_workload_under_the_systemd_driver_holds_only_its_stdio(sdns: SystemdNamespace, cli: CLI) -> None:
     """The driver's D-Bus connection, the scope's keeper and the supervisor keep their fds to
     themselves, on run, run -d and exec (tests/security/test_fds.py has the cgroupfs paths)."""
-    script = "ls /proc/$$/fd; true"   # `; true`: the shell stays and a child lists it
+    script = probes.SHELL_FDS
     r = cli("run", "--rm", "--", "sh", "-c", script)
     _ok(r)
     assert r.stdout.split() == ["0", "1", "2"], r

@@ -16,7 +16,7 @@ import pytest
 
 from cgagent import terminal
 from cgagent.state import Store
-from tests import ptyterm
+from tests import probes, ptyterm
 from tests.conftest import Env
 from tests.isolated import IMG, Box, ok, ps_json, wait_for
 from tests.ptyterm import PROMPT, Term, shell_session
@@ -101,9 +101,7 @@ def test_a_terminal_workload_holds_only_its_terminal(box: Box, terms: list[Term]
     """With -t the workload's 0-2 are its pty's slave, and nothing else of the caller's (a leaked fd
     7), the CLI's, the supervisor's or the console's (the master, the socket it is passed over) is
     open in it (tests/security/test_fds.py for the other paths)."""
-    # no pipe and no $(...): the shell holds a pipe's ends while it forks a pipeline's members (a
-    # child listing it then sees them: 143 of 3000 runs here), and a pipe for as long as $(...) runs
-    script = "printf FDS; ls -1 /proc/$$/fd; echo END"
+    script = probes.SHELL_FDS_MARKED
     if how == "exec":
         ok(box.run("run", "-d", "--name", "target", IMG, "--", "sleep", "1000"))
         wait_for(lambda: any(r["name"] == "target" and r["status"] == "running" for r in ps_json(box)))
@@ -112,7 +110,7 @@ def test_a_terminal_workload_holds_only_its_terminal(box: Box, terms: list[Term]
         argv = box.cg.cmd("run", "-it", "--rm", IMG, "sh", "-c", script)
     t = Term(["sh", "-c", 'exec "$@" 7<"$0"', str(tmp_path), *argv], box.env())   # the caller leaks fd 7
     terms.append(t)
-    assert t.expect(rb"FDS([0-9\s]*)END").group(1).split() == [b"0", b"1", b"2"]
+    assert t.expect(probes.SHELL_FDS_MARKED_RE).group(1).split() == [b"0", b"1", b"2"]
     assert t.wait() == 0
     if how == "exec":
         ok(box.run("rm", "-f", "target"))

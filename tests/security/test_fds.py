@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import probes
 from tests.isolated import IMG, Box, ok, ps_json, wait_for
 
 pytest_plugins = ("tests.isolated_fixtures",)  # the box and image_store fixtures
@@ -133,7 +134,7 @@ def test_preserve_fds_bad_value_is_one_line(box: Box, value: str) -> None:
 def _fds_of_a_workload(b: Box, canary: Path, how: str, image: tuple[str, ...]) -> str:
     """What the workload's shell holds (its own /proc/PID/fd, listed by a child) when the caller leaks
     fd 7, the way `how` starts it."""
-    script = "ls /proc/$$/fd; true"   # `; true`: the shell stays, a child lists it (not ls its own)
+    script = probes.SHELL_FDS
     if how == "foreground":
         return ok(leaking(b, 7, canary, "run", "--rm", *image, "--", "sh", "-c", script))
     if how == "detached":

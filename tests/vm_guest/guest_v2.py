@@ -572,7 +572,7 @@ import re  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
 
-from tests import images  # noqa: E402
+from tests import images, probes  # noqa: E402
 
 
 def units(pattern: str) -> list[str]:
@@ -738,7 +738,7 @@ def test_v2sd_a_workload_holds_only_its_stdio(box: Box, driver: str) -> None:
     run holds a D-Bus connection and a keeper: none of the launcher's fds reach the workload, host or
     isolated, started by run, run -d or exec (tests/security/test_fds.py on the host)."""
     where = ("--cgroup-driver", "cgroupfs", "--cgroup-parent", box.g.parent) if driver == "cgroupfs" else ()
-    script = "ls /proc/$$/fd; true"   # `; true`: the shell stays and a child lists it
+    script = probes.SHELL_FDS
     for image in ((), ("busybox:test",)):
         assert box.ok("run", "--rm", *where, *image, "--", "sh", "-c", script).stdout.split() == ["0", "1", "2"]
         name = f"fds{driver}{len(image)}"
