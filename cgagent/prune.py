@@ -28,7 +28,7 @@ from cgagent import events
 from cgagent.cgroups import DEFAULT_PARENT, existing_manager, manager_for, resolve_dirs
 from cgagent.errors import CgagentError
 from cgagent.host import Host
-from cgagent.state import Damaged, Record, Store
+from cgagent.state import Damaged, Record, Store, validate_name
 
 _TMP = re.compile(r"\.tmp\.(\d+)$")
 SCOPE_PREFIX = "cgagent-"
@@ -278,6 +278,7 @@ def after_exit(store: Store, host: Host, damaged: Damaged, exit_code: int | None
 
 def reclaim(store: Store, host: Host, name: str, image_root: str | None = None) -> bool:
     """`rm -f NAME` without a valid record: remove what it left. False when nothing was found."""
+    validate_name(name)   # the name becomes a cgroup path: "." or "x/.." would be the parent itself
     with store.lock():
         items = find(store, host, only=name, image_root=image_root)
         if not items:

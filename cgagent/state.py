@@ -34,11 +34,11 @@ DEFAULT_STATE_DIR = "/run/cgagent"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 MAX_RECORD = 1 << 20   # a record is a few KiB; a bigger file is damage, not something to read whole
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")   # fullmatch: `$` would take "x\n"
 
 
 def validate_name(name: str) -> str:
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise CgagentError(f"name {name!r} is not allowed",
                            "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
     return name
@@ -349,7 +349,7 @@ class Store:
             files = sorted(os.listdir(self.workloads))
         except FileNotFoundError:
             return []
-        return [fn[:-5] for fn in files if fn.endswith(".json") and _NAME.match(fn[:-5]) and ".." not in fn]
+        return [fn[:-5] for fn in files if fn.endswith(".json") and _NAME.fullmatch(fn[:-5]) and ".." not in fn]
 
     def scan(self) -> tuple[list[Record], list[Damaged]]:
         """(valid records, damaged ones): one bad file never hides the others."""

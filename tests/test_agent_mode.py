@@ -54,6 +54,8 @@ CURATED = (
     "tests/security/test_fds.py::test_a_workload_holds_only_its_stdio[foreground-isolated]",
     "tests/security/test_fds.py::test_a_workload_holds_only_its_stdio[detached-host]",
     "tests/security/test_fds.py::test_a_workload_holds_only_its_stdio[detached-isolated]",
+    "tests/security/test_names.py::test_rm_f_of_a_name_that_is_a_path_is_refused_and_kills_nothing[dot]",
+    "tests/security/test_names.py::test_rm_f_of_a_name_that_is_a_path_is_refused_and_kills_nothing[up]",
     # ps -q/--filter/--format and logs --tail through the thin client
     "tests/test_scripting.py::test_ps_for_scripts",
     "tests/test_scripting.py::test_logs_tail",

@@ -19,7 +19,7 @@ from cgagent.runtime.lifecycle import finish, forget, teardown_isolation
 from cgagent.runtime.parents import prune_parents
 from cgagent.runtime.request import require_root
 from cgagent.runtime.stopflag import clear_stop, request_stop
-from cgagent.state import Record, Store
+from cgagent.state import Record, Store, validate_name
 from cgagent.wakeup import readable
 
 
@@ -106,6 +106,7 @@ def _settle(store: Store, host: Host, rec: Record) -> None:
 
 def remove(store: Store, host: Host, name: str, force: bool) -> None:
     require_root("cgagent rm")
+    validate_name(name)   # before anything is looked for by name: `rm -f .` once meant the parent cgroup
     try:
         rec = store.load(name)
     except CgagentError:   # damaged or deleted record: what it left is found by name
