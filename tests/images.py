@@ -309,6 +309,36 @@ def dir_then_symlink(target: str) -> bytes:
     return TarBuilder().dir("x", 0o777).file("x/f", b"in x\n").symlink("x", target).bytes()
 
 
+def dir_symlinked_on_the_way(target_dir: str, inside: str) -> bytes:
+    """Directories `a` and `a/INSIDE`, then `a` as a symlink to `target_dir`: metadata applied to
+    `a/INSIDE` after the fact would go through the link at `a`, to TARGET_DIR/INSIDE."""
+    return TarBuilder().dir("a").dir(f"a/{inside}").symlink("a", target_dir).bytes()
+
+
+class Zeros:
+    """`n` zero bytes to tarfile.addfile, never all of them in memory."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def read(self, k: int = -1) -> bytes:
+        k = self.left if k < 0 else min(k, self.left)
+        self.left -= k
+        return bytes(k)
+
+
+def nul_layer(header: str) -> bytes:
+    """One member whose pax `header` (path or linkpath) holds a NUL: tarfile hands it on as is."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("x")
+        if header == "linkpath":
+            ti.type = tarfile.SYMTYPE
+        ti.pax_headers = {header: "a\0b"}
+        tf.addfile(ti, io.BytesIO(b""))
+    return buf.getvalue()
+
+
 def many_dirs_layer(path: str, n: int) -> None:
     """A gzipped layer of `n` sibling directories: what the unpacker remembers per directory."""
     with (open(path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1, mtime=0) as gz,

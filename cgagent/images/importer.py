@@ -237,6 +237,8 @@ class _Import:
 
     def finish(self, img: Image, ref: str | None) -> Image:
         """Publish the staged layers and blobs and record the image, moving `ref` to it."""
+        if not img.layers:   # nothing to make a root of: the run would have no overlay to mount
+            raise CgagentError("the image has no layers", "add a filesystem layer to the image and export it again")
         with self.store.lock():
             for d in img.layers:
                 if d not in self.staged and not self.store.has_layer(d):
@@ -272,9 +274,11 @@ def _archive_kind(f: BinaryIO, max_bytes: int) -> str | None:
     older `docker save` format (manifest.json + layer tars), None for a plain rootfs tarball (or
     something that is no tar at all: the layer import reports what is wrong with it)."""
     names: set[str] = set()
+    budget = Budget(max_bytes)
     try:
-        with open_tar(f, "r|*") as tf:
-            for m in members(tf, Budget(max_bytes)):
+        # the cap counts what is inflated here too: skipping a member inflates all of it
+        with open_tar(HashingReader(open_layer(f, _magic(f)), budget.stream), "r|") as tf:  # type: ignore[arg-type]
+            for m in members(tf, budget):
                 names.add(m.name.removeprefix("./").split("/")[0])
                 if {"bin", "etc", "usr"} & names:
                     return None   # a root filesystem: no need to read on

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from cgagent.errors import CgagentError
-from cgagent.images.confined import remove_tree
+from cgagent.images.confined import open_beneath, remove_tree
 
 WH = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -40,9 +41,11 @@ MAX_ENTRIES = 1_000_000          # files, dirs and implied parent dirs in one im
 MAX_HEADER = 1 << 20             # pax headers, GNU long names and sparse maps of one member
 MAX_MTIME = 1 << 33                # year 2242
 MAX_KNOWN = 1 << 16              # directories remembered as checked (a cache)
+MAX_DIR_NAMES = 64 << 20         # directory names held for their mtimes (a layer may repeat one)
 MAX_HEADER_NESTING = 8           # pax header before pax header before ...
 DEFAULT_MAX_SIZE = 10 << 30
 MAX_SIZE_ENV = "CGAGENT_IMAGE_MAX_SIZE"
+_PARENT = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _human(n: int) -> str:
@@ -118,6 +121,8 @@ def refuse(what: str, member: str) -> CgagentError:
 
 def clean_name(name: str) -> list[str]:
     """Member name -> path components inside the layer; raises on absolute paths and `..`."""
+    if "\0" in name:   # a pax header can carry one; no path can
+        raise refuse("NUL in a name", name)
     if name.startswith("/"):
         raise refuse("absolute path", name)
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -223,6 +228,25 @@ def _apply_meta(path: str, m: tarfile.TarInfo, is_link: bool, mtime: bool = True
             os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
 
 
+def _utime_beneath(dest: int, parts: list[str], t: int) -> None:
+    """Set the mtime of `parts` under `dest`, its parent opened with no symlink followed; a name
+    that is gone or now goes through a link is skipped."""
+    try:
+        parent = open_beneath(dest, parts[:-1], _PARENT) if len(parts) > 1 else dest
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return
+        raise
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(parts[-1], (t, t), dir_fd=parent, follow_symlinks=False)
+    finally:
+        if parent != dest:
+            os.close(parent)
+
+
 def _symlink_ok(parts: list[str], target: str) -> bool:
     if target.startswith("/"):
         return True  # resolved against the workload's root at run time, never the host's
@@ -282,14 +306,17 @@ class _Unpacker:
         self.known = {self.dest}
 
     def set_dir_mtimes(self) -> None:
-        """Never through a symlink: a later member may have replaced a directory with one."""
-        dest, end = os.fsencode(self.dest), len(self.dir_names) - 1
-        for i in range(len(self.dir_mtimes) - 1, -1, -1):   # deepest (latest) first, one name at a time
-            start = self.dir_names.rfind(b"\0", 0, end) + 1
-            t = self.dir_mtimes[i]
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(dest + b"/" + bytes(self.dir_names[start:end]), (t, t), follow_symlinks=False)
-            end = start - 1
+        """Never through a symlink, at any component: a later member may have replaced a directory
+        (the name's last one, or one on its way) with a link to a host path."""
+        dest = os.open(self.dest, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            end = len(self.dir_names) - 1
+            for i in range(len(self.dir_mtimes) - 1, -1, -1):   # deepest (latest) first, one name at a time
+                start = self.dir_names.rfind(b"\0", 0, end) + 1
+                _utime_beneath(dest, os.fsdecode(bytes(self.dir_names[start:end])).split("/"), self.dir_mtimes[i])
+                end = start - 1
+        finally:
+            os.close(dest)
 
     def _clear(self, path: str, keep_dir: bool) -> None:
         """Remove what is at `path` (a later tar entry replaces an earlier one), never following links."""
@@ -323,8 +350,12 @@ class _Unpacker:
             self._know(path)
             _apply_meta(path, m, False, mtime=False)
             self.dir_names += os.fsencode("/".join(parts)) + b"\0"
+            if len(self.dir_names) > MAX_DIR_NAMES:
+                raise refuse(f"directory names of more than {_human(MAX_DIR_NAMES)}", m.name)
             self.dir_mtimes.append(int(m.mtime))
         elif m.issym():
+            if "\0" in m.linkname:
+                raise refuse("NUL in a symlink's target", m.name)
             if not _symlink_ok(parts, m.linkname):
                 raise refuse("symlink pointing outside the layer", f"{m.name} -> {m.linkname}")
             self._clear(path, False)

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 
+from cgagent.errors import CgagentError
 from cgagent.isolation import userns
 from cgagent.isolation.devices import host_devices, setup_dev
 from cgagent.isolation.security import MASKED_PATHS, READONLY_PATHS
@@ -99,6 +100,8 @@ def host_cgroup_mounts() -> list[tuple[str, str, str]]:
 def mount_root(spec: IsolationSpec, userns_fd: int | None = None) -> str:
     cdir = spec.container_dir
     merged = os.path.join(cdir, "merged")
+    if not spec.lowers and not spec.rootfs:   # never a directory named by default: the spec refuses it
+        raise CgagentError("the workload has neither image layers nor a --rootfs", "give an IMAGE or --rootfs")
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount may propagate to the host
     if spec.lowers and userns_fd is None:
         os.chdir(str(spec.layers_dir))  # lowerdirs are short l/<id> links relative to it

@@ -346,6 +346,8 @@ def build(image: str | None, cmd: list[str], opts: dict[str, Any], name_hint: st
     config: dict[str, Any] = {}
     source: dict[str, Any] = {}   # the image's fields, or --rootfs's
     if img is not None:
+        if not img.layers:   # imported by a version that took such images: there is no root to mount
+            raise CgagentError(f"image {image!r} has no layers", f"remove it (`cgagent image rm {image}`)")
         missing = [d for d in img.layers if not store.has_layer(d)]
         if missing:
             raise CgagentError(f"image {image!r} is missing layer {missing[0]}", "re-import it")

@@ -7,13 +7,16 @@ unchanged, leave no file in the store, its tmp/ or $TMPDIR, and keep its peak RS
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import resource
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,6 +282,25 @@ def _giant_pax_header(tmp: Path, c: Canary) -> list[str]:
     return [str(tmp / "pax.tar")]
 
 
+def _layout_of(*layers: bytes) -> Callable[[Path, Canary], list[str]]:
+    def build(tmp: Path, c: Canary) -> list[str]:
+        images.write_layout(str(tmp / "oci"), list(layers), ref="evil:1")
+        return [str(tmp / "oci")]
+    return build
+
+
+def _same_dir_repeated(tmp: Path, c: Canary) -> list[str]:
+    """A 3000-byte directory name 30000 times: each entry's name was kept for its mtime (90 MB)."""
+    name = "/".join(["d" * 199] * 15)
+    with (open(tmp / "dirs.tar.gz", "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz,
+          tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tf):
+        for _ in range(30000):
+            ti = tarfile.TarInfo(name)
+            ti.type = tarfile.DIRTYPE
+            tf.addfile(ti)
+    return [str(tmp / "dirs.tar.gz")]
+
+
 UP = "../" * 40
 
 CORPUS: dict[str, tuple[Callable[[Path, Canary], list[str]], str]] = {
@@ -298,6 +320,11 @@ CORPUS: dict[str, tuple[Callable[[Path, Canary], list[str]], str]] = {
     "index-nested-1M-deep": (_nested_index, "nests too deeply"),
     "tree-10000-deep": (_deep_tree, "path longer than"),
     "pax-header-2GiB": (_giant_pax_header, "tar header of the image is larger than 1 MiB"),
+    "pax-path-with-nul": (_layout_of(images.nul_layer("path")), "NUL in a name"),
+    "pax-linkpath-with-nul": (_layout_of(images.nul_layer("linkpath")), "NUL in a symlink's target"),
+    # no layers: there is no root to mount (the run fell through to a `--rootfs` of None)
+    "no-layers": (_layout_of(), "the image has no layers"),
+    "one-dir-name-repeated": (_same_dir_repeated, "directory names of more than 64 MiB"),
     "whiteout-dotdot-at-top": (_whiteout("dotdot-top"), "whiteout of"),
     "whiteout-dotdot-in-dir": (_whiteout("dotdot-sub"), "whiteout of"),
     "whiteout-dot": (_whiteout("dot"), "whiteout of"),
@@ -402,6 +429,33 @@ def test_max_size_from_the_environment(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
+def test_telling_the_archive_kind_inflates_no_more_than_the_cap(tmp_path: Path) -> None:
+    """Before the import proper, the archive is read to tell an OCI layout from a docker save or a
+    root filesystem; skipping a member inflates all of it, and that read was not capped: a 256 MiB
+    member of zeros (250 KiB of gzip) was inflated whole against a 1 MiB cap."""
+    from cgagent.images.importer import _archive_kind
+
+    path = tmp_path / "bomb.tar.gz"
+    with open(path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w|") as tf:
+        ti = tarfile.TarInfo("zeros")
+        ti.size = 256 << 20
+        tf.addfile(ti, images.Zeros(ti.size))
+    compressed = path.stat().st_size
+
+    class Counted(io.FileIO):
+        read_bytes = 0
+
+        def read(self, n: int = -1) -> bytes:
+            data = super().read(n)
+            self.read_bytes += len(data or b"")
+            return data or b""
+
+    with Counted(path, "r") as f:
+        assert _archive_kind(f, 1 << 20) is None   # refused as an archive: the layer import says why
+        assert f.read_bytes < compressed // 8, (f.read_bytes, compressed)
+
+
 def test_sigterm_during_import_leaves_nothing(tmp_path: Path) -> None:
     """The test holds the store lock, so the import stages its layers and then waits to publish;
     SIGTERM there must end it in one line with its staging dir gone."""
@@ -441,6 +495,30 @@ def test_directory_replaced_by_a_symlink_changes_nothing_outside(tmp_path: Path,
     assert (canary.state(), stat.S_IMODE(canary.config.stat().st_mode)) == before
     [img] = [d for d in os.listdir(tmp_path / "store" / "layers") if d != "l"]
     assert os.readlink(tmp_path / "store" / "layers" / img / "diff" / "x") == str(canary.config)
+
+
+def test_a_directory_on_the_way_replaced_by_a_symlink_changes_nothing_outside(tmp_path: Path, canary: Canary) -> None:
+    """Directory mtimes are set after the whole layer, by name: `a/config.json`'s went through the
+    symlink a later member made of `a`, to the host's file (the canary's config.json here)."""
+    before = canary.state()
+    layer = images.dir_symlinked_on_the_way(str(canary.dir), "config.json")
+    images.write_layout(str(tmp_path / "oci"), [layer], ref="x:1")
+    r = run_cgagent(tmp_path, "image", "import", str(tmp_path / "oci"))
+    assert r.rc == 0, r.stderr
+    assert canary.state() == before
+
+
+def test_without_openat2_a_directory_on_the_way_is_not_followed(tmp_path: Path, canary: Canary,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from cgagent.images import confined
+    from cgagent.images.unpack import unpack
+
+    monkeypatch.setattr(confined, "_openat2_ok", False)
+    before = canary.state()
+    (tmp_path / "diff").mkdir()
+    unpack(io.BytesIO(images.dir_symlinked_on_the_way(str(canary.dir), "config.json")), str(tmp_path / "diff"))
+    assert os.readlink(tmp_path / "diff" / "a") == str(canary.dir)
+    assert canary.state() == before
 
 
 def test_without_openat2_the_walk_refuses_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
