@@ -96,29 +96,33 @@ def parse_since(value: str | None, now_ns: int | None = None) -> int | None:
     without a zone is local), a date, Unix seconds, or a duration back from now (10m, 1h30m, 1.5s)."""
     if value is None:
         return None
-    v = value.strip()
-    now = time.time_ns() if now_ns is None else now_ns
+    try:   # a duration of 400 digits, or year 1 in a zone west of UTC, is out of any clock's range
+        ns = _since_ns(value.strip(), time.time_ns() if now_ns is None else now_ns)
+    except (ValueError, OverflowError):
+        ns = None
+    if ns is None:
+        raise CgagentError(f"--since {value!r} is not a time",
+                           "give an RFC 3339 time (2024-05-01T10:00:00Z), Unix seconds, or a duration (10m, 1h30m)")
+    return ns
+
+
+def _since_ns(v: str, now: int) -> int | None:
     if re.fullmatch(r"\d{1,12}(\.\d{1,9})?", v):
         sec, _, frac = v.partition(".")
         return int(sec) * 10**9 + int((frac or "0").ljust(9, "0"))
     if re.fullmatch(f"(?:{_DURATION.pattern})+", v):
         return now - sum(int(float(n) * _UNIT_NS[u]) for n, u in _DURATION.findall(v))
     m = _RFC3339.fullmatch(v)
-    if m is not None:
-        day, clock, frac, zone = m.groups()
-        try:
-            offset = "" if zone in (None, "Z", "z") else zone
-            dt = datetime.datetime.fromisoformat(f"{day}T{clock or '00:00:00'}{offset}")
-        except ValueError:
-            dt = None
-        if dt is not None:
-            if zone in ("Z", "z"):
-                dt = dt.replace(tzinfo=datetime.UTC)
-            elif dt.tzinfo is None:
-                dt = dt.astimezone()   # local time, as docker reads a time without a zone
-            return int(dt.timestamp()) * 10**9 + int((frac or "0").ljust(9, "0"))
-    raise CgagentError(f"--since {value!r} is not a time",
-                       "give an RFC 3339 time (2024-05-01T10:00:00Z), Unix seconds, or a duration (10m, 1h30m)")
+    if m is None:
+        return None
+    day, clock, frac, zone = m.groups()
+    offset = "" if zone in (None, "Z", "z") else zone
+    dt = datetime.datetime.fromisoformat(f"{day}T{clock or '00:00:00'}{offset}")
+    if zone in ("Z", "z"):
+        dt = dt.replace(tzinfo=datetime.UTC)
+    elif dt.tzinfo is None:
+        dt = dt.astimezone()   # local time, as docker reads a time without a zone
+    return int(dt.timestamp()) * 10**9 + int((frac or "0").ljust(9, "0"))
 
 
 def stamp(t_ns: int) -> bytes:

@@ -120,6 +120,13 @@ def test_errors_are_the_clis_line_and_code(cg: Env, api: tuple[Agent, Client]) -
     ("POST", "/v1/workloads", b'{"cmd": ["true"], "detach": true, "environ": {"A=B": "c"}}',
      "field 'environ' of the run request must be an object of strings"),
     ("POST", "/v1/workloads", b'{"cmd": ["true"]}', "a foreground run needs the caller's stdio"),
+    ("POST", "/v1/workloads", b'{"cmd": ["true"], "detach": true, "cwd": "/tmp\\u0000x"}',
+     "field 'cwd' of the run request must be a string (no NUL)"),
+    ("POST", "/v1/workloads", b'{"cmd": ["true"], "detach": true, "environ": {"": "x"}}',
+     "field 'environ' of the run request must be an object of strings"),
+    ("POST", "/v1/workloads/x/update", b'{"device_read_bps": ["\\u0000:1"]}',
+     "field 'device_read_bps' of the update request must be an array of strings (no NUL)"),
+    ("GET", "/v1/events?follow=yes", b"", "query parameter 'follow' is 'yes'"),
     ("GET", "/v1/ps?all=1&colour=red", b"", "unknown query parameter 'colour'"),
     ("GET", "/v1/ps?all=maybe", b"", "query parameter 'all' is 'maybe'"),
     ("POST", "/v1/workloads/x/stop?time=-1", b"", "query parameter 'time'"),
@@ -140,6 +147,9 @@ def test_oversized_and_unparsable_requests(cg: Env, api: tuple[Agent, Client]) -
     path = api[1].path
     big = raw_request(path, b"POST /v1/workloads HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n")
     assert big.startswith(b"HTTP/1.1 413 ") and b"more than 65536" in big
+    # a digit to str.isdigit() that int() does not take (headers are read as latin-1)
+    odd = raw_request(path, b"POST /v1/workloads HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n")
+    assert odd.startswith(b"HTTP/1.1 400 ") and b"is not a number" in odd, odd
     garbage = raw_request(path, b"\x16\x03\x01 hello\r\n\r\n")
     assert garbage.startswith(b"HTTP/1.1 400 ") and garbage.split(b"\r\n\r\n", 1)[1].count(b"\n") == 1
     # headers past the bound: the connection is dropped without a thread spending more on it

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cgagent.errors import CgagentError
 from cgagent.logtime import parse_since, stamp
 from tests.conftest import Env
 from tests.isolated import wait_for
@@ -147,6 +148,15 @@ def test_parse_since_forms() -> None:
     assert parse_since("1714557600.5") == 1714557600 * 10**9 + 500_000_000
     assert stamp(1714557600 * 10**9 + 123) == b"2024-05-01T10:00:00.000000123Z "
     assert parse_since(None) is None
+
+
+@pytest.mark.parametrize("value", ["9" * 400 + "h", "0001-01-01", "2024-13-01", "soon"])
+def test_parse_since_out_of_range_is_one_line(value: str) -> None:
+    """A value that matches a form but no clock (an overflowing duration, a local midnight of year 1,
+    which is year 0 in UTC) raised OverflowError or ValueError: a traceback on the CLI, a 500 from
+    the API."""
+    with pytest.raises(CgagentError, match="is not a time"):
+        parse_since(value)
 
 
 def test_reader_gives_a_line_the_time_of_the_entry_that_covers_its_end(tmp_path: Path) -> None:

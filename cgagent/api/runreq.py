@@ -35,14 +35,15 @@ def check_fields(body: Any, fields: dict[str, str], what: str) -> dict[str, Any]
                                "the fields are " + ", ".join(sorted(fields)))
         if v is None:
             continue
-        ok = {"string": isinstance(v, str), "boolean": isinstance(v, bool),
+        ok = {"string": isinstance(v, str) and "\0" not in v, "boolean": isinstance(v, bool),
               "integer": isinstance(v, int) and not isinstance(v, bool),
-              "array": isinstance(v, list) and all(isinstance(i, str) for i in v),
-              "object": isinstance(v, dict) and all(isinstance(i, str) and "=" not in i and "\0" not in i + j
+              "array": isinstance(v, list) and all(isinstance(i, str) and "\0" not in i for i in v),
+              "object": isinstance(v, dict) and all(isinstance(i, str) and i and "=" not in i and "\0" not in i + j
                                                     and isinstance(j, str) for i, j in v.items())}[kind]
         if not ok:
             raise CgagentError(f"field {k!r} of the {what} must be " + {
-                "array": "an array of strings", "object": "an object of strings (NAME: value)"}.get(kind, f"a {kind}"),
+                "string": "a string (no NUL)", "array": "an array of strings (no NUL)",
+                "object": "an object of strings (NAME: value)"}.get(kind, f"a {kind}"),
                 "see the API's openapi.json")
         out[k] = v
     return out

@@ -262,13 +262,13 @@ class Api:
 
         self.workload(p["name"])
         tail, since, stamps = parse_tail(q.get("tail")), parse_since(q.get("since")), q.flag("timestamps")
-        return Stream("application/octet-stream", lambda client: log_stream(self.store, p["name"], q.flag("follow"),
+        follow = q.flag("follow")   # here, not in the stream: a bad value must be a 400, not a cut reply
+        return Stream("application/octet-stream", lambda client: log_stream(self.store, p["name"], follow,
                                                                             client, tail, since, stamps))
 
     def op_events(self, _p: dict[str, str], q: Query, _b: Any) -> Any:
-        name = q.get("name")
-        return Stream("application/x-ndjson", lambda client: event_stream(self.store.root, name, q.flag("follow"),
-                                                                          client))
+        name, follow = q.get("name"), q.flag("follow")
+        return Stream("application/x-ndjson", lambda client: event_stream(self.store.root, name, follow, client))
 
 
 class Query:
@@ -447,7 +447,7 @@ class Handler(web.BoundedHandler):
             self.close_connection = True
             raise ApiError(400, "chunked request bodies are not accepted", "send the body with Content-Length")
         raw_len = self.headers.get("Content-Length", "0")
-        if not raw_len.isdigit():
+        if not (raw_len.isascii() and raw_len.isdigit()):   # "²" is a digit to isdigit(), not to int()
             self.close_connection = True
             raise ApiError(400, f"Content-Length {raw_len!r} is not a number", "send the body's length in bytes")
         n = int(raw_len)
