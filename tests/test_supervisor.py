@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 
 from cgagent import events, procs
 from tests.isolated import IMG, Box, ok, ps_json, wait_for
@@ -163,3 +164,24 @@ def test_stop_says_when_it_had_to_kill(box: Box) -> None:
         "cgagent: deaf did not exit within 1s of SIGTERM; killed it (SIGKILL)"], r.stderr
     assert [e["exit_code"] for e in evs(box, "deaf", "exit")] == [137]
     ok(box.run("rm", "deaf"))
+
+
+def test_a_workload_that_ends_after_its_supervisor_was_killed_is_recorded_by_stop_and_restarts(box: Box) -> None:
+    """The supervisor SIGKILLed, then the workload ends on its own: nobody recorded the end, so the
+    record said running for good; `stop` did nothing, `restart` said "started again meanwhile"."""
+    ok(box.run("run", "-d", "--name", "orphan", IMG, "--", "sleep", "1000"))
+    wait_for(lambda: record(box, "orphan").get("pid") is not None)
+    rec = record(box, "orphan")
+    os.kill(rec["supervisor_pid"], signal.SIGKILL)   # this test's own workload's supervisor, by pid
+    assert procs.wait_exit(rec["supervisor_pid"], rec["supervisor_start"], 10)
+    os.kill(rec["pid"], signal.SIGKILL)
+    assert procs.wait_exit(rec["pid"], rec["pid_start"], 10)
+    assert record(box, "orphan")["status"] == "running"   # what the killed supervisor left
+    ok(box.run("stop", "orphan"))
+    after = record(box, "orphan")
+    assert after["status"] == "exited" and after["exit_code"] is None, after
+    assert [e["exit_code"] for e in evs(box, "orphan", "exit")] == [None]
+    assert box.containers() == []   # its overlay went with the recorded end
+    ok(box.run("restart", "orphan"))
+    assert record(box, "orphan")["status"] == "running"
+    ok(box.run("rm", "-f", "orphan"))

@@ -52,6 +52,7 @@ def stop(store: Store, host: Host, name: str, timeout: float | None = None) -> N
         # nothing to restart: a full or read-only state dir must not keep the workload from stopping
     if live_status(host, rec) != "running":
         _end_supervisor(rec)    # it may be waiting out a restart backoff
+        settle_orphan(store, host, name)
         return
     mgr = manager(host, rec)
     main = rec.pid if procs.alive(rec.pid, rec.pid_start) else None
@@ -68,6 +69,17 @@ def stop(store: Store, host: Host, name: str, timeout: float | None = None) -> N
               file=sys.stderr, flush=True)
     mgr.kill()
     _settle(store, host, rec)
+
+
+def settle_orphan(store: Store, host: Host, name: str) -> None:
+    """Record the end of a workload whose supervisor was killed before it could (its record still
+    says running): with the exit code that supervisor logged, if it got that far, else none."""
+    try:
+        rec = store.load(name)
+    except CgagentError:
+        return   # removed meanwhile (--rm, or `rm -f`)
+    if rec.status != "exited" and not supervisor_alive(rec) and live_status(host, rec) == "exited":
+        finish(store, host, name, _logged_exit(store, rec))
 
 
 def _thaw_if_paused(mgr: CgroupManager, rec: Record) -> None:

@@ -13,7 +13,7 @@ from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.limits import Resources
 from cgagent.live import live_status, supervisor_alive
-from cgagent.runtime.control import stop
+from cgagent.runtime.control import settle_orphan, stop
 from cgagent.runtime.lifecycle import make, reserve_cgroup, teardown_isolation
 from cgagent.runtime.parents import prune_parents
 from cgagent.runtime.request import require_root
@@ -36,6 +36,7 @@ def restart(store: Store, host: Host, name: str, timeout: float | None = None) -
                            "run it again without --rm (with --restart for restarts)")
     if live_status(host, rec) != "exited":
         stop(store, host, name, timeout)
+    settle_orphan(store, host, name)   # ended while no supervisor ran: its end is recorded first
     _last_supervisor_gone(store, name)
     rec, mgr = _recreate(store, host, name)
     from cgagent.runtime.supervisor import detach
