@@ -38,9 +38,15 @@ def append(state_root: str, kind: str, name: str, **fields: Any) -> dict[str, An
     p = path(state_root)
     try:
         private_dir(state_root)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             private_fd(fd)
+            end = os.fstat(fd).st_size
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                # a writer killed mid-line (a fatal signal cuts a write of several pages short) left
+                # it torn: end it, or it swallows this event (a racing writer's line at most leaves
+                # an empty one, which readers skip)
+                data = b"\n" + data
             n = os.write(fd, data)   # one write: O_APPEND keeps lines whole
             if n != len(data):
                 # the disk filled mid-line: end the torn piece so the next event starts a line of its own
@@ -134,6 +140,8 @@ class Reader:
                 continue
             self.offset += len(raw)
             self.line += 1
+            if raw == b"\n":
+                continue   # the end a torn line was given (append)
             try:
                 ev = json.loads(raw)
             except (ValueError, RecursionError):

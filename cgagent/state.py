@@ -339,7 +339,9 @@ class Store:
         return parse_record(name, path, raw)
 
     def delete(self, name: str) -> None:
-        for p in (self.path(name), self.log_path(name), self.index_path(name), self.tty_path(name)):
+        # the record last: killed before it, the name stays taken and `rm` finishes the job (the
+        # other way round, a new workload of the name appended to the old one's log)
+        for p in (self.log_path(name), self.index_path(name), self.tty_path(name), self.path(name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 

@@ -115,6 +115,17 @@ def test_a_torn_last_line_is_read_once_it_is_whole(tmp_path: Path) -> None:
     assert [e["kills"] for e in r.read()] == [2]
 
 
+def test_an_event_after_a_line_a_killed_writer_tore_is_not_lost(tmp_path: Path) -> None:
+    """A fatal signal can cut a write of several pages short: the next event was appended to the torn
+    piece and skipped with it (an OOM kill gone from the totals, an exit code gone)."""
+    (tmp_path / events.FILE).write_bytes(_oom("a", 1) + b"\n" + _oom("a", 2)[:10])
+    events.append(str(tmp_path), "oom_kill", "b", kills=3, cgroup="/x/b")
+    seen: list[str] = []
+    got = list(events.Reader(str(tmp_path), on_bad=lambda where, what: seen.append(what)).read())
+    assert [(e["name"], e["kills"]) for e in got] == [("a", 1), ("b", 3)]
+    assert seen == ["not JSON"]   # the torn piece, once
+
+
 def test_totals_ignore_garbage_counts(tmp_path: Path) -> None:
     _log(tmp_path, [_oom("a", 3), _oom("a", -5), _oom("a", "7"), _oom("a", True), _oom("a", 1e9), _oom("a", 2**40),
                     *BAD_LINES, _oom("a", 1)])

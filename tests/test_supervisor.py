@@ -185,3 +185,14 @@ def test_a_workload_that_ends_after_its_supervisor_was_killed_is_recorded_by_sto
     ok(box.run("restart", "orphan"))
     assert record(box, "orphan")["status"] == "running"
     ok(box.run("rm", "-f", "orphan"))
+
+
+def test_a_stop_flag_a_killed_rm_left_does_not_keep_a_new_workload_from_restarting(box: Box) -> None:
+    """`rm -f` and `prune` set a stop flag (no restart while they remove) and clear it at the end:
+    killed in between, the flag kept a new workload of the same name from ever restarting."""
+    workloads = f"{box.cg.state_dir}/workloads"
+    os.makedirs(workloads, exist_ok=True)
+    open(f"{workloads}/again.stopping", "w").close()   # as a killed `rm -f again` leaves it
+    ok(box.run("run", "-d", "--name", "again", "--restart", "on-failure:1", "--", "sh", "-c", "echo h; exit 9"))
+    assert ok(box.run("logs", "-f", "again")).split() == ["h", "h"]
+    ok(box.run("rm", "again"))

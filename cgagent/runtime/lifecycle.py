@@ -123,6 +123,7 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
                      process=req.host_process.to_record() if req.host_process is not None else {},
                      tty=req.tty)
         made = mgr.made_by_create()
+        clear_stop(store, name)   # one a killed `rm`/`prune` left would keep this one from restarting
         with image_users.claimed(rec.isolation, store.root, rec.name, rec.created):
             store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
         fault("record")
