@@ -16,7 +16,6 @@ import contextlib
 import datetime
 import os
 import re
-import select
 import struct
 import sys
 import time
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from cgagent.errors import CgagentError
+from cgagent.wakeup import ready_to_read
 
 ENTRY = struct.Struct("<QQ")   # log size, time (ns since the epoch)
 MAX_LINE = 1 << 20
@@ -78,7 +78,7 @@ def _stamp(log_path: str, idx_path: str, parent: int) -> None:
             last_size = st.st_size   # truncated by hand: later entries must still grow
         if ended:   # the supervisor is gone (and the look above saw its last writes): done
             return
-        ready = select.select([ino.fd, sup], [], [])[0]
+        ready = ready_to_read([ino.fd, sup])
         for _ in ino.read():
             pass
         ended = sup in ready

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import select
+
+from cgagent.wakeup import ready_to_read
 
 
 def close_all_but(keep: set[int]) -> None:
@@ -69,6 +70,6 @@ def wait_exit(pid: int, start: int | None, timeout: float) -> bool:
     if fd is None:
         return True
     try:
-        return bool(select.select([fd], [], [], max(0.0, timeout))[0])
+        return bool(ready_to_read([fd], max(0.0, timeout)))
     finally:
         os.close(fd)

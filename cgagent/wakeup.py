@@ -45,12 +45,21 @@ def _wakeup_fd() -> int | None:
     return r
 
 
+def ready_to_read(fds: list[int], timeout: float | None = None) -> list[int]:
+    """select()'s readable set, by poll(): select() takes no fd from 1024 up, and the agent (its soft
+    fd limit raised for the exporter's directory fds) holds more than that."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    return [fd for fd, _ in p.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))]
+
+
 def readable(fds: list[int], timeout: float | None = None) -> list[int]:
     """The fds of `fds` that are readable, waiting up to `timeout` seconds (None: for ever) for one;
     a signal that arrives meanwhile, or had just arrived, ends the wait and has its handler run
     (which may raise, as Ctrl-C's does). An empty answer: the timeout, or a handler that returned."""
     wake = _wakeup_fd()
-    ready: list[int] = select.select(fds if wake is None else [*fds, wake], [], [], timeout)[0]
+    ready = ready_to_read(fds if wake is None else [*fds, wake], timeout)
     if wake is not None and wake in ready:
         try:
             while os.read(wake, 512):

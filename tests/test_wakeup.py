@@ -91,3 +91,28 @@ def test_readable_answers_the_ready_fds_and_nothing_on_a_timeout() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_an_fd_from_1024_up_is_waited_for() -> None:
+    """select() refuses fds from FD_SETSIZE (1024) up with ValueError: the agent raises its soft fd
+    limit and holds a directory fd per cgroup for the exporter, so its relays, streams, launcher
+    and pid waits (all on cgagent.wakeup) could fail once it held 1024."""
+    import resource
+
+    from cgagent.wakeup import readable, ready_to_read
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard fd limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    r, w = os.pipe()
+    try:
+        high = os.dup2(r, 1500)
+        assert readable([high], timeout=0) == [] and ready_to_read([high], 0) == []
+        os.write(w, b"x")
+        assert readable([high], timeout=0) == [high] and ready_to_read([high], 0) == [high]
+        os.close(high)
+    finally:
+        os.close(r)
+        os.close(w)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -17,13 +17,13 @@ from __future__ import annotations
 import array
 import contextlib
 import os
-import select
 import signal
 import socket
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cgagent.errors import CgagentError
+from cgagent.wakeup import ready_to_read
 
 if TYPE_CHECKING:   # the agent's side: not for the thin client, which imports this module for run_attached
     from cgagent.api.launcher import Launched, Launcher, Op
@@ -316,7 +316,7 @@ def relay(sock: socket.socket, child: Launched) -> None:
     listening = True
     while True:
         watched = [child.reply.fileno(), sock.fileno()] if listening else [child.reply.fileno()]
-        ready: list[int] = select.select(watched, [], [])[0]
+        ready = ready_to_read(watched)
         if sock.fileno() in ready:
             try:
                 data = sock.recv(MAX_LINE)

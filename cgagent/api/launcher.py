@@ -25,7 +25,6 @@ import array
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
 import sys
@@ -35,6 +34,7 @@ from typing import Any, NamedTuple
 from cgagent.errors import CgagentError
 from cgagent.faults import fault
 from cgagent.procs import close_all_but
+from cgagent.wakeup import ready_to_read
 
 MAX_MESSAGE = 256 * 1024   # a run request is at most 64 KiB of JSON (the API's bound)
 MAX_FDS = 8
@@ -201,8 +201,7 @@ class _Launcher:
         ctl = self.ctl.fileno()
         parked = {r.pidfd: r for r in self.pool}
         short = len(self.pool) < POOL_SIZE
-        ready: list[int] = select.select([ctl, *self.children, *parked, *self.reports], [], [],
-                                         IDLE if short else None)[0]
+        ready = ready_to_read([ctl, *self.children, *parked, *self.reports], IDLE if short else None)
         if not ready:
             self.pool.append(self.fork_runner())
             return True

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import select
 import socket
 import struct
 import sys
@@ -32,6 +31,7 @@ from cgagent.api.stderr import MAX_CAPTURED, STDERR_HEADER, captured_stderr
 from cgagent.errors import CgagentError
 from cgagent.host import Host
 from cgagent.state import Store
+from cgagent.wakeup import ready_to_read
 from exporters import web
 
 SOCKET_NAME = "agent.sock"
@@ -337,7 +337,7 @@ def _watching(paths: list[tuple[str, int]], fds: list[int], client: socket.socke
             ino.add(path, mask)
         yield []   # watches in place: the caller reads what is there (nothing is missed in between)
         while True:
-            ready: list[int] = select.select([ino.fd, client.fileno(), *fds], [], [])[0]
+            ready = ready_to_read([ino.fd, client.fileno(), *fds])
             if client.fileno() in ready:
                 return
             if ino.fd in ready:

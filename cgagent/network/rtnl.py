@@ -14,13 +14,13 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import select
 import socket
 import struct
 import time
 from collections.abc import Iterator
 
 from cgagent.network import netns
+from cgagent.wakeup import ready_to_read
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
@@ -214,7 +214,7 @@ class LinkEvents:
         AF_BRIDGE's), False at the deadline (time.monotonic()) or when events were lost (look again)."""
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            if left <= 0 or not ready_to_read([self.sock.fileno()], left):
                 return False
             try:
                 data = self.sock.recv(1 << 16)
