@@ -156,6 +156,17 @@ def test_oversized_and_unparsable_requests(cg: Env, api: tuple[Agent, Client]) -
     assert raw_request(path, b"GET /v1/ps HTTP/1.1\r\n" + b"X: " + b"a" * 20000 + b"\r\n\r\n") == b""
 
 
+def test_a_body_a_refused_request_left_unread_is_not_taken_for_the_next_request(
+        cg: Env, api: tuple[Agent, Client]) -> None:
+    """Refused on its query (or route) before its body was read, on a kept-alive connection: the
+    body was then read as the next request, and answered (here, a smuggled `ps`)."""
+    smuggled = b"GET /v1/ps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reply = raw_request(api[1].path, b"POST /v1/workloads/x/stop?colour=red HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"unknown query parameter 'colour'" in reply, reply
+    assert reply.count(b"HTTP/1.1 ") == 1, reply
+
+
 def raw_request(path: str, data: bytes) -> bytes:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(30)

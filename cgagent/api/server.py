@@ -422,6 +422,7 @@ class Handler(web.BoundedHandler):
         self.peer = peer_of(self.connection)
 
     captured = ""
+    body_read = False
 
     def end_headers(self) -> None:
         if self.captured:
@@ -440,6 +441,8 @@ class Handler(web.BoundedHandler):
         self.wfile.write(body)
 
     def _fail(self, e: CgagentError, status: int) -> None:
+        if not self.body_read:   # refused before its body was read: that body is no next request
+            self.close_connection = True
         self._json(status, _error_body(e))
 
     def _body(self) -> Any:
@@ -455,6 +458,7 @@ class Handler(web.BoundedHandler):
             self.close_connection = True   # the body is not read: the connection cannot go on
             raise ApiError(413, f"the request body is {n} bytes, more than {MAX_BODY}", "send a smaller request")
         raw = self.rfile.read(n) if n else b""
+        self.body_read = True
         if len(raw) != n:
             self.close_connection = True
             raise ApiError(400, "the request body ended early", "send as many bytes as Content-Length says")
@@ -472,6 +476,7 @@ class Handler(web.BoundedHandler):
 
     def _handle(self) -> None:
         api = self.server.api
+        self.body_read = False
         try:
             if not api.allowed(self.peer):
                 self.close_connection = True
@@ -607,6 +612,6 @@ class ApiServer(web.ConnectionLoop):
             raise CgagentError(f"cannot listen on {path} ({e.strerror or e})",
                                "check the directory, or give another --api-socket") from None
         if group is not None:
-            os.chown(path, -1, group)
+            os.chown(path, -1, group, follow_symlinks=False)
         httpd.api = api
         self._serve(httpd, None)
