@@ -10,8 +10,9 @@ from __future__ import annotations
 import collections
 import os
 import re
-import select
 import time
+
+from cgagent.wakeup import ready_to_read
 
 TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
@@ -98,4 +99,4 @@ class OomLog:
                        default=0.0)
             if left <= 0:
                 return
-            select.select([self.fd], [], [], left)
+            ready_to_read([self.fd], left)

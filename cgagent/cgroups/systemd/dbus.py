@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import fcntl
 import os
-import select
 import socket
 import struct
 import termios
@@ -37,6 +36,7 @@ from jeepney.wrappers import DBusErrorResponse, unwrap_msg
 
 from cgagent.errors import CgagentError
 from cgagent.faults import lose
+from cgagent.wakeup import ready_to_read
 
 SD = "org.freedesktop.systemd1"
 MANAGER = DBusAddress("/org/freedesktop/systemd1", SD, f"{SD}.Manager")
@@ -76,7 +76,7 @@ class _Wire:
     what a caller can want goes through jeepney's parser."""
 
     def __init__(self, sock: socket.socket) -> None:
-        sock.settimeout(None)   # reads wait in select() against the caller's deadline
+        sock.settimeout(None)   # reads wait in poll() against the caller's deadline
         self.sock = sock
         self.serial = 0
         self.buf = bytearray()
@@ -133,7 +133,7 @@ class _Wire:
                     frame = bytes(self.buf[:size])
                     del self.buf[:size]
                     return frame
-            if not select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            if not ready_to_read([self.sock.fileno()], max(0.0, deadline - time.monotonic())):
                 raise TimeoutError
             data = self.sock.recv(65536)
             if not data:

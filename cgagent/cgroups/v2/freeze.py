@@ -3,12 +3,12 @@ notifies each change of cgroup.events (IN_MODIFY), so the wait is an event, not 
 
 from __future__ import annotations
 
-import select
 import time
 from collections.abc import Callable
 
 from cgagent.cgroups import fs
 from cgagent.errors import CgagentError
+from cgagent.wakeup import ready_to_read
 
 
 def is_frozen(d: str) -> bool | None:
@@ -39,6 +39,6 @@ def wait_frozen(d: str, frozen: bool, timeout: float = 10.0, start: Callable[[],
             if left <= 0:
                 raise CgagentError(f"{d} did not {'freeze' if frozen else 'thaw'} within {timeout:g}s",
                                    "a process may be in uninterruptible sleep (D state); retry")
-            select.select([ino.fd], [], [], left)
+            ready_to_read([ino.fd], left)
             for _ in ino.read():
                 pass
