@@ -441,11 +441,20 @@ class Handler(web.BoundedHandler):
         self.wfile.write(body)
 
     def _fail(self, e: CgagentError, status: int) -> None:
-        if not self.body_read:   # refused before its body was read: that body is no next request
-            self.close_connection = True
+        # refused before its body was read: the answer first (a client may wait for it before it
+        # sends the body), then read past the body, which must not be taken for the next request;
+        # closing instead cut off a client still sending it (a 501's caller goes on to the direct path)
+        left = 0
+        if not self.body_read and not self.close_connection:
+            with contextlib.suppress(ApiError):   # a length that cannot be read closes the connection
+                left = self._length()
         self._json(status, _error_body(e))
+        if left and len(self.rfile.read(left)) != left:
+            self.close_connection = True
+        self.body_read = True
 
-    def _body(self) -> Any:
+    def _length(self) -> int:
+        """The request body's length, checked; a body that cannot be read closes the connection."""
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
             raise ApiError(400, "chunked request bodies are not accepted", "send the body with Content-Length")
@@ -457,6 +466,10 @@ class Handler(web.BoundedHandler):
         if n > MAX_BODY:
             self.close_connection = True   # the body is not read: the connection cannot go on
             raise ApiError(413, f"the request body is {n} bytes, more than {MAX_BODY}", "send a smaller request")
+        return n
+
+    def _body(self) -> Any:
+        n = self._length()
         raw = self.rfile.read(n) if n else b""
         self.body_read = True
         if len(raw) != n:
