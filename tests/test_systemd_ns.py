@@ -456,6 +456,42 @@ def test_restarts_keep_limits_updated_live_also_in_a_remade_scope(sdns: SystemdN
     assert cli.record("upr")["keeper_pid"] != first_keeper   # the scope was made anew once
     _ok(cli("rm", "-f", "upr"))
     _nothing_of(sdns, cli, "upr")
+@pytest.mark.parametrize("step", ["restarting", "rejoin"])
+def test_a_keeper_killed_while_a_restart_places_the_workload_leaves_a_new_scope_with_the_limits(
+        sdns: SystemdNamespace, cli: CLI, step: str) -> None:
+    """A restart joins the scope the keeper holds, or makes a new one when the keeper is gone. The
+    keeper killed between the look and the use (the supervisor stops itself there, CGAGENT_FAULT;
+    the test kills the keeper and waits for systemd to drop the scope): at "restarting" the new scope
+    was made from the supervisor's own manager, which held no limits (run 41: MemoryLimit=infinity
+    for good); at "rejoin" AttachProcessesToUnit failed and the supervisor died with it (run 43:
+    never restarted). Either way the workload must run in a new scope with the limits of its record."""
+    _ok(cli("run", "-d", "--restart", "always", "--name", "rk", "--memory", "64M", "--", "sleep", "1000",
+            CGAGENT_FAULT=f"stop:{step}"))
+    _ok(cli("update", "rk", "--memory", "128M"))
+    first = cli.record("rk")
+    sup = first["supervisor_pid"]
+
+    def state(pid: object) -> str:
+        return sdns.run(["sh", "-c", f"sed -n 's/^State:\\s*\\(.\\).*/\\1/p' /proc/{pid}/status"]).stdout.strip()
+
+    try:
+        _ok(sdns.run(["kill", "-KILL", str(first["pid"])]))
+        _wait(f"the supervisor stopped at {step}", lambda: state(sup) == "T")
+        _ok(sdns.run(["kill", "-KILL", str(first["keeper_pid"])]))
+        _wait("the scope gone with its keeper", lambda: _units(sdns) == [])
+    finally:
+        sdns.run(["kill", "-CONT", str(sup)])
+    _wait("the restart", lambda: cli.record("rk")["restarts"] == 1 and cli.record("rk")["status"] == "running")
+    rec = cli.record("rk")
+    assert _alive(sdns, rec["pid"]) and rec["keeper_pid"] != first["keeper_pid"], rec
+    assert _units(sdns) == ["cgagent-rk.scope"]
+    assert (sdns.unit_property("cgagent-rk.scope", "MemoryLimit"), _cg(sdns, rec, "memory", "memory.limit_in_bytes")) \
+        == (str(128 * M), str(128 * M))
+    assert rec["pid"] in [int(p) for p in _procs(sdns, rec, "memory")]
+    _ok(cli("rm", "-f", "rk"))
+    _nothing_of(sdns, cli, "rk")
+
+
 # --- devices (issue 15, item 2): DevicePolicy=strict + DeviceAllow=, applied by systemd itself
 
 DevCLI = tuple[CLI, str, str, tuple[int, int]]

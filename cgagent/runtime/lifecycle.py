@@ -68,20 +68,6 @@ def _slice_of(rec: Record) -> str:
     return parent if parent.endswith(".slice") else "-.slice"
 
 
-def start_manager(host: Host, rec: Record, mgr: CgroupManager) -> CgroupManager:
-    """The manager to start (or restart) the workload with. A systemd scope that is gone (its keeper
-    was killed) is made anew with the limits the record holds NOW (update, policies), not those of
-    its creation."""
-    if rec.driver != "systemd" or not getattr(mgr, "owned", False) or (keeper_alive(rec) and mgr.exists()):
-        return mgr
-    from cgagent.cgroups.systemd import SystemdManager
-
-    assert rec.unit
-    fresh = SystemdManager(host, rec.unit, _slice_of(rec))
-    fresh.set(Resources.from_dict(rec.resources))   # not owned yet: kept for StartTransientUnit
-    return fresh
-
-
 def _cgroup_id(host: Host, dirs: dict[str, str]) -> str:
     if "" in dirs:
         return "/" + os.path.relpath(dirs[""], host.v2_mount or "/sys/fs/cgroup")
@@ -331,15 +317,21 @@ def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] 
     if rec.driver != "systemd":
         mgr.apply(pid)
         return None
-    if getattr(mgr, "owned", False) and keeper_alive(rec) and mgr.exists():
-        mgr.keeper = rec.keeper_pid   # type: ignore[attr-defined]
-        mgr.join(pid)
-        return None
+    from cgagent.cgroups.systemd import SystemdManager
+
+    assert isinstance(mgr, SystemdManager)
+    if mgr.owned:   # a restart: the scope stays while its keeper lives (the keeper may die at any time)
+        if keeper_alive(rec) and mgr.exists():
+            fault("rejoin")
+            mgr.keeper = rec.keeper_pid
+            if mgr.rejoin(pid):
+                return None
+        mgr.renew(Resources.from_dict(rec.resources), _slice_of(rec))
     keeper = _spawn_keeper()
     try:
-        mgr.keeper = keeper   # type: ignore[attr-defined]
+        mgr.keeper = keeper
         if rec.stop_signal or rec.stop_timeout is not None:   # `systemctl stop` of the scope does as `stop`
-            mgr.stop = (procopts.signal_number(rec.stop_signal),  # type: ignore[attr-defined]
+            mgr.stop = (procopts.signal_number(rec.stop_signal),
                         procopts.DEFAULT_STOP_TIMEOUT if rec.stop_timeout is None else rec.stop_timeout)
         mgr.apply(pid)
     except BaseException:

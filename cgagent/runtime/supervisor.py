@@ -18,7 +18,7 @@ from cgagent.errors import CgagentError
 from cgagent.faults import fault
 from cgagent.host import Host
 from cgagent.live import live_status, manager
-from cgagent.runtime.lifecycle import create, discard, finish, start, start_manager, victims, watch_kmsg
+from cgagent.runtime.lifecycle import create, discard, finish, start, victims, watch_kmsg
 from cgagent.runtime.request import RunRequest, parse_restart
 from cgagent.runtime.stopflag import stop_requested
 from cgagent.state import Damaged, Record, Store
@@ -124,8 +124,8 @@ def _wait_restarting(store: Store, host: Host, rec: Record, mgr: CgroupManager, 
         if sig is not None or not _should_restart(store, rec, code) or not _reload(store, rec):
             return code
         rec.restarts += 1
-        mgr = start_manager(host, rec, mgr)
-        pid = start(store, rec, mgr, stdio)
+        fault("restarting")
+        pid = start(store, rec, mgr, stdio)   # into the scope its keeper holds, or a new one (lifecycle._place)
 
 
 def run_detached(req: RunRequest, host: Host, store: Store) -> str:

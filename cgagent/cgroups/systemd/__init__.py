@@ -171,6 +171,40 @@ class SystemdManager(CgroupManager):
                 if ctrl in self.dirs:
                     fs.write(f"{self.dirs[ctrl]}/cgroup.procs", pid)
 
+    def rejoin(self, pid: int) -> bool:
+        """join() for a restart into the scope its keeper held when looked at: False when the scope has
+        gone since (the keeper died meanwhile), then renew() makes it anew."""
+        from cgagent.cgroups.systemd.dbus import NO_SUCH_UNIT, UNIT_INACTIVE, SystemdError
+
+        try:
+            self.join(pid)
+        except SystemdError as e:
+            if e.dbus_name not in (NO_SUCH_UNIT, UNIT_INACTIVE):
+                raise
+            return False
+        return True
+
+    def renew(self, r: Resources, slice_: str) -> None:
+        """A restart whose scope went with its keeper: the next apply() makes it anew in `slice_` with
+        `r` (the record's limits now, as update and the policies left them; this manager may have been
+        made from the record, knowing none). A scope systemd has not yet seen empty still holds the
+        name: it is stopped first (what is left in it is the last run's)."""
+        from cgagent.cgroups.systemd.dbus import NO_SUCH_UNIT, SystemdError
+
+        self.owned, self._pending, self.keeper, self.slice = False, r, None, slice_
+        self.cgroup_path = os.path.normpath(f"{slice_path(slice_)}/{self.unit}")
+        self.dirs = _dirs_for(self.host, self.cgroup_path, existing_only=False)
+        try:
+            if self._states([self.unit]).get(self.unit, "") not in ("", "inactive"):
+                bus = self._bus()
+                bus.job("StopUnit", "ss", (self.unit, "replace"))
+                bus.call("ResetFailedUnit", "s", (self.unit,))
+        except SystemdError as e:
+            if e.dbus_name != NO_SUCH_UNIT:   # gone meanwhile: as wanted
+                raise
+        finally:
+            self.close()
+
     def reserve(self) -> None:
         """Nothing: the parents are slices systemd makes and removes (create() asks it over D-Bus,
         not under the store lock)."""

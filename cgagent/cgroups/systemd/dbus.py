@@ -50,6 +50,7 @@ RESENDABLE = frozenset({"GetUnit", "Get", "KillUnit", "ResetFailedUnit", "SetUni
 
 UNIT_EXISTS = f"{SD}.UnitExists"
 NO_SUCH_UNIT = f"{SD}.NoSuchUnit"
+UNIT_INACTIVE = f"{SD}.UnitInactive"
 INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 
