@@ -222,6 +222,28 @@ def test_a_supervisor_finishing_after_rm_f_leaves_the_next_workload_of_that_name
     ok(cg, "rm", "-f", "twice")
 
 
+def test_rm_f_of_a_rm_workload_leaves_a_new_workload_of_that_name_alone(cg: Env) -> None:
+    """`rm -f` of a --rm workload: its supervisor records the end and removes the record, and a new run
+    may take the name at once. `rm -f` then looked the workload up again by name, found the new one
+    and ended it (recorded it exited, removed its cgroup: killed it) and removed its record. It stops
+    itself here (CGAGENT_FAULT) after the old supervisor is gone, while the new run starts."""
+    ok(cg, "run", "-d", "--rm", "--name", "again", "--", "sleep", "1000")
+    rm = subprocess.Popen(cg.cmd("rm", "-f", "again"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=cg.env(CGAGENT_FAULT="stop:settling", CGAGENT_DIRECT="1"))
+    try:
+        wait_for(lambda: procs.state(rm.pid) == "T", timeout=60)   # the old one ended and forgotten
+        assert not os.path.exists(os.path.join(cg.state_dir, "workloads", "again.json"))
+        ok(cg, "run", "-d", "--name", "again", "--", "sleep", "1000")
+    finally:
+        os.kill(rm.pid, signal.SIGCONT)
+    assert rm.communicate(timeout=60) == ("again\n", "") and rm.returncode == 0
+    new = inspect(lambda *a: ok(cg, *a), "again")["State"]
+    assert new["Status"] == "running" and procs.alive(new["Pid"], None), new   # type: ignore[index]
+    # nor is its restart policy turned off by the old one's stop flag
+    assert not os.path.exists(os.path.join(cg.state_dir, "workloads", "again.stopping"))
+    ok(cg, "rm", "-f", "again")
+
+
 def test_a_process_being_reaped_is_not_alive(monkeypatch: pytest.MonkeyPatch) -> None:
     """Between its exit and its reaping a process's /proc entry reads Z (not reaped) or X (being
     reaped: its parent ignores SIGCHLD, or is in waitid now). `restart` waits for the last supervisor

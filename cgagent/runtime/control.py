@@ -11,6 +11,7 @@ import signal
 from cgagent import events, oom, procs
 from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
+from cgagent.faults import fault
 from cgagent.host import Host
 from cgagent.limits import Resources
 from cgagent.live import live_status, manager, supervisor_alive
@@ -45,7 +46,7 @@ def stop(store: Store, host: Host, name: str, timeout: float | None = None) -> N
         timeout = rec.stop_timeout if rec.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
     sig = signal_number(rec.stop_signal)
     try:
-        request_stop(store, name)   # no restart after this
+        request_stop(store, name, rec.created)   # no restart after this
     except OSError:
         if rec.restart != "no":   # without the flag its supervisor could restart it: refuse
             raise
@@ -79,7 +80,7 @@ def settle_orphan(store: Store, host: Host, name: str) -> None:
     except CgagentError:
         return   # removed meanwhile (--rm, or `rm -f`)
     if rec.status != "exited" and not supervisor_alive(rec) and live_status(host, rec) == "exited":
-        finish(store, host, name, _logged_exit(store, rec))
+        finish(store, host, name, _logged_exit(store, rec), created=rec.created)
 
 
 def _thaw_if_paused(mgr: CgroupManager, rec: Record) -> None:
@@ -110,10 +111,11 @@ def _settle(store: Store, host: Host, rec: Record) -> None:
     if supervisor_alive(rec):
         assert rec.supervisor_pid
         procs.wait_exit(rec.supervisor_pid, rec.supervisor_start, 10.0)
+    fault("settling")
     cur = store.load(rec.name) if store.exists(rec.name) else None
-    if cur is not None and cur.status != "exited":
+    if cur is not None and cur.created == rec.created and cur.status != "exited":
         # the foreground CLI may still be waiting: give it the chance to record the real exit code
-        finish(store, host, rec.name, None)
+        finish(store, host, rec.name, None, created=rec.created)
 
 
 def remove(store: Store, host: Host, name: str, force: bool) -> None:
@@ -130,7 +132,7 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
     if live_status(host, rec) == "running":
         if not force:
             raise CgagentError(f"workload {name!r} is running", f"stop it first, or use `cgagent rm -f {name}`")
-        request_stop(store, name)   # before the kill: the supervisor must not restart it
+        request_stop(store, name, rec.created)   # before the kill: the supervisor must not restart it
         mgr = manager(host, rec)
         _thaw_if_paused(mgr, rec)
         mgr.kill()
@@ -139,11 +141,15 @@ def remove(store: Store, host: Host, name: str, force: bool) -> None:
         with contextlib.suppress(OSError, CgagentError):
             _settle(store, host, rec)
     if force:
-        request_stop(store, name)
+        request_stop(store, name, rec.created)
         _end_supervisor(rec)   # or it could restart the workload into the cgroup being removed
     with store.lock():
         with contextlib.suppress(CgagentError):  # a restart may have made a new scope meanwhile
-            rec = store.load(name)
+            cur = store.load(name)
+            if cur.created != rec.created:   # --rm: gone with its end, and the name taken by a new workload
+                clear_stop(store, name, rec.created)
+                return
+            rec = cur
         # kills nobody has logged yet, read before the cgroup goes
         oom.note(store, rec, oom.read_rec_counter(rec), "rm")
         manager(host, rec).destroy()

@@ -382,11 +382,12 @@ def victims(rec: Record) -> dict[str, Any] | None:
 
 
 def finish(store: Store, host: Host, name: str, exit_code: int | None,
-           supervisor: bool = False) -> Record | None:
+           supervisor: bool = False, created: float | None = None) -> Record | None:
     """The workload has ended: record how (OOM kills from the kernel's counter), remove its cgroup.
     `supervisor`: the caller is the workload's supervisor, and a record that names another is a later
     workload of the same name (`rm -f` gave up waiting for this one after 10 s, recorded its end,
-    removed it, and a new run took the name): left alone."""
+    removed it, and a new run took the name): left alone. So is one `created` at another time than
+    `created`, when given (`stop`/`rm -f` of a --rm workload whose record went with its end)."""
     with store.lock(), _one_connection(host):
         try:
             rec = store.load(name)
@@ -397,7 +398,8 @@ def finish(store: Store, host: Host, name: str, exit_code: int | None,
             prune.after_exit(store, host, d, exit_code)
         except CgagentError:
             rec = None  # removed meanwhile (`rm -f`)
-        if rec is not None and supervisor and rec.supervisor_pid != os.getpid():
+        if rec is not None and ((supervisor and rec.supervisor_pid != os.getpid())
+                                or (created is not None and rec.created != created)):
             rec = None
         if rec is not None:
             spec = _isolation_ended(rec)

@@ -14,17 +14,29 @@ def flag_path(store: Store, name: str) -> str:
     return os.path.join(store.workloads, f"{name}.stopping")
 
 
-def request_stop(store: Store, name: str) -> None:
-    """Tell the supervisor not to restart `name` again (stop, rm -f)."""
+def request_stop(store: Store, name: str, created: float | None = None) -> None:
+    """Tell the supervisor not to restart `name` again (stop, rm -f): the workload created at `created`
+    (None: whichever), not a later one of the same name that a --rm workload's end made room for."""
     store.ensure()
-    with open(flag_path(store, name), "w"):
-        pass
+    with open(flag_path(store, name), "w") as f:
+        f.write("" if created is None else repr(created))
 
 
-def clear_stop(store: Store, name: str) -> None:
+def clear_stop(store: Store, name: str, created: float | None = None) -> None:
+    """Remove the flag; with `created`, only one meant for that workload (or for whichever)."""
+    if created is not None and not stop_requested(store, name, created):
+        return
     with contextlib.suppress(FileNotFoundError):
         os.unlink(flag_path(store, name))
 
 
-def stop_requested(store: Store, name: str) -> bool:
-    return os.path.exists(flag_path(store, name))
+def stop_requested(store: Store, name: str, created: float) -> bool:
+    try:
+        with open(flag_path(store, name)) as f:
+            meant = f.read(64)
+    except FileNotFoundError:
+        return False
+    try:
+        return not meant or float(meant) == created
+    except ValueError:   # torn by a kill as it was written: a stop was asked for
+        return True

@@ -65,7 +65,7 @@ RESTART_RESET_AFTER = 10.0  # and back to the start after a run of 10 s or more
 
 def _should_restart(store: Store, rec: Record, code: int) -> bool:
     mode, most = parse_restart(rec.restart)
-    if mode == "no" or stop_requested(store, rec.name):
+    if mode == "no" or stop_requested(store, rec.name, rec.created):
         return False
     # on-failure: only a non-zero exit, and at most N restarts
     return mode in ("always", "unless-stopped") or (code != 0 and (most is None or rec.restarts < most))
