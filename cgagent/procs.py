@@ -63,6 +63,24 @@ def pidfd(pid: int | None, start: int | None) -> int | None:
     return None
 
 
+def send_signal(pid: int | None, start: int | None, sig: int) -> bool:
+    """`sig` to the process `pid` that started at `start`, through a pidfd: never to a process that took
+    the pid over since the record named it (a check and then kill(pid) leaves that window open).
+    False: it has ended."""
+    import signal
+
+    fd = pidfd(pid, start)
+    if fd is None:
+        return False
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def wait_exit(pid: int, start: int | None, timeout: float) -> bool:
     """Block until the process `pid` that started at `start` exits, or the timeout passes. True = it
     has exited (a reused pid is not waited for)."""

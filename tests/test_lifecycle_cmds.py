@@ -277,6 +277,24 @@ def test_a_pid_taken_over_by_another_process_is_not_waited_for() -> None:
     assert procs.wait_exit(p.pid, start, 0.05) is True
 
 
+def test_a_pid_taken_over_by_another_process_is_not_signalled() -> None:
+    """`stop`, `rm -f` and `restart` signal the main process and the supervisor the record names,
+    and the network's port proxies theirs: through a pidfd checked against the start time, never
+    kill(pid) after a look (in between the pid can be another process's)."""
+    p = subprocess.Popen(["sleep", "1000"])
+    try:
+        start = procs.start_time(p.pid)
+        assert start is not None
+        assert procs.send_signal(p.pid, start + 1, signal.SIGTERM) is False   # a stranger holds its pid
+        assert procs.wait_exit(p.pid, start, 0.05) is False   # and was left alone
+        assert procs.send_signal(p.pid, start, signal.SIGTERM) is True
+        assert p.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        p.kill()
+        p.wait()
+    assert procs.send_signal(p.pid, start, signal.SIGTERM) is False   # ended
+
+
 def test_bad_input_is_one_line_and_makes_nothing(cg: Env) -> None:
     ok(cg, "run", "-d", "--name", "b", "--", "sleep", "1000")
     ok(cg, "run", "-d", "--rm", "--name", "once", "--", "sleep", "1000")

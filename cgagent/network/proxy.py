@@ -265,10 +265,8 @@ def go(fd: int) -> None:
 
 def stop(pid: int, start_time: int | None) -> None:
     """Kill the proxy `pid` if it is still the one we started (pid reuse guarded by its start time)."""
+    import signal
+
     from cgagent import procs
 
-    if procs.alive(pid, start_time):
-        import signal
-
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    procs.send_signal(pid, start_time, signal.SIGKILL)

@@ -57,11 +57,12 @@ def stop(store: Store, host: Host, name: str, timeout: float | None = None) -> N
         return
     mgr = manager(host, rec)
     main = rec.pid if procs.alive(rec.pid, rec.pid_start) else None
-    targets = [main] if main else mgr.procs()
     _thaw_if_paused(mgr, rec)
-    for p in targets:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, sig)
+    if main is None or not procs.send_signal(main, rec.pid_start, sig):
+        main = None
+        for p in mgr.procs():   # read from its cgroup just now: the workload's own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
     if main and not procs.wait_exit(main, rec.pid_start, timeout):
         import sys
 
@@ -99,10 +100,9 @@ def _thaw_if_paused(mgr: CgroupManager, rec: Record) -> None:
 
 def _end_supervisor(rec: Record, timeout: float = 10.0) -> None:
     """Wake a supervisor in its restart backoff (it then records the end) and wait for it to exit."""
-    if rec.restart != "no" and supervisor_alive(rec) and rec.supervisor_pid != os.getpid():
+    if rec.restart != "no" and rec.supervisor_pid not in (None, os.getpid()) \
+            and procs.send_signal(rec.supervisor_pid, rec.supervisor_start, signal.SIGTERM):
         assert rec.supervisor_pid
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rec.supervisor_pid, signal.SIGTERM)
         procs.wait_exit(rec.supervisor_pid, rec.supervisor_start, timeout)
 
 
