@@ -492,6 +492,28 @@ def test_a_keeper_killed_while_a_restart_places_the_workload_leaves_a_new_scope_
     _nothing_of(sdns, cli, "rk")
 
 
+def test_a_restart_whose_keeper_died_ends_what_the_last_run_left_in_the_scope(sdns: SystemdNamespace,
+                                                                            cli: CLI) -> None:
+    """A process the last run left behind (here a background `sleep`) holds the scope after its keeper
+    died: a new scope cannot start under the name while it is there (StartTransientUnit: "already
+    exists", and the supervisor died with it). The restart ends it, as docker ends a container's
+    processes with its main one, and runs the workload in a new scope."""
+    _ok(cli("run", "-d", "--restart", "always", "--name", "lo", "--memory", "64M", "--",
+            "sh", "-c", "sleep 1000 & exec sleep 1001"))
+    first = cli.record("lo")
+    left = {int(p) for p in _procs(sdns, first, "memory")} - {first["pid"], first["keeper_pid"]}
+    assert len(left) == 1, (left, first)
+    _ok(sdns.run(["kill", "-KILL", str(first["keeper_pid"])]))
+    _ok(sdns.run(["kill", "-KILL", str(first["pid"])]))
+    _wait("the restart", lambda: cli.record("lo")["restarts"] == 1 and cli.record("lo")["status"] == "running")
+    rec = cli.record("lo")
+    assert rec["keeper_pid"] != first["keeper_pid"] and _alive(sdns, rec["pid"]), rec
+    assert not _alive(sdns, left.pop())   # the last run's, killed with its scope
+    assert sdns.unit_property("cgagent-lo.scope", "MemoryLimit") == str(64 * M)
+    _ok(cli("rm", "-f", "lo"))
+    _nothing_of(sdns, cli, "lo")
+
+
 # --- devices (issue 15, item 2): DevicePolicy=strict + DeviceAllow=, applied by systemd itself
 
 DevCLI = tuple[CLI, str, str, tuple[int, int]]

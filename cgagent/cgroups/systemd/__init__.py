@@ -188,7 +188,8 @@ class SystemdManager(CgroupManager):
         """A restart whose scope went with its keeper: the next apply() makes it anew in `slice_` with
         `r` (the record's limits now, as update and the policies left them; this manager may have been
         made from the record, knowing none). A scope systemd has not yet seen empty still holds the
-        name: it is stopped first (what is left in it is the last run's)."""
+        name: it is stopped first, what is left in it killed at once (the last run's processes: no
+        stop timeout to wait out before the restart)."""
         from cgagent.cgroups.systemd.dbus import NO_SUCH_UNIT, SystemdError
 
         self.owned, self._pending, self.keeper, self.slice = False, r, None, slice_
@@ -197,6 +198,7 @@ class SystemdManager(CgroupManager):
         try:
             if self._states([self.unit]).get(self.unit, "") not in ("", "inactive"):
                 bus = self._bus()
+                bus.call("KillUnit", "ssi", (self.unit, "all", int(signal.SIGKILL)))
                 bus.job("StopUnit", "ss", (self.unit, "replace"))
                 bus.call("ResetFailedUnit", "s", (self.unit,))
         except SystemdError as e:
