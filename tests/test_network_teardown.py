@@ -129,6 +129,28 @@ for i in ipr.link_lookup(ifname=five):
 os.close(held)
 attach.prune(root)
 
+# prune finds a dead workload's connection, and before it disconnects it, a new workload of that
+# name has taken the name (the dead one's connection removed, the new one's made): the new one stays
+fd = netns.new_netns()
+attach.connect("six", "bridge", netns.fd_path(fd), root=root)
+os.close(fd)
+real_alive, fresh = attach.alive, []
+def racing(a):
+    if a.owner == "six" and not fresh:
+        attach.disconnect("six", root)
+        fresh.append(netns.new_netns())
+        attach.connect("six", "bridge", netns.fd_path(fresh[0]), root=root)
+        return False   # what prune saw: the dead one
+    return real_alive(a)
+attach.alive = racing
+pruned = attach.prune(root)
+attach.alive = real_alive
+out["prune_race"] = ("attachment six" not in pruned and attach.load("six", root) is not None
+                     and link(port("six")))
+attach.disconnect("six", root)
+os.close(fresh[0])
+attach.prune(root)
+
 # the library's netlink socket outlives each command: never inherited by what this process executes
 flags = {}
 for fd in os.listdir("/proc/self/fd"):
@@ -174,6 +196,7 @@ def test_a_workloads_link_is_gone_and_its_elements_go_with_the_next_nft_run() ->
     assert got["watched_died"] is True and got["watched_namesake_kept"] is True and got["watched_closed"] is True
     assert got["sockets_cloexec"] is True and got["child"] == 0 and got["parent_after_child"] == 0
     assert got["after_closerange"] is True
+    assert got["prune_race"] is True
 
 
 def test_the_stale_list_stays_one_private_inode_and_refuses_a_symlink(tmp_path: object) -> None:

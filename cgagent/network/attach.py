@@ -501,11 +501,13 @@ def expect_disconnect(owner: str, root: str | None = None) -> None:
         veth.watch(att.host_if)
 
 
-def disconnect(owner: str, root: str | None = None) -> bool:
-    """Remove what connecting `owner` made (idempotent). False when it was not connected."""
+def disconnect(owner: str, root: str | None = None, only_dead: bool = False) -> bool:
+    """Remove what connecting `owner` made (idempotent). False when it was not connected, or with
+    `only_dead`, when its connection belongs to a live workload (looked at under the lock: a new
+    workload may have taken the name since a dead one's was seen)."""
     with config.lock(root):
         att = load(owner, root)
-        if att is None:
+        if att is None or (only_dead and alive(att)):
             return False
         try:
             net: Network | None = config.load(att.network, root)
@@ -617,8 +619,7 @@ def prune(root: str | None = None) -> list[str]:
     no attachment names, and the host devices of networks nobody uses. -> what was removed."""
     done: list[str] = []
     for a in all_attachments(root):
-        if not alive(a):
-            disconnect(a.owner, root)
+        if not alive(a) and disconnect(a.owner, root, only_dead=True):
             done.append(f"attachment {a.owner}")
     with config.lock(root):
         atts = all_attachments(root)
