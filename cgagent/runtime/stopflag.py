@@ -18,8 +18,15 @@ def request_stop(store: Store, name: str, created: float | None = None) -> None:
     """Tell the supervisor not to restart `name` again (stop, rm -f): the workload created at `created`
     (None: whichever), not a later one of the same name that a --rm workload's end made room for."""
     store.ensure()
-    with open(flag_path(store, name), "w") as f:
-        f.write("" if created is None else repr(created))
+    fd = os.open(flag_path(store, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if created is not None:
+            # a full state dir takes the empty file (no data block) but not its content: the flag then
+            # stops whichever workload has the name, as it always did, and must not keep `rm -f` from working
+            with contextlib.suppress(OSError):
+                os.write(fd, repr(created).encode())
+    finally:
+        os.close(fd)
 
 
 def clear_stop(store: Store, name: str, created: float | None = None) -> None:
