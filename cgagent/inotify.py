@@ -8,6 +8,7 @@ import struct
 from collections.abc import Iterator
 
 IN_MODIFY = 0x00000002
+IN_OPEN = 0x00000020
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field, fields
 
 from cgagent.errors import CgagentError
+from cgagent.regular import NotRegular, open_regular
 
 TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
@@ -323,14 +324,15 @@ class Store:
     def load(self, name: str) -> Record:
         path = self.path(name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = open_regular(path, follow=False)
         except FileNotFoundError:
             raise CgagentError(f"no workload named {name!r}", "see `cgagent ps -a` for the names") from None
         except OSError as e:
             raise Damaged(name, path, e.strerror or str(e)) from None
+        except NotRegular as e:
+            raise Damaged(name, path, "symbolic links are not followed" if str(e) == "a symlink"
+                          else "not a regular file") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise Damaged(name, path, "not a regular file")
             raw = os.read(fd, MAX_RECORD + 1)
         finally:
             os.close(fd)

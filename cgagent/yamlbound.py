@@ -9,11 +9,11 @@ recursive alias is more than a configuration file could need.
 
 from __future__ import annotations
 
-import os
-import stat
 from typing import Any
 
 import yaml
+
+from cgagent.regular import open_regular
 
 try:  # libyaml when present: the same nodes and marks, faster
     Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -89,11 +89,7 @@ def compose(text: str) -> tuple[yaml.Node | None, Any]:
 def read_text(path: str) -> str:
     """A configuration file's text: a regular file of at most MAX_BYTES, checked before reading it all
     (OSError, UnicodeDecodeError, or ValueError for a FIFO, a device or the size)."""
-    # O_NONBLOCK: opening a FIFO must not wait for a writer
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
+    with open(open_regular(path), "rb") as f:
         data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise ValueError(f"larger than {MAX_BYTES >> 10} KiB")

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from cgagent.errors import CgagentError
+from cgagent.regular import NotRegular, open_regular
 
 # "" means NoClientCert, as in exporter-toolkit
 ClientAuthType = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
@@ -187,11 +188,10 @@ def _read_pem(source: str, field: str, path: str, marker: str, what: str) -> Non
     would read a FIFO or /dev/zero without end) is given it."""
     key = field.rsplit(".", 1)[-1]
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb", buffering=0) as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise _err(source, field, f"{path!r} is not a regular file", f"point {key} at a PEM {what} file")
+        with open(open_regular(path), "rb", buffering=0) as f:
             data = f.read(MAX_PEM_BYTES + 1)
+    except NotRegular:
+        raise _err(source, field, f"{path!r} is not a regular file", f"point {key} at a PEM {what} file") from None
     except OSError as e:
         raise _err(source, field, f"cannot read {path!r} ({e.strerror})",
                    f"point {key} at a readable PEM {what}") from None

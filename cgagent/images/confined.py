@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from cgagent.errors import CgagentError
+from cgagent.regular import NotRegular, reopen
 
 MAX_DOC = 4 << 20          # manifest, index, config, manifest.json: containerd's limit for manifests
 MAX_NAME = 4096
@@ -25,7 +26,7 @@ _SYS_OPENAT2 = 437         # the same number on x86_64 and aarch64 (asm-generic 
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
-_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY  # NONBLOCK: a FIFO never hangs open
+PATH_ONLY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC   # opens nothing: a file is read only once known regular
 _DIR = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
 
 
@@ -70,7 +71,7 @@ def _walk_open(dirfd: int, parts: list[str], flags: int) -> int:
             os.close(cur)
 
 
-def open_beneath(dirfd: int, parts: list[str], flags: int = _READ) -> int:
+def open_beneath(dirfd: int, parts: list[str], flags: int = PATH_ONLY) -> int:
     global _openat2_ok
     if _openat2_ok:
         try:
@@ -121,7 +122,7 @@ class Tree:
 
     def exists(self, rel: str) -> bool:
         try:
-            os.close(open_beneath(self.fd, self.parts(rel, "file"), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
+            os.close(open_beneath(self.fd, self.parts(rel, "file")))
         except (OSError, CgagentError):
             return False
         return True
@@ -141,12 +142,11 @@ class Tree:
             if e.errno == errno.ENOTDIR:
                 raise self._refuse(what, name, "passes through something that is not a directory") from None
             raise CgagentError(f"cannot read {what} {_quote(name)}: {e.strerror}", "check the image") from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise self._refuse(what, name, "is not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        try:
+            return os.fdopen(reopen(fd), "rb")
+        except NotRegular as e:   # a symlink: the walk without openat2 opens the last one itself
+            why = "is a symlink or passes through one" if str(e) == "a symlink" else "is not a regular file"
+            raise self._refuse(what, name, why) from None
 
     def read(self, rel: object, what: str, cap: int = MAX_DOC) -> bytes:
         """A small document, read whole but never more than `cap` bytes."""

@@ -42,6 +42,7 @@ from cgagent.images.unpack import (
     open_tar,
     unpack,
 )
+from cgagent.regular import NotRegular, open_regular
 
 PROGRESS_MIN_BYTES = 16 << 20
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -317,10 +318,11 @@ def import_path(store: ImageStore, path: str, name: str | None = None, max_bytes
                     if not t.exists("index.json"):
                         raise _neither(path)
                     return imp.oci(t, ref)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+            try:   # the path may have been replaced since the stat above
+                fd = open_regular(path)
+            except NotRegular:
+                raise _neither(path) from None
             with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise _neither(path)
                 kind = _archive_kind(f, budget.max_bytes)
                 if kind is None:
                     return imp.rootfs(f, path, ref)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 from cgagent.errors import CgagentError
 from cgagent.faults import fault
+from cgagent.regular import NotRegular, open_regular
 from cgagent.state import Damaged, Store, atomic_write
 
 TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
@@ -129,8 +130,8 @@ def users(store: ImageStore, image_id: str) -> list[User]:
 
 def _read(path: str) -> User | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+        fd = open_regular(path, follow=False)
+    except (OSError, NotRegular):
         return None
     try:
         raw = os.read(fd, MAX_ENTRY + 1)

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cgagent.images.confined import open_beneath
+from cgagent.regular import NotRegular, reopen
 
 T = TypeVar("T")
 MAX_FILE = 1 << 20           # one container's config: docker's config.v2.json, an OCI config.json
-_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY   # a FIFO never blocks
 
 
 def _key(st: os.stat_result) -> tuple[int, ...]:
@@ -89,15 +89,13 @@ def _read(root: str, rel: str, cap: int) -> tuple[tuple[int, ...] | None, bytes 
     except OSError:
         return None, None
     try:
-        fd = open_beneath(rfd, [p for p in rel.split("/") if p], _READ)
-    except OSError:
+        fd = reopen(open_beneath(rfd, [p for p in rel.split("/") if p]))
+    except (OSError, NotRegular):
         return None, None
     finally:
         os.close(rfd)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, None
         chunks, n = [], 0
         while n <= cap:
             b = os.read(fd, min(cap + 1 - n, 1 << 20))

@@ -542,3 +542,25 @@ def test_without_openat2_the_walk_refuses_the_same(tmp_path: Path, monkeypatch: 
         with pytest.raises(CgagentError, match="not a regular file"):
             t.read("blobs", "blob")
     assert not confined._openat2_ok
+
+
+@pytest.mark.parametrize("part", ["config", "manifest", "layer", "index.json"])
+def test_a_device_node_in_the_layout_is_refused_without_being_opened(tmp_path: Path, canary: Canary,
+                                                                      part: str) -> None:
+    """Opening a device has effects of its own (/dev/watchdog arms the watchdog, a tape rewinds): a
+    node where a blob belongs is refused on its type alone. The node here has /dev/null's numbers;
+    inotify reports every open of it (not an O_PATH look, which opens nothing)."""
+    from cgagent.inotify import IN_OPEN, Inotify
+
+    layout, d = _oci(tmp_path)
+    path = (os.path.join(layout, "index.json") if part == "index.json"
+            else images.blob_file(layout, d["layers" if part == "layer" else part]))
+    os.unlink(path)
+    os.mknod(path, stat.S_IFCHR | 0o644, os.makedev(1, 3))
+    ino = Inotify()
+    try:
+        ino.add(path, IN_OPEN)
+        assert_refused(tmp_path, canary, [layout], "not a regular file")
+        assert [m for _, m, _ in ino.read() if m & IN_OPEN] == []
+    finally:
+        os.close(ino.fd)

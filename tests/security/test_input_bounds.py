@@ -130,6 +130,26 @@ def test_hostile_yaml_web_config_is_one_line(cg: Env, tmp_path: object) -> None:
     _one_line_refusal(r, path, "expands to more than 100000 values")
 
 
+def test_a_device_node_as_a_policy_file_is_never_opened(cg: Env, tmp_path: object) -> None:
+    """Opening a device has effects of its own (/dev/watchdog arms the watchdog): a policy file is
+    opened only once it is known to be regular. The node has /dev/null's numbers; inotify sees
+    every open of it."""
+    import stat
+
+    from cgagent.inotify import IN_OPEN, Inotify
+
+    path = os.path.join(str(tmp_path), "node.yaml")
+    os.mknod(path, stat.S_IFCHR | 0o644, os.makedev(1, 3))
+    ino = Inotify()
+    try:
+        ino.add(path, IN_OPEN)
+        r = cg.run("policy", "check", path, timeout=30)
+        assert r.returncode == 2 and f"{path}:0: (file): refused: not a regular file" in r.stderr, r.stderr
+        assert [m for _, m, _ in ino.read() if m & IN_OPEN] == []
+    finally:
+        os.close(ino.fd)
+
+
 @pytest.mark.parametrize("kind, expect", [("fifo", "refused: not a regular file"),
                                           ("zero", "refused: not a regular file"),
                                           ("big", "refused: larger than 1024 KiB")])
