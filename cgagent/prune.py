@@ -12,7 +12,8 @@ Ownership is decided from cgagent's own state only, never from a name pattern al
   says a workload was started in. A cgroup anywhere else, or with a name cgagent never used, is
   never touched, and neither is a cgroup a valid record names;
 - overlay dirs are <image store>/containers/<name>-<8 hex> of a leftover name that no valid record
-  names; temp files are `*.tmp.<pid>` of a dead pid; stop flags are those of a name with no record.
+  names; temp files are `*.tmp.<pid>` of a dead pid; stop flags and start locks are those of a name
+  with no record.
 """
 
 from __future__ import annotations
@@ -160,10 +161,32 @@ def find(store: Store, host: Host, only: str | None = None, image_root: str | No
             what = unit or sorted(set(dirs.values()))[0]
             out.append(Leftover("orphaned", n, what, _destroy(host, dirs, unit), _procs(host, dirs)))
     out += _overlays(good, names, image_root)
-    out += _temp_and_flags(store, valid | damaged.keys(), only)
+    out = _fold_start_locks(out + _temp_and_flags(store, valid | damaged.keys(), only))
     if only is None:
         out += _pools(parents)
     return out
+
+
+def _fold_start_locks(items: list[Leftover]) -> list[Leftover]:
+    """A start lock is cgagent's own bookkeeping: it goes, unreported, with the damaged record or
+    orphaned cgroup of its name; alone, it is reported as a flag."""
+    named: dict[str, Leftover] = {}
+    for i in items:
+        if i.kind in ("damaged", "orphaned") and i.name:
+            named.setdefault(i.name, i)
+    out = []
+    for i in items:
+        owner = named.get(i.name or "") if i.kind == "flag" and i.what.endswith(".starting") else None
+        if owner is None:
+            out.append(i)
+        else:
+            owner.undo = partial(_in_turn, owner.undo, i.undo)
+    return out
+
+
+def _in_turn(*steps: Callable[[], None]) -> None:
+    for step in steps:
+        step()
 
 
 def _pools(parents: set[str]) -> list[Leftover]:
@@ -212,6 +235,10 @@ def _teardown(container_dir: str, root: str, name: str) -> None:
     rootfs.teardown(spec)
 
 
+# beside a record: its stop flag (cgagent.runtime.stopflag), its start lock (cgagent.runtime.starting)
+_FLAGS = (".stopping", ".starting")
+
+
 def _temp_and_flags(store: Store, recorded: set[str], only: str | None) -> list[Leftover]:
     from cgagent import procs
 
@@ -229,8 +256,8 @@ def _temp_and_flags(store: Store, recorded: set[str], only: str | None) -> list[
                 continue
             if m and not procs.alive(int(m.group(1)), None):
                 out.append(Leftover("temp", None, path, partial(_unlink, path)))
-            elif d == store.workloads and e.endswith(".stopping") and e[: -len(".stopping")] not in recorded:
-                out.append(Leftover("flag", e[: -len(".stopping")], path, partial(_unlink, path)))
+            elif d == store.workloads and e.endswith(_FLAGS) and e.rsplit(".", 1)[0] not in recorded:
+                out.append(Leftover("flag", e.rsplit(".", 1)[0], path, partial(_unlink, path)))
     return out
 
 
@@ -293,8 +320,11 @@ __all__ = ["Damaged", "Leftover", "find", "reclaim", "remove"]
 
 
 def _forget_record(store: Store, name: str) -> None:
-    """A damaged record goes with its OOM mark (the kills it logged stay in the events log)."""
+    """A damaged record goes with its start lock and its OOM mark (the kills it logged stay in the
+    events log)."""
     from cgagent import oom
+    from cgagent.runtime import starting
 
     store.delete(name)
+    starting.forget(store, name)
     oom.forget(store, name)

@@ -105,7 +105,8 @@ def restart(
     state_dir: StateDir = None,
 ) -> None:
     """Stop each workload (if it runs) and start it again from its record, detached, as docker
-    restart; an exited workload is started again. The new run starts once the old run's
+    restart; an exited workload is started again, and so is one left created by a killed `run -d`
+    or `restart`. The new run starts once the old run's
     supervisor has exited (waited for up to 60 s). Limits are those it has now (after `update`);
     its cgroup, overlay and network connection are made anew (files it wrote in its overlay are
     gone: cgagent removes them at every exit). A workload run with --rm cannot restart.

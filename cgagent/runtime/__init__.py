@@ -3,6 +3,7 @@
   request     RunRequest, --restart, the cgroup driver, the root check
   parents     cgroup parents cgagent made, pruned with their last workload
   stopflag    "do not restart it again", beside the record
+  starting    "a start is under way": the lock its starter holds while the record says created
   lifecycle   create / start / finish: the record first, the process placed before it runs
   supervisor  waiting, restarts, the detached double fork and its shim (cgagent.shim)
   control     stop / rm / update / a policy's OOM answer, and the views of ps and stats

@@ -56,10 +56,9 @@ def stop(store: Store, host: Host, name: str, timeout: float | None = None) -> N
         settle_orphan(store, host, name)
         return
     mgr = manager(host, rec)
-    main = rec.pid if procs.alive(rec.pid, rec.pid_start) else None
     _thaw_if_paused(mgr, rec)
-    if main is None or not procs.send_signal(main, rec.pid_start, sig):
-        main = None
+    main = rec.pid if procs.send_signal(rec.pid, rec.pid_start, sig) else None
+    if main is None:
         for p in mgr.procs():   # read from its cgroup just now: the workload's own
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, sig)
@@ -113,7 +112,7 @@ def _settle(store: Store, host: Host, rec: Record) -> None:
         procs.wait_exit(rec.supervisor_pid, rec.supervisor_start, 10.0)
     fault("settling")
     cur = store.load(rec.name) if store.exists(rec.name) else None
-    if cur is not None and cur.created == rec.created and cur.status != "exited":
+    if cur is not None and cur.status != "exited":   # finish() leaves a later workload of the name alone
         # the foreground CLI may still be waiting: give it the chance to record the real exit code
         finish(store, host, rec.name, None, created=rec.created)
 

@@ -23,6 +23,7 @@ from cgagent.images import users as image_users
 from cgagent.limits import Resources
 from cgagent.live import keeper_alive, manager
 from cgagent.procopts import HostProcess
+from cgagent.runtime import starting
 from cgagent.runtime.parents import prune_parents, remember_parents
 from cgagent.runtime.request import RunRequest, parse_restart, require_root, select_driver
 from cgagent.runtime.stopflag import clear_stop
@@ -110,8 +111,14 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
                      tty=req.tty)
         made = mgr.made_by_create()
         clear_stop(store, name)   # one a killed `rm`/`prune` left would keep this one from restarting
-        with image_users.claimed(rec.isolation, store.root, rec.name, rec.created):
-            store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
+        starting.hold(store, name, 3 + req.preserve_fds)
+        try:
+            with image_users.claimed(rec.isolation, store.root, rec.name, rec.created):
+                store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
+        except BaseException:
+            starting.release(name)
+            starting.forget(store, name)
+            raise
         fault("record")
         remember_parents(store, made)
         failed = reserve_cgroup(mgr, lambda: zygote.claim(dirs, usable=zygote.fits(rec)))
@@ -162,12 +169,14 @@ def discard(store: Store, rec: Record, mgr: CgroupManager) -> None:
         with contextlib.suppress(Exception):
             prune_parents(store)
         forget(store, rec)
+        starting.release(rec.name)
 
 
 def forget(store: Store, rec: Record) -> None:
     """Drop a workload that is gone (cgroup and isolation already removed): its record, then its hold
     on its image, then its OOM history. Under the store's lock."""
     store.delete(rec.name)
+    starting.forget(store, rec.name)
     image_users.release(rec.isolation, store.root, rec.name, rec.created)
     oom.forget(store, rec.name)
 
@@ -361,6 +370,7 @@ def _record_started(store: Store, rec: Record, mgr: CgroupManager, pid: int,
         cur.pid, cur.pid_start, cur.status, cur.started = pid, procs.start_time(pid), "running", time.time()
         cur.log_offset = events.size(store.root)   # before this instance's start event (appended below)
         store.save(cur)
+        starting.release(rec.name)
         fault("placed")
     vars(rec).update(vars(cur))
 

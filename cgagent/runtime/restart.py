@@ -10,9 +10,11 @@ import time
 from cgagent import oom, procs
 from cgagent.cgroups import CgroupManager
 from cgagent.errors import CgagentError
+from cgagent.faults import fault
 from cgagent.host import Host
 from cgagent.limits import Resources
-from cgagent.live import live_status, supervisor_alive
+from cgagent.live import live_status, manager, supervisor_alive
+from cgagent.runtime import starting
 from cgagent.runtime.control import settle_orphan, stop
 from cgagent.runtime.lifecycle import make, reserve_cgroup, teardown_isolation
 from cgagent.runtime.parents import prune_parents
@@ -30,6 +32,7 @@ def restart(store: Store, host: Host, name: str, timeout: float | None = None) -
     and network connection are made anew from the record (limits as `update` left them); the
     overlay's upper dir is fresh, since cgagent removes it at every exit."""
     require_root("cgagent restart")
+    _take_over_abandoned(store, host, name)
     rec = store.load(name)
     if rec.auto_remove:
         raise CgagentError(f"workload {name!r} was run with --rm: stopping it removes it, so it cannot restart",
@@ -42,6 +45,20 @@ def restart(store: Store, host: Host, name: str, timeout: float | None = None) -
     from cgagent.runtime.supervisor import detach
 
     detach(store, host, rec, mgr, _back_to_exited)
+
+
+def _take_over_abandoned(store: Store, host: Host, name: str) -> None:
+    """A record left "created" by a start that was killed (`run -d` or `restart` SIGKILLed after it
+    saved the record; cgagent.runtime.starting): what that start made goes, the record says exited,
+    and this restart starts it as it would any exited workload."""
+    with store.lock():
+        rec = store.load(name)
+        if rec.status != "created" or supervisor_alive(rec) or not starting.abandoned(store, name):
+            return
+        manager(host, rec).destroy()   # a child waiting to be placed, a systemd keeper the record does not name
+        teardown_isolation(rec)
+        rec.status, rec.finished = "exited", time.time()
+        store.save(rec)
 
 
 def _last_supervisor_gone(store: Store, name: str) -> None:
@@ -81,9 +98,11 @@ def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManage
         rec.status, rec.pid, rec.pid_start, rec.started, rec.finished = "created", None, None, None, None
         rec.supervisor_pid = rec.supervisor_start = rec.keeper_pid = rec.keeper_start = None
         rec.exit_code, rec.oom_kills, rec.policy_oom_seq, rec.detached = None, 0, 0, True
+        starting.hold(store, name, 3 + rec.preserve_fds)
         store.save(rec)   # first, as create(): the record names what is about to be made
         oom.forget(store, name)   # a new instance: OOMKilled is about this run, as in docker
         clear_stop(store, name)
+        fault("record")
         remember_parents(store, made)
         failed = reserve_cgroup(mgr)
     try:
@@ -95,6 +114,7 @@ def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManage
 
             spec = IsolationSpec.from_record(rec.isolation)
         make(mgr, spec, Resources.from_dict(rec.resources))
+        fault("cgroup")
     except BaseException:
         _back_to_exited(store, rec, mgr)
         raise
@@ -113,5 +133,6 @@ def _back_to_exited(store: Store, rec: Record, mgr: CgroupManager) -> None:
             if cur.created == rec.created:
                 cur.status, cur.finished = "exited", time.time()
                 store.save(cur)
+        starting.release(rec.name)
         with contextlib.suppress(Exception):
             prune_parents(store)

@@ -18,6 +18,7 @@ from cgagent.errors import CgagentError
 from cgagent.faults import fault
 from cgagent.host import Host
 from cgagent.live import live_status, manager
+from cgagent.runtime import starting
 from cgagent.runtime.lifecycle import create, discard, finish, start, victims, watch_kmsg
 from cgagent.runtime.request import RunRequest, parse_restart
 from cgagent.runtime.stopflag import stop_requested
@@ -155,10 +156,19 @@ def detach(store: Store, host: Host, rec: Record, mgr: CgroupManager,
                 os.write(w, f"err:{getattr(e, 'exit_code', 1)}:{e}".encode())
         os._exit(code)
     os.close(w)
-    fault("forked")
-    os.waitpid(first, 0)
-    msg = os.read(r, 4096).decode()
-    os.close(r)
+    try:
+        fault("forked")
+        os.waitpid(first, 0)
+        msg = os.read(r, 4096).decode()
+        os.close(r)
+        _reported(store, host, rec, mgr, undo, msg)
+    finally:
+        starting.release(rec.name)   # the supervisor holds it on, or the start is undone
+    return rec.name
+
+
+def _reported(store: Store, host: Host, rec: Record, mgr: CgroupManager,
+              undo: Callable[[Store, Record, CgroupManager], None], msg: str) -> None:
     if msg.startswith("err:"):
         _, ecode, text = msg.split(":", 2)
         problem, _, fix = text.partition(": ")
@@ -169,7 +179,6 @@ def detach(store: Store, host: Host, rec: Record, mgr: CgroupManager,
         if live_status(host, store.load(rec.name) if store.exists(rec.name) else rec) != "running":
             undo(store, rec, manager(host, store.load(rec.name)) if store.exists(rec.name) else mgr)
         raise CgagentError("the supervisor died before starting the workload", "see the record with cgagent ps -a")
-    return rec.name
 
 
 def _supervise(store: Store, host: Host, rec: Record, mgr: CgroupManager, report: int,

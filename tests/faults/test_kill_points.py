@@ -126,3 +126,72 @@ def test_supervisor_argv_carries_no_secret(box: Box) -> None:
         argv = f.read().split(b"\0")
     assert b"hunter2" not in b" ".join(argv) and b"cgagent.shim" in b" ".join(argv), argv
     ok(box.run("rm", "-f", "sec"))
+
+
+def _status(b: Box, name: str) -> object:
+    return {row["name"]: row["status"] for row in ps_json(b)}.get(name)
+
+
+@pytest.mark.parametrize("step", ["record", "cgroup"])
+@pytest.mark.parametrize("cmd", ["run", "restart"])
+def test_a_start_killed_after_its_record_is_started_by_restart(box: Box, cmd: str, step: str) -> None:
+    """`run -d` or `restart` SIGKILLed after it saved the record (created) and before any supervisor
+    existed: `restart` takes the start over. It said "started again meanwhile" for good, and only
+    `rm -f` (which loses the record) got out of it."""
+    if cmd == "restart":
+        ok(box.run("run", "-d", "--name", "k", IMG, "--", "sleep", "1000"))
+        r = faulty(box, step, "restart", "-t", "1", "k")
+    else:
+        r = faulty(box, step, "run", "-d", "--name", "k", IMG, "--", "sleep", "1000")
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert _status(box, "k") == "created"
+    ok(box.run("restart", "k"))
+    assert _status(box, "k") == "running" and _kernel_procs(box)
+    ok(box.run("stop", "-t", "1", "k"))
+    assert _status(box, "k") == "exited" and _kernel_procs(box) == []
+    ok(box.run("rm", "k"))
+    assert _leftovers(box) == []
+
+
+def _holders(path: str) -> list[int]:
+    """The processes with `path` open: who holds the start lock."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                    out.append(int(pid))
+                    break
+            except OSError:
+                continue
+    return out
+
+
+def test_a_start_whose_cli_died_but_whose_supervisor_goes_on_is_not_taken_over(box: Box) -> None:
+    """The CLI that saved the record is killed while the supervisor it forked is still starting the
+    workload: that start is not abandoned, and `restart` must not start a second one beside it."""
+    lock = f"{box.cg.state_dir}/workloads/k.starting"
+    cli = subprocess.Popen(box.cg.cmd("run", "-d", "--name", "k", IMG, "--", "sleep", "1000"),
+                           env={**box.env(), "CGAGENT_FAULT": "stop:place"}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        # held by the CLI, the supervisor (stopped at place) and the workload's child it waits to place
+        wait_for(lambda: [p for p in _holders(lock) if procs.state(p) == "T"], 30)
+        cli.kill()
+        cli.wait(30)
+        [sup] = [p for p in _holders(lock) if procs.state(p) == "T"]
+        assert cli.pid not in _holders(lock)
+        r = box.run("restart", "k")
+        assert r.returncode != 0 and "started again meanwhile" in r.stderr, r.stderr
+        os.kill(sup, signal.SIGCONT)
+        wait_for(lambda: _status(box, "k") == "running", 30)
+        assert _holders(lock) == []   # let go once the record says running
+    finally:
+        for pid in _holders(lock):
+            os.kill(pid, signal.SIGCONT)
+    ok(box.run("rm", "-f", "k"))
+    assert _leftovers(box) == []

@@ -1,0 +1,77 @@
+"""Who is starting a workload. A record says "created" from the moment `run` or `restart` saves it
+until the process that starts the workload records it running (or undoes the start). That process
+holds an flock on `workloads/NAME.starting` all along: taken under the store lock together with the
+save, inherited by the detached supervisor (a fork shares the open file description, and so the
+lock), released once the record says running. A "created" record whose lock anyone can take was
+left by a start that was killed (SIGKILL of `run -d` or `restart` after the save): `restart` may
+take it over. A pid in the record could not tell this: the CLI that saved the record may die while
+the supervisor it forked goes on to finish the start."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+
+from cgagent.state import WRITE_ERRNOS, Store, write_error
+
+_held: dict[str, int] = {}
+
+
+def lock_path(store: Store, name: str) -> str:
+    return os.path.join(store.workloads, f"{name}.starting")
+
+
+def hold(store: Store, name: str, above: int) -> None:
+    """Take the lock for `name` (caller holds the store lock, and saves the "created" record next).
+    Its fd is numbered `above` or higher: below that are the fds --preserve-fds passes on, and a
+    workload must not inherit it."""
+    release(name)   # a lock this process took before is another open file: it would hold this one off
+    store.ensure()
+    path = lock_path(store, name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:   # a full or read-only state dir: one line, as the save's
+            raise write_error(path, e, 4096) from None
+        raise
+    if fd < above:
+        try:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above)
+        finally:
+            os.close(fd)
+        fd = high
+    # only a process that leaked an old lock could hold it now: then restart sees it held and refuses,
+    # which is what it did before this lock existed
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held[name] = fd
+
+
+def release(name: str) -> None:
+    """This process lets go (its forked supervisor may still hold the lock)."""
+    fd = _held.pop(name, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def abandoned(store: Store, name: str) -> bool:
+    """No process is starting `name` (caller holds the store lock and has read a "created" record).
+    No lock file: a record from before this lock, or one `prune` removed; never taken for abandoned."""
+    try:
+        fd = os.open(lock_path(store, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def forget(store: Store, name: str) -> None:
+    """The record is gone (caller holds the store lock): so is its lock file."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock_path(store, name))
