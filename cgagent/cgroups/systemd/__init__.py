@@ -190,20 +190,13 @@ class SystemdManager(CgroupManager):
         made from the record, knowing none). A scope systemd has not yet seen empty still holds the
         name: it is stopped first, what is left in it killed at once (the last run's processes: no
         stop timeout to wait out before the restart)."""
-        from cgagent.cgroups.systemd.dbus import NO_SUCH_UNIT, SystemdError
-
         self.owned, self._pending, self.keeper, self.slice = False, r, None, slice_
         self.cgroup_path = os.path.normpath(f"{slice_path(slice_)}/{self.unit}")
         self.dirs = _dirs_for(self.host, self.cgroup_path, existing_only=False)
         try:
             if self._states([self.unit]).get(self.unit, "") not in ("", "inactive"):
-                bus = self._bus()
-                bus.call("KillUnit", "ssi", (self.unit, "all", int(signal.SIGKILL)))
-                bus.job("StopUnit", "ss", (self.unit, "replace"))
-                bus.call("ResetFailedUnit", "s", (self.unit,))
-        except SystemdError as e:
-            if e.dbus_name != NO_SUCH_UNIT:   # gone meanwhile: as wanted
-                raise
+                self.kill()     # all of it (no keeper now)
+                self.remove()   # apply() makes the v1 hierarchies systemd does not manage anew
         finally:
             self.close()
 
