@@ -175,7 +175,7 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
           env: dict[str, str] | None = None, child_setup: Callable[[], list[str] | None] | None = None,
           keep_fds: int = 0, into: str | None = None, born: Callable[[int], None] | None = None,
           parked: Callable[[list[str], dict[str, str] | None, tuple[int, int, int] | None, int, int],
-                           tuple[int, bool]] | None = None) -> int:
+                           tuple[int, bool]] | None = None, private: tuple[int, ...] = ()) -> int:
     """Fork; let `place(pid)` put the child in its cgroup (cgroupfs write, or a systemd scope) while
     it waits; then the child runs `child_setup` and execs `cmd`, or `cmd` behind the program that
     child_setup returned (an init: `[init, --]`).
@@ -187,6 +187,8 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
 
     Only fds 0-2 and 3 .. 3+keep_fds-1 (--preserve-fds) survive the exec: anything else the caller
     leaked (a directory fd of the host reached as /proc/self/fd/N: CVE-2024-21626) is closed.
+    `private`: the caller's own fds, which the child closes before anything else (its setup, which
+    a workdir of /proc/self/fd/N reaches, runs before the last close).
     The signals the caller waits for (WAITED) must already be blocked; the child unblocks them.
     Raises CgagentError (exit 127/126) when the command cannot be executed.
     """
@@ -200,8 +202,8 @@ def spawn(cmd: list[str], place: Callable[[int], None], stdio: tuple[int, int, i
         raise
     if pid == 0:  # child: no Python-level cleanup may run here, so every path ends in exec or _exit
         try:
-            os.close(r)
-            os.close(go_w)
+            for fd in (r, go_w, *private):
+                os.close(fd)
         finally:
             child(cmd, env, stdio, child_setup, keep_fds, w, go_r)
     os.close(w)

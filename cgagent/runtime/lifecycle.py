@@ -265,7 +265,8 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
     try:
         # cgroupfs on v2: the child is created in its cgroup (no cgroup.procs write, see launch.py)
         pid = launch.spawn(rec.cmd, place, stdio, env=env, child_setup=setup, keep_fds=rec.preserve_fds,
-                           into=mgr.clone_target(), born=lambda p: place(p, born=True), parked=parked)
+                           into=mgr.clone_target(), born=lambda p: place(p, born=True), parked=parked,
+                           private=starting.held())
     except BaseException:
         if netfd is not None:
             os.close(netfd)

@@ -16,6 +16,9 @@ import os
 from cgagent.state import WRITE_ERRNOS, Store, write_error
 
 _held: dict[str, int] = {}
+# the lock's fd sits above the ones a launch opens (pipes, netns, userns), so that it changes none of
+# their numbers: a workload's setup sees the same fds with or without it
+_FLOOR = 100
 
 
 def lock_path(store: Store, name: str) -> str:
@@ -25,7 +28,7 @@ def lock_path(store: Store, name: str) -> str:
 def hold(store: Store, name: str, above: int) -> None:
     """Take the lock for `name` (caller holds the store lock, and saves the "created" record next).
     Its fd is numbered `above` or higher: below that are the fds --preserve-fds passes on, and a
-    workload must not inherit it."""
+    workload must not inherit it (its child closes it first: launch.spawn's `private`)."""
     release(name)   # a lock this process took before is another open file: it would hold this one off
     store.ensure()
     path = lock_path(store, name)
@@ -35,12 +38,14 @@ def hold(store: Store, name: str, above: int) -> None:
         if e.errno in WRITE_ERRNOS:   # a full or read-only state dir: one line, as the save's
             raise write_error(path, e, 4096) from None
         raise
-    if fd < above:
+    for floor in (max(above, _FLOOR), above):
         try:
-            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above)
-        finally:
-            os.close(fd)
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+        except OSError:   # RLIMIT_NOFILE below it: the child still closes the lock before anything else
+            continue
+        os.close(fd)
         fd = high
+        break
     # only a process that leaked an old lock could hold it now: then restart sees it held and refuses,
     # which is what it did before this lock existed
     with contextlib.suppress(OSError):
@@ -53,6 +58,11 @@ def release(name: str) -> None:
     fd = _held.pop(name, None)
     if fd is not None:
         os.close(fd)
+
+
+def held() -> tuple[int, ...]:
+    """The fds of the locks this process holds: a workload's child closes them first."""
+    return tuple(_held.values())
 
 
 def abandoned(store: Store, name: str) -> bool:

@@ -89,6 +89,17 @@ def test_workdir_through_a_leaked_fd_is_refused(box: Box, canary: Path) -> None:
     assert box.containers() == []
 
 
+def test_the_start_lock_is_closed_before_the_workloads_setup(box: Box) -> None:
+    """The process that starts a workload holds a lock on a file of the state dir (its fd at 100 or
+    above: cgagent.runtime.starting) until the record says running. The workload's child closes it
+    first, before its setup, which a workdir of /proc/self/fd/N reaches."""
+    from cgagent.runtime import starting
+
+    r = box.run("run", "--rm", "-w", f"/proc/self/fd/{starting._FLOOR}", IMG, "--", "true")
+    assert r.returncode != 0 and f"No such file or directory: '/proc/self/fd/{starting._FLOOR}'" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and box.containers() == [], r.stderr
+
+
 def test_exec_workdir_through_a_leaked_fd_is_refused(box: Box, canary: Path) -> None:
     ok(box.run("run", "-d", "--name", "target", IMG, "--", "sleep", "1000"))
     try:
