@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import stat
 
-_PATH = os.O_PATH | os.O_CLOEXEC
+PATH_ONLY = os.O_PATH | os.O_CLOEXEC   # opens nothing: a file is read only once known regular
 
 
 class NotRegular(ValueError):
-    """What `path` names is not a regular file (str: "not a regular file", or "a symlink")."""
+    """What `path` names is not a regular file; `symlink` says whether it is a symbolic link."""
+
+    def __init__(self, symlink: bool) -> None:
+        super().__init__("a symlink" if symlink else "not a regular file")
+        self.symlink = symlink
 
 
 def reopen(fd: int) -> int:
@@ -22,7 +26,7 @@ def reopen(fd: int) -> int:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotRegular("a symlink" if stat.S_ISLNK(mode) else "not a regular file")
+            raise NotRegular(stat.S_ISLNK(mode))
         return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
     finally:
         os.close(fd)
@@ -31,4 +35,4 @@ def reopen(fd: int) -> int:
 def open_regular(path: str, follow: bool = True, dir_fd: int | None = None) -> int:
     """A descriptor open for reading on the regular file `path` (OSError, or NotRegular); with
     follow=False a symlink at the last component is refused as one."""
-    return reopen(os.open(path, _PATH | (0 if follow else os.O_NOFOLLOW), dir_fd=dir_fd))
+    return reopen(os.open(path, PATH_ONLY | (0 if follow else os.O_NOFOLLOW), dir_fd=dir_fd))

@@ -330,7 +330,7 @@ class Store:
         except OSError as e:
             raise Damaged(name, path, e.strerror or str(e)) from None
         except NotRegular as e:
-            raise Damaged(name, path, "symbolic links are not followed" if str(e) == "a symlink"
+            raise Damaged(name, path, "symbolic links are not followed" if e.symlink
                           else "not a regular file") from None
         try:
             raw = os.read(fd, MAX_RECORD + 1)

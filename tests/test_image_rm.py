@@ -157,3 +157,22 @@ def test_sigkill_while_removing_leaves_a_prunable_entry(box: Box, tmp_path: Path
     ok(other(box, tmp_path, "image", "rm", "bb:2"))
     ok(other(box, tmp_path, "image", "rm", REF))
     assert entries(box) == [] and layers(box) == []
+
+
+def test_an_import_killed_before_its_image_was_saved_leaves_nothing_after_the_next(box: Box, tmp_path: Path) -> None:
+    """SIGKILL after the layers and blobs were published, before the image record that names them:
+    nothing would ever remove them (no image owns them). The next import collects them."""
+    def blobs() -> list[str]:
+        return sorted(os.listdir(Path(box.store) / "blobs" / "sha256"))
+
+    layers0, blobs0, names0 = layers(box), blobs(), sorted(os.listdir(Path(box.store) / "layers" / "l"))
+    lay = str(tmp_path / "other")
+    images.write_layout(lay, [images.layer1(), images.TarBuilder().file("orphan", b"mine\n").bytes()], ref="other:1")
+    r = subprocess.run(box.cg.cmd("image", "import", lay), env={**box.env(), "CGAGENT_FAULT": "step:image_published"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == -9, r.stderr
+    assert len(layers(box)) == len(layers0) + 1 and len(blobs()) == len(blobs0) + 2
+    assert "other:1" not in ok(box.run("images"))
+    ok(box.run("image", "import", str(tmp_path / "oci"), "--name", "bb:3"))
+    assert (layers(box), blobs(), sorted(os.listdir(Path(box.store) / "layers" / "l"))) == (layers0, blobs0, names0)
+    ok(box.run("run", "--rm", "bb:3", "--", "true"))   # the image's own layers are whole

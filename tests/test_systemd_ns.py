@@ -492,6 +492,25 @@ def test_a_keeper_killed_while_a_restart_places_the_workload_leaves_a_new_scope_
     _nothing_of(sdns, cli, "rk")
 
 
+def test_a_supervisor_killed_before_its_record_names_the_keeper_leaves_no_scope(sdns: SystemdNamespace,
+                                                                               cli: CLI) -> None:
+    """The supervisor SIGKILLed after it made the scope (the workload's child and the keeper in it)
+    and before the record named the keeper: the keeper held the scope for good, `ps` said "running"
+    with no workload in it, and `rm -f` could not tell the keeper from a workload process. Now the
+    keeper waits for the record to name it, and ends with the supervisor: so does the scope."""
+    r = cli("run", "-d", "--name", "kk", "--", "sleep", "1000", CGAGENT_FAULT="step:keeper")
+    assert r.returncode != 0 and "the supervisor died" in r.stderr, r
+    _wait("the scope gone with the keeper", lambda: _units(sdns) == [])
+    if cli.has_record("kk"):   # the CLI undoes the start once it sees nothing run; if it looked first, it stays
+        rec = cli.record("kk")
+        assert rec["status"] == "created" and rec["keeper_pid"] is None, rec
+        _ok(cli("restart", "kk"))   # the abandoned start is taken over
+        _wait("kk running", lambda: cli.record("kk")["status"] == "running")
+        assert _units(sdns) == ["cgagent-kk.scope"]
+        _ok(cli("rm", "-f", "kk"))
+    _nothing_of(sdns, cli, "kk")
+
+
 def test_a_restart_whose_keeper_died_ends_what_the_last_run_left_in_the_scope(sdns: SystemdNamespace,
                                                                             cli: CLI) -> None:
     """A process the last run left behind (here a background `sleep`) holds the scope after its keeper

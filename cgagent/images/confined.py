@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from cgagent.errors import CgagentError
+from cgagent.regular import PATH_ONLY as _REGULAR_PATH
 from cgagent.regular import NotRegular, reopen
 
 MAX_DOC = 4 << 20          # manifest, index, config, manifest.json: containerd's limit for manifests
@@ -26,7 +27,7 @@ _SYS_OPENAT2 = 437         # the same number on x86_64 and aarch64 (asm-generic 
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
-PATH_ONLY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC   # opens nothing: a file is read only once known regular
+PATH_ONLY = _REGULAR_PATH | os.O_NOFOLLOW
 _DIR = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
 
 
@@ -145,7 +146,7 @@ class Tree:
         try:
             return os.fdopen(reopen(fd), "rb")
         except NotRegular as e:   # a symlink: the walk without openat2 opens the last one itself
-            why = "is a symlink or passes through one" if str(e) == "a symlink" else "is not a regular file"
+            why = "is a symlink or passes through one" if e.symlink else "is not a regular file"
             raise self._refuse(what, name, why) from None
 
     def read(self, rel: object, what: str, cap: int = MAX_DOC) -> bytes:

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import BinaryIO
 
 from cgagent.errors import CgagentError
+from cgagent.faults import fault
 from cgagent.images import oci
 from cgagent.images.confined import Tree, disk_usage, remove_tree
 from cgagent.images.store import Image, ImageStore, digest_hex, normalize_ref
@@ -248,6 +249,7 @@ class _Import:
                 self.store.publish_layer(d, staged)
             for digest, data in self.blobs.items():
                 self.store.put_blob(digest, data)
+            fault("image_published")
             img.size = sum(disk_usage(self.store.layer_dir(d)) for d in img.layers)
             old = {i.id: i for i in self.store.all()}
             if img.id in old:
@@ -261,6 +263,7 @@ class _Import:
                 if ref not in img.names:
                     img.names.append(ref)
             self.store.save(img)
+            self.store.collect()   # what an import killed before its save left
         return img
 
 

@@ -128,6 +128,37 @@ class ImageStore:
         with contextlib.suppress(OSError):   # iterative: a layer of any depth goes
             remove_tree(self.layer_dir(diff_id))
 
+    def collect(self) -> None:
+        """Remove the layers and blobs no image names: an import killed while it published leaves
+        them (its image record is saved last). Caller holds the lock. A damaged image record stops
+        it: what that image names cannot be known."""
+        from cgagent.images.confined import remove_tree
+
+        layers: set[str] = set()
+        blobs: set[str] = set()
+        try:
+            names = [fn for fn in os.listdir(self.images) if fn.endswith(".json")]
+            for fn in names:
+                with open(os.path.join(self.images, fn)) as f:
+                    img = Image(**json.load(f))
+                layers.update(digest_hex(d) for d in img.layers)
+                blobs.update(digest_hex(b) for b in (img.id, img.manifest) if b)
+        except (OSError, ValueError, TypeError, CgagentError):
+            return
+        for d, keep in ((self.layers, layers), (self.blobs, blobs)):
+            with contextlib.suppress(FileNotFoundError):
+                for e in os.listdir(d):
+                    if not _HEX.fullmatch(e) or e in keep:
+                        continue
+                    if d == self.layers:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(self.links, e[:26]))
+                        with contextlib.suppress(OSError):
+                            remove_tree(os.path.join(d, e))
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(d, e))
+
     # --- images
 
     def _image_path(self, image_id: str) -> str:

@@ -190,6 +190,9 @@ def _update(store: Store, host: Host, name: str, values: dict[str, object], oom_
         if oom_seq is not None:
             rec.policy_oom_seq = oom_seq
         store.save(rec)   # first: a full state dir refuses the change before the kernel has it
+        # killed here, the record holds limits the kernel does not: `inspect` shows the kernel's, and
+        # the next update (or restart) applies the record's whole set, this change included
+        fault("update")
         try:
             # device rules are fixed at creation: re-sending them would make systemd (v1) rewrite
             # devices.deny/allow, a moment in which even /dev/null fails

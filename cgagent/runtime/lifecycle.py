@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cgagent import events, launch, oom, procopts, procs, zygote
 from cgagent.cgroups import CgroupManager, new_manager
@@ -45,23 +46,48 @@ if TYPE_CHECKING:
 # kills of the workload's last process are then read from a cgroup that still exists, by design.
 # It is excluded from the workload's processes (ps, stats, stop); it costs one task of TasksMax.
 
-def _spawn_keeper() -> int:
-    sleep = launch.which("sleep", "/usr/bin:/bin:/usr/sbin:/sbin")
-    if sleep is None:
-        raise CgagentError("`sleep` is not installed (the systemd driver needs it)", "install coreutils")
+@dataclass(frozen=True)
+class Keeper:
+    """A keeper just made: it holds its scope, and becomes `sleep` only once a line on `handed` says
+    the record names it (_record_started). Should the process that made it die first, the pipe's
+    EOF ends it, and so the scope: a keeper no record names would hold a scope, and say "running",
+    for good."""
+
+    pid: int
+    start: int
+    handed: int   # the pipe's write end
+
+    def hand_over(self) -> None:
+        with contextlib.suppress(OSError):   # killed meanwhile: a restart makes a new scope
+            os.write(self.handed, b"k\n")
+
+
+# a shell, not a copy of this process, waits for the line: small, and runs none of our code
+_KEEPER = 'read -r k && [ "$k" = k ] && exec "$0" 2147483647'
+
+
+def _spawn_keeper() -> Keeper:
+    path = "/usr/bin:/bin:/usr/sbin:/sbin"
+    sleep, sh = launch.which("sleep", path), launch.which("sh", path)
+    if sleep is None or sh is None:
+        raise CgagentError("`sleep` or `sh` is not installed (the systemd driver needs both)",
+                           "install coreutils and dash")
+    r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
             os.setsid()   # not in the supervisor's process group: a Ctrl-C is not for it
             null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
+            os.dup2(r, 0)
+            for fd in (1, 2):
                 os.dup2(null, fd)
-            os.closerange(3, 1 << 16)
+            os.closerange(3, 1 << 16)   # the caller's pipes among them: the workload's go-ahead too
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            os.execv(sleep, ["sleep", "2147483647"])
+            os.execv(sh, ["sh", "-c", _KEEPER, sleep])
         finally:
             os._exit(127)
-    return pid
+    os.close(r)
+    return Keeper(pid, procs.start_time(pid) or 0, w)
 
 
 def _slice_of(rec: Record) -> str:
@@ -111,7 +137,7 @@ def create(req: RunRequest, host: Host, store: Store) -> tuple[Record, CgroupMan
                      tty=req.tty)
         made = mgr.made_by_create()
         clear_stop(store, name)   # one a killed `rm`/`prune` left would keep this one from restarting
-        starting.hold(store, name, 3 + req.preserve_fds)
+        starting.hold(store, name)
         try:
             with image_users.claimed(rec.isolation, store.root, rec.name, rec.created):
                 store.save(rec)  # first: a crash from here on leaves a record that names the cgroup
@@ -252,6 +278,7 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         else:
             connect(pid)
             keeper = _place(rec, mgr, pid)
+        fault("keeper")
         _record_started(store, rec, mgr, pid, keeper)
 
     parked = None
@@ -321,9 +348,9 @@ def _cgroup_inos(dirs: dict[str, str]) -> list[int]:
     return out
 
 
-def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] | None:
+def _place(rec: Record, mgr: CgroupManager, pid: int) -> Keeper | None:
     """Put the child in its cgroup. Systemd: into the scope its keeper still holds (a restart), else
-    into a new scope together with a new keeper. Returns a new keeper (pid, start time)."""
+    into a new scope together with a new keeper, which is returned."""
     if rec.driver != "systemd":
         mgr.apply(pid)
         return None
@@ -339,40 +366,48 @@ def _place(rec: Record, mgr: CgroupManager, pid: int) -> tuple[int, int | None] 
         mgr.renew(Resources.from_dict(rec.resources), _slice_of(rec))
     keeper = _spawn_keeper()
     try:
-        mgr.keeper = keeper
+        mgr.keeper = keeper.pid
         if rec.stop_signal or rec.stop_timeout is not None:   # `systemctl stop` of the scope does as `stop`
             mgr.stop = (procopts.signal_number(rec.stop_signal),
                         procopts.DEFAULT_STOP_TIMEOUT if rec.stop_timeout is None else rec.stop_timeout)
         mgr.apply(pid)
     except BaseException:
-        os.kill(keeper, signal.SIGKILL)
-        os.waitpid(keeper, 0)
+        os.close(keeper.handed)
+        os.kill(keeper.pid, signal.SIGKILL)
+        os.waitpid(keeper.pid, 0)
         raise
-    return keeper, procs.start_time(keeper) or 0
+    return keeper
 
 
 def _record_started(store: Store, rec: Record, mgr: CgroupManager, pid: int,
-                    keeper: tuple[int, int | None] | None) -> None:
+                    keeper: Keeper | None) -> None:
     """Save what start() made into the record as it is on disk now (under the lock): the limits and
     counts others wrote meanwhile (update, the policy controller) are kept, never overwritten by
     the supervisor's older copy. A record removed meanwhile (`rm -f` racing) stops the start."""
-    with store.lock():
-        try:
-            cur = store.load(rec.name)
-        except CgagentError:
-            cur = None
-        if cur is None or cur.created != rec.created:
-            raise CgagentError(f"workload {rec.name!r} was removed while it started", "run it again")
-        if mgr.dirs != cur.dirs:   # systemd driver: the scope's cgroup as systemd reports it
-            cur.dirs, cur.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", cur.cgroup)
+    try:
+        with store.lock():
+            try:
+                cur = store.load(rec.name)
+            except CgagentError:
+                cur = None
+            if cur is None or cur.created != rec.created:
+                raise CgagentError(f"workload {rec.name!r} was removed while it started", "run it again")
+            if mgr.dirs != cur.dirs:   # systemd driver: the scope's cgroup as systemd reports it
+                cur.dirs, cur.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", cur.cgroup)
+            if keeper is not None:
+                cur.keeper_pid, cur.keeper_start = keeper.pid, keeper.start
+            cur.supervisor_pid, cur.supervisor_start, cur.restarts = (rec.supervisor_pid, rec.supervisor_start,
+                                                                      rec.restarts)
+            cur.pid, cur.pid_start, cur.status, cur.started = pid, procs.start_time(pid), "running", time.time()
+            cur.log_offset = events.size(store.root)   # before this instance's start event (appended below)
+            store.save(cur)
+            if keeper is not None:   # the record names it: it may hold the scope for good now
+                keeper.hand_over()
+            starting.release(rec.name)
+            fault("placed")
+    finally:
         if keeper is not None:
-            cur.keeper_pid, cur.keeper_start = keeper
-        cur.supervisor_pid, cur.supervisor_start, cur.restarts = rec.supervisor_pid, rec.supervisor_start, rec.restarts
-        cur.pid, cur.pid_start, cur.status, cur.started = pid, procs.start_time(pid), "running", time.time()
-        cur.log_offset = events.size(store.root)   # before this instance's start event (appended below)
-        store.save(cur)
-        starting.release(rec.name)
-        fault("placed")
+            os.close(keeper.handed)
     vars(rec).update(vars(cur))
 
 

@@ -32,8 +32,7 @@ def restart(store: Store, host: Host, name: str, timeout: float | None = None) -
     and network connection are made anew from the record (limits as `update` left them); the
     overlay's upper dir is fresh, since cgagent removes it at every exit."""
     require_root("cgagent restart")
-    _take_over_abandoned(store, host, name)
-    rec = store.load(name)
+    rec = _take_over_abandoned(store, host, name)
     if rec.auto_remove:
         raise CgagentError(f"workload {name!r} was run with --rm: stopping it removes it, so it cannot restart",
                            "run it again without --rm (with --restart for restarts)")
@@ -47,18 +46,19 @@ def restart(store: Store, host: Host, name: str, timeout: float | None = None) -
     detach(store, host, rec, mgr, _back_to_exited)
 
 
-def _take_over_abandoned(store: Store, host: Host, name: str) -> None:
-    """A record left "created" by a start that was killed (`run -d` or `restart` SIGKILLed after it
-    saved the record; cgagent.runtime.starting): what that start made goes, the record says exited,
-    and this restart starts it as it would any exited workload."""
+def _take_over_abandoned(store: Store, host: Host, name: str) -> Record:
+    """The record of `name`. One left "created" by a start that was killed (`run -d` or `restart`
+    SIGKILLed after it saved the record; cgagent.runtime.starting) is taken over first: what that
+    start made goes, the record says exited, and this restart starts it as it would any exited one."""
     with store.lock():
         rec = store.load(name)
         if rec.status != "created" or supervisor_alive(rec) or not starting.abandoned(store, name):
-            return
+            return rec
         manager(host, rec).destroy()   # a child waiting to be placed, a systemd keeper the record does not name
         teardown_isolation(rec)
         rec.status, rec.finished = "exited", time.time()
         store.save(rec)
+        return rec
 
 
 def _last_supervisor_gone(store: Store, name: str) -> None:
@@ -98,7 +98,7 @@ def _recreate(store: Store, host: Host, name: str) -> tuple[Record, CgroupManage
         rec.status, rec.pid, rec.pid_start, rec.started, rec.finished = "created", None, None, None, None
         rec.supervisor_pid = rec.supervisor_start = rec.keeper_pid = rec.keeper_start = None
         rec.exit_code, rec.oom_kills, rec.policy_oom_seq, rec.detached = None, 0, 0, True
-        starting.hold(store, name, 3 + rec.preserve_fds)
+        starting.hold(store, name)
         store.save(rec)   # first, as create(): the record names what is about to be made
         oom.forget(store, name)   # a new instance: OOMKilled is about this run, as in docker
         clear_stop(store, name)

@@ -25,10 +25,10 @@ def lock_path(store: Store, name: str) -> str:
     return os.path.join(store.workloads, f"{name}.starting")
 
 
-def hold(store: Store, name: str, above: int) -> None:
+def hold(store: Store, name: str) -> None:
     """Take the lock for `name` (caller holds the store lock, and saves the "created" record next).
-    Its fd is numbered `above` or higher: below that are the fds --preserve-fds passes on, and a
-    workload must not inherit it (its child closes it first: launch.spawn's `private`)."""
+    A workload must not inherit it: its child closes it before anything else (launch.spawn's
+    `private`)."""
     release(name)   # a lock this process took before is another open file: it would hold this one off
     store.ensure()
     path = lock_path(store, name)
@@ -38,14 +38,11 @@ def hold(store: Store, name: str, above: int) -> None:
         if e.errno in WRITE_ERRNOS:   # a full or read-only state dir: one line, as the save's
             raise write_error(path, e, 4096) from None
         raise
-    for floor in (max(above, _FLOOR), above):
-        try:
-            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
-        except OSError:   # RLIMIT_NOFILE below it: the child still closes the lock before anything else
-            continue
+    # RLIMIT_NOFILE below the floor: the fd stays low, and the child still closes it first
+    with contextlib.suppress(OSError):
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FLOOR)
         os.close(fd)
         fd = high
-        break
     # only a process that leaked an old lock could hold it now: then restart sees it held and refuses,
     # which is what it did before this lock existed
     with contextlib.suppress(OSError):

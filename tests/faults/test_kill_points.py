@@ -153,6 +153,23 @@ def test_a_start_killed_after_its_record_is_started_by_restart(box: Box, cmd: st
     assert _leftovers(box) == []
 
 
+def test_an_update_killed_between_record_and_kernel_is_shown_truthfully_and_completed(box: Box) -> None:
+    """SIGKILL after `update` saved the new limits and before the kernel had them: `inspect` shows
+    what the kernel holds, and the next update applies the interrupted change with its own."""
+    def limits() -> tuple[object, object]:
+        hc = json.loads(ok(box.run("inspect", "u")))[0]["HostConfig"]
+        return hc["NanoCpus"], hc["Memory"]
+
+    ok(box.run("run", "-d", "--name", "u", "--cpus", "1", "--memory", "64m", IMG, "--", "sleep", "1000"))
+    r = faulty(box, "update", "update", "u", "--cpus", "0.5")
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert limits() == (1_000_000_000, 64 << 20)   # the kernel's, not the record's
+    ok(box.run("update", "u", "--memory", "96m"))
+    assert limits() == (500_000_000, 96 << 20)
+    ok(box.run("rm", "-f", "u"))
+    assert _leftovers(box) == []
+
+
 def _holders(path: str) -> list[int]:
     """The processes with `path` open: who holds the start lock."""
     out = []
