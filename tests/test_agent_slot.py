@@ -29,8 +29,11 @@ def _pools(node: Node) -> dict[str, str]:
     """address -> owner of each connection made ahead, as its record names it."""
     out = {}
     for f in glob.glob(os.path.join(node.host.root, "networks", "attachments", ".pool-*.json")):
-        with open(f) as fh:
-            att = json.load(fh)
+        try:
+            with open(f) as fh:
+                att = json.load(fh)
+        except FileNotFoundError:   # its runner removed it after the listing: gone (run 58)
+            continue
         out[att["address"]] = att["owner"]
     return out
 
@@ -40,8 +43,11 @@ def _ipam(node: Node) -> dict[str, str]:
     out = {}
     for n in os.listdir(d) if os.path.isdir(d) else []:
         if n[0].isdigit() and "." in n and ".tmp." not in n:
-            with open(os.path.join(d, n)) as f:
-                out[n] = f.read().strip()
+            try:
+                with open(os.path.join(d, n)) as f:
+                    out[n] = f.read().strip()
+            except FileNotFoundError:   # released after the listing
+                continue
     return out
 
 
