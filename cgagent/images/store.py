@@ -27,6 +27,14 @@ DEFAULT_ROOT = "/var/lib/cgagent"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
+def _hex_entries(d: str) -> list[str]:
+    """The names in `d` that are a sha256 in hex (not a temp file beside them)."""
+    try:
+        return [e for e in os.listdir(d) if _HEX.fullmatch(e)]
+    except FileNotFoundError:
+        return []
+
+
 def store_root(root: str | None = None) -> str:
     return root or os.environ.get("CGAGENT_ROOT") or DEFAULT_ROOT
 
@@ -132,32 +140,21 @@ class ImageStore:
         """Remove the layers and blobs no image names: an import killed while it published leaves
         them (its image record is saved last). Caller holds the lock. A damaged image record stops
         it: what that image names cannot be known."""
-        from cgagent.images.confined import remove_tree
-
-        layers: set[str] = set()
-        blobs: set[str] = set()
-        try:
-            names = [fn for fn in os.listdir(self.images) if fn.endswith(".json")]
-            for fn in names:
-                with open(os.path.join(self.images, fn)) as f:
-                    img = Image(**json.load(f))
-                layers.update(digest_hex(d) for d in img.layers)
-                blobs.update(digest_hex(b) for b in (img.id, img.manifest) if b)
-        except (OSError, ValueError, TypeError, CgagentError):
+        imgs = self._records()
+        if any(i is None for i in imgs):
             return
-        for d, keep in ((self.layers, layers), (self.blobs, blobs)):
-            with contextlib.suppress(FileNotFoundError):
-                for e in os.listdir(d):
-                    if not _HEX.fullmatch(e) or e in keep:
-                        continue
-                    if d == self.layers:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(os.path.join(self.links, e[:26]))
-                        with contextlib.suppress(OSError):
-                            remove_tree(os.path.join(d, e))
-                    else:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(os.path.join(d, e))
+        try:
+            layers = {digest_hex(d) for i in imgs if i for d in i.layers}
+            blobs = {digest_hex(b) for i in imgs if i for b in (i.id, i.manifest) if b}
+        except CgagentError:   # a digest we would not have written
+            return
+        for e in _hex_entries(self.layers):
+            if e not in layers:
+                self.remove_layer(f"sha256:{e}")
+        for e in _hex_entries(self.blobs):
+            if e not in blobs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.blobs, e))
 
     # --- images
 
@@ -169,7 +166,11 @@ class ImageStore:
         atomic_write(self._image_path(img.id), json.dumps(asdict(img), indent=1, sort_keys=True).encode())
 
     def all(self) -> list[Image]:
-        out = []
+        return [i for i in self._records() if i is not None]
+
+    def _records(self) -> list[Image | None]:
+        """Every image record; None for one that cannot be read."""
+        out: list[Image | None] = []
         try:
             names = sorted(os.listdir(self.images))
         except FileNotFoundError:
@@ -181,7 +182,7 @@ class ImageStore:
                 with open(os.path.join(self.images, fn)) as f:
                     out.append(Image(**json.load(f)))
             except (OSError, ValueError, TypeError):
-                continue
+                out.append(None)
         return out
 
     def find(self, ref: str) -> Image | None:
