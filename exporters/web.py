@@ -225,6 +225,12 @@ class _Prefixed:
             line += self.raw.readline(-1 if size < 0 else size - len(line))
         return line
 
+    def read1(self, size: int = -1) -> bytes:
+        """At most one read of the connection: the parked bytes first, if any are left."""
+        if not self.prefix:
+            return bytes(self.raw.read1(size))
+        return self.read(len(self.prefix) if size < 0 else min(size, len(self.prefix)))
+
     def read(self, size: int = -1) -> bytes:
         head = self.prefix if size < 0 else self.prefix[:size]
         self.prefix = self.prefix[len(head):]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -179,6 +180,32 @@ def test_a_refused_requests_body_is_read_past_after_the_answer(cg: Env, api: tup
         while chunk := s.recv(65536):
             rest += chunk
     assert rest.startswith(b"HTTP/1.1 200 ") and rest.count(b"HTTP/1.1 ") == 1, rest
+
+
+def test_a_body_dripped_a_byte_a_second_is_cut_off_at_the_body_deadline(cg: Env, api: tuple[Agent, Client]) -> None:
+    """Each byte comes well within the socket's per-read timeout (IO_TIMEOUT, 30 s), which alone let
+    this peer hold the connection for as many of them as Content-Length says (before: 200 s here,
+    at a byte a second). The whole body has BODY_TIMEOUT: then 408, one line, and the connection closes."""
+    length = 200
+    assert length > 2 * server.BODY_TIMEOUT
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(api[1].path)
+        s.sendall(b"POST /v1/workloads HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length)
+        sent = 0
+        while sent < length and not select.select([s], [], [], 1.0)[0]:   # the answer ends the drip
+            try:
+                s.sendall(b" ")
+            except (BrokenPipeError, ConnectionResetError):
+                break   # closed just after its answer: the answer is still queued for us
+            sent += 1
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert sent < length, "the agent waited for the whole dripped body"
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert payload.count(b"\n") == 1 and "did not arrive within" in json.loads(payload)["error"]
 
 
 def _whole_answer(data: bytes) -> bool:

@@ -6,9 +6,12 @@ assertions read the unit (systemctl) and the cgroup files systemd wrote.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -492,22 +495,84 @@ def test_a_keeper_killed_while_a_restart_places_the_workload_leaves_a_new_scope_
     _nothing_of(sdns, cli, "rk")
 
 
-def test_a_supervisor_killed_before_its_record_names_the_keeper_leaves_no_scope(sdns: SystemdNamespace,
-                                                                               cli: CLI) -> None:
+def _host_procs(env_entry: str) -> dict[int, tuple[int, str, bytes]]:
+    """Processes (host pids) whose environment holds `env_entry`: {pid: (ppid, state letter, argv[0])}."""
+    out: dict[int, tuple[int, str, bytes]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if env_entry.encode() not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{d}/status") as f:
+                st = dict(line.split(":", 1) for line in f if ":" in line)
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0")[0]
+            out[int(d)] = (int(st["PPid"]), st["State"].split()[0], argv0)
+        except (OSError, KeyError, ValueError):
+            continue   # gone meanwhile
+    return out
+
+
+@contextlib.contextmanager
+def _stopped_at_the_keeper(cli: CLI) -> Iterator[tuple[subprocess.Popen[str], int, int, int]]:
+    """`run -d --name kk` whose supervisor stopped itself (SIGSTOP) right after it made the scope,
+    before the record names the keeper: (the run -d as started, the CLI's pid, the supervisor's,
+    the keeper's), host pids, found by this test's state dir in their environment."""
+    ours = f"CGAGENT_STATE_DIR={cli.state_dir}"
+    p = cli.ns.popen(cli.argv("run", "-d", "--name", "kk", "--", "sleep", "1000"),
+                     env={**cli.env, "CGAGENT_FAULT": "stop:keeper"},
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def stopped() -> list[int]:
+            return [pid for pid, (_pp, st, _a) in _host_procs(ours).items() if st == "T"]
+
+        _wait("the supervisor stopped at the keeper step", lambda: len(stopped()) == 1)
+        [supervisor] = stopped()
+        procs = _host_procs(ours)
+        [the_cli] = [pid for pid, (pp, _st, _a) in procs.items() if pp == p.pid]
+        [keeper] = [pid for pid, (_pp, _st, argv0) in procs.items() if argv0 == b"sh"]
+        assert _units(cli.ns) == ["cgagent-kk.scope"]
+        yield p, the_cli, supervisor, keeper
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+def test_a_supervisor_killed_before_its_record_names_the_keeper_is_undone_by_the_cli(sdns: SystemdNamespace,
+                                                                                    cli: CLI) -> None:
     """The supervisor SIGKILLed after it made the scope (the workload's child and the keeper in it)
-    and before the record named the keeper: the keeper held the scope for good, `ps` said "running"
-    with no workload in it, and `rm -f` could not tell the keeper from a workload process. Now the
-    keeper waits for the record to name it, and ends with the supervisor: so does the scope."""
-    r = cli("run", "-d", "--name", "kk", "--", "sleep", "1000", CGAGENT_FAULT="step:keeper")
-    assert r.returncode != 0 and "the supervisor died" in r.stderr, r
+    and before the record named the keeper. The record never said running, so nothing in the scope
+    is the workload's own: the CLI undoes the start. It used to look at the scope first, and left
+    the record "created" when the keeper had not read its EOF yet: here it cannot (stopped)."""
+    with _stopped_at_the_keeper(cli) as (p, _cli, supervisor, keeper):
+        os.kill(keeper, signal.SIGSTOP)
+        os.kill(supervisor, signal.SIGKILL)
+        _out, err = p.communicate(timeout=60)
+    assert p.returncode != 0 and "the supervisor died" in err, err
+    assert not cli.has_record("kk")
+    _wait("the scope gone", lambda: _units(sdns) == [])
+    _nothing_of(sdns, cli, "kk")
+
+
+def test_a_keeper_whose_maker_died_before_its_record_ends_with_its_scope(sdns: SystemdNamespace,
+                                                                         cli: CLI) -> None:
+    """As above, with the CLI killed first, so nobody undoes the start: the keeper (a shell waiting
+    for the line that says the record names it) reads EOF and exits, and systemd removes the scope.
+    A keeper that became `sleep` at once held the scope for good and `ps` said running."""
+    with _stopped_at_the_keeper(cli) as (p, the_cli, supervisor, _keeper):
+        os.kill(the_cli, signal.SIGKILL)
+        assert p.wait(30) != 0
+        os.kill(supervisor, signal.SIGKILL)
     _wait("the scope gone with the keeper", lambda: _units(sdns) == [])
-    if cli.has_record("kk"):   # the CLI undoes the start once it sees nothing run; if it looked first, it stays
-        rec = cli.record("kk")
-        assert rec["status"] == "created" and rec["keeper_pid"] is None, rec
-        _ok(cli("restart", "kk"))   # the abandoned start is taken over
-        _wait("kk running", lambda: cli.record("kk")["status"] == "running")
-        assert _units(sdns) == ["cgagent-kk.scope"]
-        _ok(cli("rm", "-f", "kk"))
+    rec = cli.record("kk")
+    assert rec["status"] == "created" and rec["keeper_pid"] is None, rec
+    _ok(cli("restart", "kk"))   # the abandoned start is taken over
+    _wait("kk running", lambda: cli.record("kk")["status"] == "running")
+    assert _units(sdns) == ["cgagent-kk.scope"]
+    _ok(cli("rm", "-f", "kk"))
     _nothing_of(sdns, cli, "kk")
 
 

@@ -6,7 +6,9 @@ root, the agent's own user, or a member of the configured group (primary or supp
 SO_PEERGROUPS). Membership is root-equivalent, as the docker group is: the API starts workloads.
 
 The connection handling is the exporter's (exporters/web.py): at most HEADER_BYTES of headers, which
-must arrive within HEADER_TIMEOUT, a bounded connection table; bodies here are at most MAX_BODY.
+must arrive within HEADER_TIMEOUT, a bounded connection table; bodies here are at most MAX_BODY, which
+must arrive within BODY_TIMEOUT (the socket's per-read timeout alone let a peer sending one byte a
+minute hold a connection for weeks).
 Every failure is a JSON object {"error": one line, "exit_code": N}: the line is what the CLI prints
 after `cgagent: error: `, the exit code what it exits with. The routes are ROUTES, and openapi.json
 beside this file describes each (a test holds the two equal).
@@ -21,6 +23,7 @@ import re
 import socket
 import struct
 import sys
+import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from exporters import web
 
 SOCKET_NAME = "agent.sock"
 MAX_BODY = 64 * 1024
+BODY_TIMEOUT = 10.0   # seconds for a whole body; the CLI sends its at most 60 KiB in one write
 API_VERSION = "v1"
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)   # Linux 4.13+; Python 3.11 lacks the constant
 
@@ -449,8 +453,9 @@ class Handler(web.BoundedHandler):
             with contextlib.suppress(ApiError):   # a length that cannot be read closes the connection
                 left = self._length()
         self._json(status, _error_body(e))
-        if left and len(self.rfile.read(left)) != left:
-            self.close_connection = True
+        if left:
+            with contextlib.suppress(ApiError):   # it closes the connection itself
+                self._read(left)
         self.body_read = True
 
     def _length(self) -> int:
@@ -468,13 +473,34 @@ class Handler(web.BoundedHandler):
             raise ApiError(413, f"the request body is {n} bytes, more than {MAX_BODY}", "send a smaller request")
         return n
 
+    def _read(self, n: int) -> bytes:
+        """The body's n bytes, within BODY_TIMEOUT of the first read: one read1() at a time, each
+        with the socket's timeout set to what is left of it (a plain read(n) waits up to the timeout
+        for each of its recv()s)."""
+        deadline = time.monotonic() + BODY_TIMEOUT
+        got: list[bytes] = []
+        left = n
+        try:
+            while left:
+                self.connection.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = self.rfile.read1(left)
+                if not chunk:
+                    self.close_connection = True
+                    raise ApiError(400, "the request body ended early", "send as many bytes as Content-Length says")
+                got.append(chunk)
+                left -= len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT:g} s",
+                           "send the whole body right after the headers") from None
+        finally:
+            self.connection.settimeout(web.IO_TIMEOUT)
+        return b"".join(got)
+
     def _body(self) -> Any:
         n = self._length()
-        raw = self.rfile.read(n) if n else b""
         self.body_read = True
-        if len(raw) != n:
-            self.close_connection = True
-            raise ApiError(400, "the request body ended early", "send as many bytes as Content-Length says")
+        raw = self._read(n) if n else b""
         if not raw:
             return None
         try:

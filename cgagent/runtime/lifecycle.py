@@ -61,6 +61,10 @@ class Keeper:
         with contextlib.suppress(OSError):   # killed meanwhile: a restart makes a new scope
             os.write(self.handed, b"k\n")
 
+    def close(self) -> None:
+        """Handed over or not: without its line, the keeper reads EOF now and exits."""
+        os.close(self.handed)
+
 
 # a shell, not a copy of this process, waits for the line: small, and runs none of our code
 _KEEPER = 'read -r k && [ "$k" = k ] && exec "$0" 2147483647'
@@ -278,8 +282,12 @@ def start(store: Store, rec: Record, mgr: CgroupManager, stdio: tuple[int, int, 
         else:
             connect(pid)
             keeper = _place(rec, mgr, pid)
-        fault("keeper")
-        _record_started(store, rec, mgr, pid, keeper)
+        try:
+            fault("keeper")
+            _record_started(store, rec, mgr, pid, keeper)
+        finally:
+            if keeper is not None:
+                keeper.close()
 
     parked = None
     if zygote.fits(rec):   # as create() decided: then the setup is the isolation's alone, no console
@@ -372,7 +380,7 @@ def _place(rec: Record, mgr: CgroupManager, pid: int) -> Keeper | None:
                         procopts.DEFAULT_STOP_TIMEOUT if rec.stop_timeout is None else rec.stop_timeout)
         mgr.apply(pid)
     except BaseException:
-        os.close(keeper.handed)
+        keeper.close()
         os.kill(keeper.pid, signal.SIGKILL)
         os.waitpid(keeper.pid, 0)
         raise
@@ -384,30 +392,26 @@ def _record_started(store: Store, rec: Record, mgr: CgroupManager, pid: int,
     """Save what start() made into the record as it is on disk now (under the lock): the limits and
     counts others wrote meanwhile (update, the policy controller) are kept, never overwritten by
     the supervisor's older copy. A record removed meanwhile (`rm -f` racing) stops the start."""
-    try:
-        with store.lock():
-            try:
-                cur = store.load(rec.name)
-            except CgagentError:
-                cur = None
-            if cur is None or cur.created != rec.created:
-                raise CgagentError(f"workload {rec.name!r} was removed while it started", "run it again")
-            if mgr.dirs != cur.dirs:   # systemd driver: the scope's cgroup as systemd reports it
-                cur.dirs, cur.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", cur.cgroup)
-            if keeper is not None:
-                cur.keeper_pid, cur.keeper_start = keeper.pid, keeper.start
-            cur.supervisor_pid, cur.supervisor_start, cur.restarts = (rec.supervisor_pid, rec.supervisor_start,
-                                                                      rec.restarts)
-            cur.pid, cur.pid_start, cur.status, cur.started = pid, procs.start_time(pid), "running", time.time()
-            cur.log_offset = events.size(store.root)   # before this instance's start event (appended below)
-            store.save(cur)
-            if keeper is not None:   # the record names it: it may hold the scope for good now
-                keeper.hand_over()
-            starting.release(rec.name)
-            fault("placed")
-    finally:
+    with store.lock():
+        try:
+            cur = store.load(rec.name)
+        except CgagentError:
+            cur = None
+        if cur is None or cur.created != rec.created:
+            raise CgagentError(f"workload {rec.name!r} was removed while it started", "run it again")
+        if mgr.dirs != cur.dirs:   # systemd driver: the scope's cgroup as systemd reports it
+            cur.dirs, cur.cgroup = dict(mgr.dirs), getattr(mgr, "cgroup_path", cur.cgroup)
         if keeper is not None:
-            os.close(keeper.handed)
+            cur.keeper_pid, cur.keeper_start = keeper.pid, keeper.start
+        cur.supervisor_pid, cur.supervisor_start, cur.restarts = (rec.supervisor_pid, rec.supervisor_start,
+                                                                  rec.restarts)
+        cur.pid, cur.pid_start, cur.status, cur.started = pid, procs.start_time(pid), "running", time.time()
+        cur.log_offset = events.size(store.root)   # before this instance's start event (appended below)
+        store.save(cur)
+        if keeper is not None:   # the record names it: it may hold the scope for good now
+            keeper.hand_over()
+        starting.release(rec.name)
+        fault("placed")
     vars(rec).update(vars(cur))
 
 

@@ -174,10 +174,15 @@ def _reported(store: Store, host: Host, rec: Record, mgr: CgroupManager,
         problem, _, fix = text.partition(": ")
         raise CgagentError(problem, fix, exit_code=int(ecode))
     if not msg.startswith("ok"):
-        # the supervisor was killed before the workload ran (or while it started it): undo what is
-        # ours, unless the workload runs (then `ps` shows it and `rm -f` ends it)
-        if live_status(host, store.load(rec.name) if store.exists(rec.name) else rec) != "running":
-            undo(store, rec, manager(host, store.load(rec.name)) if store.exists(rec.name) else mgr)
+        # The supervisor was killed before the workload ran, or while it started it. Our record that
+        # never said running: what its cgroup holds is ours (the child still waiting for its go-ahead,
+        # a systemd keeper), never the workload's own code (lifecycle.place): undo it all, rather
+        # than leave it "created" when we happened to look before those two had read their EOF. One
+        # that did: undo it unless the workload runs (then `ps` shows it and `rm -f` ends it).
+        cur = store.load(rec.name) if store.exists(rec.name) else None
+        never_ran = cur is not None and cur.created == rec.created and cur.status == "created"
+        if never_ran or live_status(host, cur or rec) != "running":
+            undo(store, rec, mgr if cur is None else manager(host, cur))
         raise CgagentError("the supervisor died before starting the workload", "see the record with cgagent ps -a")
 
 
