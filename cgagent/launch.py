@@ -135,6 +135,7 @@ def child(cmd: list[str], env: dict[str, str] | None, stdio: tuple[int, int, int
     try:
         if os.read(go_r, 1) != b"1":
             os._exit(125)
+        own_session()
         argv = cmd
         if child_setup is not None:
             wrapper = child_setup()
@@ -159,6 +160,14 @@ def child(cmd: list[str], env: dict[str, str] | None, stdio: tuple[int, int, int
     except BaseException as e:
         os.write(w, f"{stage}:0:{e}".encode())
     os._exit(127)
+
+
+def own_session() -> None:
+    """A session of our own, as runc's init makes: the caller's terminal stays its stdio if it was,
+    but is no longer our controlling one, so no TIOCSTI can type into the caller's shell and no
+    terminal signal reaches us but through the caller (wait_forwarding). A zygote has one already."""
+    if os.getsid(0) != os.getpid():
+        os.setsid()
 
 
 def _close_from(first: int, w: int) -> None:
@@ -274,8 +283,8 @@ def _reaped(pid: int, reap_all: bool) -> int | None:
 def wait_forwarding(pid: int, reap_all: bool = False) -> int:
     """Wait for our child `pid`, forwarding signals sent to us. Returns its exit code.
 
-    Signals the terminal sent (si_code > 0, SI_KERNEL) already reached the child through the shared
-    process group, so only those sent by a process (kill(2): si_code <= 0) are forwarded.
+    The terminal's too (Ctrl-C, a resize): the child has a session of its own (own_session), so they
+    reach only us.
     """
     while True:
         # first: it may have ended before we waited (a supervisor that has just been exec'd)
@@ -285,8 +294,7 @@ def wait_forwarding(pid: int, reap_all: bool = False) -> int:
         info = signal.sigwaitinfo(WAITED)
         if info.si_signo == signal.SIGCHLD:
             continue
-        if info.si_code <= 0:
-            try:
-                os.kill(pid, info.si_signo)
-            except ProcessLookupError:
-                pass
+        try:
+            os.kill(pid, info.si_signo)
+        except ProcessLookupError:
+            pass

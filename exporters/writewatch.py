@@ -1,8 +1,10 @@
 """Values that change only when someone writes their file (limits), kept per cgroup until inotify
 reports such a write (IN_MODIFY; a write(2) to a cgroup file raises it). The events are drained at
-the start of each scrape: no thread, no timer. A cgroup re-created under the same path is another
-Target, so nothing stale carries over. Without inotify (no instance, out of watches, a file
-missing) the target is simply read every scrape."""
+the start of each scrape: no thread, no timer. A watch the kernel drops (IN_IGNORED: the cgroup was
+removed, maybe re-created under the same path for the same Target, as `cgagent restart` does) drops
+its target's entry, so the next scrape reads and watches the files anew. Targets on the same files
+share the kernel's watch (inotify gives the same wd), so it is removed with the last of them. Without
+inotify (no instance, out of watches, a file missing) the target is simply read every scrape."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from exporters.targets import Target
 
 @dataclass(eq=False, slots=True)   # one per cgroup: no __dict__ each
 class Entry:
-    """What one target's watched files last read, and the watches on them."""
+    """What one target's watched files last read, and the watches on them (all live, or none)."""
 
     values: Any = None
     wds: list[int] = field(default_factory=list)
@@ -26,23 +28,31 @@ class Entry:
 class WriteWatch:
     def __init__(self) -> None:
         self._entries: dict[Target, Entry] = {}
-        self._by_wd: dict[int, Entry] = {}
+        self._by_wd: dict[int, list[Target]] = {}   # a wd's users: the targets watching that file
         self._ino: inotify.Inotify | None = None
         with contextlib.suppress(OSError):
             self._ino = inotify.Inotify()
 
     def begin(self) -> None:
-        """Start of a scrape: mark every target whose files were written since as stale."""
+        """Start of a scrape: mark every target whose files were written since as stale, and drop
+        the entries whose watches are gone."""
         if self._ino is None:
             return
-        for wd, _mask, _name in self._ino.read():
-            if wd == -1:   # IN_Q_OVERFLOW: events were lost, trust nothing
-                for e in self._entries.values():
-                    e.fresh = False
+        for wd, mask, _name in self._ino.read():
+            if wd == -1:   # IN_Q_OVERFLOW: events were lost (an IN_IGNORED too?): trust nothing
+                self._entries.clear()   # watch() again: a live watch's wd comes back, a dead one's not
+                self._by_wd.clear()
                 continue
-            hit = self._by_wd.get(wd)
-            if hit is not None:
-                hit.fresh = False
+            users = self._by_wd.get(wd)
+            if users is None:
+                continue
+            if mask & inotify.IN_IGNORED:   # the kernel dropped this watch: watch() must add one again
+                del self._by_wd[wd]
+                for t in users:
+                    self._forget(t)
+            else:
+                for t in users:
+                    self._entries[t].fresh = False
 
     def cached(self, t: Target) -> Any:
         """The values kept for `t`, or None when they must be read (call `watch` first, then read)."""
@@ -58,9 +68,10 @@ class WriteWatch:
             for p in paths:
                 wd = self._ino.add(p, inotify.IN_MODIFY)
                 e.wds.append(wd)
-                self._by_wd[wd] = e
+                self._by_wd.setdefault(wd, []).append(t)
         except OSError:   # missing file or out of watches: read this target every scrape
-            self._forget(e)
+            self._forget(t)
+            self._entries[t] = e
 
     def store(self, t: Target, values: Any) -> None:
         e = self._entries.get(t)
@@ -72,7 +83,7 @@ class WriteWatch:
         """End of a scrape: drop the targets that are gone and their watches."""
         keep = set(live)
         for t in [t for t in self._entries if t not in keep]:
-            self._forget(self._entries.pop(t))
+            self._forget(t)
 
     def close(self) -> None:
         self.end([])
@@ -80,11 +91,19 @@ class WriteWatch:
             self._ino.close()
             self._ino = None
 
-    def _forget(self, e: Entry) -> None:
+    def _forget(self, t: Target) -> None:
+        """Drop `t`'s entry; a watch goes with its last user."""
+        e = self._entries.pop(t, None)
+        if e is None:
+            return
         for wd in e.wds:
-            self._by_wd.pop(wd, None)
-            if self._ino is not None:
-                self._ino.remove(wd)
+            users = self._by_wd.get(wd)
+            if users is None:   # already dropped (IN_IGNORED)
+                continue
+            users.remove(t)
+            if not users:
+                del self._by_wd[wd]
+                if self._ino is not None:
+                    self._ino.remove(wd)
         e.wds.clear()
         e.fresh = False
-

@@ -101,8 +101,8 @@ def throttled_ratio(window: str) -> str:
 
 
 def cpu_used(window: str) -> str:
-    """CPU cores in use."""
-    return f'sum by ({BY}) (rate(container_cpu_usage_seconds_total{{cpu="total", {WORKLOAD}}}[{window}]))'
+    """CPU cores in use: the sum over `cpu`, the total or --per-cpu's series (never both, as cAdvisor)."""
+    return f'sum by ({BY}) (rate(container_cpu_usage_seconds_total{{{WORKLOAD}}}[{window}]))'
 
 
 # CPU limit in cores: CFS quota / period (both µs). Unlimited quota (absent or 0): no series.

@@ -182,10 +182,14 @@ def test_v2_fixture_values_equal_file_contents(tmp_path: Path) -> None:
         policy = "batch" if name == "web" else ""
         for metric, v in want.items():
             assert value(got, metric, id=cid, name=name, policy=policy) == v, (cid, metric)
-        # watched cgroups: the kernel's counter; workloads: the durable log (empty here)
-        oom = 0 if name == "web" else kv(str(FIXTURE / cid.lstrip("/") / "memory.events"))["oom_kill"]
+        # watched cgroups: the kernel's counter of their own processes' kills (ssh.service's two kills
+        # are not counted again at system.slice, whose memory.events holds them); workloads: the
+        # durable log (empty here)
+        oom = 0 if name == "web" else kv(str(FIXTURE / cid.lstrip("/") / "memory.events.local"))["oom_kill"]
         assert value(got, "container_oom_events_total", id=cid) == oom
     assert value(got, "container_cpu_usage_seconds_total", name="web", cpu="total") == 250.0
+    assert kv(str(FIXTURE / "system.slice/memory.events"))["oom_kill"] == 2   # what a parent's counter says
+    assert value(got, "container_oom_events_total", id="/system.slice") == 0
     assert value(got, "container_cpu_cfs_throttled_seconds_total", name="ssh.service") == 4.567891
     assert {ls for n, ls in got if n == "container_memory_usage_bytes"} == {
         # a slice groups others: container="" (the kubelet's convention), leaf units and workloads: their name
@@ -208,6 +212,53 @@ def test_v2_limit_changes_show_on_the_next_scrape(tmp_path: Path) -> None:
     assert value(got, "container_spec_cpu_quota", name="ssh.service") == 20000
     assert value(got, "container_spec_cpu_period", name="ssh.service") == 50000
     assert value(got, "container_spec_cpu_shares", name="ssh.service") == weight_to_cadvisor_shares(300) == 7840
+
+
+def test_limits_follow_a_cgroup_removed_and_made_again_for_the_same_workload(tmp_path: Path) -> None:
+    """`cgagent restart` removes the workload's cgroup and makes it again: the same record, so the same
+    Target. Its kept limits must not outlive the old files' watches (the kernel drops them: IN_IGNORED)."""
+    mount = tmp_path / "cg"
+    shutil.copytree(FIXTURE, mount)
+    store = v2_store(tmp_path / "state", mount)
+    exp = Exporter(Options(host=v2_host(mount), state_dir=store.root, process_metrics=False))
+    web = mount / "cgagent/web"
+    assert value(scrape(exp), "container_spec_cpu_quota", name="web") is not None
+    kept = web.with_name("kept")
+    shutil.copytree(web, kept)
+    shutil.rmtree(web)
+    shutil.copytree(kept, web)
+    scrape(exp)   # reads the new files (the old watches are gone)...
+    (web / "cpu.max").write_text("30000 100000\n")
+    (web / "memory.max").write_text(f"{96 << 20}\n")
+    (web / "pids.max").write_text("33\n")
+    for _ in range(2):   # ...and watches them: a write shows at once, and the value stays
+        got = scrape(exp)
+        assert value(got, "container_spec_cpu_quota", name="web") == 30000
+        assert value(got, "container_spec_memory_limit_bytes", name="web") == 96 << 20
+        assert value(got, "container_threads_max", name="web") == 33
+
+
+def test_limits_follow_writes_when_a_new_target_takes_over_the_same_files(tmp_path: Path) -> None:
+    """A workload whose record changes (here its policy) is a new Target on the same directory: inotify
+    gives it the old Target's watch (same file, same wd), which must outlive the old Target."""
+    mount = tmp_path / "cg"
+    shutil.copytree(FIXTURE, mount)
+    store = v2_store(tmp_path / "state", mount)
+    exp = Exporter(Options(host=v2_host(mount), state_dir=store.root, process_metrics=False))
+    assert value(scrape(exp), "container_spec_cpu_quota", name="web", policy="batch") is not None
+    rec = store.load("web")
+    rec.policy = "latency"
+    store.save(rec)
+    assert value(scrape(exp), "container_spec_cpu_quota", name="web", policy="latency") is not None
+    web = mount / "cgagent/web"
+    (web / "cpu.max").write_text("30000 100000\n")
+    (web / "memory.max").write_text(f"{96 << 20}\n")
+    (web / "pids.max").write_text("33\n")
+    for _ in range(2):
+        got = scrape(exp)
+        assert value(got, "container_spec_cpu_quota", name="web") == 30000
+        assert value(got, "container_spec_memory_limit_bytes", name="web") == 96 << 20
+        assert value(got, "container_threads_max", name="web") == 33
 
 
 def test_v2_oom_watcher_logs_memory_events_changes(tmp_path: Path) -> None:

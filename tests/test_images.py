@@ -255,3 +255,205 @@ def test_docker_save_archive(tmp_path: Path) -> None:
     line = one_line_error(cli(tmp_path, "image", "import", str(tmp_path / "evil.tar"), "--name", "evil:1"))
     assert "leaves the archive" in line
     assert [i["names"] for i in listing(tmp_path)] == [["dock:1"]]
+
+
+# --- damaged or hostile archives: one line, nothing imported (never a traceback)
+
+def nothing_imported(tmp: Path) -> None:
+    assert listing(tmp) == []
+    store = tmp / "store"
+    assert [d for d in os.listdir(store / "layers") if d != "l"] == [] and os.listdir(store / "layers" / "l") == []
+    assert os.listdir(store / "blobs" / "sha256") == [] and os.listdir(store / "tmp") == []
+
+
+def pax_layer(records: list[tuple[str, bytes]], data: bytes = b"data", lead: bool = False,
+              raw: bytes = b"") -> bytes:
+    """A tar of one file `f` after a pax header of raw `records` (tarfile writes no invalid ones),
+    or of the `raw` body; `lead` puts a plain file before them (tarfile.open reads the first
+    member's headers itself)."""
+    import io
+    import tarfile
+
+    body = raw
+    for key, value in records:
+        rec = b" " + key.encode() + b"=" + value + b"\n"
+        n = len(rec) + 1
+        while n != len(rec) + len(str(n)):   # the length counts its own digits
+            n = len(rec) + len(str(n))
+        body += str(n).encode() + rec
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        if lead:
+            tf.addfile(tarfile.TarInfo("first"))
+        hdr = tarfile.TarInfo("././@PaxHeader")
+        hdr.type, hdr.size = tarfile.XHDTYPE, len(body)
+        tf.addfile(hdr, io.BytesIO(body))
+        ti = tarfile.TarInfo("f")
+        ti.size, ti.mtime = len(data), 1_700_000_000
+        tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def import_layer(tmp: Path, layer: bytes, carrier: str) -> str:
+    """Import `layer` as a rootfs tarball or as the layer of an OCI layout; -> the one-line error."""
+    if carrier == "tarball":
+        (tmp / "bad.tar").write_bytes(layer)
+        target = tmp / "bad.tar"
+    else:
+        images.write_layout(str(tmp / "oci"), [layer], ref="bad:1")
+        target = tmp / "oci"
+    return one_line_error(cli(tmp, "image", "import", str(target)))
+
+
+def ordered_tar(src: Path, dest: Path, first: list[str]) -> None:
+    """`src` as a tar whose `first` names come first (the rest after, smallest file first)."""
+    import tarfile
+
+    files = [p for p in sorted(src.rglob("*"), key=lambda p: (p.is_file() and p.stat().st_size, str(p)))
+             if p.is_file() and p.name not in first]
+    with tarfile.open(dest, "w") as tf:
+        for p in [src / n for n in first] + files:
+            tf.add(p, arcname=str(p.relative_to(src)), recursive=False)
+
+
+@pytest.mark.parametrize("carrier", ["rootfs-tarball", "oci-archive"])
+def test_truncated_tar_is_one_line(tmp_path: Path, carrier: str) -> None:
+    """(a) a tar cut off inside a member's data: tarfile's ReadError while the file is written."""
+    big = images.TarBuilder().dir("etc").file("etc/big", os.urandom(200_000)).bytes()
+    if carrier == "rootfs-tarball":
+        data = big
+    else:   # index.json and oci-layout first, so it is taken for an OCI archive; cut in the layer blob
+        images.write_layout(str(tmp_path / "oci"), [big], ref="cut:1")
+        ordered_tar(tmp_path / "oci", tmp_path / "whole.tar", ["oci-layout", "index.json"])
+        data = (tmp_path / "whole.tar").read_bytes()
+    (tmp_path / "t.tar").write_bytes(data[:len(data) - 100_000])
+    line = one_line_error(cli(tmp_path, "image", "import", str(tmp_path / "t.tar")))
+    assert "damaged: unexpected end of data" in line
+    nothing_imported(tmp_path)
+
+
+@pytest.mark.parametrize("carrier", ["tarball", "layout"])
+@pytest.mark.parametrize("mtime", [b"nan", b"inf", b"-inf", b"1e400"])
+def test_pax_mtime_not_finite_is_one_line(tmp_path: Path, mtime: bytes, carrier: str) -> None:
+    """(b) int(nan) is a ValueError, int(inf) an OverflowError."""
+    line = import_layer(tmp_path, pax_layer([("mtime", mtime)]), carrier)
+    assert "damaged" in line and "mtime" in line
+    nothing_imported(tmp_path)
+
+
+@pytest.mark.parametrize("lead", [False, True], ids=["first-member", "second-member"])
+@pytest.mark.parametrize("carrier", ["tarball", "layout"])
+@pytest.mark.parametrize("records,data", [
+    pytest.param([("hdrcharset", b"\xff\xfe")], b"data", id="c-hdrcharset-not-utf8"),
+    pytest.param([("GNU.sparse.map", b"a")], b"data", id="d-sparse-0.1-map"),
+    pytest.param([("GNU.sparse.size", b"x")], b"data", id="d-sparse-0.0-size"),
+    pytest.param([("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0")], b"a" * 600, id="d-sparse-1.0-no-newline"),
+])
+def test_bad_pax_header_is_one_line(tmp_path: Path, records: list[tuple[str, bytes]], data: bytes,
+                                    carrier: str, lead: bool) -> None:
+    """(c, d) tarfile raises ValueError (UnicodeDecodeError, int()) for these, not TarError."""
+    line = import_layer(tmp_path, pax_layer(records, data, lead), carrier)
+    assert "tar archive" in line
+    nothing_imported(tmp_path)
+
+
+@pytest.mark.parametrize("lead", [False, True], ids=["first-member", "second-member"])
+@pytest.mark.parametrize("carrier", ["tarball", "layout"])
+@pytest.mark.parametrize("body", [
+    pytest.param(b"1" * (64 << 10), id="digits"),
+    pytest.param(b"1 hdrcharset=" * 5000, id="stray-hdrcharset"),
+    pytest.param(b"120 path=" + b"7" * 110 + b"\n", id="digit-run-in-a-record"),
+])
+def test_a_pax_header_cpythons_parser_takes_quadratic_time_on_is_refused(tmp_path: Path, body: bytes, carrier: str,
+                                                                        lead: bool) -> None:
+    """CVE-2024-6232: CPython before 3.11.10 and 3.12.6 parses pax headers with regexes that take
+    quadratic time on a long run of digits or on many `hdrcharset=` (a 1 MiB header: minutes of
+    CPU, from a 1 KiB gzip). Those are refused before CPython parses them; without the check these
+    64 KiB take seconds each and then import."""
+    line = import_layer(tmp_path, pax_layer([], lead=lead, raw=body), carrier)
+    assert "a pax header of the image was refused" in line
+    nothing_imported(tmp_path)
+
+
+def test_well_formed_pax_records_still_import(tmp_path: Path) -> None:
+    """check_pax takes what tarfile writes: a long name, an xattr, a fractional mtime."""
+    import tarfile
+
+    layer = pax_layer([("path", b"d" * 200), ("SCHILY.xattr.user.k", b"v" * 1000), ("mtime", b"1700000000.5"),
+                       ("hdrcharset", b"BINARY")])
+    (tmp_path / "ok.tar").write_bytes(layer)
+    r = cli(tmp_path, "image", "import", str(tmp_path / "ok.tar"))
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(tmp_path / "ok.tar") as tf:
+        assert tf.getnames() == ["d" * 200]
+
+
+@pytest.mark.parametrize("kind", ["oci-manifests", "docker-repotags"])
+def test_wrong_json_types_are_one_line(tmp_path: Path, kind: str) -> None:
+    """(e) `{"manifests": 1}` in index.json, `"RepoTags": 1` in manifest.json."""
+    layer = images.TarBuilder().file("f", b"x").bytes()
+    if kind == "oci-manifests":
+        images.write_layout(str(tmp_path / "oci"), [layer])
+        (tmp_path / "oci" / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": 1}))
+        target = tmp_path / "oci"
+    else:
+        images.docker_archive(str(tmp_path / "dock"), layers=[layer])
+        man = json.loads((tmp_path / "dock" / "manifest.json").read_text())
+        man[0]["RepoTags"] = 1
+        (tmp_path / "dock" / "manifest.json").write_text(json.dumps(man))
+        images.tar_dir(str(tmp_path / "dock"), str(tmp_path / "dock.tar"))
+        target = tmp_path / "dock.tar"
+    line = one_line_error(cli(tmp_path, "image", "import", str(target)))
+    assert "not a list" in line
+    nothing_imported(tmp_path)
+
+
+@pytest.mark.parametrize("carrier", ["layout", "docker"])
+@pytest.mark.parametrize("run,key", [
+    ({"Entrypoint": 5}, "Entrypoint"),
+    ({"Cmd": {"sh": 1}}, "Cmd"),
+    ({"Env": ["A", 5]}, "Env"),
+    ({"Env": "PATH=/bin"}, "Env"),
+    ({"User": 0}, "User"),
+    ({"WorkingDir": ["/"]}, "WorkingDir"),
+    ({"StopSignal": 15}, "StopSignal"),
+])
+def test_run_config_of_wrong_type_is_refused_at_import(tmp_path: Path, run: dict[str, object], key: str,
+                                                       carrier: str) -> None:
+    """(f) what `run` takes from the image config: lists of strings and strings, or absent/null."""
+    layer = images.TarBuilder().file("f", b"x").bytes()
+    if carrier == "layout":
+        images.write_layout(str(tmp_path / "oci"), [layer], config=run)
+        target = tmp_path / "oci"
+    else:
+        images.docker_archive(str(tmp_path / "dock"), layers=[layer])
+        man = json.loads((tmp_path / "dock" / "manifest.json").read_text())
+        cfg_path = tmp_path / "dock" / man[0]["Config"]
+        cfg = json.loads(cfg_path.read_text())
+        cfg["config"] = run
+        cfg_path.write_text(json.dumps(cfg))
+        images.tar_dir(str(tmp_path / "dock"), str(tmp_path / "dock.tar"))
+        target = tmp_path / "dock.tar"
+    line = one_line_error(cli(tmp_path, "image", "import", str(target)))
+    assert f"image config's {key} is" in line and "not a" in line
+    nothing_imported(tmp_path)
+
+
+def test_run_config_null_or_absent_is_kept_allowed(tmp_path: Path) -> None:
+    layer = images.TarBuilder().file("f", b"x").bytes()
+    images.write_layout(str(tmp_path / "oci"), [layer], ref="ok:1", config={
+        "Entrypoint": None, "Cmd": ["sh", "-c", "true"], "Env": [], "User": None, "WorkingDir": "", "StopSignal": None})
+    r = cli(tmp_path, "image", "import", str(tmp_path / "oci"))
+    assert r.returncode == 0, r.stderr
+    [img] = listing(tmp_path)
+    assert img["config"] == {"Cmd": ["sh", "-c", "true"], "Env": [], "WorkingDir": ""}
+
+
+def test_a_string_entrypoint_is_one_argument(tmp_path: Path) -> None:
+    """As Docker reads it (its StrSlice): "sh" is ["sh"], never the letters of it."""
+    layer = images.TarBuilder().file("f", b"x").bytes()
+    images.write_layout(str(tmp_path / "oci"), [layer], ref="ok:1", config={"Entrypoint": "/bin/sh", "Cmd": "-i"})
+    r = cli(tmp_path, "image", "import", str(tmp_path / "oci"))
+    assert r.returncode == 0, r.stderr
+    [img] = listing(tmp_path)
+    assert img["config"] == {"Entrypoint": ["/bin/sh"], "Cmd": ["-i"]}

@@ -128,6 +128,8 @@ def test_version_is_printed_without_starting(cg: Env) -> None:
     (["--log.level", "loud"], "cgagent: error: invalid --log.level 'loud': use one of debug, info, warn, error"),
     (["--web.telemetry-path", "metrics"], "cgagent: error: invalid --web.telemetry-path 'metrics': use an "
      "absolute URL path other than / and /healthz, e.g. /metrics"),
+    (["--api-socket", "agent.sock"], "cgagent: error: invalid --api-socket 'agent.sock': use an absolute path, "
+     "e.g. /run/cgagent/agent.sock"),
 ])
 def test_bad_flag_values_are_one_line(cg: Env, args: list[str], line: str) -> None:
     r = cg.run("serve", "--listen", "127.0.0.1:0", *args, timeout=30)

@@ -4,6 +4,7 @@ value means the same, with the same default and message, wherever it comes from.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from cgagent.errors import CgagentError
@@ -22,6 +23,18 @@ RUN_FIELDS: dict[str, str] = {**{o.name: _JSON[o.kind] for o in OPTIONS if o.nam
                               "cmd": "array", **CONTEXT_FIELDS}
 
 
+def _text(v: Any) -> bool:
+    """A string the OS takes: no NUL, and no surrogate but the \\udc80-\\udcff that stand for raw
+    bytes (as the CLI sends a name that is no UTF-8): os.chdir or environ would raise on "\\ud800"."""
+    if not isinstance(v, str) or "\0" in v:
+        return False
+    try:
+        os.fsencode(v)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_fields(body: Any, fields: dict[str, str], what: str) -> dict[str, Any]:
     """A JSON object whose keys are all in `fields`, each of its JSON type (strings for arrays' items);
     null means absent. Else CgagentError naming the first wrong field."""
@@ -35,14 +48,15 @@ def check_fields(body: Any, fields: dict[str, str], what: str) -> dict[str, Any]
                                "the fields are " + ", ".join(sorted(fields)))
         if v is None:
             continue
-        ok = {"string": isinstance(v, str) and "\0" not in v, "boolean": isinstance(v, bool),
+        ok = {"string": _text(v), "boolean": isinstance(v, bool),
               "integer": isinstance(v, int) and not isinstance(v, bool),
-              "array": isinstance(v, list) and all(isinstance(i, str) and "\0" not in i for i in v),
-              "object": isinstance(v, dict) and all(isinstance(i, str) and i and "=" not in i and "\0" not in i + j
-                                                    and isinstance(j, str) for i, j in v.items())}[kind]
+              "array": isinstance(v, list) and all(_text(i) for i in v),
+              "object": isinstance(v, dict) and all(_text(i) and i and "=" not in i and _text(j)
+                                                    for i, j in v.items())}[kind]
         if not ok:
             raise CgagentError(f"field {k!r} of the {what} must be " + {
-                "string": "a string (no NUL)", "array": "an array of strings (no NUL)",
+                "string": "a string (no NUL, no lone surrogate)",
+                "array": "an array of strings (no NUL, no lone surrogate)",
                 "object": "an object of strings (NAME: value)"}.get(kind, f"a {kind}"),
                 "see the API's openapi.json")
         out[k] = v

@@ -57,6 +57,7 @@ class Reader(ABC):
 
     mode: ClassVar[str]
     OOM_FILE: ClassVar[str]   # the one file holding the `oom_kill` counter: decided here, per mode
+    OWN_OOM_FILE: ClassVar[str]   # the counter of kills of this cgroup's own processes, not its children's
     # a file the kernel makes with the cgroup and rarely rewrites: its mtime is the creation time
     # (the directory's mtime moves whenever a child cgroup is made)
     BIRTH_FILE: ClassVar[str]
@@ -152,12 +153,14 @@ class Reader(ABC):
 
     # --- OOM
 
-    def oom_kills(self) -> int | None:
-        """The kernel's count of OOM kills in this cgroup; None when it keeps none."""
+    def oom_kills(self, own: bool = False) -> int | None:
+        """The kernel's count of OOM kills in this cgroup (on v2 its descendants' too); with `own`, of
+        its own processes only, where cAdvisor counts a kill (the victim's cgroup, not each parent);
+        None when it keeps none."""
         d = self.dir("memory")
         if d is None:
             return None
-        v = fs.read_fields(f"{d}/{self.OOM_FILE}", (("oom_kill",),)).get("oom_kill")
+        v = fs.read_fields(f"{d}/{self.OWN_OOM_FILE if own else self.OOM_FILE}", (("oom_kill",),)).get("oom_kill")
         if v is None:
             gone_check(d)
         return v

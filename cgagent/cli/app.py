@@ -384,7 +384,8 @@ def serve(
     discover: Annotated[bool, typer.Option("--discover", help="Export every cgroup of the host, named by its "
                                            "runtime (podman, docker, containerd, CRI-O, systemd): --watch-cgroup /.")
                         ] = False,
-    per_cpu: Annotated[bool, typer.Option("--per-cpu", help="Export per-CPU usage series too (cgroup v1).")] = False,
+    per_cpu: Annotated[bool, typer.Option("--per-cpu", help="Export per-CPU usage series (cpu=\"cpu00\"...) "
+                                          "instead of cpu=\"total\", as cAdvisor (cgroup v1).")] = False,
     state_dir: StateDir = None,
     policy_dir: Annotated[list[str] | None, typer.Option(
         "--policy-dir", help="Also read policies from this directory (repeatable; after the built-ins and "
@@ -414,7 +415,7 @@ def serve(
     from exporters.serve import serve as do_serve
     from exporters.web import DEFAULT_LISTEN
 
-    serveflags.check(flags["telemetry_path"], flags["log_level"])
+    serveflags.check(flags["telemetry_path"], flags["log_level"], api_socket)
     startup_prune()   # connections of workloads that died while no agent ran
     watch = (watch_cgroup or []) + (["/"] if discover else [])
     raise typer.Exit(do_serve(flags["listen"] or DEFAULT_LISTEN, web_config_file, watch, per_cpu,

@@ -76,8 +76,11 @@ def add_flags(fn: Any) -> Any:
     return fn
 
 
-def check(telemetry_path: str, log_level: str) -> None:
+def check(telemetry_path: str, log_level: str, api_socket: str | None = None) -> None:
     """One line for a bad value, before anything is bound."""
+    if api_socket is not None and not api_socket.startswith("/"):   # the clients' cwd is not ours
+        raise CgagentError(f"invalid --api-socket {api_socket!r}",
+                           "use an absolute path, e.g. /run/cgagent/agent.sock")
     if log_level not in LOG_LEVELS:
         raise CgagentError(f"invalid --log.level {log_level!r}", "use one of " + ", ".join(LOG_LEVELS))
     if not telemetry_path.startswith("/") or telemetry_path in ("/", "/healthz") or any(

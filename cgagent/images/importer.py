@@ -155,6 +155,8 @@ class _Import:
             except (OSError, EOFError, zlib.error) as e:   # a truncated or corrupt stream, or the disk refused
                 why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 raise CgagentError(f"layer {digest or label} could not be unpacked: {why}", "check the image") from None
+            except (tarfile.TarError, ValueError, OverflowError) as e:   # a truncated tar, a bad header field
+                raise CgagentError(f"layer {digest or label} is damaged: {e}", "export the image again") from None
         if digest is not None and comp.digest() != digest:
             raise CgagentError(f"layer blob {digest} is corrupt (its content hashes to {comp.digest()})",
                                "re-export the image")
@@ -197,17 +199,20 @@ class _Import:
         if len(diff_ids) != len(layers):
             raise CgagentError(f"the config lists {len(diff_ids)} diff_ids for {len(layers)} layers",
                                "the archive is inconsistent; export it again")
+        tags = entry.get("RepoTags") or []
+        if not isinstance(tags, list):
+            raise bad("RepoTags in manifest.json is not a list")
+        run = config.get("config")
+        run_config = oci.run_config(run if isinstance(run, dict) else {})   # refused before any layer is read
         for i, (lp, diff) in enumerate(zip(layers, diff_ids, strict=True)):
             digest_hex(str(diff))
             with t.open(lp, "layer") as f:
                 self.layer(f, None, None, str(diff), f"layer {i + 1}/{len(layers)}")
         cid = "sha256:" + hashlib.sha256(cdata).hexdigest()
         self.blobs[cid] = cdata
-        run = config.get("config")
-        tags = [x for x in entry.get("RepoTags") or [] if isinstance(x, str)]
+        tags = [x for x in tags if isinstance(x, str)]
         ref = ref or (normalize_ref(tags[0]) if tags else None)
-        img = Image(id=cid, layers=[str(d) for d in diff_ids],
-                    config=oci.run_config(run if isinstance(run, dict) else {}), created=time.time())
+        img = Image(id=cid, layers=[str(d) for d in diff_ids], config=run_config, created=time.time())
         return self.finish(img, ref)
 
     def rootfs(self, f: BinaryIO, path: str, ref: str | None) -> Image:
@@ -233,6 +238,8 @@ class _Import:
         except (OSError, EOFError, zlib.error) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise CgagentError(f"the archive could not be unpacked: {why}", "check the archive") from None
+        except (tarfile.TarError, ValueError, OverflowError) as e:   # a truncated tar, a bad header field
+            raise CgagentError(f"the archive is damaged: {e}", "export the image again") from None
         return dest
 
     # --- publishing
@@ -286,7 +293,7 @@ def _archive_kind(f: BinaryIO, max_bytes: int) -> str | None:
                 names.add(m.name.removeprefix("./").split("/")[0])
                 if {"bin", "etc", "usr"} & names:
                     return None   # a root filesystem: no need to read on
-    except (tarfile.TarError, CgagentError, OSError, EOFError, zlib.error):
+    except (tarfile.TarError, CgagentError, OSError, EOFError, zlib.error, ValueError, OverflowError):
         return None
     finally:
         f.seek(0)

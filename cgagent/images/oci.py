@@ -19,6 +19,7 @@ MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json")
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 RUN_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "StopSignal")
+LIST_KEYS = ("Env", "Entrypoint", "Cmd")    # lists of strings (argv, NAME=value); the other RUN_KEYS are strings
 MAX_INDEX_DEPTH = 8
 
 
@@ -98,7 +99,11 @@ def _pick(layout: Tree, index: dict[str, Any], want: str | None) -> tuple[dict[s
     """The image manifest descriptor to import (descending into nested indexes) and its ref name."""
     ref: str | None = None
     for depth in range(MAX_INDEX_DEPTH):
-        manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+        listed = index.get("manifests") or []
+        if not isinstance(listed, list):
+            raise CgagentError(f"the manifests of {'index.json' if depth == 0 else 'an image index'} are not a list",
+                               "check the image")
+        manifests = [m for m in listed if isinstance(m, dict)]
         if want and depth == 0:
             named = [m for m in manifests if dict_or_empty(m.get("annotations")).get(REF_ANNOTATION) == want]
             manifests = named or manifests
@@ -147,5 +152,30 @@ def parse_layout(layout: Tree, want_ref: str | None = None) -> Parsed:
                   config=cdata, run_config=run_config(run), layers=layers, ref=ref)
 
 
+def _json_type(v: Any) -> str:
+    for t, name in ((bool, "a boolean"), (str, "a string"), (int, "a number"), (float, "a number"),
+                    (list, "a list"), (dict, "an object")):
+        if isinstance(v, t):
+            return name
+    return type(v).__name__
+
+
 def run_config(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: run[k] for k in RUN_KEYS if run.get(k) is not None}
+    """What a run takes from the image config; a field of the wrong type is refused here, at import
+    (the run would fail on it). Absent or null is fine."""
+    out = {k: run[k] for k in RUN_KEYS if run.get(k) is not None}
+    for k, v in out.items():
+        if k in ("Entrypoint", "Cmd") and isinstance(v, str):   # Docker reads one string as one argument
+            out[k] = v = [v]
+        if k in LIST_KEYS:
+            if not isinstance(v, list):
+                what = _json_type(v)
+            else:
+                what = next((f"a list holding {_json_type(x)}" for x in v if not isinstance(x, str)), "")
+            if what:
+                raise CgagentError(f"the image config's {k} is {what}, not a list of strings",
+                                   f"fix {k} in the image's config and export it again")
+        elif not isinstance(v, str):
+            raise CgagentError(f"the image config's {k} is {_json_type(v)}, not a string",
+                               f"fix {k} in the image's config and export it again")
+    return out

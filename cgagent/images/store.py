@@ -140,12 +140,13 @@ class ImageStore:
         """Remove the layers and blobs no image names: an import killed while it published leaves
         them (its image record is saved last). Caller holds the lock. A damaged image record stops
         it: what that image names cannot be known."""
-        imgs = self._records()
-        if any(i is None for i in imgs):
+        records = self._records()
+        imgs = [i for i in records if i is not None]
+        if len(imgs) != len(records):
             return
         try:
-            layers = {digest_hex(d) for i in imgs if i for d in i.layers}
-            blobs = {digest_hex(b) for i in imgs if i for b in (i.id, i.manifest) if b}
+            layers = {digest_hex(d) for i in imgs for d in i.layers}
+            blobs = {digest_hex(b) for i in imgs for b in (i.id, i.manifest) if b}
         except CgagentError:   # a digest we would not have written
             return
         for e in _hex_entries(self.layers):

@@ -20,8 +20,10 @@ import contextlib
 import errno
 import gzip
 import hashlib
+import math
 import os
 import posixpath
+import re
 import stat
 import tarfile
 from collections.abc import Callable
@@ -43,6 +45,7 @@ MAX_MTIME = 1 << 33                # year 2242
 MAX_KNOWN = 1 << 16              # directories remembered as checked (a cache)
 MAX_DIR_NAMES = 64 << 20         # directory names held for their mtimes (a layer may repeat one)
 MAX_HEADER_NESTING = 8           # pax header before pax header before ...
+MAX_DIGITS = 64                  # the longest run of digits in a pax header (see check_pax)
 DEFAULT_MAX_SIZE = 10 << 30
 MAX_SIZE_ENV = "CGAGENT_IMAGE_MAX_SIZE"
 _PARENT = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -131,14 +134,42 @@ def clean_name(name: str) -> list[str]:
     return parts
 
 
+_PAX_LENGTH = re.compile(rb"([0-9]{1,20}) ")
+_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (MAX_DIGITS + 1))
+
+
+def check_pax(buf: bytes) -> None:
+    """Refuse a pax header that is not `LEN KEY=VALUE\\n` records end to end (then NUL padding), or
+    that has a run of more than MAX_DIGITS digits, or a `hdrcharset=` that is not a record's key.
+    CPython before 3.11.10 and 3.12.6 parses it with regexes that take quadratic time on those
+    (CVE-2024-6232): a 1 MiB header, a 1 KiB gzip, would take minutes. Linear here."""
+    pos, charsets = 0, 0
+    while pos < len(buf) and buf[pos] != 0:
+        m = _PAX_LENGTH.match(buf, pos)
+        end = pos + int(m.group(1)) if m else 0
+        eq = buf.find(b"=", m.end(), end) if m else -1
+        if m is None or end > len(buf) or eq < 0 or buf[end - 1] != 0x0A:
+            raise _bad_pax("a record is malformed")
+        charsets += buf[m.end():eq] == b"hdrcharset"
+        pos = end
+    if buf.count(b"hdrcharset=") != charsets or _LONG_DIGITS.search(buf):
+        raise _bad_pax(f"it holds a stray hdrcharset= or more than {MAX_DIGITS} digits in a row")
+
+
+def _bad_pax(why: str) -> CgagentError:
+    return CgagentError(f"a pax header of the image was refused: {why}", "the image was refused; nothing was imported")
+
+
 class _HeaderLimit:
     """tarfile's file object while it parses one member's headers: reads beyond MAX_HEADER are
-    refused before tarfile allocates them (a 1 KiB gzip can declare a 1 GiB pax header)."""
+    refused before tarfile allocates them (a 1 KiB gzip can declare a 1 GiB pax header); a pax
+    header's body (the read after _proc_pax began) goes through check_pax first."""
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.left = MAX_HEADER
         self.depth = 0
+        self.pax = False
 
     def read(self, n: int) -> bytes:
         if n > self.left:
@@ -146,6 +177,9 @@ class _HeaderLimit:
                                "the image was refused; nothing was imported")
         data: bytes = self.raw.read(n)
         self.left -= len(data)
+        if self.pax:
+            self.pax = False
+            check_pax(data)
         return data
 
     def __getattr__(self, name: str) -> Any:
@@ -171,12 +205,19 @@ class _BoundedTarInfo(tarfile.TarInfo):
         finally:
             lim.depth -= 1
 
+    def _proc_pax(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        """CPython's private step (3.11 to 3.13 read the header's body first thing): check_pax it."""
+        if isinstance(tf.fileobj, _HeaderLimit):
+            tf.fileobj.pax = True
+        info: tarfile.TarInfo = tarfile.TarInfo._proc_pax(self, tf)  # type: ignore[attr-defined]
+        return info
+
 
 def open_tar(stream: IO[bytes], mode: Literal["r|", "r|*"] = "r|") -> tarfile.TarFile:
     """A streaming reader whose headers are bounded (see _HeaderLimit); "r|*" detects compression."""
     try:
         return tarfile.open(fileobj=stream, mode=mode, tarinfo=_BoundedTarInfo)
-    except tarfile.TarError as e:
+    except (tarfile.TarError, ValueError, OverflowError) as e:   # it reads the first member's headers
         raise CgagentError(f"layer is not a tar archive: {e}", "check the image") from None
 
 
@@ -185,7 +226,7 @@ def members(tf: tarfile.TarFile, budget: Budget) -> Any:
     while True:
         try:
             m = tf.next()
-        except tarfile.TarError as e:
+        except (tarfile.TarError, ValueError, OverflowError) as e:   # bad pax/sparse fields, hdrcharset
             raise CgagentError(f"layer is not a valid tar archive: {e}", "check the image") from None
         tf.members.clear()  # type: ignore[attr-defined]
         if m is None:
@@ -335,6 +376,9 @@ class _Unpacker:
         parts = clean_name(m.name)
         if not (0 <= m.uid < 1 << 32 and 0 <= m.gid < 1 << 32):
             raise refuse("owner out of range", m.name)
+        if isinstance(m.mtime, float) and not math.isfinite(m.mtime):   # a pax mtime of nan, inf or 1e400
+            raise CgagentError(f"the image is damaged: tar member {_short(m.name)!r} has the mtime {m.mtime}",
+                               "export the image again")
         m.mtime = min(max(int(m.mtime), 0), MAX_MTIME)   # what utime() and the kernel can hold
         if not parts:
             return  # "./": the layer root itself

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 
 from cgagent.errors import CgagentError
+from cgagent.images.confined import open_beneath
 from cgagent.isolation import userns
 from cgagent.isolation.devices import host_devices, setup_dev
 from cgagent.isolation.security import MASKED_PATHS, READONLY_PATHS
@@ -206,20 +208,51 @@ def _mount_volumes(vols: list[tuple[int, bool, str, bool]], tmpfss: tuple[Tmpfs,
             if not os.path.lexists(ctr):
                 os.close(os.open(ctr, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         move_mount(fd, ctr)
-        if ro:   # added to the mount's flags: a bind remount would drop nodev
-            mount_setattr(ctr, MOUNT_ATTR_RDONLY, recursive=False)
+        if ro:   # added to the flags of every mount in it (a bind remount would drop nodev), as
+            mount_setattr(ctr, MOUNT_ATTR_RDONLY)   # Docker 25's recursive read-only binds
         os.close(fd)
 
 
-def _volume_tree(vol: Volume) -> int:
-    """A detached copy of the volume's tree, nodev unless the volume asked for `dev`."""
-    fd = open_tree_clone(vol.host)
-    if not vol.dev:
-        try:
-            mount_setattr(fd, MOUNT_ATTR_NODEV)
-        except BaseException:
-            os.close(fd)
+def _volume_tree(vol: Volume) -> tuple[int, bool]:
+    """A detached copy of the volume's tree, nodev unless the volume asked for `dev`, and whether it
+    is a directory. The host path was resolved at `run`; every start opens it again with no symlink
+    followed: a workload that can write a parent of it (-v /srv/app:/app -v /srv/app/cache:/cache)
+    could otherwise make it a link to / for its next start."""
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = [p for p in vol.host.split("/") if p]
+        src = open_beneath(root, parts, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC) if parts else os.dup(root)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
             raise
+        raise _swapped(vol) from None
+    finally:
+        os.close(root)
+    try:
+        mode = os.fstat(src).st_mode
+        if stat.S_ISLNK(mode):   # the last part (O_NOFOLLOW: the link itself is opened)
+            raise _swapped(vol)
+        return _private_clone(src, vol.dev), stat.S_ISDIR(mode)
+    finally:
+        os.close(src)
+
+
+def _swapped(vol: Volume) -> CgagentError:
+    return CgagentError(f"volume {vol.host}: the path, or a directory on it, is a symlink now",
+                        "the volume was not mounted; give its real path (cgagent rm, then run again)")
+
+
+def _private_clone(src: str | int, dev: bool) -> int:
+    """A detached copy of the tree at `src`, private: it is cloned before mount_root() makes the
+    namespace's mounts private, and a peer of the host's mount would let mounts travel either way
+    (a later host mount under it into the workload, with the host's flags; with SYS_ADMIN, the
+    workload's mounts out to the host)."""
+    fd = open_tree_clone(src)
+    try:
+        mount_setattr(fd, 0 if dev else MOUNT_ATTR_NODEV, propagation=MS_PRIVATE)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -238,9 +271,9 @@ def _mask() -> None:
 def enter(spec: IsolationSpec, userns_fd: int | None = None) -> None:
     """Build the workload's filesystem view and switch into it."""
     cgroups = host_cgroup_mounts()
-    vols = [(_volume_tree(v), os.path.isdir(v.host), v.target, v.read_only) for v in spec.volumes]
+    vols = [(*_volume_tree(v), v.target, v.read_only) for v in spec.volumes]
     # --ipc host: the host's /dev/shm (POSIX shared memory) with its IPC namespace, as Docker does
-    shm = open_tree_clone("/dev/shm") if spec.ipc == "host" and os.path.isdir("/dev/shm") else None
+    shm = _private_clone("/dev/shm", True) if spec.ipc == "host" and os.path.isdir("/dev/shm") else None
     host = host_devices() if spec.privileged else ()   # --privileged: the host's device nodes, listed now
     pivot(mount_root(spec, userns_fd))
     os.makedirs("/proc", exist_ok=True)

@@ -47,6 +47,7 @@ SYS_MOVE_MOUNT = 429
 OPEN_TREE_CLONE = 1
 AT_RECURSIVE = 0x8000
 AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -92,10 +93,15 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root")
 
 
-def open_tree_clone(path: str) -> int:
-    """A detached copy of the mount tree at `path` (a bind mount not yet attached anywhere)."""
+def open_tree_clone(path: str | int) -> int:
+    """A detached copy of the mount tree at `path` (a path, or an O_PATH fd of it): a bind mount not
+    yet attached anywhere."""
     flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
-    return _check(_libc.syscall(SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), _b(path), ctypes.c_uint(flags)),
+    if isinstance(path, int):
+        dfd, name, flags = path, b"", flags | AT_EMPTY_PATH
+    else:
+        dfd, name = AT_FDCWD, os.fsencode(path)
+    return _check(_libc.syscall(SYS_OPEN_TREE, ctypes.c_int(dfd), name, ctypes.c_uint(flags)),
                   f"open_tree {path}")
 
 
@@ -146,7 +152,6 @@ def set_seccomp_filter(prog: bytes) -> None:
 SYS_MOUNT_SETATTR = 442
 MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NODEV = 0x00000004
-AT_EMPTY_PATH = 0x1000
 
 
 class MountAttr(ctypes.Structure):
@@ -154,10 +159,11 @@ class MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
 
 
-def mount_setattr(target: int | str, attr_set: int, recursive: bool = True) -> None:
+def mount_setattr(target: int | str, attr_set: int, recursive: bool = True, propagation: int = 0) -> None:
     """Add mount attributes to the mount tree at `target` (a path, or an open_tree fd), leaving its
-    other flags as they are (a bind remount would have to restate them all)."""
-    attr = MountAttr(attr_set, 0, 0, 0)
+    other flags as they are (a bind remount would have to restate them all); `propagation`, if
+    given (MS_PRIVATE...), replaces its propagation type."""
+    attr = MountAttr(attr_set, 0, propagation, 0)
     flags = AT_RECURSIVE if recursive else 0
     if isinstance(target, int):
         dfd, path, flags = target, b"", flags | AT_EMPTY_PATH

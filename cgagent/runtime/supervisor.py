@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from cgagent import events, launch, oom, procs
 from cgagent.cgroups import CgroupManager
-from cgagent.errors import CgagentError
+from cgagent.errors import CgagentError, run_code
 from cgagent.faults import fault
 from cgagent.host import Host
 from cgagent.live import live_status, manager
@@ -22,7 +22,7 @@ from cgagent.runtime import starting
 from cgagent.runtime.lifecycle import create, discard, finish, start, victims, watch_kmsg
 from cgagent.runtime.request import RunRequest, parse_restart
 from cgagent.runtime.stopflag import stop_requested
-from cgagent.state import Damaged, Record, Store
+from cgagent.state import Damaged, Record, Store, last_words
 
 TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:   # a run without -t never loads termios & co.
@@ -126,7 +126,11 @@ def _wait_restarting(store: Store, host: Host, rec: Record, mgr: CgroupManager, 
             return code
         rec.restarts += 1
         fault("restarting")
-        pid = start(store, rec, mgr, stdio)   # into the scope its keeper holds, or a new one (lifecycle._place)
+        try:
+            pid = start(store, rec, mgr, stdio)   # into the scope its keeper holds, or a new one (lifecycle._place)
+        except CgagentError as e:   # refused by its setup (a volume re-pointed, the command gone): it stays down
+            last_words(f"the restart of {rec.name} failed: {e}")
+            return run_code(e.exit_code)
 
 
 def run_detached(req: RunRequest, host: Host, store: Store) -> str:
@@ -272,8 +276,6 @@ def shim_main(store: Store, host: Host, name: str, pid: int) -> int:
     try:
         finish(store, host, name, code, supervisor=True)
     except BaseException as e:
-        from cgagent.state import last_words
-
         last_words(f"the exit of {name} (code {code}) could not be recorded: {e}; "
                    f"the next `cgagent stop/rm {name}` records it")
         raise

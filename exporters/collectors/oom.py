@@ -1,5 +1,6 @@
 """OOM kills. Workloads: from the durable events log (cgagent.oom.Totals), so the count survives
-agent restarts and `cgagent rm`. Watched cgroups cgagent did not launch: the kernel's counter."""
+agent restarts and `cgagent rm`. Watched cgroups cgagent did not launch: the kernel's counter of
+their own processes' kills (as cAdvisor counts a kill: at the victim's cgroup, not at every parent)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class Oom:
             if not t.reader.has("memory"):
                 continue
             try:
-                v = t.reader.oom_kills()
+                v = t.reader.oom_kills(own=True)   # once, at the victim's cgroup: not again at each parent
             except READ_ERRORS as e:
                 scrape.error(self.name, t, e)
                 continue

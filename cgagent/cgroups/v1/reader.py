@@ -20,7 +20,7 @@ _LIMIT_FILES = {"cpu": ("cpu", cpu.LIMIT_FILES), "cpuset": ("cpuset", cpuset.LIM
 
 class V1Reader(Reader):
     mode = "v1"
-    OOM_FILE = memory.OOM_FILE
+    OOM_FILE = OWN_OOM_FILE = memory.OOM_FILE   # v1 counts a kill in the victim's cgroup alone
     BIRTH_FILE = "cgroup.clone_children"
 
     def dir(self, controller: str) -> str | None:

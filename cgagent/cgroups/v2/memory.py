@@ -16,6 +16,7 @@ NAME = "memory"
 # `oom_kill N` of this cgroup and its descendants (memory.events.local would leave the descendants
 # out: a workload's own sub-cgroups are part of it); inotify reports each change of it
 OOM_FILE = "memory.events"
+OWN_OOM_FILE = "memory.events.local"   # (kernel 5.2+) the kills of this cgroup's own processes
 LIMIT_FILES = ("memory.max", "memory.min")
 SWAP_LIMIT_FILES = ("memory.max", "memory.swap.max")
 

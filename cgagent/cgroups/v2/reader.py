@@ -17,6 +17,7 @@ _LIMIT_FILES = {"cpu": cpu.LIMIT_FILES, "cpuset": (), "memory": memory.LIMIT_FIL
 class V2Reader(Reader):
     mode = "v2"
     OOM_FILE = memory.OOM_FILE
+    OWN_OOM_FILE = memory.OWN_OOM_FILE
     BIRTH_FILE = "cgroup.type"   # cAdvisor takes cgroup.events, whose mtime moves with every (un)populate
 
     def __init__(self, dirs: dict[str, str]) -> None:
