@@ -27,6 +27,17 @@ CANNOT_INVOKE = 126
 NOT_FOUND = 127
 
 
+def kind_of(value: object) -> str:
+    """What a value read from JSON or YAML is, as an error line names it ("a list", "null")."""
+    if value is None:
+        return "null"
+    for t, name in ((bool, "a boolean"), (str, "a string"), (int, "a number"), (float, "a number"),
+                    (list, "a list"), (tuple, "a list"), (dict, "an object")):
+        if isinstance(value, t):
+            return name
+    return f"a {type(value).__name__}"
+
+
 def run_code(code: int) -> int:
     """The exit code of a `run`/`exec` that failed with a CgagentError of `code`."""
     return code if code in (CANNOT_INVOKE, NOT_FOUND) else OWN_ERROR

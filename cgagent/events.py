@@ -17,6 +17,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
+from cgagent.errors import kind_of
+
 TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
@@ -63,7 +65,7 @@ def append(state_root: str, kind: str, name: str, **fields: Any) -> dict[str, An
 def problem(ev: Any) -> str | None:
     """Why a parsed line is not an event, or None."""
     if not isinstance(ev, dict):
-        return f"a JSON {type(ev).__name__}, not an object"
+        return f"{kind_of(ev)}, not an object"
     t = ev.get("time")
     if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or not 0 <= t < _MAX_TIME:
         return f"time {str(t)[:40]!r} is not a timestamp"

@@ -24,7 +24,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field, fields
 
-from cgagent.errors import CgagentError
+from cgagent.errors import CgagentError, kind_of
+from cgagent.faults import fault
 from cgagent.regular import NotRegular, open_regular
 
 TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
@@ -108,6 +109,7 @@ def atomic_write(path: str, data: bytes, mode: int = FILE_MODE, durable: bool = 
                 os.fsync(fd)
         finally:
             os.close(fd)
+        fault("written")
         os.rename(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -236,7 +238,7 @@ def parse_record(name: str, path: str, raw: bytes) -> Record:
     except (ValueError, RecursionError) as e:
         raise Damaged(name, path, f"not JSON ({e})" if raw.strip() else "empty file") from None
     if not isinstance(data, dict):
-        raise Damaged(name, path, f"a JSON {type(data).__name__}, not an object")
+        raise Damaged(name, path, f"{kind_of(data)}, not an object")
     types = _FIELD_TYPES
     missing = sorted(_REQUIRED - data.keys())
     if missing:
@@ -244,7 +246,7 @@ def parse_record(name: str, path: str, raw: bytes) -> Record:
     for k, v in data.items():
         want = types.get(k)
         if want is not None and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
-            raise Damaged(name, path, f"{k} is a JSON {type(v).__name__}, of the wrong type")
+            raise Damaged(name, path, f"{k} is {kind_of(v)}, of the wrong type")
     if data["name"] != name:
         raise Damaged(name, path, f"it names workload {data['name']!r}")
     if not all(isinstance(k, str) and isinstance(v, str) and os.path.isabs(v) for k, v in data["dirs"].items()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from cgagent.errors import CgagentError
+from cgagent.errors import CgagentError, kind_of
 
 TYPE_CHECKING = False   # not typing's own: a launch does not import typing (see cgagent.cli.thin)
 if TYPE_CHECKING:
@@ -30,8 +30,7 @@ MAX_CPU_LIST_TEXT = 4096
 def _scalar(value: Any, option: str, what: str, example: str) -> str | int | float:
     """Refuse what YAML can put where a number belongs (true, a mapping, a list, a 10 KB string)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        kind = "a boolean" if isinstance(value, bool) else f"a {type(value).__name__}"
-        raise CgagentError(f"{option} must be {what}, not {kind}", f"give e.g. {example}")
+        raise CgagentError(f"{option} must be {what}, not {kind_of(value)}", f"give e.g. {example}")
     if isinstance(value, str) and len(value) > MAX_NUMBER_TEXT:
         raise CgagentError(f"{option} {value[:20]}... is too long to be {what}", f"give e.g. {example}")
     if isinstance(value, float) and not math.isfinite(value):

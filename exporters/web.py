@@ -324,6 +324,11 @@ class _Server(ThreadingHTTPServer):
             self._waiting[c.fd] = c
         return c
 
+    def refuse(self, request: socket.socket) -> None:
+        """No room for `request` (see admit): close it. Over TLS nothing can be said before a handshake,
+        which the accept loop does not do."""
+        self.shutdown_request(request)
+
     def forget(self, c: _Conn) -> None:
         with self._conns_cv:
             self._waiting.pop(c.fd, None)
@@ -758,7 +763,7 @@ class ConnectionLoop:
                 return   # backlog empty, or the client gave up between readiness and accept
             c = httpd.admit(request, client_address)
             if c is None:
-                httpd.shutdown_request(request)
+                httpd.refuse(request)
                 continue
             request.setblocking(False)
             self._sel.register(request, selectors.EVENT_READ, c)

@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,9 +42,10 @@ def value(samples: Samples, metric: str, **labels: str) -> float | None:
 class Agent:
     """A running `cgagent serve`; stopped by PID (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, cg: Env, *args: str, listen: str = "127.0.0.1:0") -> None:
+    def __init__(self, cg: Env, *args: str, listen: str = "127.0.0.1:0", **popen: Any) -> None:
         self.args = args
-        self.proc = cg.popen("serve", "--listen", listen, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = cg.popen("serve", "--listen", listen, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             **popen)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()   # the agent prints its URL once it listens
         m = re.search(r"(https?://\S+)/metrics", line)
@@ -76,8 +78,8 @@ class Agent:
 
 
 @contextlib.contextmanager
-def agent(cg: Env, *args: str, listen: str = "127.0.0.1:0") -> Iterator[Agent]:
-    a = Agent(cg, *args, listen=listen)
+def agent(cg: Env, *args: str, listen: str = "127.0.0.1:0", **popen: Any) -> Iterator[Agent]:
+    a = Agent(cg, *args, listen=listen, **popen)
     try:
         yield a
     finally:

@@ -285,7 +285,10 @@ def test_another_uid_is_refused(cg: Env, api: tuple[Agent, Client]) -> None:
     assert api[1].json("GET", "/v1/ps") == []   # root still may
 
 
-def test_api_group_members_may_call(cg: Env) -> None:
+@pytest.mark.parametrize("others", [0, 300], ids=["one-group", "among-300"])
+def test_api_group_members_may_call(cg: Env, others: int) -> None:
+    """A member through a supplementary group only; also as the last of 301 (SO_PEERGROUPS past the
+    256 that Python's getsockopt reads)."""
     gid = 65533
     with agent(cg, "--api-group", str(gid)) as _a:
         path = server.socket_path(cg.state_dir)
@@ -296,13 +299,83 @@ def test_api_group_members_may_call(cg: Env) -> None:
             code = 1
             try:
                 fd = os.open(path, os.O_PATH)
-                os.setgroups([gid])
+                os.setgroups([*range(70000, 70000 + others), gid])
                 os.setgid(65534)
                 os.setuid(65534)
                 code = 0 if Client(f"/proc/self/fd/{fd}").json("GET", "/v1/ps") == [] else 3
             finally:
                 os._exit(code)
         assert os.waitpid(pid, 0)[1] == 0
+
+
+def _few_fds() -> None:
+    """An agent's connection table is a quarter of its fd limit: 32 slots."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+
+def _follow(c: Client, n: int) -> list[Response]:
+    """`n` followed event streams: connections serving a request, which are never evicted."""
+    streams = [c.raw("GET", "/v1/events", query={"follow": True}) for _ in range(n)]
+    assert [s.status for s in streams] == [200] * n
+    return streams
+
+
+def test_a_full_connection_table_is_answered_503_in_one_line(cg: Env) -> None:
+    """Every slot serving a request (followed event streams, which are never evicted): the next
+    caller gets a 503 saying why, and the CLI prints that line, not "the agent closed the connection"."""
+    with agent(cg, preexec_fn=_few_fds):
+        c = Client(server.socket_path(cg.state_dir), timeout=60)
+        streams: list[Response] = []
+        try:
+            while (r := c.raw("GET", "/v1/events", query={"follow": True})).status == 200:
+                streams.append(r)
+                assert len(streams) <= 32, "the agent took more connections than its table holds"
+            line = one_line_error(r, 503)
+            assert len(streams) == 32
+            assert line.startswith("the agent is serving as many connections as it may (32): retry when one ends")
+            ps = cg.run("ps")
+            assert (ps.returncode, ps.stdout, ps.stderr) == (1, "", f"cgagent: error: {line}\n")
+            for how in ("--rm", "-d"):   # a request larger than the agent reads before it answers
+                r = cg.run("run", how, "--cgroup-parent", cg.parent, "--", "true", stdin=subprocess.DEVNULL)
+                assert (r.returncode, r.stdout, r.stderr) == (125, "", f"cgagent: error: {line}\n")
+        finally:
+            for s in streams:
+                s.close()
+
+
+def test_a_foreground_run_whose_caller_died_gives_its_connection_back(cg: Env) -> None:
+    """The caller of a foreground run SIGKILLed: the agent stops holding the run's connection (it
+    held it until the workload ended, here never, so 32 such deaths locked the API out), and the
+    workload runs on under its supervisor, as `docker run` killed leaves its container."""
+    direct = {**cg.env(), "CGAGENT_DIRECT": "1"}
+    with agent(cg, preexec_fn=_few_fds):
+        c = Client(server.socket_path(cg.state_dir), timeout=60)
+        streams = _follow(c, 30)
+        try:
+            started = c.call("GET", "/v1/events", query={"follow": True, "name": "fg"})
+            fg = cg.popen("run", "--name", "fg", "--cgroup-parent", cg.parent, "--", "sleep", "1000",
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            assert json.loads(next(started.lines()))["kind"] == "start"
+            started.close()
+            fg.kill()
+            assert fg.wait() == -signal.SIGKILL
+
+            def one_more() -> bool:   # the agent sees the caller's end on its own time: nothing to wait on
+                r = c.raw("GET", "/v1/events", query={"follow": True})
+                if r.status == 200:
+                    streams.append(r)
+                else:
+                    r.close()
+                return len(streams) == 32
+            assert poll(one_more, 10), "the dead caller's connection is still held"
+            inspect = subprocess.run(cg.cmd("inspect", "fg"), env=direct, capture_output=True, text=True, timeout=60)
+            assert json.loads(inspect.stdout)[0]["State"]["Status"] == "running", inspect.stderr
+        finally:
+            for s in streams:
+                s.close()
+            subprocess.run(cg.cmd("rm", "-f", "fg"), env=direct, capture_output=True, timeout=60)
 
 
 def test_events_are_streamed_until_the_client_closes(cg: Env, api: tuple[Agent, Client]) -> None:

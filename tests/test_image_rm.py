@@ -176,3 +176,30 @@ def test_an_import_killed_before_its_image_was_saved_leaves_nothing_after_the_ne
     ok(box.run("image", "import", str(tmp_path / "oci"), "--name", "bb:3"))
     assert (layers(box), blobs(), sorted(os.listdir(Path(box.store) / "layers" / "l"))) == (layers0, blobs0, names0)
     ok(box.run("run", "--rm", "bb:3", "--", "true"))   # the image's own layers are whole
+
+
+@pytest.mark.parametrize("step", ["layer_linked", "written"])
+def test_an_import_killed_inside_a_publishing_step_leaves_nothing_after_the_next(box: Box, tmp_path: Path,
+                                                                                step: str) -> None:
+    """SIGKILL between publish_layer's short link and its rename leaves a link to nothing; inside
+    atomic_write, a blob's temp file. Nothing owns either: the next import sweeps them."""
+    store = Path(box.store)
+
+    def files() -> tuple[list[str], ...]:
+        return tuple(sorted(os.listdir(store / d)) for d in ("layers", "layers/l", "blobs/sha256", "images"))
+
+    before = files()
+    lay = str(tmp_path / "other")
+    images.write_layout(lay, [images.layer1(), images.TarBuilder().file("orphan", b"mine\n").bytes()], ref="other:1")
+    r = subprocess.run(box.cg.cmd("image", "import", lay), env={**box.env(), "CGAGENT_FAULT": f"step:{step}"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == -9, r.stderr
+    killed = files()
+    if step == "layer_linked":
+        [link] = set(killed[1]) - set(before[1])
+        assert os.path.islink(store / "layers" / "l" / link) and not os.path.exists(store / "layers" / "l" / link)
+    else:
+        assert [n for n in killed[2] if ".tmp." in n], killed[2]
+    ok(box.run("image", "import", str(tmp_path / "oci"), "--name", "bb:3"))
+    assert files() == before
+    ok(box.run("run", "--rm", "bb:3", "--", "true"))

@@ -40,7 +40,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("cgagent", "cgagent.state", "cgagent.units", "cgagent.errors", "cgagent.limits", "cgagent.host",
               "cgagent.convert", "cgagent.spec", "cgagent.devrules", "cgagent.events", "cgagent.procopts",
               "cgagent.faults", "cgagent.procs", "cgagent.kmsg", "cgagent.inotify", "cgagent.yamlbound",
-              "cgagent.logtime", "cgagent.signals", "cgagent.wakeup", "cgagent.regular")),
+              "cgagent.logtime", "cgagent.signals", "cgagent.wakeup", "cgagent.regular",
+              "cgagent.beneath")),
 )
 
 

@@ -309,7 +309,9 @@ def _attached(fields: dict[str, Any], stdio: list[int], host: Any, store: Any) -
 
 
 def relay(sock: socket.socket, child: Launched) -> None:
-    """Forward the caller's signal lines to the supervisor until it exits; send its exit code."""
+    """Forward the caller's signal lines to the supervisor until it exits; send its exit code. A
+    caller that went away ends it at once: its connection (a slot of the agent's table) is given back,
+    and the supervisor runs on and records the end, as `docker run` killed leaves its container."""
     from cgagent.signals import FORWARDED
 
     buf = b""
@@ -323,7 +325,7 @@ def relay(sock: socket.socket, child: Launched) -> None:
             except OSError:
                 data = b""
             if not data:
-                listening = False   # the caller is gone: the supervisor still records the end
+                return
             buf += data
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)

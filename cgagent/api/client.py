@@ -121,10 +121,19 @@ class Client:
         # bytes: a request already encoded (cgagent.api.runclient.encode)
         data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
         conn = _connection(self.path, self.timeout)
+        failed: ConnectionError | None = None
         try:
-            conn.request(method, full, body=data,
-                         headers={"Content-Type": "application/json"} if data is not None else {})
-            return Response(conn, conn.getresponse())
+            try:
+                conn.request(method, full, body=data,
+                             headers={"Content-Type": "application/json"} if data is not None else {})
+            except ConnectionError as e:
+                failed = e   # the agent answered before it read it all (a full table): the answer waits
+            try:
+                return Response(conn, conn.getresponse())
+            except ConnectionError:
+                if failed is not None:
+                    raise failed from None
+                raise
         except BaseException:
             conn.close()
             raise

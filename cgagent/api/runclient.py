@@ -81,10 +81,14 @@ def run_attached(path: str, data: bytes) -> int:
             s.settimeout(None)
         except OSError:
             raise Declined(path) from None   # nothing sent: the direct path does it all, as with no agent
-        s.sendall(b"POST /v1/workloads HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
-                  b"Connection: Upgrade\r\nUpgrade: " + PROTOCOL.encode() +
-                  f"\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-        status_line, headers, rest = _head(s)
+        try:
+            s.sendall(b"POST /v1/workloads HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                      b"Connection: Upgrade\r\nUpgrade: " + PROTOCOL.encode() +
+                      f"\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        except ConnectionError as e:
+            status_line, headers, rest = _refusal(s, e)   # it answered before reading it all (a full table)
+        else:
+            status_line, headers, rest = _head(s)
         parts = status_line.split()
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         if status == 501:
@@ -95,6 +99,15 @@ def run_attached(path: str, data: bytes) -> int:
         return _wait_exit(s, rest)
     finally:
         s.close()
+
+
+def _refusal(s: Any, failed: ConnectionError) -> tuple[bytes, dict[str, str], bytes]:
+    """The answer an agent sent before it closed on a request it did not read (it waits in our
+    receive buffer); none: the send's own error."""
+    try:
+        return _head(s)
+    except (CgagentError, OSError):
+        raise failed from None
 
 
 def _head(s: Any) -> tuple[bytes, dict[str, str], bytes]:

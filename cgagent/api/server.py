@@ -42,6 +42,7 @@ MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 10.0   # seconds for a whole body; the CLI sends its at most 60 KiB in one write
 API_VERSION = "v1"
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)   # Linux 4.13+; Python 3.11 lacks the constant
+NGROUPS_MAX = 65536
 
 
 def socket_path(state_root: str) -> str:
@@ -109,10 +110,24 @@ class Peer:
 def peer_of(sock: socket.socket) -> Peer:
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     groups: tuple[int, ...] = ()
-    with contextlib.suppress(OSError):   # ERANGE past 256 groups: the primary group still counts
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+    with contextlib.suppress(OSError):   # no SO_PEERGROUPS (before 4.13): the primary group still counts
+        raw = _peer_groups(sock.fileno())
         groups = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
     return Peer(pid, uid, gid, groups)
+
+
+def _peer_groups(fd: int) -> bytes:
+    """SO_PEERGROUPS whole: Python's getsockopt() reads at most 1024 bytes (256 groups), and a caller
+    in more (up to NGROUPS_MAX) got ERANGE, so a member through a later group was refused."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = ctypes.c_uint32(NGROUPS_MAX * 4)
+    buf = ctypes.create_string_buffer(size.value)
+    if libc.getsockopt(fd, socket.SOL_SOCKET, SO_PEERGROUPS, buf, ctypes.byref(size)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.raw[:size.value]
 
 
 # run, stop and rm make and tear down what a workload has in the namespaces of whoever does it
@@ -634,6 +649,19 @@ class Handler(web.BoundedHandler):
 
 class ApiHttpServer(web.UnixServer):
     api: Api
+
+    def refuse(self, request: socket.socket) -> None:
+        """Every slot is serving a request: a 503 saying so, sent without waiting (a full socket buffer
+        drops it), so that the CLI prints why instead of "the agent closed the connection". The
+        kernel keeps it for the client to read before the close, whatever the client had sent."""
+        e = ApiError(503, f"the agent is serving as many connections as it may ({self.max_connections})",
+                     "retry when one ends; each `logs -f`, `events -f` and foreground run holds one", 1)
+        body = json.dumps(_error_body(e)).encode() + b"\n"
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        with contextlib.suppress(OSError):
+            request.send(head + body, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        super().refuse(request)
 
 
 class ApiServer(web.ConnectionLoop):

@@ -2,86 +2,25 @@
 walking or removing trees of any depth without recursion.
 
 An image names files inside itself (`blobs/sha256/<hex>`, docker-save's `Config` and `Layers`).
-Every such name is resolved by the kernel beneath the tree's root with no symlink followed
-(openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or a component-by-component O_NOFOLLOW walk where
-openat2 is missing), and only regular files are read: a name can never reach a host file or a
+Every such name is resolved beneath the tree's root with no symlink followed (cgagent.beneath),
+and only regular files are read: a name can never reach a host file or a
 device such as /dev/zero, and an error never reveals anything about a file outside.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 from collections.abc import Callable
 from typing import BinaryIO
 
+from cgagent.beneath import DIR, open_beneath
 from cgagent.errors import CgagentError
-from cgagent.regular import PATH_ONLY as _REGULAR_PATH
 from cgagent.regular import NotRegular, reopen
 
 MAX_DOC = 4 << 20          # manifest, index, config, manifest.json: containerd's limit for manifests
 MAX_NAME = 4096
-_SYS_OPENAT2 = 437         # the same number on x86_64 and aarch64 (asm-generic table)
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
-_RESOLVE_BENEATH = 0x08
-PATH_ONLY = _REGULAR_PATH | os.O_NOFOLLOW
-_DIR = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc: ctypes.CDLL | None
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-except OSError:  # pragma: no cover - no libc symbols in this process
-    _libc = None
-_openat2_ok = _libc is not None
-
-
-def _openat2(dirfd: int, rel: str, flags: int) -> int:
-    """openat2 beneath `dirfd` with no symlinks; raises OSError(ENOSYS) when the kernel or a seccomp
-    filter does not offer it."""
-    assert _libc is not None
-    how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(fd)
-
-
-def _walk_open(dirfd: int, parts: list[str], flags: int) -> int:
-    """The fallback: one O_NOFOLLOW open per component; a symlink anywhere fails with ELOOP."""
-    cur = dirfd
-    try:
-        for p in parts[:-1]:
-            if stat.S_ISLNK(os.stat(p, dir_fd=cur, follow_symlinks=False).st_mode):
-                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
-            nxt = os.open(p, _DIR, dir_fd=cur)
-            if cur != dirfd:
-                os.close(cur)
-            cur = nxt
-        return os.open(parts[-1], flags, dir_fd=cur)
-    finally:
-        if cur != dirfd:
-            os.close(cur)
-
-
-def open_beneath(dirfd: int, parts: list[str], flags: int = PATH_ONLY) -> int:
-    global _openat2_ok
-    if _openat2_ok:
-        try:
-            return _openat2(dirfd, "/".join(parts), flags)
-        except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.EPERM):
-                raise
-            _openat2_ok = False   # an old kernel, or a seccomp filter that refuses it
-    return _walk_open(dirfd, parts, flags)
 
 
 class Tree:
@@ -172,7 +111,7 @@ def walk(path: str, on_file: Callable[[int, str], None], on_dir_done: Callable[[
     on_file(dirfd, name) sees every non-directory (symlinks are never followed); on_dir_done(dirfd,
     name) runs after a directory's whole content was visited, with the fd of its parent.
     """
-    fd = os.open(path, _DIR)
+    fd = os.open(path, DIR)
     pending: list[list[str]] = []      # per level: subdirectories still to enter
     ids: list[tuple[int, int]] = []    # per level: (dev, ino) of the parent, checked when climbing back
     names: list[str] = []              # per level: the name of the directory `fd` is, in its parent
@@ -190,7 +129,7 @@ def walk(path: str, on_file: Callable[[int, str], None], on_dir_done: Callable[[
                 pending.pop()
                 if not names:
                     return
-                parent = os.open("..", _DIR, dir_fd=fd)
+                parent = os.open("..", DIR, dir_fd=fd)
                 pst = os.fstat(parent)
                 os.close(fd)
                 fd = parent
@@ -201,7 +140,7 @@ def walk(path: str, on_file: Callable[[int, str], None], on_dir_done: Callable[[
                     on_dir_done(fd, done)
             name = pending[-1].pop()
             st = os.fstat(fd)
-            child = os.open(name, _DIR, dir_fd=fd)
+            child = os.open(name, DIR, dir_fd=fd)
             os.close(fd)
             fd = child
             ids.append((st.st_dev, st.st_ino))

@@ -20,7 +20,6 @@ import os
 import signal
 import stat
 import sys
-import tarfile
 import tempfile
 import time
 import zlib
@@ -36,6 +35,7 @@ from cgagent.images.store import Image, ImageStore, digest_hex, normalize_ref
 from cgagent.images.unpack import (
     DEFAULT_MAX_SIZE,
     MAX_SIZE_ENV,
+    TAR_ERRORS,
     Budget,
     HashingReader,
     members,
@@ -48,6 +48,7 @@ from cgagent.regular import NotRegular, open_regular
 PROGRESS_MIN_BYTES = 16 << 20
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STAGING_PREFIX = "import-"
+_STREAM_ERRORS = (OSError, EOFError, zlib.error)   # a truncated or corrupt stream, or the disk refused
 
 
 def max_size(value: str | None = None) -> int:
@@ -152,10 +153,10 @@ class _Import:
                     unpack(unc, os.path.join(dest, "diff"), self.budget)  # type: ignore[arg-type]
                 unc.drain()
                 comp.drain()
-            except (OSError, EOFError, zlib.error) as e:   # a truncated or corrupt stream, or the disk refused
-                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                raise CgagentError(f"layer {digest or label} could not be unpacked: {why}", "check the image") from None
-            except (tarfile.TarError, ValueError, OverflowError) as e:   # a truncated tar, a bad header field
+            except _STREAM_ERRORS as e:
+                raise CgagentError(f"layer {digest or label} could not be unpacked: {_why(e)}",
+                                   "check the image") from None
+            except TAR_ERRORS as e:   # a truncated tar, a bad header field
                 raise CgagentError(f"layer {digest or label} is damaged: {e}", "export the image again") from None
         if digest is not None and comp.digest() != digest:
             raise CgagentError(f"layer blob {digest} is corrupt (its content hashes to {comp.digest()})",
@@ -235,10 +236,9 @@ class _Import:
         stream = HashingReader(open_layer(f, _magic(f)), budget.stream)
         try:
             unpack(stream, dest, budget, whiteouts=False)  # type: ignore[arg-type]
-        except (OSError, EOFError, zlib.error) as e:
-            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise CgagentError(f"the archive could not be unpacked: {why}", "check the archive") from None
-        except (tarfile.TarError, ValueError, OverflowError) as e:   # a truncated tar, a bad header field
+        except _STREAM_ERRORS as e:
+            raise CgagentError(f"the archive could not be unpacked: {_why(e)}", "check the archive") from None
+        except TAR_ERRORS as e:   # a truncated tar, a bad header field
             raise CgagentError(f"the archive is damaged: {e}", "export the image again") from None
         return dest
 
@@ -274,6 +274,10 @@ class _Import:
         return img
 
 
+def _why(e: BaseException) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+
+
 def _magic(f: BinaryIO) -> bytes:
     magic = f.read(4)
     f.seek(0)
@@ -293,7 +297,7 @@ def _archive_kind(f: BinaryIO, max_bytes: int) -> str | None:
                 names.add(m.name.removeprefix("./").split("/")[0])
                 if {"bin", "etc", "usr"} & names:
                     return None   # a root filesystem: no need to read on
-    except (tarfile.TarError, CgagentError, OSError, EOFError, zlib.error, ValueError, OverflowError):
+    except (CgagentError, *TAR_ERRORS, *_STREAM_ERRORS):
         return None
     finally:
         f.seek(0)

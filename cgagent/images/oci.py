@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cgagent.errors import CgagentError
+from cgagent.errors import CgagentError, kind_of
 from cgagent.images.confined import MAX_DOC, Tree
 from cgagent.images.store import digest_hex
 
@@ -152,14 +152,6 @@ def parse_layout(layout: Tree, want_ref: str | None = None) -> Parsed:
                   config=cdata, run_config=run_config(run), layers=layers, ref=ref)
 
 
-def _json_type(v: Any) -> str:
-    for t, name in ((bool, "a boolean"), (str, "a string"), (int, "a number"), (float, "a number"),
-                    (list, "a list"), (dict, "an object")):
-        if isinstance(v, t):
-            return name
-    return type(v).__name__
-
-
 def run_config(run: dict[str, Any]) -> dict[str, Any]:
     """What a run takes from the image config; a field of the wrong type is refused here, at import
     (the run would fail on it). Absent or null is fine."""
@@ -169,13 +161,13 @@ def run_config(run: dict[str, Any]) -> dict[str, Any]:
             out[k] = v = [v]
         if k in LIST_KEYS:
             if not isinstance(v, list):
-                what = _json_type(v)
+                what = kind_of(v)
             else:
-                what = next((f"a list holding {_json_type(x)}" for x in v if not isinstance(x, str)), "")
+                what = next((f"a list holding {kind_of(x)}" for x in v if not isinstance(x, str)), "")
             if what:
                 raise CgagentError(f"the image config's {k} is {what}, not a list of strings",
                                    f"fix {k} in the image's config and export it again")
         elif not isinstance(v, str):
-            raise CgagentError(f"the image config's {k} is {_json_type(v)}, not a string",
+            raise CgagentError(f"the image config's {k} is {kind_of(v)}, not a string",
                                f"fix {k} in the image's config and export it again")
     return out

@@ -21,10 +21,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cgagent.errors import CgagentError
+from cgagent.faults import fault
 from cgagent.state import atomic_write, exclusive_lock
 
 DEFAULT_ROOT = "/var/lib/cgagent"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
+_LEFTOVER = re.compile(r"^[0-9a-f]{64}(\.json)?\.tmp\.[0-9]+$")   # atomic_write's temp file
 
 
 def _hex_entries(d: str) -> list[str]:
@@ -125,6 +127,7 @@ class ImageStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link)
         os.symlink(f"../{hexd}/diff", link)
+        fault("layer_linked")
         os.rename(staged, final)
 
     def remove_layer(self, diff_id: str) -> None:
@@ -140,6 +143,7 @@ class ImageStore:
         """Remove the layers and blobs no image names: an import killed while it published leaves
         them (its image record is saved last). Caller holds the lock. A damaged image record stops
         it: what that image names cannot be known."""
+        self._sweep()
         records = self._records()
         imgs = [i for i in records if i is not None]
         if len(imgs) != len(records):
@@ -156,6 +160,23 @@ class ImageStore:
             if e not in blobs:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.blobs, e))
+
+    def _sweep(self) -> None:
+        """What a process killed between two steps left: a blob's or image record's temp file (every
+        writer holds the lock, so none is being written) and a short link whose layer was never
+        renamed into place (publish_layer links first)."""
+        for d in (self.blobs, self.images):
+            with contextlib.suppress(FileNotFoundError):
+                for e in os.listdir(d):
+                    if _LEFTOVER.fullmatch(e):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(d, e))
+        whole = {e[:26] for e in _hex_entries(self.layers) if self.has_layer(f"sha256:{e}")}
+        with contextlib.suppress(FileNotFoundError):
+            for e in os.listdir(self.links):
+                if e not in whole:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.links, e))
 
     # --- images
 

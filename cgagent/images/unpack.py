@@ -30,8 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
+from cgagent.beneath import open_beneath
 from cgagent.errors import CgagentError
-from cgagent.images.confined import open_beneath, remove_tree
+from cgagent.images.confined import remove_tree
 
 WH = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -152,8 +153,10 @@ def check_pax(buf: bytes) -> None:
             raise _bad_pax("a record is malformed")
         charsets += buf[m.end():eq] == b"hdrcharset"
         pos = end
-    if buf.count(b"hdrcharset=") != charsets or _LONG_DIGITS.search(buf):
-        raise _bad_pax(f"it holds a stray hdrcharset= or more than {MAX_DIGITS} digits in a row")
+    if buf.count(b"hdrcharset=") != charsets:
+        raise _bad_pax("it holds hdrcharset= where no record's key is")
+    if _LONG_DIGITS.search(buf):
+        raise _bad_pax(f"it holds more than {MAX_DIGITS} digits in a row")
 
 
 def _bad_pax(why: str) -> CgagentError:
@@ -213,11 +216,16 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return info
 
 
+# How tarfile says a header is bad: its own errors, and ValueError/OverflowError from a pax or GNU
+# sparse field it converts (a nan mtime, a non-UTF-8 hdrcharset, a huge number)
+TAR_ERRORS = (tarfile.TarError, ValueError, OverflowError)
+
+
 def open_tar(stream: IO[bytes], mode: Literal["r|", "r|*"] = "r|") -> tarfile.TarFile:
     """A streaming reader whose headers are bounded (see _HeaderLimit); "r|*" detects compression."""
     try:
         return tarfile.open(fileobj=stream, mode=mode, tarinfo=_BoundedTarInfo)
-    except (tarfile.TarError, ValueError, OverflowError) as e:   # it reads the first member's headers
+    except TAR_ERRORS as e:   # it reads the first member's headers
         raise CgagentError(f"layer is not a tar archive: {e}", "check the image") from None
 
 
@@ -226,7 +234,7 @@ def members(tf: tarfile.TarFile, budget: Budget) -> Any:
     while True:
         try:
             m = tf.next()
-        except (tarfile.TarError, ValueError, OverflowError) as e:   # bad pax/sparse fields, hdrcharset
+        except TAR_ERRORS as e:
             raise CgagentError(f"layer is not a valid tar archive: {e}", "check the image") from None
         tf.members.clear()  # type: ignore[attr-defined]
         if m is None:

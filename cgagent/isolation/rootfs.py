@@ -12,8 +12,8 @@ import errno
 import os
 import stat
 
+from cgagent.beneath import open_beneath
 from cgagent.errors import CgagentError
-from cgagent.images.confined import open_beneath
 from cgagent.isolation import userns
 from cgagent.isolation.devices import host_devices, setup_dev
 from cgagent.isolation.security import MASKED_PATHS, READONLY_PATHS

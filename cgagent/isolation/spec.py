@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cgagent.errors import CgagentError
+from cgagent.errors import CgagentError, kind_of
 from cgagent.isolation import ISOLATION_KEYS
 
 # Docker's default capability set
@@ -231,7 +231,7 @@ def _list(v: object, key: str) -> list[Any]:
     if not v:
         return []
     if not isinstance(v, list):
-        raise _bad(key, f"a {type(v).__name__}, not a list")
+        raise _bad(key, f"{kind_of(v)}, not a list")
     return v
 
 

@@ -96,13 +96,17 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def open_tree_clone(path: str | int) -> int:
     """A detached copy of the mount tree at `path` (a path, or an O_PATH fd of it): a bind mount not
     yet attached anywhere."""
-    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
-    if isinstance(path, int):
-        dfd, name, flags = path, b"", flags | AT_EMPTY_PATH
-    else:
-        dfd, name = AT_FDCWD, os.fsencode(path)
-    return _check(_libc.syscall(SYS_OPEN_TREE, ctypes.c_int(dfd), name, ctypes.c_uint(flags)),
+    dfd, name, empty = _at(path)
+    return _check(_libc.syscall(SYS_OPEN_TREE, ctypes.c_int(dfd), name,
+                                ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE | empty)),
                   f"open_tree {path}")
+
+
+def _at(target: str | int) -> tuple[int, bytes, int]:
+    """(dirfd, path, flag) naming `target`, a path or an fd of it (AT_EMPTY_PATH)."""
+    if isinstance(target, int):
+        return target, b"", AT_EMPTY_PATH
+    return AT_FDCWD, os.fsencode(target), 0
 
 
 def move_mount(fd: int, target: str) -> None:
@@ -164,10 +168,7 @@ def mount_setattr(target: int | str, attr_set: int, recursive: bool = True, prop
     other flags as they are (a bind remount would have to restate them all); `propagation`, if
     given (MS_PRIVATE...), replaces its propagation type."""
     attr = MountAttr(attr_set, 0, propagation, 0)
-    flags = AT_RECURSIVE if recursive else 0
-    if isinstance(target, int):
-        dfd, path, flags = target, b"", flags | AT_EMPTY_PATH
-    else:
-        dfd, path = AT_FDCWD, os.fsencode(target)
+    dfd, path, empty = _at(target)
+    flags = (AT_RECURSIVE if recursive else 0) | empty
     _check(_libc.syscall(SYS_MOUNT_SETATTR, ctypes.c_int(dfd), path, ctypes.c_uint(flags), ctypes.byref(attr),
                          ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr {target}")

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from cgagent.images.confined import open_beneath
+from cgagent.beneath import open_beneath
 from cgagent.regular import NotRegular, reopen
 
 T = TypeVar("T")

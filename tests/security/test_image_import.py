@@ -510,10 +510,10 @@ def test_a_directory_on_the_way_replaced_by_a_symlink_changes_nothing_outside(tm
 
 def test_without_openat2_a_directory_on_the_way_is_not_followed(tmp_path: Path, canary: Canary,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from cgagent.images import confined
+    from cgagent import beneath
     from cgagent.images.unpack import unpack
 
-    monkeypatch.setattr(confined, "_openat2_ok", False)
+    monkeypatch.setattr(beneath, "_openat2_ok", False)
     before = canary.state()
     (tmp_path / "diff").mkdir()
     unpack(io.BytesIO(images.dir_symlinked_on_the_way(str(canary.dir), "config.json")), str(tmp_path / "diff"))
@@ -523,10 +523,11 @@ def test_without_openat2_a_directory_on_the_way_is_not_followed(tmp_path: Path, 
 
 def test_without_openat2_the_walk_refuses_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where openat2 is missing (old kernels, seccomp), a component-by-component O_NOFOLLOW walk."""
+    from cgagent import beneath
     from cgagent.errors import CgagentError
     from cgagent.images import confined
 
-    monkeypatch.setattr(confined, "_openat2_ok", False)
+    monkeypatch.setattr(beneath, "_openat2_ok", False)
     (tmp_path / "t" / "blobs").mkdir(parents=True)
     (tmp_path / "t" / "blobs" / "ok").write_bytes(b"{}")
     (tmp_path / "outside").mkdir()
@@ -541,7 +542,7 @@ def test_without_openat2_the_walk_refuses_the_same(tmp_path: Path, monkeypatch: 
                 t.read(name, "blob")
         with pytest.raises(CgagentError, match="not a regular file"):
             t.read("blobs", "blob")
-    assert not confined._openat2_ok
+    assert not beneath._openat2_ok
 
 
 @pytest.mark.parametrize("part", ["config", "manifest", "layer", "index.json"])

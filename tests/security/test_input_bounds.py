@@ -65,7 +65,7 @@ def test_cli_number_out_of_bounds_is_one_line(cg: Env, args: tuple[str, ...], ex
 @pytest.mark.parametrize("body, field, expect", [
     ("limits:\n  memory: .nan\n", "limits.memory", "not a finite number"),
     ("limits:\n  memory: .inf\n", "limits.memory", "not a finite number"),
-    ("limits:\n  memory: {a: 1}\n", "limits.memory", "must be a size, not a dict"),
+    ("limits:\n  memory: {a: 1}\n", "limits.memory", "must be a size, not an object"),
     ("limits:\n  memory: [1]\n", "limits.memory", "must be a size, not a list"),
     ("limits:\n  memory: true\n", "limits.memory", "must be a size, not a boolean"),
     ("limits:\n  memory: -5\n", "limits.memory", "is negative"),
@@ -74,7 +74,7 @@ def test_cli_number_out_of_bounds_is_one_line(cg: Env, args: tuple[str, ...], ex
     ("limits:\n  memory: 1.0e+300\n", "limits.memory", "is above the maximum"),
     ("limits:\n  cpus: .nan\n", "limits.cpus", "not a finite number"),
     ("limits:\n  cpus: yes\n", "limits.cpus", "must be a number, not a boolean"),
-    ("limits:\n  cpu_shares: {a: 1}\n", "limits.cpu_shares", "must be a whole number, not a dict"),
+    ("limits:\n  cpu_shares: {a: 1}\n", "limits.cpu_shares", "must be a whole number, not an object"),
     ("limits:\n  cpu_period: .inf\n", "limits.cpu_period", "not a finite number"),
     ("limits:\n  pids_limit: -7\n", "limits.pids_limit", "is invalid"),
     ("limits:\n  pids_limit: false\n", "limits.pids_limit", "not a boolean"),
