@@ -17,6 +17,7 @@ beside this file describes each (a test holds the two equal).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -111,14 +112,19 @@ def peer_of(sock: socket.socket) -> Peer:
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     groups: tuple[int, ...] = ()
     with contextlib.suppress(OSError):   # no SO_PEERGROUPS (before 4.13): the primary group still counts
-        raw = _peer_groups(sock.fileno())
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+        except OSError as e:
+            if e.errno != errno.ERANGE:
+                raise
+            raw = _peer_groups(sock.fileno())   # more than 256 groups: rare, read through libc
         groups = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
     return Peer(pid, uid, gid, groups)
 
 
 def _peer_groups(fd: int) -> bytes:
     """SO_PEERGROUPS whole: Python's getsockopt() reads at most 1024 bytes (256 groups), and a caller
-    in more (up to NGROUPS_MAX) got ERANGE, so a member through a later group was refused."""
+    in more (up to NGROUPS_MAX) gets ERANGE there."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
