@@ -7,6 +7,12 @@ import os
 import struct
 from collections.abc import Iterator
 
+TYPE_CHECKING = False   # not typing's own: `logs -f` and `wait` import this module on their fast path
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    User = TypeVar("User")
+
 IN_MODIFY = 0x00000002
 IN_OPEN = 0x00000020
 IN_CLOSE_WRITE = 0x00000008
@@ -74,3 +80,16 @@ class Inotify:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def release(ino: Inotify | None, users_by_wd: dict[int, list[User]], wd: int, user: User) -> None:
+    """`user` stops watching `wd`; the kernel's watch, shared by everyone on that file (one inode,
+    one wd), goes with its last user. A wd the kernel dropped already (IN_IGNORED) is let be."""
+    users = users_by_wd.get(wd)
+    if users is None or user not in users:
+        return
+    users.remove(user)
+    if not users:
+        del users_by_wd[wd]
+        if ino is not None:
+            ino.remove(wd)

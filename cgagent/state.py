@@ -117,11 +117,24 @@ def atomic_write(path: str, data: bytes, mode: int = FILE_MODE, durable: bool = 
         if e.errno in WRITE_ERRNOS:
             raise write_error(path, e, len(data) + 4096) from None
         raise
-    if not durable:
-        return
+    if durable:
+        fsync_dir(d)
+
+
+def fsync_dir(d: str, whole_filesystem: bool = False) -> None:
+    """Put `d`'s entries (a rename into it) on disk; with `whole_filesystem`, every file written on
+    its filesystem too (syncfs(2): one call for a tree of thousands of files, where an fsync each
+    would be thousands)."""
     dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(dfd)
+        if whole_filesystem:
+            import ctypes
+
+            if ctypes.CDLL(None, use_errno=True).syncfs(dfd) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e), d)
+        else:
+            os.fsync(dfd)
     finally:
         os.close(dfd)
 

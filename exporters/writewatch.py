@@ -39,10 +39,9 @@ class WriteWatch:
         if self._ino is None:
             return
         for wd, mask, _name in self._ino.read():
-            if wd == -1:   # IN_Q_OVERFLOW: events were lost (an IN_IGNORED too?): trust nothing
-                self._entries.clear()   # watch() again: a live watch's wd comes back, a dead one's not
-                self._by_wd.clear()
-                continue
+            if wd == -1:   # IN_Q_OVERFLOW: events were lost, IN_IGNORED ones too: trust nothing
+                self._restart()
+                return
             users = self._by_wd.get(wd)
             if users is None:
                 continue
@@ -91,19 +90,23 @@ class WriteWatch:
             self._ino.close()
             self._ino = None
 
+    def _restart(self) -> None:
+        """Forget everything on a new inotify instance: the old one's watches go with its fd. Keeping
+        it would keep the watches of targets whose removal the lost events hid, until their files go."""
+        assert self._ino is not None
+        self._ino.close()
+        self._ino = None
+        self._entries.clear()
+        self._by_wd.clear()
+        with contextlib.suppress(OSError):
+            self._ino = inotify.Inotify()
+
     def _forget(self, t: Target) -> None:
         """Drop `t`'s entry; a watch goes with its last user."""
         e = self._entries.pop(t, None)
         if e is None:
             return
         for wd in e.wds:
-            users = self._by_wd.get(wd)
-            if users is None:   # already dropped (IN_IGNORED)
-                continue
-            users.remove(t)
-            if not users:
-                del self._by_wd[wd]
-                if self._ino is not None:
-                    self._ino.remove(wd)
+            inotify.release(self._ino, self._by_wd, wd, t)
         e.wds.clear()
         e.fresh = False

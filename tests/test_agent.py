@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -403,6 +404,45 @@ def test_logs_follow_streams_until_the_supervisor_exits(cg: Env, api: tuple[Agen
     assert b"".join(chunks) == b""   # the supervisor recorded the end and exited: the stream ends
     assert c.json("GET", workload_url("l1"))["State"]["ExitCode"] == 128 + signal.SIGKILL
     c.json("DELETE", workload_url("l1"))
+
+
+def _inotify_instances(pid: int) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
+        except FileNotFoundError:   # closed since the listing
+            pass
+    return n
+
+
+def test_followed_streams_share_one_inotify_instance(cg: Env, api: tuple[Agent, Client], tmp_path: Path) -> None:
+    """root's inotify instances are counted host-wide (128 by default): an instance per followed
+    stream let API callers take the last ones from systemd and every other root process."""
+    a, c = api
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    script = f"echo one; read x < {fifo}; echo two; exec sleep 1000"
+    c.json("POST", "/v1/workloads", run_body(cg, "f1", "sh", "-c", script))
+    logs = [c.call("GET", workload_url("f1", "logs"), query={"follow": True}).chunks() for _ in range(6)]
+    for chunks in logs:
+        assert next(chunks) == b"one\n"
+    before = _inotify_instances(a.proc.pid)
+    events = [c.call("GET", "/v1/events", query={"follow": True}).lines() for _ in range(6)]
+    more = [c.call("GET", workload_url("f1", "logs"), query={"follow": True}).chunks() for _ in range(6)]
+    for chunks in more:
+        assert next(chunks) == b"one\n"
+    assert _inotify_instances(a.proc.pid) == before, "each followed stream took an inotify instance"
+    fifo.write_text("\n")
+    for chunks in logs + more:   # each log stream is woken by its file's change
+        assert next(chunks) == b"two\n"
+    c.json("POST", workload_url("f1", "stop"), query={"time": 5})
+    for lines in events:   # what was logged, then what the stop adds: each stream is woken by it
+        kinds = [json.loads(next(lines))["kind"] for _ in range(2)]
+        assert kinds == ["start", "exit"], kinds
+    for chunks in logs + more:
+        assert b"".join(chunks) == b""   # the supervisor exited: each stream ends
+    c.json("DELETE", workload_url("f1"))
 
 
 def test_serve_says_where_the_api_is(cg: Env) -> None:

@@ -353,24 +353,21 @@ class Stream:
 
 def _watching(paths: list[tuple[str, int]], fds: list[int], client: socket.socket) -> Iterator[list[int]]:
     """Yield the ready fds (never an empty list), each time a watched file changes or an fd is
-    readable, until the client closes. inotify: no polling, no sleep."""
-    from cgagent.inotify import Inotify
+    readable, until the client closes. inotify (the agent's one instance): no polling, no sleep."""
+    from cgagent.api.watches import WATCHES
 
-    ino = Inotify()
+    sub = WATCHES.subscribe(paths)
     try:
-        for path, mask in paths:
-            ino.add(path, mask)
         yield []   # watches in place: the caller reads what is there (nothing is missed in between)
         while True:
-            ready = ready_to_read([ino.fd, client.fileno(), *fds])
+            ready = ready_to_read([sub.fd, client.fileno(), *fds])
             if client.fileno() in ready:
                 return
-            if ino.fd in ready:
-                for _ in ino.read():
-                    pass
+            if sub.fd in ready:
+                sub.clear()
             yield ready
     finally:
-        ino.close()
+        WATCHES.unsubscribe(sub)
 
 
 def log_stream(store: Store, name: str, follow: bool, client: socket.socket,

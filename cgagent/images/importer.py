@@ -44,6 +44,7 @@ from cgagent.images.unpack import (
     unpack,
 )
 from cgagent.regular import NotRegular, open_regular
+from cgagent.state import fsync_dir
 
 PROGRESS_MIN_BYTES = 16 << 20
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -252,8 +253,14 @@ class _Import:
             for d in img.layers:
                 if d not in self.staged and not self.store.has_layer(d):
                     raise CgagentError(f"layer {d} was removed from the store during the import", "import again")
-            for d, staged in self.staged.items():
-                self.store.publish_layer(d, staged)
+            # a power loss must not leave a layer that looks whole (its link file) with its files
+            # torn, nor a record naming a layer whose rename was lost: data first, then the renames
+            if self.staged:
+                fsync_dir(self.staging, whole_filesystem=True)
+                for d, staged in self.staged.items():
+                    self.store.publish_layer(d, staged)
+                fsync_dir(self.store.layers)
+                fsync_dir(self.store.links)
             for digest, data in self.blobs.items():
                 self.store.put_blob(digest, data)
             fault("image_published")

@@ -29,12 +29,25 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 _LEFTOVER = re.compile(r"^[0-9a-f]{64}(\.json)?\.tmp\.[0-9]+$")   # atomic_write's temp file
 
 
-def _hex_entries(d: str) -> list[str]:
-    """The names in `d` that are a sha256 in hex (not a temp file beside them)."""
+def _entries(d: str, pattern: re.Pattern[str] | None = None) -> list[str]:
+    """The names in `d` (those matching `pattern`); none when `d` is not there."""
     try:
-        return [e for e in os.listdir(d) if _HEX.fullmatch(e)]
+        names = os.listdir(d)
     except FileNotFoundError:
         return []
+    return names if pattern is None else [e for e in names if pattern.fullmatch(e)]
+
+
+def _hex_entries(d: str) -> list[str]:
+    """The names in `d` that are a sha256 in hex (not a temp file beside them)."""
+    return _entries(d, _HEX)
+
+
+def _unlink_each(d: str, names: list[str]) -> None:
+    """Remove `d`/name for each name; one already gone is fine (no two writers: the caller holds the lock)."""
+    for e in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(d, e))
 
 
 def store_root(root: str | None = None) -> str:
@@ -133,9 +146,7 @@ class ImageStore:
     def remove_layer(self, diff_id: str) -> None:
         from cgagent.images.confined import remove_tree
 
-        hexd = digest_hex(diff_id)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.links, hexd[:26]))
+        _unlink_each(self.links, [digest_hex(diff_id)[:26]])
         with contextlib.suppress(OSError):   # iterative: a layer of any depth goes
             remove_tree(self.layer_dir(diff_id))
 
@@ -156,27 +167,16 @@ class ImageStore:
         for e in _hex_entries(self.layers):
             if e not in layers:
                 self.remove_layer(f"sha256:{e}")
-        for e in _hex_entries(self.blobs):
-            if e not in blobs:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.blobs, e))
+        _unlink_each(self.blobs, [e for e in _hex_entries(self.blobs) if e not in blobs])
 
     def _sweep(self) -> None:
         """What a process killed between two steps left: a blob's or image record's temp file (every
         writer holds the lock, so none is being written) and a short link whose layer was never
         renamed into place (publish_layer links first)."""
         for d in (self.blobs, self.images):
-            with contextlib.suppress(FileNotFoundError):
-                for e in os.listdir(d):
-                    if _LEFTOVER.fullmatch(e):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(os.path.join(d, e))
+            _unlink_each(d, _entries(d, _LEFTOVER))
         whole = {e[:26] for e in _hex_entries(self.layers) if self.has_layer(f"sha256:{e}")}
-        with contextlib.suppress(FileNotFoundError):
-            for e in os.listdir(self.links):
-                if e not in whole:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self.links, e))
+        _unlink_each(self.links, [e for e in _entries(self.links) if e not in whole])
 
     # --- images
 
