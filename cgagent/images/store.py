@@ -136,6 +136,8 @@ class ImageStore:
             remove_tree(final)
         with open(os.path.join(staged, "link"), "w") as f:
             f.write(short)
+            f.flush()
+            os.fsync(f.fileno())   # written after the importer's syncfs: an empty one would say "whole"
         link = os.path.join(self.links, short)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link)
