@@ -22,6 +22,7 @@ import pytest
 from tests import probes, ptyterm
 from tests.ptyterm import Term, attach_session, shell_session
 from tests.systemd_ns import CLI, SYSTEMD, SystemdNamespace, running
+from tests.vm_guest.guest_v2 import OOM_SURVIVOR
 
 M = 1024 * 1024
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.access(SYSTEMD, os.X_OK),
@@ -362,7 +363,7 @@ def _series(metrics: str, name: str, cid: str) -> float:
 def test_exporter_finds_the_scope_and_its_oom_kills(sdns: SystemdNamespace, cli: CLI) -> None:
     # the shell survives its pipeline's OOM kill, so the scope (and its counter) stays
     _ok(cli("run", "-d", "--name", "exp", "--cpus", "0.34", "--memory", "32M", "--pids-limit", "20", "--",
-            "sh", "-c", "head -c 300M /dev/zero | tail; sleep 1000"))
+            "sh", "-c", OOM_SURVIVOR))
     rec = cli.record("exp")
     deadline = time.monotonic() + 30   # no event for "counter moved" that we can wait on from here
     while "oom_kill 0" in _cg(sdns, rec, "memory", "memory.oom_control"):

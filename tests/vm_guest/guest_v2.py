@@ -256,10 +256,17 @@ def test_cgroupfs_v2_throttling_counters_move(g: Guest) -> None:
     assert row["nr_throttled"] > 0 and row["throttled_seconds"] > 0
 
 
+# A pipeline the memory limit OOM-kills, under a shell that lives on (so the cgroup and its
+# memory.events stay). The shell makes itself unkillable first and its child undoes that for the
+# pipeline: the kernel took tail, and 18 ms later, before tail's memory was freed, the shell too.
+OOM_SURVIVOR = ("echo -1000 > /proc/self/oom_score_adj; "
+                "sh -c 'echo 0 > /proc/self/oom_score_adj; head -c 300M /dev/zero | tail'; sleep 1000")
+
+
 def _oom(g: Guest, name: str, *driver: str) -> None:
     # the shell survives its pipeline's OOM kill, so the cgroup (and its memory.events) stays
     g.ok("run", "-d", *driver, "--name", name, "--memory", "32M", "--memory-swap", "32M", "--",
-         "sh", "-c", "head -c 300M /dev/zero | tail; sleep 1000")
+         "sh", "-c", OOM_SURVIVOR)
     events = f"{g.record(name)['dirs']['']}/memory.events"
     wait_for("oom_kill in memory.events", lambda: kv(events).get("oom_kill", 0) > 0)
     row = next(r for r in json.loads(g.ok("ps", "--json").stdout) if r["name"] == name)
@@ -351,7 +358,7 @@ def test_exporter_values_match_the_files_under_both_drivers(g: Guest) -> None:
     g.ok("run", "-d", "--cgroup-driver", "cgroupfs", "--cgroup-parent", g.parent, "--name", "xfs",
          "--cpus", "0.5", "--memory", "100M", "--pids-limit", "30", "--", "sh", "-c", "while :; do :; done")
     g.ok("run", "-d", "--name", "xsd", "--cpus", "0.25", "--memory", "32M", "--memory-swap", "32M",
-         "--pids-limit", "20", "--", "sh", "-c", "head -c 300M /dev/zero | tail; sleep 1000")
+         "--pids-limit", "20", "--", "sh", "-c", OOM_SURVIVOR)
     events = f"{g.record('xsd')['dirs']['']}/memory.events"
     wait_for("oom_kill in memory.events", lambda: kv(events).get("oom_kill", 0) > 0)
     serve = subprocess.Popen([sys.executable, "-m", "cgagent", "serve", "--listen", "127.0.0.1:9731"],
