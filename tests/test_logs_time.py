@@ -124,16 +124,8 @@ def test_the_stamper_ends_with_its_supervisor_and_rm_removes_the_index(cg: Env) 
     assert ok(cg, "wait", "s") == "0\n"
     idx = Path(cg.state_dir) / "logs" / "s.idx"
     assert idx.stat().st_size % 16 == 0 and idx.stat().st_size >= 16
-
-    def nobody_holds_it() -> bool:   # polling: a process's exit after its parent's has no event here
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(idx) for fd in os.listdir(f"/proc/{pid}/fd")):
-                    return False
-            except OSError:
-                continue
-        return True
-    wait_for(nobody_holds_it)
+    # polling: a process's exit after its parent's has no event here
+    wait_for(lambda: _holder_of(idx) is None)
     ok(cg, "rm", "s")
     assert not idx.exists()
 
@@ -177,3 +169,80 @@ def test_reader_gives_a_line_the_time_of_the_entry_that_covers_its_end(tmp_path:
         r.seek_since(10**18 + 1)   # the line that goes on past the first entry is kept whole
         assert b"".join(r.chunks(final=False)) == (b"2033-05-18T03:33:20.000000000Z bbb\n"
                                                    b"2033-05-18T03:33:20.000000000Z cc\n")
+
+
+def _holder_of(path: Path) -> int | None:
+    """The pid of a process with `path` open, if any."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def test_a_stamper_without_an_inotify_instance_looks_once_a_second(tmp_path: Path) -> None:
+    """Root's inotify instances are counted host-wide (128 by default): past ~120 detached workloads a
+    stamper got none, ended, and left no index (every line took the log's last mtime). Now it looks at
+    the log every POLL_SECONDS. The instance is taken away in a user namespace of the test's own
+    (max_inotify_instances 0 there), not on the host: a child unshares it and plays the supervisor."""
+    from cgagent.inotify import IN_MODIFY, Inotify
+    from cgagent.isolation.syscalls import CLONE_NEWUSER, unshare
+    from cgagent.logtime import ENTRY, start_stamper
+    from cgagent.wakeup import ready_to_read
+
+    log, idx = tmp_path / "p.log", tmp_path / "p.idx"
+    log.write_bytes(b"")
+    idx.write_bytes(b"")
+    hold_r, hold_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    sup = os.fork()
+    if sup == 0:   # the supervisor: it lives until the test closes hold_w
+        try:
+            os.close(hold_w)
+            unshare(CLONE_NEWUSER)
+            Path("/proc/sys/user/max_inotify_instances").write_text("0")
+            start_stamper(str(log), str(idx))
+            os.write(ready_w, b"x")
+            os.read(hold_r, 1)
+        finally:
+            os._exit(0)
+    os.close(hold_r)
+    os.close(ready_w)
+    try:
+        ready = os.read(ready_r, 1)
+        os.close(ready_r)
+        assert ready == b"x", "the supervisor could not make its user namespace"
+        with Inotify() as ino:
+            ino.add(str(idx), IN_MODIFY)
+
+            def entries(n: int) -> list[tuple[int, int]]:
+                """The index once it holds n entries (woken by its writes), or as it is after 10 s."""
+                end = time.monotonic() + 10
+                while idx.stat().st_size < n * ENTRY.size and time.monotonic() < end:
+                    ready_to_read([ino.fd], end - time.monotonic())
+                    for _ in ino.read():
+                        pass
+                raw = idx.read_bytes()
+                return [ENTRY.unpack_from(raw, k) for k in range(0, len(raw), ENTRY.size)]
+
+            with open(log, "ab", buffering=0) as f:
+                f.write(b"one\n")
+                assert entries(1) == [(4, log.stat().st_mtime_ns)]
+                f.write(b"two\n")
+                got = entries(2)
+                assert got[1] == (8, log.stat().st_mtime_ns) and got[1][1] >= got[0][1]
+        stamper = _holder_of(idx)
+        assert stamper is not None and stamper not in (os.getpid(), sup)
+        assert not any(os.readlink(f"/proc/{stamper}/fd/{fd}") == "anon_inode:inotify"
+                       for fd in os.listdir(f"/proc/{stamper}/fd")), "the stamper had an inotify instance"
+        pidfd = os.pidfd_open(stamper)
+    finally:
+        os.close(hold_w)
+        os.waitpid(sup, 0)
+    try:   # the supervisor gone, the stamper ends within a look
+        assert ready_to_read([pidfd], 10) == [pidfd], "the stamper outlived its supervisor"
+    finally:
+        os.close(pidfd)
+
