@@ -190,6 +190,7 @@ def test_a_stamper_without_an_inotify_instance_looks_once_a_second(tmp_path: Pat
     from cgagent.inotify import IN_MODIFY, Inotify
     from cgagent.isolation.syscalls import CLONE_NEWUSER, unshare
     from cgagent.logtime import ENTRY, start_stamper
+    from cgagent.procs import close_all_but
     from cgagent.wakeup import ready_to_read
 
     log, idx = tmp_path / "p.log", tmp_path / "p.idx"
@@ -200,7 +201,9 @@ def test_a_stamper_without_an_inotify_instance_looks_once_a_second(tmp_path: Pat
     sup = os.fork()
     if sup == 0:   # the supervisor: it lives until the test closes hold_w
         try:
-            os.close(hold_w)
+            # a supervisor has closed what it inherited (the shim's exec); pytest's own inotify
+            # fds, left by earlier tests, would otherwise reach the stamper through the fork
+            close_all_but({0, 1, 2, hold_r, ready_w})
             unshare(CLONE_NEWUSER)
             Path("/proc/sys/user/max_inotify_instances").write_text("0")
             start_stamper(str(log), str(idx))
