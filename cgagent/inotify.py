@@ -28,6 +28,9 @@ IN_ONLYDIR = 0x01000000
 IN_DONT_FOLLOW = 0x02000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
+# How often a follower without an inotify instance looks instead: what it reports is late by up to
+# this much, never early.
+POLL_SECONDS = 1.0
 
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 # the libc this process already has (ctypes.util.find_library would import subprocess, tempfile, shutil
@@ -76,6 +79,50 @@ class Inotify:
             self.fd = -1
 
     def __enter__(self) -> Inotify:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Follow:
+    """What a follower of some files waits on: an inotify instance watching them or, when the kernel
+    gives none (root's instances are counted host-wide, fs.inotify.max_user_instances, 128 by
+    default; watches past max_user_watches), a look every POLL_SECONDS, as `tail -f` reverts to
+    polling. Wait with ready_to_read(fds, timeout) (or wakeup.readable), then drain()."""
+
+    def __init__(self, watches: list[tuple[str, int]]) -> None:
+        self._ino: Inotify | None = None
+        try:
+            ino = Inotify()
+        except OSError:
+            return
+        try:
+            for path, mask in watches:
+                ino.add(path, mask)
+        except OSError:
+            ino.close()
+            return
+        self._ino = ino
+
+    @property
+    def fds(self) -> list[int]:
+        return [] if self._ino is None else [self._ino.fd]
+
+    @property
+    def timeout(self) -> float | None:
+        return POLL_SECONDS if self._ino is None else None
+
+    def drain(self) -> None:
+        if self._ino is not None:
+            for _ in self._ino.read():
+                pass
+
+    def close(self) -> None:
+        if self._ino is not None:
+            self._ino.close()
+
+    def __enter__(self) -> Follow:
         return self
 
     def __exit__(self, *exc: object) -> None:

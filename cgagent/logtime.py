@@ -20,19 +20,13 @@ import struct
 import sys
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from cgagent.errors import CgagentError
 from cgagent.wakeup import ready_to_read
 
-if TYPE_CHECKING:
-    from cgagent.inotify import Inotify
-
 ENTRY = struct.Struct("<QQ")   # log size, time (ns since the epoch)
 MAX_LINE = 1 << 20
-# A stamper without an inotify instance (root's are counted host-wide, 128 by default) looks at the
-# log this often instead: its lines' times are then late by up to this much, never early.
-POLL_SECONDS = 1.0
 
 
 # --- the stamper (runs in a child of the supervisor for the supervisor's life)
@@ -52,23 +46,6 @@ def start_stamper(log_path: str, idx_path: str) -> None:
         os._exit(0)
 
 
-def _watch(log_path: str) -> Inotify | None:
-    """An inotify instance watching the log's writes, or None when the kernel has none to give
-    (EMFILE past fs.inotify.max_user_instances, ENOSPC past max_user_watches)."""
-    from cgagent.inotify import IN_MODIFY, Inotify
-
-    try:
-        ino = Inotify()
-    except OSError:
-        return None
-    try:
-        ino.add(log_path, IN_MODIFY)
-    except OSError:
-        ino.close()
-        return None
-    return ino
-
-
 def _stamp(log_path: str, idx_path: str, parent: int) -> None:
     try:
         sup = os.pidfd_open(parent)
@@ -76,7 +53,10 @@ def _stamp(log_path: str, idx_path: str, parent: int) -> None:
         idx = os.open(idx_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         return   # no index: readers fall back to the log's mtime
-    ino = _watch(log_path)
+    from cgagent.inotify import IN_MODIFY, Follow
+
+    # without an inotify instance (past ~120 detached workloads) a look a second: times late by up to one
+    watch = Follow([(log_path, IN_MODIFY)])
     size = os.fstat(idx).st_size
     os.ftruncate(idx, size - size % ENTRY.size)   # a torn last entry (a kill mid-write)
     last_size, last_t = 0, 0
@@ -98,12 +78,8 @@ def _stamp(log_path: str, idx_path: str, parent: int) -> None:
             last_size = st.st_size   # truncated by hand: later entries must still grow
         if ended:   # the supervisor is gone (and the look above saw its last writes): done
             return
-        if ino is None:
-            ended = sup in ready_to_read([sup], POLL_SECONDS)
-            continue
-        ready = ready_to_read([ino.fd, sup])
-        for _ in ino.read():
-            pass
+        ready = ready_to_read([*watch.fds, sup], watch.timeout)
+        watch.drain()
         ended = sup in ready
 
 

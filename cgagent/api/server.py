@@ -352,15 +352,16 @@ class Stream:
 
 
 def _watching(paths: list[tuple[str, int]], fds: list[int], client: socket.socket) -> Iterator[list[int]]:
-    """Yield the ready fds (never an empty list), each time a watched file changes or an fd is
-    readable, until the client closes. inotify (the agent's one instance): no polling, no sleep."""
+    """Yield the ready fds each time a watched file changes or an fd is readable, until the client
+    closes: inotify (the agent's one instance), or when the kernel gives no watch, a look (an empty
+    list) every POLL_SECONDS."""
     from cgagent.api.watches import WATCHES
 
     sub = WATCHES.subscribe(paths)
     try:
         yield []   # watches in place: the caller reads what is there (nothing is missed in between)
         while True:
-            ready = ready_to_read([sub.fd, client.fileno(), *fds])
+            ready = ready_to_read([sub.fd, client.fileno(), *fds], sub.timeout)
             if client.fileno() in ready:
                 return
             if sub.fd in ready:

@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from cgagent.inotify import IN_IGNORED, Inotify, release
+from cgagent.inotify import IN_IGNORED, POLL_SECONDS, Inotify, release
 from cgagent.wakeup import ready_to_read
 
 IN_MASK_ADD = 0x20000000   # add to the watch's mask: two streams on one file share the kernel's watch
@@ -20,10 +20,13 @@ IN_MASK_ADD = 0x20000000   # add to the watch's mask: two streams on one file sh
 
 @dataclass(eq=False)
 class Subscription:
-    """`fd` (an eventfd) is readable after a change of a watched file; `clear()` before reading the files."""
+    """`fd` (an eventfd) is readable after a change of a watched file; `clear()` before reading the
+    files. Without a watch (the kernel gave no instance or watch: inotify.Follow), `timeout` says how
+    often to look instead."""
 
     fd: int
     wds: list[int] = field(default_factory=list)
+    timeout: float | None = None
 
     def clear(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -49,6 +52,9 @@ class Watches:
                     wd = self._ino.add(path, mask | IN_MASK_ADD)
                     sub.wds.append(wd)
                     self._subs.setdefault(wd, []).append(sub)
+            except OSError:   # root's instances or watches are used up: a look every POLL_SECONDS
+                self._release(sub)
+                sub.timeout = POLL_SECONDS
             except BaseException:
                 self._drop(sub)
                 raise
@@ -59,10 +65,13 @@ class Watches:
             self._drop(sub)
 
     def _drop(self, sub: Subscription) -> None:
+        self._release(sub)
+        os.close(sub.fd)
+
+    def _release(self, sub: Subscription) -> None:
         for wd in sub.wds:
             release(self._ino, self._subs, wd, sub)
         sub.wds.clear()
-        os.close(sub.fd)
 
     def _dispatch(self, ino: Inotify) -> None:
         while True:

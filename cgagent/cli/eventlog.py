@@ -55,18 +55,14 @@ def show(state_root: str, name: str | None, follow: bool, as_json: bool) -> None
             emit(ev)
         return
     os.makedirs(state_root, mode=0o700, exist_ok=True)
-    ino = inotify.Inotify()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # watch before the first read: a line appended in between is then not missed
     try:
-        # watch before the first read: a line appended in between is then not missed
-        ino.add(state_root, inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO)
-        while True:
-            for ev in reader.read():   # a replaced log is printed again from its start
-                emit(ev)
-            readable([ino.fd])   # Ctrl-C ends it, whenever it comes
-            for _ in ino.read():
-                pass
+        with inotify.Follow([(state_root, inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO)]) as watch:
+            while True:
+                for ev in reader.read():   # a replaced log is printed again from its start
+                    emit(ev)
+                readable(watch.fds, watch.timeout)   # Ctrl-C ends it, whenever it comes
+                watch.drain()
     except KeyboardInterrupt:
         pass
-    finally:
-        ino.close()

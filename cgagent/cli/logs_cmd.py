@@ -48,28 +48,25 @@ def logs(
         _copy(reader, out, final=not live)
         if not live:
             return
-        from cgagent.inotify import IN_MODIFY, Inotify
+        from cgagent.inotify import IN_MODIFY, Follow
         from cgagent.wakeup import readable
 
         sup = procs.pidfd(rec.supervisor_pid, rec.supervisor_start)
         if sup is None:   # it has exited since
             _copy(reader, out, final=True)
             return
-        ino = Inotify()
         try:
-            ino.add(path, IN_MODIFY)
-            _copy(reader, out, final=False)   # what was written before the watch began
-            while True:
-                ready = readable([ino.fd, sup])   # Ctrl-C ends it, whenever it comes
-                for _ in ino.read():
-                    pass
-                # the supervisor is gone: nothing more will be written
-                _copy(reader, out, final=sup in ready)
-                if sup in ready:
-                    return
+            with Follow([(path, IN_MODIFY)]) as watch:
+                _copy(reader, out, final=False)   # what was written before the watch began
+                while True:
+                    ready = readable([*watch.fds, sup], watch.timeout)   # Ctrl-C ends it, whenever it comes
+                    watch.drain()
+                    # the supervisor is gone: nothing more will be written
+                    _copy(reader, out, final=sup in ready)
+                    if sup in ready:
+                        return
         finally:
             os.close(sup)
-            ino.close()
 
 
 def _copy(reader: LogReader, out: BinaryIO, final: bool) -> None:

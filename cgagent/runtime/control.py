@@ -252,12 +252,12 @@ def kill(store: Store, host: Host, name: str, sig: int) -> None:
 def wait(store: Store, host: Host, name: str) -> int | None:
     """Block until the workload has exited for good (restarts included) and its end is recorded;
     -> its exit code (None: ended without one, e.g. killed while no supervisor ran). Woken by
-    inotify on the record's directory and a pidfd of its supervisor, never by polling."""
-    from cgagent.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_TO, Inotify
+    inotify on the record's directory (a look a second when the kernel gives no instance) and a pidfd
+    of its supervisor."""
+    from cgagent.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_TO, Follow
 
     seen = store.load(name)   # the latest record seen: its log_offset is nearest the exit event
-    with Inotify() as ino:
-        ino.add(store.workloads, IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE)
+    with Follow([(store.workloads, IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE)]) as watch:
         while True:
             try:
                 cur: Record | None = store.load(name)
@@ -274,13 +274,12 @@ def wait(store: Store, host: Host, name: str) -> int | None:
             if fd is None and live_status(host, cur) not in ("running", "paused"):
                 raise CgagentError(f"workload {name!r} ended without a supervisor to record how",
                                    f"`cgagent stop {name}` records its end")
-            try:
-                readable([ino.fd] + ([fd] if fd is not None else []))   # Ctrl-C ends it, whenever it comes
+            try:   # Ctrl-C ends it, whenever it comes
+                readable(watch.fds + ([fd] if fd is not None else []), watch.timeout)
             finally:
                 if fd is not None:
                     os.close(fd)
-            for _ in ino.read():
-                pass
+            watch.drain()
 
 
 def _logged_exit(store: Store, rec: Record) -> int | None:

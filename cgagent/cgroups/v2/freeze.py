@@ -27,10 +27,9 @@ def wait_frozen(d: str, frozen: bool, timeout: float = 10.0, start: Callable[[],
     """Call `start` (what asks for the change: a write, or systemd's FreezeUnit), then wait until
     cgroup.events says the cgroup is `frozen` (or thawed)."""
     # ctypes: only when pausing, not on every CLI start
-    from cgagent.inotify import IN_MODIFY, Inotify
+    from cgagent.inotify import IN_MODIFY, Follow
 
-    with Inotify() as ino:
-        ino.add(f"{d}/cgroup.events", IN_MODIFY)   # before asking: no change can be missed
+    with Follow([(f"{d}/cgroup.events", IN_MODIFY)]) as watch:   # before asking: no change can be missed
         if start is not None:
             start()
         deadline = time.monotonic() + timeout
@@ -39,6 +38,5 @@ def wait_frozen(d: str, frozen: bool, timeout: float = 10.0, start: Callable[[],
             if left <= 0:
                 raise CgagentError(f"{d} did not {'freeze' if frozen else 'thaw'} within {timeout:g}s",
                                    "a process may be in uninterruptible sleep (D state); retry")
-            ready_to_read([ino.fd], left)
-            for _ in ino.read():
-                pass
+            ready_to_read(watch.fds, min(left, watch.timeout or left))
+            watch.drain()

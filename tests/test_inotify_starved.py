@@ -1,0 +1,125 @@
+"""Followers (`logs -f`, `events -f`, `wait`, the agent's streams) when the kernel gives no inotify
+instance.
+
+Root's instances are counted host-wide (fs.inotify.max_user_instances, 128 by default) and each
+detached workload's stamper holds one, so past ~120 workloads a follower got none: `logs -f`,
+`events -f` and `wait` ended in a traceback, and the agent's stream broke off. Now each looks every
+inotify.POLL_SECONDS instead, as `tail -f` reverts to polling. The tests take the instances away in a
+user namespace of their own (its max_inotify_instances 0: a per-namespace limit, Linux 5.11+), never
+on the host. The stamper's own case is in test_logs_time.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Env
+
+STARVE = 'echo 0 > /proc/sys/user/max_inotify_instances && exec "$@"'
+
+
+def starved(argv: list[str]) -> list[str]:
+    """argv run as root of a new user namespace that may make no inotify instance (and bounded in
+    time: a follower that never ends must not hang the suite)."""
+    return ["timeout", "60", "unshare", "--user", "--map-root-user", "sh", "-c", STARVE, "sh", *argv]
+
+
+def ok(cg: Env, *args: str) -> str:
+    r = cg.run(*args)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout
+
+
+@pytest.fixture
+def gated(cg: Env, tmp_path: Path) -> Iterator[Path]:
+    """A detached workload `f` that prints `one`, then `two` once the test writes to the FIFO yielded."""
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    ok(cg, "run", "-d", "--name", "f", "--", "sh", "-c", f"echo one; read x < {go}; echo two")
+    try:
+        yield go
+    finally:
+        cg.run("rm", "-f", "f")
+
+
+def test_logs_follow_without_an_inotify_instance_polls(cg: Env, gated: Path) -> None:
+    p = subprocess.Popen(starved(cg.cmd("logs", "-f", "f")), env=cg.env(CGAGENT_DIRECT="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    assert p.stdout.readline() == "one\n"
+    gated.write_text("x\n")
+    out, err = p.communicate(timeout=90)
+    assert (out, err, p.returncode) == ("two\n", "", 0)
+
+
+def test_wait_without_an_inotify_instance_polls(cg: Env, gated: Path) -> None:
+    p = subprocess.Popen(starved(cg.cmd("wait", "f")), env=cg.env(CGAGENT_DIRECT="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    gated.write_text("x\n")
+    out, err = p.communicate(timeout=90)
+    assert (out, err, p.returncode) == ("0\n", "", 0)
+
+
+def test_events_follow_without_an_inotify_instance_polls(cg: Env) -> None:
+    ok(cg, "run", "--name", "a", "--", "true")
+    p = subprocess.Popen(starved(cg.cmd("events", "-f", "--json")), env=cg.env(CGAGENT_DIRECT="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    try:
+        # the follower has read the log once it prints a's start: what comes next it must follow
+        assert json.loads(p.stdout.readline())["name"] == "a"
+        ok(cg, "run", "--name", "b", "--", "true")
+        names = []
+        for line in p.stdout:
+            names.append(json.loads(line)["name"])
+            if "b" in names:
+                break
+        assert "b" in names, names
+    finally:
+        p.terminate()   # SIGTERM: events -f exits 0
+        _, err = p.communicate(timeout=60)
+        cg.run("rm", "-f", "a", "b")
+    assert (err, p.returncode) == ("", 0)
+
+
+def test_the_agents_log_stream_without_an_inotify_instance_polls(cg: Env, gated: Path) -> None:
+    """The agent's code (server.log_stream over its shared watches) in a child of the test that is
+    starved as above: it sends what the stream yields back through a pipe."""
+    from cgagent.api import server, watches
+    from cgagent.isolation.syscalls import CLONE_NEWUSER, unshare
+    from cgagent.procs import close_all_but
+    from cgagent.state import Store
+
+    r, w = os.pipe()
+    client, peer = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            close_all_but({0, 1, 2, w, client.fileno()})   # earlier tests' inotify fds stay behind
+            unshare(CLONE_NEWUSER)
+            Path("/proc/sys/user/max_inotify_instances").write_text("0")
+            watches.WATCHES = watches.Watches()   # none inherited from an earlier test
+            for chunk in server.log_stream(Store(cg.state_dir), "f", True, client):
+                os.write(w, chunk)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    client.close()
+    try:
+        with os.fdopen(r, "rb") as f:
+            assert f.readline() == b"one\n"
+            gated.write_text("x\n")
+            assert f.read() == b"two\n"   # to the pipe's end: the stream ended with the supervisor
+    finally:
+        peer.close()
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
