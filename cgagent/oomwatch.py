@@ -87,8 +87,12 @@ class OomWatcher:
 
     def _run(self) -> None:
         ep = select.epoll()
-        dir_ino, ev_ino = inotify.Inotify(), inotify.Inotify()
+        inos: list[inotify.Inotify] = []
         try:
+            dir_ino = inotify.Inotify()
+            inos.append(dir_ino)
+            ev_ino = inotify.Inotify()
+            inos.append(ev_ino)
             dir_ino.add(self.store.workloads, inotify.IN_MOVED_TO | inotify.IN_CREATE | inotify.IN_DELETE
                         | inotify.IN_MOVED_FROM)
             self._ev_ino = ev_ino
@@ -140,13 +144,17 @@ class OomWatcher:
                     elif w.settle_until:
                         self.check(w)
         except Exception as e:  # the agent keeps serving; OOMs are still logged at workload exit
-            print(f"cgagent: warning: OOM watcher stopped: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            # root's inotify instances are counted host-wide: a start with none left is told apart
+            fix = "" if len(inos) == 2 else ("; no inotify instance to spare: raise fs.inotify.max_user_instances"
+                                             " and restart the agent (until then each kill is logged at its"
+                                             " workload's exit)")
+            print(f"cgagent: warning: OOM watcher stopped: {type(e).__name__}: {e}{fix}", file=sys.stderr, flush=True)
         finally:
             self._ready.set()
             for w in list(self._watches.values()):
                 self._drop(w)
-            dir_ino.close()
-            ev_ino.close()
+            for ino in inos:
+                ino.close()
             ep.close()
             if self._kmsg is not None:
                 self._kmsg.close()

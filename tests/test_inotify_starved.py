@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +124,35 @@ def test_the_agents_log_stream_without_an_inotify_instance_polls(cg: Env, gated:
         peer.close()
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_agents_oom_watcher_without_an_inotify_instance_says_so_in_one_line(tmp_path: Path) -> None:
+    """The agent's OOM watcher made its two instances before its try: starved, its thread died with
+    a traceback and start() waited 10 s for a readiness that never came. Now one warning line names the
+    sysctl, and the agent goes on (each kill is then logged at its workload's exit)."""
+    from cgagent.isolation.syscalls import CLONE_NEWUSER, unshare
+    from cgagent.oomwatch import OomWatcher
+    from cgagent.procs import close_all_but
+    from cgagent.state import Store
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.dup2(w, 2)
+            close_all_but({0, 1, 2})
+            sys.stderr = open(2, "w", buffering=1, closefd=False)   # pytest's capture object is not fd 2
+            unshare(CLONE_NEWUSER)
+            Path("/proc/sys/user/max_inotify_instances").write_text("0")
+            OomWatcher(Store(str(tmp_path / "state"))).start().stop()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, err
+    assert err.startswith("cgagent: warning: OOM watcher stopped: OSError: ") and err.count("\n") == 1, err
+    assert "raise fs.inotify.max_user_instances" in err, err
