@@ -73,6 +73,11 @@ class Inotify:
                 pos += n
                 yield wd, mask, name
 
+    def drain(self) -> None:
+        """Forget what is queued: for a caller that only needed the wakeup."""
+        for _ in self.read():
+            pass
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -115,8 +120,7 @@ class Follow:
 
     def drain(self) -> None:
         if self._ino is not None:
-            for _ in self._ino.read():
-                pass
+            self._ino.drain()
 
     def close(self) -> None:
         if self._ino is not None:

@@ -112,8 +112,7 @@ class OomWatcher:
                     if fd == self._stop_r:
                         continue
                     if fd == dir_ino.fd:
-                        for _ in dir_ino.read():
-                            pass
+                        dir_ino.drain()
                         self.sync()
                     elif fd == ev_ino.fd:
                         for wd, mask, _name in ev_ino.read():

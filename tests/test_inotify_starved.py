@@ -22,14 +22,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Env
+from tests.starve import INSTANCES, WATCHES, starve, starved
 
-STARVE = 'echo 0 > /proc/sys/user/max_inotify_instances && exec "$@"'
-
-
-def starved(argv: list[str]) -> list[str]:
-    """argv run as root of a new user namespace that may make no inotify instance (and bounded in
-    time: a follower that never ends must not hang the suite)."""
-    return ["timeout", "60", "unshare", "--user", "--map-root-user", "sh", "-c", STARVE, "sh", *argv]
+# no instance at all, or an instance whose first watch fails (ENOSPC, past max_user_watches)
+LIMITS = pytest.mark.parametrize("limit", [INSTANCES, WATCHES], ids=["instances", "watches"])
 
 
 def ok(cg: Env, *args: str) -> str:
@@ -50,8 +46,9 @@ def gated(cg: Env, tmp_path: Path) -> Iterator[Path]:
         cg.run("rm", "-f", "f")
 
 
-def test_logs_follow_without_an_inotify_instance_polls(cg: Env, gated: Path) -> None:
-    p = subprocess.Popen(starved(cg.cmd("logs", "-f", "f")), env=cg.env(CGAGENT_DIRECT="1"),
+@LIMITS
+def test_logs_follow_without_an_inotify_instance_polls(cg: Env, gated: Path, limit: str) -> None:
+    p = subprocess.Popen(starved(cg.cmd("logs", "-f", "f"), limit), env=cg.env(CGAGENT_DIRECT="1"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None
     assert p.stdout.readline() == "one\n"
@@ -90,11 +87,11 @@ def test_events_follow_without_an_inotify_instance_polls(cg: Env) -> None:
     assert (err, p.returncode) == ("", 0)
 
 
-def test_the_agents_log_stream_without_an_inotify_instance_polls(cg: Env, gated: Path) -> None:
+@LIMITS
+def test_the_agents_log_stream_without_an_inotify_instance_polls(cg: Env, gated: Path, limit: str) -> None:
     """The agent's code (server.log_stream over its shared watches) in a child of the test that is
     starved as above: it sends what the stream yields back through a pipe."""
     from cgagent.api import server, watches
-    from cgagent.isolation.syscalls import CLONE_NEWUSER, unshare
     from cgagent.procs import close_all_but
     from cgagent.state import Store
 
@@ -105,8 +102,7 @@ def test_the_agents_log_stream_without_an_inotify_instance_polls(cg: Env, gated:
         code = 1
         try:
             close_all_but({0, 1, 2, w, client.fileno()})   # earlier tests' inotify fds stay behind
-            unshare(CLONE_NEWUSER)
-            Path("/proc/sys/user/max_inotify_instances").write_text("0")
+            starve(limit)
             watches.WATCHES = watches.Watches()   # none inherited from an earlier test
             for chunk in server.log_stream(Store(cg.state_dir), "f", True, client):
                 os.write(w, chunk)
@@ -130,7 +126,6 @@ def test_the_agents_oom_watcher_without_an_inotify_instance_says_so_in_one_line(
     """The agent's OOM watcher made its two instances before its try: starved, its thread died with
     a traceback and start() waited 10 s for a readiness that never came. Now one warning line names the
     sysctl, and the agent goes on (each kill is then logged at its workload's exit)."""
-    from cgagent.isolation.syscalls import CLONE_NEWUSER, unshare
     from cgagent.oomwatch import OomWatcher
     from cgagent.procs import close_all_but
     from cgagent.state import Store
@@ -143,8 +138,7 @@ def test_the_agents_oom_watcher_without_an_inotify_instance_says_so_in_one_line(
             os.dup2(w, 2)
             close_all_but({0, 1, 2})
             sys.stderr = open(2, "w", buffering=1, closefd=False)   # pytest's capture object is not fd 2
-            unshare(CLONE_NEWUSER)
-            Path("/proc/sys/user/max_inotify_instances").write_text("0")
+            starve()
             OomWatcher(Store(str(tmp_path / "state"))).start().stop()
             code = 0
         finally:

@@ -18,6 +18,7 @@ from cgagent.errors import CgagentError
 from cgagent.logtime import parse_since, stamp
 from tests.conftest import Env
 from tests.isolated import wait_for
+from tests.starve import starve
 
 CLOCK_REALTIME_COARSE = 5   # linux/time.h; Python names it only on some builds
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{9})Z (.*)$")
@@ -188,7 +189,6 @@ def test_a_stamper_without_an_inotify_instance_looks_once_a_second(tmp_path: Pat
     the log every POLL_SECONDS. The instance is taken away in a user namespace of the test's own
     (max_inotify_instances 0 there), not on the host: a child unshares it and plays the supervisor."""
     from cgagent.inotify import IN_MODIFY, Inotify
-    from cgagent.isolation.syscalls import CLONE_NEWUSER, unshare
     from cgagent.logtime import ENTRY, start_stamper
     from cgagent.procs import close_all_but
     from cgagent.wakeup import ready_to_read
@@ -204,8 +204,7 @@ def test_a_stamper_without_an_inotify_instance_looks_once_a_second(tmp_path: Pat
             # a supervisor has closed what it inherited (the shim's exec); pytest's own inotify
             # fds, left by earlier tests, would otherwise reach the stamper through the fork
             close_all_but({0, 1, 2, hold_r, ready_w})
-            unshare(CLONE_NEWUSER)
-            Path("/proc/sys/user/max_inotify_instances").write_text("0")
+            starve()
             start_stamper(str(log), str(idx))
             os.write(ready_w, b"x")
             os.read(hold_r, 1)
@@ -225,8 +224,7 @@ def test_a_stamper_without_an_inotify_instance_looks_once_a_second(tmp_path: Pat
                 end = time.monotonic() + 10
                 while idx.stat().st_size < n * ENTRY.size and time.monotonic() < end:
                     ready_to_read([ino.fd], end - time.monotonic())
-                    for _ in ino.read():
-                        pass
+                    ino.drain()
                 raw = idx.read_bytes()
                 return [ENTRY.unpack_from(raw, k) for k in range(0, len(raw), ENTRY.size)]
 
