@@ -4,9 +4,10 @@ instance.
 Root's instances are counted host-wide (fs.inotify.max_user_instances, 128 by default) and each
 detached workload's stamper holds one, so past ~120 workloads a follower got none: `logs -f`,
 `events -f` and `wait` ended in a traceback, and the agent's stream broke off. Now each looks every
-inotify.POLL_SECONDS instead, as `tail -f` reverts to polling. The tests take the instances away in a
-user namespace of their own (its max_inotify_instances 0: a per-namespace limit, Linux 5.11+), never
-on the host. The stamper's own case is in test_logs_time.py.
+inotify.POLL_SECONDS instead, as `tail -f` reverts to polling. The tests take the instances (or the
+watches) away in a user namespace of their own (tests/starve.py: its max_inotify_instances or
+max_inotify_watches 0, per-namespace limits since Linux 5.11), never on the host. The stamper's own
+case is in test_logs_time.py.
 """
 
 from __future__ import annotations
