@@ -7,7 +7,7 @@ detached workload's stamper holds one, so past ~120 workloads a follower got non
 inotify.POLL_SECONDS instead, as `tail -f` reverts to polling. The tests take the instances (or the
 watches) away in a user namespace of their own (tests/starve.py: its max_inotify_instances or
 max_inotify_watches 0, per-namespace limits since Linux 5.11), never on the host. The stamper's own
-case is in test_logs_time.py.
+case is in test_logs_time.py, pause's (cgroup v2 only) in tests/vm_guest/guest_v2.py.
 """
 
 from __future__ import annotations

@@ -1086,6 +1086,27 @@ def test_iofreeze_pause_freezes_cpu_and_paused_workloads_stop_and_go(g: Guest, d
     assert "SIGKILL" not in r.stderr and g.record("fs")["exit_code"] == 143, r.stderr
     g.ok("rm", "fs")
 
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_iofreeze_pause_without_an_inotify_instance_polls(g: Guest, driver: str) -> None:
+    """pause and unpause wait for cgroup.events through inotify.Follow; root's instances are counted
+    host-wide, and a call the kernel gives none looks once a second instead of failing (the host is
+    v1: this v2 path is tested here). tests/starve.py takes them away in a user namespace of its own."""
+    from tests.starve import starved
+
+    def starved_call(*args: str) -> subprocess.CompletedProcess[str]:
+        return _run_diagnosed(starved([sys.executable, "-m", "cgagent", *args]), timeout=120,
+                              env=dict(os.environ, CGAGENT_STATE_DIR=g.state))
+
+    probe = starved([sys.executable, "-c", "from cgagent.inotify import Inotify; Inotify()"])
+    assert "Too many open files" in subprocess.run(probe, capture_output=True, text=True).stderr   # starved indeed
+    g.ok("run", "-d", *_drv(g, driver), "--name", "fz", "--", "sleep", "1000")
+    for verb, events in (("pause", "frozen 1"), ("unpause", "frozen 0")):
+        r = starved_call(verb, "fz")
+        assert (r.returncode, r.stderr) == (0, ""), (verb, r.stdout, r.stderr)
+        assert events in g.file("fz", "cgroup.events").splitlines()
+    g.ok("rm", "-f", "fz")
+
 # --- series ---
 # Issue 11 items 3-4 on cgroup v2: io.stat per device -> container_fs_*/container_blkio_device_usage_total,
 # cpu.weight -> cAdvisor's container_spec_cpu_shares, unlimited limits as 0, lifecycle series.
